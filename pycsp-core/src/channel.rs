@@ -1,0 +1,570 @@
+//! Typed, named channels and their ends.
+//!
+//! A [`Channel<T>`] lives in the shared memory of the process network. Its ends,
+//! [`ChannelIn<T>`] (read) and [`ChannelOut<T>`] (write), are what processes hold; they are
+//! passed to `#[process]` functions as ordinary arguments. Messages are encoded with
+//! MessagePack (rmp-serde): small ones travel inline in a ring slot, large ones in a block of
+//! shared memory whose offset travels in the slot.
+//!
+//! Ends are counted: every [`ChannelOut`] is one writer, every [`ChannelIn`] one reader.
+//! Dropping an end retires it. When every writer has retired, readers get
+//! [`ChannelError::Retired`] once the buffer is drained; when every reader has retired,
+//! writers get `Retired` at once. [`poison`](ChannelOut::poison) makes every blocked and later
+//! operation on the channel, in any process, fail with [`ChannelError::Poisoned`].
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ChannelError;
+use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
+use crate::shm::ring::{Chan, Incoming, Outgoing, INLINE};
+
+/// A typed, named channel in the shared memory of this process network.
+///
+/// The name identifies the channel within one network (the root process and every process
+/// started under it); two runs of the same program never share channels. `Channel` itself is
+/// only a handle for making ends: it is not counted as a reader or writer.
+///
+/// ```
+/// use pycsp_core::Channel;
+/// let ch = Channel::<String>::buffered("greetings", 4)?;
+/// let (tx, rx) = (ch.writer(), ch.reader());
+/// tx.write("hello".to_string())?;
+/// assert_eq!(rx.read()?, "hello");
+/// # Ok::<(), pycsp_core::ChannelError>(())
+/// ```
+pub struct Channel<T> {
+    chan: Chan,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Channel<T> {
+    fn clone(&self) -> Self {
+        Channel {
+            chan: self.chan,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Channel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.chan.name())
+            .field("type", &self.chan.type_name())
+            .field("capacity", &self.chan.capacity())
+            .finish()
+    }
+}
+
+fn type_fingerprint<T>() -> (&'static str, u64) {
+    let name = std::any::type_name::<T>();
+    (
+        name,
+        fnv1a(name.as_bytes()) ^ (std::mem::size_of::<T>() as u64).rotate_left(56),
+    )
+}
+
+fn shm_error(e: std::io::Error) -> ChannelError {
+    ChannelError::SharedMemory(e.to_string())
+}
+
+impl<T: Serialize + DeserializeOwned> Channel<T> {
+    /// Creates a rendezvous channel: a write returns only after a reader has taken the message.
+    ///
+    /// Fails with [`ChannelError::NameInUse`] if the network already has a channel of this name.
+    pub fn new(name: &str) -> Result<Self, ChannelError> {
+        Self::create(name, 0)
+    }
+
+    /// Creates a buffered channel that holds up to `capacity` messages; writes block only
+    /// when it is full. A capacity of 0 is a rendezvous channel.
+    pub fn buffered(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+        Self::create(name, capacity)
+    }
+
+    fn create(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+        if name.len() > MAX_NAME {
+            return Err(ChannelError::NameTooLong {
+                name: name.to_string(),
+                len: name.len(),
+                max: MAX_NAME,
+            });
+        }
+        let arena = Arena::get().map_err(shm_error)?;
+        let (tn, fp) = type_fingerprint::<T>();
+        let chan = Chan::create(arena, name, tn, fp, capacity).map_err(|e| arena_error(e, name))?;
+        arena
+            .register(name, chan.offset())
+            .map_err(|e| arena_error(e, name))?;
+        Ok(Channel {
+            chan,
+            _t: PhantomData,
+        })
+    }
+
+    /// Attaches to the channel that some process of this network created under `name`.
+    ///
+    /// Fails with [`ChannelError::NotFound`] if there is none, and with
+    /// [`ChannelError::TypeMismatch`] if it carries another type than `T`.
+    pub fn open(name: &str) -> Result<Self, ChannelError> {
+        let arena = Arena::get().map_err(shm_error)?;
+        let off = arena
+            .lookup(name)
+            .ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
+        let chan =
+            Chan::attach(arena, off).ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
+        check_type::<T>(&chan)?;
+        Ok(Channel {
+            chan,
+            _t: PhantomData,
+        })
+    }
+
+    /// A new reading end (counted as one more reader).
+    pub fn reader(&self) -> ChannelIn<T> {
+        self.chan.join(false);
+        ChannelIn {
+            end: End::new(self.chan),
+            _t: PhantomData,
+        }
+    }
+
+    /// A new writing end (counted as one more writer).
+    pub fn writer(&self) -> ChannelOut<T> {
+        self.chan.join(true);
+        ChannelOut {
+            end: End::new(self.chan),
+            _t: PhantomData,
+        }
+    }
+
+    /// Poisons the channel (see [`ChannelOut::poison`]).
+    pub fn poison(&self) {
+        self.chan.poison();
+    }
+}
+
+impl<T> Channel<T> {
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.chan.name()
+    }
+
+    /// How many messages the channel buffers; 0 for a rendezvous channel.
+    pub fn capacity(&self) -> usize {
+        self.chan.capacity()
+    }
+}
+
+fn arena_error(e: ArenaError, name: &str) -> ChannelError {
+    match e {
+        ArenaError::Full => {
+            ChannelError::SharedMemory("the network's shared memory is full".into())
+        }
+        ArenaError::NameInUse => ChannelError::NameInUse(name.to_string()),
+        ArenaError::DirectoryFull => {
+            ChannelError::SharedMemory("the network's channel directory is full".into())
+        }
+    }
+}
+
+fn check_type<T>(chan: &Chan) -> Result<(), ChannelError> {
+    let (tn, fp) = type_fingerprint::<T>();
+    if chan.type_fp() != fp {
+        return Err(ChannelError::TypeMismatch {
+            channel: chan.name().to_string(),
+            expected: tn.to_string(),
+            found: chan.type_name().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EndState {
+    /// This end holds one count of its side.
+    Live,
+    /// The count went to another process (the end was serialized); dropping does nothing.
+    Transferred,
+}
+
+/// What both kinds of end share: the channel and whether this value still owns its count.
+struct End {
+    chan: Chan,
+    state: Cell<EndState>,
+}
+
+impl End {
+    fn new(chan: Chan) -> End {
+        End {
+            chan,
+            state: Cell::new(EndState::Live),
+        }
+    }
+}
+
+/// The ends of this process: those it received as arguments or through channels. A process
+/// that fails with `Poisoned`, or panics, poisons all of them.
+static OWN_ENDS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Set while arguments for a new process are being encoded: ends serialized meanwhile
+    /// record themselves here, so the parent knows which channels the child holds.
+    static TRANSFERS: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` and returns, with its result, the channels of the ends it serialized.
+pub(crate) fn collect_transfers<R>(f: impl FnOnce() -> R) -> (R, Vec<u64>) {
+    let prev = TRANSFERS.with(|t| t.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = TRANSFERS
+        .with(|t| std::mem::replace(&mut *t.borrow_mut(), prev))
+        .unwrap_or_default();
+    (r, got)
+}
+
+/// Poisons every channel in `offsets` (the ends of a process that failed).
+pub(crate) fn poison_offsets(offsets: &[u64]) {
+    let Ok(arena) = Arena::get() else { return };
+    for &off in offsets {
+        if let Some(c) = Chan::attach(arena, off) {
+            c.poison();
+        }
+    }
+}
+
+/// Poisons every end this process received.
+pub(crate) fn poison_own_ends() {
+    let ends = OWN_ENDS.lock().map(|v| v.clone()).unwrap_or_default();
+    poison_offsets(&ends);
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnd {
+    channel: u64,
+    fingerprint: u64,
+    writer: bool,
+}
+
+impl End {
+    fn serialize<S: Serializer>(&self, s: S, writer: bool) -> Result<S::Ok, S::Error> {
+        if self.state.get() != EndState::Live {
+            return Err(serde::ser::Error::custom(format!(
+                "an end of channel {:?} was already sent to another process",
+                self.chan.name()
+            )));
+        }
+        let w = WireEnd {
+            channel: self.chan.offset(),
+            fingerprint: self.chan.type_fp(),
+            writer,
+        };
+        let r = w.serialize(s)?;
+        self.state.set(EndState::Transferred);
+        TRANSFERS.with(|t| {
+            if let Some(v) = t.borrow_mut().as_mut() {
+                v.push(self.chan.offset());
+            }
+        });
+        Ok(r)
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>, T>(d: D, writer: bool) -> Result<End, D::Error> {
+        use serde::de::Error as _;
+        let w = WireEnd::deserialize(d)?;
+        if w.writer != writer {
+            return Err(D::Error::custom(
+                "a reading end was sent where a writing end was expected, or the reverse",
+            ));
+        }
+        let arena = Arena::get().map_err(D::Error::custom)?;
+        let chan = Chan::attach(arena, w.channel)
+            .ok_or_else(|| D::Error::custom(format!("no channel at offset {}", w.channel)))?;
+        check_type::<T>(&chan).map_err(D::Error::custom)?;
+        if let Ok(mut v) = OWN_ENDS.lock() {
+            if !v.contains(&w.channel) {
+                v.push(w.channel);
+            }
+        }
+        Ok(End::new(chan))
+    }
+
+    fn retire(&self, writer: bool) {
+        if self.state.replace(EndState::Transferred) == EndState::Live {
+            self.chan.retire(writer);
+        }
+    }
+}
+
+/// A bounded in-place writer for the inline part of a slot.
+struct Inline {
+    buf: [u8; INLINE],
+    len: usize,
+}
+
+impl Write for Inline {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let end = self.len + data.len();
+        if end > INLINE {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.buf[self.len..end].copy_from_slice(data);
+        self.len = end;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writing end of a channel. Dropping it retires it.
+///
+/// An end belongs to one process at a time: passing it to a `#[process]` function moves it
+/// there. Clone it to get another writer on the same channel.
+pub struct ChannelOut<T> {
+    end: End,
+    _t: PhantomData<fn(T)>,
+}
+
+/// The reading end of a channel. Dropping it retires it.
+pub struct ChannelIn<T> {
+    end: End,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize> ChannelOut<T> {
+    /// Writes `value`, blocking while the buffer is full and, on a rendezvous channel, until a
+    /// reader has taken it.
+    pub fn write(&self, value: T) -> Result<(), ChannelError> {
+        self.send(&value, None)
+    }
+
+    /// Writes `value` without taking ownership of it.
+    pub fn write_ref(&self, value: &T) -> Result<(), ChannelError> {
+        self.send(value, None)
+    }
+
+    /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
+    /// if the message could not be placed (a rendezvous write whose message was placed waits
+    /// for its reader regardless).
+    pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
+        self.send(&value, Some(Instant::now() + timeout))
+    }
+
+    fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
+        let chan = &self.end.chan;
+        let mut inline = Inline {
+            buf: [0; INLINE],
+            len: 0,
+        };
+        if rmp_serde::encode::write(&mut inline, value).is_ok() {
+            return chan
+                .write(&Outgoing::Inline(&inline.buf[..inline.len]), deadline)
+                .map_err(|e| e.error);
+        }
+        let arena = Arena::get().map_err(shm_error)?;
+        let block = SCRATCH.with(|s| {
+            let mut buf = s.borrow_mut();
+            buf.clear();
+            rmp_serde::encode::write(&mut *buf, value).map_err(|e| ChannelError::Encode {
+                channel: chan.name().to_string(),
+                reason: e.to_string(),
+            })?;
+            let len = buf.len() as u64;
+            let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
+                channel: chan.name().to_string(),
+                len,
+                max: Arena::max_block_data(),
+            })?;
+            // SAFETY: the block was just allocated for us and is `len` bytes long (checked by
+            // `ptr`); nobody else reads it until its offset is published through the ring.
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), arena.ptr(offset, len), buf.len())
+            };
+            if buf.capacity() > (4 << 20) {
+                *buf = Vec::new();
+            }
+            Ok::<_, ChannelError>((offset, len))
+        })?;
+        chan.write(
+            &Outgoing::Block {
+                offset: block.0,
+                len: block.1,
+            },
+            deadline,
+        )
+        .map_err(|e| {
+            if !e.placed {
+                // Never placed in the ring: the block is still ours.
+                arena.free_block(block.0);
+            }
+            e.error
+        })
+    }
+}
+
+impl<T> ChannelOut<T> {
+    /// Retires this end. Once every writer has retired, readers get `Retired` after the buffer
+    /// is drained. Dropping the end does the same.
+    pub fn retire(self) {
+        self.end.retire(true);
+    }
+
+    /// Poisons the channel: every blocked and later operation on it, in any process, fails
+    /// with [`ChannelError::Poisoned`].
+    pub fn poison(&self) {
+        self.end.chan.poison();
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.end.chan.name()
+    }
+}
+
+impl<T: DeserializeOwned> ChannelIn<T> {
+    /// Reads a message, blocking until one arrives.
+    ///
+    /// Fails with `Retired` once every writer has retired and the buffer is empty, and with
+    /// `Poisoned` as soon as the channel is poisoned.
+    pub fn read(&self) -> Result<T, ChannelError> {
+        self.recv(None)
+    }
+
+    /// Like [`read`](Self::read), but fails with [`ChannelError::Timeout`] after `timeout`.
+    pub fn read_timeout(&self, timeout: Duration) -> Result<T, ChannelError> {
+        self.recv(Some(Instant::now() + timeout))
+    }
+
+    /// An iterator over the messages until the channel retires or fails.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.read().ok())
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
+        let chan = &self.end.chan;
+        let decode_err = |e: rmp_serde::decode::Error| ChannelError::Decode {
+            channel: chan.name().to_string(),
+            ty: std::any::type_name::<T>().to_string(),
+            reason: e.to_string(),
+        };
+        match chan.read(deadline)? {
+            Incoming::Inline { buf, len } => rmp_serde::from_slice(&buf[..len]).map_err(decode_err),
+            Incoming::Block { offset, len } => {
+                let arena = Arena::get().map_err(shm_error)?;
+                // SAFETY: the writer filled `len` bytes at `offset` before publishing it, and
+                // taking the slot made this reader the block's only user until it frees it.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
+                let r = rmp_serde::from_slice(bytes).map_err(decode_err);
+                arena.free_block(offset);
+                r
+            }
+        }
+    }
+}
+
+impl<T> ChannelIn<T> {
+    /// Retires this end. Once every reader has retired, writers get `Retired`. Dropping the
+    /// end does the same.
+    pub fn retire(self) {
+        self.end.retire(false);
+    }
+
+    /// Poisons the channel (see [`ChannelOut::poison`]).
+    pub fn poison(&self) {
+        self.end.chan.poison();
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.end.chan.name()
+    }
+}
+
+impl<T> Drop for ChannelOut<T> {
+    fn drop(&mut self) {
+        self.end.retire(true);
+    }
+}
+
+impl<T> Drop for ChannelIn<T> {
+    fn drop(&mut self) {
+        self.end.retire(false);
+    }
+}
+
+impl<T> Clone for ChannelOut<T> {
+    fn clone(&self) -> Self {
+        self.end.chan.join(true);
+        ChannelOut {
+            end: End::new(self.end.chan),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for ChannelIn<T> {
+    fn clone(&self) -> Self {
+        self.end.chan.join(false);
+        ChannelIn {
+            end: End::new(self.end.chan),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ChannelOut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelOut({:?})", self.end.chan.name())
+    }
+}
+
+impl<T> fmt::Debug for ChannelIn<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelIn({:?})", self.end.chan.name())
+    }
+}
+
+/// Serializing an end moves it: the value left behind no longer counts as an end, and the
+/// process that deserializes it owns it. This is how ends reach `#[process]` functions, and
+/// how an end can be sent through a channel (a mobile channel end).
+impl<T> Serialize for ChannelOut<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.end.serialize(s, true)
+    }
+}
+
+/// See the `Serialize` impl of [`ChannelOut`].
+impl<T> Serialize for ChannelIn<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.end.serialize(s, false)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ChannelOut<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ChannelOut {
+            end: End::deserialize::<D, T>(d, true)?,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ChannelIn<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ChannelIn {
+            end: End::deserialize::<D, T>(d, false)?,
+            _t: PhantomData,
+        })
+    }
+}

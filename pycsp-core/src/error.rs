@@ -1,0 +1,148 @@
+//! Errors, in one place. Each `Display` says what happened and, where it helps, what to do.
+
+use serde::{Deserialize, Serialize};
+
+/// Why an operation on a channel end failed.
+///
+/// `Poisoned` and `Retired` are the normal ways a CSP network shuts down; a `#[process]` that
+/// returns `Err(ChannelError::Poisoned)` poisons all of its channel ends, as PyCSP's `@process`
+/// does, so poison spreads through a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The channel was poisoned: every blocked and every later operation on it fails.
+    #[error("the channel was poisoned")]
+    Poisoned,
+    /// Every end on the other side retired (for a reader: after the buffer was drained).
+    #[error("the channel was retired: every end on the other side has retired")]
+    Retired,
+    /// A `*_timeout` operation found nothing to do before its deadline.
+    #[error("the operation timed out")]
+    Timeout,
+    /// An end was opened with a message type other than the channel's.
+    #[error("channel {channel:?} carries {found}, but an end for {expected} was asked for")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// The type the caller asked for.
+        expected: String,
+        /// The type the channel was created with.
+        found: String,
+    },
+    /// [`Channel::new`](crate::Channel::new) with a name the network already uses.
+    #[error("a channel named {0:?} already exists in this process network; use Channel::open to attach to it")]
+    NameInUse(String),
+    /// [`Channel::open`](crate::Channel::open) with a name nobody created.
+    #[error("no channel named {0:?} exists in this process network")]
+    NotFound(String),
+    /// A channel name longer than the limit.
+    #[error("channel name {name:?} is {len} bytes long; the limit is {max}")]
+    NameTooLong {
+        /// The name given.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value could not be encoded with MessagePack.
+    #[error("could not encode a message for channel {channel:?}: {reason}")]
+    Encode {
+        /// The channel's name.
+        channel: String,
+        /// What rmp-serde said.
+        reason: String,
+    },
+    /// The bytes received could not be decoded as the channel's type.
+    #[error("could not decode a message on channel {channel:?} as {ty}: {reason}")]
+    Decode {
+        /// The channel's name.
+        channel: String,
+        /// The expected type.
+        ty: String,
+        /// What rmp-serde said.
+        reason: String,
+    },
+    /// The encoded message does not fit in the network's shared memory.
+    #[error(
+        "a message of {len} bytes for channel {channel:?} does not fit; the limit is {max} bytes"
+    )]
+    TooLarge {
+        /// The channel's name.
+        channel: String,
+        /// Encoded length.
+        len: u64,
+        /// The largest message that fits.
+        max: u64,
+    },
+    /// The shared memory of the network could not be created or mapped.
+    #[error("shared memory: {0}")]
+    SharedMemory(String),
+}
+
+/// How a process ended when it did not return a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The process panicked; the panic message.
+    Panicked(String),
+    /// The process exited with this code before returning a value.
+    Exited(i32),
+    /// The process was killed by this signal (9 is SIGKILL, 6 is SIGABRT).
+    Signaled(i32),
+    /// The process could not be run: its arguments or its return value could not cross the
+    /// process boundary, or the binary has no process of that name.
+    Broken(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Panicked(m) => write!(f, "panicked: {m}"),
+            Failure::Exited(c) => write!(f, "exited with code {c} before returning"),
+            Failure::Signaled(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
+            Failure::Broken(m) => write!(f, "could not run: {m}"),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+/// The error of the process combinators ([`Parallel`](crate::Parallel),
+/// [`Sequence`](crate::Sequence), [`Spawn`](crate::Spawn)) and of channel creation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// A channel operation failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A process did not return a value.
+    #[error("process {name} (pid {pid}) {failure}")]
+    ProcessFailed {
+        /// The process's function, with its module path.
+        name: String,
+        /// Its OS process id.
+        pid: u32,
+        /// How it ended.
+        failure: Failure,
+    },
+    /// A process could not be started.
+    #[error("could not start process {name}: {reason}")]
+    Spawn {
+        /// The process's function, with its module path.
+        name: String,
+        /// What the operating system said.
+        reason: String,
+    },
+}

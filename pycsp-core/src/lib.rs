@@ -1,0 +1,25 @@
+//! The runtime of [pycsp](https://docs.rs/pycsp): Communicating Sequential Processes across
+//! real OS processes.
+//!
+//! Use it through the `pycsp` crate, which adds the `#[process]` attribute. The parts:
+//! - [`channel`]: typed, named channels on shared memory ([`Channel`], [`ChannelIn`],
+//!   [`ChannelOut`]);
+//! - [`process`]: [`Process`], [`Parallel`], [`Sequence`], [`Spawn`];
+//! - errors: [`ChannelError`], [`Error`], [`Failure`].
+//!
+//! Shared-memory layout and the wait/wake protocol are documented in one place, the private
+//! `shm` module (`pycsp-core/src/shm/mod.rs`).
+
+pub mod channel;
+mod error;
+pub mod process;
+mod shm;
+mod sys;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use channel::{Channel, ChannelIn, ChannelOut};
+pub use error::{ChannelError, Error, Failure};
+pub use process::{replicate, Parallel, Process, ProcessSet, Sequence, Spawn, Spawned};

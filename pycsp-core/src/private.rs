@@ -1,0 +1,57 @@
+//! What `#[process]` expands to calls. Not a public API.
+
+pub use crate::process::{child_entry, ProcessEntry, PROCESSES};
+pub use linkme;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::poison_own_ends;
+use crate::error::{ChannelError, Error};
+
+/// Decodes a process's arguments in the child.
+pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("its arguments could not be decoded: {e}"))
+}
+
+/// Encodes a process's return value in the child.
+pub fn encode_return<R: Serialize>(r: &R) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec(r).map_err(|e| format!("its return value could not be encoded: {e}"))
+}
+
+/// Wraps a return value so that method resolution picks what to do with it (autoref
+/// specialization): poison spreads from `Result<_, ChannelError>` and `Result<_, Error>`.
+pub struct Probe<'a, T>(pub &'a T);
+
+/// A process that returns `Err(ChannelError::Poisoned)` poisons all of its channel ends.
+pub trait ViaChannelResult {
+    fn __pycsp_propagate(&self);
+}
+
+impl<T> ViaChannelResult for Probe<'_, Result<T, ChannelError>> {
+    fn __pycsp_propagate(&self) {
+        if let Err(ChannelError::Poisoned) = self.0 {
+            poison_own_ends();
+        }
+    }
+}
+
+/// Same for `Err(Error::Channel(ChannelError::Poisoned))`.
+pub trait ViaErrorResult {
+    fn __pycsp_propagate(&self);
+}
+
+impl<T> ViaErrorResult for Probe<'_, Result<T, Error>> {
+    fn __pycsp_propagate(&self) {
+        if let Err(Error::Channel(ChannelError::Poisoned)) = self.0 {
+            poison_own_ends();
+        }
+    }
+}
+
+/// Any other return value: nothing to spread (ends retire when dropped).
+pub trait ViaAny {
+    fn __pycsp_propagate(&self) {}
+}
+
+impl<T> ViaAny for &Probe<'_, T> {}

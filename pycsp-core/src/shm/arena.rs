@@ -1,0 +1,326 @@
+//! The arena: one anonymous shared mapping per process network. See the layout in
+//! [`crate::shm`].
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::sys;
+
+/// Bytes of address space reserved for one network's arena (pages are allocated on touch).
+pub(crate) const ARENA_SIZE: u64 = 64 << 30;
+const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
+const VERSION: u32 = 1;
+const HEADER_SIZE: u64 = 4096;
+/// Number of channel names one network can hold.
+pub(crate) const DIR_ENTRIES: usize = 8192;
+const DIR_ENTRY_SIZE: u64 = 128;
+/// Longest channel name, in bytes.
+pub(crate) const MAX_NAME: usize = 112;
+const DATA_START: u64 = HEADER_SIZE + DIR_ENTRIES as u64 * DIR_ENTRY_SIZE;
+const ALIGN: u64 = 256;
+const NCLASSES: usize = 29;
+const BLOCK_HEADER: u64 = 16;
+const PUNCH_FROM: u64 = 1 << 20;
+/// Environment variable through which a child learns its arena's descriptor.
+pub(crate) const ENV_ARENA_FD: &str = "PYCSP_ARENA_FD";
+
+#[repr(C)]
+struct ArenaHeader {
+    magic: u64,
+    version: u32,
+    _pad: u32,
+    size: u64,
+    bump: AtomicU64,
+    free: [AtomicU64; NCLASSES],
+}
+
+#[repr(C)]
+struct DirEntry {
+    state: AtomicU32,
+    name_len: UnsafeCell<u32>,
+    channel: UnsafeCell<u64>,
+    name: UnsafeCell<[u8; MAX_NAME]>,
+}
+
+const DIR_EMPTY: u32 = 0;
+const DIR_WRITING: u32 = 1;
+const DIR_READY: u32 = 2;
+
+#[repr(C)]
+struct BlockHeader {
+    class: u32,
+    _pad: u32,
+    next: AtomicU64,
+}
+
+/// One network's shared arena, mapped into this process for the rest of its life.
+pub(crate) struct Arena {
+    map: MmapRaw,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics or under the ownership
+// protocols documented in `crate::shm`; the raw pointer inside MmapRaw is valid for the life of
+// the process (the arena is never unmapped).
+unsafe impl Sync for Arena {}
+// SAFETY: as above.
+unsafe impl Send for Arena {}
+
+static ARENA: OnceLock<Arena> = OnceLock::new();
+
+/// Why an arena operation failed.
+#[derive(Debug)]
+pub(crate) enum ArenaError {
+    Full,
+    NameInUse,
+    DirectoryFull,
+}
+
+impl Arena {
+    /// The arena of this process's network: inherited from the parent, or created now.
+    pub(crate) fn get() -> io::Result<&'static Arena> {
+        if let Some(a) = ARENA.get() {
+            return Ok(a);
+        }
+        let arena = Arena::map(sys::memfd("pycsp-arena", ARENA_SIZE)?, true)?;
+        // Another thread may have won the race; then ours is dropped (unmapped) unused.
+        let _ = ARENA.set(arena);
+        Ok(ARENA.get().expect("arena was just set"))
+    }
+
+    /// Maps the arena a parent passed down as descriptor `fd` (in a child, before `main`).
+    pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
+        let arena = Arena::map(sys::inherited_fd(fd)?, false)?;
+        ARENA
+            .set(arena)
+            .map_err(|_| io::Error::other("this process already has an arena"))
+    }
+
+    fn map(fd: OwnedFd, init: bool) -> io::Result<Arena> {
+        let map = MmapOptions::new()
+            .len(ARENA_SIZE as usize)
+            .map_raw(fd.as_raw_fd())?;
+        let arena = Arena { map, fd };
+        let h = arena.header_ptr();
+        if init {
+            // SAFETY: the memfd was just created and is mapped only here; nobody else can see
+            // it yet, so plain writes to the header cannot race.
+            unsafe {
+                (*h).magic = MAGIC;
+                (*h).version = VERSION;
+                (*h).size = ARENA_SIZE;
+            }
+            arena.header().bump.store(DATA_START, Ordering::Release);
+        } else {
+            // SAFETY: the parent initialised the header before starting this process.
+            let (magic, version) = unsafe { ((*h).magic, (*h).version) };
+            if magic != MAGIC || version != VERSION {
+                return Err(io::Error::other(
+                    "inherited arena has a wrong magic or version",
+                ));
+            }
+        }
+        Ok(arena)
+    }
+
+    /// The descriptor children inherit.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn header_ptr(&self) -> *mut ArenaHeader {
+        self.map.as_mut_ptr().cast()
+    }
+
+    fn header(&self) -> &ArenaHeader {
+        // SAFETY: offset 0 holds the initialised header for the life of the mapping; the
+        // fields other processes change are atomics.
+        unsafe { &*self.header_ptr() }
+    }
+
+    /// A pointer to `offset` inside the arena.
+    ///
+    /// # Panics
+    /// If `offset + len` is outside the arena (a corrupt offset must not escape).
+    pub(crate) fn ptr(&self, offset: u64, len: u64) -> *mut u8 {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= ARENA_SIZE),
+            "offset {offset}+{len} outside the arena"
+        );
+        // SAFETY: the range was just checked to lie inside the mapping.
+        unsafe { self.map.as_mut_ptr().add(offset as usize) }
+    }
+
+    /// Reserves `len` fresh bytes (256-byte aligned, zeroed) that are never freed.
+    pub(crate) fn alloc_static(&self, len: u64) -> Result<u64, ArenaError> {
+        let len = len.div_ceil(ALIGN) * ALIGN;
+        let off = self.header().bump.fetch_add(len, Ordering::AcqRel);
+        if off + len > ARENA_SIZE {
+            return Err(ArenaError::Full);
+        }
+        Ok(off)
+    }
+
+    fn class_for(len: u64) -> Option<usize> {
+        let need = len + BLOCK_HEADER;
+        (0..NCLASSES).find(|&c| (ALIGN << c) >= need)
+    }
+
+    /// Allocates a block that can hold `len` bytes; returns the offset of its data.
+    pub(crate) fn alloc_block(&self, len: u64) -> Result<u64, ArenaError> {
+        let class = Self::class_for(len).ok_or(ArenaError::Full)?;
+        let head = &self.header().free[class];
+        let mut cur = head.load(Ordering::Acquire);
+        let block = loop {
+            if cur & TAG_OFFSET_MASK == 0 {
+                let off = self.alloc_static(ALIGN << class)?;
+                break off;
+            }
+            let off = (cur & TAG_OFFSET_MASK) * ALIGN;
+            let next = self.block_header(off).next.load(Ordering::Acquire);
+            let new = (next & TAG_OFFSET_MASK) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
+            match head.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break off,
+                Err(c) => cur = c,
+            }
+        };
+        // SAFETY: the block is ours alone from here until it is freed.
+        unsafe { (*self.ptr(block, BLOCK_HEADER).cast::<BlockHeader>()).class = class as u32 };
+        Ok(block + BLOCK_HEADER)
+    }
+
+    fn block_header(&self, block: u64) -> &BlockHeader {
+        // SAFETY: `block` is the start of a block inside the arena (checked by `ptr`); `next`
+        // is atomic and `class` is only written by the block's owner.
+        unsafe { &*self.ptr(block, BLOCK_HEADER).cast::<BlockHeader>() }
+    }
+
+    /// Returns the block whose data starts at `data` to its size class.
+    pub(crate) fn free_block(&self, data: u64) {
+        let block = data - BLOCK_HEADER;
+        let hdr = self.block_header(block);
+        let class = hdr.class as usize;
+        assert!(class < NCLASSES, "corrupt block header at {block}");
+        let size = ALIGN << class;
+        if size >= PUNCH_FROM {
+            // Keep the first page (it holds the header); give the rest back.
+            sys::punch_hole(self.fd(), block + 4096, size - 4096);
+        }
+        let head = &self.header().free[class];
+        let mut cur = head.load(Ordering::Acquire);
+        loop {
+            hdr.next.store(cur & TAG_OFFSET_MASK, Ordering::Release);
+            let new = (block / ALIGN) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
+            match head.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// The largest message a block can hold.
+    pub(crate) fn max_block_data() -> u64 {
+        (ALIGN << (NCLASSES - 1)) - BLOCK_HEADER
+    }
+
+    fn dir_entry(&self, i: usize) -> &DirEntry {
+        let off = HEADER_SIZE + i as u64 * DIR_ENTRY_SIZE;
+        // SAFETY: the directory lies inside the arena; its state is atomic and the other
+        // fields are written only by the entry's claimer before it publishes DIR_READY.
+        unsafe { &*self.ptr(off, DIR_ENTRY_SIZE).cast::<DirEntry>() }
+    }
+
+    fn wait_ready(e: &DirEntry) -> bool {
+        let mut spins = 0u32;
+        loop {
+            match e.state.load(Ordering::Acquire) {
+                DIR_READY => return true,
+                DIR_EMPTY => return false,
+                _ => {
+                    spins += 1;
+                    if spins > 1_000_000 {
+                        // The writer died mid-entry; treat it as not ours.
+                        return false;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    fn entry_name(e: &DirEntry) -> &[u8] {
+        // SAFETY: only called after DIR_READY was observed with Acquire, so the name and its
+        // length were fully written and are never written again.
+        unsafe {
+            let len = (*e.name_len.get()) as usize;
+            &(&*e.name.get())[..len.min(MAX_NAME)]
+        }
+    }
+
+    /// Finds the channel registered under `name`.
+    pub(crate) fn lookup(&self, name: &str) -> Option<u64> {
+        let start = name_hash(name) as usize % DIR_ENTRIES;
+        for k in 0..DIR_ENTRIES {
+            let e = self.dir_entry((start + k) % DIR_ENTRIES);
+            if !Self::wait_ready(e) {
+                if e.state.load(Ordering::Acquire) == DIR_EMPTY {
+                    return None;
+                }
+                continue;
+            }
+            if Self::entry_name(e) == name.as_bytes() {
+                // SAFETY: READY was observed; `channel` is immutable from then on.
+                return Some(unsafe { *e.channel.get() });
+            }
+        }
+        None
+    }
+
+    /// Registers `channel` under `name`; fails if the name is taken.
+    pub(crate) fn register(&self, name: &str, channel: u64) -> Result<(), ArenaError> {
+        assert!(name.len() <= MAX_NAME);
+        let start = name_hash(name) as usize % DIR_ENTRIES;
+        for k in 0..DIR_ENTRIES {
+            let e = self.dir_entry((start + k) % DIR_ENTRIES);
+            if e.state
+                .compare_exchange(DIR_EMPTY, DIR_WRITING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // SAFETY: winning the CAS to DIR_WRITING gives us the entry's fields alone.
+                unsafe {
+                    *e.name_len.get() = name.len() as u32;
+                    (&mut *e.name.get())[..name.len()].copy_from_slice(name.as_bytes());
+                    *e.channel.get() = channel;
+                }
+                e.state.store(DIR_READY, Ordering::Release);
+                return Ok(());
+            }
+            if Self::wait_ready(e) && Self::entry_name(e) == name.as_bytes() {
+                return Err(ArenaError::NameInUse);
+            }
+        }
+        Err(ArenaError::DirectoryFull)
+    }
+}
+
+const TAG_SHIFT: u32 = 28;
+const TAG_OFFSET_MASK: u64 = (1 << TAG_SHIFT) - 1;
+
+/// FNV-1a, 64 bit: stable across processes and builds.
+pub(crate) fn name_hash(s: &str) -> u64 {
+    fnv1a(s.as_bytes())
+}
+
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

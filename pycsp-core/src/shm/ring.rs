@@ -1,0 +1,426 @@
+//! A channel in shared memory: header, ring of slots, and the blocking read and write on it.
+//!
+//! The ring is crossbeam-channel's bounded array queue (`flavors/array.rs`) placed in the arena:
+//! each slot carries a stamp that says whether it is full or empty for a given lap, and readers
+//! and writers claim positions with one compare-and-swap on `head` or `tail`. Any number of
+//! processes may read and write at once. See [`crate::shm`] for the layout.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::arena::{Arena, ArenaError, MAX_NAME};
+use super::wait::Event;
+use crate::error::ChannelError;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPCH1");
+/// Bytes of a message that fit inline in a slot; longer messages travel in an arena block.
+pub(crate) const INLINE: usize = 112;
+/// Slots of the ring behind a rendezvous channel: how many writers can have a message
+/// waiting to be taken at the same moment before further writers wait for room.
+const RENDEZVOUS_RING: u64 = 16;
+const MAX_TYPE_NAME: usize = 128;
+
+pub(crate) const POISONED: u32 = 1;
+pub(crate) const WRITERS_RETIRED: u32 = 2;
+pub(crate) const READERS_RETIRED: u32 = 4;
+
+const KIND_INLINE: u32 = 0;
+const KIND_BLOCK: u32 = 1;
+
+#[repr(C, align(128))]
+struct Padded<T>(T);
+
+#[repr(C)]
+struct State {
+    flags: AtomicU32,
+    writers: AtomicU32,
+    readers: AtomicU32,
+}
+
+#[repr(C)]
+pub(crate) struct ChannelHeader {
+    magic: u64,
+    type_fp: u64,
+    capacity: u64,
+    ring_len: u64,
+    one_lap: u64,
+    type_name_len: u32,
+    name_len: u32,
+    type_name: [u8; MAX_TYPE_NAME],
+    name: [u8; MAX_NAME],
+    state: Padded<State>,
+    head: Padded<AtomicU64>,
+    tail: Padded<AtomicU64>,
+    rx: Padded<Event>,
+    tx: Padded<Event>,
+}
+
+#[repr(C, align(128))]
+struct Slot {
+    stamp: AtomicU64,
+    kind: UnsafeCell<u32>,
+    len: UnsafeCell<u32>,
+    payload: UnsafeCell<[u8; INLINE]>,
+}
+
+/// An encoded message on its way into a slot.
+pub(crate) enum Outgoing<'a> {
+    Inline(&'a [u8]),
+    Block { offset: u64, len: u64 },
+}
+
+/// A message taken out of a slot.
+pub(crate) enum Incoming {
+    Inline { buf: [u8; INLINE], len: usize },
+    Block { offset: u64, len: u64 },
+}
+
+/// Why a write failed, and whether its message had already been placed in the ring (then a
+/// reader may still take it, and its block belongs to that reader).
+pub(crate) struct WriteError {
+    pub(crate) error: ChannelError,
+    pub(crate) placed: bool,
+}
+
+/// A channel mapped in this process. Cheap to copy; valid for the life of the process.
+#[derive(Clone, Copy)]
+pub(crate) struct Chan {
+    hdr: &'static ChannelHeader,
+    slots: &'static [Slot],
+    offset: u64,
+}
+
+impl std::fmt::Debug for Chan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chan")
+            .field("name", &self.name())
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+fn header_len() -> u64 {
+    std::mem::size_of::<ChannelHeader>() as u64
+}
+
+impl Chan {
+    /// Creates a channel in the arena. `capacity` 0 means rendezvous.
+    pub(crate) fn create(
+        arena: &'static Arena,
+        name: &str,
+        type_name: &str,
+        type_fp: u64,
+        capacity: usize,
+    ) -> Result<Chan, ArenaError> {
+        let ring_len = if capacity == 0 {
+            RENDEZVOUS_RING
+        } else {
+            capacity as u64
+        };
+        let len = header_len() + ring_len * std::mem::size_of::<Slot>() as u64;
+        let offset = arena.alloc_static(len)?;
+        let p = arena.ptr(offset, len).cast::<ChannelHeader>();
+        let tn = &type_name.as_bytes()[..type_name.len().min(MAX_TYPE_NAME)];
+        let nm = &name.as_bytes()[..name.len().min(MAX_NAME)];
+        // SAFETY: the range was freshly allocated for this channel (zeroed, 256-byte aligned)
+        // and its offset is not yet known to any other process or thread, so these plain
+        // writes cannot race. Zero is a valid value of every atomic field.
+        unsafe {
+            (*p).magic = MAGIC;
+            (*p).type_fp = type_fp;
+            (*p).capacity = capacity as u64;
+            (*p).ring_len = ring_len;
+            (*p).one_lap = (ring_len + 1).next_power_of_two();
+            (*p).type_name_len = tn.len() as u32;
+            (&mut (*p).type_name)[..tn.len()].copy_from_slice(tn);
+            (*p).name_len = nm.len() as u32;
+            (&mut (*p).name)[..nm.len()].copy_from_slice(nm);
+        }
+        let chan = Chan::attach(arena, offset).expect("a channel just created is valid");
+        for (i, slot) in chan.slots.iter().enumerate() {
+            slot.stamp.store(i as u64, Ordering::Relaxed);
+        }
+        fence(Ordering::Release);
+        Ok(chan)
+    }
+
+    /// Maps the channel at `offset`; `None` if no channel is there.
+    pub(crate) fn attach(arena: &'static Arena, offset: u64) -> Option<Chan> {
+        let hlen = header_len();
+        let p = arena.ptr(offset, hlen).cast::<ChannelHeader>();
+        // SAFETY: the header range is inside the arena (checked by `ptr`); its immutable part
+        // was written before the offset was published and the rest is atomic.
+        let hdr: &'static ChannelHeader = unsafe { &*p };
+        if hdr.magic != MAGIC || hdr.ring_len == 0 {
+            return None;
+        }
+        let slots_len = hdr.ring_len * std::mem::size_of::<Slot>() as u64;
+        let sp = arena.ptr(offset + hlen, slots_len).cast::<Slot>();
+        // SAFETY: `ring_len` slots follow the header inside the arena (checked by `ptr`);
+        // slots are accessed through their atomic stamp and the claim protocol below.
+        let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
+        Some(Chan { hdr, slots, offset })
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        let h = self.hdr;
+        std::str::from_utf8(&h.name[..h.name_len as usize]).unwrap_or("<invalid name>")
+    }
+
+    pub(crate) fn type_name(&self) -> &'static str {
+        let h = self.hdr;
+        std::str::from_utf8(&h.type_name[..h.type_name_len as usize]).unwrap_or("<invalid>")
+    }
+
+    pub(crate) fn type_fp(&self) -> u64 {
+        self.hdr.type_fp
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.hdr.capacity as usize
+    }
+
+    fn flags(&self) -> u32 {
+        self.hdr.state.0.flags.load(Ordering::Acquire)
+    }
+
+    /// Counts a new writer (`true`) or reader (`false`) end.
+    pub(crate) fn join(&self, writer: bool) {
+        let s = &self.hdr.state.0;
+        if writer {
+            s.writers.fetch_add(1, Ordering::AcqRel);
+        } else {
+            s.readers.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Retires one writer (`true`) or reader (`false`) end; the last one retires that side.
+    pub(crate) fn retire(&self, writer: bool) {
+        let s = &self.hdr.state.0;
+        let (count, flag) = if writer {
+            (&s.writers, WRITERS_RETIRED)
+        } else {
+            (&s.readers, READERS_RETIRED)
+        };
+        if count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            s.flags.fetch_or(flag, Ordering::AcqRel);
+            self.wake_everyone();
+        }
+    }
+
+    /// Poisons the channel: every blocked and later operation fails with `Poisoned`.
+    pub(crate) fn poison(&self) {
+        self.hdr.state.0.flags.fetch_or(POISONED, Ordering::AcqRel);
+        self.wake_everyone();
+    }
+
+    fn wake_everyone(&self) {
+        self.hdr.rx.0.notify_all();
+        self.hdr.tx.0.notify_all();
+    }
+
+    fn positions(&self, pos: u64) -> (usize, u64) {
+        let one_lap = self.hdr.one_lap;
+        ((pos & (one_lap - 1)) as usize, pos & !(one_lap - 1))
+    }
+
+    fn next_pos(&self, pos: u64) -> u64 {
+        let (index, lap) = self.positions(pos);
+        if (index as u64) + 1 < self.hdr.ring_len {
+            pos + 1
+        } else {
+            lap.wrapping_add(self.hdr.one_lap)
+        }
+    }
+
+    /// Tries to put a message in the ring; returns its slot index and stamp on success.
+    fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
+        let tail_a = &self.hdr.tail.0;
+        let mut tail = tail_a.load(Ordering::Relaxed);
+        loop {
+            let (index, _) = self.positions(tail);
+            let slot = &self.slots[index];
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if tail == stamp {
+                let new_tail = self.next_pos(tail);
+                match tail_a.compare_exchange_weak(
+                    tail,
+                    new_tail,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: winning the CAS on `tail` for this stamp gives this writer
+                        // the slot's contents until it stores the new stamp.
+                        unsafe {
+                            match msg {
+                                Outgoing::Inline(b) => {
+                                    *slot.kind.get() = KIND_INLINE;
+                                    *slot.len.get() = b.len() as u32;
+                                    (&mut *slot.payload.get())[..b.len()].copy_from_slice(b);
+                                }
+                                Outgoing::Block { offset, len } => {
+                                    *slot.kind.get() = KIND_BLOCK;
+                                    *slot.len.get() = 16;
+                                    let p = &mut *slot.payload.get();
+                                    p[..8].copy_from_slice(&offset.to_le_bytes());
+                                    p[8..16].copy_from_slice(&len.to_le_bytes());
+                                }
+                            }
+                        }
+                        slot.stamp.store(tail + 1, Ordering::Release);
+                        return Some((index, tail + 1));
+                    }
+                    Err(t) => tail = t,
+                }
+            } else if stamp.wrapping_add(self.hdr.one_lap) == tail + 1 {
+                fence(Ordering::SeqCst);
+                let head = self.hdr.head.0.load(Ordering::Relaxed);
+                if head.wrapping_add(self.hdr.one_lap) == tail {
+                    return None; // full
+                }
+                std::hint::spin_loop();
+                tail = tail_a.load(Ordering::Relaxed);
+            } else {
+                std::hint::spin_loop();
+                tail = tail_a.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tries to take a message out of the ring.
+    fn try_pop(&self) -> Option<Incoming> {
+        let head_a = &self.hdr.head.0;
+        let mut head = head_a.load(Ordering::Relaxed);
+        loop {
+            let (index, _) = self.positions(head);
+            let slot = &self.slots[index];
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if head + 1 == stamp {
+                let new_head = self.next_pos(head);
+                match head_a.compare_exchange_weak(
+                    head,
+                    new_head,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: winning the CAS on `head` for a full slot gives this reader
+                        // the slot's contents until it stores the empty stamp.
+                        let msg = unsafe {
+                            let len = (*slot.len.get() as usize).min(INLINE);
+                            let p = &*slot.payload.get();
+                            if *slot.kind.get() == KIND_BLOCK {
+                                Incoming::Block {
+                                    offset: u64::from_le_bytes(p[..8].try_into().unwrap()),
+                                    len: u64::from_le_bytes(p[8..16].try_into().unwrap()),
+                                }
+                            } else {
+                                let mut buf = [0u8; INLINE];
+                                buf[..len].copy_from_slice(&p[..len]);
+                                Incoming::Inline { buf, len }
+                            }
+                        };
+                        slot.stamp
+                            .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+                        return Some(msg);
+                    }
+                    Err(h) => head = h,
+                }
+            } else if stamp == head {
+                fence(Ordering::SeqCst);
+                let tail = self.hdr.tail.0.load(Ordering::Relaxed);
+                if tail == head {
+                    return None; // empty
+                }
+                std::hint::spin_loop();
+                head = head_a.load(Ordering::Relaxed);
+            } else {
+                std::hint::spin_loop();
+                head = head_a.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes a message, blocking while the ring is full and, for a rendezvous channel, until
+    /// a reader has taken it. On error the message was not delivered, except that a rendezvous
+    /// write interrupted by poison may have been taken.
+    pub(crate) fn write(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(), WriteError> {
+        let not_placed = |error| WriteError {
+            error,
+            placed: false,
+        };
+        let tx = &self.hdr.tx.0;
+        let pushed = tx.wait_until(deadline, || {
+            let f = self.flags();
+            if f & POISONED != 0 {
+                return Some(Err(ChannelError::Poisoned));
+            }
+            if f & READERS_RETIRED != 0 {
+                return Some(Err(ChannelError::Retired));
+            }
+            self.try_push(msg).map(Ok)
+        });
+        let (index, stamp) = match pushed {
+            None => return Err(not_placed(ChannelError::Timeout)),
+            Some(r) => r.map_err(not_placed)?,
+        };
+        self.hdr.rx.0.notify_one();
+        if self.hdr.capacity != 0 {
+            return Ok(());
+        }
+        // Rendezvous: wait until a reader has emptied our slot.
+        let slot = &self.slots[index];
+        let taken = tx.wait_until(None, || {
+            if slot.stamp.load(Ordering::Acquire) != stamp {
+                return Some(Ok(()));
+            }
+            let f = self.flags();
+            if f & POISONED != 0 {
+                return Some(Err(ChannelError::Poisoned));
+            }
+            if f & READERS_RETIRED != 0 {
+                return Some(Err(ChannelError::Retired));
+            }
+            None
+        });
+        taken
+            .unwrap_or(Err(ChannelError::Timeout))
+            .map_err(|error| WriteError {
+                error,
+                placed: true,
+            })
+    }
+
+    /// Reads a message, blocking while the ring is empty.
+    pub(crate) fn read(&self, deadline: Option<Instant>) -> Result<Incoming, ChannelError> {
+        let rx = &self.hdr.rx.0;
+        let got = rx.wait_until(deadline, || {
+            let f = self.flags();
+            if f & POISONED != 0 {
+                return Some(Err(ChannelError::Poisoned));
+            }
+            if let Some(m) = self.try_pop() {
+                return Some(Ok(m));
+            }
+            if f & WRITERS_RETIRED != 0 {
+                // The flag was read before the ring was found empty, and writers publish
+                // before they retire, so nothing can arrive any more.
+                return Some(Err(ChannelError::Retired));
+            }
+            None
+        });
+        let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
+        self.hdr.tx.0.notify_all();
+        Ok(msg)
+    }
+}

@@ -1,0 +1,134 @@
+//! The operating-system calls pycsp needs, fenced in one module.
+//!
+//! Everything `unsafe` that talks to the kernel lives here: anonymous shared memory
+//! (`memfd_create`), futex wait and wake on a word of shared memory, and the file-descriptor
+//! flags a re-executed child needs to inherit its shared memory and control socket. The rest of
+//! the crate is safe code on top of these functions.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Creates an anonymous shared-memory file of `len` bytes.
+///
+/// The file has no name in any file system: it lives as long as some process holds a
+/// descriptor or a mapping of it, so a crashed or killed network leaves nothing in `/dev/shm`.
+/// The pages are allocated lazily, when first touched.
+pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::other("memfd name has a NUL byte"))?;
+    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags are
+    // valid for memfd_create.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::other("shared memory too large"))?;
+    // SAFETY: ftruncate on a descriptor we own; no memory is touched.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Gives the pages of `[offset, offset + len)` of a shared-memory file back to the kernel.
+///
+/// Later reads of that range see zeros. Used when a large message block is freed.
+pub(crate) fn punch_hole(fd: RawFd, offset: u64, len: u64) {
+    // SAFETY: fallocate only changes the file's allocation; the range is inside the file and
+    // nobody reads the block while it is free. Failure is harmless (the pages stay allocated).
+    unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        );
+    }
+}
+
+/// Sleeps while `*word == expected`, at most `timeout` if one is given.
+///
+/// Returns when woken, when the word no longer holds `expected`, on a signal, or on timeout;
+/// callers always re-check their condition. The word may be shared between processes.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; FUTEX_WAIT (not
+    // PRIVATE) works on shared mappings; `ts_ptr` is null or points to a live timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes up to `n` processes sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not dereference other arguments.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}
+
+/// Clears close-on-exec on `fd` so that a program started with `exec` inherits it.
+///
+/// Only call this in a child between `fork` and `exec` (from `pre_exec`): fcntl is
+/// async-signal-safe and the change affects the child's descriptor table only.
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD with 0 only changes a descriptor flag; an invalid fd yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of an inherited descriptor whose number came from the parent.
+pub(crate) fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it tells whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Set close-on-exec again so that programs this process starts do not inherit it.
+    // SAFETY: as above, only a descriptor flag changes.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the parent passed this descriptor to us alone; nothing else in this process
+    // owns it, so wrapping it in an OwnedFd is sound.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes writes to a closed pipe or socket return `EPIPE` instead of killing the process, as
+/// the Rust runtime does before `main` (a child's process body runs before `main`).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Immediately ends this process with `code`, running no destructors and no atexit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is safe to call from any thread.
+    unsafe { libc::_exit(code) }
+}
+
+/// Whether a process with this pid exists (it may be a zombie).
+#[allow(dead_code)]
+pub(crate) fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
