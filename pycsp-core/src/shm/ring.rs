@@ -91,6 +91,13 @@ pub(crate) struct Chan {
     offset: u64,
 }
 
+// SAFETY: a Chan points into the arena, which stays mapped for the life of the process; all
+// shared mutation goes through atomics or through slot contents owned under the claim
+// protocol (a CAS on head or tail), which works between threads as between processes.
+unsafe impl Send for Chan {}
+// SAFETY: as above.
+unsafe impl Sync for Chan {}
+
 impl std::fmt::Debug for Chan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chan")
