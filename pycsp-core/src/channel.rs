@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::ChannelError;
 use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::{Chan, Incoming, Outgoing, INLINE};
+use crate::shm::waiter;
 
 /// A typed, named channel in the shared memory of this process network.
 ///
@@ -305,6 +306,45 @@ impl End {
     }
 }
 
+/// Encodes `value` as MessagePack.
+pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, ChannelError> {
+    rmp_serde::to_vec(value).map_err(|e| ChannelError::Encode {
+        channel: chan.name().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes an encoded message: inline in the slot if it fits, else through a block.
+pub(crate) fn write_encoded(
+    chan: &Chan,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), ChannelError> {
+    if bytes.len() <= INLINE {
+        return chan
+            .write(&Outgoing::Inline(bytes), deadline)
+            .map_err(|e| e.error);
+    }
+    let arena = Arena::get().map_err(shm_error)?;
+    let len = bytes.len() as u64;
+    let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
+        channel: chan.name().to_string(),
+        len,
+        max: Arena::max_block_data(),
+    })?;
+    // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
+    // nobody else reads it until its offset is published through the ring.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.ptr(offset, len), bytes.len()) };
+    chan.write(&Outgoing::Block { offset, len }, deadline)
+        .map_err(|e| {
+            if !e.placed {
+                // Never placed in the ring: the block is still ours.
+                arena.free_block(offset);
+            }
+            e.error
+        })
+}
+
 /// A bounded in-place writer for the inline part of a slot.
 struct Inline {
     buf: [u8; INLINE],
@@ -371,44 +411,23 @@ impl<T: Serialize> ChannelOut<T> {
                 .write(&Outgoing::Inline(&inline.buf[..inline.len]), deadline)
                 .map_err(|e| e.error);
         }
-        let arena = Arena::get().map_err(shm_error)?;
-        let block = SCRATCH.with(|s| {
+        SCRATCH.with(|s| {
             let mut buf = s.borrow_mut();
             buf.clear();
             rmp_serde::encode::write(&mut *buf, value).map_err(|e| ChannelError::Encode {
                 channel: chan.name().to_string(),
                 reason: e.to_string(),
             })?;
-            let len = buf.len() as u64;
-            let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
-                channel: chan.name().to_string(),
-                len,
-                max: Arena::max_block_data(),
-            })?;
-            // SAFETY: the block was just allocated for us and is `len` bytes long (checked by
-            // `ptr`); nobody else reads it until its offset is published through the ring.
-            unsafe {
-                std::ptr::copy_nonoverlapping(buf.as_ptr(), arena.ptr(offset, len), buf.len())
-            };
+            let r = write_encoded(chan, &buf, deadline);
             if buf.capacity() > (4 << 20) {
                 *buf = Vec::new();
             }
-            Ok::<_, ChannelError>((offset, len))
-        })?;
-        chan.write(
-            &Outgoing::Block {
-                offset: block.0,
-                len: block.1,
-            },
-            deadline,
-        )
-        .map_err(|e| {
-            if !e.placed {
-                // Never placed in the ring: the block is still ours.
-                arena.free_block(block.0);
-            }
-            e.error
+            r
         })
+    }
+
+    pub(crate) fn chan(&self) -> Chan {
+        self.end.chan
     }
 }
 
@@ -452,23 +471,36 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
-        let decode_err = |e: rmp_serde::decode::Error| ChannelError::Decode {
-            channel: chan.name().to_string(),
-            ty: std::any::type_name::<T>().to_string(),
-            reason: e.to_string(),
-        };
-        match chan.read(deadline)? {
-            Incoming::Inline { buf, len } => rmp_serde::from_slice(&buf[..len]).map_err(decode_err),
-            Incoming::Block { offset, len } => {
-                let arena = Arena::get().map_err(shm_error)?;
-                // SAFETY: the writer filled `len` bytes at `offset` before publishing it, and
-                // taking the slot made this reader the block's only user until it frees it.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
-                let r = rmp_serde::from_slice(bytes).map_err(decode_err);
-                arena.free_block(offset);
-                r
-            }
+        let arena = Arena::get().map_err(shm_error)?;
+        let msg = chan.read(deadline, true, |w| waiter::claim(arena, w))?;
+        decode_incoming(chan, msg)
+    }
+
+    pub(crate) fn chan(&self) -> Chan {
+        self.end.chan
+    }
+}
+
+/// Decodes a message taken out of `chan` (and frees its block, if it had one).
+pub(crate) fn decode_incoming<T: DeserializeOwned>(
+    chan: &Chan,
+    msg: Incoming,
+) -> Result<T, ChannelError> {
+    let decode_err = |e: rmp_serde::decode::Error| ChannelError::Decode {
+        channel: chan.name().to_string(),
+        ty: std::any::type_name::<T>().to_string(),
+        reason: e.to_string(),
+    };
+    match msg {
+        Incoming::Inline { buf, len } => rmp_serde::from_slice(&buf[..len]).map_err(decode_err),
+        Incoming::Block { offset, len } => {
+            let arena = Arena::get().map_err(shm_error)?;
+            // SAFETY: the writer filled `len` bytes at `offset` before publishing it, and
+            // taking the slot made this reader the block's only user until it frees it.
+            let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
+            let r = rmp_serde::from_slice(bytes).map_err(decode_err);
+            arena.free_block(offset);
+            r
         }
     }
 }

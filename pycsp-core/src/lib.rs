@@ -10,6 +10,7 @@
 //! Shared-memory layout and the wait/wake protocol are documented in one place, the private
 //! `shm` module (`pycsp-core/src/shm/mod.rs`).
 
+pub mod alt;
 pub mod channel;
 mod error;
 pub mod process;
@@ -20,6 +21,7 @@ mod sys;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use alt::{Alternation, Chosen};
 pub use channel::{Channel, ChannelIn, ChannelOut};
 pub use error::{ChannelError, Error, Failure};
 pub use process::{replicate, Parallel, Process, ProcessSet, Sequence, Spawn, Spawned};

@@ -132,3 +132,77 @@ pub(crate) fn process_exists(pid: u32) -> bool {
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// The kernel's `struct futex_waitv` (Linux 5.16+).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+const FUTEX_32: u32 = 2;
+const SYS_FUTEX_WAITV: libc::c_long = 449;
+
+/// Sleeps until any `words[i]` no longer holds `expected[i]` or is woken, or `timeout` passes.
+///
+/// One process waiting on several channels (alternation) sleeps here on all their futex
+/// words at once. At most 128 words. Callers always re-check their condition afterwards.
+pub(crate) fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) {
+    debug_assert!(!words.is_empty() && words.len() <= 128);
+    if words.len() == 1 {
+        return futex_wait(words[0].0, words[0].1, timeout);
+    }
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(w, v)| FutexWaitv {
+            val: u64::from(*v),
+            uaddr: w.as_ptr() as u64,
+            flags: FUTEX_32,
+            reserved: 0,
+        })
+        .collect();
+    // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+    let deadline = timeout.map(|d| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let total = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(d);
+        libc::timespec {
+            tv_sec: total.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: total.subsec_nanos() as libc::c_long,
+        }
+    });
+    let ts_ptr = deadline
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is a live array of `len` futex_waitv structs whose addresses point to
+    // valid u32 words; `ts_ptr` is null or points to a live timespec; flags is 0.
+    let r = unsafe {
+        libc::syscall(
+            SYS_FUTEX_WAITV,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0u32,
+            ts_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // Kernels before 5.16: sleep on the first word only, briefly, and let the caller
+        // re-check (correct, only slower to notice the other channels).
+        futex_wait(
+            words[0].0,
+            words[0].1,
+            Some(
+                timeout
+                    .unwrap_or(Duration::from_millis(1))
+                    .min(Duration::from_millis(1)),
+            ),
+        );
+    }
+}

@@ -59,3 +59,4 @@
 pub(crate) mod arena;
 pub(crate) mod ring;
 pub(crate) mod wait;
+pub(crate) mod waiter;

@@ -54,7 +54,22 @@ pub(crate) struct ChannelHeader {
     tail: Padded<AtomicU64>,
     rx: Padded<Event>,
     tx: Padded<Event>,
+    offers: Padded<Offers>,
 }
+
+/// Offers of processes blocked in an alternation on a rendezvous channel (see
+/// [`crate::alt`]): a selecting reader offers to take, a selecting writer offers to give; a
+/// counterpart claims an offer with one CAS on the offering waiter's selection word.
+#[repr(C)]
+struct Offers {
+    nreads: AtomicU32,
+    nwrites: AtomicU32,
+    reads: [AtomicU64; OFFERS],
+    writes: [AtomicU64; OFFERS],
+}
+
+/// Offers one rendezvous channel can hold on each side at once.
+const OFFERS: usize = 32;
 
 #[repr(C, align(128))]
 struct Slot {
@@ -81,6 +96,16 @@ pub(crate) enum Incoming {
 pub(crate) struct WriteError {
     pub(crate) error: ChannelError,
     pub(crate) placed: bool,
+}
+
+/// What a claim attempt on an offer found.
+pub(crate) enum Claim {
+    /// The offering waiter is now committed to us.
+    Won,
+    /// The offer belongs to a selection that is over: remove it.
+    Stale,
+    /// The waiter is busy (deciding, or claimed by someone else): leave the offer.
+    Busy,
 }
 
 /// A channel mapped in this process. Cheap to copy; valid for the life of the process.
@@ -245,8 +270,119 @@ impl Chan {
         }
     }
 
+    /// Whether this is a rendezvous channel.
+    pub(crate) fn is_rendezvous(&self) -> bool {
+        self.hdr.capacity == 0
+    }
+
+    /// The channel's read and write events (readers sleep on `rx`, writers on `tx`).
+    pub(crate) fn events(&self) -> (&'static Event, &'static Event) {
+        (&self.hdr.rx.0, &self.hdr.tx.0)
+    }
+
+    pub(crate) fn state_flags(&self) -> u32 {
+        self.flags()
+    }
+
+    /// Whether the ring probably holds a message (a hint for waiting; `try_pop` decides).
+    pub(crate) fn looks_nonempty(&self) -> bool {
+        self.hdr.head.0.load(Ordering::SeqCst) != self.hdr.tail.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether the ring probably has room (a hint for waiting; `try_push` decides).
+    pub(crate) fn looks_writable(&self) -> bool {
+        let tail = self.hdr.tail.0.load(Ordering::SeqCst);
+        let (index, _) = self.positions(tail);
+        self.slots[index].stamp.load(Ordering::SeqCst) == tail
+    }
+
+    /// Whether a selecting writer (`reads == false`) or reader offers on this channel.
+    pub(crate) fn has_offers(&self, reads: bool) -> bool {
+        let o = &self.hdr.offers.0;
+        if reads {
+            o.nreads.load(Ordering::SeqCst) > 0
+        } else {
+            o.nwrites.load(Ordering::SeqCst) > 0
+        }
+    }
+
+    fn offer_table(&self, reads: bool) -> (&'static [AtomicU64; OFFERS], &'static AtomicU32) {
+        let o: &'static Offers = &self.hdr.offers.0;
+        if reads {
+            (&o.reads, &o.nreads)
+        } else {
+            (&o.writes, &o.nwrites)
+        }
+    }
+
+    /// Posts an offer; `false` if the table is full (the caller then polls).
+    pub(crate) fn post_offer(&self, reads: bool, word: u64) -> bool {
+        let (table, n) = self.offer_table(reads);
+        for slot in table {
+            if slot
+                .compare_exchange(0, word, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                n.fetch_add(1, Ordering::SeqCst);
+                if !reads {
+                    // Blocked readers claim writers' offers: tell them there is one.
+                    self.hdr.rx.0.notify_all();
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Withdraws an offer, unless a claimer already removed it.
+    pub(crate) fn withdraw_offer(&self, reads: bool, word: u64) {
+        let (table, n) = self.offer_table(reads);
+        for slot in table {
+            if slot
+                .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                n.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    /// Claims one offer of a selecting reader (`reads`) or writer with `claim`, which tries
+    /// the CAS on the offering waiter; removes stale offers on the way. Returns whether one
+    /// was claimed; the claimed side is woken.
+    pub(crate) fn claim_offer(&self, reads: bool, mut claim: impl FnMut(u64) -> Claim) -> bool {
+        let (table, n) = self.offer_table(reads);
+        if n.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        for slot in table {
+            let word = slot.load(Ordering::SeqCst);
+            if word == 0 {
+                continue;
+            }
+            let outcome = claim(word);
+            if matches!(outcome, Claim::Won | Claim::Stale)
+                && slot
+                    .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                n.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Claim::Won = outcome {
+                if reads {
+                    self.hdr.rx.0.notify_all()
+                } else {
+                    self.hdr.tx.0.notify_all()
+                }
+                return true;
+            }
+        }
+        false
+    }
+
     /// Tries to put a message in the ring; returns its slot index and stamp on success.
-    fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
+    pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
         loop {
@@ -301,7 +437,7 @@ impl Chan {
     }
 
     /// Tries to take a message out of the ring.
-    fn try_pop(&self) -> Option<Incoming> {
+    pub(crate) fn try_pop(&self) -> Option<Incoming> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
         loop {
@@ -408,9 +544,17 @@ impl Chan {
             })
     }
 
-    /// Reads a message, blocking while the ring is empty.
-    pub(crate) fn read(&self, deadline: Option<Instant>) -> Result<Incoming, ChannelError> {
+    /// Reads a message, blocking while the ring is empty. With `claim_writers`, a reader of a
+    /// rendezvous channel also claims a selecting writer's offer (once), so that writer then
+    /// writes; without it (a reader that a writer already claimed), it only waits.
+    pub(crate) fn read(
+        &self,
+        deadline: Option<Instant>,
+        claim_writers: bool,
+        claim: impl Fn(u64) -> Claim,
+    ) -> Result<Incoming, ChannelError> {
         let rx = &self.hdr.rx.0;
+        let mut claimed = !claim_writers || !self.is_rendezvous();
         let got = rx.wait_until(deadline, || {
             let f = self.flags();
             if f & POISONED != 0 {
@@ -418,6 +562,10 @@ impl Chan {
             }
             if let Some(m) = self.try_pop() {
                 return Some(Ok(m));
+            }
+            if !claimed && self.claim_offer(false, &claim) {
+                claimed = true;
+                return None;
             }
             if f & WRITERS_RETIRED != 0 {
                 // The flag was read before the ring was found empty, and writers publish

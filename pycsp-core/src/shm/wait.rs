@@ -52,60 +52,90 @@ impl Event {
     pub(crate) fn wait_until<T>(
         &self,
         deadline: Option<Instant>,
-        mut ready: impl FnMut() -> Option<T>,
+        ready: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        if let Some(v) = ready() {
-            return Some(v);
-        }
-        let start = Instant::now();
-        let mut round = 0u32;
+        wait_any(&[self], deadline, ready)
+    }
+}
+
+/// Waits until `ready` returns `Some`, or until `deadline` passes (then `None`), sleeping on
+/// all of `events` at once: the one-event case is a blocking read or write, the many-event
+/// case is alternation over several channels.
+pub(crate) fn wait_any<T>(
+    events: &[&Event],
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    if let Some(v) = ready() {
+        return Some(v);
+    }
+    let start = Instant::now();
+    let mut round = 0u32;
+    let mut words: Vec<(&AtomicU32, u32)> = Vec::new();
+    loop {
+        // Spin, then yield, for about SPIN_FOR (or until the deadline).
         loop {
-            // Spin, then yield, for about SPIN_FOR.
-            loop {
-                if round < 7 {
-                    for _ in 0..(1u32 << round) {
-                        std::hint::spin_loop();
-                    }
-                } else {
-                    std::thread::yield_now();
+            if round < 7 {
+                for _ in 0..(1u32 << round) {
+                    std::hint::spin_loop();
                 }
-                round += 1;
-                if let Some(v) = ready() {
-                    return Some(v);
+            } else {
+                std::thread::yield_now();
+            }
+            round += 1;
+            if let Some(v) = ready() {
+                return Some(v);
+            }
+            if round % 8 == 0 {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return None;
                 }
-                if round % 8 == 0 && start.elapsed() >= SPIN_FOR {
+                if now - start >= SPIN_FOR {
                     break;
                 }
             }
-            // Sleep in the kernel.
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let seq = self.seq.load(Ordering::SeqCst);
-            if let Some(v) = ready() {
-                self.sleepers.fetch_sub(1, Ordering::SeqCst);
-                return Some(v);
-            }
-            let timeout = match deadline {
-                None => None,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-                        return None;
-                    }
-                    Some(d - now)
-                }
-            };
-            sys::futex_wait(&self.seq, seq, timeout);
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            if let Some(v) = ready() {
-                return Some(v);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return None;
-            }
-            // Woken but somebody else took what we were woken for: spin a little again.
-            round = 4;
         }
+        // Sleep in the kernel.
+        for e in events {
+            e.sleepers.fetch_add(1, Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        words.clear();
+        words.extend(
+            events
+                .iter()
+                .map(|e| (&e.seq, e.seq.load(Ordering::SeqCst))),
+        );
+        let leave = |events: &[&Event]| {
+            for e in events {
+                e.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        if let Some(v) = ready() {
+            leave(events);
+            return Some(v);
+        }
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    leave(events);
+                    return None;
+                }
+                Some(d - now)
+            }
+        };
+        sys::futex_waitv(&words, timeout);
+        leave(events);
+        if let Some(v) = ready() {
+            return Some(v);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        // Woken, but somebody else took what we were woken for: spin a little again.
+        round = 4;
     }
 }

@@ -1,0 +1,441 @@
+//! Alternation: wait on several guards at once and commit to exactly one.
+//!
+//! Guards are added to an [`Alternation`] with a closure each that turns what happened into a
+//! value of one type `R` (as the arms of crossbeam's `select!` do); the select then returns
+//! which guard fired and that value:
+//!
+//! - [`input`](Alternation::input): a message can be read from a channel end;
+//! - [`output`](Alternation::output): a message can be written (on a rendezvous channel: a
+//!   reader is there to take it);
+//! - [`timeout`](Alternation::timeout): nothing else fired within a duration;
+//! - [`skip`](Alternation::skip): always ready (a non-blocking select).
+//!
+//! Three policies, named as in PyCSP: [`pri_select`](Alternation::pri_select) takes the first
+//! ready guard in the order given, [`alt_select`](Alternation::alt_select) any ready guard
+//! (starting at a random one), [`fair_select`](Alternation::fair_select) starts after the
+//! guard this thread chose last time from the same set of channels, so no ready guard starves.
+//!
+//! A builder, not a macro: it reads as plain Rust, takes any number of guards (also built in
+//! a loop), and needs no macro to learn.
+//!
+//! # Exactly once, across processes
+//!
+//! On a buffered channel, reading or writing the ring is itself the commitment (one CAS). On a
+//! rendezvous channel, a selecting process that has to wait posts offers in the channels'
+//! offer tables and sleeps on all the channels at once (`futex_waitv`); a counterpart commits
+//! it with one CAS on its selection word (see `shm/waiter.rs`), then completes the
+//! communication. A selecting writer therefore writes nothing unless a reader committed to
+//! take its message, and each message reaches exactly one reader.
+//!
+//! # Termination
+//!
+//! A guard on a poisoned channel makes the select fail with `Poisoned`. A guard on a retired
+//! channel is skipped; when every channel guard is retired (and there is no timeout or skip
+//! guard), the select fails with `Retired`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use pycsp_core::{alt::Alternation, Channel};
+//!
+//! let numbers = Channel::<u64>::buffered("alt-doc-numbers", 4)?;
+//! let words = Channel::<String>::buffered("alt-doc-words", 4)?;
+//! let (n_in, w_in) = (numbers.reader(), words.reader());
+//! words.writer().write("hi".to_string())?;
+//!
+//! let chosen = Alternation::new()
+//!     .input(&n_in, |n| format!("number {n}"))
+//!     .input(&w_in, |w| format!("word {w}"))
+//!     .timeout(Duration::from_millis(10), || "nothing".to_string())
+//!     .pri_select()?;
+//! assert_eq!((chosen.index, chosen.value.as_str()), (1, "word hi"));
+//! # Ok::<(), pycsp_core::ChannelError>(())
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{decode_incoming, encode, write_encoded};
+use crate::error::ChannelError;
+use crate::shm::arena::Arena;
+use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::wait::{wait_any, Event};
+use crate::shm::waiter::{self, Outcome, Waiter};
+use crate::{ChannelIn, ChannelOut};
+
+type InputFn<'a, R> = Box<dyn FnOnce(&Chan, Incoming) -> Result<R, ChannelError> + 'a>;
+
+enum Guard<'a, R> {
+    Input {
+        chan: Chan,
+        take: InputFn<'a, R>,
+    },
+    Output {
+        chan: Chan,
+        bytes: Result<Vec<u8>, ChannelError>,
+        then: Box<dyn FnOnce() -> R + 'a>,
+    },
+    Timeout {
+        after: Duration,
+        then: Box<dyn FnOnce() -> R + 'a>,
+    },
+    Skip {
+        then: Box<dyn FnOnce() -> R + 'a>,
+    },
+}
+
+/// The guard that fired and the value its closure made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen<R> {
+    /// The guard's position, in the order the guards were added.
+    pub index: usize,
+    /// What the guard's closure returned.
+    pub value: R,
+}
+
+/// A set of guards to select from. See the [module documentation](self).
+pub struct Alternation<'a, R> {
+    guards: Vec<Guard<'a, R>>,
+}
+
+impl<R> Default for Alternation<'_, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Policy {
+    Pri,
+    Alt,
+    Fair,
+}
+
+thread_local! {
+    static FAIR_LAST: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+    static RNG: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+}
+
+fn random(n: usize) -> usize {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        (x % n as u64) as usize
+    })
+}
+
+enum Step<R> {
+    Done(Result<Chosen<R>, ChannelError>),
+    Retired,
+    NotReady,
+}
+
+impl<'a, R> Alternation<'a, R> {
+    /// An empty set of guards.
+    pub fn new() -> Self {
+        Alternation { guards: Vec::new() }
+    }
+
+    /// An input guard: fires when a message can be read from `end`; `then` receives it.
+    pub fn input<T: DeserializeOwned>(
+        mut self,
+        end: &'a ChannelIn<T>,
+        then: impl FnOnce(T) -> R + 'a,
+    ) -> Self {
+        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode_incoming(chan, msg).map(then));
+        self.guards.push(Guard::Input {
+            chan: end.chan(),
+            take,
+        });
+        self
+    }
+
+    /// An output guard: fires when `value` can be written to `end` (on a rendezvous channel:
+    /// when a reader takes it); then `then` runs. If another guard fires, nothing is written.
+    pub fn output<T: Serialize>(
+        mut self,
+        end: &'a ChannelOut<T>,
+        value: T,
+        then: impl FnOnce() -> R + 'a,
+    ) -> Self {
+        let chan = end.chan();
+        let bytes = encode(&chan, &value);
+        self.guards.push(Guard::Output {
+            chan,
+            bytes,
+            then: Box::new(then),
+        });
+        self
+    }
+
+    /// A timeout guard: fires if no other guard fired within `after`.
+    pub fn timeout(mut self, after: Duration, then: impl FnOnce() -> R + 'a) -> Self {
+        self.guards.push(Guard::Timeout {
+            after,
+            then: Box::new(then),
+        });
+        self
+    }
+
+    /// A skip guard: always ready. With `pri_select`, guards before it still take precedence.
+    pub fn skip(mut self, then: impl FnOnce() -> R + 'a) -> Self {
+        self.guards.push(Guard::Skip {
+            then: Box::new(then),
+        });
+        self
+    }
+
+    /// Selects the first ready guard in the order the guards were added.
+    pub fn pri_select(self) -> Result<Chosen<R>, ChannelError> {
+        self.select(Policy::Pri)
+    }
+
+    /// Selects any ready guard (trying them from a random starting point).
+    pub fn alt_select(self) -> Result<Chosen<R>, ChannelError> {
+        self.select(Policy::Alt)
+    }
+
+    /// Selects a ready guard, starting after the one this thread chose last time from the same
+    /// guards, so that over many rounds every ready guard is chosen.
+    pub fn fair_select(self) -> Result<Chosen<R>, ChannelError> {
+        self.select(Policy::Fair)
+    }
+
+    fn signature(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for g in &self.guards {
+            let v = match g {
+                Guard::Input { chan, .. } => chan.offset() << 2,
+                Guard::Output { chan, .. } => (chan.offset() << 2) | 1,
+                Guard::Timeout { .. } => 2,
+                Guard::Skip { .. } => 3,
+            };
+            h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
+        let n = self.guards.len();
+        assert!(n > 0, "an alternation needs at least one guard");
+        assert!(n <= 128, "an alternation takes at most 128 guards");
+        let sig = self.signature();
+        let start = match policy {
+            Policy::Pri => 0,
+            Policy::Alt => random(n),
+            Policy::Fair => FAIR_LAST.with(|f| f.borrow().get(&sig).map_or(0, |l| (l + 1) % n)),
+        };
+        let chosen = self.run(start);
+        if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
+            FAIR_LAST.with(|f| f.borrow_mut().insert(sig, c.index));
+        }
+        chosen
+    }
+
+    fn run(self, start: usize) -> Result<Chosen<R>, ChannelError> {
+        let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
+        let mut guards: Vec<Option<Guard<'a, R>>> = self.guards.into_iter().map(Some).collect();
+        let n = guards.len();
+        let order: Vec<usize> = (start..n).chain(0..start).collect();
+        let began = Instant::now();
+        let timeout = guards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| match g {
+                Some(Guard::Timeout { after, .. }) => Some((*after, i)),
+                _ => None,
+            })
+            .min_by_key(|(after, _)| *after);
+        let deadline = timeout.map(|(after, _)| began + after);
+        let claim = |w| waiter::claim(arena, w);
+        loop {
+            // Try phase: the first ready guard in policy order wins.
+            let mut live = 0;
+            for &i in &order {
+                match try_guard(&mut guards, i, &claim) {
+                    Step::Done(r) => return r,
+                    Step::Retired => {}
+                    Step::NotReady => live += 1,
+                }
+            }
+            if live == 0 && timeout.is_none() {
+                return Err(ChannelError::Retired);
+            }
+            // Wait phase: post offers on rendezvous channels and sleep on every channel.
+            let me = Waiter::current(arena)?;
+            me.begin();
+            let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
+            let mut events: Vec<&'static Event> = Vec::new();
+            let mut polling = false;
+            for (i, g) in guards.iter().enumerate() {
+                let (chan, reads) = match g {
+                    Some(Guard::Input { chan, .. }) => (*chan, true),
+                    Some(Guard::Output { chan, .. }) => (*chan, false),
+                    _ => continue,
+                };
+                let (rx, tx) = chan.events();
+                events.push(if reads { rx } else { tx });
+                if chan.is_rendezvous() {
+                    let word = me.offer(i);
+                    if chan.post_offer(reads, word) {
+                        posted.push((chan, reads, word));
+                    } else {
+                        polling = true;
+                    }
+                }
+            }
+            let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
+            let wait_deadline = match (deadline, poll_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let woke = if events.is_empty() {
+                // Only timeout guards: sleep until the deadline.
+                if let Some(d) = wait_deadline {
+                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                }
+                None
+            } else {
+                wait_any(&events, wait_deadline, || {
+                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref())))
+                        .then_some(())
+                })
+            };
+            let outcome = me.finish();
+            for (chan, reads, word) in posted {
+                chan.withdraw_offer(reads, word);
+            }
+            if let Outcome::Selected(i) = outcome {
+                return complete(&mut guards, i);
+            }
+            if woke.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
+                let (_, i) = timeout.expect("a deadline comes from a timeout guard");
+                let Some(Guard::Timeout { then, .. }) = guards[i].take() else {
+                    unreachable!()
+                };
+                return Ok(Chosen {
+                    index: i,
+                    value: then(),
+                });
+            }
+        }
+    }
+}
+
+/// Whether guard `g` may have become ready (or failed): worth another try phase.
+fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
+    match g {
+        Some(Guard::Input { chan, .. }) => {
+            chan.state_flags() & (POISONED | WRITERS_RETIRED) != 0
+                || chan.looks_nonempty()
+                || (chan.is_rendezvous() && chan.has_offers(false))
+        }
+        Some(Guard::Output { chan, .. }) => {
+            chan.state_flags() & (POISONED | READERS_RETIRED) != 0
+                || (!chan.is_rendezvous() && chan.looks_writable())
+        }
+        _ => false,
+    }
+}
+
+fn try_guard<'a, R>(
+    guards: &mut [Option<Guard<'a, R>>],
+    i: usize,
+    claim: &impl Fn(u64) -> crate::shm::ring::Claim,
+) -> Step<R> {
+    match &guards[i] {
+        Some(Guard::Skip { .. }) => {
+            let Some(Guard::Skip { then }) = guards[i].take() else {
+                unreachable!()
+            };
+            Step::Done(Ok(Chosen {
+                index: i,
+                value: then(),
+            }))
+        }
+        Some(Guard::Timeout { .. }) | None => Step::Retired,
+        Some(Guard::Input { chan, .. }) => {
+            let chan = *chan;
+            let f = chan.state_flags();
+            if f & POISONED != 0 {
+                return Step::Done(Err(ChannelError::Poisoned));
+            }
+            if let Some(msg) = chan.try_pop() {
+                chan.events().1.notify_all();
+                return Step::Done(take_input(guards, i, msg));
+            }
+            if chan.is_rendezvous() && chan.claim_offer(false, claim) {
+                // A selecting writer is now committed to write to us.
+                return Step::Done(complete(guards, i));
+            }
+            if f & WRITERS_RETIRED != 0 {
+                return Step::Retired;
+            }
+            Step::NotReady
+        }
+        Some(Guard::Output { chan, bytes, .. }) => {
+            let chan = *chan;
+            let f = chan.state_flags();
+            if f & POISONED != 0 {
+                return Step::Done(Err(ChannelError::Poisoned));
+            }
+            if f & READERS_RETIRED != 0 {
+                return Step::Retired;
+            }
+            if let Err(e) = bytes {
+                return Step::Done(Err(e.clone()));
+            }
+            if chan.is_rendezvous() {
+                if chan.claim_offer(true, claim) {
+                    // A selecting reader is now committed to read from us.
+                    return Step::Done(complete(guards, i));
+                }
+                return Step::NotReady;
+            }
+            if !chan.looks_writable() {
+                return Step::NotReady;
+            }
+            // Buffered: placing the message in the ring is the commitment. A ring that filled
+            // up since we looked makes the write wait briefly for room, never fail.
+            Step::Done(complete(guards, i))
+        }
+    }
+}
+
+fn take_input<R>(
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+    msg: Incoming,
+) -> Result<Chosen<R>, ChannelError> {
+    let Some(Guard::Input { chan, take }) = guards[i].take() else {
+        unreachable!()
+    };
+    take(&chan, msg).map(|value| Chosen { index: i, value })
+}
+
+/// Completes guard `i`, to which this process is committed (it was selected by a counterpart,
+/// or it selected one).
+fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R>, ChannelError> {
+    match guards[i].take() {
+        Some(Guard::Input { chan, take }) => {
+            // The committed writer is writing: wait for its message (claim nobody else).
+            let msg = chan.read(None, false, |_| crate::shm::ring::Claim::Busy)?;
+            take(&chan, msg).map(|value| Chosen { index: i, value })
+        }
+        Some(Guard::Output { chan, bytes, then }) => {
+            let bytes = bytes?;
+            write_encoded(&chan, &bytes, None)?;
+            Ok(Chosen {
+                index: i,
+                value: then(),
+            })
+        }
+        _ => unreachable!("only channel guards are completed"),
+    }
+}

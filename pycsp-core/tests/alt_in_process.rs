@@ -1,0 +1,167 @@
+//! Alternation between threads of one process (same shared-memory code as across processes).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pycsp_core::{Alternation, Channel, ChannelError};
+
+#[test]
+fn pri_select_takes_the_first_ready_guard_in_order() {
+    let a = Channel::<u8>::buffered("pri-a", 2).unwrap();
+    let b = Channel::<u8>::buffered("pri-b", 2).unwrap();
+    let (ar, br) = (a.reader(), b.reader());
+    a.writer().write(1).unwrap();
+    b.writer().write(2).unwrap();
+    let c = Alternation::new()
+        .input(&br, |v| v)
+        .input(&ar, |v| v)
+        .pri_select()
+        .unwrap();
+    assert_eq!((c.index, c.value), (0, 2));
+}
+
+#[test]
+fn skip_fires_when_nothing_else_is_ready_and_timeout_fires_after_its_duration() {
+    let a = Channel::<u8>::new("skip-a").unwrap();
+    let (_w, r) = (a.writer(), a.reader());
+    let c = Alternation::new()
+        .input(&r, |_| "input")
+        .skip(|| "skip")
+        .pri_select()
+        .unwrap();
+    assert_eq!(c.value, "skip");
+    let start = Instant::now();
+    let c = Alternation::new()
+        .input(&r, |_| "input")
+        .timeout(Duration::from_millis(30), || "timeout")
+        .pri_select()
+        .unwrap();
+    let waited = start.elapsed();
+    assert_eq!(c.value, "timeout");
+    assert!(
+        waited >= Duration::from_millis(30) && waited < Duration::from_millis(200),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn an_output_guard_on_rendezvous_writes_only_when_a_reader_takes_it() {
+    let ch = Channel::<u32>::new("out-guard").unwrap();
+    let (w, r) = (ch.writer(), ch.reader());
+    // No reader: the output guard is not ready, skip fires, nothing was written.
+    let c = Alternation::new()
+        .output(&w, 5, || "sent")
+        .skip(|| "skip")
+        .pri_select()
+        .unwrap();
+    assert_eq!(c.value, "skip");
+    assert_eq!(
+        r.read_timeout(Duration::from_millis(20)),
+        Err(ChannelError::Timeout)
+    );
+    // A reader blocked in read: the output guard fires and the reader gets the value.
+    let t = thread::spawn(move || r.read());
+    let c = Alternation::new()
+        .output(&w, 7, || "sent")
+        .pri_select()
+        .unwrap();
+    assert_eq!(c.value, "sent");
+    assert_eq!(t.join().unwrap(), Ok(7));
+}
+
+#[test]
+fn selecting_readers_and_selecting_writers_meet_on_rendezvous_channels() {
+    let ch = Channel::<u64>::new("both-select").unwrap();
+    let other = Channel::<u64>::new("both-select-other").unwrap();
+    let (w, r, ow, or) = (ch.writer(), ch.reader(), other.writer(), other.reader());
+    let n = 2000u64;
+    let writer = thread::spawn(move || {
+        for i in 0..n {
+            let c = Alternation::new()
+                .output(&w, i, || ())
+                .pri_select()
+                .unwrap();
+            assert_eq!(c.index, 0);
+        }
+        drop(ow);
+    });
+    let mut got = Vec::new();
+    while got.len() < n as usize {
+        let c = Alternation::new()
+            .input(&or, |v| v)
+            .input(&r, |v| v)
+            .alt_select()
+            .unwrap();
+        assert_eq!(c.index, 1);
+        got.push(c.value);
+    }
+    writer.join().unwrap();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_poisoned_guard_fails_the_select_and_retired_guards_are_skipped() {
+    let p = Channel::<u8>::new("alt-poison").unwrap();
+    let q = Channel::<u8>::buffered("alt-retired", 1).unwrap();
+    let (pr, qr) = (p.reader(), q.reader());
+    let qw = q.writer();
+    qw.write(3).unwrap();
+    qw.retire();
+    let _pw = p.writer();
+    // q is retired but still holds a message: it is read first.
+    let c = Alternation::new()
+        .input(&pr, |v| v)
+        .input(&qr, |v| v)
+        .pri_select()
+        .unwrap();
+    assert_eq!(c.value, 3);
+    // Drained and retired: skipped while p remains; p poisoned: the select fails.
+    let t = {
+        let p = p.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            p.poison();
+        })
+    };
+    let r = Alternation::new()
+        .input(&pr, |v| v)
+        .input(&qr, |v| v)
+        .pri_select();
+    t.join().unwrap();
+    assert_eq!(r.unwrap_err(), ChannelError::Poisoned);
+    // All guards retired: Retired.
+    let s = Channel::<u8>::new("alt-all-retired").unwrap();
+    let sr = s.reader();
+    s.writer().retire();
+    assert_eq!(
+        Alternation::new()
+            .input(&sr, |v| v)
+            .input(&qr, |v| v)
+            .pri_select()
+            .unwrap_err(),
+        ChannelError::Retired
+    );
+}
+
+#[test]
+fn fair_select_chooses_every_ready_guard_over_many_rounds() {
+    let chans: Vec<_> = (0..3)
+        .map(|i| Channel::<u8>::buffered(&format!("fair-{i}"), 64).unwrap())
+        .collect();
+    let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
+    let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
+    let mut counts = [0usize; 3];
+    for _ in 0..30 {
+        for w in &writers {
+            while w.write_timeout(0, Duration::ZERO).is_ok() {}
+        }
+        let c = Alternation::new()
+            .input(&readers[0], |_| ())
+            .input(&readers[1], |_| ())
+            .input(&readers[2], |_| ())
+            .fair_select()
+            .unwrap();
+        counts[c.index] += 1;
+    }
+    assert_eq!(counts, [10, 10, 10]);
+}
