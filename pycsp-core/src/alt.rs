@@ -61,7 +61,7 @@ use serde::Serialize;
 use crate::channel::{decode_incoming, encode, write_encoded};
 use crate::error::ChannelError;
 use crate::shm::arena::Arena;
-use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
 use crate::{ChannelIn, ChannelOut};
@@ -332,12 +332,12 @@ impl<'a, R> Alternation<'a, R> {
 fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
     match g {
         Some(Guard::Input { chan, .. }) => {
-            chan.state_flags() & (POISONED | WRITERS_RETIRED) != 0
+            chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
                 || chan.looks_nonempty()
                 || (chan.is_rendezvous() && chan.has_offers(false))
         }
         Some(Guard::Output { chan, .. }) => {
-            chan.state_flags() & (POISONED | READERS_RETIRED) != 0
+            chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
                 || (!chan.is_rendezvous() && chan.looks_writable())
         }
         _ => false,
@@ -370,6 +370,11 @@ fn try_guard<'a, R>(
                 chan.events().1.notify_all();
                 return Step::Done(take_input(guards, i, msg));
             }
+            if f & PEER_DIED != 0 {
+                // Everything published was read; a slot the dead writer never published is
+                // not waited for here (plain reads skip it after a grace period).
+                return Step::Done(Err(chan.peer_died()));
+            }
             if chan.is_rendezvous() && chan.claim_offer(false, claim) {
                 // A selecting writer is now committed to write to us.
                 return Step::Done(complete(guards, i));
@@ -384,6 +389,9 @@ fn try_guard<'a, R>(
             let f = chan.state_flags();
             if f & POISONED != 0 {
                 return Step::Done(Err(ChannelError::Poisoned));
+            }
+            if f & PEER_DIED != 0 {
+                return Step::Done(Err(chan.peer_died()));
             }
             if f & READERS_RETIRED != 0 {
                 return Step::Retired;

@@ -243,6 +243,22 @@ pub(crate) fn poison_offsets(offsets: &[u64]) {
     }
 }
 
+/// Marks every channel in `offsets` as held by a process that died.
+pub(crate) fn mark_peer_died(offsets: &[u64], pid: u32, name: &str) {
+    let Ok(arena) = Arena::get() else { return };
+    for &off in offsets {
+        if let Some(c) = Chan::attach(arena, off) {
+            c.mark_peer_died(pid, name);
+        }
+    }
+}
+
+/// Marks every end this process received as held by a dead process (this one).
+pub(crate) fn mark_own_ends_dead(name: &str) {
+    let ends = OWN_ENDS.lock().map(|v| v.clone()).unwrap_or_default();
+    mark_peer_died(&ends, std::process::id(), name);
+}
+
 /// Poisons every end this process received.
 pub(crate) fn poison_own_ends() {
     let ends = OWN_ENDS.lock().map(|v| v.clone()).unwrap_or_default();

@@ -16,6 +16,17 @@ pub enum ChannelError {
     /// Every end on the other side retired (for a reader: after the buffer was drained).
     #[error("the channel was retired: every end on the other side has retired")]
     Retired,
+    /// A process holding an end of the channel died (panic, abort, signal). Readers get this
+    /// after reading every message that was written; writers at once.
+    #[error("channel {channel:?}: process {process} (pid {pid}) died holding an end of it")]
+    PeerDied {
+        /// The channel's name.
+        channel: String,
+        /// The dead process's pid.
+        pid: u32,
+        /// The dead process's function, with its module path.
+        process: String,
+    },
     /// A `*_timeout` operation found nothing to do before its deadline.
     #[error("the operation timed out")]
     Timeout,

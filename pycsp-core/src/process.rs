@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{collect_transfers, poison_offsets, poison_own_ends};
+use crate::channel::{collect_transfers, mark_own_ends_dead, mark_peer_died, poison_offsets};
 use crate::error::{Error, Failure};
 use crate::shm::arena::{Arena, ENV_ARENA_FD};
 use crate::sys;
@@ -345,11 +345,11 @@ impl Running {
         let report = read_frame(&mut self.ctrl)
             .ok()
             .and_then(|b| rmp_serde::from_slice::<Report>(&b).ok());
+        let pid = self.child.id();
         if !matches!(report, Some(Report::Returned(_))) {
             // Wake the peers first, then reap.
-            poison_offsets(&self.ends);
+            mark_peer_died(&self.ends, pid, display_name(self.name));
         }
-        let pid = self.child.id();
         let status = self.child.wait();
         let name = display_name(self.name);
         let fail = |failure| Error::ProcessFailed {
@@ -520,11 +520,11 @@ fn run_entry(name: &str, args: &[u8]) -> Report {
     match catch_unwind(AssertUnwindSafe(|| (entry.run)(args))) {
         Ok(Ok(bytes)) => Report::Returned(bytes),
         Ok(Err(msg)) => {
-            poison_own_ends();
+            mark_own_ends_dead(display_name(entry.name));
             Report::Broken(msg)
         }
         Err(payload) => {
-            poison_own_ends();
+            mark_own_ends_dead(display_name(entry.name));
             let msg = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())

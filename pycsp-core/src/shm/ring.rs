@@ -24,6 +24,11 @@ const MAX_TYPE_NAME: usize = 128;
 pub(crate) const POISONED: u32 = 1;
 pub(crate) const WRITERS_RETIRED: u32 = 2;
 pub(crate) const READERS_RETIRED: u32 = 4;
+pub(crate) const PEER_DIED: u32 = 8;
+/// How long a reader of a channel whose peer died waits for a claimed slot to be published
+/// before it takes the slot for one the dead writer never finished.
+const DEAD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_DEAD_NAME: usize = 96;
 
 const KIND_INLINE: u32 = 0;
 const KIND_BLOCK: u32 = 1;
@@ -38,6 +43,14 @@ struct State {
     readers: AtomicU32,
 }
 
+/// Who died holding an end of this channel (the first one reported).
+#[repr(C)]
+struct Dead {
+    pid: AtomicU32,
+    name_len: AtomicU32,
+    name: UnsafeCell<[u8; MAX_DEAD_NAME]>,
+}
+
 #[repr(C)]
 pub(crate) struct ChannelHeader {
     magic: u64,
@@ -50,6 +63,7 @@ pub(crate) struct ChannelHeader {
     type_name: [u8; MAX_TYPE_NAME],
     name: [u8; MAX_NAME],
     state: Padded<State>,
+    dead: Padded<Dead>,
     head: Padded<AtomicU64>,
     tail: Padded<AtomicU64>,
     rx: Padded<Event>,
@@ -242,6 +256,58 @@ impl Chan {
         if count.fetch_sub(1, Ordering::AcqRel) == 1 {
             s.flags.fetch_or(flag, Ordering::AcqRel);
             self.wake_everyone();
+        }
+    }
+
+    /// Records that process `pid` (`name`) died holding an end of this channel. Readers drain
+    /// what was written, then get `PeerDied`; writers get it at once.
+    pub(crate) fn mark_peer_died(&self, pid: u32, name: &str) {
+        let d = &self.hdr.dead.0;
+        if d.pid
+            .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let n = name.len().min(MAX_DEAD_NAME);
+            // SAFETY: winning the CAS on `pid` makes us the only writer of the name, and
+            // readers read it only after `name_len` is published with Release.
+            unsafe { (&mut *d.name.get())[..n].copy_from_slice(&name.as_bytes()[..n]) };
+            d.name_len.store(n as u32, Ordering::Release);
+        }
+        self.hdr.state.0.flags.fetch_or(PEER_DIED, Ordering::AcqRel);
+        self.wake_everyone();
+    }
+
+    /// The error for an operation on a channel whose peer died.
+    pub(crate) fn peer_died(&self) -> ChannelError {
+        let d = &self.hdr.dead.0;
+        let len = d.name_len.load(Ordering::Acquire) as usize;
+        // SAFETY: `len` bytes of the name were written before `name_len` was published.
+        let name = unsafe { &(&*d.name.get())[..len.min(MAX_DEAD_NAME)] };
+        ChannelError::PeerDied {
+            channel: self.name().to_string(),
+            pid: d.pid.load(Ordering::Acquire),
+            process: String::from_utf8_lossy(name).into_owned(),
+        }
+    }
+
+    /// Frees the slot at `head` if it is still claimed but unpublished: after a writer died
+    /// between claiming a slot and publishing it, the slot would otherwise block the ring.
+    fn skip_unpublished(&self, head: u64) {
+        let (index, _) = self.positions(head);
+        let slot = &self.slots[index];
+        if slot.stamp.load(Ordering::Acquire) != head {
+            return;
+        }
+        let new_head = self.next_pos(head);
+        if self
+            .hdr
+            .head
+            .0
+            .compare_exchange(head, new_head, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            slot.stamp
+                .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
         }
     }
 
@@ -508,6 +574,9 @@ impl Chan {
             if f & POISONED != 0 {
                 return Some(Err(ChannelError::Poisoned));
             }
+            if f & PEER_DIED != 0 {
+                return Some(Err(self.peer_died()));
+            }
             if f & READERS_RETIRED != 0 {
                 return Some(Err(ChannelError::Retired));
             }
@@ -530,6 +599,9 @@ impl Chan {
             let f = self.flags();
             if f & POISONED != 0 {
                 return Some(Err(ChannelError::Poisoned));
+            }
+            if f & PEER_DIED != 0 {
+                return Some(Err(self.peer_died()));
             }
             if f & READERS_RETIRED != 0 {
                 return Some(Err(ChannelError::Retired));
@@ -555,25 +627,59 @@ impl Chan {
     ) -> Result<Incoming, ChannelError> {
         let rx = &self.hdr.rx.0;
         let mut claimed = !claim_writers || !self.is_rendezvous();
-        let got = rx.wait_until(deadline, || {
-            let f = self.flags();
-            if f & POISONED != 0 {
-                return Some(Err(ChannelError::Poisoned));
+        let mut stuck: Option<(u64, Instant)> = None;
+        let got = loop {
+            // A channel whose peer died may hold a slot that will never be published: wait in
+            // short steps so that such a slot is found and skipped.
+            let broken = self.flags() & PEER_DIED != 0;
+            let step = if broken {
+                let d = Instant::now() + DEAD_SLOT_GRACE / 5;
+                Some(deadline.map_or(d, |x| x.min(d)))
+            } else {
+                deadline
+            };
+            let r = rx.wait_until(step, || {
+                let f = self.flags();
+                if f & POISONED != 0 {
+                    return Some(Err(ChannelError::Poisoned));
+                }
+                if let Some(m) = self.try_pop() {
+                    return Some(Ok(m));
+                }
+                if f & PEER_DIED != 0 {
+                    if !self.looks_nonempty() {
+                        return Some(Err(self.peer_died()));
+                    }
+                    let head = self.hdr.head.0.load(Ordering::SeqCst);
+                    match stuck {
+                        Some((h, since)) if h == head => {
+                            if since.elapsed() >= DEAD_SLOT_GRACE {
+                                self.skip_unpublished(head);
+                                stuck = None;
+                            }
+                        }
+                        _ => stuck = Some((head, Instant::now())),
+                    }
+                    return None;
+                }
+                if !claimed && self.claim_offer(false, &claim) {
+                    claimed = true;
+                    return None;
+                }
+                if f & WRITERS_RETIRED != 0 {
+                    // The flag was read before the ring was found empty, and writers publish
+                    // before they retire, so nothing can arrive any more.
+                    return Some(Err(ChannelError::Retired));
+                }
+                None
+            });
+            match r {
+                Some(r) => break Some(r),
+                None if deadline.is_some_and(|d| Instant::now() >= d) => break None,
+                None if step.is_some() && step != deadline => continue,
+                None => break None,
             }
-            if let Some(m) = self.try_pop() {
-                return Some(Ok(m));
-            }
-            if !claimed && self.claim_offer(false, &claim) {
-                claimed = true;
-                return None;
-            }
-            if f & WRITERS_RETIRED != 0 {
-                // The flag was read before the ring was found empty, and writers publish
-                // before they retire, so nothing can arrive any more.
-                return Some(Err(ChannelError::Retired));
-            }
-            None
-        });
+        };
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         self.hdr.tx.0.notify_all();
         Ok(msg)
