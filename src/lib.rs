@@ -43,7 +43,6 @@ pub use pycsp_macros::process;
 pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
-        replicate, Channel, ChannelError, ChannelIn, ChannelOut, Parallel, Process, Sequence,
-        Spawn,
+        replicate, Channel, ChannelError, ChannelIn, ChannelOut, Parallel, Process, Sequence, Spawn,
     };
 }
