@@ -9,6 +9,17 @@ use serde::Serialize;
 use crate::channel::poison_own_ends;
 use crate::error::{ChannelError, Error};
 
+/// What a `#[process]` parameter or return type must be: it is serialized into another
+/// process (MessagePack, with serde) and deserialized there.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross a process boundary: it must implement serde's Serialize and DeserializeOwned",
+    label = "a #[process] parameter or return value is serialized into another process",
+    note = "derive them: #[derive(serde::Serialize, serde::Deserialize)]"
+)]
+pub trait CrossesProcesses: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> CrossesProcesses for T {}
+
 /// Decodes a process's arguments in the child.
 pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, String> {
     rmp_serde::from_slice(bytes).map_err(|e| format!("its arguments could not be decoded: {e}"))

@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::parse::ProcessFn;
 
@@ -25,6 +26,11 @@ pub(crate) fn expand(m: &ProcessFn) -> TokenStream {
     let name = quote_spanned! {ident.span()=>
         ::core::concat!(::core::module_path!(), "::", #name_str, "@", ::core::line!(), ":", ::core::column!())
     };
+    // Point "not serializable" errors at the type that is not.
+    let checks = tys
+        .iter()
+        .map(|t| quote_spanned! {t.span()=> __pycsp_check::<#t>(); });
+    let ret_check = quote_spanned! {ret.span()=> __pycsp_check::<#ret>(); };
     quote! {
         #(#attrs)*
         #vis fn #ident(#(#args: #tys),*) -> ::pycsp::Process<#ret> {
@@ -64,6 +70,13 @@ pub(crate) fn expand(m: &ProcessFn) -> TokenStream {
                     (&::pycsp::__private::Probe(&__pycsp_ret)).__pycsp_propagate();
                 }
                 ::pycsp::__private::encode_return(&__pycsp_ret)
+            }
+
+            #[allow(dead_code)]
+            fn __pycsp_types_cross_process_boundaries() {
+                fn __pycsp_check<T: ::pycsp::__private::CrossesProcesses>() {}
+                #(#checks)*
+                #ret_check
             }
 
             ::pycsp::Process::__new(__PYCSP_NAME, (#(#args,)*))

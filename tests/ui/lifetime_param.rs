@@ -1,0 +1,10 @@
+use std::borrow::Cow;
+
+use pycsp::prelude::*;
+
+#[process]
+fn greet(name: Cow<'static, str>) -> usize {
+    name.len()
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use pycsp::prelude::*;
+
+#[process]
+fn greet(name: &str) -> String {
+    format!("hello {name}")
+}
+
+fn main() {}
