@@ -1,6 +1,6 @@
 //! The `#[process]` attribute of [pycsp](https://docs.rs/pycsp).
 //!
-//! A thin crate: [`parse`] checks the function and builds a small model of it, [`expand`]
+//! A thin crate: `parse` checks the function and builds a small model of it, `expand`
 //! generates the code. Errors point at the offending token.
 
 use proc_macro::TokenStream;
