@@ -43,6 +43,7 @@ pub use pycsp_macros::process;
 pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
-        replicate, Channel, ChannelError, ChannelIn, ChannelOut, Parallel, Process, Sequence, Spawn,
+        replicate, Alternation, Channel, ChannelError, ChannelIn, ChannelOut, Chosen, Parallel,
+        Process, Sequence, Spawn,
     };
 }
