@@ -517,6 +517,17 @@ fn run_entry(name: &str, args: &[u8]) -> Report {
     let Some(entry) = PROCESSES.iter().find(|e| e.name == name) else {
         return Report::Broken(format!("this binary has no #[process] named {name}"));
     };
+    // A panic of the process's own thread marks its channels before unwinding drops (and so
+    // retires) its ends: peers must learn of a crash, not of a clean retirement.
+    let main = std::thread::current().id();
+    let process = display_name(entry.name);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == main {
+            mark_own_ends_dead(process);
+        }
+        previous(info);
+    }));
     match catch_unwind(AssertUnwindSafe(|| (entry.run)(args))) {
         Ok(Ok(bytes)) => Report::Returned(bytes),
         Ok(Err(msg)) => {

@@ -29,6 +29,9 @@ pub(crate) const PEER_DIED: u32 = 8;
 /// before it takes the slot for one the dead writer never finished.
 const DEAD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_DEAD_NAME: usize = 96;
+/// How long `try_push`/`try_pop` spin on a slot another process is filling or emptying before
+/// they give up and let the caller's wait loop retry.
+const IN_PROGRESS_SPINS: u32 = 64;
 
 const KIND_INLINE: u32 = 0;
 const KIND_BLOCK: u32 = 1;
@@ -451,6 +454,7 @@ impl Chan {
     pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
+        let mut spins = 0u32;
         loop {
             let (index, _) = self.positions(tail);
             let slot = &self.slots[index];
@@ -496,6 +500,12 @@ impl Chan {
                 std::hint::spin_loop();
                 tail = tail_a.load(Ordering::Relaxed);
             } else {
+                // A reader is emptying this slot. Do not wait for it here: it may have died
+                // mid-read; the caller's wait loop retries.
+                spins += 1;
+                if spins > IN_PROGRESS_SPINS {
+                    return None;
+                }
                 std::hint::spin_loop();
                 tail = tail_a.load(Ordering::Relaxed);
             }
@@ -506,6 +516,7 @@ impl Chan {
     pub(crate) fn try_pop(&self) -> Option<Incoming> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
+        let mut spins = 0u32;
         loop {
             let (index, _) = self.positions(head);
             let slot = &self.slots[index];
@@ -546,6 +557,12 @@ impl Chan {
                 let tail = self.hdr.tail.0.load(Ordering::Relaxed);
                 if tail == head {
                     return None; // empty
+                }
+                // A writer is filling this slot. Do not wait for it here: it may have died
+                // mid-write; the caller's wait loop retries (and skips a dead writer's slot).
+                spins += 1;
+                if spins > IN_PROGRESS_SPINS {
+                    return None;
                 }
                 std::hint::spin_loop();
                 head = head_a.load(Ordering::Relaxed);
@@ -683,5 +700,54 @@ impl Chan {
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         self.hdr.tx.0.notify_all();
         Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena() -> &'static Arena {
+        Arena::get().unwrap()
+    }
+
+    #[test]
+    fn a_slot_claimed_by_a_writer_that_died_is_skipped_and_later_messages_delivered() {
+        let chan = Chan::create(arena(), "dead-slot", "u8", 1, 4).unwrap();
+        // A writer claims the first slot (moves `tail`) and dies before publishing it.
+        let tail = chan.hdr.tail.0.load(Ordering::SeqCst);
+        chan.hdr.tail.0.store(chan.next_pos(tail), Ordering::SeqCst);
+        // A live writer publishes after it.
+        chan.write(&Outgoing::Inline(&[7]), None)
+            .map_err(|e| e.error)
+            .unwrap();
+        chan.mark_peer_died(12345, "dead_writer");
+        let start = Instant::now();
+        let claim = |_| Claim::Busy;
+        match chan.read(None, false, claim) {
+            Ok(Incoming::Inline { buf, len }) => assert_eq!(&buf[..len], &[7]),
+            _ => panic!("the published message was not delivered"),
+        }
+        assert!(start.elapsed() >= DEAD_SLOT_GRACE);
+        match chan.read(None, false, claim) {
+            Err(ChannelError::PeerDied { pid, process, .. }) => {
+                assert_eq!((pid, process.as_str()), (12345, "dead_writer"));
+            }
+            _ => panic!("expected PeerDied once drained"),
+        }
+    }
+
+    #[test]
+    fn writers_fail_at_once_after_a_peer_died() {
+        let chan = Chan::create(arena(), "dead-peer-writes", "u8", 1, 4).unwrap();
+        chan.mark_peer_died(1, "p");
+        let r = chan.write(&Outgoing::Inline(&[1]), None);
+        assert!(matches!(
+            r,
+            Err(WriteError {
+                error: ChannelError::PeerDied { .. },
+                placed: false
+            })
+        ));
     }
 }
