@@ -13,9 +13,11 @@
 //! operation on the channel, in any process, fail with [`ChannelError::Poisoned`].
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Write;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -132,6 +134,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// A new reading end (counted as one more reader).
     pub fn reader(&self) -> ChannelIn<T> {
         self.chan.join(false);
+        track(&self.chan);
         ChannelIn {
             end: End::new(self.chan),
             _t: PhantomData,
@@ -141,6 +144,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// A new writing end (counted as one more writer).
     pub fn writer(&self) -> ChannelOut<T> {
         self.chan.join(true);
+        track(&self.chan);
         ChannelOut {
             end: End::new(self.chan),
             _t: PhantomData,
@@ -212,9 +216,22 @@ impl End {
     }
 }
 
-/// The ends of this process: those it received as arguments or through channels. A process
-/// that fails with `Poisoned`, or panics, poisons all of them.
-static OWN_ENDS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// The channels of this process's ends: those it received (as arguments or through channels)
+/// and those it made. A process that returns `Poisoned` poisons all of them; one that crashes
+/// marks them as held by a dead process.
+static OWN_ENDS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+/// Set in a process started by a combinator: only there are ends tracked in `OWN_ENDS`.
+pub(crate) static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Counts `chan` among this process's ends (in a child process).
+fn track(chan: &Chan) {
+    if IN_CHILD.load(Ordering::Relaxed) {
+        if let Ok(mut v) = OWN_ENDS.lock() {
+            v.insert(chan.offset());
+        }
+    }
+}
 
 thread_local! {
     /// Set while arguments for a new process are being encoded: ends serialized meanwhile
@@ -255,13 +272,19 @@ pub(crate) fn mark_peer_died(offsets: &[u64], pid: u32, name: &str) {
 
 /// Marks every end this process received as held by a dead process (this one).
 pub(crate) fn mark_own_ends_dead(name: &str) {
-    let ends = OWN_ENDS.lock().map(|v| v.clone()).unwrap_or_default();
+    let ends: Vec<u64> = OWN_ENDS
+        .lock()
+        .map(|v| v.iter().copied().collect())
+        .unwrap_or_default();
     mark_peer_died(&ends, std::process::id(), name);
 }
 
 /// Poisons every end this process received.
 pub(crate) fn poison_own_ends() {
-    let ends = OWN_ENDS.lock().map(|v| v.clone()).unwrap_or_default();
+    let ends: Vec<u64> = OWN_ENDS
+        .lock()
+        .map(|v| v.iter().copied().collect())
+        .unwrap_or_default();
     poison_offsets(&ends);
 }
 
@@ -307,11 +330,7 @@ impl End {
         let chan = Chan::attach(arena, w.channel)
             .ok_or_else(|| D::Error::custom(format!("no channel at offset {}", w.channel)))?;
         check_type::<T>(&chan).map_err(D::Error::custom)?;
-        if let Ok(mut v) = OWN_ENDS.lock() {
-            if !v.contains(&w.channel) {
-                v.push(w.channel);
-            }
-        }
+        track(&chan);
         Ok(End::new(chan))
     }
 

@@ -483,6 +483,7 @@ pub fn child_entry() {
     std::env::remove_var(ENV_CTRL_FD);
     std::env::remove_var(ENV_ARENA_FD);
     sys::ignore_sigpipe();
+    crate::channel::IN_CHILD.store(true, Ordering::Relaxed);
     let code = match (ctrl, arena_fd) {
         (Some(ctrl), Some(arena)) => run_child(&name.to_string_lossy(), ctrl, arena),
         _ => 121,
