@@ -302,10 +302,15 @@ impl<'a, R> Alternation<'a, R> {
                 }
                 None
             } else {
-                wait_any(&events, wait_deadline, || {
-                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref())))
-                        .then_some(())
-                })
+                wait_any(
+                    &events,
+                    wait_deadline,
+                    || {
+                        (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref())))
+                            .then_some(())
+                    },
+                    || false,
+                )
             };
             let outcome = me.finish();
             for (chan, reads, word) in posted {

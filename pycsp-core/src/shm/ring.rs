@@ -365,6 +365,22 @@ impl Chan {
         self.slots[index].stamp.load(Ordering::SeqCst) == tail
     }
 
+    /// How many positions lie from `from` to `to` (both positions of this ring, `to` not before
+    /// `from`).
+    fn distance(&self, from: u64, to: u64) -> u64 {
+        let (fi, fl) = self.positions(from);
+        let (ti, tl) = self.positions(to);
+        let laps = tl.wrapping_sub(fl) / self.hdr.one_lap;
+        (laps * self.hdr.ring_len + ti as u64).wrapping_sub(fi as u64)
+    }
+
+    /// Whether `head` and `tail` say the ring has room (a slot may still be being emptied).
+    fn looks_writable_by_position(&self) -> bool {
+        let tail = self.hdr.tail.0.load(Ordering::SeqCst);
+        let head = self.hdr.head.0.load(Ordering::SeqCst);
+        head.wrapping_add(self.hdr.one_lap) != tail
+    }
+
     /// Whether a selecting writer (`reads == false`) or reader offers on this channel.
     pub(crate) fn has_offers(&self, reads: bool) -> bool {
         let o = &self.hdr.offers.0;
@@ -586,19 +602,42 @@ impl Chan {
             placed: false,
         };
         let tx = &self.hdr.tx.0;
-        let pushed = tx.wait_until(deadline, || {
-            let f = self.flags();
-            if f & POISONED != 0 {
-                return Some(Err(ChannelError::Poisoned));
-            }
-            if f & PEER_DIED != 0 {
-                return Some(Err(self.peer_died()));
-            }
-            if f & READERS_RETIRED != 0 {
-                return Some(Err(ChannelError::Retired));
-            }
-            self.try_push(msg).map(Ok)
-        });
+        // When the ring is full, let the readers free a batch of slots before trying again,
+        // instead of polling the very slot a reader is emptying (which slows that reader).
+        // Only for the first checks: a reader that takes one message and then waits for us
+        // must still get our next write.
+        let batch = (self.hdr.ring_len / 8).clamp(1, 64);
+        let mut full_at: Option<u64> = None;
+        let mut checks = 0u32;
+        let pushed = tx.wait_until(
+            deadline,
+            || {
+                let f = self.flags();
+                if f & POISONED != 0 {
+                    return Some(Err(ChannelError::Poisoned));
+                }
+                if f & PEER_DIED != 0 {
+                    return Some(Err(self.peer_died()));
+                }
+                if f & READERS_RETIRED != 0 {
+                    return Some(Err(ChannelError::Retired));
+                }
+                // The state checks above come first: a waiter must never sleep through them.
+                checks += 1;
+                if let Some(h) = full_at {
+                    let head = self.hdr.head.0.load(Ordering::Relaxed);
+                    if checks < 64 && self.distance(h, head) < batch {
+                        return None;
+                    }
+                }
+                let r = self.try_push(msg);
+                if r.is_none() {
+                    full_at = Some(self.hdr.head.0.load(Ordering::Relaxed));
+                }
+                r.map(Ok)
+            },
+            || self.looks_writable_by_position(),
+        );
         let (index, stamp) = match pushed {
             None => return Err(not_placed(ChannelError::Timeout)),
             Some(r) => r.map_err(not_placed)?,
@@ -609,22 +648,27 @@ impl Chan {
         }
         // Rendezvous: wait until a reader has emptied our slot.
         let slot = &self.slots[index];
-        let taken = tx.wait_until(None, || {
-            if slot.stamp.load(Ordering::Acquire) != stamp {
-                return Some(Ok(()));
-            }
-            let f = self.flags();
-            if f & POISONED != 0 {
-                return Some(Err(ChannelError::Poisoned));
-            }
-            if f & PEER_DIED != 0 {
-                return Some(Err(self.peer_died()));
-            }
-            if f & READERS_RETIRED != 0 {
-                return Some(Err(ChannelError::Retired));
-            }
-            None
-        });
+        let pos = stamp - 1;
+        let taken = tx.wait_until(
+            None,
+            || {
+                if slot.stamp.load(Ordering::Acquire) != stamp {
+                    return Some(Ok(()));
+                }
+                let f = self.flags();
+                if f & POISONED != 0 {
+                    return Some(Err(ChannelError::Poisoned));
+                }
+                if f & PEER_DIED != 0 {
+                    return Some(Err(self.peer_died()));
+                }
+                if f & READERS_RETIRED != 0 {
+                    return Some(Err(ChannelError::Retired));
+                }
+                None
+            },
+            || self.hdr.head.0.load(Ordering::SeqCst) != pos,
+        );
         taken
             .unwrap_or(Err(ChannelError::Timeout))
             .map_err(|error| WriteError {
@@ -655,41 +699,45 @@ impl Chan {
             } else {
                 deadline
             };
-            let r = rx.wait_until(step, || {
-                let f = self.flags();
-                if f & POISONED != 0 {
-                    return Some(Err(ChannelError::Poisoned));
-                }
-                if let Some(m) = self.try_pop() {
-                    return Some(Ok(m));
-                }
-                if f & PEER_DIED != 0 {
-                    if !self.looks_nonempty() {
-                        return Some(Err(self.peer_died()));
+            let r = rx.wait_until(
+                step,
+                || {
+                    let f = self.flags();
+                    if f & POISONED != 0 {
+                        return Some(Err(ChannelError::Poisoned));
                     }
-                    let head = self.hdr.head.0.load(Ordering::SeqCst);
-                    match stuck {
-                        Some((h, since)) if h == head => {
-                            if since.elapsed() >= DEAD_SLOT_GRACE {
-                                self.skip_unpublished(head);
-                                stuck = None;
-                            }
+                    if let Some(m) = self.try_pop() {
+                        return Some(Ok(m));
+                    }
+                    if f & PEER_DIED != 0 {
+                        if !self.looks_nonempty() {
+                            return Some(Err(self.peer_died()));
                         }
-                        _ => stuck = Some((head, Instant::now())),
+                        let head = self.hdr.head.0.load(Ordering::SeqCst);
+                        match stuck {
+                            Some((h, since)) if h == head => {
+                                if since.elapsed() >= DEAD_SLOT_GRACE {
+                                    self.skip_unpublished(head);
+                                    stuck = None;
+                                }
+                            }
+                            _ => stuck = Some((head, Instant::now())),
+                        }
+                        return None;
                     }
-                    return None;
-                }
-                if !claimed && self.claim_offer(false, &claim) {
-                    claimed = true;
-                    return None;
-                }
-                if f & WRITERS_RETIRED != 0 {
-                    // The flag was read before the ring was found empty, and writers publish
-                    // before they retire, so nothing can arrive any more.
-                    return Some(Err(ChannelError::Retired));
-                }
-                None
-            });
+                    if !claimed && self.claim_offer(false, &claim) {
+                        claimed = true;
+                        return None;
+                    }
+                    if f & WRITERS_RETIRED != 0 {
+                        // The flag was read before the ring was found empty, and writers publish
+                        // before they retire, so nothing can arrive any more.
+                        return Some(Err(ChannelError::Retired));
+                    }
+                    None
+                },
+                || self.looks_nonempty(),
+            );
             match r {
                 Some(r) => break Some(r),
                 None if deadline.is_some_and(|d| Instant::now() >= d) => break None,

@@ -25,21 +25,22 @@ pub(crate) struct Event {
 }
 
 impl Event {
-    /// Wakes one sleeper, if any announced itself. Call after publishing the change.
+    /// Wakes one sleeper, if any announced itself. Call after publishing the change with a
+    /// `SeqCst` read-modify-write (the CAS on `head`, `tail`, a flag or a selection word): that
+    /// orders the publication before this `SeqCst` load without a separate fence, as in
+    /// crossbeam's `SyncWaker`. Sleepers re-check those same words after announcing.
     #[inline]
     pub(crate) fn notify_one(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, 1);
         }
     }
 
-    /// Wakes every sleeper. Call after publishing the change.
+    /// Wakes every sleeper. Call as [`notify_one`](Self::notify_one).
     #[inline]
     pub(crate) fn notify_all(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, i32::MAX);
         }
@@ -53,23 +54,30 @@ impl Event {
         &self,
         deadline: Option<Instant>,
         ready: impl FnMut() -> Option<T>,
+        busy: impl Fn() -> bool,
     ) -> Option<T> {
-        wait_any(&[self], deadline, ready)
+        wait_any(&[self], deadline, ready, busy)
     }
 }
 
 /// Waits until `ready` returns `Some`, or until `deadline` passes (then `None`), sleeping on
 /// all of `events` at once: the one-event case is a blocking read or write, the many-event
 /// case is alternation over several channels.
+///
+/// `busy` tells, after this waiter announced that it will sleep, that a peer is in the middle
+/// of making it ready (it claimed a slot but has not published it yet): then the waiter does
+/// not sleep but keeps yielding, because that peer may have checked for sleepers before the
+/// announcement.
 pub(crate) fn wait_any<T>(
     events: &[&Event],
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> Option<T>,
+    busy: impl Fn() -> bool,
 ) -> Option<T> {
     if let Some(v) = ready() {
         return Some(v);
     }
-    let start = Instant::now();
+    let mut start: Option<Instant> = None;
     let mut round = 0u32;
     let mut words: Vec<(&AtomicU32, u32)> = Vec::new();
     loop {
@@ -91,7 +99,7 @@ pub(crate) fn wait_any<T>(
                 if deadline.is_some_and(|d| now >= d) {
                     return None;
                 }
-                if now - start >= SPIN_FOR {
+                if now - *start.get_or_insert(now) >= SPIN_FOR {
                     break;
                 }
             }
@@ -115,6 +123,11 @@ pub(crate) fn wait_any<T>(
         if let Some(v) = ready() {
             leave(events);
             return Some(v);
+        }
+        if busy() {
+            leave(events);
+            std::thread::yield_now();
+            continue;
         }
         let timeout = match deadline {
             None => None,
