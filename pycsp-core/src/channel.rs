@@ -163,6 +163,11 @@ impl<T> Channel<T> {
         self.chan.name()
     }
 
+    /// Bytes of shared memory the channel occupies (its header and ring of slots).
+    pub fn shared_memory_bytes(&self) -> usize {
+        self.chan.shared_memory_bytes()
+    }
+
     /// How many messages the channel buffers; 0 for a rendezvous channel.
     pub fn capacity(&self) -> usize {
         self.chan.capacity()
@@ -237,7 +242,6 @@ thread_local! {
     /// Set while arguments for a new process are being encoded: ends serialized meanwhile
     /// record themselves here, so the parent knows which channels the child holds.
     static TRANSFERS: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` and returns, with its result, the channels of the ends it serialized.
@@ -380,6 +384,19 @@ pub(crate) fn write_encoded(
         })
 }
 
+/// Counts the bytes of an encoding without storing them.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0 += data.len();
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A bounded in-place writer for the inline part of a slot.
 struct Inline {
     buf: [u8; INLINE],
@@ -446,19 +463,36 @@ impl<T: Serialize> ChannelOut<T> {
                 .write(&Outgoing::Inline(&inline.buf[..inline.len]), deadline)
                 .map_err(|e| e.error);
         }
-        SCRATCH.with(|s| {
-            let mut buf = s.borrow_mut();
-            buf.clear();
-            rmp_serde::encode::write(&mut *buf, value).map_err(|e| ChannelError::Encode {
-                channel: chan.name().to_string(),
-                reason: e.to_string(),
-            })?;
-            let r = write_encoded(chan, &buf, deadline);
-            if buf.capacity() > (4 << 20) {
-                *buf = Vec::new();
-            }
-            r
-        })
+        // Too large for a slot: measure, then encode straight into a shared block (one copy).
+        let encode_err = |e: rmp_serde::encode::Error| ChannelError::Encode {
+            channel: chan.name().to_string(),
+            reason: e.to_string(),
+        };
+        let mut counter = Counter(0);
+        rmp_serde::encode::write(&mut counter, value).map_err(encode_err)?;
+        let arena = Arena::get().map_err(shm_error)?;
+        let len = counter.0 as u64;
+        let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
+            channel: chan.name().to_string(),
+            len,
+            max: Arena::max_block_data(),
+        })?;
+        // SAFETY: the block was just allocated for us and is `len` bytes long (checked by
+        // `ptr`); nobody else touches it until its offset is published through the ring.
+        let block = unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len), len as usize) };
+        let mut cursor = std::io::Cursor::new(block);
+        if let Err(e) = rmp_serde::encode::write(&mut cursor, value) {
+            arena.free_block(offset);
+            return Err(encode_err(e));
+        }
+        chan.write(&Outgoing::Block { offset, len }, deadline)
+            .map_err(|e| {
+                if !e.placed {
+                    // Never placed in the ring: the block is still ours.
+                    arena.free_block(offset);
+                }
+                e.error
+            })
     }
 
     pub(crate) fn chan(&self) -> Chan {

@@ -27,7 +27,7 @@
 //!
 //! A **block** (for a message too large for a ring slot) is `256 << class` bytes: a 16-byte
 //! header (`class: u32`, pad, `next: u64` used only while the block is free) then the encoded
-//! message. Blocks of 1 MiB and more give their pages back to the kernel when freed.
+//! message. Blocks of 64 MiB and more give their pages back to the kernel when freed.
 //!
 //! A **channel** is a header followed by its ring of slots:
 //!

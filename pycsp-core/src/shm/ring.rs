@@ -212,6 +212,10 @@ impl Chan {
         Some(Chan { hdr, slots, offset })
     }
 
+    pub(crate) fn shared_memory_bytes(&self) -> usize {
+        header_len() as usize + std::mem::size_of_val(self.slots)
+    }
+
     pub(crate) fn offset(&self) -> u64 {
         self.offset
     }

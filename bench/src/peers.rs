@@ -1,0 +1,185 @@
+//! What a user would pick instead: crossbeam-channel between threads (the in-process bound),
+//! a raw Unix domain socket between two processes, Python's multiprocessing.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+/// crossbeam bounded(0) ping-pong between two threads: round trip in ns.
+pub fn crossbeam_rtt(iters: u64) -> f64 {
+    let (to, from_main) = crossbeam_channel::bounded::<u64>(0);
+    let (back, from_thread) = crossbeam_channel::bounded::<u64>(0);
+    let t = std::thread::spawn(move || {
+        for v in from_main.iter() {
+            if back.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    for i in 0..iters {
+        to.send(i).unwrap();
+        from_thread.recv().unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    drop(to);
+    t.join().unwrap();
+    ns
+}
+
+/// crossbeam bounded(1024) u64 one way between two threads: messages per second.
+pub fn crossbeam_throughput(n: u64) -> f64 {
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
+    let t = std::thread::spawn(move || rx.iter().fold(0u64, |a, v| a.wrapping_add(v)));
+    let start = Instant::now();
+    for i in 0..n {
+        tx.send(i).unwrap();
+    }
+    drop(tx);
+    std::hint::black_box(t.join().unwrap());
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fork_echo(mut sock: UnixStream, other: &UnixStream, echo: bool) -> libc::pid_t {
+    use std::os::fd::AsRawFd;
+    let other = other.as_raw_fd();
+    // SAFETY: the child only closes the parent's end, reads and writes its own socket and
+    // exits with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // The parent's end must not stay open here, or the child never sees EOF.
+        // SAFETY: closing the child's copy of a descriptor the child does not use.
+        unsafe { libc::close(other) };
+        let mut buf = [0u8; 8];
+        while sock.read_exact(&mut buf).is_ok() {
+            if echo && sock.write_all(&buf).is_err() {
+                break;
+            }
+        }
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Unix domain socket, 8-byte messages echoed by another process: round trip in ns.
+pub fn uds_rtt(iters: u64) -> f64 {
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let pid = fork_echo(b, &a, true);
+    let mut buf = [0u8; 8];
+    let start = Instant::now();
+    for i in 0..iters {
+        a.write_all(&i.to_le_bytes()).unwrap();
+        a.read_exact(&mut buf).unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    drop(a);
+    reap(pid);
+    ns
+}
+
+/// Unix domain socket, 8-byte messages one way: messages per second.
+pub fn uds_throughput(n: u64) -> f64 {
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let pid = fork_echo(b, &a, false);
+    let start = Instant::now();
+    for i in 0..n {
+        a.write_all(&i.to_le_bytes()).unwrap();
+    }
+    drop(a);
+    reap(pid);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+const PYTHON: &str = r#"
+import json, sys, time, multiprocessing as mp
+
+def echo_pipe(c):
+    while True:
+        v = c.recv()
+        if v is None: return
+        c.send(v)
+
+def sink_pipe(c, n):
+    for _ in range(n): c.recv()
+    c.send(n)
+
+def echo_queue(i, o):
+    while True:
+        v = i.get()
+        if v is None: return
+        o.put(v)
+
+def sink_queue(i, o, n):
+    for _ in range(n): i.get()
+    o.put(n)
+
+def median(f, trials):
+    v = sorted(f() for _ in range(trials))
+    return [v[len(v)//2], v[0], v[-1]]
+
+if __name__ == "__main__":
+    trials, iters = int(sys.argv[1]), int(sys.argv[2])
+    out = {}
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo_pipe, args=(b,)); p.start()
+    def pipe_rtt():
+        t = time.perf_counter()
+        for i in range(iters): a.send(i); a.recv()
+        return (time.perf_counter() - t) / iters * 1e9
+    out["pipe_rtt_ns"] = median(pipe_rtt, trials)
+    a.send(None); p.join()
+    def pipe_thr():
+        a, b = mp.Pipe()
+        p = mp.Process(target=sink_pipe, args=(b, iters * 5)); p.start()
+        t = time.perf_counter()
+        for i in range(iters * 5): a.send(i)
+        a.recv(); p.join()
+        return iters * 5 / (time.perf_counter() - t)
+    out["pipe_msgs_per_s"] = median(pipe_thr, trials)
+    i, o = mp.Queue(), mp.Queue()
+    p = mp.Process(target=echo_queue, args=(i, o)); p.start()
+    def queue_rtt():
+        t = time.perf_counter()
+        for k in range(iters): i.put(k); o.get()
+        return (time.perf_counter() - t) / iters * 1e9
+    out["queue_rtt_ns"] = median(queue_rtt, trials)
+    i.put(None); p.join()
+    def queue_thr():
+        i, o = mp.Queue(), mp.Queue()
+        p = mp.Process(target=sink_queue, args=(i, o, iters * 5)); p.start()
+        t = time.perf_counter()
+        for k in range(iters * 5): i.put(k)
+        o.get(); p.join()
+        return iters * 5 / (time.perf_counter() - t)
+    out["queue_msgs_per_s"] = median(queue_thr, trials)
+    print(json.dumps(out))
+"#;
+
+/// Python multiprocessing Pipe and Queue: (name, [median, min, max]) rows, if python3 runs.
+pub fn python(trials: usize, iters: u64) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let dir = std::env::temp_dir().join(format!("pycsp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = dir.join("mp_bench.py");
+    std::fs::write(&script, PYTHON).ok()?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(trials.to_string())
+        .arg(iters.to_string())
+        .output()
+        .ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if !out.status.success() {
+        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}

@@ -1,0 +1,244 @@
+//! pycsp's own figures: round trips, throughput, bandwidth, any-to-any, commstime, the primes
+//! farm, spawning, memory.
+
+use std::time::{Duration, Instant};
+
+use pycsp::prelude::*;
+use serde_bytes::ByteBuf;
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A channel name unique within this run.
+pub fn fresh(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+#[process]
+fn pong(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    loop {
+        out.write(inp.read()?)?;
+    }
+}
+
+/// Round trip in ns over a pair of channels of `capacity` (0: rendezvous).
+pub fn round_trip(capacity: usize, iters: u64) -> f64 {
+    let a = Channel::<u64>::buffered(&fresh("rt-a"), capacity).unwrap();
+    let b = Channel::<u64>::buffered(&fresh("rt-b"), capacity).unwrap();
+    let (w, r) = (a.writer(), b.reader());
+    let h = Spawn(pong(a.reader(), b.writer())).unwrap();
+    for i in 0..iters / 10 {
+        w.write(i).unwrap();
+        r.read().unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..iters {
+        w.write(i).unwrap();
+        r.read().unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    drop((w, r));
+    let _ = h.join();
+    ns
+}
+
+#[process]
+fn sink(inp: ChannelIn<u64>) -> u64 {
+    inp.iter().fold(0u64, |a, v| a.wrapping_add(v))
+}
+
+/// One-way u64 messages per second on a buffered channel of 1024.
+pub fn throughput(n: u64) -> f64 {
+    let c = Channel::<u64>::buffered(&fresh("thr"), 1024).unwrap();
+    let w = c.writer();
+    let h = Spawn(sink(c.reader())).unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        w.write(i).unwrap();
+    }
+    drop(w);
+    std::hint::black_box(h.join().unwrap());
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[process]
+fn byte_sink(inp: ChannelIn<ByteBuf>) -> u64 {
+    inp.iter().map(|b| b.len() as u64).sum()
+}
+
+/// Bandwidth in GB/s of messages of `size` bytes (a MessagePack bin: `serde_bytes`).
+pub fn bandwidth(size: usize, total: usize) -> f64 {
+    let c = Channel::<ByteBuf>::buffered(&fresh("bw"), 8).unwrap();
+    let w = c.writer();
+    let h = Spawn(byte_sink(c.reader())).unwrap();
+    let msg = ByteBuf::from(vec![7u8; size]);
+    let n = (total / size).max(4);
+    let start = Instant::now();
+    for _ in 0..n {
+        w.write_ref(&msg).unwrap();
+    }
+    drop(w);
+    let bytes = h.join().unwrap();
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+#[process]
+fn many_writer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    for i in 0..n {
+        out.write(i)?;
+    }
+    Ok(())
+}
+
+/// 4 writers and 4 readers on one buffered any-to-any channel: messages per second.
+pub fn any_to_any(n_per_writer: u64) -> f64 {
+    let c = Channel::<u64>::buffered(&fresh("a2a"), 1024).unwrap();
+    let writers = replicate(4, |_| many_writer(c.writer(), n_per_writer));
+    let readers = replicate(4, |_| sink(c.reader()));
+    let start = Instant::now();
+    Parallel((writers, readers)).unwrap();
+    (4 * n_per_writer) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[process]
+fn prefix(first: u64, inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    out.write(first)?;
+    loop {
+        out.write(inp.read()?)?;
+    }
+}
+
+#[process]
+fn delta(inp: ChannelIn<u64>, a: ChannelOut<u64>, b: ChannelOut<u64>) -> Result<(), ChannelError> {
+    loop {
+        let v = inp.read()?;
+        a.write(v)?;
+        b.write(v)?;
+    }
+}
+
+#[process]
+fn successor(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    loop {
+        out.write(inp.read()? + 1)?;
+    }
+}
+
+#[process]
+fn consumer(inp: ChannelIn<u64>, n: u64) -> Result<f64, ChannelError> {
+    inp.read()?;
+    let start = Instant::now();
+    for _ in 0..n {
+        inp.read()?;
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (4 * n) as f64;
+    inp.poison();
+    Ok(ns)
+}
+
+/// Commstime: µs per channel communication (4 processes, rendezvous channels).
+pub fn commstime(n: u64) -> f64 {
+    let ch: Vec<Channel<u64>> = (0..4)
+        .map(|_| Channel::new(&fresh("ct")).unwrap())
+        .collect();
+    let (_, _, _, ns) = Parallel((
+        prefix(0, ch[3].reader(), ch[0].writer()),
+        delta(ch[0].reader(), ch[1].writer(), ch[2].writer()),
+        successor(ch[2].reader(), ch[3].writer()),
+        consumer(ch[1].reader(), n),
+    ))
+    .unwrap();
+    ns.unwrap() / 1000.0
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+#[process]
+fn farmer(jobs: ChannelOut<(u64, u64)>, limit: u64, chunk: u64) -> Result<(), ChannelError> {
+    let mut s = 0;
+    while s < limit {
+        jobs.write((s, (s + chunk).min(limit)))?;
+        s += chunk;
+    }
+    Ok(())
+}
+
+#[process]
+fn prime_worker(jobs: ChannelIn<(u64, u64)>) -> u64 {
+    jobs.iter()
+        .map(|(lo, hi)| (lo..hi).filter(|&n| is_prime(n)).count() as u64)
+        .sum()
+}
+
+/// Seconds to count the primes below 1,000,000 with `workers` worker processes.
+pub fn primes(workers: usize) -> f64 {
+    let jobs = Channel::<(u64, u64)>::buffered(&fresh("jobs"), 64).unwrap();
+    let start = Instant::now();
+    let (_, counts) = Parallel((
+        farmer(jobs.writer(), 1_000_000, 2_000),
+        replicate(workers, |_| prime_worker(jobs.reader())),
+    ))
+    .unwrap();
+    let t = start.elapsed().as_secs_f64();
+    assert_eq!(counts.iter().sum::<u64>(), 78_498);
+    t
+}
+
+#[process]
+fn trivial() {}
+
+/// Milliseconds per process to start and join `n` trivial processes with one `Parallel`.
+pub fn spawn(n: usize) -> f64 {
+    let start = Instant::now();
+    Parallel(replicate(n, |_| trivial())).unwrap();
+    start.elapsed().as_secs_f64() * 1e3 / n as f64
+}
+
+#[process]
+fn idle(gate: ChannelIn<u8>) -> Result<u8, ChannelError> {
+    gate.read()
+}
+
+fn status_kib(pid: u32, file: &str, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (RSS KiB, PSS KiB) of one idle process of a network.
+pub fn idle_process_memory() -> (f64, f64) {
+    let gate = Channel::<u8>::new(&fresh("idle")).unwrap();
+    let h = Spawn(idle(gate.reader())).unwrap();
+    let pid = h.pids()[0];
+    // Let it reach its blocking read.
+    std::thread::sleep(Duration::from_millis(200));
+    let rss = status_kib(pid, "status", "VmRSS:").unwrap_or(f64::NAN);
+    let pss = status_kib(pid, "smaps_rollup", "Pss:").unwrap_or(f64::NAN);
+    gate.writer().write(0).unwrap();
+    let _ = h.join();
+    (rss, pss)
+}
+
+/// Shared memory one channel of `capacity` occupies, in bytes.
+pub fn channel_bytes(capacity: usize) -> f64 {
+    Channel::<u64>::buffered(&fresh("size"), capacity)
+        .unwrap()
+        .shared_memory_bytes() as f64
+}
