@@ -512,13 +512,9 @@ impl Chan {
                     Err(t) => tail = t,
                 }
             } else if stamp.wrapping_add(self.hdr.one_lap) == tail + 1 {
-                fence(Ordering::SeqCst);
-                let head = self.hdr.head.0.load(Ordering::Relaxed);
-                if head.wrapping_add(self.hdr.one_lap) == tail {
-                    return None; // full
-                }
-                std::hint::spin_loop();
-                tail = tail_a.load(Ordering::Relaxed);
+                // Full, or a reader is still emptying this slot (it may have died doing so):
+                // nothing to do now; the caller's wait loop polls again.
+                return None;
             } else {
                 // A reader is emptying this slot. Do not wait for it here: it may have died
                 // mid-read; the caller's wait loop retries.
@@ -536,7 +532,6 @@ impl Chan {
     pub(crate) fn try_pop(&self) -> Option<Incoming> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
-        let mut spins = 0u32;
         loop {
             let (index, _) = self.positions(head);
             let slot = &self.slots[index];
@@ -573,19 +568,12 @@ impl Chan {
                     Err(h) => head = h,
                 }
             } else if stamp == head {
-                fence(Ordering::SeqCst);
-                let tail = self.hdr.tail.0.load(Ordering::Relaxed);
-                if tail == head {
-                    return None; // empty
-                }
-                // A writer is filling this slot. Do not wait for it here: it may have died
-                // mid-write; the caller's wait loop retries (and skips a dead writer's slot).
-                spins += 1;
-                if spins > IN_PROGRESS_SPINS {
-                    return None;
-                }
-                std::hint::spin_loop();
-                head = head_a.load(Ordering::Relaxed);
+                // Empty, or a writer is still filling this slot. Either way there is nothing
+                // to take now, and the caller's wait loop polls again. Not reading `tail` here
+                // keeps its cache line with the writer: a blocked reader then polls one line,
+                // the slot the next message lands in. (Sleepers check `tail` before sleeping;
+                // a dead writer's slot is skipped by `read`.)
+                return None;
             } else {
                 std::hint::spin_loop();
                 head = head_a.load(Ordering::Relaxed);
