@@ -183,3 +183,60 @@ pub fn python(trials: usize, iters: u64) -> Option<serde_json::Map<String, serde
     }
     serde_json::from_slice(&out.stdout).ok()
 }
+
+/// ipc-channel between two processes: (round trip in ns, one-way u64 messages per second).
+///
+/// The peer is forked while this process runs no other thread; it bootstraps through an
+/// `IpcOneShotServer` as ipc-channel's own multi-process tests do.
+pub fn ipc_channel(iters: u64) -> (f64, f64) {
+    use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
+    type Boot = (IpcSender<u64>, IpcReceiver<u64>, IpcSender<u64>);
+    let (server, name) = IpcOneShotServer::<Boot>::new().expect("ipc-channel server");
+    // SAFETY: this process has no other thread now; the child uses ipc-channel and exits
+    // with _exit, never returning into the caller.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let boot = IpcSender::<Boot>::connect(name).expect("connect");
+        let (ping_tx, ping_rx) = ipc::channel::<u64>().unwrap();
+        let (pong_tx, pong_rx) = ipc::channel::<u64>().unwrap();
+        let (sink_tx, sink_rx) = ipc::channel::<u64>().unwrap();
+        boot.send((ping_tx, pong_rx, sink_tx)).unwrap();
+        while let Ok(v) = ping_rx.recv() {
+            if v == u64::MAX {
+                break;
+            }
+            pong_tx.send(v).unwrap();
+        }
+        while let Ok(v) = sink_rx.recv() {
+            if v == u64::MAX {
+                break;
+            }
+        }
+        pong_tx.send(0).ok();
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let (_, (ping, pong, sink)) = server.accept().expect("accept");
+    for i in 0..iters / 10 {
+        ping.send(i).unwrap();
+        pong.recv().unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..iters {
+        ping.send(i).unwrap();
+        pong.recv().unwrap();
+    }
+    let rtt = start.elapsed().as_nanos() as f64 / iters as f64;
+    ping.send(u64::MAX).unwrap();
+    let n = iters * 10;
+    let start = Instant::now();
+    for i in 0..n {
+        sink.send(i).unwrap();
+    }
+    sink.send(u64::MAX).unwrap();
+    pong.recv().unwrap();
+    let thr = n as f64 / start.elapsed().as_secs_f64();
+    reap(pid);
+    (rtt, thr)
+}
