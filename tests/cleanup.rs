@@ -173,3 +173,65 @@ fn killing_the_root_with_sigkill_leaves_nothing_behind() {
     );
     assert_eq!(shm_objects(), Vec::<String>::new());
 }
+
+#[process]
+fn twin_producer(out: ChannelOut<u64>, n: u64) {
+    for i in 0..n {
+        out.write(i).unwrap();
+    }
+}
+
+#[process]
+fn twin_consumer(inp: ChannelIn<u64>) -> u64 {
+    inp.iter().sum()
+}
+
+/// Not a test of its own: one of two simultaneous runs of `two_runs_...`.
+#[test]
+#[ignore = "run by two_runs_of_one_program_at_the_same_time_do_not_collide"]
+fn twin_run() {
+    let Ok(n) = std::env::var("PYCSP_TEST_TWIN") else {
+        return;
+    };
+    let n: u64 = n.parse().unwrap();
+    // The same channel name in both runs: each run is its own network.
+    let ch = Channel::<u64>::buffered("twin-numbers", 8).unwrap();
+    let ((), sum) = Parallel((twin_producer(ch.writer(), n), twin_consumer(ch.reader()))).unwrap();
+    println!("SUM {sum}");
+}
+
+#[test]
+fn two_runs_of_one_program_at_the_same_time_do_not_collide() {
+    let exe = std::env::current_exe().unwrap();
+    let runs: Vec<(u64, KillOnDrop)> = [100_000u64, 200_000]
+        .into_iter()
+        .map(|n| {
+            let child = Command::new(&exe)
+                .args([
+                    "twin_run",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("PYCSP_TEST_TWIN", n.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (n, KillOnDrop(child))
+        })
+        .collect();
+    for (n, mut run) in runs {
+        // Read everything: closing the pipe early would fail the run's own output.
+        let lines: Vec<String> = BufReader::new(run.0.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let sum = lines.iter().find_map(|l| {
+            l.find("SUM ")
+                .map(|at| l[at + 4..].trim().parse::<u64>().unwrap())
+        });
+        assert_eq!(sum, Some(n * (n - 1) / 2), "the run with n = {n}");
+        assert!(run.0.wait().unwrap().success());
+    }
+}
