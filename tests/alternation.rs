@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use pycsp::prelude::*;
 
+mod common;
+use common::cpu_time;
+
 type Msg = (u32, u32); // (writer id, sequence number)
 
 /// Each round offers the next message on every channel at once; exactly one guard fires.
@@ -130,17 +133,6 @@ fn timeout_with_input(inp: ChannelIn<u8>, ms: u64) -> (usize, Duration, Duration
         .pri_select()
         .unwrap();
     (c.index, wall.elapsed(), cpu_time() - cpu)
-}
-
-fn cpu_time() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 #[test]

@@ -4,6 +4,9 @@
 use std::time::{Duration, Instant};
 
 use pycsp::prelude::*;
+
+mod common;
+use common::cpu_time;
 use pycsp::Error;
 
 #[process]
@@ -109,17 +112,6 @@ fn a_64_mib_message_crosses_processes_intact() {
     let got = r.read().unwrap();
     assert!(got == v);
     assert_eq!(h.join().unwrap(), Ok(()));
-}
-
-fn cpu_time() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Blocks on `inp` and returns (wall time blocked, CPU time used meanwhile).

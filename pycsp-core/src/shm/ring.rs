@@ -581,6 +581,20 @@ impl Chan {
         }
     }
 
+    /// Why this channel refuses writes now, if it does (poison, a dead peer, no readers).
+    fn write_refused(&self) -> Option<ChannelError> {
+        let f = self.flags();
+        if f & POISONED != 0 {
+            Some(ChannelError::Poisoned)
+        } else if f & PEER_DIED != 0 {
+            Some(self.peer_died())
+        } else if f & READERS_RETIRED != 0 {
+            Some(ChannelError::Retired)
+        } else {
+            None
+        }
+    }
+
     /// Writes a message, blocking while the ring is full and, for a rendezvous channel, until
     /// a reader has taken it. On error the message was not delivered, except that a rendezvous
     /// write interrupted by poison may have been taken.
@@ -604,17 +618,10 @@ impl Chan {
         let pushed = tx.wait_until(
             deadline,
             || {
-                let f = self.flags();
-                if f & POISONED != 0 {
-                    return Some(Err(ChannelError::Poisoned));
+                // The state check comes first: a waiter must never sleep through it.
+                if let Some(e) = self.write_refused() {
+                    return Some(Err(e));
                 }
-                if f & PEER_DIED != 0 {
-                    return Some(Err(self.peer_died()));
-                }
-                if f & READERS_RETIRED != 0 {
-                    return Some(Err(ChannelError::Retired));
-                }
-                // The state checks above come first: a waiter must never sleep through them.
                 checks += 1;
                 if let Some(h) = full_at {
                     let head = self.hdr.head.0.load(Ordering::Relaxed);
@@ -647,17 +654,7 @@ impl Chan {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
                     return Some(Ok(()));
                 }
-                let f = self.flags();
-                if f & POISONED != 0 {
-                    return Some(Err(ChannelError::Poisoned));
-                }
-                if f & PEER_DIED != 0 {
-                    return Some(Err(self.peer_died()));
-                }
-                if f & READERS_RETIRED != 0 {
-                    return Some(Err(ChannelError::Retired));
-                }
-                None
+                self.write_refused().map(Err)
             },
             || self.hdr.head.0.load(Ordering::SeqCst) != pos,
         );
