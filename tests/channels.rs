@@ -7,7 +7,7 @@ use pycsp::prelude::*;
 
 mod common;
 use common::cpu_time;
-use pycsp::Error;
+use pycsp::{Error, SharedBlock};
 
 #[process]
 fn producer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
@@ -333,4 +333,41 @@ fn crash_holding(out: ChannelOut<u64>) {
     out.write(1).unwrap();
     // SAFETY: dying by a signal while holding a channel end is the point of this process.
     unsafe { libc::raise(libc::SIGKILL) };
+}
+
+#[process]
+fn invert_block(
+    inp: ChannelIn<SharedBlock>,
+    out: ChannelOut<SharedBlock>,
+) -> Result<u64, ChannelError> {
+    let mut block = inp.read()?;
+    let sum = block.iter().map(|&b| u64::from(b)).sum();
+    for b in block.iter_mut() {
+        *b = !*b;
+    }
+    out.write(block)?;
+    Ok(sum)
+}
+
+#[test]
+fn a_shared_block_moves_between_processes_and_back_without_copies() {
+    let there = Channel::<SharedBlock>::new("block-there").unwrap();
+    let back = Channel::<SharedBlock>::new("block-back").unwrap();
+    let (w, r) = (there.writer(), back.reader());
+    let h = Spawn(invert_block(there.reader(), back.writer())).unwrap();
+    let data: Vec<u8> = (0..(8 << 20)).map(|i| (i % 253) as u8).collect();
+    let block = SharedBlock::from_slice(&data).unwrap();
+    let addr = block.as_ptr();
+    w.write(block).unwrap();
+    let got = r.read().unwrap();
+    assert_eq!(
+        got.as_ptr(),
+        addr,
+        "the block came back at the same address: no copy"
+    );
+    assert!(got.iter().zip(&data).all(|(g, d)| *g == !*d));
+    assert_eq!(
+        h.join().unwrap(),
+        Ok(data.iter().map(|&b| u64::from(b)).sum())
+    );
 }

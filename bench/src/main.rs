@@ -80,6 +80,13 @@ fn main() {
     }));
     rows.push(measure(
         "pycsp",
+        "1 MiB SharedBlock, ownership moves (zero-copy)",
+        "GB/s",
+        t,
+        || pycsp_rows::zero_copy(1 << 20, 2 << 30),
+    ));
+    rows.push(measure(
+        "pycsp",
         "4 writers x 4 readers, one channel",
         "msg/s",
         t,

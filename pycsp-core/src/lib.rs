@@ -11,6 +11,7 @@
 //! `shm` module (`pycsp-core/src/shm/mod.rs`).
 
 pub mod alt;
+pub mod block;
 pub mod channel;
 mod error;
 pub mod process;
@@ -22,6 +23,7 @@ mod sys;
 pub mod __private;
 
 pub use alt::{Alternation, Chosen};
+pub use block::SharedBlock;
 pub use channel::{Channel, ChannelIn, ChannelOut};
 pub use error::{ChannelError, Error, Failure};
 pub use process::{replicate, Parallel, Process, ProcessSet, Sequence, Spawn, Spawned};

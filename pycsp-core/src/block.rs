@@ -1,0 +1,158 @@
+//! Zero-copy large data: a block of the network's shared memory whose ownership moves
+//! through a channel, like occam-pi's mobile data or a shared numpy array.
+//!
+//! Sending a [`SharedBlock`] sends only its offset and length (a few bytes, inline in a ring
+//! slot); the receiver maps the same bytes. The sender's handle is spent by the send: using
+//! it afterwards panics, so exactly one process owns the bytes at a time. The block returns
+//! to the shared memory when its last owner drops it.
+//!
+//! ```
+//! use pycsp_core::{Channel, SharedBlock};
+//!
+//! let ch = Channel::<SharedBlock>::buffered("frames", 2)?;
+//! let (tx, rx) = (ch.writer(), ch.reader());
+//! let mut frame = SharedBlock::zeroed(1 << 20)?;
+//! frame[..5].copy_from_slice(b"hello");
+//! tx.write(frame)?; // moves 16 bytes, not 1 MiB
+//! let got = rx.read()?;
+//! assert_eq!(&got[..5], b"hello");
+//! assert_eq!(got.len(), 1 << 20);
+//! # Ok::<(), pycsp_core::ChannelError>(())
+//! ```
+
+use std::cell::Cell;
+use std::ops::{Deref, DerefMut};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ChannelError;
+use crate::shm::arena::Arena;
+
+/// A block of shared memory owned by one process at a time. See the [module docs](self).
+pub struct SharedBlock {
+    offset: u64,
+    len: usize,
+    owned: Cell<bool>,
+}
+
+fn arena() -> Result<&'static Arena, ChannelError> {
+    Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))
+}
+
+impl SharedBlock {
+    /// A block of `len` bytes whose contents are unspecified (whatever the shared memory held:
+    /// initialised bytes, possibly an earlier block's). The fastest way to get a buffer that
+    /// will be filled anyway.
+    pub fn new(len: usize) -> Result<SharedBlock, ChannelError> {
+        let arena = arena()?;
+        let offset = arena
+            .alloc_block(len as u64)
+            .map_err(|_| ChannelError::TooLarge {
+                channel: String::new(),
+                len: len as u64,
+                max: Arena::max_block_data(),
+            })?;
+        Ok(SharedBlock {
+            offset,
+            len,
+            owned: Cell::new(true),
+        })
+    }
+
+    /// A block of `len` zero bytes.
+    pub fn zeroed(len: usize) -> Result<SharedBlock, ChannelError> {
+        let mut b = SharedBlock::new(len)?;
+        b.fill(0);
+        Ok(b)
+    }
+
+    /// A block holding a copy of `data`.
+    pub fn from_slice(data: &[u8]) -> Result<SharedBlock, ChannelError> {
+        let mut b = SharedBlock::new(data.len())?;
+        b.copy_from_slice(data);
+        Ok(b)
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        assert!(
+            self.owned.get(),
+            "this SharedBlock was sent to another process; it is no longer yours"
+        );
+        let arena = Arena::get().expect("a block exists only where the arena is mapped");
+        arena.ptr(self.offset, self.len as u64)
+    }
+}
+
+impl Deref for SharedBlock {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the block's `len` bytes lie in the arena (checked by `ptr`), are initialised
+        // (shared file memory), and belong to this handle alone while it is owned: other
+        // processes get them only through a send, which spends this handle.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
+    }
+}
+
+impl DerefMut for SharedBlock {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedBlock {
+    fn drop(&mut self) {
+        if self.owned.get() {
+            if let Ok(arena) = Arena::get() {
+                arena.free_block(self.offset);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SharedBlock({} bytes{})",
+            self.len,
+            if self.owned.get() { "" } else { ", sent" }
+        )
+    }
+}
+
+/// Serializing a block moves it: only its offset and length travel, and the handle left
+/// behind is spent.
+impl Serialize for SharedBlock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.owned.get() {
+            return Err(serde::ser::Error::custom(
+                "this SharedBlock was already sent",
+            ));
+        }
+        let r = (self.offset, self.len as u64).serialize(s)?;
+        self.owned.set(false);
+        Ok(r)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBlock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let (offset, len) = <(u64, u64)>::deserialize(d)?;
+        arena().map_err(D::Error::custom)?;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > crate::shm::arena::ARENA_SIZE)
+        {
+            return Err(D::Error::custom(format!(
+                "a SharedBlock at {offset}+{len} lies outside shared memory"
+            )));
+        }
+        Ok(SharedBlock {
+            offset,
+            len: len as usize,
+            owned: Cell::new(true),
+        })
+    }
+}
