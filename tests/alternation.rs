@@ -76,6 +76,7 @@ fn selecting_reader(ins: Vec<ChannelIn<Msg>>, fair: bool) -> (Vec<(u64, u64)>, b
 
 #[test]
 fn selecting_readers_and_writers_on_several_channels_deliver_every_message_exactly_once() {
+    let _serial = common::timing();
     let chans = [
         Channel::<Msg>::new("stress-rv-0").unwrap(),
         Channel::<Msg>::new("stress-rv-1").unwrap(),
@@ -137,6 +138,7 @@ fn timeout_with_input(inp: ChannelIn<u8>, ms: u64) -> (usize, Duration, Duration
 
 #[test]
 fn timeouts_are_honoured_to_a_few_milliseconds_and_sleep_without_cpu() {
+    let _serial = common::timing();
     let ch = Channel::<u8>::new("alt-timeout").unwrap();
     let _w = ch.writer();
     let (alone, with_input) =

@@ -71,6 +71,7 @@ fn tagged_reader(inp: ChannelIn<(u32, u32)>) -> (u64, u64, bool) {
 
 #[test]
 fn any_to_any_across_processes_delivers_each_message_to_exactly_one_reader() {
+    let _serial = common::timing();
     for (name, cap) in [("a2a-rendezvous", 0), ("a2a-buffered", 16)] {
         let ch = Channel::<(u32, u32)>::buffered(name, cap).unwrap();
         let n = 3000u32;
@@ -124,6 +125,7 @@ fn blocked_reader(inp: ChannelIn<u8>) -> (Duration, Duration) {
 
 #[test]
 fn a_process_blocked_for_a_second_uses_almost_no_cpu() {
+    let _serial = common::timing();
     let ch = Channel::<u8>::new("idle").unwrap();
     let w = ch.writer();
     let h = Spawn(blocked_reader(ch.reader())).unwrap();
@@ -148,6 +150,7 @@ fn relay(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> 
 
 #[test]
 fn a_pipeline_with_more_processes_than_cores_does_not_livelock() {
+    let _serial = common::timing();
     let stages = 8;
     let chans: Vec<Channel<u64>> = (0..=stages)
         .map(|i| Channel::new(&format!("pipe-{i}")).unwrap())

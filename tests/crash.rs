@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pycsp::prelude::*;
+
+mod common;
 use pycsp::{Error, Failure};
 
 #[process]
@@ -21,6 +23,7 @@ fn hold_and_wait(out: ChannelOut<u64>, gate: ChannelIn<u8>) -> Result<(), Channe
 
 #[test]
 fn a_peer_killed_from_outside_wakes_blocked_readers_with_peer_died_within_100ms() {
+    let _serial = common::timing();
     let ch = Channel::<u64>::new("crash-kill").unwrap();
     let gate = Channel::<u8>::new("crash-kill-gate").unwrap();
     let _gw = gate.writer();
@@ -155,6 +158,7 @@ fn lcg(state: &mut u64) -> u64 {
 
 #[test]
 fn killing_a_writer_at_random_points_of_a_busy_network_loses_no_acknowledged_message() {
+    let _serial = common::timing();
     let seed = 0x5EED_u64 ^ u64::from(std::process::id());
     let mut rng = seed;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,4 +1,5 @@
-//! Helpers shared by the multi-process tests.
+//! Helpers shared by the multi-process tests (each test binary uses some of them).
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -12,4 +13,13 @@ pub fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Held by tests that measure time and by tests that load every core, so that within one
+/// test binary the former never run while the latter saturate the machine.
+pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`TIMING`], also after a test that held it failed.
+pub fn timing() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
