@@ -1,0 +1,51 @@
+//! Python's `multiprocessing.Pipe` (duplex), the CSP way: a pair of channels, one each way.
+//!
+//! ```python
+//! from multiprocessing import Process, Pipe
+//! def f(conn):
+//!     conn.send([42, None, 'hello'])
+//!     print(conn.recv())              # ping
+//!     conn.close()
+//! parent_conn, child_conn = Pipe()
+//! p = Process(target=f, args=(child_conn,)); p.start()
+//! print(parent_conn.recv())           # [42, None, 'hello']
+//! parent_conn.send('ping')
+//! p.join()
+//! ```
+
+use pycsp::prelude::*;
+
+// ANCHOR: pipe
+/// One end of a duplex pipe: a reading and a writing channel end.
+type Conn<T> = (ChannelIn<T>, ChannelOut<T>);
+
+/// `Pipe()`: two connected ends.
+fn pipe<T: serde::Serialize + serde::de::DeserializeOwned>(
+    name: &str,
+) -> Result<(Conn<T>, Conn<T>), ChannelError> {
+    let there = Channel::<T>::new(&format!("{name}-there"))?;
+    let back = Channel::<T>::new(&format!("{name}-back"))?;
+    Ok((
+        (back.reader(), there.writer()),
+        (there.reader(), back.writer()),
+    ))
+}
+
+#[process]
+fn f(conn: Conn<String>) -> Result<(), ChannelError> {
+    let (recv, send) = conn;
+    send.write("[42, None, 'hello']".into())?;
+    println!("{}", recv.read()?);
+    Ok(()) // dropping the ends closes the pipe
+}
+
+fn main() -> Result<(), pycsp::Error> {
+    let (parent_conn, child_conn) = pipe::<String>("pipe")?;
+    let p = Spawn(f(child_conn))?;
+    let (recv, send) = parent_conn;
+    println!("{}", recv.read()?);
+    send.write("ping".into())?;
+    p.join()??;
+    Ok(())
+}
+// ANCHOR_END: pipe
