@@ -27,18 +27,19 @@ fn rendezvous_write_returns_only_after_the_reader_took_the_message() {
     let ch = Channel::<u64>::new("rendezvous-ack").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let t = thread::spawn(move || {
-        let start = Instant::now();
         w.write(7).unwrap();
-        start.elapsed()
+        Instant::now()
     });
-    // The writer is blocked until we read; a timed read would not prove that, a counted one
-    // does: after 100 ms the message is still there for us to take.
+    // Give a wrong (non-blocking) write every chance to return first.
     thread::sleep(Duration::from_millis(100));
+    let reading_from = Instant::now();
     assert_eq!(r.read().unwrap(), 7);
-    let blocked_for = t.join().unwrap();
+    let returned_at = t.join().unwrap();
+    // A rendezvous write returns only once the message was taken, so after the read began.
     assert!(
-        blocked_for >= Duration::from_millis(100),
-        "write returned after {blocked_for:?}"
+        returned_at >= reading_from,
+        "write returned {:?} before the read began",
+        reading_from - returned_at
     );
 }
 
