@@ -46,3 +46,11 @@ fn value_and_array_print_what_python_prints() {
         "3.1415927\n[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]\n"
     );
 }
+
+#[test]
+fn manager_dict_and_list_print_what_python_prints() {
+    assert_eq!(
+        run_example("mp_manager"),
+        "{1: '1', '2': 2, 0.25: None}\n[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]\n"
+    );
+}
