@@ -85,6 +85,18 @@ fn philosopher(
 }
 // ANCHOR_END: philosopher
 
+/// For each fork, one channel from its left-hand and one from its right-hand philosopher.
+fn fork_channels(what: &str) -> Result<Vec<[Channel<()>; 2]>, ChannelError> {
+    (0..N)
+        .map(|i| {
+            Ok([
+                Channel::new(&format!("fork{i}-{what}-l"))?,
+                Channel::new(&format!("fork{i}-{what}-r"))?,
+            ])
+        })
+        .collect()
+}
+
 fn main() -> Result<(), pycsp::Error> {
     let meals: u64 = std::env::args()
         .nth(1)
@@ -92,22 +104,8 @@ fn main() -> Result<(), pycsp::Error> {
     let sit = Channel::<usize>::new("sit")?;
     let stand = Channel::<usize>::new("stand")?;
     // Fork i lies between philosopher i (its left hand) and philosopher i+1 (its right hand).
-    let up: Vec<[Channel<()>; 2]> = (0..N)
-        .map(|i| {
-            Ok([
-                Channel::new(&format!("fork{i}-up-l"))?,
-                Channel::new(&format!("fork{i}-up-r"))?,
-            ])
-        })
-        .collect::<Result<_, ChannelError>>()?;
-    let down: Vec<[Channel<()>; 2]> = (0..N)
-        .map(|i| {
-            Ok([
-                Channel::new(&format!("fork{i}-down-l"))?,
-                Channel::new(&format!("fork{i}-down-r"))?,
-            ])
-        })
-        .collect::<Result<_, ChannelError>>()?;
+    let up = fork_channels("up")?;
+    let down = fork_channels("down")?;
     let forks = replicate(N, |i| {
         fork(
             up[i][0].reader(),
