@@ -24,7 +24,14 @@ struct Target {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        let what = args
+            .get(i + 1)
+            .expect("--only needs the text of a row name");
+        stats::ONLY.set(what.clone()).unwrap();
+    }
     let (t, k) = if quick { (3, 1u64) } else { (7, 5u64) };
     let mut rows: Vec<Row> = Vec::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -157,15 +164,17 @@ fn main() {
         },
     ));
     ipc_thr.sort_by(|a, b| a.total_cmp(b));
-    rows.push(Row {
-        group: "peers",
-        name: "ipc-channel u64, two processes one way".into(),
-        unit: "msg/s",
-        median: ipc_thr[ipc_thr.len() / 2],
-        min: ipc_thr[0],
-        max: ipc_thr[ipc_thr.len() - 1],
-        trials: ipc_thr.len(),
-    });
+    if let (Some(&min), Some(&max)) = (ipc_thr.first(), ipc_thr.last()) {
+        rows.push(Row {
+            group: "peers",
+            name: "ipc-channel u64, two processes one way".into(),
+            unit: "msg/s",
+            median: ipc_thr[ipc_thr.len() / 2],
+            min,
+            max,
+            trials: ipc_thr.len(),
+        });
+    }
     rows.push(measure(
         "peers",
         "Unix domain socket, 8 bytes (RTT)",
@@ -180,7 +189,15 @@ fn main() {
         t,
         || peers::uds_throughput(500_000 * k),
     ));
-    if let Some(py) = peers::python(t.min(5), 2_000 * k) {
+    let want_python = stats::ONLY
+        .get()
+        .is_none_or(|o| "Python multiprocessing".contains(o.as_str()));
+    let py = if want_python {
+        peers::python(t.min(5), 2_000 * k)
+    } else {
+        None
+    };
+    if let Some(py) = py {
         for (key, name, unit) in [
             ("pipe_rtt_ns", "Python multiprocessing.Pipe (RTT)", "ns"),
             (
@@ -279,6 +296,7 @@ fn main() {
         },
     ];
 
+    rows.retain(|r| r.trials > 0);
     println!();
     println!(
         "{:<8} {:<46} {:>12} {:>25}  unit",
@@ -309,6 +327,9 @@ fn main() {
         );
     }
 
+    if stats::ONLY.get().is_some() {
+        return;
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
     let mut ratios = BTreeMap::new();

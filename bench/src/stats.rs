@@ -14,7 +14,12 @@ pub struct Row {
     pub trials: usize,
 }
 
-/// Runs `trial` `n` times and summarises the values it returns.
+/// Rows whose name contains this text are measured; the others are skipped (`--only TEXT`,
+/// for working on one figure). The raw spinning ping-pong is always measured: the ratios need it.
+pub static ONLY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Runs `trial` `n` times and summarises the values it returns (no trials when `--only`
+/// excludes the row).
 pub fn measure(
     group: &'static str,
     name: &str,
@@ -22,6 +27,20 @@ pub fn measure(
     n: usize,
     mut trial: impl FnMut() -> f64,
 ) -> Row {
+    let wanted = ONLY
+        .get()
+        .is_none_or(|o| name.contains(o.as_str()) || name.contains("spinning"));
+    if !wanted {
+        return Row {
+            group,
+            name: name.to_string(),
+            unit,
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            trials: 0,
+        };
+    }
     let mut v: Vec<f64> = (0..n).map(|_| trial()).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let row = Row {
