@@ -44,6 +44,6 @@ pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
         replicate, Alternation, Channel, ChannelError, ChannelIn, ChannelOut, Chosen, Parallel,
-        Process, Sequence, SharedBlock, Spawn,
+        Placement, Process, Sequence, SharedBlock, Spawn,
     };
 }

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ChannelError;
+use crate::net::{self, Address};
 use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::{Chan, Incoming, Outgoing, INLINE};
 use crate::shm::waiter;
@@ -44,14 +45,23 @@ use crate::shm::waiter;
 /// # Ok::<(), pycsp_core::ChannelError>(())
 /// ```
 pub struct Channel<T> {
-    chan: Chan,
+    place: Place,
     _t: PhantomData<fn(T) -> T>,
+}
+
+/// Where a channel is, seen from this process.
+#[derive(Clone)]
+enum Place {
+    /// In this network's shared memory (also a socket channel hosted by this network).
+    Local(Chan),
+    /// Hosted by a process outside this network, reached over a socket.
+    Remote { addr: Address, capacity: usize },
 }
 
 impl<T> Clone for Channel<T> {
     fn clone(&self) -> Self {
         Channel {
-            chan: self.chan,
+            place: self.place.clone(),
             _t: PhantomData,
         }
     }
@@ -60,9 +70,9 @@ impl<T> Clone for Channel<T> {
 impl<T> fmt::Debug for Channel<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
-            .field("name", &self.chan.name())
-            .field("type", &self.chan.type_name())
-            .field("capacity", &self.chan.capacity())
+            .field("name", &self.name())
+            .field("type", &std::any::type_name::<T>())
+            .field("capacity", &self.capacity())
             .finish()
     }
 }
@@ -101,76 +111,132 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 max: MAX_NAME,
             });
         }
+        let addr = net::parse_address(name).transpose()?;
         let arena = Arena::get().map_err(shm_error)?;
+        if arena.lookup(name).is_some() {
+            return Err(ChannelError::NameInUse(name.to_string()));
+        }
         let (tn, fp) = type_fingerprint::<T>();
         let chan = Chan::create(arena, name, tn, fp, capacity).map_err(|e| arena_error(e, name))?;
+        if let Some(addr) = &addr {
+            net::server::host(addr, chan, validate::<T>)?;
+        }
         arena
             .register(name, chan.offset())
             .map_err(|e| arena_error(e, name))?;
         Ok(Channel {
-            chan,
+            place: Place::Local(chan),
             _t: PhantomData,
         })
     }
 
-    /// Attaches to the channel that some process of this network created under `name`.
+    /// Attaches to the channel that some process of this network created under `name`, or,
+    /// for an address (`tcp://HOST:PORT/NAME`, `local://SOCKET/NAME`), to the channel hosted
+    /// there, by any process on any machine (see [`crate::net`]).
     ///
-    /// Fails with [`ChannelError::NotFound`] if there is none, and with
-    /// [`ChannelError::TypeMismatch`] if it carries another type than `T`.
+    /// Fails with [`ChannelError::NotFound`] if there is none, with
+    /// [`ChannelError::TypeMismatch`] if it carries another type than `T`, and for an address
+    /// that cannot be reached with [`ChannelError::Connection`] or [`ChannelError::Auth`].
     pub fn open(name: &str) -> Result<Self, ChannelError> {
         let arena = Arena::get().map_err(shm_error)?;
-        let off = arena
-            .lookup(name)
-            .ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
+        let Some(off) = arena.lookup(name) else {
+            if let Some(addr) = net::parse_address(name).transpose()? {
+                let (tn, fp) = type_fingerprint::<T>();
+                let capacity = net::client::probe(&addr, tn, fp)? as usize;
+                return Ok(Channel {
+                    place: Place::Remote { addr, capacity },
+                    _t: PhantomData,
+                });
+            }
+            return Err(ChannelError::NotFound(name.to_string()));
+        };
         let chan =
             Chan::attach(arena, off).ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
         check_type::<T>(&chan)?;
         Ok(Channel {
-            chan,
+            place: Place::Local(chan),
             _t: PhantomData,
         })
     }
 
-    /// A new reading end (counted as one more reader).
+    /// An end's channel: the shared one, or a new connection's proxy.
+    fn end_chan(&self, writer: bool) -> Chan {
+        match &self.place {
+            Place::Local(c) => {
+                c.join(writer);
+                *c
+            }
+            Place::Remote { addr, .. } => {
+                let (tn, fp) = type_fingerprint::<T>();
+                net::client::open_end(addr, tn, fp, writer, None)
+                    .or_else(|e| net::client::failed_end(addr, tn, fp, writer, e))
+                    .expect("shared memory for a socket end's proxy channel")
+            }
+        }
+    }
+
+    /// A new reading end (counted as one more reader). For a channel hosted outside this
+    /// network, this opens a connection; if that fails, the end's first operation reports why.
     pub fn reader(&self) -> ChannelIn<T> {
-        self.chan.join(false);
-        track(&self.chan);
+        let chan = self.end_chan(false);
+        track(&chan);
         ChannelIn {
-            end: End::new(self.chan),
+            end: End::new(chan),
             _t: PhantomData,
         }
     }
 
-    /// A new writing end (counted as one more writer).
+    /// A new writing end (counted as one more writer); see [`reader`](Self::reader).
     pub fn writer(&self) -> ChannelOut<T> {
-        self.chan.join(true);
-        track(&self.chan);
+        let chan = self.end_chan(true);
+        track(&chan);
         ChannelOut {
-            end: End::new(self.chan),
+            end: End::new(chan),
             _t: PhantomData,
         }
     }
 
     /// Poisons the channel (see [`ChannelOut::poison`]).
     pub fn poison(&self) {
-        self.chan.poison();
+        match &self.place {
+            Place::Local(c) => c.poison(),
+            Place::Remote { .. } => self.writer().poison(),
+        }
     }
 }
 
+/// Checks that a message from a socket decodes as `T` (the host does this for every message
+/// a remote writer sends).
+fn validate<T: DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
+    rmp_serde::from_slice::<T>(bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 impl<T> Channel<T> {
-    /// The channel's name.
+    /// The channel's name (for a socket channel, its address).
     pub fn name(&self) -> &str {
-        self.chan.name()
+        match &self.place {
+            Place::Local(c) => c.name(),
+            Place::Remote { addr, .. } => &addr.full,
+        }
     }
 
-    /// Bytes of shared memory the channel occupies (its header and ring of slots).
+    /// Bytes of shared memory the channel occupies in this network (its header and ring of
+    /// slots); 0 for a channel hosted outside it.
     pub fn shared_memory_bytes(&self) -> usize {
-        self.chan.shared_memory_bytes()
+        match &self.place {
+            Place::Local(c) => c.shared_memory_bytes(),
+            Place::Remote { .. } => 0,
+        }
     }
 
     /// How many messages the channel buffers; 0 for a rendezvous channel.
     pub fn capacity(&self) -> usize {
-        self.chan.capacity()
+        match &self.place {
+            Place::Local(c) => c.capacity(),
+            Place::Remote { capacity, .. } => *capacity,
+        }
     }
 }
 
@@ -294,23 +360,45 @@ pub(crate) fn poison_own_ends() {
 
 #[derive(Serialize, Deserialize)]
 struct WireEnd {
+    /// The channel's offset in the sender's arena.
     channel: u64,
     fingerprint: u64,
     writer: bool,
+    /// The sender's network: only a process of the same network can use `channel`.
+    network: u64,
+    /// For a socket channel: its address, and the token under which the host holds the end's
+    /// count for the receiver.
+    remote: Option<(String, u64)>,
 }
 
 impl End {
     fn serialize<S: Serializer>(&self, s: S, writer: bool) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
         if self.state.get() != EndState::Live {
-            return Err(serde::ser::Error::custom(format!(
+            return Err(S::Error::custom(format!(
                 "an end of channel {:?} was already sent to another process",
                 self.chan.name()
             )));
+        }
+        let arena = Arena::get().map_err(S::Error::custom)?;
+        let mut remote = None;
+        if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
+            if let Some(proxy) = net::client::proxy_of(&self.chan) {
+                // A remote end: its connection hands the count over to the receiver.
+                self.state.set(EndState::Transferred);
+                remote = Some(net::client::hand_over(&self.chan, &proxy).map_err(|e| {
+                    S::Error::custom(format!("cannot move an end of {}: {e}", addr.full))
+                })?);
+            } else if let Some(token) = net::server::hand_over(&addr, writer) {
+                remote = Some((addr.full.clone(), token));
+            }
         }
         let w = WireEnd {
             channel: self.chan.offset(),
             fingerprint: self.chan.type_fp(),
             writer,
+            network: arena.network(),
+            remote,
         };
         let r = w.serialize(s)?;
         self.state.set(EndState::Transferred);
@@ -331,6 +419,23 @@ impl End {
             ));
         }
         let arena = Arena::get().map_err(D::Error::custom)?;
+        if w.network != arena.network() {
+            let Some((address, token)) = w.remote else {
+                return Err(D::Error::custom(
+                    "an end of a shared-memory channel reached a process outside its network \
+                     (on another host, or started independently): make it a socket channel \
+                     (tcp://HOST:PORT/NAME)",
+                ));
+            };
+            let addr = net::parse_address(&address)
+                .and_then(Result::ok)
+                .ok_or_else(|| D::Error::custom(format!("bad address {address:?}")))?;
+            let (tn, fp) = type_fingerprint::<T>();
+            let chan = net::client::open_end(&addr, tn, fp, writer, Some(token))
+                .map_err(D::Error::custom)?;
+            track(&chan);
+            return Ok(End::new(chan));
+        }
         let chan = Chan::attach(arena, w.channel)
             .ok_or_else(|| D::Error::custom(format!("no channel at offset {}", w.channel)))?;
         check_type::<T>(&chan).map_err(D::Error::custom)?;
@@ -461,7 +566,7 @@ impl<T: Serialize> ChannelOut<T> {
         if rmp_serde::encode::write(&mut inline, value).is_ok() {
             return chan
                 .write(&Outgoing::Inline(&inline.buf[..inline.len]), deadline)
-                .map_err(|e| e.error);
+                .map_err(|e| net::client::remote_error(chan, e.error));
         }
         // Too large for a slot: measure, then encode straight into a shared block (one copy).
         let encode_err = |e: rmp_serde::encode::Error| ChannelError::Encode {
@@ -491,7 +596,7 @@ impl<T: Serialize> ChannelOut<T> {
                     // Never placed in the ring: the block is still ours.
                     arena.free_block(offset);
                 }
-                e.error
+                net::client::remote_error(chan, e.error)
             })
     }
 
@@ -541,12 +646,29 @@ impl<T: DeserializeOwned> ChannelIn<T> {
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
         let arena = Arena::get().map_err(shm_error)?;
-        let msg = chan.read(deadline, true, |w| waiter::claim(arena, w))?;
+        let msg = chan
+            .read(deadline, true, |w| waiter::claim(arena, w))
+            .map_err(|e| net::client::remote_error(chan, e))?;
         decode_incoming(chan, msg)
     }
 
     pub(crate) fn chan(&self) -> Chan {
         self.end.chan
+    }
+}
+
+/// The encoded bytes of a message taken out of a ring (and frees its block, if it had one).
+pub(crate) fn incoming_bytes(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
+    match msg {
+        Incoming::Inline { buf, len } => Ok(buf[..len].to_vec()),
+        Incoming::Block { offset, len } => {
+            let arena = Arena::get().map_err(shm_error)?;
+            // SAFETY: as in `decode_incoming`: the block is ours until we free it.
+            let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) }
+                .to_vec();
+            arena.free_block(offset);
+            Ok(bytes)
+        }
     }
 }
 

@@ -86,6 +86,40 @@ pub enum ChannelError {
         /// The largest message that fits.
         max: u64,
     },
+    /// A socket channel address that cannot be used.
+    #[error("bad channel address {address:?}: {reason}")]
+    BadAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A socket connection could not be made, or was lost (the peer process died, its host
+    /// vanished or the link went down; see `pycsp_core::net::LOSS_TIMEOUT`).
+    #[error("socket channel {address:?}: {reason}")]
+    Connection {
+        /// The channel's address.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The peers of a socket channel do not share the same key.
+    #[error("socket channel {address:?}: {reason}")]
+    Auth {
+        /// The channel's address.
+        address: String,
+        /// What happened, and how to give both sides the key.
+        reason: String,
+    },
+    /// A socket peer broke the protocol (a malformed, oversized, unknown or unexpected frame, or
+    /// a message that is not the channel's type); the connection was closed.
+    #[error("socket channel {address:?}: protocol error: {reason}")]
+    Protocol {
+        /// The channel's address.
+        address: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The shared memory of the network could not be created or mapped.
     #[error("shared memory: {0}")]
     SharedMemory(String),
@@ -101,6 +135,9 @@ pub enum Failure {
     Exited(i32),
     /// The process was killed by this signal (9 is SIGKILL, 6 is SIGABRT).
     Signaled(i32),
+    /// A placed process (see `Placement`) whose connection was lost: its host or the link to
+    /// it went away; its launcher was killed.
+    Lost(String),
     /// The process could not be run: its arguments or its return value could not cross the
     /// process boundary, or the binary has no process of that name.
     Broken(String),
@@ -113,6 +150,7 @@ impl std::fmt::Display for Failure {
             Failure::Exited(c) => write!(f, "exited with code {c} before returning"),
             Failure::Signaled(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
             Failure::Broken(m) => write!(f, "could not run: {m}"),
+            Failure::Lost(m) => write!(f, "was lost: {m}"),
         }
     }
 }

@@ -40,6 +40,11 @@ use crate::sys;
 
 const ENV_CHILD: &str = "PYCSP_CHILD";
 const ENV_CTRL_FD: &str = "PYCSP_CTRL_FD";
+/// For a placed process: where to connect for its arguments (`HOST:PORT`), and its ticket.
+const ENV_CONTROL: &str = "PYCSP_CONTROL";
+const ENV_TICKET: &str = "PYCSP_TICKET";
+/// How long a placed process may take to connect back.
+const PLACED_CONNECT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest control frame accepted (arguments or a return value), 4 GiB.
 const MAX_FRAME: u64 = 4 << 30;
 
@@ -61,9 +66,18 @@ impl<R> Process<R> {
             inner: ErasedProcess {
                 name,
                 args: Box::new(args),
+                placement: None,
             },
             _r: PhantomData,
         }
+    }
+
+    /// Runs this process where `placement` says (another host, another network namespace)
+    /// instead of as a child of this one. Its channel ends must belong to socket channels
+    /// (`tcp://...`); its return value or failure comes back as for a local process.
+    pub fn on(mut self, placement: Placement) -> Self {
+        self.inner.placement = Some(placement);
+        self
     }
 
     /// The process's function, with its module path.
@@ -76,6 +90,13 @@ impl<R> std::fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Process({})", self.name())
     }
+}
+
+static CURRENT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The function this process runs (`main` in a root process), for messages.
+pub(crate) fn current_name() -> &'static str {
+    CURRENT.get().copied().unwrap_or("main")
 }
 
 fn display_name(registered: &'static str) -> &'static str {
@@ -97,6 +118,48 @@ impl<A: Serialize + Send> ErasedArgs for A {
 pub struct ErasedProcess {
     name: &'static str,
     args: Box<dyn ErasedArgs>,
+    placement: Option<Placement>,
+}
+
+/// Where to run a process other than as a local child: a **launcher** command template, run
+/// with `sh -c`, in which `{cmd}` stands for the command that starts this same binary as that
+/// process. Existing launchers do the placing:
+///
+/// ```
+/// use pycsp_core::Placement;
+/// let netns = Placement::launcher("ip netns exec blue {cmd}").reach_back("10.77.0.1");
+/// let ssh = Placement::launcher("ssh worker7 {cmd}").reach_back("10.0.0.1");
+/// let slurm = Placement::launcher("srun -N1 -n1 {cmd}");
+/// # let _ = (netns, ssh, slurm);
+/// ```
+///
+/// The placed process connects back to this one over TCP, at the `reach_back` address (an
+/// address of this machine that the other host can reach; default `127.0.0.1`), proves it
+/// knows the network's key (see [`crate::net`]) and receives its arguments; its channels must
+/// be socket channels. The binary must exist at the same path there (`{cmd}` uses this
+/// binary's absolute path). If the connection to a placed process is lost for longer than
+/// [`crate::net::LOSS_TIMEOUT`], its launcher is killed and the combinator reports
+/// [`Failure::Lost`].
+#[derive(Debug, Clone)]
+pub struct Placement {
+    template: String,
+    reach_back: String,
+}
+
+impl Placement {
+    /// A placement by the launcher `template` (it must contain `{cmd}`).
+    pub fn launcher(template: &str) -> Placement {
+        Placement {
+            template: template.to_string(),
+            reach_back: "127.0.0.1".into(),
+        }
+    }
+
+    /// The address of this machine the placed process connects back to.
+    pub fn reach_back(mut self, ip: &str) -> Placement {
+        self.reach_back = ip.to_string();
+        self
+    }
 }
 
 /// What a process returned, as bytes, with who returned it.
@@ -306,7 +369,10 @@ impl<S: ProcessSet> Drop for Spawned<S> {
 struct Running {
     name: &'static str,
     child: std::process::Child,
-    ctrl: UnixStream,
+    ctrl: Ctrl,
+    /// Placed by a launcher: `child` is the launcher, and a lost connection means a lost
+    /// process.
+    placed: bool,
     /// Channels whose ends the child holds: poisoned if it dies without reporting.
     ends: Vec<u64>,
 }
@@ -350,6 +416,12 @@ impl Running {
             // Wake the peers first, then reap.
             mark_peer_died(&self.ends, pid, display_name(self.name));
         }
+        let mut lost = false;
+        if self.placed && report.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // The connection broke but the launcher lives on (a link or host went away).
+            lost = true;
+            let _ = self.child.kill();
+        }
         let status = self.child.wait();
         let name = display_name(self.name);
         let fail = |failure| Error::ProcessFailed {
@@ -365,6 +437,10 @@ impl Running {
             }),
             Some(Report::Panicked(m)) => Err(fail(Failure::Panicked(m))),
             Some(Report::Broken(m)) => Err(fail(Failure::Broken(m))),
+            None if lost => Err(fail(Failure::Lost(format!(
+                "the connection to it was lost (no answer for {:?})",
+                crate::net::LOSS_TIMEOUT
+            )))),
             None => {
                 let failure = match status {
                     Ok(st) => match (st.signal(), st.code()) {
@@ -380,7 +456,40 @@ impl Running {
     }
 }
 
+/// The control connection to a child: a socket pair, or TCP for a placed process.
+enum Ctrl {
+    Pair(UnixStream),
+    Net(crate::net::Stream),
+}
+
+impl Read for Ctrl {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Ctrl::Pair(s) => s.read(buf),
+            Ctrl::Net(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Ctrl {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Ctrl::Pair(s) => s.write(buf),
+            Ctrl::Net(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Ctrl::Pair(s) => s.flush(),
+            Ctrl::Net(s) => s.flush(),
+        }
+    }
+}
+
 fn start(p: ErasedProcess) -> Result<Running, Error> {
+    if p.placement.is_some() {
+        return start_placed(p);
+    }
     let name = p.name;
     let spawn_err = |reason: String| Error::Spawn {
         name: display_name(name).to_string(),
@@ -408,6 +517,9 @@ fn start(p: ErasedProcess) -> Result<Running, Error> {
         .env(ENV_CTRL_FD, ctrl_fd.to_string())
         .env(ENV_ARENA_FD, arena_fd.to_string())
         .stdin(Stdio::null());
+    if let Some((k, v)) = crate::net::key::child_env() {
+        cmd.env(k, v);
+    }
     // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
     // is async-signal-safe, and allocates nothing.
     unsafe {
@@ -423,7 +535,123 @@ fn start(p: ErasedProcess) -> Result<Running, Error> {
     Ok(Running {
         name,
         child,
-        ctrl: parent_end,
+        ctrl: Ctrl::Pair(parent_end),
+        placed: false,
+        ends,
+    })
+}
+
+/// Quotes `s` for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Starts a process through its placement's launcher; it connects back over TCP.
+fn start_placed(p: ErasedProcess) -> Result<Running, Error> {
+    use crate::net::{self, frame, key, Stream};
+    let name = p.name;
+    let placement = p.placement.clone().expect("placed");
+    let spawn_err = |reason: String| Error::Spawn {
+        name: display_name(name).to_string(),
+        reason,
+    };
+    if !placement.template.contains("{cmd}") {
+        return Err(spawn_err(format!(
+            "the launcher template {:?} has no {{cmd}}",
+            placement.template
+        )));
+    }
+    let k = key::key().map_err(|e| spawn_err(e.to_string()))?;
+    let (args, ends) = collect_transfers(|| p.args.encode());
+    drop(p.args);
+    let args = args.map_err(|e| {
+        poison_offsets(&ends);
+        spawn_err(format!("its arguments cannot be encoded: {e}"))
+    })?;
+    let fail = |reason: String| {
+        poison_offsets(&ends);
+        spawn_err(reason)
+    };
+    let listener = std::net::TcpListener::bind((placement.reach_back.as_str(), 0))
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", placement.reach_back)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .port();
+    let ticket = net::client::token();
+    let exe = std::env::current_exe().map_err(|e| fail(format!("no path to this binary: {e}")))?;
+    let cmd = format!(
+        "env {ENV_CHILD}={} {ENV_CONTROL}={} {ENV_TICKET}={ticket} {}",
+        sh_quote(name),
+        sh_quote(&format!("{}:{port}", placement.reach_back)),
+        sh_quote(&exe.to_string_lossy()),
+    );
+    let line = placement.template.replace("{cmd}", &cmd);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("exec {line}"))
+        .stdin(Stdio::null());
+    if let Some((k, v)) = key::child_env() {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| fail(format!("cannot run the launcher {line:?}: {e}")))?;
+    // Wait for the placed process to connect, or for the launcher to fail.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| fail(e.to_string()))?;
+    let deadline = std::time::Instant::now() + PLACED_CONNECT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(fail(format!(
+                        "the launcher {line:?} ended ({st}) before the process connected"
+                    )));
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!("the process did not connect back within {PLACED_CONNECT:?} (launcher {line:?})")));
+                }
+                sys::wait_readable(listener.as_raw_fd(), std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let _ = stream.set_nonblocking(false);
+    let _ = net::tune_tcp(&stream);
+    let mut s = Stream::Tcp(stream);
+    let kill = |child: &mut std::process::Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        fail(why)
+    };
+    if let Err(e) = key::serve(&mut s, k) {
+        return Err(kill(
+            &mut child,
+            format!("the placed process failed the handshake: {e:?}"),
+        ));
+    }
+    match frame::read_frame(&mut s, 64) {
+        Ok(f) if f.body == ticket.to_le_bytes() => {}
+        _ => {
+            return Err(kill(
+                &mut child,
+                "the placed process sent a wrong ticket".into(),
+            ))
+        }
+    }
+    let mut ctrl = Ctrl::Net(s);
+    let _ = write_frame(&mut ctrl, &args);
+    Ok(Running {
+        name,
+        child,
+        ctrl,
+        placed: true,
         ends,
     })
 }
@@ -479,13 +707,20 @@ pub fn child_entry() {
         .and_then(|v| v.parse::<RawFd>().ok());
     // Programs this process starts with `Command` must not take themselves for our children.
     // Removing variables is sound here: constructors run before `main`, on one thread.
+    let control = std::env::var(ENV_CONTROL).ok();
+    let ticket = std::env::var(ENV_TICKET).ok();
     std::env::remove_var(ENV_CHILD);
     std::env::remove_var(ENV_CTRL_FD);
     std::env::remove_var(ENV_ARENA_FD);
+    std::env::remove_var(ENV_CONTROL);
+    std::env::remove_var(ENV_TICKET);
     sys::ignore_sigpipe();
     crate::channel::IN_CHILD.store(true, Ordering::Relaxed);
-    let code = match (ctrl, arena_fd) {
-        (Some(ctrl), Some(arena)) => run_child(&name.to_string_lossy(), ctrl, arena),
+    let code = match (ctrl, arena_fd, control, ticket) {
+        (Some(ctrl), Some(arena), _, _) => run_child(&name.to_string_lossy(), ctrl, arena),
+        (_, _, Some(control), Some(ticket)) => {
+            run_placed(&name.to_string_lossy(), &control, &ticket)
+        }
         _ => 121,
     };
     std::process::exit(code)
@@ -514,6 +749,66 @@ fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
     }
 }
 
+/// A placed process: connect back, prove the key, present the ticket, then run as a child.
+fn run_placed(name: &str, control: &str, ticket: &str) -> i32 {
+    use crate::net::{frame, key, Endpoint, Stream};
+    let Ok(ticket) = ticket.parse::<u64>() else {
+        return 126;
+    };
+    let Ok(mut s) = Stream::connect(&Endpoint::Tcp(control.to_string())) else {
+        eprintln!("pycsp: placed process {name}: cannot connect back to {control}");
+        return 127;
+    };
+    let k = match key::key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("pycsp: placed process {name}: {e}");
+            return 127;
+        }
+    };
+    if let Err(e) = key::join(&mut s, k) {
+        eprintln!("pycsp: placed process {name}: handshake with {control} failed: {e:?}");
+        return 127;
+    }
+    let t = frame::Frame::new(frame::Kind::Handoff, ticket.to_le_bytes().to_vec());
+    if frame::write_frame(&mut s, &t).is_err() {
+        return 123;
+    }
+    let mut ctrl = Ctrl::Net(s);
+    let report = match read_frame(&mut ctrl) {
+        Err(_) => return 123,
+        Ok(args) => {
+            if let Ctrl::Net(s) = &ctrl {
+                watch_control(s);
+            }
+            run_entry(name, &args)
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let bytes = rmp_serde::to_vec(&report).unwrap_or_default();
+    match write_frame(&mut ctrl, &bytes) {
+        Ok(()) => 0,
+        Err(_) => 124,
+    }
+}
+
+/// Exits this placed process as soon as its parent's connection is gone.
+fn watch_control(s: &crate::net::Stream) {
+    let fd = s.as_raw_fd();
+    let _ = std::thread::Builder::new()
+        .name("pycsp-watch-parent".into())
+        .stack_size(32 << 10)
+        .spawn(move || loop {
+            if sys::wait_readable(fd, std::time::Duration::from_secs(3600)) {
+                if sys::socket_hung_up(fd) {
+                    sys::exit_now(125);
+                }
+                // The parent sends nothing more; do not spin on unexpected bytes.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+}
+
 fn run_entry(name: &str, args: &[u8]) -> Report {
     let Some(entry) = PROCESSES.iter().find(|e| e.name == name) else {
         return Report::Broken(format!("this binary has no #[process] named {name}"));
@@ -529,7 +824,11 @@ fn run_entry(name: &str, args: &[u8]) -> Report {
         }
         previous(info);
     }));
-    match catch_unwind(AssertUnwindSafe(|| (entry.run)(args))) {
+    let _ = CURRENT.set(process);
+    let result = catch_unwind(AssertUnwindSafe(|| (entry.run)(args)));
+    // Let the retirements of socket ends dropped by the body reach their hosts.
+    crate::net::client::drain(crate::net::LOSS_TIMEOUT);
+    match result {
         Ok(Ok(bytes)) => Report::Returned(bytes),
         Ok(Err(msg)) => {
             mark_own_ends_dead(display_name(entry.name));

@@ -39,6 +39,8 @@ struct ArenaHeader {
     size: u64,
     bump: AtomicU64,
     free: [AtomicU64; NCLASSES],
+    /// A random number naming this network (set once at creation).
+    network: u64,
 }
 
 #[repr(C)]
@@ -116,6 +118,9 @@ impl Arena {
                 (*h).magic = MAGIC;
                 (*h).version = VERSION;
                 (*h).size = ARENA_SIZE;
+                let mut id = [0u8; 8];
+                sys::random_bytes(&mut id)?;
+                (*h).network = u64::from_le_bytes(id);
             }
             arena.header().bump.store(DATA_START, Ordering::Release);
         } else {
@@ -128,6 +133,12 @@ impl Arena {
             }
         }
         Ok(arena)
+    }
+
+    /// The random number naming this network: ends sent to a process with another number
+    /// (on another host, or started independently) cannot use shared memory.
+    pub(crate) fn network(&self) -> u64 {
+        self.header().network
     }
 
     /// The descriptor children inherit.

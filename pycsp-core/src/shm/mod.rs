@@ -16,6 +16,7 @@
 //!                     bump: AtomicU64          next free byte for allocations
 //!                     free[class]: AtomicU64   Treiber stacks of freed blocks, tagged heads
 //!                                              (tag << 28 | offset / 256; 0 = empty)
+//!                     network: u64             random id of the network (set at creation)
 //! offset 4096       Directory: DIR_ENTRIES x 128-byte entries, open addressing by name hash
 //!                     state: AtomicU32 (0 empty, 1 being written, 2 ready)
 //!                     name_len: u32, channel: u64 (offset of the channel header)

@@ -108,6 +108,13 @@ pub(crate) enum Incoming {
     Block { offset: u64, len: u64 },
 }
 
+/// The slot a message was taken from, for a deferred acknowledgement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    index: usize,
+    head: u64,
+}
+
 /// Why a write failed, and whether its message had already been placed in the ring (then a
 /// reader may still take it, and its block belongs to that reader).
 pub(crate) struct WriteError {
@@ -530,6 +537,12 @@ impl Chan {
 
     /// Tries to take a message out of the ring.
     pub(crate) fn try_pop(&self) -> Option<Incoming> {
+        self.try_pop_at(true).map(|(m, _)| m)
+    }
+
+    /// Tries to take a message out of the ring; without `ack` the slot stays full (its writer
+    /// keeps waiting) until [`ack`](Self::ack) is called with the returned position.
+    fn try_pop_at(&self, ack: bool) -> Option<(Incoming, Taken)> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
         loop {
@@ -561,9 +574,11 @@ impl Chan {
                                 Incoming::Inline { buf, len }
                             }
                         };
-                        slot.stamp
-                            .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
-                        return Some(msg);
+                        let taken = Taken { index, head };
+                        if ack {
+                            self.ack_slot(taken);
+                        }
+                        return Some((msg, taken));
                     }
                     Err(h) => head = h,
                 }
@@ -579,6 +594,19 @@ impl Chan {
                 head = head_a.load(Ordering::Relaxed);
             }
         }
+    }
+
+    fn ack_slot(&self, t: Taken) {
+        self.slots[t.index]
+            .stamp
+            .store(t.head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+    }
+
+    /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred): its
+    /// writer's rendezvous completes now.
+    pub(crate) fn ack(&self, t: Taken) {
+        self.ack_slot(t);
+        self.hdr.tx.0.notify_all();
     }
 
     /// Why this channel refuses writes now, if it does (poison, a dead peer, no readers).
@@ -675,6 +703,28 @@ impl Chan {
         claim_writers: bool,
         claim: impl Fn(u64) -> Claim,
     ) -> Result<Incoming, ChannelError> {
+        self.read_at(deadline, claim_writers, claim, true)
+            .map(|(m, _)| m)
+    }
+
+    /// Like [`read`](Self::read), but the message's slot stays full, and its writer waiting,
+    /// until [`ack`](Self::ack): a socket pump completes a local rendezvous only when the
+    /// remote host confirmed the message.
+    pub(crate) fn read_deferred(
+        &self,
+        deadline: Option<Instant>,
+        claim: impl Fn(u64) -> Claim,
+    ) -> Result<(Incoming, Taken), ChannelError> {
+        self.read_at(deadline, true, claim, false)
+    }
+
+    fn read_at(
+        &self,
+        deadline: Option<Instant>,
+        claim_writers: bool,
+        claim: impl Fn(u64) -> Claim,
+        ack: bool,
+    ) -> Result<(Incoming, Taken), ChannelError> {
         let rx = &self.hdr.rx.0;
         let mut claimed = !claim_writers || !self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
@@ -695,7 +745,7 @@ impl Chan {
                     if f & POISONED != 0 {
                         return Some(Err(ChannelError::Poisoned));
                     }
-                    if let Some(m) = self.try_pop() {
+                    if let Some(m) = self.try_pop_at(ack) {
                         return Some(Ok(m));
                     }
                     if f & PEER_DIED != 0 {
@@ -735,7 +785,9 @@ impl Chan {
             }
         };
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
-        self.hdr.tx.0.notify_all();
+        if ack {
+            self.hdr.tx.0.notify_all();
+        }
         Ok(msg)
     }
 }

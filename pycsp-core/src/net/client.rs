@@ -1,0 +1,469 @@
+//! The remote side of socket channels: an end is a private rendezvous channel (the *proxy*) in
+//! this process's shared memory plus a pump thread that carries its operations to the host.
+//!
+//! - Writing end: the user writes into the proxy; the pump takes the message without
+//!   completing the rendezvous, sends `Write`, and completes it only on the host's `Done`, so
+//!   the user's `write` returns exactly when the host's channel accepted the message. An
+//!   `Error` answer or a lost connection fails the user's write with that error.
+//! - Reading end: the pump sends `Read`, puts the `Message` into the proxy (waiting until the
+//!   user takes it), then sends `Ack`; if the user retires or poisons instead, it sends `Nack`
+//!   and the host puts the message back. The pump holds at most one message at a time.
+//!
+//! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
+//! works unchanged.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
+use super::key::{self, HandshakeError};
+use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
+use super::{Address, Stream, LOSS_TIMEOUT};
+use crate::channel::{incoming_bytes, write_encoded};
+use crate::error::ChannelError;
+use crate::shm::arena::Arena;
+use crate::shm::ring::{Chan, POISONED, READERS_RETIRED};
+use crate::shm::waiter;
+use crate::sys;
+
+/// How often a pump waiting for the host checks whether its user retired or poisoned.
+const TICK: Duration = Duration::from_millis(50);
+
+/// What this process knows of one remote end.
+pub(crate) struct Proxy {
+    pub(crate) address: Address,
+    writer: bool,
+    /// Set when the end is being moved to another process: the pump hands its count over.
+    handoff: Mutex<Option<u64>>,
+    /// Set by the pump when it stopped (after a hand-over: whether the host confirmed it).
+    finished: Mutex<Option<bool>>,
+    finished_cv: Condvar,
+    /// The error that ended the pump, reported to the user in place of `Retired`.
+    error: Mutex<Option<ChannelError>>,
+}
+
+static PROXIES: Mutex<BTreeMap<u64, Arc<Proxy>>> = Mutex::new(BTreeMap::new());
+
+/// A random token for handing an end over.
+pub(crate) fn token() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = sys::random_bytes(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn process_name() -> String {
+    crate::process::current_name().to_string()
+}
+
+/// Waits (at most `limit`) until every pump of this process has finished: a process that
+/// ends lets its ends' retirements reach their hosts before it exits.
+pub(crate) fn drain(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let proxies: Vec<Arc<Proxy>> = PROXIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for p in proxies {
+        let mut done = p.finished.lock().unwrap_or_else(|e| e.into_inner());
+        while done.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            done = p
+                .finished_cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Connects, authenticates and sends `Open`.
+fn connect(addr: &Address, body: &OpenBody) -> Result<(Stream, OpenedBody), ChannelError> {
+    let conn = |reason: String| ChannelError::Connection {
+        address: addr.full.clone(),
+        reason,
+    };
+    let k = key::key().map_err(|reason| ChannelError::Auth {
+        address: addr.full.clone(),
+        reason,
+    })?;
+    let mut s = Stream::connect(&addr.endpoint)
+        .map_err(|e| conn(format!("cannot connect to {}: {e}", addr.endpoint)))?;
+    key::join(&mut s, k).map_err(|e| match e {
+        HandshakeError::Auth(reason) => ChannelError::Auth {
+            address: addr.full.clone(),
+            reason,
+        },
+        HandshakeError::Frame(f) => conn(format!("handshake: {f}")),
+    })?;
+    write_frame(&mut s, &Frame::new(Kind::Open, encode(body))).map_err(|e| conn(e.to_string()))?;
+    let f = read_frame(&mut s, 64 << 10).map_err(|e| conn(e.to_string()))?;
+    match f.kind {
+        Kind::Opened => {
+            let o = rmp_serde::from_slice(&f.body).map_err(|e| ChannelError::Protocol {
+                address: addr.full.clone(),
+                reason: format!("a malformed Opened frame ({e})"),
+            })?;
+            Ok((s, o))
+        }
+        Kind::Error => Err(ErrorBody::decode(&f.body).into_error(&addr.full)),
+        k => Err(ChannelError::Protocol {
+            address: addr.full.clone(),
+            reason: format!("expected Opened, got {k:?}"),
+        }),
+    }
+}
+
+fn open_body(addr: &Address, type_name: &str, fp: u64, writer: bool) -> OpenBody {
+    OpenBody {
+        channel: addr.channel.clone(),
+        type_name: type_name.to_string(),
+        fingerprint: fp,
+        writer,
+        token: None,
+        process: process_name(),
+        pid: std::process::id(),
+        probe: false,
+    }
+}
+
+/// Checks that the host has the channel with this type; returns its capacity.
+pub(crate) fn probe(addr: &Address, type_name: &str, fp: u64) -> Result<u64, ChannelError> {
+    let mut body = open_body(addr, type_name, fp, false);
+    body.probe = true;
+    connect(addr, &body).map(|(_, o)| o.capacity)
+}
+
+/// Opens a remote end: connects, and returns the proxy channel the user's end uses.
+pub(crate) fn open_end(
+    addr: &Address,
+    type_name: &str,
+    fp: u64,
+    writer: bool,
+    token: Option<u64>,
+) -> Result<Chan, ChannelError> {
+    let mut body = open_body(addr, type_name, fp, writer);
+    body.token = token;
+    let (s, _) = connect(addr, &body)?;
+    let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
+    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0).map_err(|_| {
+        ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
+    })?;
+    proxy.join(writer);
+    proxy.join(!writer);
+    let info = Arc::new(Proxy {
+        address: addr.clone(),
+        writer,
+        handoff: Mutex::new(None),
+        finished: Mutex::new(None),
+        finished_cv: Condvar::new(),
+        error: Mutex::new(None),
+    });
+    PROXIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(proxy.offset(), info.clone());
+    std::thread::Builder::new()
+        .name("pycsp-pump".into())
+        .spawn(move || {
+            let mut p = Pump { proxy, s, info };
+            let handed = if p.info.writer {
+                p.pump_writes()
+            } else {
+                p.pump_reads()
+            };
+            p.s.shutdown();
+            *p.info.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
+            p.info.finished_cv.notify_all();
+        })
+        .map_err(|e| ChannelError::Connection {
+            address: addr.full.clone(),
+            reason: format!("cannot start the pump thread: {e}"),
+        })?;
+    Ok(proxy)
+}
+
+/// The remote end behind a proxy channel, if `chan` is one.
+pub(crate) fn proxy_of(chan: &Chan) -> Option<Arc<Proxy>> {
+    PROXIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&chan.offset())
+        .cloned()
+}
+
+/// The error to report for an operation on a proxy that failed with `e`: the pump's own
+/// error (a lost connection, an error from the host) when it stopped with one.
+pub(crate) fn remote_error(chan: &Chan, e: ChannelError) -> ChannelError {
+    if matches!(e, ChannelError::Retired | ChannelError::PeerDied { .. }) {
+        if let Some(p) = proxy_of(chan) {
+            if let Some(err) = p.error.lock().unwrap_or_else(|x| x.into_inner()).clone() {
+                return err;
+            }
+        }
+    }
+    e
+}
+
+/// Moves a remote end to another process: the pump hands its count to the host under a new
+/// token (the user's count on the proxy is released here). Returns the address and token the
+/// receiving process opens with.
+pub(crate) fn hand_over(chan: &Chan, info: &Proxy) -> Result<(String, u64), String> {
+    let t = token();
+    *info.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    chan.retire(info.writer);
+    let mut done = info.finished.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = std::time::Instant::now() + LOSS_TIMEOUT * 2;
+    while done.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("the host did not confirm the hand-over in time".into());
+        }
+        done = info
+            .finished_cv
+            .wait_timeout(done, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    if *done == Some(true) {
+        Ok((info.address.full.clone(), t))
+    } else {
+        Err(info
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or_else(|| "the connection ended".into(), |e| e.to_string()))
+    }
+}
+
+struct Pump {
+    proxy: Chan,
+    s: Stream,
+    info: Arc<Proxy>,
+}
+
+impl Pump {
+    fn fail(&self, e: ChannelError) {
+        *self.info.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    fn lost(&self, e: &FrameError) -> ChannelError {
+        ChannelError::Connection {
+            address: self.info.address.full.clone(),
+            reason: format!("connection to the host lost: {e}"),
+        }
+    }
+
+    /// Sends `frame` and reads the answer.
+    fn request(&mut self, frame: &Frame) -> Result<Frame, FrameError> {
+        write_frame(&mut self.s, frame)?;
+        read_frame(&mut self.s, MAX_FRAME)
+    }
+
+    /// Ends the end on the host: hands it over if asked to, else retires it. Returns whether a
+    /// hand-over was confirmed.
+    fn leave(&mut self) -> bool {
+        let handoff = *self.info.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        match handoff {
+            Some(t) => matches!(
+                self.request(&Frame::new(Kind::Handoff, t.to_le_bytes().to_vec())),
+                Ok(f) if f.kind == Kind::Done
+            ),
+            None => {
+                let _ = self.request(&Frame::empty(Kind::Retire));
+                false
+            }
+        }
+    }
+
+    /// The pump of a writing end; returns whether it handed the end over.
+    fn pump_writes(&mut self) -> bool {
+        let Ok(arena) = Arena::get() else {
+            return false;
+        };
+        loop {
+            match self.proxy.read_deferred(None, |w| waiter::claim(arena, w)) {
+                Ok((msg, taken)) => {
+                    let bytes = match incoming_bytes(msg) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.fail(e);
+                            self.proxy.retire(false);
+                            return false;
+                        }
+                    };
+                    match self.request(&Frame::new(Kind::Write, bytes)) {
+                        Ok(f) if f.kind == Kind::Done => self.proxy.ack(taken),
+                        Ok(f) => {
+                            let e = if f.kind == Kind::Error {
+                                ErrorBody::decode(&f.body).into_error(&self.info.address.full)
+                            } else {
+                                ChannelError::Protocol {
+                                    address: self.info.address.full.clone(),
+                                    reason: format!("expected Done, got {:?}", f.kind),
+                                }
+                            };
+                            if e == ChannelError::Poisoned {
+                                self.proxy.poison();
+                            } else {
+                                self.fail(e);
+                                self.proxy.retire(false);
+                            }
+                            let _ = self.request(&Frame::empty(Kind::Retire));
+                            return false;
+                        }
+                        Err(e) => {
+                            self.fail(self.lost(&e));
+                            self.proxy.retire(false);
+                            return false;
+                        }
+                    }
+                }
+                Err(ChannelError::Poisoned) => {
+                    let _ = self.request(&Frame::empty(Kind::Poison));
+                    let _ = self.request(&Frame::empty(Kind::Retire));
+                    return false;
+                }
+                // The process is dying: dropping the connection tells the host so.
+                Err(ChannelError::PeerDied { .. }) => return false,
+                Err(_) => return self.leave(),
+            }
+        }
+    }
+
+    /// Whether the user's side of a reading proxy retired or poisoned it.
+    fn user_left(&self) -> bool {
+        self.proxy.state_flags() & (READERS_RETIRED | POISONED) != 0
+    }
+
+    /// Tells the host the user left: poison if the user poisoned, then retire or hand over.
+    /// Returns whether a hand-over was confirmed.
+    fn user_gone(&mut self) -> bool {
+        let handoff = *self.info.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let mut frames = Vec::new();
+        if self.proxy.state_flags() & POISONED != 0 {
+            frames.push(Frame::empty(Kind::Poison));
+        }
+        frames.push(match handoff {
+            Some(t) => Frame::new(Kind::Handoff, t.to_le_bytes().to_vec()),
+            None => Frame::empty(Kind::Retire),
+        });
+        for f in &frames {
+            if write_frame(&mut self.s, f).is_err() {
+                return false;
+            }
+        }
+        // A Message that crossed our frames is skipped: the host puts it back, since what
+        // follows it is not an Ack.
+        let mut done = 0;
+        while done < frames.len() {
+            match read_frame(&mut self.s, MAX_FRAME) {
+                Ok(f) if f.kind == Kind::Done => done += 1,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        handoff.is_some()
+    }
+
+    /// The pump of a reading end; returns whether it handed the end over.
+    fn pump_reads(&mut self) -> bool {
+        loop {
+            if self.user_left() {
+                return self.user_gone();
+            }
+            if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Read)) {
+                self.fail(self.lost(&e));
+                self.proxy.retire(true);
+                return false;
+            }
+            // Wait for the answer, watching for the user leaving meanwhile.
+            while !sys::wait_readable(self.s.as_raw_fd(), TICK) {
+                if self.user_left() {
+                    return self.user_gone();
+                }
+            }
+            let f = match read_frame(&mut self.s, MAX_FRAME) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.fail(self.lost(&e));
+                    self.proxy.retire(true);
+                    return false;
+                }
+            };
+            match f.kind {
+                Kind::Message => match write_encoded(&self.proxy, &f.body, None) {
+                    Ok(()) => {
+                        if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Ack)) {
+                            self.fail(self.lost(&e));
+                            self.proxy.retire(true);
+                            return false;
+                        }
+                    }
+                    Err(_) => {
+                        // The user left without taking it: give it back.
+                        let _ = write_frame(&mut self.s, &Frame::empty(Kind::Nack));
+                        return self.user_gone();
+                    }
+                },
+                Kind::Error => {
+                    let e = ErrorBody::decode(&f.body).into_error(&self.info.address.full);
+                    match e {
+                        ChannelError::Poisoned => self.proxy.poison(),
+                        ChannelError::Retired => {}
+                        e => self.fail(e),
+                    }
+                    self.proxy.retire(true);
+                    let _ = self.request(&Frame::empty(Kind::Retire));
+                    return false;
+                }
+                k => {
+                    self.fail(ChannelError::Protocol {
+                        address: self.info.address.full.clone(),
+                        reason: format!("expected Message, got {k:?}"),
+                    });
+                    self.proxy.retire(true);
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A remote end that could not be opened: its first operation reports `e`.
+pub(crate) fn failed_end(
+    addr: &Address,
+    type_name: &str,
+    fp: u64,
+    writer: bool,
+    e: ChannelError,
+) -> Result<Chan, ChannelError> {
+    let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
+    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0).map_err(|_| {
+        ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
+    })?;
+    proxy.join(writer);
+    let info = Arc::new(Proxy {
+        address: addr.clone(),
+        writer,
+        handoff: Mutex::new(None),
+        finished: Mutex::new(Some(false)),
+        finished_cv: Condvar::new(),
+        error: Mutex::new(Some(e)),
+    });
+    PROXIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(proxy.offset(), info);
+    // The other side has no end at all: retired.
+    proxy.join(!writer);
+    proxy.retire(!writer);
+    Ok(proxy)
+}

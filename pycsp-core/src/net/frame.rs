@@ -1,0 +1,314 @@
+//! Frames: how every message of the socket protocol is cut out of a byte stream.
+//!
+//! A frame is a little-endian `u32` length `N`, then `N` bytes: one byte of [`Kind`] and
+//! `N - 1` bytes of body. `N` is at least 1 and at most [`MAX_FRAME`]; anything else, an unknown
+//! kind, or a stream that ends inside a frame is a [`FrameError`], and the connection that
+//! sent it is closed. The layout of each kind's body is in the book's wire-format chapter and
+//! in [`super::proto`].
+
+use std::io::{self, Read, Write};
+
+/// The largest message a socket channel carries (its MessagePack encoding), in bytes.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// The largest frame length (kind byte and body), in bytes.
+pub const MAX_FRAME: usize = MAX_MESSAGE + 1;
+
+macro_rules! kinds {
+    ($($(#[$m:meta])* $name:ident = $v:expr,)*) => {
+        /// What a frame is (its first byte after the length).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Kind { $($(#[$m])* $name = $v,)* }
+
+        impl Kind {
+            /// The kind with this byte, if there is one.
+            pub fn from_byte(b: u8) -> Option<Kind> {
+                match b { $($v => Some(Kind::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// Server to client, first frame: 32 random bytes to answer.
+    Challenge = 0x01,
+    /// Client to server: HMAC of the challenge (32 bytes), then the client's own 32-byte
+    /// challenge.
+    Answer = 0x02,
+    /// Server to client: HMAC of the client's challenge (32 bytes).
+    Proof = 0x03,
+    /// Client to server: which channel, which type, which side (MessagePack map).
+    Open = 0x10,
+    /// Server to client: the channel is open (MessagePack map with its capacity).
+    Opened = 0x11,
+    /// Client to server: one message (its MessagePack encoding) to write.
+    Write = 0x20,
+    /// Server to client: the last request succeeded.
+    Done = 0x21,
+    /// Client to server: read one message.
+    Read = 0x30,
+    /// Server to client: the message read (its MessagePack encoding).
+    Message = 0x31,
+    /// Client to server: the last message was taken by a reader.
+    Ack = 0x32,
+    /// Client to server: the last message was not taken; put it back.
+    Nack = 0x33,
+    /// Client to server: poison the channel.
+    Poison = 0x40,
+    /// Client to server: this end retires; the connection closes after `Done`.
+    Retire = 0x41,
+    /// Client to server: this end moves to another process, which will present the token in
+    /// its `Open` (body: the token, `u64` little-endian); the connection closes after `Done`.
+    Handoff = 0x42,
+    /// Either way: the request failed, or the peer refuses the connection (MessagePack map
+    /// with `code` and `message`).
+    Error = 0x7f,
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What it is.
+    pub kind: Kind,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    /// A frame of `kind` with `body`.
+    pub fn new(kind: Kind, body: Vec<u8>) -> Frame {
+        Frame { kind, body }
+    }
+
+    /// A frame with no body.
+    pub fn empty(kind: Kind) -> Frame {
+        Frame {
+            kind,
+            body: Vec::new(),
+        }
+    }
+
+    /// The frame's bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(5 + self.body.len());
+        v.extend_from_slice(&((self.body.len() + 1) as u32).to_le_bytes());
+        v.push(self.kind as u8);
+        v.extend_from_slice(&self.body);
+        v
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The stream ended between frames (the peer closed the connection).
+    #[error("the connection was closed")]
+    Closed,
+    /// The stream ended inside a frame.
+    #[error("the connection was closed in the middle of a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes of the frame received.
+        got: usize,
+        /// Bytes the frame said it had.
+        want: usize,
+    },
+    /// A frame length of 0 (every frame has at least its kind byte).
+    #[error("a frame of length 0")]
+    Empty,
+    /// A frame longer than the limit.
+    #[error("a frame of {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// The length it announced.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A kind byte that is not in the protocol.
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A frame of a kind that is not expected at this point of the conversation, or whose body
+    /// is malformed.
+    #[error("unexpected or malformed frame: {0}")]
+    Unexpected(String),
+    /// The operating system reported an error (includes time-outs of dead links).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Parses one frame at the start of `buf`: `Ok(None)` if `buf` holds only part of one,
+/// else the frame and the bytes it used.
+pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if buf.len() == 4 {
+        return Ok(None);
+    }
+    let kind = Kind::from_byte(buf[4]).ok_or(FrameError::UnknownKind(buf[4]))?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = Frame::new(kind, buf[5..4 + len].to_vec());
+    Ok(Some((frame, 4 + len)))
+}
+
+/// Reads one frame of at most `max` bytes from `r`. The body is allocated only after its
+/// length passed the limit.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
+    let mut head = [0u8; 5];
+    let got = read_full(r, &mut head)?;
+    if got == 0 {
+        return Err(FrameError::Closed);
+    }
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    if got >= 4 && len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if got >= 4 && len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if got < 5 {
+        let want = if got < 4 { 5 } else { 4 + len };
+        return Err(FrameError::Truncated { got, want });
+    }
+    let kind = Kind::from_byte(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
+    let mut body = vec![0u8; len - 1];
+    let n = read_full(r, &mut body)?;
+    if n < body.len() {
+        return Err(FrameError::Truncated {
+            got: 5 + n,
+            want: 4 + len,
+        });
+    }
+    Ok(Frame { kind, body })
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(got)
+}
+
+pub(crate) fn io_error(e: io::Error) -> FrameError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            FrameError::Io(format!("no answer from the peer in time ({e})"))
+        }
+        _ => FrameError::Io(e.to_string()),
+    }
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
+    w.write_all(&frame.encode()).map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds() -> impl Strategy<Value = Kind> {
+        (0u8..=255).prop_filter_map("a kind", Kind::from_byte)
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_survives_encode_then_parse_and_read(
+            kind in kinds(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let f = Frame::new(kind, body);
+            let bytes = f.encode();
+            prop_assert_eq!(parse(&bytes, MAX_FRAME).unwrap(), Some((f.clone(), bytes.len())));
+            prop_assert_eq!(read_frame(&mut &bytes[..], MAX_FRAME).unwrap(), f);
+        }
+
+        #[test]
+        fn random_bytes_give_a_frame_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = parse(&bytes, 1024);
+            let r = read_frame(&mut &bytes[..], 1024);
+            // Reading and parsing agree: a frame read is one parse finds too.
+            if let Ok(f) = r {
+                let (p, used) = parse(&bytes, 1024).unwrap().unwrap();
+                prop_assert_eq!(p, f);
+                prop_assert!(used <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn mutated_frames_are_refused_or_parsed_consistently(
+            kind in kinds(),
+            body in proptest::collection::vec(any::<u8>(), 0..100),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = Frame::new(kind, body).encode();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            bytes.truncate(cut % (bytes.len() + 1));
+            match read_frame(&mut &bytes[..], 256) {
+                Ok(f) => {
+                    prop_assert!(f.body.len() < 256);
+                    prop_assert!(bytes.len() > f.body.len() + 4);
+                }
+                Err(FrameError::Closed) => prop_assert!(bytes.is_empty()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        bytes.push(Kind::Write as u8);
+        assert_eq!(
+            read_frame(&mut &bytes[..], MAX_FRAME),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME + 1,
+                max: MAX_FRAME
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_ending_inside_a_frame_is_truncated_not_closed() {
+        let bytes = Frame::new(Kind::Write, vec![1, 2, 3]).encode();
+        assert_eq!(
+            read_frame(&mut &bytes[..6], MAX_FRAME),
+            Err(FrameError::Truncated { got: 6, want: 8 })
+        );
+        assert_eq!(read_frame(&mut &[][..], MAX_FRAME), Err(FrameError::Closed));
+    }
+
+    #[test]
+    fn unknown_kinds_and_empty_frames_are_refused() {
+        assert_eq!(
+            read_frame(&mut &[1, 0, 0, 0, 0x99][..], MAX_FRAME),
+            Err(FrameError::UnknownKind(0x99))
+        );
+        assert_eq!(
+            read_frame(&mut &[0, 0, 0, 0][..], MAX_FRAME),
+            Err(FrameError::Empty)
+        );
+    }
+}

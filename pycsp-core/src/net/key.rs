@@ -1,0 +1,205 @@
+//! The shared secret of socket channels and the handshake that proves both sides know it.
+//!
+//! The key comes from, in order: the environment variable `PYCSP_AUTHKEY` (its bytes), the
+//! file named by `PYCSP_AUTHKEY_FILE` (its bytes, without a trailing newline), or, when
+//! neither is set, 32 random bytes made by the root process of a network and handed to every
+//! process it starts (also those placed on other hosts by a launcher that passes the
+//! environment on, such as `ip netns exec` or `srun`; with `ssh`, give each host the key in a
+//! file). Programs started independently must be given the same key.
+//!
+//! Handshake (see the wire-format chapter): the server sends a 32-byte challenge; the client
+//! answers `HMAC-SHA256(key, "pycsp-1 client" || challenge)` and its own 32-byte challenge;
+//! the server checks (in constant time) and proves itself with
+//! `HMAC-SHA256(key, "pycsp-1 server" || client challenge)`. A side whose check fails sends an
+//! `Error` frame with code `auth` and closes. Only nonces and MACs cross the wire.
+
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::frame::{read_frame, write_frame, Frame, FrameError, Kind};
+use super::proto::ErrorBody;
+use super::Stream;
+use crate::sys;
+
+/// The environment variable holding the key itself.
+pub const ENV_KEY: &str = "PYCSP_AUTHKEY";
+/// The environment variable naming a file that holds the key.
+pub const ENV_KEY_FILE: &str = "PYCSP_AUTHKEY_FILE";
+
+const CLIENT_LABEL: &[u8] = b"pycsp-1 client";
+const SERVER_LABEL: &[u8] = b"pycsp-1 server";
+
+struct Key {
+    bytes: Vec<u8>,
+    /// Made here because none was given: children must be handed it.
+    generated: bool,
+}
+
+static KEY: OnceLock<Result<Key, String>> = OnceLock::new();
+
+fn load() -> Result<Key, String> {
+    if let Some(k) = std::env::var_os(ENV_KEY).filter(|k| !k.is_empty()) {
+        use std::os::unix::ffi::OsStrExt;
+        return Ok(Key {
+            bytes: k.as_bytes().to_vec(),
+            generated: false,
+        });
+    }
+    if let Some(path) = std::env::var_os(ENV_KEY_FILE) {
+        let mut bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "cannot read the key file {} named by {ENV_KEY_FILE}: {e}",
+                path.to_string_lossy()
+            )
+        })?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err(format!(
+                "the key file {} named by {ENV_KEY_FILE} is empty",
+                path.to_string_lossy()
+            ));
+        }
+        return Ok(Key {
+            bytes,
+            generated: false,
+        });
+    }
+    let mut raw = [0u8; 32];
+    sys::random_bytes(&mut raw).map_err(|e| format!("cannot make a random key: {e}"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Key {
+        bytes: hex.into_bytes(),
+        generated: true,
+    })
+}
+
+/// This process's key.
+pub(crate) fn key() -> Result<&'static [u8], String> {
+    match KEY.get_or_init(load) {
+        Ok(k) => Ok(&k.bytes),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Whether this process made its key up (then its peers outside the network cannot know it).
+pub(crate) fn generated() -> bool {
+    matches!(KEY.get_or_init(load), Ok(k) if k.generated)
+}
+
+/// The environment a started process needs to share this process's key: set only when the
+/// key was generated here (a configured key is inherited with the environment anyway).
+pub(crate) fn child_env() -> Option<(&'static str, String)> {
+    match KEY.get_or_init(load) {
+        Ok(k) if k.generated => Some((ENV_KEY, String::from_utf8_lossy(&k.bytes).into_owned())),
+        _ => None,
+    }
+}
+
+fn mac(key: &[u8], label: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(label);
+    m.update(nonce);
+    m
+}
+
+fn nonce() -> Result<[u8; 32], FrameError> {
+    let mut n = [0u8; 32];
+    sys::random_bytes(&mut n).map_err(|e| FrameError::Io(e.to_string()))?;
+    Ok(n)
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    /// The keys differ (or the peer sent an `Error` frame with code `auth`).
+    Auth(String),
+    /// The stream broke or carried something else than the handshake.
+    Frame(FrameError),
+}
+
+impl From<FrameError> for HandshakeError {
+    fn from(e: FrameError) -> Self {
+        HandshakeError::Frame(e)
+    }
+}
+
+fn hint() -> String {
+    if generated() {
+        format!(
+            "; this process has no configured key (it made a random one for its own network): \
+             give every program the same key in {ENV_KEY} or {ENV_KEY_FILE}"
+        )
+    } else {
+        String::new()
+    }
+}
+
+fn expect(frame: Frame, kind: Kind, len: usize) -> Result<Vec<u8>, HandshakeError> {
+    if frame.kind == Kind::Error {
+        let e = ErrorBody::decode(&frame.body);
+        return Err(if e.code == "auth" {
+            HandshakeError::Auth(format!("refused by the peer: {}{}", e.message, hint()))
+        } else {
+            HandshakeError::Frame(FrameError::Unexpected(e.message))
+        });
+    }
+    if frame.kind != kind || frame.body.len() != len {
+        return Err(HandshakeError::Frame(FrameError::Unexpected(format!(
+            "expected a {kind:?} frame of {len} bytes during the handshake, got {:?} of {}",
+            frame.kind,
+            frame.body.len()
+        ))));
+    }
+    Ok(frame.body)
+}
+
+/// Frames during the handshake are small.
+const HANDSHAKE_MAX: usize = 1024;
+
+/// The server's half of the handshake.
+pub(crate) fn serve(s: &mut Stream, key: &[u8]) -> Result<(), HandshakeError> {
+    let challenge = nonce()?;
+    write_frame(s, &Frame::new(Kind::Challenge, challenge.to_vec()))?;
+    let answer = expect(read_frame(s, HANDSHAKE_MAX)?, Kind::Answer, 64)?;
+    if mac(key, CLIENT_LABEL, &challenge)
+        .verify_slice(&answer[..32])
+        .is_err()
+    {
+        let msg = "authentication failed: the client's key differs from this host's";
+        let _ = write_frame(s, &ErrorBody::new("auth", msg).frame());
+        return Err(HandshakeError::Auth(format!(
+            "{msg} (client {}){}",
+            s.peer(),
+            hint()
+        )));
+    }
+    let proof = mac(key, SERVER_LABEL, &answer[32..])
+        .finalize()
+        .into_bytes();
+    write_frame(s, &Frame::new(Kind::Proof, proof.to_vec()))?;
+    Ok(())
+}
+
+/// The client's half of the handshake.
+pub(crate) fn join(s: &mut Stream, key: &[u8]) -> Result<(), HandshakeError> {
+    let challenge = expect(read_frame(s, HANDSHAKE_MAX)?, Kind::Challenge, 32)?;
+    let mine = nonce()?;
+    let mut answer = mac(key, CLIENT_LABEL, &challenge)
+        .finalize()
+        .into_bytes()
+        .to_vec();
+    answer.extend_from_slice(&mine);
+    write_frame(s, &Frame::new(Kind::Answer, answer))?;
+    let proof = expect(read_frame(s, HANDSHAKE_MAX)?, Kind::Proof, 32)?;
+    if mac(key, SERVER_LABEL, &mine).verify_slice(&proof).is_err() {
+        return Err(HandshakeError::Auth(format!(
+            "authentication failed: the host could not prove it knows the key{}",
+            hint()
+        )));
+    }
+    Ok(())
+}

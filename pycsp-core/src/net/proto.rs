@@ -1,0 +1,138 @@
+//! The bodies of the socket protocol's frames, after the handshake.
+//!
+//! All structured bodies are MessagePack maps (rmp-serde, field names as keys); message bodies
+//! (`Write`, `Message`) are the MessagePack encoding of the channel's type, exactly as a
+//! shared-memory channel stores it.
+//!
+//! ```text
+//! client                                   server (the channel's host)
+//! Open {channel, type_name, fingerprint,
+//!       writer, token, process, pid}  ->
+//!                                     <-   Opened {capacity}  |  Error {code, message}
+//! writer:  Write <message>            ->
+//!                                     <-   Done  |  Error
+//! reader:  Read                       ->
+//!                                     <-   Message <message>  |  Error
+//!          Ack | Nack                 ->   (Nack: the host puts the message back)
+//! either:  Poison                     ->   <- Done
+//!          Retire                     ->   <- Done, then both close
+//!          Handoff <u64 token>        ->   <- Done, then both close
+//! ```
+//!
+//! `Error` codes: `poisoned`, `retired`, `peer_died`, `not_found`, `type_mismatch`, `decode`,
+//! `too_large`, `protocol`, `auth`, `other`.
+
+use serde::{Deserialize, Serialize};
+
+use super::frame::{Frame, Kind};
+use crate::error::ChannelError;
+
+/// `Open`: which channel, which type, which side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenBody {
+    /// The channel's name at the host (the part of the address after the last `/`).
+    pub channel: String,
+    /// The message type's Rust name (for error messages).
+    pub type_name: String,
+    /// The message type's fingerprint; must equal the host's.
+    pub fingerprint: u64,
+    /// `true` for a writing end, `false` for a reading end.
+    pub writer: bool,
+    /// The token of an end handed over by another process (`Handoff`), if this is one.
+    pub token: Option<u64>,
+    /// The opening process's function name, for error messages.
+    pub process: String,
+    /// The opening process's pid.
+    pub pid: u32,
+    /// Only check that the channel exists with this type: the host answers and closes, and no
+    /// end is opened.
+    #[serde(default)]
+    pub probe: bool,
+}
+
+/// `Opened`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedBody {
+    /// The channel's capacity (0: rendezvous).
+    pub capacity: u64,
+}
+
+/// `Error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of failure (see the module docs).
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The error itself, for Rust peers.
+    pub detail: Option<ChannelError>,
+}
+
+impl ErrorBody {
+    /// An error with `code` and `message`.
+    pub fn new(code: &str, message: &str) -> ErrorBody {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// The wire form of a channel error.
+    pub fn from_error(e: &ChannelError) -> ErrorBody {
+        let code = match e {
+            ChannelError::Poisoned => "poisoned",
+            ChannelError::Retired => "retired",
+            ChannelError::PeerDied { .. } => "peer_died",
+            ChannelError::NotFound(_) => "not_found",
+            ChannelError::TypeMismatch { .. } => "type_mismatch",
+            ChannelError::Decode { .. } => "decode",
+            ChannelError::TooLarge { .. } => "too_large",
+            ChannelError::Protocol { .. } => "protocol",
+            ChannelError::Auth { .. } => "auth",
+            _ => "other",
+        };
+        ErrorBody {
+            code: code.into(),
+            message: e.to_string(),
+            detail: Some(e.clone()),
+        }
+    }
+
+    /// The channel error it carries (rebuilt from the code for peers that sent no detail).
+    pub fn into_error(self, address: &str) -> ChannelError {
+        if let Some(d) = self.detail {
+            return d;
+        }
+        match self.code.as_str() {
+            "poisoned" => ChannelError::Poisoned,
+            "retired" => ChannelError::Retired,
+            "not_found" => ChannelError::NotFound(address.to_string()),
+            "auth" => ChannelError::Auth {
+                address: address.to_string(),
+                reason: self.message,
+            },
+            _ => ChannelError::Protocol {
+                address: address.to_string(),
+                reason: format!("the host said: {} ({})", self.message, self.code),
+            },
+        }
+    }
+
+    /// Its frame.
+    pub fn frame(&self) -> Frame {
+        Frame::new(Kind::Error, encode(self))
+    }
+
+    /// Decodes an `Error` body; a malformed one becomes a `protocol` error saying so.
+    pub fn decode(body: &[u8]) -> ErrorBody {
+        rmp_serde::from_slice(body).unwrap_or_else(|e| {
+            ErrorBody::new("protocol", &format!("a malformed Error frame ({e})"))
+        })
+    }
+}
+
+/// MessagePack with field names (maps), for the structured bodies.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("protocol bodies always encode")
+}

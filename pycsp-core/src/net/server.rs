@@ -1,0 +1,450 @@
+//! The host side of socket channels: one listener per address, one thread per connection.
+//!
+//! A connection holds one end (a count of writers or readers) of a hosted channel and performs
+//! its operations on the shared-memory channel for the remote process. A connection that
+//! closes without `Retire` (the remote process was killed, its host vanished) marks the channel
+//! as held by a dead process, as a local crash does; a connection that breaks the protocol is
+//! closed and its end retired, and every other connection carries on.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
+use super::key;
+use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
+use super::{tune_tcp, Address, Endpoint, Stream};
+use crate::channel::{incoming_bytes, write_encoded};
+use crate::error::ChannelError;
+use crate::shm::arena::Arena;
+use crate::shm::ring::Chan;
+use crate::shm::waiter;
+use crate::sys;
+
+/// Checks that a message body decodes as the channel's type.
+pub(crate) type Validate = fn(&[u8]) -> Result<(), String>;
+
+/// How often a connection blocked on its channel checks whether its peer hung up.
+const TICK: Duration = Duration::from_millis(100);
+
+struct Hosted {
+    chan: Chan,
+    validate: Validate,
+}
+
+struct Host {
+    endpoint: Endpoint,
+    channels: Mutex<HashMap<String, Hosted>>,
+    /// Counts handed over to processes that have not connected yet: token -> (channel, writer).
+    pending: Mutex<HashMap<u64, (String, bool)>>,
+}
+
+static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
+
+fn conn_error(addr: &str, reason: String) -> ChannelError {
+    ChannelError::Connection {
+        address: addr.to_string(),
+        reason,
+    }
+}
+
+/// Serves `chan` at `addr`, listening there first if this process does not yet.
+pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(), ChannelError> {
+    key::key().map_err(|reason| ChannelError::Auth {
+        address: addr.full.clone(),
+        reason,
+    })?;
+    let mut hosts = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    let host = match hosts.iter().find(|h| h.endpoint == addr.endpoint) {
+        Some(h) => h.clone(),
+        None => {
+            let h = Arc::new(Host {
+                endpoint: addr.endpoint.clone(),
+                channels: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+            });
+            listen(&h, &addr.full)?;
+            hosts.push(h.clone());
+            h
+        }
+    };
+    let mut chans = host.channels.lock().unwrap_or_else(|p| p.into_inner());
+    if chans.contains_key(&addr.channel) {
+        return Err(ChannelError::NameInUse(addr.full.clone()));
+    }
+    chans.insert(addr.channel.clone(), Hosted { chan, validate });
+    Ok(())
+}
+
+/// Records that an end of the hosted channel at `addr` goes to another process, which will
+/// present the returned token; the end's count stays held meanwhile.
+pub(crate) fn hand_over(addr: &Address, writer: bool) -> Option<u64> {
+    let hosts = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    let host = hosts.iter().find(|h| h.endpoint == addr.endpoint)?;
+    let token = super::client::token();
+    host.pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(token, (addr.channel.clone(), writer));
+    Some(token)
+}
+
+fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
+    let fail =
+        |e: std::io::Error| conn_error(full, format!("cannot listen on {}: {e}", host.endpoint));
+    match &host.endpoint {
+        Endpoint::Tcp(a) => {
+            let l = TcpListener::bind(a.as_str()).map_err(fail)?;
+            let h = host.clone();
+            std::thread::Builder::new()
+                .name("pycsp-listen".into())
+                .spawn(move || {
+                    for s in l.incoming().flatten() {
+                        if tune_tcp(&s).is_ok() {
+                            serve_in_thread(h.clone(), Stream::Tcp(s));
+                        }
+                    }
+                })
+                .map_err(fail)?;
+        }
+        Endpoint::Local(n) => {
+            use interprocess::local_socket::{prelude::*, GenericNamespaced, ListenerOptions};
+            let name = n.as_str().to_ns_name::<GenericNamespaced>().map_err(fail)?;
+            let l = ListenerOptions::new()
+                .name(name)
+                .create_sync()
+                .map_err(fail)?;
+            let h = host.clone();
+            std::thread::Builder::new()
+                .name("pycsp-listen".into())
+                .spawn(move || {
+                    for s in l.incoming().flatten() {
+                        serve_in_thread(h.clone(), Stream::Unix(super::local_to_unix(s)));
+                    }
+                })
+                .map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+fn serve_in_thread(host: Arc<Host>, s: Stream) {
+    let _ = std::thread::Builder::new()
+        .name("pycsp-conn".into())
+        .spawn(move || serve(host, s));
+}
+
+/// Reports a refused or broken connection on this side (the other side gets an `Error` frame).
+fn report(host: &Host, peer: &str, what: &str) {
+    eprintln!(
+        "pycsp: {}: connection from {peer} closed: {what}",
+        host.endpoint
+    );
+}
+
+/// One connection, from handshake to close.
+fn serve(host: Arc<Host>, mut s: Stream) {
+    let peer = s.peer();
+    let Ok(k) = key::key() else { return };
+    if let Err(e) = key::serve(&mut s, k) {
+        match e {
+            key::HandshakeError::Auth(m) => report(&host, &peer, &m),
+            key::HandshakeError::Frame(f) => report(&host, &peer, &format!("handshake: {f}")),
+        }
+        return;
+    }
+    let refuse = |s: &mut Stream, e: ChannelError| {
+        let _ = write_frame(s, &ErrorBody::from_error(&e).frame());
+        report(&host, &peer, &e.to_string());
+    };
+    let open = match read_frame(&mut s, 64 << 10) {
+        Ok(f) if f.kind == Kind::Open => match rmp_serde::from_slice::<OpenBody>(&f.body) {
+            Ok(o) => o,
+            Err(e) => {
+                return refuse(
+                    &mut s,
+                    protocol(&host, format!("a malformed Open frame ({e})")),
+                );
+            }
+        },
+        Ok(f) => {
+            return refuse(
+                &mut s,
+                protocol(&host, format!("expected Open, got {:?}", f.kind)),
+            )
+        }
+        Err(e) => return report(&host, &peer, &e.to_string()),
+    };
+    let full = format!("{}/{}", host.endpoint, open.channel);
+    let (chan, validate) = {
+        let chans = host.channels.lock().unwrap_or_else(|p| p.into_inner());
+        match chans.get(&open.channel) {
+            Some(h) => (h.chan, h.validate),
+            None => return refuse(&mut s, ChannelError::NotFound(full)),
+        }
+    };
+    if chan.type_fp() != open.fingerprint {
+        return refuse(
+            &mut s,
+            ChannelError::TypeMismatch {
+                channel: full,
+                expected: open.type_name,
+                found: chan.type_name().to_string(),
+            },
+        );
+    }
+    if open.probe {
+        let opened = OpenedBody {
+            capacity: chan.capacity() as u64,
+        };
+        let _ = write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened)));
+        return;
+    }
+    let writer = open.writer;
+    match open.token {
+        Some(t) => {
+            let held = host
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&t);
+            if held != Some((open.channel.clone(), writer)) {
+                return refuse(
+                    &mut s,
+                    protocol(&host, "an unknown or already used hand-over token".into()),
+                );
+            }
+        }
+        None => chan.join(writer),
+    }
+    let opened = OpenedBody {
+        capacity: chan.capacity() as u64,
+    };
+    if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err() {
+        chan.retire(writer);
+        return;
+    }
+    let who = format!("{} on {peer}", open.process);
+    let conn = Conn {
+        host: &host,
+        chan,
+        writer,
+        validate,
+        channel: open.channel.clone(),
+        full,
+        who,
+        pid: open.pid,
+    };
+    conn.run(s);
+}
+
+fn protocol(host: &Host, reason: String) -> ChannelError {
+    ChannelError::Protocol {
+        address: host.endpoint.to_string(),
+        reason,
+    }
+}
+
+struct Conn<'a> {
+    host: &'a Host,
+    chan: Chan,
+    writer: bool,
+    validate: Validate,
+    channel: String,
+    full: String,
+    who: String,
+    pid: u32,
+}
+
+/// How a connection ends.
+enum End {
+    /// The peer retired, handed its end over, or poisoned and left: nothing more to do.
+    Clean,
+    /// The peer vanished without retiring: its end counts as held by a dead process.
+    Lost(String),
+    /// The peer broke the protocol: its end retires.
+    Broken(ChannelError),
+}
+
+impl Conn<'_> {
+    fn run(&self, mut s: Stream) {
+        let end = self.serve_frames(&mut s);
+        match end {
+            End::Clean => {}
+            End::Lost(why) => {
+                report(self.host, &self.who, &format!("lost ({why})"));
+                self.chan.mark_peer_died(self.pid, &self.who);
+            }
+            End::Broken(e) => {
+                let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
+                report(self.host, &self.who, &e.to_string());
+                self.chan.retire(self.writer);
+            }
+        }
+        s.shutdown();
+    }
+
+    fn serve_frames(&self, s: &mut Stream) -> End {
+        let mut next: Option<Frame> = None;
+        loop {
+            let frame = match next.take() {
+                Some(f) => f,
+                None => match read_frame(s, MAX_FRAME) {
+                    Ok(f) => f,
+                    Err(e) => return self.frame_error(e),
+                },
+            };
+            let reply = match (frame.kind, self.writer) {
+                (Kind::Write, true) => {
+                    if let Err(reason) = (self.validate)(&frame.body) {
+                        return End::Broken(ChannelError::Protocol {
+                            address: self.full.clone(),
+                            reason: format!(
+                                "a message that is not a {}: {reason}",
+                                self.chan.type_name()
+                            ),
+                        });
+                    }
+                    match self.write(s, &frame.body) {
+                        Some(r) => r,
+                        None => return End::Lost("hung up during a write".into()),
+                    }
+                }
+                (Kind::Read, false) => match self.read(s) {
+                    Outcome::Got(bytes) => {
+                        if write_frame(s, &Frame::new(Kind::Message, bytes.clone())).is_err() {
+                            self.put_back(bytes);
+                            return End::Lost("hung up before a message reached it".into());
+                        }
+                        match read_frame(s, MAX_FRAME) {
+                            Ok(f) if f.kind == Kind::Ack => continue,
+                            Ok(f) => {
+                                self.put_back(bytes);
+                                if f.kind != Kind::Nack {
+                                    next = Some(f);
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                self.put_back(bytes);
+                                return self.frame_error(e);
+                            }
+                        }
+                    }
+                    Outcome::Failed(e) => Err(e),
+                    Outcome::Interrupted => continue,
+                },
+                (Kind::Poison, _) => {
+                    self.chan.poison();
+                    Ok(())
+                }
+                (Kind::Retire, _) => {
+                    self.chan.retire(self.writer);
+                    let _ = write_frame(s, &Frame::empty(Kind::Done));
+                    return End::Clean;
+                }
+                (Kind::Handoff, _) => {
+                    let Ok(t) = <[u8; 8]>::try_from(&frame.body[..]) else {
+                        return End::Broken(protocol(
+                            self.host,
+                            "a Handoff without its token".into(),
+                        ));
+                    };
+                    self.host
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(u64::from_le_bytes(t), (self.channel.clone(), self.writer));
+                    let _ = write_frame(s, &Frame::empty(Kind::Done));
+                    return End::Clean;
+                }
+                (k, _) => {
+                    return End::Broken(protocol(
+                        self.host,
+                        format!(
+                            "a {k:?} frame on the connection of a {}",
+                            if self.writer { "writer" } else { "reader" }
+                        ),
+                    ))
+                }
+            };
+            let f = match reply {
+                Ok(()) => Frame::empty(Kind::Done),
+                Err(e) => ErrorBody::from_error(&e).frame(),
+            };
+            if write_frame(s, &f).is_err() {
+                return End::Lost("hung up before its answer".into());
+            }
+        }
+    }
+
+    fn frame_error(&self, e: FrameError) -> End {
+        match e {
+            FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_) => {
+                End::Lost(e.to_string())
+            }
+            _ => End::Broken(protocol(self.host, e.to_string())),
+        }
+    }
+
+    /// Writes for the peer; `None` if the peer hung up before the message was placed.
+    fn write(&self, s: &Stream, body: &[u8]) -> Option<Result<(), ChannelError>> {
+        loop {
+            match write_encoded(&self.chan, body, Some(Instant::now() + TICK)) {
+                Err(ChannelError::Timeout) => {
+                    if sys::socket_hung_up(s.as_raw_fd()) {
+                        return None;
+                    }
+                }
+                r => return Some(r),
+            }
+        }
+    }
+
+    fn read(&self, s: &Stream) -> Outcome {
+        let Ok(arena) = Arena::get() else {
+            return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
+        };
+        loop {
+            match self.chan.read(Some(Instant::now() + TICK), true, |w| {
+                waiter::claim(arena, w)
+            }) {
+                Ok(m) => {
+                    return match incoming_bytes(m) {
+                        Ok(b) => Outcome::Got(b),
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
+                Err(ChannelError::Timeout) => {
+                    if sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
+                        // The peer sent something while its read was pending (it retires,
+                        // poisons or hands over), or it hung up: the frame loop finds out.
+                        return Outcome::Interrupted;
+                    }
+                }
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+    }
+
+    /// Puts a message the peer did not take back into the channel (from another thread: on a
+    /// rendezvous channel this waits for a reader).
+    fn put_back(&self, bytes: Vec<u8>) {
+        let chan = self.chan;
+        chan.join(true);
+        let _ = std::thread::Builder::new()
+            .name("pycsp-put-back".into())
+            .spawn(move || {
+                let _ = write_encoded(&chan, &bytes, None);
+                chan.retire(true);
+            });
+    }
+}
+
+enum Outcome {
+    Got(Vec<u8>),
+    Failed(ChannelError),
+    Interrupted,
+}
