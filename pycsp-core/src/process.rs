@@ -43,6 +43,8 @@ const ENV_CTRL_FD: &str = "PYCSP_CTRL_FD";
 /// For a placed process: where to connect for its arguments (`HOST:PORT`), and its ticket.
 const ENV_CONTROL: &str = "PYCSP_CONTROL";
 const ENV_TICKET: &str = "PYCSP_TICKET";
+/// The exit code of a process whose parent's connection went away.
+const EXIT_PARENT_GONE: i32 = 125;
 /// How long a placed process may take to connect back.
 const PLACED_CONNECT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest control frame accepted (arguments or a return value), 4 GiB.
@@ -423,6 +425,10 @@ impl Running {
             let _ = self.child.kill();
         }
         let status = self.child.wait();
+        if self.placed && report.is_none() {
+            // A placed process whose side saw the connection die first exits with 125.
+            lost |= matches!(&status, Ok(st) if st.code() == Some(EXIT_PARENT_GONE));
+        }
         let name = display_name(self.name);
         let fail = |failure| Error::ProcessFailed {
             name: name.to_string(),
@@ -801,7 +807,7 @@ fn watch_control(s: &crate::net::Stream) {
         .spawn(move || loop {
             if sys::wait_readable(fd, std::time::Duration::from_secs(3600)) {
                 if sys::socket_hung_up(fd) {
-                    sys::exit_now(125);
+                    sys::exit_now(EXIT_PARENT_GONE);
                 }
                 // The parent sends nothing more; do not spin on unexpected bytes.
                 std::thread::sleep(std::time::Duration::from_secs(1));
@@ -858,7 +864,7 @@ fn watch_parent(ctrl: &UnixStream) {
             let mut b = [0u8; 64];
             loop {
                 match watch.read(&mut b) {
-                    Ok(0) | Err(_) => sys::exit_now(125),
+                    Ok(0) | Err(_) => sys::exit_now(EXIT_PARENT_GONE),
                     Ok(_) => {}
                 }
             }
