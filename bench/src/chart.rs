@@ -26,6 +26,7 @@ fn panel(out: &mut String, y0: f64, title: &str, rows: &[&Row], better: &str) ->
         let color = match r.group {
             "limit" => "#888888",
             "pycsp" => "#1f77b4",
+            "sockets" => "#6baed6",
             _ => "#ff7f0e",
         };
         out.push_str(&format!(
@@ -56,7 +57,7 @@ pub fn svg(rows: &[Row]) -> String {
         "longer is better",
     );
     format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>{body}<text x="10" y="{fy}" font-size="11" fill="gray">grey: the limit of the machine; blue: pycsp; orange: peers. Medians of one run.</text></svg>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>{body}<text x="10" y="{fy}" font-size="11" fill="gray">grey: the limit of the machine; blue: pycsp (light: over sockets); orange: peers. Medians of one run.</text></svg>"#,
         h = y + 30.0,
         fy = y + 14.0,
     )

@@ -136,6 +136,27 @@ fn main() {
         || pycsp_rows::channel_bytes(64),
     ));
 
+    eprintln!("pycsp, sockets (echo or sink placed by the launcher {{cmd}}):");
+    for (socket, label) in [
+        (pycsp_rows::Socket::Local, "local socket"),
+        (pycsp_rows::Socket::Tcp, "TCP loopback"),
+    ] {
+        rows.push(measure(
+            "sockets",
+            &format!("{label}: rendezvous channel pair (RTT)"),
+            "ns",
+            t,
+            || pycsp_rows::socket_round_trip(socket, 0, 2_000 * k),
+        ));
+        rows.push(measure(
+            "sockets",
+            &format!("{label}: buffered u64 one way"),
+            "msg/s",
+            t,
+            || pycsp_rows::socket_throughput(socket, 50_000 * k),
+        ));
+    }
+
     eprintln!("peers:");
     rows.push(measure(
         "peers",
@@ -323,7 +344,13 @@ fn main() {
             tg.what,
             fmt(tg.value),
             tg.goal,
-            if tg.met { "MET" } else { "MISSED" }
+            if tg.value.is_nan() {
+                "not measured"
+            } else if tg.met {
+                "MET"
+            } else {
+                "MISSED"
+            }
         );
     }
 

@@ -268,3 +268,67 @@ pub fn zero_copy(size: usize, total: usize) -> f64 {
     std::hint::black_box(h.join().unwrap());
     (n * size) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
+
+/// A socket transport for the socket rows.
+#[derive(Clone, Copy)]
+pub enum Socket {
+    /// `tcp://127.0.0.1:PORT/NAME`.
+    Tcp,
+    /// `local://SOCKET/NAME` (an abstract Unix socket through `interprocess`).
+    Local,
+}
+
+/// A fresh address of `name` on a new endpoint of `socket`.
+fn socket_address(socket: Socket, name: &str) -> String {
+    match socket {
+        Socket::Tcp => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free TCP port")
+                .port();
+            format!("tcp://127.0.0.1:{port}/{name}")
+        }
+        Socket::Local => format!(
+            "local://{}/{name}",
+            fresh(&format!("pycsp-bench-{}", std::process::id()))
+        ),
+    }
+}
+
+/// Round trip in ns over a pair of socket channels of `capacity` (0: rendezvous), with the
+/// echoing process placed by the trivial launcher `{cmd}`: a separate program that reaches
+/// both channels over the socket, as a process on another host would.
+pub fn socket_round_trip(socket: Socket, capacity: usize, iters: u64) -> f64 {
+    let a = Channel::<u64>::buffered(&socket_address(socket, "rt-a"), capacity).unwrap();
+    let b = Channel::<u64>::buffered(&socket_address(socket, "rt-b"), capacity).unwrap();
+    let (w, r) = (a.writer(), b.reader());
+    let h = Spawn(pong(a.reader(), b.writer()).on(Placement::launcher("{cmd}"))).unwrap();
+    for i in 0..iters / 10 {
+        w.write(i).unwrap();
+        r.read().unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..iters {
+        w.write(i).unwrap();
+        r.read().unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    drop((w, r, a, b));
+    let _ = h.join();
+    ns
+}
+
+/// One-way u64 messages per second on a buffered socket channel of 1024, read by a process
+/// placed by the launcher `{cmd}`.
+pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
+    let c = Channel::<u64>::buffered(&socket_address(socket, "thr"), 1024).unwrap();
+    let w = c.writer();
+    let h = Spawn(sink(c.reader()).on(Placement::launcher("{cmd}"))).unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        w.write(i).unwrap();
+    }
+    drop((w, c));
+    std::hint::black_box(h.join().unwrap());
+    n as f64 / start.elapsed().as_secs_f64()
+}
