@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::ChannelError;
 use crate::net::{self, Address};
 use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
-use crate::shm::ring::{Chan, Incoming, Outgoing, INLINE};
+use crate::shm::ring::{Chan, Incoming, Outgoing, Took, INLINE};
 use crate::shm::waiter;
 
 /// A typed, named channel in the shared memory of this process network.
@@ -465,8 +465,11 @@ pub(crate) fn write_encoded(
     deadline: Option<Instant>,
 ) -> Result<(), ChannelError> {
     if bytes.len() <= INLINE {
+        let mut buf = [0u8; INLINE];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let len = bytes.len();
         return chan
-            .write(&Outgoing::Inline(bytes), deadline)
+            .write(&Outgoing::Inline { buf: &buf, len }, deadline)
             .map_err(|e| e.error);
     }
     let arena = Arena::get().map_err(shm_error)?;
@@ -565,7 +568,13 @@ impl<T: Serialize> ChannelOut<T> {
         };
         if rmp_serde::encode::write(&mut inline, value).is_ok() {
             return chan
-                .write(&Outgoing::Inline(&inline.buf[..inline.len]), deadline)
+                .write(
+                    &Outgoing::Inline {
+                        buf: &inline.buf,
+                        len: inline.len,
+                    },
+                    deadline,
+                )
                 .map_err(|e| net::client::remote_error(chan, e.error));
         }
         // Too large for a slot: measure, then encode straight into a shared block (one copy).
@@ -646,10 +655,16 @@ impl<T: DeserializeOwned> ChannelIn<T> {
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
         let arena = Arena::get().map_err(shm_error)?;
-        let msg = chan
-            .read(deadline, true, |w| waiter::claim(arena, w))
+        let mut buf = [0u8; INLINE];
+        let took = chan
+            .read_into(&mut buf, deadline, |w| waiter::claim(arena, w))
             .map_err(|e| net::client::remote_error(chan, e))?;
-        decode_incoming(chan, msg)
+        match took {
+            Took::Inline(len) => {
+                rmp_serde::from_slice(&buf[..len]).map_err(|e| decode_error::<T>(chan, e))
+            }
+            Took::Block { offset, len } => decode_incoming(chan, Incoming::Block { offset, len }),
+        }
     }
 
     pub(crate) fn chan(&self) -> Chan {
@@ -672,16 +687,22 @@ pub(crate) fn incoming_bytes(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
     }
 }
 
+/// The error for a message of `chan` that does not decode as a `T`.
+#[cold]
+fn decode_error<T>(chan: &Chan, e: rmp_serde::decode::Error) -> ChannelError {
+    ChannelError::Decode {
+        channel: chan.name().to_string(),
+        ty: std::any::type_name::<T>().to_string(),
+        reason: e.to_string(),
+    }
+}
+
 /// Decodes a message taken out of `chan` (and frees its block, if it had one).
 pub(crate) fn decode_incoming<T: DeserializeOwned>(
     chan: &Chan,
     msg: Incoming,
 ) -> Result<T, ChannelError> {
-    let decode_err = |e: rmp_serde::decode::Error| ChannelError::Decode {
-        channel: chan.name().to_string(),
-        ty: std::any::type_name::<T>().to_string(),
-        reason: e.to_string(),
-    };
+    let decode_err = |e| decode_error::<T>(chan, e);
     match msg {
         Incoming::Inline { buf, len } => rmp_serde::from_slice(&buf[..len]).map_err(decode_err),
         Incoming::Block { offset, len } => {

@@ -96,16 +96,59 @@ struct Slot {
     payload: UnsafeCell<[u8; INLINE]>,
 }
 
+/// Payload bytes that share the slot's first cache line with its stamp: a message this short
+/// is copied as one fixed-size block that touches no other line.
+const FIRST_LINE: usize = 48;
+
+/// Copies the first `len` bytes of `src` to `dst` as one fixed-size copy of [`FIRST_LINE`] or
+/// [`INLINE`] bytes (a few vector moves, no call to `memcpy`); bytes past `len` are whatever
+/// `src` holds there.
+#[inline(always)]
+fn copy_payload(dst: &mut [u8; INLINE], src: &[u8; INLINE], len: usize) {
+    if len <= FIRST_LINE {
+        dst[..FIRST_LINE].copy_from_slice(&src[..FIRST_LINE]);
+    } else {
+        *dst = *src;
+    }
+}
+
 /// An encoded message on its way into a slot.
 pub(crate) enum Outgoing<'a> {
-    Inline(&'a [u8]),
-    Block { offset: u64, len: u64 },
+    /// The first `len` bytes of `buf`.
+    Inline {
+        buf: &'a [u8; INLINE],
+        len: usize,
+    },
+    Block {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A message taken out of a slot.
 pub(crate) enum Incoming {
     Inline { buf: [u8; INLINE], len: usize },
     Block { offset: u64, len: u64 },
+}
+
+/// Where a message taken out of a slot is, when its inline bytes were copied to a buffer the
+/// caller provided ([`Chan::read_into`]): small and `Copy`, so the hot path moves no message
+/// bytes around.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Took {
+    /// The first `len` bytes of the caller's buffer.
+    Inline(usize),
+    /// A block of the arena, now the reader's.
+    Block { offset: u64, len: u64 },
+}
+
+impl Took {
+    fn into_incoming(self, buf: &[u8; INLINE]) -> Incoming {
+        match self {
+            Took::Inline(len) => Incoming::Inline { buf: *buf, len },
+            Took::Block { offset, len } => Incoming::Block { offset, len },
+        }
+    }
 }
 
 /// The slot a message was taken from, for a deferred acknowledgement.
@@ -499,10 +542,10 @@ impl Chan {
                         // the slot's contents until it stores the new stamp.
                         unsafe {
                             match msg {
-                                Outgoing::Inline(b) => {
+                                Outgoing::Inline { buf, len } => {
                                     *slot.kind.get() = KIND_INLINE;
-                                    *slot.len.get() = b.len() as u32;
-                                    (&mut *slot.payload.get())[..b.len()].copy_from_slice(b);
+                                    *slot.len.get() = *len as u32;
+                                    copy_payload(&mut *slot.payload.get(), buf, *len);
                                 }
                                 Outgoing::Block { offset, len } => {
                                     *slot.kind.get() = KIND_BLOCK;
@@ -537,12 +580,16 @@ impl Chan {
 
     /// Tries to take a message out of the ring.
     pub(crate) fn try_pop(&self) -> Option<Incoming> {
-        self.try_pop_at(true).map(|(m, _)| m)
+        let mut buf = [0u8; INLINE];
+        self.try_pop_at(true, &mut buf)
+            .map(|(m, _)| m.into_incoming(&buf))
     }
 
     /// Tries to take a message out of the ring; without `ack` the slot stays full (its writer
     /// keeps waiting) until [`ack`](Self::ack) is called with the returned position.
-    fn try_pop_at(&self, ack: bool) -> Option<(Incoming, Taken)> {
+    /// Inline bytes are copied to `buf`.
+    #[inline]
+    fn try_pop_at(&self, ack: bool, buf: &mut [u8; INLINE]) -> Option<(Took, Taken)> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
         loop {
@@ -564,14 +611,13 @@ impl Chan {
                             let len = (*slot.len.get() as usize).min(INLINE);
                             let p = &*slot.payload.get();
                             if *slot.kind.get() == KIND_BLOCK {
-                                Incoming::Block {
+                                Took::Block {
                                     offset: u64::from_le_bytes(p[..8].try_into().unwrap()),
                                     len: u64::from_le_bytes(p[8..16].try_into().unwrap()),
                                 }
                             } else {
-                                let mut buf = [0u8; INLINE];
-                                buf[..len].copy_from_slice(&p[..len]);
-                                Incoming::Inline { buf, len }
+                                copy_payload(buf, p, len);
+                                Took::Inline(len)
                             }
                         };
                         let taken = Taken { index, head };
@@ -703,7 +749,20 @@ impl Chan {
         claim_writers: bool,
         claim: impl Fn(u64) -> Claim,
     ) -> Result<Incoming, ChannelError> {
-        self.read_at(deadline, claim_writers, claim, true)
+        let mut buf = [0u8; INLINE];
+        self.read_at(deadline, claim_writers, claim, true, &mut buf)
+            .map(|(m, _)| m.into_incoming(&buf))
+    }
+
+    /// Like [`read`](Self::read), with the inline bytes of the message copied to `buf`.
+    #[inline]
+    pub(crate) fn read_into(
+        &self,
+        buf: &mut [u8; INLINE],
+        deadline: Option<Instant>,
+        claim: impl Fn(u64) -> Claim,
+    ) -> Result<Took, ChannelError> {
+        self.read_at(deadline, true, claim, true, buf)
             .map(|(m, _)| m)
     }
 
@@ -715,7 +774,9 @@ impl Chan {
         deadline: Option<Instant>,
         claim: impl Fn(u64) -> Claim,
     ) -> Result<(Incoming, Taken), ChannelError> {
-        self.read_at(deadline, true, claim, false)
+        let mut buf = [0u8; INLINE];
+        self.read_at(deadline, true, claim, false, &mut buf)
+            .map(|(m, t)| (m.into_incoming(&buf), t))
     }
 
     fn read_at(
@@ -724,7 +785,8 @@ impl Chan {
         claim_writers: bool,
         claim: impl Fn(u64) -> Claim,
         ack: bool,
-    ) -> Result<(Incoming, Taken), ChannelError> {
+        buf: &mut [u8; INLINE],
+    ) -> Result<(Took, Taken), ChannelError> {
         let rx = &self.hdr.rx.0;
         let mut claimed = !claim_writers || !self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
@@ -745,7 +807,7 @@ impl Chan {
                     if f & POISONED != 0 {
                         return Some(Err(ChannelError::Poisoned));
                     }
-                    if let Some(m) = self.try_pop_at(ack) {
+                    if let Some(m) = self.try_pop_at(ack, buf) {
                         return Some(Ok(m));
                     }
                     if f & PEER_DIED != 0 {
@@ -807,7 +869,9 @@ mod tests {
         let tail = chan.hdr.tail.0.load(Ordering::SeqCst);
         chan.hdr.tail.0.store(chan.next_pos(tail), Ordering::SeqCst);
         // A live writer publishes after it.
-        chan.write(&Outgoing::Inline(&[7]), None)
+        let mut buf = [0u8; INLINE];
+        buf[0] = 7;
+        chan.write(&Outgoing::Inline { buf: &buf, len: 1 }, None)
             .map_err(|e| e.error)
             .unwrap();
         chan.mark_peer_died(12345, "dead_writer");
@@ -830,7 +894,13 @@ mod tests {
     fn writers_fail_at_once_after_a_peer_died() {
         let chan = Chan::create(arena(), "dead-peer-writes", "u8", 1, 4).unwrap();
         chan.mark_peer_died(1, "p");
-        let r = chan.write(&Outgoing::Inline(&[1]), None);
+        let r = chan.write(
+            &Outgoing::Inline {
+                buf: &[1; INLINE],
+                len: 1,
+            },
+            None,
+        );
         assert!(matches!(
             r,
             Err(WriteError {
