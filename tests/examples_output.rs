@@ -1,7 +1,9 @@
+//! Examples print what the book says they print.
+//!
 //! The Python-multiprocessing examples print exactly what their Python counterparts in
-//! `examples/python/` print (the book shows both side by side). Each test checks the Rust
-//! example's output and, when `python3` is installed, runs the Python program and checks that
-//! it prints the same.
+//! `examples/python/` print (the book shows both side by side). Each of those tests checks the
+//! Rust example's output and, when `python3` is installed, runs the Python program and checks
+//! that it prints the same.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +20,10 @@ fn stdout_of(mut cmd: Command, what: &str) -> String {
 }
 
 fn run_example(name: &str) -> String {
+    run_example_with(name, &[])
+}
+
+fn run_example_with(name: &str, args: &[&str]) -> String {
     // Integration tests live in target/<profile>/deps; `cargo test` builds the examples into
     // target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
@@ -27,7 +33,9 @@ fn run_example(name: &str) -> String {
         .unwrap()
         .join("examples")
         .join(name);
-    stdout_of(Command::new(&path), &path.display().to_string())
+    let mut cmd = Command::new(&path);
+    cmd.args(args);
+    stdout_of(cmd, &path.display().to_string())
 }
 
 /// The output of `examples/python/NAME.py`, or `None` when there is no `python3`.
@@ -125,4 +133,49 @@ fn manager_namespace_prints_what_python_prints() {
 #[test]
 fn lock_replaced_by_an_owner_prints_what_python_prints() {
     check("mp_lock", "4000\n");
+}
+
+// The book's other listings of output.
+
+#[test]
+fn retire_poison_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("retire_poison"),
+        "retire: read 1, read 2, read 3, then Retired\npoison: then Poisoned\n"
+    );
+}
+
+#[test]
+fn sieve_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example_with("sieve", &["10"]),
+        "the first 10 primes: [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]\n\
+         shut down by poison: generator Err(Poisoned), first filter Err(Channel(Poisoned))\n"
+    );
+}
+
+#[test]
+fn pipeline_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("pipeline"),
+        "running sums of the squares of 1..=10: [1, 5, 14, 30, 55, 91, 140, 204, 285, 385]\n"
+    );
+}
+
+#[test]
+fn fan_out_in_prints_what_the_book_shows() {
+    assert_eq!(run_example("fan_out_in"), "max 9\nmin -5\nsum 19\n");
+}
+
+#[test]
+fn crash_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("crash"),
+        "Panic:\n\
+         \x20 consumer read [1, 2, 3], then PeerDied: fragile died\n\
+         \x20 Parallel: process fragile panicked: out of cheese\n\
+         Abort:\n\
+         \x20 consumer read [1, 2, 3], then PeerDied: fragile died\n\
+         \x20 Parallel: process fragile killed by signal 6 (SIGABRT)\n"
+    );
 }
