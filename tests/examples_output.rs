@@ -138,6 +138,21 @@ fn lock_replaced_by_an_owner_prints_what_python_prints() {
 // The book's other listings of output.
 
 #[test]
+fn processes_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("processes"),
+        "Parallel of a tuple: 9 16\n\
+         Parallel of replicate(4, ..): [0, 1, 4, 9]\n\
+         Sequence: 25 36\n\
+         Spawn: started\n\
+         joined: 49\n\
+         rendezvous: [0, 1, 2]\n\
+         buffered: [0, 1, 2]\n\
+         any-to-any: 200 messages, each read once: true, each writer's in order: true\n"
+    );
+}
+
+#[test]
 fn retire_poison_prints_what_the_book_shows() {
     assert_eq!(
         run_example("retire_poison"),
