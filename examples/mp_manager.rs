@@ -1,20 +1,10 @@
 //! Python's `Manager().dict()` and `.list()`, the CSP way: a state-server process owns the
 //! data; clients send requests and read replies. No lock: only the server touches the data.
 //!
-//! ```python
-//! from multiprocessing import Process, Manager
-//! def f(d, l):
-//!     d[1] = '1'
-//!     d['2'] = 2
-//!     d[0.25] = None
-//!     l.reverse()
-//! with Manager() as manager:
-//!     d = manager.dict()
-//!     l = manager.list(range(10))
-//!     p = Process(target=f, args=(d, l)); p.start(); p.join()
-//!     print(d)                        # {1: '1', '2': 2, 0.25: None}
-//!     print(l)                        # [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-//! ```
+//! The Python counterpart is `examples/python/mp_manager.py`; both print the same lines (checked by
+//! `tests/examples_output.rs`).
+//!
+//! Run: `cargo run --release --example mp_manager`
 
 use pycsp::prelude::*;
 use serde::{Deserialize, Serialize};

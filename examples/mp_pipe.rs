@@ -1,17 +1,9 @@
 //! Python's `multiprocessing.Pipe` (duplex), the CSP way: a pair of channels, one each way.
 //!
-//! ```python
-//! from multiprocessing import Process, Pipe
-//! def f(conn):
-//!     conn.send([42, None, 'hello'])
-//!     print(conn.recv())              # ping
-//!     conn.close()
-//! parent_conn, child_conn = Pipe()
-//! p = Process(target=f, args=(child_conn,)); p.start()
-//! print(parent_conn.recv())           # [42, None, 'hello']
-//! parent_conn.send('ping')
-//! p.join()
-//! ```
+//! The Python counterpart is `examples/python/mp_pipe.py`; both print the same lines (checked by
+//! `tests/examples_output.rs`).
+//!
+//! Run: `cargo run --release --example mp_pipe`
 
 use pycsp::prelude::*;
 

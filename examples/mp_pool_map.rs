@@ -1,11 +1,9 @@
 //! Python's `Pool.map`, the CSP way: a farm of worker processes fed by one any-to-any channel.
 //!
-//! ```python
-//! from multiprocessing import Pool
-//! def f(x): return x * x
-//! with Pool(5) as p:
-//!     print(p.map(f, [1, 2, 3]))      # [1, 4, 9]
-//! ```
+//! The Python counterpart is `examples/python/mp_pool_map.py`; both print the same lines (checked by
+//! `tests/examples_output.rs`).
+//!
+//! Run: `cargo run --release --example mp_pool_map`
 
 use pycsp::prelude::*;
 

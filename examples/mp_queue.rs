@@ -1,14 +1,9 @@
 //! Python's `multiprocessing.Queue`, the CSP way: a buffered channel.
 //!
-//! ```python
-//! from multiprocessing import Process, Queue
-//! def f(q):
-//!     q.put([42, None, 'hello'])
-//! q = Queue()
-//! p = Process(target=f, args=(q,)); p.start()
-//! print(q.get())                      # [42, None, 'hello']
-//! p.join()
-//! ```
+//! The Python counterpart is `examples/python/mp_queue.py`; both print the same lines (checked by
+//! `tests/examples_output.rs`).
+//!
+//! Run: `cargo run --release --example mp_queue`
 
 use pycsp::prelude::*;
 

@@ -1,18 +1,10 @@
 //! Python's `Value` and `Array`, the CSP way: shared data has one owner at a time. The child
 //! receives the data (a `SharedBlock` moves without copying), changes it, and hands it back.
 //!
-//! ```python
-//! from multiprocessing import Process, Value, Array
-//! def f(n, a):
-//!     n.value = 3.1415927
-//!     for i in range(len(a)):
-//!         a[i] = -a[i]
-//! num = Value('d', 0.0)
-//! arr = Array('i', range(10))
-//! p = Process(target=f, args=(num, arr)); p.start(); p.join()
-//! print(num.value)                    # 3.1415927
-//! print(arr[:])                       # [0, -1, -2, -3, -4, -5, -6, -7, -8, -9]
-//! ```
+//! The Python counterpart is `examples/python/mp_value_array.py`; both print the same lines (checked by
+//! `tests/examples_output.rs`).
+//!
+//! Run: `cargo run --release --example mp_value_array`
 
 use pycsp::prelude::*;
 

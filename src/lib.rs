@@ -35,6 +35,7 @@
 //!     Ok(())
 //! }
 //! ```
+#![warn(missing_docs)]
 
 pub use pycsp_core::*;
 pub use pycsp_macros::process;

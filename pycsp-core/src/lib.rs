@@ -9,6 +9,7 @@
 //!
 //! Shared-memory layout and the wait/wake protocol are documented in one place, the private
 //! `shm` module (`pycsp-core/src/shm/mod.rs`).
+#![warn(missing_docs)]
 
 pub mod alt;
 pub mod block;

@@ -2,6 +2,7 @@
 //!
 //! A thin crate: `parse` checks the function and builds a small model of it, `expand`
 //! generates the code. Errors point at the offending token.
+#![warn(missing_docs)]
 
 use proc_macro::TokenStream;
 
