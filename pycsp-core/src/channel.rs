@@ -512,14 +512,27 @@ struct Inline {
 }
 
 impl Write for Inline {
+    #[inline]
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         let end = self.len + data.len();
         if end > INLINE {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        self.buf[self.len..end].copy_from_slice(data);
+        if data.len() <= 8 {
+            // MessagePack writes markers and numbers a few bytes at a time: copy them without
+            // a call to memcpy.
+            for (d, s) in self.buf[self.len..end].iter_mut().zip(data) {
+                *d = *s;
+            }
+        } else {
+            self.buf[self.len..end].copy_from_slice(data);
+        }
         self.len = end;
-        Ok(data.len())
+        Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())

@@ -682,6 +682,48 @@ impl Chan {
             placed: false,
         };
         let tx = &self.hdr.tx.0;
+        // Fast path: nothing refuses the write and a slot is free now.
+        let (index, stamp) = match self.write_refused() {
+            None => match self.try_push(msg) {
+                Some(placed) => placed,
+                None => self.write_wait(msg, deadline).map_err(not_placed)?,
+            },
+            Some(e) => return Err(not_placed(e)),
+        };
+        self.hdr.rx.0.notify_one();
+        if self.hdr.capacity != 0 {
+            return Ok(());
+        }
+        // Rendezvous: wait until a reader has emptied our slot.
+        let slot = &self.slots[index];
+        let pos = stamp - 1;
+        let taken = tx.wait_until(
+            None,
+            || {
+                if slot.stamp.load(Ordering::Acquire) != stamp {
+                    return Some(Ok(()));
+                }
+                self.write_refused().map(Err)
+            },
+            || self.hdr.head.0.load(Ordering::SeqCst) != pos,
+        );
+        taken
+            .unwrap_or(Err(ChannelError::Timeout))
+            .map_err(|error| WriteError {
+                error,
+                placed: true,
+            })
+    }
+
+    /// Waits until the message is placed in the ring (the slow path of [`write`](Self::write)):
+    /// the slot index and stamp, or why it was refused.
+    #[inline(never)]
+    fn write_wait(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, u64), ChannelError> {
+        let tx = &self.hdr.tx.0;
         // When the ring is full, let the readers free a batch of slots before trying again,
         // instead of polling the very slot a reader is emptying (which slows that reader).
         // Only for the first checks: a reader that takes one message and then waits for us
@@ -711,33 +753,7 @@ impl Chan {
             },
             || self.looks_writable_by_position(),
         );
-        let (index, stamp) = match pushed {
-            None => return Err(not_placed(ChannelError::Timeout)),
-            Some(r) => r.map_err(not_placed)?,
-        };
-        self.hdr.rx.0.notify_one();
-        if self.hdr.capacity != 0 {
-            return Ok(());
-        }
-        // Rendezvous: wait until a reader has emptied our slot.
-        let slot = &self.slots[index];
-        let pos = stamp - 1;
-        let taken = tx.wait_until(
-            None,
-            || {
-                if slot.stamp.load(Ordering::Acquire) != stamp {
-                    return Some(Ok(()));
-                }
-                self.write_refused().map(Err)
-            },
-            || self.hdr.head.0.load(Ordering::SeqCst) != pos,
-        );
-        taken
-            .unwrap_or(Err(ChannelError::Timeout))
-            .map_err(|error| WriteError {
-                error,
-                placed: true,
-            })
+        pushed.unwrap_or(Err(ChannelError::Timeout))
     }
 
     /// Reads a message, blocking while the ring is empty. With `claim_writers`, a reader of a
@@ -780,6 +796,28 @@ impl Chan {
     }
 
     fn read_at(
+        &self,
+        deadline: Option<Instant>,
+        claim_writers: bool,
+        claim: impl Fn(u64) -> Claim,
+        ack: bool,
+        buf: &mut [u8; INLINE],
+    ) -> Result<(Took, Taken), ChannelError> {
+        // Fast path: not poisoned, and a message is there now.
+        if self.flags() & POISONED == 0 {
+            if let Some(m) = self.try_pop_at(ack, buf) {
+                if ack {
+                    self.hdr.tx.0.notify_all();
+                }
+                return Ok(m);
+            }
+        }
+        self.read_wait(deadline, claim_writers, claim, ack, buf)
+    }
+
+    /// The slow path of [`read_at`](Self::read_at): waits for a message.
+    #[inline(never)]
+    fn read_wait(
         &self,
         deadline: Option<Instant>,
         claim_writers: bool,
