@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::ChannelError;
 use crate::net::{self, Address};
 use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
-use crate::shm::ring::{Chan, Incoming, Outgoing, Took, INLINE};
+use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
 use crate::shm::waiter;
 
 /// A typed, named channel in the shared memory of this process network.
@@ -667,10 +667,12 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
-        let arena = Arena::get().map_err(shm_error)?;
         let mut buf = [0u8; INLINE];
+        // The arena is only needed to claim a selecting writer's offer (the slow path); a
+        // process with a channel always has one.
+        let claim = |w| Arena::get().map_or(Claim::Busy, |arena| waiter::claim(arena, w));
         let took = chan
-            .read_into(&mut buf, deadline, |w| waiter::claim(arena, w))
+            .read_into(&mut buf, deadline, claim)
             .map_err(|e| net::client::remote_error(chan, e))?;
         match took {
             Took::Inline(len) => {

@@ -288,6 +288,7 @@ impl Chan {
         self.hdr.capacity as usize
     }
 
+    #[inline]
     fn flags(&self) -> u32 {
         self.hdr.state.0.flags.load(Ordering::Acquire)
     }
@@ -379,11 +380,13 @@ impl Chan {
         self.hdr.tx.0.notify_all();
     }
 
+    #[inline]
     fn positions(&self, pos: u64) -> (usize, u64) {
         let one_lap = self.hdr.one_lap;
         ((pos & (one_lap - 1)) as usize, pos & !(one_lap - 1))
     }
 
+    #[inline]
     fn next_pos(&self, pos: u64) -> u64 {
         let (index, lap) = self.positions(pos);
         if (index as u64) + 1 < self.hdr.ring_len {
@@ -521,6 +524,7 @@ impl Chan {
     }
 
     /// Tries to put a message in the ring; returns its slot index and stamp on success.
+    #[inline]
     pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
@@ -642,6 +646,7 @@ impl Chan {
         }
     }
 
+    #[inline]
     fn ack_slot(&self, t: Taken) {
         self.slots[t.index]
             .stamp
@@ -656,6 +661,7 @@ impl Chan {
     }
 
     /// Why this channel refuses writes now, if it does (poison, a dead peer, no readers).
+    #[inline]
     fn write_refused(&self) -> Option<ChannelError> {
         let f = self.flags();
         if f & POISONED != 0 {
