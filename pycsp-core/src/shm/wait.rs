@@ -17,10 +17,34 @@ use crate::sys;
 /// 15-40 µs on the reference machine, so spinning for about that long first is worth it.
 const SPIN_FOR: Duration = Duration::from_micros(30);
 
-/// How many times a waiter checks its condition one `pause` apart (about 25 ns each on the
-/// reference machine) before it backs off exponentially: a peer that answers within a couple of
-/// microseconds is seen within one `pause` of its answer.
-const FINE_CHECKS: u32 = 64;
+/// The most and the fewest times a waiter checks its condition one `pause` apart (about 25 ns
+/// each on the reference machine) before it starts yielding its CPU: a peer that answers within
+/// that window is seen within one `pause` of its answer.
+const MAX_FINE_CHECKS: u32 = 256;
+const MIN_FINE_CHECKS: u32 = 4;
+
+thread_local! {
+    /// How many fine checks this thread makes before it yields: adapted to what spinning has
+    /// been worth lately. A wait that ends while spinning lengthens it a little; a wait that
+    /// outlasts it halves it. With spare cores, waits end within the window and it stays
+    /// long (a hand-over costs one `pause`, not a system call). With more busy processes than
+    /// cores, the peer is often descheduled and no amount of spinning helps: the window
+    /// shrinks and the waiter yields its CPU, to that peer, within a few checks.
+    static FINE_CHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(MAX_FINE_CHECKS) };
+}
+
+/// Records whether a wait's fine spinning (`limit` checks) paid off, that is, whether the wait
+/// ended while spinning.
+fn adapt(limit: u32, paid_off: bool) {
+    let next = if paid_off {
+        (limit + limit / 8 + 1).min(MAX_FINE_CHECKS)
+    } else {
+        (limit / 2).max(MIN_FINE_CHECKS)
+    };
+    if next != limit {
+        FINE_CHECKS.with(|c| c.set(next));
+    }
+}
 
 /// A futex word and its sleeper count, in shared memory.
 #[repr(C, align(64))]
@@ -85,20 +109,25 @@ pub(crate) fn wait_any<T>(
     let mut start: Option<Instant> = None;
     let mut round = 0u32;
     let mut words: Vec<(&AtomicU32, u32)> = Vec::new();
+    let fine = FINE_CHECKS.with(|c| c.get());
+    let mut adapted = false;
     loop {
         // Spin, then yield, for about SPIN_FOR (or until the deadline).
         loop {
-            if round < FINE_CHECKS {
+            if round < fine {
                 std::hint::spin_loop();
-            } else if round < FINE_CHECKS + 6 {
-                for _ in 0..(2u32 << (round - FINE_CHECKS)) {
-                    std::hint::spin_loop();
-                }
             } else {
+                if !adapted {
+                    adapted = true;
+                    adapt(fine, false);
+                }
                 std::thread::yield_now();
             }
             round += 1;
             if let Some(v) = ready() {
+                if !adapted {
+                    adapt(fine, true);
+                }
                 return Some(v);
             }
             if round % 8 == 0 {
