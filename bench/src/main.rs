@@ -318,41 +318,8 @@ fn main() {
     ];
 
     rows.retain(|r| r.trials > 0);
-    println!();
-    println!(
-        "{:<8} {:<46} {:>12} {:>25}  unit",
-        "group", "row", "median", "min - max"
-    );
-    for r in &rows {
-        println!(
-            "{:<8} {:<46} {:>12} {:>25}  {}",
-            r.group,
-            r.name,
-            fmt(r.median),
-            format!("{} - {}", fmt(r.min), fmt(r.max)),
-            r.unit
-        );
-    }
-    println!();
-    println!(
-        "{:<42} {:>10}  {:<8} verdict",
-        "target (ratios within this run)", "measured", "goal"
-    );
-    for tg in &targets {
-        println!(
-            "{:<42} {:>10}  {:<8} {}",
-            tg.what,
-            fmt(tg.value),
-            tg.goal,
-            if tg.value.is_nan() {
-                "not measured"
-            } else if tg.met {
-                "MET"
-            } else {
-                "MISSED"
-            }
-        );
-    }
+    let table = table(&rows, &targets);
+    println!("\n{table}");
 
     if stats::ONLY.get().is_some() {
         return;
@@ -374,5 +341,53 @@ fn main() {
     )
     .expect("write results.json");
     std::fs::write(dir.join("chart.svg"), chart::svg(&rows)).expect("write chart.svg");
-    println!("wrote {}/results.json and chart.svg", dir.display());
+    std::fs::write(dir.join("table.txt"), table).expect("write table.txt");
+    println!(
+        "wrote {}/results.json, table.txt and chart.svg",
+        dir.display()
+    );
+}
+
+/// The printed table: every row, then the targets with their verdicts.
+fn table(rows: &[Row], targets: &[Target]) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<8} {:<46} {:>12} {:>25}  unit",
+        "group", "row", "median", "min - max"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<8} {:<46} {:>12} {:>25}  {}",
+            r.group,
+            r.name,
+            fmt(r.median),
+            format!("{} - {}", fmt(r.min), fmt(r.max)),
+            r.unit
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n{:<42} {:>10}  {:<8} verdict",
+        "target (ratios within this run)", "measured", "goal"
+    );
+    for tg in targets {
+        let verdict = if tg.value.is_nan() {
+            "not measured"
+        } else if tg.met {
+            "MET"
+        } else {
+            "MISSED"
+        };
+        let _ = writeln!(
+            t,
+            "{:<42} {:>10}  {:<8} {verdict}",
+            tg.what,
+            fmt(tg.value),
+            tg.goal
+        );
+    }
+    t
 }
