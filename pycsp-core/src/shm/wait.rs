@@ -188,3 +188,45 @@ pub(crate) fn wait_any<T>(
         round = 4;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> u32 {
+        FINE_CHECKS.with(|c| c.get())
+    }
+
+    #[test]
+    fn waits_that_outlast_the_spin_window_shrink_it_and_quick_ones_grow_it_back() {
+        let e = Event {
+            seq: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        };
+        assert_eq!(window(), MAX_FINE_CHECKS);
+        // Nothing ever becomes ready: each wait yields, then times out.
+        for _ in 0..10 {
+            let r = e.wait_until(
+                Some(Instant::now() + Duration::from_micros(200)),
+                || None::<()>,
+                || false,
+            );
+            assert!(r.is_none());
+        }
+        assert_eq!(window(), MIN_FINE_CHECKS);
+        // Ready at the second check: spinning paid off, the window grows back to its maximum.
+        for _ in 0..100 {
+            let mut checks = 0;
+            let r = e.wait_until(
+                None,
+                || {
+                    checks += 1;
+                    (checks == 2).then_some(())
+                },
+                || false,
+            );
+            assert!(r.is_some());
+        }
+        assert_eq!(window(), MAX_FINE_CHECKS);
+    }
+}
