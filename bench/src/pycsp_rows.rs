@@ -23,12 +23,9 @@ fn pong(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
     }
 }
 
-/// Round trip in ns over a pair of channels of `capacity` (0: rendezvous).
-pub fn round_trip(capacity: usize, iters: u64) -> f64 {
-    let a = Channel::<u64>::buffered(&fresh("rt-a"), capacity).unwrap();
-    let b = Channel::<u64>::buffered(&fresh("rt-b"), capacity).unwrap();
-    let (w, r) = (a.writer(), b.reader());
-    let h = Spawn(pong(a.reader(), b.writer())).unwrap();
+/// Nanoseconds per round trip of `iters` messages sent on `w` and echoed back on `r`, after a
+/// tenth as many to warm up.
+fn ping(w: &ChannelOut<u64>, r: &ChannelIn<u64>, iters: u64) -> f64 {
     for i in 0..iters / 10 {
         w.write(i).unwrap();
         r.read().unwrap();
@@ -38,7 +35,16 @@ pub fn round_trip(capacity: usize, iters: u64) -> f64 {
         w.write(i).unwrap();
         r.read().unwrap();
     }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    start.elapsed().as_nanos() as f64 / iters as f64
+}
+
+/// Round trip in ns over a pair of channels of `capacity` (0: rendezvous).
+pub fn round_trip(capacity: usize, iters: u64) -> f64 {
+    let a = Channel::<u64>::buffered(&fresh("rt-a"), capacity).unwrap();
+    let b = Channel::<u64>::buffered(&fresh("rt-b"), capacity).unwrap();
+    let (w, r) = (a.writer(), b.reader());
+    let h = Spawn(pong(a.reader(), b.writer())).unwrap();
+    let ns = ping(&w, &r, iters);
     drop((w, r));
     let _ = h.join();
     ns
@@ -303,16 +309,7 @@ pub fn socket_round_trip(socket: Socket, capacity: usize, iters: u64) -> f64 {
     let b = Channel::<u64>::buffered(&socket_address(socket, "rt-b"), capacity).unwrap();
     let (w, r) = (a.writer(), b.reader());
     let h = Spawn(pong(a.reader(), b.writer()).on(Placement::launcher("{cmd}"))).unwrap();
-    for i in 0..iters / 10 {
-        w.write(i).unwrap();
-        r.read().unwrap();
-    }
-    let start = Instant::now();
-    for i in 0..iters {
-        w.write(i).unwrap();
-        r.read().unwrap();
-    }
-    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    let ns = ping(&w, &r, iters);
     drop((w, r, a, b));
     let _ = h.join();
     ns
