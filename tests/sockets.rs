@@ -280,6 +280,7 @@ fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
         "{got:?}"
     );
     let after = at_.saturating_duration_since(killed);
+    eprintln!("host killed: its peer was told after {after:?}");
     assert!(after < Duration::from_secs(1), "noticed after {after:?}");
 }
 
@@ -423,6 +424,7 @@ fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
     let killed = Instant::now();
     let got = r.read();
     let woke = killed.elapsed();
+    eprintln!("placed process killed: its peer woke after {woke:?}");
     assert!(
         matches!(&got, Err(ChannelError::PeerDied { process, .. }) if process.contains("write_one_then_wait")),
         "{got:?}"

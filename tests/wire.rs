@@ -50,6 +50,7 @@ const ACK: u8 = 0x32;
 const RETIRE: u8 = 0x41;
 const ERROR: u8 = 0x7f;
 
+// ANCHOR: open
 /// The `Open` body: a MessagePack map with these field names.
 #[derive(Serialize)]
 struct Open<'a> {
@@ -71,7 +72,9 @@ fn fingerprint(type_name: &str, size: u64) -> u64 {
     }
     h ^ size.rotate_left(56)
 }
+// ANCHOR_END: open
 
+// ANCHOR: raw
 /// A connection that speaks the protocol by hand.
 struct Raw(TcpStream);
 
@@ -134,6 +137,8 @@ impl Raw {
         }
         (kind, body)
     }
+
+    // ANCHOR_END: raw
 
     /// Authenticates with this process's key and opens an end of `channel`, carrying u64.
     fn open_u64(port: u16, channel: &str, writer: bool) -> Raw {
