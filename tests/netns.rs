@@ -82,10 +82,12 @@ impl Hosts {
         Ok(())
     }
 
+    // ANCHOR: place
     fn place(&self, i: usize) -> Placement {
         Placement::launcher(&format!("ip netns exec {} {{cmd}}", self.ns(i)))
             .reach_back(&format!("{}.1", self.subnet))
     }
+    // ANCHOR_END: place
 
     fn address(&self, port: u16, name: &str) -> String {
         format!("tcp://{}.1:{port}/{name}", self.subnet)
@@ -248,6 +250,7 @@ fn a_link_that_goes_down_is_reported_as_a_lost_process_within_the_bound() {
     // The reader is blocked on a worker that can no longer answer: it must fail, not hang.
     let got = r.read();
     let waited = start.elapsed();
+    eprintln!("link down: the blocked reader was told after {waited:?}");
     assert!(
         matches!(got, Err(ChannelError::PeerDied { .. })),
         "expected PeerDied, got {got:?}"

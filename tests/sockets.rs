@@ -100,3 +100,341 @@ fn placed_workers_share_one_any_to_any_tcp_channel() {
     let done: u64 = workers.join().unwrap().iter().sum();
     assert_eq!(done, 300);
 }
+
+// ---- Programs started by hand (not by `Parallel`) attach by address ----
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pycsp::net::{ENV_KEY, ENV_KEY_FILE};
+use pycsp::{Error, Failure};
+
+/// How long a test waits for something that should happen at once.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// This test binary again, as a separate program (its own process network, not started by
+/// `Parallel`), running only the ignored test `separate_program` in `role`, with no key unless
+/// the caller gives one.
+fn program(role: &str, at: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--ignored", "--exact", "separate_program", "--nocapture"])
+        .env("PYCSP_TEST_ROLE", role)
+        .env("PYCSP_TEST_AT", at)
+        .env_remove(ENV_KEY)
+        .env_remove(ENV_KEY_FILE)
+        .stdin(Stdio::null());
+    c
+}
+
+/// The line the separate program prints after `RESULT: `.
+fn result_line(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("RESULT: "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no RESULT line; stdout: {text}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+/// The separate program. As `client`: attaches to `AT/requests` and `AT/replies` and sends 50
+/// requests. As `host`: hosts `AT/hosted`, says READY, and waits to be killed.
+#[test]
+#[ignore = "a separate program, started by the tests below"]
+fn separate_program() {
+    let (Ok(role), Ok(at)) = (
+        std::env::var("PYCSP_TEST_ROLE"),
+        std::env::var("PYCSP_TEST_AT"),
+    ) else {
+        panic!("run by other tests, with PYCSP_TEST_ROLE and PYCSP_TEST_AT");
+    };
+    match role.as_str() {
+        "client" => {
+            let run = || -> Result<u64, ChannelError> {
+                let requests = Channel::<u64>::open(&format!("{at}/requests"))?;
+                let replies = Channel::<u64>::open(&format!("{at}/replies"))?;
+                let (w, r) = (requests.writer(), replies.reader());
+                let mut sum = 0;
+                for i in 1..=50 {
+                    w.write(i)?;
+                    sum += r.read()?;
+                }
+                Ok(sum)
+            };
+            println!("RESULT: {:?}", run());
+        }
+        "host" => {
+            let hosted = Channel::<u64>::new(&format!("{at}/hosted")).unwrap();
+            let _held = hosted.writer();
+            println!("READY");
+            loop {
+                std::thread::park();
+            }
+        }
+        _ => panic!("unknown role {role}"),
+    }
+}
+
+/// A host answering each request with its square until the requests retire.
+fn squares_host(at: &str) -> std::thread::JoinHandle<Result<u64, ChannelError>> {
+    let requests = Channel::<u64>::new(&format!("{at}/requests")).unwrap();
+    let replies = Channel::<u64>::new(&format!("{at}/replies")).unwrap();
+    let (r, w) = (requests.reader(), replies.writer());
+    std::thread::spawn(move || {
+        let mut n = 0;
+        loop {
+            match r.read() {
+                Ok(v) => w.write(v * v)?,
+                Err(ChannelError::Retired) => return Ok(n),
+                Err(e) => return Err(e),
+            }
+            n += 1;
+        }
+    })
+}
+
+#[test]
+fn a_separately_started_program_attaches_by_local_address_with_a_key_file() {
+    let at = format!("local://pycsp-test-{}-attach", std::process::id());
+    let host = squares_host(&at);
+    let key_file = std::env::temp_dir().join(format!("pycsp-key-{}", std::process::id()));
+    let mut key = pycsp::net::key_env().unwrap().1.into_encoded_bytes();
+    key.push(b'\n'); // a trailing newline is not part of the key
+    std::fs::write(&key_file, key).unwrap();
+    let out = program("client", &at)
+        .env(ENV_KEY_FILE, &key_file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&key_file);
+    assert_eq!(result_line(&out), "Ok(42925)"); // 1² + ... + 50²
+    assert_eq!(host.join().unwrap(), Ok(50));
+}
+
+#[test]
+fn a_program_with_a_wrong_key_is_refused_with_an_auth_error_on_both_sides() {
+    let at = format!("local://pycsp-test-{}-wrong-key", std::process::id());
+    let host = squares_host(&at);
+    let out = program("client", &at)
+        .env(ENV_KEY, "not the key")
+        .output()
+        .unwrap();
+    let line = result_line(&out);
+    assert!(line.starts_with("Err(Auth {"), "{line}");
+    assert!(line.contains("the client's key differs"), "{line}");
+    match pycsp::net::next_connection_error(&at, PROMPT) {
+        Some(ChannelError::Auth { reason, .. }) => {
+            assert!(reason.contains("key differs"), "{reason}")
+        }
+        other => panic!("the host should record an Auth error, got {other:?}"),
+    }
+    // The host is unharmed: a program with the key is served.
+    let (_, key) = pycsp::net::key_env().unwrap();
+    let out = program("client", &at).env(ENV_KEY, key).output().unwrap();
+    assert_eq!(result_line(&out), "Ok(42925)");
+    assert_eq!(host.join().unwrap(), Ok(50));
+}
+
+#[test]
+fn a_program_without_a_key_is_refused_and_told_how_to_give_it_one() {
+    let at = format!("local://pycsp-test-{}-no-key", std::process::id());
+    let _host = squares_host(&at);
+    let out = program("client", &at).output().unwrap();
+    let line = result_line(&out);
+    assert!(line.starts_with("Err(Auth {"), "{line}");
+    assert!(
+        line.contains("no configured key") && line.contains("PYCSP_AUTHKEY"),
+        "{line}"
+    );
+    assert!(matches!(
+        pycsp::net::next_connection_error(&at, PROMPT),
+        Some(ChannelError::Auth { .. })
+    ));
+}
+
+#[test]
+fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
+    let at = format!("local://pycsp-test-{}-host-killed", std::process::id());
+    let mut host = program("host", &at)
+        .env(ENV_KEY, pycsp::net::key_env().unwrap().1)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap() == "READY"));
+    let remote = Channel::<u64>::open(&format!("{at}/hosted")).unwrap();
+    let r = remote.reader();
+    let reading = std::thread::spawn(move || {
+        let got = r.read();
+        (got, Instant::now())
+    });
+    host.kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    host.wait().unwrap();
+    let (got, at_) = reading.join().unwrap();
+    assert!(
+        matches!(&got, Err(ChannelError::Connection { reason, .. }) if reason.contains("lost")),
+        "{got:?}"
+    );
+    let after = at_.saturating_duration_since(killed);
+    eprintln!("host killed: its peer was told after {after:?}");
+    assert!(after < Duration::from_secs(1), "noticed after {after:?}");
+}
+
+// ---- The same semantics as shared memory: alternation, retire, poison, crashes ----
+
+#[process]
+fn alt_merge(
+    a: ChannelIn<u64>,
+    b: ChannelIn<u64>,
+    out: ChannelOut<u64>,
+) -> Result<[u64; 2], ChannelError> {
+    let mut counts = [0; 2];
+    loop {
+        let chosen = Alternation::new()
+            .input(&a, |v| (0, v))
+            .input(&b, |v| (1, v))
+            .fair_select();
+        match chosen {
+            Ok(c) => {
+                let (i, v) = c.value;
+                counts[i] += 1;
+                // An output guard on a socket end, against a timeout that must not fire.
+                let sent = Alternation::new()
+                    .output(&out, v, || true)
+                    .timeout(Duration::from_secs(30), || false)
+                    .pri_select()?;
+                assert!(sent.value, "the host reads everything");
+            }
+            Err(ChannelError::Retired) => return Ok(counts),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn alternation_over_socket_ends_selects_inputs_and_outputs_exactly_once() {
+    let port = free_port();
+    let at = |n: &str| format!("tcp://127.0.0.1:{port}/{n}");
+    let a = Channel::<u64>::new(&at("a")).unwrap();
+    let b = Channel::<u64>::buffered(&at("b"), 3).unwrap();
+    let out = Channel::<u64>::new(&at("out")).unwrap();
+    let merger =
+        Spawn(alt_merge(a.reader(), b.reader(), out.writer()).on(Placement::launcher("{cmd}")))
+            .unwrap();
+    let writers: Vec<_> = [(a.writer(), 0u64), (b.writer(), 1000)]
+        .into_iter()
+        .map(|(w, base)| {
+            std::thread::spawn(move || (base..base + 200).try_for_each(|v| w.write(v)))
+        })
+        .collect();
+    let r = out.reader();
+    let mut got: Vec<u64> = (0..400).map(|_| r.read().unwrap()).collect();
+    for w in writers {
+        w.join().unwrap().unwrap();
+    }
+    assert_eq!(merger.join().unwrap(), Ok([200, 200]));
+    got.sort_unstable();
+    let want: Vec<u64> = (0..200).chain(1000..1200).collect();
+    assert_eq!(got, want);
+    // The merger's end retired when it ended: the host reader is told so.
+    assert_eq!(r.read(), Err(ChannelError::Retired));
+}
+
+#[process]
+fn read_until_error(inp: ChannelIn<u64>, done: ChannelOut<u64>) -> Result<u64, ChannelError> {
+    let mut n = 0;
+    loop {
+        match inp.read() {
+            Ok(_) => n += 1,
+            Err(ChannelError::Poisoned) => {
+                done.poison();
+                return Err(ChannelError::Poisoned);
+            }
+            Err(e) => {
+                done.write(n)?;
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[test]
+fn poison_crosses_socket_channels_in_both_directions() {
+    let port = free_port();
+    let jobs = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
+    let done = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/done")).unwrap();
+    let (w, d) = (jobs.writer(), done.reader());
+    let p = Spawn(read_until_error(jobs.reader(), done.writer()).on(Placement::launcher("{cmd}")))
+        .unwrap();
+    for v in 0..5 {
+        w.write(v).unwrap();
+    }
+    // Host -> remote: the placed process, blocked in read, gets Poisoned ...
+    jobs.poison();
+    // ... and remote -> host: it poisons `done`, where the host waits.
+    assert_eq!(d.read(), Err(ChannelError::Poisoned));
+    assert_eq!(p.join().unwrap(), Err(ChannelError::Poisoned));
+}
+
+#[process]
+fn take_three(inp: ChannelIn<u64>) -> Result<Vec<u64>, ChannelError> {
+    let got = (0..3).map(|_| inp.read()).collect();
+    inp.retire();
+    got
+}
+
+#[test]
+fn a_remote_reader_that_retires_makes_host_writes_fail_with_retired_and_loses_nothing() {
+    let port = free_port();
+    let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/few")).unwrap();
+    let w = ch.writer();
+    let p = Spawn(take_three(ch.reader()).on(Placement::launcher("{cmd}"))).unwrap();
+    for v in 0..3 {
+        w.write(v).unwrap();
+    }
+    // A rendezvous: each Ok write was taken. The fourth finds every reader retired.
+    assert_eq!(w.write(3), Err(ChannelError::Retired));
+    assert_eq!(p.join().unwrap(), Ok(vec![0, 1, 2]));
+}
+
+#[process]
+fn write_one_then_wait(out: ChannelOut<u64>, gate: ChannelIn<u64>) -> Result<(), ChannelError> {
+    out.write(1)?;
+    gate.read()?;
+    Ok(())
+}
+
+#[test]
+fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
+    let port = free_port();
+    let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/victim")).unwrap();
+    let gate = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/gate")).unwrap();
+    let (r, _gate_writer) = (ch.reader(), gate.writer());
+    let p = Spawn(write_one_then_wait(ch.writer(), gate.reader()).on(Placement::launcher("{cmd}")))
+        .unwrap();
+    // The first message proves the placed process is connected; then it blocks on the gate.
+    assert_eq!(r.read(), Ok(1));
+    let pid = p.pids()[0];
+    // SAFETY: sending SIGKILL to the placed process we started (the launcher exec'd into it).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let killed = Instant::now();
+    let got = r.read();
+    let woke = killed.elapsed();
+    eprintln!("placed process killed: its peer woke after {woke:?}");
+    assert!(
+        matches!(&got, Err(ChannelError::PeerDied { process, .. }) if process.contains("write_one_then_wait")),
+        "{got:?}"
+    );
+    assert!(woke < Duration::from_secs(1), "woke after {woke:?}");
+    match p.join() {
+        Err(Error::ProcessFailed { name, failure, .. }) => {
+            assert!(name.ends_with("write_one_then_wait"), "{name}");
+            assert_eq!(failure, Failure::Signaled(libc::SIGKILL));
+        }
+        other => panic!("expected the killed process to be named, got {other:?}"),
+    }
+}

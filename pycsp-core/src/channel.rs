@@ -446,6 +446,8 @@ impl End {
     fn retire(&self, writer: bool) {
         if self.state.replace(EndState::Transferred) == EndState::Live {
             self.chan.retire(writer);
+            // A socket end: return once the host knows, so that a program may exit right after.
+            net::client::await_retired(&self.chan, writer);
         }
     }
 }

@@ -24,7 +24,7 @@ use super::{Address, Stream, LOSS_TIMEOUT};
 use crate::channel::{incoming_bytes, write_encoded};
 use crate::error::ChannelError;
 use crate::shm::arena::Arena;
-use crate::shm::ring::{Chan, POISONED, READERS_RETIRED};
+use crate::shm::ring::{Chan, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -80,6 +80,37 @@ pub(crate) fn drain(limit: Duration) {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+/// After an end of `chan` retired: if `chan` is a proxy and that was its last end on that side,
+/// waits (at most [`LOSS_TIMEOUT`]) until its pump told the host. Without this, a program that
+/// drops its socket ends and exits at once would look to the host like a crashed peer.
+pub(crate) fn await_retired(chan: &Chan, writer: bool) {
+    if !chan.name().contains("://") {
+        return;
+    }
+    let Some(p) = proxy_of(chan) else { return };
+    let side = if writer {
+        WRITERS_RETIRED
+    } else {
+        READERS_RETIRED
+    };
+    if chan.state_flags() & side == 0 {
+        return; // clones of this end remain
+    }
+    let deadline = std::time::Instant::now() + LOSS_TIMEOUT;
+    let mut done = p.finished.lock().unwrap_or_else(|e| e.into_inner());
+    while done.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        done = p
+            .finished_cv
+            .wait_timeout(done, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 

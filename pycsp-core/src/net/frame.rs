@@ -163,23 +163,30 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameErro
 /// Reads one frame of at most `max` bytes from `r`. The body is allocated only after its
 /// length passed the limit.
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
-    let mut head = [0u8; 5];
+    // The length alone first: a bad one is refused without waiting for more bytes.
+    let mut head = [0u8; 4];
     let got = read_full(r, &mut head)?;
     if got == 0 {
         return Err(FrameError::Closed);
     }
-    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
-    if got >= 4 && len == 0 {
+    if got < 4 {
+        return Err(FrameError::Truncated { got, want: 5 });
+    }
+    let len = u32::from_le_bytes(head) as usize;
+    if len == 0 {
         return Err(FrameError::Empty);
     }
-    if got >= 4 && len > max {
+    if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    if got < 5 {
-        let want = if got < 4 { 5 } else { 4 + len };
-        return Err(FrameError::Truncated { got, want });
+    let mut kind = [0u8; 1];
+    if read_full(r, &mut kind)? == 0 {
+        return Err(FrameError::Truncated {
+            got: 4,
+            want: 4 + len,
+        });
     }
-    let kind = Kind::from_byte(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
+    let kind = Kind::from_byte(kind[0]).ok_or(FrameError::UnknownKind(kind[0]))?;
     let mut body = vec![0u8; len - 1];
     let n = read_full(r, &mut body)?;
     if n < body.len() {
@@ -298,6 +305,30 @@ mod tests {
             Err(FrameError::Truncated { got: 6, want: 8 })
         );
         assert_eq!(read_frame(&mut &[][..], MAX_FRAME), Err(FrameError::Closed));
+    }
+
+    #[test]
+    fn a_bad_length_is_refused_without_waiting_for_the_kind_byte() {
+        /// A stream that fails the test if read past its bytes (a peer that sent no more).
+        struct Exactly<'a>(&'a [u8]);
+        impl Read for Exactly<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                assert!(!self.0.is_empty(), "read past the length");
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let big = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert!(matches!(
+            read_frame(&mut Exactly(&big), MAX_FRAME),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(
+            read_frame(&mut Exactly(&[0, 0, 0, 0]), MAX_FRAME),
+            Err(FrameError::Empty)
+        );
     }
 
     #[test]

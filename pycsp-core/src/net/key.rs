@@ -99,6 +99,16 @@ pub(crate) fn child_env() -> Option<(&'static str, String)> {
     }
 }
 
+/// The environment a program started by other means than `Parallel` (with
+/// `std::process::Command`, by a shell script, on another machine) needs to share this
+/// process's key: `PYCSP_AUTHKEY` and the key. Like `multiprocessing`'s
+/// `current_process().authkey`, it is for handing the key to programs you trust; an error if
+/// the key could not be loaded (an unreadable or empty key file).
+pub fn key_env() -> Result<(&'static str, std::ffi::OsString), String> {
+    use std::os::unix::ffi::OsStringExt;
+    key().map(|k| (ENV_KEY, std::ffi::OsString::from_vec(k.to_vec())))
+}
+
 fn mac(key: &[u8], label: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     m.update(label);
@@ -196,6 +206,8 @@ pub(crate) fn join(s: &mut Stream, key: &[u8]) -> Result<(), HandshakeError> {
     write_frame(s, &Frame::new(Kind::Answer, answer))?;
     let proof = expect(read_frame(s, HANDSHAKE_MAX)?, Kind::Proof, 32)?;
     if mac(key, SERVER_LABEL, &mine).verify_slice(&proof).is_err() {
+        let msg = "authentication failed: the host's proof does not match this client's key";
+        let _ = write_frame(s, &ErrorBody::new("auth", msg).frame());
         return Err(HandshakeError::Auth(format!(
             "authentication failed: the host could not prove it knows the key{}",
             hint()

@@ -18,15 +18,38 @@
 //! ends, alternation, retire and poison behave as for a local channel.
 //!
 //! Every connection starts with a mutual HMAC-SHA256 challenge-response on a shared key (like
-//! `multiprocessing`'s authkey; see [`key`]); the key never crosses the wire. Frames are
+//! `multiprocessing`'s authkey); the key never crosses the wire. Frames are
 //! length-prefixed and limited ([`frame`]); the conversation is in [`proto`]. The book's
 //! wire-format chapter describes both for implementers in other languages.
+//!
+//! # The key
+//!
+//! Every process reads its key once, from, in order: the environment variable
+//! [`PYCSP_AUTHKEY`](ENV_KEY) (its bytes), or the file named by
+//! [`PYCSP_AUTHKEY_FILE`](ENV_KEY_FILE) (its bytes, without a trailing newline). Without
+//! either, the root process of a network makes a random 32-byte key and hands it to every
+//! process it starts, placed ones included (through the launcher's environment: `ip netns
+//! exec` and `srun` pass it on; with `ssh`, give each host the key in a file). A program
+//! started by other means and given no key makes its own random one, so its connections are
+//! refused with [`ChannelError::Auth`] on both sides, with a hint
+//! naming these variables; [`key_env`] is the variable and value to give such a program.
+//!
+//! # Losing a peer
+//!
+//! A peer process that dies (even by `SIGKILL`) closes its connections at once: its peers get
+//! [`ChannelError::PeerDied`] (readers after every
+//! acknowledged message) or [`ChannelError::Connection`]
+//! within milliseconds. A host that vanishes or a link that goes down is noticed within
+//! [`LOSS_TIMEOUT`] plus the keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
 
 pub(crate) mod client;
 pub mod frame;
 pub(crate) mod key;
 pub mod proto;
 pub(crate) mod server;
+
+pub use key::{key_env, ENV_KEY, ENV_KEY_FILE};
+pub use server::next_connection_error;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -34,7 +34,10 @@ pub struct OpenBody {
     pub channel: String,
     /// The message type's Rust name (for error messages).
     pub type_name: String,
-    /// The message type's fingerprint; must equal the host's.
+    /// The message type's fingerprint; must equal the host's, or be 0 to skip the check (the
+    /// host still checks that every message written decodes as the channel's type). It is the
+    /// 64-bit FNV-1a hash of the Rust type name, XOR the type's size in bytes rotated left by
+    /// 56 bits.
     pub fingerprint: u64,
     /// `true` for a writing end, `false` for a reading end.
     pub writer: bool,

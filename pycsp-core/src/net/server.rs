@@ -6,10 +6,10 @@
 //! as held by a dead process, as a local crash does; a connection that breaks the protocol is
 //! closed and its end retired, and every other connection carries on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
@@ -136,28 +136,106 @@ fn serve_in_thread(host: Arc<Host>, s: Stream) {
         .spawn(move || serve(host, s));
 }
 
-/// Reports a refused or broken connection on this side (the other side gets an `Error` frame).
-fn report(host: &Host, peer: &str, what: &str) {
-    eprintln!(
-        "pycsp: {}: connection from {peer} closed: {what}",
-        host.endpoint
-    );
+/// The connection errors this process's hosts met, oldest first (at most [`KEPT`]).
+static ERRORS: Mutex<VecDeque<ChannelError>> = Mutex::new(VecDeque::new());
+static ERRORS_CV: Condvar = Condvar::new();
+const KEPT: usize = 256;
+
+/// Reports a refused, broken or lost connection on this side (the other side gets an `Error`
+/// frame when it can still be sent): on standard error, and to
+/// [`next_connection_error`].
+fn report(peer: &str, e: ChannelError) {
+    eprintln!("pycsp: connection from {peer} closed: {e}");
+    let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    if errors.len() == KEPT {
+        errors.pop_front();
+    }
+    errors.push_back(e);
+    ERRORS_CV.notify_all();
+}
+
+/// The address an error is about.
+fn error_address(e: &ChannelError) -> Option<&str> {
+    match e {
+        ChannelError::Connection { address, .. }
+        | ChannelError::Auth { address, .. }
+        | ChannelError::Protocol { address, .. }
+        | ChannelError::TypeMismatch {
+            channel: address, ..
+        }
+        | ChannelError::PeerDied {
+            channel: address, ..
+        } => Some(address),
+        ChannelError::NotFound(address) => Some(address),
+        _ => None,
+    }
+}
+
+/// Whether address `a` is `prefix` or lies under it (`tcp://h:70` is not under `tcp://h:7`).
+fn under(a: &str, prefix: &str) -> bool {
+    a.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+}
+
+/// Waits up to `timeout` for a connection error met by a channel this process hosts at an
+/// address `address` or under it (say `tcp://0.0.0.0:7000`, or one channel's
+/// address), and takes it.
+///
+/// A host never fails because of one connection: a peer that fails the handshake
+/// ([`ChannelError::Auth`]), breaks the protocol ([`ChannelError::Protocol`]), asks for a
+/// channel that is not there or with another type, or is lost ([`ChannelError::Connection`])
+/// has its connection closed, and every other connection carries on. Each such event is
+/// printed on standard error and kept (the last 256) for this function, so that a program can
+/// log or count them.
+pub fn next_connection_error(address: &str, timeout: Duration) -> Option<ChannelError> {
+    let deadline = Instant::now() + timeout;
+    let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let at = errors
+            .iter()
+            .position(|e| error_address(e).is_some_and(|a| under(a, address)));
+        if let Some(i) = at {
+            return errors.remove(i);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        errors = ERRORS_CV
+            .wait_timeout(errors, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
 }
 
 /// One connection, from handshake to close.
 fn serve(host: Arc<Host>, mut s: Stream) {
     let peer = s.peer();
     let Ok(k) = key::key() else { return };
+    let at = host.endpoint.to_string();
     if let Err(e) = key::serve(&mut s, k) {
-        match e {
-            key::HandshakeError::Auth(m) => report(&host, &peer, &m),
-            key::HandshakeError::Frame(f) => report(&host, &peer, &format!("handshake: {f}")),
-        }
-        return;
+        let e = match e {
+            key::HandshakeError::Auth(reason) => ChannelError::Auth {
+                address: at,
+                reason,
+            },
+            key::HandshakeError::Frame(
+                f @ (FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)),
+            ) => conn_error(&at, format!("handshake with {peer}: {f}")),
+            key::HandshakeError::Frame(f) => {
+                let e = ChannelError::Protocol {
+                    address: at,
+                    reason: format!("in the handshake: {f}"),
+                };
+                let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
+                e
+            }
+        };
+        return report(&peer, e);
     }
     let refuse = |s: &mut Stream, e: ChannelError| {
         let _ = write_frame(s, &ErrorBody::from_error(&e).frame());
-        report(&host, &peer, &e.to_string());
+        report(&peer, e);
     };
     let open = match read_frame(&mut s, 64 << 10) {
         Ok(f) if f.kind == Kind::Open => match rmp_serde::from_slice::<OpenBody>(&f.body) {
@@ -175,7 +253,7 @@ fn serve(host: Arc<Host>, mut s: Stream) {
                 protocol(&host, format!("expected Open, got {:?}", f.kind)),
             )
         }
-        Err(e) => return report(&host, &peer, &e.to_string()),
+        Err(e) => return report(&peer, conn_error(&at, format!("before Open: {e}"))),
     };
     let full = format!("{}/{}", host.endpoint, open.channel);
     let (chan, validate) = {
@@ -185,7 +263,9 @@ fn serve(host: Arc<Host>, mut s: Stream) {
             None => return refuse(&mut s, ChannelError::NotFound(full)),
         }
     };
-    if chan.type_fp() != open.fingerprint {
+    // Fingerprint 0: a peer that cannot compute Rust's fingerprint skips the check (every
+    // message it writes is still checked against the channel's type).
+    if open.fingerprint != 0 && chan.type_fp() != open.fingerprint {
         return refuse(
             &mut s,
             ChannelError::TypeMismatch {
@@ -274,13 +354,19 @@ impl Conn<'_> {
         match end {
             End::Clean => {}
             End::Lost(why) => {
-                report(self.host, &self.who, &format!("lost ({why})"));
                 self.chan.mark_peer_died(self.pid, &self.who);
+                report(
+                    &self.who,
+                    conn_error(
+                        &self.full,
+                        format!("{} (pid {}) was lost: {why}", self.who, self.pid),
+                    ),
+                );
             }
             End::Broken(e) => {
                 let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
-                report(self.host, &self.who, &e.to_string());
                 self.chan.retire(self.writer);
+                report(&self.who, e);
             }
         }
         s.shutdown();
@@ -347,10 +433,7 @@ impl Conn<'_> {
                 }
                 (Kind::Handoff, _) => {
                     let Ok(t) = <[u8; 8]>::try_from(&frame.body[..]) else {
-                        return End::Broken(protocol(
-                            self.host,
-                            "a Handoff without its token".into(),
-                        ));
+                        return End::Broken(self.protocol("a Handoff without its token".into()));
                     };
                     self.host
                         .pending
@@ -361,13 +444,10 @@ impl Conn<'_> {
                     return End::Clean;
                 }
                 (k, _) => {
-                    return End::Broken(protocol(
-                        self.host,
-                        format!(
-                            "a {k:?} frame on the connection of a {}",
-                            if self.writer { "writer" } else { "reader" }
-                        ),
-                    ))
+                    return End::Broken(self.protocol(format!(
+                        "a {k:?} frame on the connection of a {}",
+                        if self.writer { "writer" } else { "reader" }
+                    )))
                 }
             };
             let f = match reply {
@@ -380,12 +460,19 @@ impl Conn<'_> {
         }
     }
 
+    fn protocol(&self, reason: String) -> ChannelError {
+        ChannelError::Protocol {
+            address: self.full.clone(),
+            reason,
+        }
+    }
+
     fn frame_error(&self, e: FrameError) -> End {
         match e {
             FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_) => {
                 End::Lost(e.to_string())
             }
-            _ => End::Broken(protocol(self.host, e.to_string())),
+            _ => End::Broken(self.protocol(e.to_string())),
         }
     }
 

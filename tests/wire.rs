@@ -1,0 +1,490 @@
+//! The socket protocol spoken byte by byte, from the book's wire-format chapter alone (frames,
+//! handshake, MessagePack bodies), as a program in another language would speak it; and what a
+//! host does with a peer that breaks it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use pycsp::prelude::*;
+use serde::Serialize;
+use sha2::Sha256;
+
+/// How long a test waits for something that should happen at once.
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// This process's key (the host's): what a trusted program would be given.
+fn key() -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    pycsp::net::key_env().unwrap().1.into_vec()
+}
+
+fn hmac(key: &[u8], label: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    m.update(label);
+    m.update(nonce);
+    m.finalize().into_bytes().to_vec()
+}
+
+// Frame kinds, as the wire-format chapter lists them.
+const CHALLENGE: u8 = 0x01;
+const ANSWER: u8 = 0x02;
+const PROOF: u8 = 0x03;
+const OPEN: u8 = 0x10;
+const OPENED: u8 = 0x11;
+const WRITE: u8 = 0x20;
+const DONE: u8 = 0x21;
+const READ: u8 = 0x30;
+const MESSAGE: u8 = 0x31;
+const ACK: u8 = 0x32;
+const RETIRE: u8 = 0x41;
+const ERROR: u8 = 0x7f;
+
+// ANCHOR: open
+/// The `Open` body: a MessagePack map with these field names.
+#[derive(Serialize)]
+struct Open<'a> {
+    channel: &'a str,
+    type_name: &'a str,
+    fingerprint: u64,
+    writer: bool,
+    token: Option<u64>,
+    process: &'a str,
+    pid: u32,
+}
+
+/// The fingerprint of a Rust type: FNV-1a (64 bits) of its name, XOR its size rotated left 56.
+fn fingerprint(type_name: &str, size: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in type_name.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ size.rotate_left(56)
+}
+// ANCHOR_END: open
+
+// ANCHOR: raw
+/// A connection that speaks the protocol by hand.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(PROMPT)).unwrap();
+        Raw(s)
+    }
+
+    /// A frame: `u32` little-endian length (kind byte + body), the kind, the body.
+    fn send(&mut self, kind: u8, body: &[u8]) {
+        let mut f = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+        f.push(kind);
+        f.extend_from_slice(body);
+        self.0.write_all(&f).unwrap();
+    }
+
+    /// The next frame, or `None` when the host closed the connection.
+    fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        match self.0.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 1];
+        self.0.read_exact(&mut body).unwrap();
+        Some((head[4], body))
+    }
+
+    /// Whether the host closed the connection (with nothing more to read).
+    fn closed_by_host(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        match self.0.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
+    /// The client's half of the handshake; the host's answer frame (`Proof` or `Error`).
+    fn handshake(&mut self, key: &[u8]) -> (u8, Vec<u8>) {
+        let (kind, challenge) = self.recv().expect("a challenge");
+        assert_eq!(kind, CHALLENGE);
+        assert_eq!(challenge.len(), 32);
+        let mine = [7u8; 32];
+        let mut answer = hmac(key, b"pycsp-1 client", &challenge);
+        answer.extend_from_slice(&mine);
+        self.send(ANSWER, &answer);
+        let (kind, body) = self.recv().expect("a proof or an error");
+        if kind == PROOF {
+            assert_eq!(
+                body,
+                hmac(key, b"pycsp-1 server", &mine),
+                "the host's proof"
+            );
+        }
+        (kind, body)
+    }
+
+    // ANCHOR_END: raw
+
+    /// Authenticates with this process's key and opens an end of `channel`, carrying u64.
+    fn open_u64(port: u16, channel: &str, writer: bool) -> Raw {
+        let mut r = Raw::connect(port);
+        assert_eq!(r.handshake(&key()).0, PROOF);
+        let open = Open {
+            channel,
+            type_name: "u64",
+            fingerprint: fingerprint("u64", 8),
+            writer,
+            token: None,
+            process: "a hand-written client",
+            pid: 4242,
+        };
+        r.send(OPEN, &rmp_serde::to_vec_named(&open).unwrap());
+        let (kind, body) = r.recv().expect("an answer to Open");
+        assert_eq!(kind, OPENED, "{}", error_text(&body));
+        r
+    }
+
+    fn write_u64(&mut self, v: u64) -> (u8, Vec<u8>) {
+        self.send(WRITE, &rmp_serde::to_vec(&v).unwrap());
+        self.recv().expect("an answer to Write")
+    }
+}
+
+/// The `code` and `message` of an `Error` body.
+fn error_fields(body: &[u8]) -> (String, String) {
+    #[derive(serde::Deserialize)]
+    struct E {
+        code: String,
+        message: String,
+    }
+    let e: E = rmp_serde::from_slice(body).expect("an Error body is a map with code, message");
+    (e.code, e.message)
+}
+
+/// An `Error` body as text, for failed assertions.
+fn error_text(body: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(body))
+}
+
+#[test]
+fn a_client_written_from_the_wire_format_alone_writes_and_reads() {
+    let port = free_port();
+    let inbox = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/inbox")).unwrap();
+    let outbox = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/outbox"), 4).unwrap();
+    let (from_client, to_client) = (inbox.reader(), outbox.writer());
+    let host = std::thread::spawn(move || {
+        let got: Vec<u64> = (0..3).map(|_| from_client.read().unwrap()).collect();
+        for v in &got {
+            to_client.write(v * 100).unwrap();
+        }
+        got
+    });
+    let mut w = Raw::open_u64(port, "inbox", true);
+    for v in [1u64, 2, 3] {
+        // A rendezvous channel: Done comes once the host's reader took the message.
+        assert_eq!(w.write_u64(v).0, DONE);
+    }
+    w.send(RETIRE, &[]);
+    assert_eq!(w.recv().unwrap().0, DONE);
+    assert!(w.closed_by_host());
+    assert_eq!(host.join().unwrap(), vec![1, 2, 3]);
+
+    let mut r = Raw::open_u64(port, "outbox", false);
+    for want in [100u64, 200, 300] {
+        r.send(READ, &[]);
+        let (kind, body) = r.recv().unwrap();
+        assert_eq!(kind, MESSAGE);
+        assert_eq!(rmp_serde::from_slice::<u64>(&body).unwrap(), want);
+        r.send(ACK, &[]);
+    }
+    // The host's only writer is gone: the next Read is answered with Error "retired".
+    drop(outbox);
+    r.send(READ, &[]);
+    let (kind, body) = r.recv().unwrap();
+    assert_eq!(kind, ERROR);
+    assert_eq!(error_fields(&body).0, "retired");
+}
+
+/// A TCP relay that records every byte it forwards, per connection and direction.
+type Captured = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+fn relay(to: u16) -> (u16, Captured) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen: Captured = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let host = TcpStream::connect(("127.0.0.1", to)).unwrap();
+            let i = {
+                let mut s = seen2.lock().unwrap();
+                s.push(Default::default());
+                s.len() - 1
+            };
+            let pipe = |mut from: TcpStream, mut to: TcpStream, up: bool, seen: Captured| {
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 4096];
+                    while let Ok(n @ 1..) = from.read(&mut b) {
+                        let mut s = seen.lock().unwrap();
+                        let dir = if up { &mut s[i].0 } else { &mut s[i].1 };
+                        dir.extend_from_slice(&b[..n]);
+                        drop(s);
+                        if to.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            pipe(
+                client.try_clone().unwrap(),
+                host.try_clone().unwrap(),
+                true,
+                seen2.clone(),
+            );
+            pipe(host, client, false, seen2.clone());
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
+    let port = free_port();
+    let ch = Channel::<String>::new(&format!("tcp://127.0.0.1:{port}/secret-test")).unwrap();
+    let (relay_port, captured) = relay(port);
+    // This process attaches through the relay, as a process outside the network would.
+    let remote =
+        Channel::<String>::open(&format!("tcp://127.0.0.1:{relay_port}/secret-test")).unwrap();
+    let w = remote.writer();
+    let r = ch.reader();
+    let t = std::thread::spawn(move || r.read().unwrap());
+    w.write("hello".to_string()).unwrap();
+    assert_eq!(t.join().unwrap(), "hello");
+    w.retire();
+
+    let key = key();
+    let conns = captured.lock().unwrap().clone();
+    assert!(conns.len() >= 2, "the probe and the writer's connection");
+    for (up, down) in &conns {
+        for bytes in [up, down] {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_slice()),
+                "the key crossed the wire"
+            );
+        }
+        // Host to client: Challenge (32 random bytes) first; then the Proof.
+        assert_eq!(&down[..5], &[33, 0, 0, 0, CHALLENGE]);
+        let challenge = &down[5..37];
+        assert_eq!(&down[37..42], &[33, 0, 0, 0, PROOF]);
+        // Client to host: Answer = HMAC(key, "pycsp-1 client" || challenge), own nonce.
+        assert_eq!(&up[..5], &[65, 0, 0, 0, ANSWER]);
+        assert_eq!(
+            &up[5..37],
+            hmac(&key, b"pycsp-1 client", challenge).as_slice()
+        );
+        let nonce = &up[37..69];
+        assert_eq!(
+            &down[42..74],
+            hmac(&key, b"pycsp-1 server", nonce).as_slice()
+        );
+        assert_eq!(up[73], OPEN, "Open follows the handshake");
+    }
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_an_auth_error_on_both_sides_and_the_host_serves_on() {
+    let port = free_port();
+    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/guarded"), 4).unwrap();
+    let mut bad = Raw::connect(port);
+    let (kind, body) = bad.handshake(b"not the key");
+    assert_eq!(kind, ERROR);
+    let (code, message) = error_fields(&body);
+    assert_eq!(code, "auth");
+    assert!(message.contains("key differs"), "{message}");
+    assert!(bad.closed_by_host());
+    match pycsp::net::next_connection_error(&format!("tcp://127.0.0.1:{port}"), PROMPT) {
+        Some(ChannelError::Auth { reason, .. }) => {
+            assert!(reason.contains("key differs"), "{reason}")
+        }
+        other => panic!("the host should record an Auth error, got {other:?}"),
+    }
+    // The host carries on: a peer with the key is served.
+    let mut good = Raw::open_u64(port, "guarded", true);
+    assert_eq!(good.write_u64(5).0, DONE);
+    assert_eq!(ch.reader().read().unwrap(), 5);
+}
+
+/// What a bad connection does after authenticating and opening a writing end.
+enum Bad {
+    /// A `Write` whose body is not a MessagePack u64.
+    Malformed,
+    /// A length above the limit.
+    Oversized,
+    /// A kind byte the protocol does not have.
+    UnknownKind,
+    /// A length of 0 (not even a kind byte).
+    Empty,
+    /// A frame of a kind a writer's connection never sends.
+    WrongKind,
+}
+
+#[test]
+fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
+    let port = free_port();
+    let at = format!("tcp://127.0.0.1:{port}");
+    let ch = Channel::<u64>::buffered(&format!("{at}/robust"), 1000).unwrap();
+    let reader = ch.reader();
+    let mut good = Raw::open_u64(port, "robust", true);
+    let mut acked = Vec::new();
+    let mut next = 0u64;
+    let mut write_some = |good: &mut Raw, acked: &mut Vec<u64>| {
+        for _ in 0..20 {
+            assert_eq!(good.write_u64(next).0, DONE);
+            acked.push(next);
+            next += 1;
+        }
+    };
+    for bad in [
+        Bad::Malformed,
+        Bad::Oversized,
+        Bad::UnknownKind,
+        Bad::Empty,
+        Bad::WrongKind,
+    ] {
+        write_some(&mut good, &mut acked);
+        let mut b = Raw::open_u64(port, "robust", true);
+        let expect = match bad {
+            Bad::Malformed => {
+                b.send(WRITE, &rmp_serde::to_vec("not a number").unwrap());
+                "not a u64"
+            }
+            Bad::Oversized => {
+                let len = (64u32 << 20) + 2;
+                let mut head = len.to_le_bytes().to_vec();
+                head.push(WRITE);
+                b.0.write_all(&head).unwrap();
+                "the limit is"
+            }
+            Bad::UnknownKind => {
+                b.send(0x99, &[]);
+                "unknown frame kind 0x99"
+            }
+            Bad::Empty => {
+                b.0.write_all(&[0, 0, 0, 0]).unwrap();
+                "length 0"
+            }
+            Bad::WrongKind => {
+                b.send(MESSAGE, &rmp_serde::to_vec(&1u64).unwrap());
+                "a Message frame on the connection of a writer"
+            }
+        };
+        let (kind, body) = b.recv().expect("an Error frame before the close");
+        assert_eq!(kind, ERROR);
+        let (code, message) = error_fields(&body);
+        assert_eq!(code, "protocol", "{message}");
+        assert!(message.contains(expect), "{message}");
+        assert!(b.closed_by_host());
+        match pycsp::net::next_connection_error(&at, PROMPT) {
+            Some(ChannelError::Protocol { reason, address }) => {
+                assert!(reason.contains(expect), "{reason}");
+                assert_eq!(address, format!("{at}/robust"));
+            }
+            other => panic!("the host should record a Protocol error, got {other:?}"),
+        }
+    }
+    // Bad frames before any end was opened: in the handshake and in place of Open.
+    let mut b = Raw::connect(port);
+    b.recv().unwrap();
+    b.send(OPEN, b"too early");
+    let (kind, body) = b.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "protocol"));
+    assert!(b.closed_by_host());
+    assert!(matches!(
+        pycsp::net::next_connection_error(&at, PROMPT),
+        Some(ChannelError::Protocol { .. })
+    ));
+    let mut b = Raw::connect(port);
+    assert_eq!(b.handshake(&key()).0, PROOF);
+    b.send(OPEN, &[0xc1, 0xff, 0x00]);
+    let (kind, body) = b.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "protocol"));
+    assert!(matches!(
+        pycsp::net::next_connection_error(&at, PROMPT),
+        Some(ChannelError::Protocol { .. })
+    ));
+    write_some(&mut good, &mut acked);
+    // Every acknowledged message is there, in order.
+    let got: Vec<u64> = (0..acked.len()).map(|_| reader.read().unwrap()).collect();
+    assert_eq!(got, acked);
+}
+
+#[test]
+fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
+    let port = free_port();
+    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/given-back"), 4).unwrap();
+    let (w, host_reader) = (ch.writer(), ch.reader());
+    w.write(11).unwrap();
+    let mut r = Raw::open_u64(port, "given-back", false);
+    r.send(READ, &[]);
+    let (kind, body) = r.recv().unwrap();
+    assert_eq!(
+        (kind, rmp_serde::from_slice::<u64>(&body).unwrap()),
+        (MESSAGE, 11)
+    );
+    // Garbage instead of Ack: the host closes the connection and keeps the message.
+    r.send(0x99, &[]);
+    assert_eq!(r.recv().unwrap().0, ERROR);
+    assert!(r.closed_by_host());
+    assert_eq!(host_reader.read_timeout(PROMPT), Ok(11));
+}
+
+#[test]
+fn a_connection_cut_inside_a_frame_counts_as_a_lost_peer_after_every_acknowledged_message() {
+    let port = free_port();
+    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/cut"), 100).unwrap();
+    let reader = ch.reader();
+    let mut good = Raw::open_u64(port, "cut", true);
+    for v in 0..10 {
+        assert_eq!(good.write_u64(v).0, DONE);
+    }
+    let mut cut = Raw::open_u64(port, "cut", true);
+    // A Write announcing 100 bytes, 10 sent, then the connection closes: as if the writer's
+    // process died in the middle of sending (a crash, as for a local peer).
+    let mut f = 100u32.to_le_bytes().to_vec();
+    f.push(WRITE);
+    f.extend_from_slice(&[0; 9]);
+    cut.0.write_all(&f).unwrap();
+    drop(cut);
+    match pycsp::net::next_connection_error(&format!("tcp://127.0.0.1:{port}"), PROMPT) {
+        Some(ChannelError::Connection { reason, .. }) => {
+            assert!(reason.contains("middle of a frame"), "{reason}")
+        }
+        other => panic!("expected the host to record a lost connection, got {other:?}"),
+    }
+    for v in 0..10 {
+        assert_eq!(reader.read().unwrap(), v);
+    }
+    match reader.read() {
+        Err(ChannelError::PeerDied { process, pid, .. }) => {
+            assert!(process.contains("a hand-written client"), "{process}");
+            assert_eq!(pid, 4242);
+        }
+        other => panic!("expected PeerDied after the acknowledged messages, got {other:?}"),
+    }
+}
