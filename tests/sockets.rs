@@ -258,11 +258,15 @@ fn a_program_without_a_key_is_refused_and_told_how_to_give_it_one() {
 #[test]
 fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
     let at = format!("local://pycsp-test-{}-host-killed", std::process::id());
+    // ANCHOR: key_env
+    // Start another program with this program's key: it may then connect to our channels.
+    let (var, key) = pycsp::net::key_env().unwrap();
     let mut host = program("host", &at)
-        .env(ENV_KEY, pycsp::net::key_env().unwrap().1)
+        .env(var, key)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // ANCHOR_END: key_env
     let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
     assert!(lines.any(|l| l.unwrap() == "READY"));
     let remote = Channel::<u64>::open(&format!("{at}/hosted")).unwrap();
