@@ -442,3 +442,35 @@ fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
         other => panic!("expected the killed process to be named, got {other:?}"),
     }
 }
+
+/// A placed process that hands its remote end on to a process of its own: a local child, or
+/// one it places by a launcher in turn.
+#[process]
+fn hand_on(out: ChannelOut<u64>, from: u64, n: u64, place_again: bool) -> Result<u32, String> {
+    let child = produce(out, from, n);
+    let child = if place_again {
+        child.on(Placement::launcher("{cmd}"))
+    } else {
+        child
+    };
+    let pid = Parallel(child).map_err(|e| e.to_string())?;
+    pid.map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children() {
+    let port = free_port();
+    let c = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
+    let here = Placement::launcher("{cmd}");
+    let (local_child, placed_child, (n, sum)) = Parallel((
+        hand_on(c.writer(), 0, 300, false).on(here.clone()),
+        hand_on(c.writer(), 1000, 300, true).on(here),
+        consume(c.reader()),
+    ))
+    .unwrap();
+    let (a, b) = (local_child.unwrap(), placed_child.unwrap());
+    assert_ne!(a, b);
+    assert!(![a, b].contains(&std::process::id()));
+    assert_eq!(n, 600);
+    assert_eq!(sum, (0..300u64).sum::<u64>() + (1000..1300u64).sum::<u64>());
+}

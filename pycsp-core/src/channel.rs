@@ -365,11 +365,17 @@ struct WireEnd {
     fingerprint: u64,
     writer: bool,
     /// The sender's network: only a process of the same network can use `channel`.
+    /// [`HANDED_TO_HOST`] when the sender handed the end's count to the host: then every
+    /// receiver, in the sender's network or not, opens it by `remote`'s token.
     network: u64,
     /// For a socket channel: its address, and the token under which the host holds the end's
     /// count for the receiver.
     remote: Option<(String, u64)>,
 }
+
+/// The `network` of a [`WireEnd`] whose count the sender handed over to the channel's host
+/// (network ids are never 0).
+const HANDED_TO_HOST: u64 = 0;
 
 impl End {
     fn serialize<S: Serializer>(&self, s: S, writer: bool) -> Result<S::Ok, S::Error> {
@@ -382,6 +388,7 @@ impl End {
         }
         let arena = Arena::get().map_err(S::Error::custom)?;
         let mut remote = None;
+        let mut network = arena.network();
         if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
             if let Some(proxy) = net::client::proxy_of(&self.chan) {
                 // A remote end: its connection hands the count over to the receiver.
@@ -389,6 +396,8 @@ impl End {
                 remote = Some(net::client::hand_over(&self.chan, &proxy).map_err(|e| {
                     S::Error::custom(format!("cannot move an end of {}: {e}", addr.full))
                 })?);
+                // The proxy's pump has left: even a process of this network must connect.
+                network = HANDED_TO_HOST;
             } else if let Some(token) = net::server::hand_over(&addr, writer) {
                 remote = Some((addr.full.clone(), token));
             }
@@ -397,7 +406,7 @@ impl End {
             channel: self.chan.offset(),
             fingerprint: self.chan.type_fp(),
             writer,
-            network: arena.network(),
+            network,
             remote,
         };
         let r = w.serialize(s)?;

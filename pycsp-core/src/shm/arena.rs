@@ -120,7 +120,8 @@ impl Arena {
                 (*h).size = ARENA_SIZE;
                 let mut id = [0u8; 8];
                 sys::random_bytes(&mut id)?;
-                (*h).network = u64::from_le_bytes(id);
+                // Never 0: that marks an end handed over to a socket channel's host.
+                (*h).network = u64::from_le_bytes(id) | 1;
             }
             arena.header().bump.store(DATA_START, Ordering::Release);
         } else {
