@@ -226,6 +226,18 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> 
     w.write_all(&frame.encode()).map_err(io_error)
 }
 
+/// Writes several frames without bodies in one write (one system call, one segment).
+pub(crate) fn write_frames(w: &mut impl Write, kinds: &[Kind]) -> Result<(), FrameError> {
+    let mut buf = [0u8; 5 * 4];
+    let len = kinds.len() * 5;
+    assert!(len <= buf.len(), "at most 4 frames at once");
+    for (k, b) in kinds.iter().zip(buf.chunks_exact_mut(5)) {
+        b[..4].copy_from_slice(&1u32.to_le_bytes());
+        b[4] = *k as u8;
+    }
+    w.write_all(&buf[..len]).map_err(io_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
