@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
+use super::frame::{read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME};
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
 use super::{Address, Stream, LOSS_TIMEOUT};
@@ -406,14 +406,18 @@ impl Pump {
 
     /// The pump of a reading end; returns whether it handed the end over.
     fn pump_reads(&mut self) -> bool {
+        // Whether the next `Read` already went out, in one write with the last `Ack`.
+        let mut asked = false;
         loop {
-            if self.user_left() {
-                return self.user_gone();
-            }
-            if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Read)) {
-                self.fail(self.lost(&e));
-                self.proxy.retire(true);
-                return false;
+            if !asked {
+                if self.user_left() {
+                    return self.user_gone();
+                }
+                if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Read)) {
+                    self.fail(self.lost(&e));
+                    self.proxy.retire(true);
+                    return false;
+                }
             }
             // Wait for the answer, watching for the user leaving meanwhile.
             while !sys::wait_readable(self.s.as_raw_fd(), TICK) {
@@ -432,7 +436,15 @@ impl Pump {
             match f.kind {
                 Kind::Message => match write_encoded(&self.proxy, &f.body, None) {
                     Ok(()) => {
-                        if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Ack)) {
+                        // The next Read goes with the Ack, in one system call, so that the
+                        // host finds it at once instead of blocking for it.
+                        asked = !self.user_left();
+                        let sent = if asked {
+                            write_frames(&mut self.s, &[Kind::Ack, Kind::Read])
+                        } else {
+                            write_frame(&mut self.s, &Frame::empty(Kind::Ack))
+                        };
+                        if let Err(e) = sent {
                             self.fail(self.lost(&e));
                             self.proxy.retire(true);
                             return false;

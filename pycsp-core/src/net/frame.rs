@@ -162,31 +162,44 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameErro
 
 /// Reads one frame of at most `max` bytes from `r`. The body is allocated only after its
 /// length passed the limit.
+///
+/// The length and the kind byte are asked for in one read (a frame without a body, such as
+/// `Done`, `Read` or `Ack`, costs one system call; one with a body, two), but the length is
+/// checked as soon as its four bytes are in: a bad one is refused without waiting for more.
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
-    // The length alone first: a bad one is refused without waiting for more bytes.
-    let mut head = [0u8; 4];
-    let got = read_full(r, &mut head)?;
-    if got == 0 {
-        return Err(FrameError::Closed);
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    let mut len = None;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+        if got >= 4 && len.is_none() {
+            let l = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+            if l == 0 {
+                return Err(FrameError::Empty);
+            }
+            if l > max {
+                return Err(FrameError::TooLarge { len: l, max });
+            }
+            len = Some(l);
+        }
     }
-    if got < 4 {
-        return Err(FrameError::Truncated { got, want: 5 });
-    }
-    let len = u32::from_le_bytes(head) as usize;
-    if len == 0 {
-        return Err(FrameError::Empty);
-    }
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let mut kind = [0u8; 1];
-    if read_full(r, &mut kind)? == 0 {
-        return Err(FrameError::Truncated {
-            got: 4,
-            want: 4 + len,
-        });
-    }
-    let kind = Kind::from_byte(kind[0]).ok_or(FrameError::UnknownKind(kind[0]))?;
+    let len = match (got, len) {
+        (0, _) => return Err(FrameError::Closed),
+        (_, None) => return Err(FrameError::Truncated { got, want: 5 }),
+        (4, Some(l)) => {
+            return Err(FrameError::Truncated {
+                got: 4,
+                want: 4 + l,
+            })
+        }
+        (_, Some(l)) => l,
+    };
+    let kind = Kind::from_byte(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
     let mut body = vec![0u8; len - 1];
     let n = read_full(r, &mut body)?;
     if n < body.len() {
@@ -224,6 +237,18 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
 /// Writes one frame.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
     w.write_all(&frame.encode()).map_err(io_error)
+}
+
+/// Writes several frames without bodies in one write (one system call, one segment).
+pub(crate) fn write_frames(w: &mut impl Write, kinds: &[Kind]) -> Result<(), FrameError> {
+    let mut buf = [0u8; 5 * 4];
+    let len = kinds.len() * 5;
+    assert!(len <= buf.len(), "at most 4 frames at once");
+    for (k, b) in kinds.iter().zip(buf.chunks_exact_mut(5)) {
+        b[..4].copy_from_slice(&1u32.to_le_bytes());
+        b[4] = *k as u8;
+    }
+    w.write_all(&buf[..len]).map_err(io_error)
 }
 
 #[cfg(test)]
