@@ -19,7 +19,7 @@ use super::{tune_tcp, Address, Endpoint, Stream};
 use crate::channel::{incoming_bytes, write_encoded};
 use crate::error::ChannelError;
 use crate::shm::arena::Arena;
-use crate::shm::ring::Chan;
+use crate::shm::ring::{Chan, Taken};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -399,22 +399,27 @@ impl Conn<'_> {
                     }
                 }
                 (Kind::Read, false) => match self.read(s) {
-                    Outcome::Got(bytes) => {
+                    Outcome::Got(bytes, taken) => {
+                        // The message's slot stays taken, and its writer (on a rendezvous
+                        // channel) waiting, until the peer acknowledges it.
                         if write_frame(s, &Frame::new(Kind::Message, bytes.clone())).is_err() {
-                            self.put_back(bytes);
+                            self.put_back(bytes, taken);
                             return End::Lost("hung up before a message reached it".into());
                         }
                         match read_frame(s, MAX_FRAME) {
-                            Ok(f) if f.kind == Kind::Ack => continue,
+                            Ok(f) if f.kind == Kind::Ack => {
+                                self.chan.ack(taken);
+                                continue;
+                            }
                             Ok(f) => {
-                                self.put_back(bytes);
+                                self.put_back(bytes, taken);
                                 if f.kind != Kind::Nack {
                                     next = Some(f);
                                 }
                                 continue;
                             }
                             Err(e) => {
-                                self.put_back(bytes);
+                                self.put_back(bytes, taken);
                                 return self.frame_error(e);
                             }
                         }
@@ -495,13 +500,17 @@ impl Conn<'_> {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
         loop {
-            match self.chan.read(Some(Instant::now() + TICK), true, |w| {
-                waiter::claim(arena, w)
-            }) {
-                Ok(m) => {
+            match self
+                .chan
+                .read_deferred(Some(Instant::now() + TICK), |w| waiter::claim(arena, w))
+            {
+                Ok((m, taken)) => {
                     return match incoming_bytes(m) {
-                        Ok(b) => Outcome::Got(b),
-                        Err(e) => Outcome::Failed(e),
+                        Ok(b) => Outcome::Got(b, taken),
+                        Err(e) => {
+                            self.chan.ack(taken);
+                            Outcome::Failed(e)
+                        }
                     }
                 }
                 Err(ChannelError::Timeout) => {
@@ -516,22 +525,28 @@ impl Conn<'_> {
         }
     }
 
-    /// Puts a message the peer did not take back into the channel (from another thread: on a
-    /// rendezvous channel this waits for a reader).
-    fn put_back(&self, bytes: Vec<u8>) {
+    /// Puts a message the peer did not take back into the channel, from another thread (on a
+    /// rendezvous channel this waits for a reader), and only then empties the slot it was
+    /// `taken` from: the writer of a rendezvous channel returns once another reader took its
+    /// message. If no reader can take it any more (every reader retired, poison, a dead peer),
+    /// that writer's write fails as the channel says; a buffered channel's slot is emptied.
+    fn put_back(&self, bytes: Vec<u8>, taken: Taken) {
         let chan = self.chan;
         chan.join(true);
         let _ = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
-                let _ = write_encoded(&chan, &bytes, None);
+                if write_encoded(&chan, &bytes, None).is_ok() || !chan.is_rendezvous() {
+                    chan.ack(taken);
+                }
                 chan.retire(true);
             });
     }
 }
 
 enum Outcome {
-    Got(Vec<u8>),
+    /// A message, and the slot it was taken from (to acknowledge once the peer took it).
+    Got(Vec<u8>, Taken),
     Failed(ChannelError),
     Interrupted,
 }
