@@ -4,16 +4,21 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-/// A shared anonymous mapping of one cache line, visible to a forked child.
-struct Shared(*mut AtomicU32);
+/// A shared anonymous mapping (a page, or more), visible to a forked child; its first word is
+/// the ping-pong word.
+struct Shared(*mut AtomicU32, usize);
 
 impl Shared {
     fn new() -> Shared {
-        // SAFETY: an anonymous shared mapping of one page; checked for failure below.
+        Shared::with_len(4096)
+    }
+
+    fn with_len(len: usize) -> Shared {
+        // SAFETY: an anonymous shared mapping of `len` bytes; checked for failure below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
@@ -21,7 +26,13 @@ impl Shared {
             )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-        Shared(p.cast())
+        Shared(p.cast(), len)
+    }
+
+    /// The bytes after the first page.
+    fn data(&self) -> *mut u8 {
+        // SAFETY: stays inside the mapping when it is longer than a page (checked by callers).
+        unsafe { self.0.cast::<u8>().add(4096) }
     }
     fn word(&self) -> &AtomicU32 {
         // SAFETY: the mapping is page-aligned, zeroed and lives until `drop`.
@@ -32,7 +43,7 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`; no reference outlives `self`.
-        unsafe { libc::munmap(self.0.cast(), 4096) };
+        unsafe { libc::munmap(self.0.cast(), self.1) };
     }
 }
 
@@ -107,6 +118,61 @@ pub fn ping_pong(iters: u32, sleep: bool) -> f64 {
     let ns = start.elapsed().as_nanos() as f64 / f64::from(iters);
     reap(pid);
     ns
+}
+
+/// The limit for messages of `size` bytes between two processes, in GB/s: the writer copies
+/// each message into one of 8 shared buffers and the reader copies it out (the two copies a
+/// message passes through in a buffered(8) channel), each buffer handed over by a spinning
+/// flag of its own, so that writing and reading overlap.
+pub fn handover(size: usize, total: usize) -> f64 {
+    const K: usize = 8;
+    let shared = Shared::with_len(4096 + K * size);
+    let n = (total / size).max(4 * K);
+    let base = shared.0 as usize;
+    let data = shared.data() as usize;
+    // Buffer i's flag, on a cache line of its own in the first page: the number of the last
+    // message written there (odd: full) or read from there (even: empty), as 2 * (m / K) + 1 / + 2.
+    let flag = move |i: usize| {
+        // SAFETY: K flags of 64 bytes each fit in the first page of the mapping, which lives
+        // until both processes are done.
+        unsafe { &*((base + 64 * i) as *const AtomicU32) }
+    };
+    let buf = move |i: usize| (data + i * size) as *mut u8;
+    let wait_for = |w: &AtomicU32, want: u32| {
+        while w.load(Ordering::Acquire) != want {
+            std::hint::spin_loop();
+        }
+    };
+    let pid = fork_child(|| {
+        let mut out = vec![0u8; size];
+        for m in 0..n {
+            let (i, lap) = (m % K, (m / K) as u32);
+            wait_for(flag(i), 2 * lap + 1);
+            // SAFETY: the writer filled buffer i before it published this lap, and writes it
+            // again only after we publish that we read it.
+            let src = unsafe { std::slice::from_raw_parts(buf(i), size) };
+            out.copy_from_slice(src);
+            std::hint::black_box(&mut out);
+            flag(i).store(2 * lap + 2, Ordering::Release);
+        }
+    });
+    let src = vec![7u8; size];
+    let start = Instant::now();
+    for m in 0..n {
+        let (i, lap) = (m % K, (m / K) as u32);
+        if lap > 0 {
+            wait_for(flag(i), 2 * lap);
+        }
+        // SAFETY: the reader is done with buffer i (it published so, or it was never used);
+        // the mapping holds K buffers of `size` bytes after its first page.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf(i), size) };
+        dst.copy_from_slice(std::hint::black_box(&src));
+        flag(i).store(2 * lap + 1, Ordering::Release);
+    }
+    wait_for(flag((n - 1) % K), 2 * ((n - 1) / K) as u32 + 2);
+    let secs = start.elapsed().as_secs_f64();
+    reap(pid);
+    (n * size) as f64 / secs / 1e9
 }
 
 /// memcpy bandwidth in GB/s for blocks of `size` bytes.
