@@ -27,33 +27,62 @@ pub fn measure(
     n: usize,
     mut trial: impl FnMut() -> f64,
 ) -> Row {
-    let wanted = ONLY
-        .get()
-        .is_none_or(|o| name.contains(o.as_str()) || name.contains("spinning"));
-    if !wanted {
-        return Row {
-            group,
-            name: name.to_string(),
-            unit,
-            median: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-            trials: 0,
-        };
+    if !wanted(name) {
+        return summary(group, name, unit, Vec::new());
     }
-    let mut v: Vec<f64> = (0..n).map(|_| trial()).collect();
+    summary(group, name, unit, (0..n).map(|_| trial()).collect())
+}
+
+/// Whether `--only` lets the row `name` be measured.
+fn wanted(name: &str) -> bool {
+    ONLY.get()
+        .is_none_or(|o| name.contains(o.as_str()) || name.contains("spinning"))
+}
+
+/// The row of the values of its trials (none: not measured), printed as it is made.
+fn summary(group: &'static str, name: &str, unit: &'static str, mut v: Vec<f64>) -> Row {
     v.sort_by(|a, b| a.total_cmp(b));
+    let pick = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
     let row = Row {
         group,
         name: name.to_string(),
         unit,
-        median: v[v.len() / 2],
-        min: v[0],
-        max: v[v.len() - 1],
-        trials: n,
+        median: pick(v.len() / 2),
+        min: pick(0),
+        max: pick(v.len().wrapping_sub(1)),
+        trials: v.len(),
     };
-    eprintln!("  {:<52} {:>12} {}", row.name, fmt(row.median), row.unit);
+    if row.trials > 0 {
+        eprintln!("  {:<52} {:>12} {}", row.name, fmt(row.median), row.unit);
+    }
     row
+}
+
+/// One side of [`measure_pair`]: group, name, unit and trial, as for [`measure`].
+pub type Side<'a, F> = (&'static str, &'a str, &'static str, F);
+
+/// Measures two rows whose ratio is a target in alternating trials (a, b, a, b, ...): the host
+/// may move the two vCPUs closer or further apart in the middle of a run, and then rows
+/// measured minutes apart would compare different machines. Returns both rows and the median
+/// of the per-trial ratios a / b (NaN when `--only` leaves the pair out).
+pub fn measure_pair(
+    a: Side<'_, impl FnMut() -> f64>,
+    b: Side<'_, impl FnMut() -> f64>,
+    n: usize,
+) -> (Row, Row, f64) {
+    let (ga, na, ua, mut fa) = a;
+    let (gb, nb, ub, mut fb) = b;
+    let trials = if wanted(na) || wanted(nb) { n } else { 0 };
+    let (mut va, mut vb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let (x, y) = (fa(), fb());
+        va.push(x);
+        vb.push(y);
+        ratios.push(x / y);
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    (summary(ga, na, ua, va), summary(gb, nb, ub, vb), ratio)
 }
 
 /// A number with three significant digits.
