@@ -288,6 +288,34 @@ fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
     assert!(after < Duration::from_secs(1), "noticed after {after:?}");
 }
 
+#[test]
+fn a_select_on_the_end_of_a_killed_host_fails_with_its_connection_error() {
+    let at = format!("local://pycsp-test-{}-host-killed-alt", std::process::id());
+    let (var, key) = pycsp::net::key_env().unwrap();
+    let mut host = program("host", &at)
+        .env(var, key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap() == "READY"));
+    let remote = Channel::<u64>::open(&format!("{at}/hosted")).unwrap();
+    let r = remote.reader();
+    let selecting = std::thread::spawn(move || {
+        Alternation::new()
+            .input(&r, |v| v)
+            .alt_select()
+            .map(|c| c.value)
+    });
+    host.kill().unwrap(); // SIGKILL
+    host.wait().unwrap();
+    let got = selecting.join().unwrap();
+    assert!(
+        matches!(&got, Err(ChannelError::Connection { reason, .. }) if reason.contains("lost")),
+        "{got:?}"
+    );
+}
+
 // ---- The same semantics as shared memory: alternation, retire, poison, crashes ----
 
 #[process]

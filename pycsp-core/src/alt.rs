@@ -31,7 +31,8 @@
 //!
 //! A guard on a poisoned channel makes the select fail with `Poisoned`. A guard on a retired
 //! channel is skipped; when every channel guard is retired (and there is no timeout or skip
-//! guard), the select fails with `Retired`.
+//! guard), the select fails with `Retired` (or, for a socket end whose connection was lost,
+//! with that `Connection` error, as a plain read or write would).
 //!
 //! ```
 //! use std::time::Duration;
@@ -265,7 +266,7 @@ impl<'a, R> Alternation<'a, R> {
                 }
             }
             if live == 0 && timeout.is_none() {
-                return Err(ChannelError::Retired);
+                return Err(every_guard_retired(&guards, &order));
             }
             // Wait phase: post offers on rendezvous channels and sleep on every channel.
             let me = Waiter::current(arena)?;
@@ -419,6 +420,23 @@ fn try_guard<'a, R>(
             Step::Done(complete(guards, i))
         }
     }
+}
+
+/// The error of a select whose channel guards have all retired: `Retired`, unless one of them
+/// (the first in policy order) is a socket end whose connection was lost; then that error.
+fn every_guard_retired<R>(guards: &[Option<Guard<'_, R>>], order: &[usize]) -> ChannelError {
+    order
+        .iter()
+        .find_map(|&i| match &guards[i] {
+            Some(Guard::Input { chan, .. } | Guard::Output { chan, .. }) => {
+                match crate::net::client::remote_error(chan, ChannelError::Retired) {
+                    ChannelError::Retired => None,
+                    e => Some(e),
+                }
+            }
+            _ => None,
+        })
+        .unwrap_or(ChannelError::Retired)
 }
 
 fn take_input<R>(
