@@ -374,3 +374,28 @@ fn a_shared_block_moves_between_processes_and_back_without_copies() {
         Ok(data.iter().map(|&b| u64::from(b)).sum())
     );
 }
+
+#[test]
+fn a_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
+    // The middle stage gets Poisoned from its output and returns it with `?`, without calling
+    // poison() itself: its input end must reach the producer as poison, never as a retire.
+    for round in 0..60 {
+        let a = Channel::<u64>::buffered(&format!("poison-return-a-{round}"), round % 3).unwrap();
+        let b = Channel::<u64>::new(&format!("poison-return-b-{round}")).unwrap();
+        let (p, s, k) = Parallel((
+            endless(a.writer()),
+            stage(a.reader(), b.writer()),
+            poison_from_the_end(b.reader(), 20),
+        ))
+        .unwrap();
+        assert_eq!(
+            (p, s, k),
+            (
+                Err(ChannelError::Poisoned),
+                Err(ChannelError::Poisoned),
+                Err(ChannelError::Poisoned)
+            ),
+            "round {round}"
+        );
+    }
+}
