@@ -255,13 +255,13 @@ fn a_program_without_a_key_is_refused_and_told_how_to_give_it_one() {
     ));
 }
 
-#[test]
-fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
-    let at = format!("local://pycsp-test-{}-host-killed", std::process::id());
+/// Starts a separate program hosting `{at}/hosted` (with this program's key) and returns it
+/// with a reader of that channel.
+fn hosted_elsewhere(at: &str) -> (std::process::Child, ChannelIn<u64>) {
     // ANCHOR: key_env
     // Start another program with this program's key: it may then connect to our channels.
     let (var, key) = pycsp::net::key_env().unwrap();
-    let mut host = program("host", &at)
+    let mut host = program("host", at)
         .env(var, key)
         .stdout(Stdio::piped())
         .spawn()
@@ -270,7 +270,13 @@ fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
     let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
     assert!(lines.any(|l| l.unwrap() == "READY"));
     let remote = Channel::<u64>::open(&format!("{at}/hosted")).unwrap();
-    let r = remote.reader();
+    (host, remote.reader())
+}
+
+#[test]
+fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
+    let at = format!("local://pycsp-test-{}-host-killed", std::process::id());
+    let (mut host, r) = hosted_elsewhere(&at);
     let reading = std::thread::spawn(move || {
         let got = r.read();
         (got, Instant::now())
@@ -291,16 +297,7 @@ fn a_peer_whose_host_is_killed_gets_a_connection_error_at_once() {
 #[test]
 fn a_select_on_the_end_of_a_killed_host_fails_with_its_connection_error() {
     let at = format!("local://pycsp-test-{}-host-killed-alt", std::process::id());
-    let (var, key) = pycsp::net::key_env().unwrap();
-    let mut host = program("host", &at)
-        .env(var, key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap() == "READY"));
-    let remote = Channel::<u64>::open(&format!("{at}/hosted")).unwrap();
-    let r = remote.reader();
+    let (mut host, r) = hosted_elsewhere(&at);
     let selecting = std::thread::spawn(move || {
         Alternation::new()
             .input(&r, |v| v)

@@ -44,6 +44,26 @@ pub(crate) struct Proxy {
     error: Mutex<Option<ChannelError>>,
 }
 
+impl Proxy {
+    /// Waits until the pump stopped, or until `deadline`: `Some(whether it handed the end
+    /// over)`, or `None` if it was still running at the deadline.
+    fn wait_finished(&self, deadline: std::time::Instant) -> Option<bool> {
+        let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        while done.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            done = self
+                .finished_cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *done
+    }
+}
+
 static PROXIES: Mutex<BTreeMap<u64, Arc<Proxy>>> = Mutex::new(BTreeMap::new());
 
 /// A random token for handing an end over.
@@ -68,17 +88,8 @@ pub(crate) fn drain(limit: Duration) {
         .cloned()
         .collect();
     for p in proxies {
-        let mut done = p.finished.lock().unwrap_or_else(|e| e.into_inner());
-        while done.is_none() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            done = p
-                .finished_cv
-                .wait_timeout(done, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        if p.wait_finished(deadline).is_none() {
+            return;
         }
     }
 }
@@ -99,19 +110,7 @@ pub(crate) fn await_retired(chan: &Chan, writer: bool) {
     if chan.state_flags() & side == 0 {
         return; // clones of this end remain
     }
-    let deadline = std::time::Instant::now() + LOSS_TIMEOUT;
-    let mut done = p.finished.lock().unwrap_or_else(|e| e.into_inner());
-    while done.is_none() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        done = p
-            .finished_cv
-            .wait_timeout(done, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
+    p.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT);
 }
 
 /// Connects, authenticates and sends `Open`.
@@ -249,28 +248,15 @@ pub(crate) fn hand_over(chan: &Chan, info: &Proxy) -> Result<(String, u64), Stri
     let t = token();
     *info.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
     chan.retire(info.writer);
-    let mut done = info.finished.lock().unwrap_or_else(|p| p.into_inner());
-    let deadline = std::time::Instant::now() + LOSS_TIMEOUT * 2;
-    while done.is_none() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err("the host did not confirm the hand-over in time".into());
-        }
-        done = info
-            .finished_cv
-            .wait_timeout(done, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
-    if *done == Some(true) {
-        Ok((info.address.full.clone(), t))
-    } else {
-        Err(info
+    match info.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT * 2) {
+        None => Err("the host did not confirm the hand-over in time".into()),
+        Some(true) => Ok((info.address.full.clone(), t)),
+        Some(false) => Err(info
             .error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map_or_else(|| "the connection ended".into(), |e| e.to_string()))
+            .map_or_else(|| "the connection ended".into(), |e| e.to_string())),
     }
 }
 
