@@ -71,7 +71,7 @@ fn main() {
         }),
         (
             "limit",
-            "1 MiB copied in and out of shared memory, 2 processes",
+            "1 MiB through shared memory, 2 processes",
             "GB/s",
             || raw::handover(1 << 20, 256 << 20),
         ),
