@@ -499,3 +499,47 @@ fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children
     assert_eq!(n, 600);
     assert_eq!(sum, (0..300u64).sum::<u64>() + (1000..1300u64).sum::<u64>());
 }
+
+#[process]
+fn forward(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    loop {
+        out.write(inp.read()?)?;
+    }
+}
+
+#[test]
+fn a_placed_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
+    // The placed stage gets Poisoned from its output and returns it with `?` (it calls no
+    // poison() itself): the writer of its input, here, must see Poisoned, not Retired.
+    for round in 0..5 {
+        let port = free_port();
+        let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/in")).unwrap();
+        let b = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/out")).unwrap();
+        let (w, r) = (a.writer(), b.reader());
+        let stage =
+            Spawn(forward(a.reader(), b.writer()).on(Placement::launcher("{cmd}"))).unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut i = 0;
+            loop {
+                if let Err(e) = w.write(i) {
+                    return e;
+                }
+                i += 1;
+            }
+        });
+        for _ in 0..20 {
+            r.read().unwrap();
+        }
+        r.poison();
+        assert_eq!(
+            stage.join().unwrap(),
+            Err(ChannelError::Poisoned),
+            "round {round}"
+        );
+        assert_eq!(
+            feeder.join().unwrap(),
+            ChannelError::Poisoned,
+            "round {round}"
+        );
+    }
+}

@@ -308,6 +308,31 @@ thread_local! {
     /// Set while arguments for a new process are being encoded: ends serialized meanwhile
     /// record themselves here, so the parent knows which channels the child holds.
     static TRANSFERS: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
+
+    /// Set while a process function returns (from the moment its body's first local drops to
+    /// the moment the runtime has looked at the return value): the ends dropped meanwhile,
+    /// its parameters, retire only after that, so that a process returning `Poisoned`
+    /// poisons them first and its peers see `Poisoned`, never `Retired`.
+    static RETURNING: RefCell<Option<Vec<(Chan, bool)>>> = const { RefCell::new(None) };
+}
+
+/// A process function is returning: defer the retirement of the ends dropped from now on
+/// (see `RETURNING`). Called by the guard `#[process]` puts first in every process body.
+pub(crate) fn begin_returning() {
+    RETURNING.with(|r| {
+        r.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// The runtime has spread poison, if the process returned it: retire the deferred ends.
+pub(crate) fn finish_returning() {
+    let deferred = RETURNING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    for (chan, writer) in deferred {
+        chan.retire(writer);
+        net::client::await_retired(&chan, writer);
+    }
 }
 
 /// Runs `f` and returns, with its result, the channels of the ends it serialized.
@@ -454,6 +479,16 @@ impl End {
 
     fn retire(&self, writer: bool) {
         if self.state.replace(EndState::Transferred) == EndState::Live {
+            let deferred = RETURNING.with(|r| match r.borrow_mut().as_mut() {
+                Some(v) => {
+                    v.push((self.chan, writer));
+                    true
+                }
+                None => false,
+            });
+            if deferred {
+                return;
+            }
             self.chan.retire(writer);
             // A socket end: return once the host knows, so that a program may exit right after.
             net::client::await_retired(&self.chan, writer);

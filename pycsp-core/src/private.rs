@@ -6,7 +6,7 @@ pub use linkme;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::poison_own_ends;
+use crate::channel::{begin_returning, finish_returning, poison_own_ends};
 use crate::error::{ChannelError, Error};
 
 /// What a `#[process]` parameter or return type must be: it is serialized into another
@@ -66,3 +66,22 @@ pub trait ViaAny {
 }
 
 impl<T> ViaAny for &Probe<'_, T> {}
+
+/// Put first in every process body: when it drops, the body's other locals are gone and the
+/// parameters are about to drop; their ends then retire only at [`retire_deferred`], after the
+/// runtime spread poison from the return value. Not while unwinding: a panicking process's
+/// ends are marked as held by a dead process instead.
+pub struct ReturnGuard;
+
+impl Drop for ReturnGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            begin_returning();
+        }
+    }
+}
+
+/// Retires the ends a returning process function dropped (see [`ReturnGuard`]).
+pub fn retire_deferred() {
+    finish_returning();
+}

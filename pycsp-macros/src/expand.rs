@@ -57,7 +57,11 @@ pub(crate) fn expand(m: &ProcessFn) -> TokenStream {
             };
 
             #[allow(clippy::needless_pass_by_value, unused_mut)]
-            fn __pycsp_body(#(#pats: #tys),*) -> #ret #block
+            fn __pycsp_body(#(#pats: #tys),*) -> #ret {
+                // Dropped after the body's locals and before the parameters: see ReturnGuard.
+                let __pycsp_returning = ::pycsp::__private::ReturnGuard;
+                #block
+            }
 
             fn __pycsp_run(
                 __pycsp_args: &[u8],
@@ -69,6 +73,7 @@ pub(crate) fn expand(m: &ProcessFn) -> TokenStream {
                     use ::pycsp::__private::{ViaAny as _, ViaChannelResult as _, ViaErrorResult as _};
                     (&::pycsp::__private::Probe(&__pycsp_ret)).__pycsp_propagate();
                 }
+                ::pycsp::__private::retire_deferred();
                 ::pycsp::__private::encode_return(&__pycsp_ret)
             }
 
