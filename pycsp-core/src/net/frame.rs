@@ -160,8 +160,11 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameErro
     Ok(Some((frame, 4 + len)))
 }
 
+/// How much of a frame's announced body [`read_frame`] reserves before any of it arrived.
+const PREALLOCATE: usize = 1 << 20;
+
 /// Reads one frame of at most `max` bytes from `r`. The body is allocated only after its
-/// length passed the limit.
+/// length passed the limit, and beyond 1 MiB only as its bytes arrive.
 ///
 /// The length and the kind byte are asked for in one read (a frame without a body, such as
 /// `Done`, `Read` or `Ack`, costs one system call; one with a body, two), but the length is
@@ -200,29 +203,21 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
         (_, Some(l)) => l,
     };
     let kind = Kind::from_byte(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
-    let mut body = vec![0u8; len - 1];
-    let n = read_full(r, &mut body)?;
-    if n < body.len() {
+    // Memory for the body grows with the bytes that arrive (up to 1 MiB is reserved at once):
+    // a peer that announces a long frame and sends little of it holds little memory here.
+    let want = len - 1;
+    let mut body = Vec::with_capacity(want.min(PREALLOCATE));
+    let n = r
+        .take(want as u64)
+        .read_to_end(&mut body)
+        .map_err(io_error)?;
+    if n < want {
         return Err(FrameError::Truncated {
             got: 5 + n,
             want: 4 + len,
         });
     }
     Ok(Frame { kind, body })
-}
-
-/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_error(e)),
-        }
-    }
-    Ok(got)
 }
 
 pub(crate) fn io_error(e: io::Error) -> FrameError {
@@ -330,6 +325,44 @@ mod tests {
             Err(FrameError::Truncated { got: 6, want: 8 })
         );
         assert_eq!(read_frame(&mut &[][..], MAX_FRAME), Err(FrameError::Closed));
+    }
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_frame_longer_than_what_is_reserved_up_front_is_read_whole_as_it_trickles_in() {
+        let body: Vec<u8> = (0..3 * PREALLOCATE + 7).map(|i| i as u8).collect();
+        let bytes = Frame::new(Kind::Message, body.clone()).encode();
+        let mut r = Trickle {
+            bytes: &bytes,
+            step: 4093,
+        };
+        assert_eq!(read_frame(&mut r, MAX_FRAME).unwrap().body, body);
+        // Announced long, cut short: truncated, after reading what came.
+        let mut r = Trickle {
+            bytes: &bytes[..PREALLOCATE + 100],
+            step: 65536,
+        };
+        assert_eq!(
+            read_frame(&mut r, MAX_FRAME),
+            Err(FrameError::Truncated {
+                got: PREALLOCATE + 100,
+                want: bytes.len()
+            })
+        );
     }
 
     #[test]
