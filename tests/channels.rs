@@ -301,14 +301,15 @@ fn endless(out: ChannelOut<u64>) -> Result<(), ChannelError> {
     }
 }
 
-#[test]
-fn poison_at_the_consumer_end_shuts_down_the_producers_upstream() {
-    let a = Channel::<u64>::buffered("poison-up-a", 4).unwrap();
-    let b = Channel::<u64>::buffered("poison-up-b", 4).unwrap();
+/// endless -> a -> stage -> b -> poison_from_the_end(n): every process must end with
+/// `Poisoned` (the stage returns it with `?`, calling no poison() itself).
+fn poison_reaches_the_producer(a: &str, a_capacity: usize, b: &str, b_capacity: usize, n: u64) {
+    let a = Channel::<u64>::buffered(a, a_capacity).unwrap();
+    let b = Channel::<u64>::buffered(b, b_capacity).unwrap();
     let (p, s, k) = Parallel((
         endless(a.writer()),
         stage(a.reader(), b.writer()),
-        poison_from_the_end(b.reader(), 100),
+        poison_from_the_end(b.reader(), n),
     ))
     .unwrap();
     assert_eq!(
@@ -317,8 +318,14 @@ fn poison_at_the_consumer_end_shuts_down_the_producers_upstream() {
             Err(ChannelError::Poisoned),
             Err(ChannelError::Poisoned),
             Err(ChannelError::Poisoned)
-        )
+        ),
+        "capacities {a_capacity} and {b_capacity}"
     );
+}
+
+#[test]
+fn poison_at_the_consumer_end_shuts_down_the_producers_upstream() {
+    poison_reaches_the_producer("poison-up-a", 4, "poison-up-b", 4, 100);
 }
 
 #[test]
@@ -377,25 +384,14 @@ fn a_shared_block_moves_between_processes_and_back_without_copies() {
 
 #[test]
 fn a_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
-    // The middle stage gets Poisoned from its output and returns it with `?`, without calling
-    // poison() itself: its input end must reach the producer as poison, never as a retire.
+    // Its input end must reach the producer as poison, never as a retire.
     for round in 0..60 {
-        let a = Channel::<u64>::buffered(&format!("poison-return-a-{round}"), round % 3).unwrap();
-        let b = Channel::<u64>::new(&format!("poison-return-b-{round}")).unwrap();
-        let (p, s, k) = Parallel((
-            endless(a.writer()),
-            stage(a.reader(), b.writer()),
-            poison_from_the_end(b.reader(), 20),
-        ))
-        .unwrap();
-        assert_eq!(
-            (p, s, k),
-            (
-                Err(ChannelError::Poisoned),
-                Err(ChannelError::Poisoned),
-                Err(ChannelError::Poisoned)
-            ),
-            "round {round}"
+        poison_reaches_the_producer(
+            &format!("poison-return-a-{round}"),
+            round % 3,
+            &format!("poison-return-b-{round}"),
+            0,
+            20,
         );
     }
 }
