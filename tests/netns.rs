@@ -3,6 +3,7 @@
 //! `ip netns exec NS {cmd}`. Needs root and iproute2 (`.ci/run` installs it); as another user
 //! the tests say so and do nothing.
 
+mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -112,14 +113,6 @@ impl Drop for Hosts {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The inode of this process's network namespace.
 fn my_netns() -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -154,7 +147,7 @@ fn total(inp: ChannelIn<u64>) -> (u64, u64, u64) {
 #[test]
 fn a_pipeline_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(0) else { return };
-    let port = free_port();
+    let port = common::free_port();
     let a = Channel::<u64>::new(&hosts.address(port, "a")).unwrap();
     let b = Channel::<u64>::buffered(&hosts.address(port, "b"), 16).unwrap();
     let (s, q, (n, sum, t)) = Parallel((
@@ -187,7 +180,7 @@ fn worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64, u64)>) -> u64 {
 #[test]
 fn a_worker_farm_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(1) else { return };
-    let port = free_port();
+    let port = common::free_port();
     let jobs = Channel::<u64>::new(&hosts.address(port, "jobs")).unwrap();
     let results = Channel::<(u64, u64, u64)>::buffered(&hosts.address(port, "res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
@@ -236,7 +229,7 @@ fn slow_worker(jobs: ChannelIn<u64>, results: ChannelOut<u64>) -> u64 {
 #[test]
 fn a_link_that_goes_down_is_reported_as_a_lost_process_within_the_bound() {
     let Some(hosts) = Hosts::new(2) else { return };
-    let port = free_port();
+    let port = common::free_port();
     let jobs = Channel::<u64>::new(&hosts.address(port, "jobs")).unwrap();
     let results = Channel::<u64>::new(&hosts.address(port, "res")).unwrap();
     let (w, r) = (jobs.writer(), results.reader());

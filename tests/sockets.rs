@@ -6,13 +6,6 @@ use pycsp::prelude::*;
 mod common;
 
 /// A TCP port free at the moment of asking.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[process]
 fn produce(out: ChannelOut<u64>, from: u64, n: u64) -> Result<u32, ChannelError> {
@@ -41,7 +34,7 @@ fn consume(inp: ChannelIn<u64>) -> (u64, u64) {
 
 #[test]
 fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
-    let port = free_port();
+    let port = common::free_port();
     let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/a")).unwrap();
     let b = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
     let here = Placement::launcher("{cmd}");
@@ -71,7 +64,7 @@ fn farm_worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64)>) -> u64 {
 
 #[test]
 fn placed_workers_share_one_any_to_any_tcp_channel() {
-    let port = free_port();
+    let port = common::free_port();
     let jobs = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
     let results =
         Channel::<(u64, u64)>::buffered(&format!("tcp://127.0.0.1:{port}/res"), 4).unwrap();
@@ -346,7 +339,7 @@ fn alt_merge(
 
 #[test]
 fn alternation_over_socket_ends_selects_inputs_and_outputs_exactly_once() {
-    let port = free_port();
+    let port = common::free_port();
     let at = |n: &str| format!("tcp://127.0.0.1:{port}/{n}");
     let a = Channel::<u64>::new(&at("a")).unwrap();
     let b = Channel::<u64>::buffered(&at("b"), 3).unwrap();
@@ -393,7 +386,7 @@ fn read_until_error(inp: ChannelIn<u64>, done: ChannelOut<u64>) -> Result<u64, C
 
 #[test]
 fn poison_crosses_socket_channels_in_both_directions() {
-    let port = free_port();
+    let port = common::free_port();
     let jobs = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
     let done = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/done")).unwrap();
     let (w, d) = (jobs.writer(), done.reader());
@@ -418,7 +411,7 @@ fn take_three(inp: ChannelIn<u64>) -> Result<Vec<u64>, ChannelError> {
 
 #[test]
 fn a_remote_reader_that_retires_makes_host_writes_fail_with_retired_and_loses_nothing() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/few")).unwrap();
     let w = ch.writer();
     let p = Spawn(take_three(ch.reader()).on(Placement::launcher("{cmd}"))).unwrap();
@@ -439,7 +432,7 @@ fn write_one_then_wait(out: ChannelOut<u64>, gate: ChannelIn<u64>) -> Result<(),
 
 #[test]
 fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/victim")).unwrap();
     let gate = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/gate")).unwrap();
     let (r, _gate_writer) = (ch.reader(), gate.writer());
@@ -484,7 +477,7 @@ fn hand_on(out: ChannelOut<u64>, from: u64, n: u64, place_again: bool) -> Result
 
 #[test]
 fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children() {
-    let port = free_port();
+    let port = common::free_port();
     let c = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
     let here = Placement::launcher("{cmd}");
     let (local_child, placed_child, (n, sum)) = Parallel((
@@ -512,7 +505,7 @@ fn a_placed_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
     // The placed stage gets Poisoned from its output and returns it with `?` (it calls no
     // poison() itself): the writer of its input, here, must see Poisoned, not Retired.
     for round in 0..5 {
-        let port = free_port();
+        let port = common::free_port();
         let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/in")).unwrap();
         let b = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/out")).unwrap();
         let (w, r) = (a.writer(), b.reader());

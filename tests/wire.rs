@@ -2,6 +2,7 @@
 //! handshake, MessagePack bodies), as a program in another language would speak it; and what a
 //! host does with a peer that breaks it.
 
+mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -14,14 +15,6 @@ use sha2::Sha256;
 
 /// How long a test waits for something that should happen at once.
 const PROMPT: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// This process's key (the host's): what a trusted program would be given.
 fn key() -> Vec<u8> {
@@ -183,7 +176,7 @@ fn error_text(body: &[u8]) -> String {
 
 #[test]
 fn a_client_written_from_the_wire_format_alone_writes_and_reads() {
-    let port = free_port();
+    let port = common::free_port();
     let inbox = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/inbox")).unwrap();
     let outbox = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/outbox"), 4).unwrap();
     let (from_client, to_client) = (inbox.reader(), outbox.writer());
@@ -265,7 +258,7 @@ fn relay(to: u16) -> (u16, Captured) {
 
 #[test]
 fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<String>::new(&format!("tcp://127.0.0.1:{port}/secret-test")).unwrap();
     let (relay_port, captured) = relay(port);
     // This process attaches through the relay, as a process outside the network would.
@@ -309,7 +302,7 @@ fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
 
 #[test]
 fn a_wrong_key_is_refused_with_an_auth_error_on_both_sides_and_the_host_serves_on() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/guarded"), 4).unwrap();
     let mut bad = Raw::connect(port);
     let (kind, body) = bad.handshake(b"not the key");
@@ -346,7 +339,7 @@ enum Bad {
 
 #[test]
 fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
-    let port = free_port();
+    let port = common::free_port();
     let at = format!("tcp://127.0.0.1:{port}");
     let ch = Channel::<u64>::buffered(&format!("{at}/robust"), 1000).unwrap();
     let reader = ch.reader();
@@ -436,7 +429,7 @@ fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
 
 #[test]
 fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/given-back"), 4).unwrap();
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(11).unwrap();
@@ -456,7 +449,7 @@ fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
 
 #[test]
 fn a_connection_cut_inside_a_frame_counts_as_a_lost_peer_after_every_acknowledged_message() {
-    let port = free_port();
+    let port = common::free_port();
     let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/cut"), 100).unwrap();
     let reader = ch.reader();
     let mut good = Raw::open_u64(port, "cut", true);

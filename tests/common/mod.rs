@@ -23,3 +23,20 @@ pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn timing() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A TCP port that is free now on every address of this host, chosen outside the kernel's
+/// ephemeral range (32768-60999 here): a port that `bind(0)` handed out and then freed can be
+/// taken again at once by any connecting or listening socket of a test running beside this
+/// one (a placed process's call-back listener binds port 0), so such ports race.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
