@@ -59,8 +59,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{decode_incoming, encode, write_encoded};
 use crate::error::ChannelError;
+use crate::message::{decode, encode, write_encoded};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_any, Event};
@@ -149,7 +149,7 @@ impl<'a, R> Alternation<'a, R> {
         end: &'a ChannelIn<T>,
         then: impl FnOnce(T) -> R + 'a,
     ) -> Self {
-        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode_incoming(chan, msg).map(then));
+        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode(chan, msg).map(then));
         self.guards.push(Guard::Input {
             chan: end.chan(),
             take,

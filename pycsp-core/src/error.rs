@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The error for shared memory that could not be had (the arena could not be created, mapped
+/// or inherited).
+pub(crate) fn shared_memory(e: std::io::Error) -> ChannelError {
+    ChannelError::SharedMemory(e.to_string())
+}
+
 /// Why an operation on a channel end failed.
 ///
 /// `Poisoned` and `Retired` are the normal ways a CSP network shuts down; a `#[process]` that

@@ -15,8 +15,11 @@ pub mod alt;
 pub mod block;
 pub mod channel;
 mod error;
+pub mod frame;
+mod message;
 pub mod net;
 pub mod process;
+mod runtime;
 mod shm;
 mod sys;
 

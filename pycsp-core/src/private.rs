@@ -6,8 +6,9 @@ pub use linkme;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{begin_returning, finish_returning, poison_own_ends};
+use crate::channel::{begin_returning, finish_returning};
 use crate::error::{ChannelError, Error};
+use crate::runtime::poison_own_ends;
 
 /// What a `#[process]` parameter or return type must be: it is serialized into another
 /// process (MessagePack, with serde) and deserialized there.

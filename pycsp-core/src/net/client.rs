@@ -17,12 +17,13 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::frame::{read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME};
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::{Address, Stream, LOSS_TIMEOUT};
-use crate::channel::{incoming_bytes, write_encoded};
+use super::stream::{Address, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
+use crate::frame::{read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME};
+use crate::message::{take_encoded, write_encoded};
+use crate::runtime;
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
@@ -66,15 +67,8 @@ impl Proxy {
 
 static PROXIES: Mutex<BTreeMap<u64, Arc<Proxy>>> = Mutex::new(BTreeMap::new());
 
-/// A random token for handing an end over.
-pub(crate) fn token() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = sys::random_bytes(&mut b);
-    u64::from_le_bytes(b)
-}
-
 fn process_name() -> String {
-    crate::process::current_name().to_string()
+    runtime::current_name().to_string()
 }
 
 /// Waits (at most `limit`) until every pump of this process has finished: a process that
@@ -245,7 +239,7 @@ pub(crate) fn remote_error(chan: &Chan, e: ChannelError) -> ChannelError {
 /// token (the user's count on the proxy is released here). Returns the address and token the
 /// receiving process opens with.
 pub(crate) fn hand_over(chan: &Chan, info: &Proxy) -> Result<(String, u64), String> {
-    let t = token();
+    let t = key::token();
     *info.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
     chan.retire(info.writer);
     match info.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT * 2) {
@@ -308,7 +302,7 @@ impl Pump {
         loop {
             match self.proxy.read_deferred(None, |w| waiter::claim(arena, w)) {
                 Ok((msg, taken)) => {
-                    let bytes = match incoming_bytes(msg) {
+                    let bytes = match take_encoded(msg) {
                         Ok(b) => b,
                         Err(e) => {
                             self.fail(e);

@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::frame::{read_frame, write_frame, Frame, FrameError, Kind};
 use super::proto::ErrorBody;
-use super::Stream;
+use super::stream::Stream;
+use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind};
 use crate::sys;
 
 /// The environment variable holding the key itself.
@@ -214,4 +214,11 @@ pub(crate) fn join(s: &mut Stream, key: &[u8]) -> Result<(), HandshakeError> {
         )));
     }
     Ok(())
+}
+
+/// A random one-time token: for handing an end over, or a placed process's ticket.
+pub(crate) fn token() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = sys::random_bytes(&mut b);
+    u64::from_le_bytes(b)
 }

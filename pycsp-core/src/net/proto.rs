@@ -24,8 +24,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::frame::{Frame, Kind};
 use crate::error::ChannelError;
+use crate::frame::{Frame, Kind};
 
 /// `Open`: which channel, which type, which side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

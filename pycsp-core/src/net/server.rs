@@ -12,12 +12,12 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use super::key;
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::{tune_tcp, Address, Endpoint, Stream};
-use crate::channel::{incoming_bytes, write_encoded};
+use super::stream::{local_to_unix, tune_tcp, Address, Endpoint, Stream};
 use crate::error::ChannelError;
+use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
+use crate::message::{take_encoded, write_encoded};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Taken};
 use crate::shm::waiter;
@@ -83,7 +83,7 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
 pub(crate) fn hand_over(addr: &Address, writer: bool) -> Option<u64> {
     let hosts = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
     let host = hosts.iter().find(|h| h.endpoint == addr.endpoint)?;
-    let token = super::client::token();
+    let token = key::token();
     host.pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -121,7 +121,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     for s in l.incoming().flatten() {
-                        serve_in_thread(h.clone(), Stream::Unix(super::local_to_unix(s)));
+                        serve_in_thread(h.clone(), Stream::Unix(local_to_unix(s)));
                     }
                 })
                 .map_err(fail)?;
@@ -505,7 +505,7 @@ impl Conn<'_> {
                 .read_deferred(Some(Instant::now() + TICK), |w| waiter::claim(arena, w))
             {
                 Ok((m, taken)) => {
-                    return match incoming_bytes(m) {
+                    return match take_encoded(m) {
                         Ok(b) => Outcome::Got(b, taken),
                         Err(e) => {
                             self.chan.ack(taken);

@@ -1,10 +1,12 @@
-//! Frames: how every message of the socket protocol is cut out of a byte stream.
+//! Frames: how every message of the socket protocol, and of a process's control connection,
+//! is cut out of a byte stream.
 //!
 //! A frame is a little-endian `u32` length `N`, then `N` bytes: one byte of [`Kind`] and
 //! `N - 1` bytes of body. `N` is at least 1 and at most [`MAX_FRAME`]; anything else, an unknown
 //! kind, or a stream that ends inside a frame is a [`FrameError`], and the connection that
 //! sent it is closed. The layout of each kind's body is in the book's wire-format chapter and
-//! in [`super::proto`].
+//! in [`crate::net::proto`]; a control connection (parent and child process) carries one
+//! [`Kind::Args`] frame one way and one [`Kind::Report`] frame back.
 
 use std::io::{self, Read, Write};
 
@@ -61,6 +63,10 @@ kinds! {
     /// Client to server: this end moves to another process, which will present the token in
     /// its `Open` (body: the token, `u64` little-endian); the connection closes after `Done`.
     Handoff = 0x42,
+    /// Parent to child, on a process's control connection: its arguments (MessagePack).
+    Args = 0x50,
+    /// Child to parent, on a process's control connection: how it ended (MessagePack).
+    Report = 0x51,
     /// Either way: the request failed, or the peer refuses the connection (MessagePack map
     /// with `code` and `message`).
     Error = 0x7f,
@@ -229,9 +235,32 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
     }
 }
 
-/// Writes one frame.
+/// Bodies up to this size are copied behind their header and go out in one write (one
+/// segment); larger ones are written after it without a copy.
+const ONE_WRITE: usize = 64 << 10;
+
+/// Writes one frame. A body longer than a frame length can say (`u32::MAX - 1` bytes) is
+/// refused with [`FrameError::TooLarge`] before anything is written.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
-    w.write_all(&frame.encode()).map_err(io_error)
+    let len = frame
+        .body
+        .len()
+        .checked_add(1)
+        .filter(|&l| l <= u32::MAX as usize);
+    let Some(len) = len else {
+        return Err(FrameError::TooLarge {
+            len: frame.body.len().saturating_add(1),
+            max: u32::MAX as usize,
+        });
+    };
+    if frame.body.len() <= ONE_WRITE {
+        return w.write_all(&frame.encode()).map_err(io_error);
+    }
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    head[4] = frame.kind as u8;
+    w.write_all(&head).map_err(io_error)?;
+    w.write_all(&frame.body).map_err(io_error)
 }
 
 /// Writes several frames without bodies in one write (one system call, one segment).

@@ -1,0 +1,175 @@
+//! What a reading and a writing end share: the count it holds on its channel's side, how it
+//! retires, and how it moves to another process (serialized as an argument of a `#[process]`
+//! or as a message).
+
+use std::cell::{Cell, RefCell};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::fingerprint::{check_type, type_fingerprint};
+use crate::net;
+use crate::runtime;
+use crate::shm::arena::Arena;
+use crate::shm::ring::Chan;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EndState {
+    /// This end holds one count of its side.
+    Live,
+    /// The count went to another process (the end was serialized); dropping does nothing.
+    Transferred,
+}
+
+/// What both kinds of end share: the channel and whether this value still owns its count.
+pub(crate) struct End {
+    pub(crate) chan: Chan,
+    state: Cell<EndState>,
+}
+
+impl End {
+    pub(crate) fn new(chan: Chan) -> End {
+        End {
+            chan,
+            state: Cell::new(EndState::Live),
+        }
+    }
+}
+
+thread_local! {
+    /// Set while a process function returns (from the moment its body's first local drops to
+    /// the moment the runtime has looked at the return value): the ends dropped meanwhile,
+    /// its parameters, retire only after that, so that a process returning `Poisoned`
+    /// poisons them first and its peers see `Poisoned`, never `Retired`.
+    static RETURNING: RefCell<Option<Vec<(Chan, bool)>>> = const { RefCell::new(None) };
+}
+
+/// A process function is returning: defer the retirement of the ends dropped from now on
+/// (see `RETURNING`). Called by the guard `#[process]` puts first in every process body.
+pub(crate) fn begin_returning() {
+    RETURNING.with(|r| {
+        r.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// The runtime has spread poison, if the process returned it: retire the deferred ends.
+pub(crate) fn finish_returning() {
+    let deferred = RETURNING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    for (chan, writer) in deferred {
+        chan.retire(writer);
+        net::client::await_retired(&chan, writer);
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnd {
+    /// The channel's offset in the sender's arena.
+    channel: u64,
+    fingerprint: u64,
+    writer: bool,
+    /// The sender's network: only a process of the same network can use `channel`.
+    /// [`HANDED_TO_HOST`] when the sender handed the end's count to the host: then every
+    /// receiver, in the sender's network or not, opens it by `remote`'s token.
+    network: u64,
+    /// For a socket channel: its address, and the token under which the host holds the end's
+    /// count for the receiver.
+    remote: Option<(String, u64)>,
+}
+
+/// The `network` of a [`WireEnd`] whose count the sender handed over to the channel's host
+/// (network ids are never 0).
+const HANDED_TO_HOST: u64 = 0;
+
+impl End {
+    pub(crate) fn serialize<S: Serializer>(&self, s: S, writer: bool) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        if self.state.get() != EndState::Live {
+            return Err(S::Error::custom(format!(
+                "an end of channel {:?} was already sent to another process",
+                self.chan.name()
+            )));
+        }
+        let arena = Arena::get().map_err(S::Error::custom)?;
+        let mut remote = None;
+        let mut network = arena.network();
+        if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
+            if let Some(proxy) = net::client::proxy_of(&self.chan) {
+                // A remote end: its connection hands the count over to the receiver.
+                self.state.set(EndState::Transferred);
+                remote = Some(net::client::hand_over(&self.chan, &proxy).map_err(|e| {
+                    S::Error::custom(format!("cannot move an end of {}: {e}", addr.full))
+                })?);
+                // The proxy's pump has left: even a process of this network must connect.
+                network = HANDED_TO_HOST;
+            } else if let Some(token) = net::server::hand_over(&addr, writer) {
+                remote = Some((addr.full.clone(), token));
+            }
+        }
+        let w = WireEnd {
+            channel: self.chan.offset(),
+            fingerprint: self.chan.type_fp(),
+            writer,
+            network,
+            remote,
+        };
+        let r = w.serialize(s)?;
+        self.state.set(EndState::Transferred);
+        runtime::record_transfer(&self.chan);
+        Ok(r)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T>(
+        d: D,
+        writer: bool,
+    ) -> Result<End, D::Error> {
+        use serde::de::Error as _;
+        let w = WireEnd::deserialize(d)?;
+        if w.writer != writer {
+            return Err(D::Error::custom(
+                "a reading end was sent where a writing end was expected, or the reverse",
+            ));
+        }
+        let arena = Arena::get().map_err(D::Error::custom)?;
+        if w.network != arena.network() {
+            let Some((address, token)) = w.remote else {
+                return Err(D::Error::custom(
+                    "an end of a shared-memory channel reached a process outside its network \
+                     (on another host, or started independently): make it a socket channel \
+                     (tcp://HOST:PORT/NAME)",
+                ));
+            };
+            let addr = net::parse_address(&address)
+                .and_then(Result::ok)
+                .ok_or_else(|| D::Error::custom(format!("bad address {address:?}")))?;
+            let (tn, fp) = type_fingerprint::<T>();
+            let chan = net::client::open_end(&addr, tn, fp, writer, Some(token))
+                .map_err(D::Error::custom)?;
+            runtime::track(&chan);
+            return Ok(End::new(chan));
+        }
+        let chan = Chan::attach(arena, w.channel)
+            .ok_or_else(|| D::Error::custom(format!("no channel at offset {}", w.channel)))?;
+        check_type::<T>(&chan).map_err(D::Error::custom)?;
+        runtime::track(&chan);
+        Ok(End::new(chan))
+    }
+
+    pub(crate) fn retire(&self, writer: bool) {
+        if self.state.replace(EndState::Transferred) == EndState::Live {
+            let deferred = RETURNING.with(|r| match r.borrow_mut().as_mut() {
+                Some(v) => {
+                    v.push((self.chan, writer));
+                    true
+                }
+                None => false,
+            });
+            if deferred {
+                return;
+            }
+            self.chan.retire(writer);
+            // A socket end: return once the host knows, so that a program may exit right after.
+            net::client::await_retired(&self.chan, writer);
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Typed, named channels and their ends.
+//!
+//! A [`Channel<T>`] lives in the shared memory of the process network. Its ends,
+//! [`ChannelIn<T>`] (read) and [`ChannelOut<T>`] (write), are what processes hold; they are
+//! passed to `#[process]` functions as ordinary arguments. Messages are encoded with
+//! MessagePack (rmp-serde): small ones travel inline in a ring slot, large ones in a block of
+//! shared memory whose offset travels in the slot.
+//!
+//! Ends are counted: every [`ChannelOut`] is one writer, every [`ChannelIn`] one reader.
+//! Dropping an end retires it. When every writer has retired, readers get
+//! [`ChannelError::Retired`] once the buffer is drained; when every reader has retired,
+//! writers get `Retired` at once. [`poison`](ChannelOut::poison) makes every blocked and later
+//! operation on the channel, in any process, fail with [`ChannelError::Poisoned`].
+
+mod end;
+mod fingerprint;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{shared_memory, ChannelError};
+use crate::message;
+use crate::net::{self, Address};
+use crate::runtime;
+use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
+use crate::shm::ring::Chan;
+use end::End;
+pub(crate) use end::{begin_returning, finish_returning};
+use fingerprint::{check_type, type_fingerprint};
+
+/// A typed, named channel in the shared memory of this process network.
+///
+/// The name identifies the channel within one network (the root process and every process
+/// started under it); two runs of the same program never share channels. `Channel` itself is
+/// only a handle for making ends: it is not counted as a reader or writer.
+///
+/// ```
+/// use pycsp_core::Channel;
+/// let ch = Channel::<String>::buffered("greetings", 4)?;
+/// let (tx, rx) = (ch.writer(), ch.reader());
+/// tx.write("hello".to_string())?;
+/// assert_eq!(rx.read()?, "hello");
+/// # Ok::<(), pycsp_core::ChannelError>(())
+/// ```
+pub struct Channel<T> {
+    place: Place,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// Where a channel is, seen from this process.
+#[derive(Clone)]
+enum Place {
+    /// In this network's shared memory (also a socket channel hosted by this network).
+    Local(Chan),
+    /// Hosted by a process outside this network, reached over a socket.
+    Remote { addr: Address, capacity: usize },
+}
+
+impl<T> Clone for Channel<T> {
+    fn clone(&self) -> Self {
+        Channel {
+            place: self.place.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Channel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.name())
+            .field("type", &std::any::type_name::<T>())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Channel<T> {
+    /// Creates a rendezvous channel: a write returns only after a reader has taken the message.
+    ///
+    /// Fails with [`ChannelError::NameInUse`] if the network already has a channel of this name.
+    pub fn new(name: &str) -> Result<Self, ChannelError> {
+        Self::create(name, 0)
+    }
+
+    /// Creates a buffered channel that holds up to `capacity` messages; writes block only
+    /// when it is full. A capacity of 0 is a rendezvous channel.
+    pub fn buffered(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+        Self::create(name, capacity)
+    }
+
+    fn create(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+        if name.len() > MAX_NAME {
+            return Err(ChannelError::NameTooLong {
+                name: name.to_string(),
+                len: name.len(),
+                max: MAX_NAME,
+            });
+        }
+        let addr = net::parse_address(name).transpose()?;
+        let arena = Arena::get().map_err(shared_memory)?;
+        if arena.lookup(name).is_some() {
+            return Err(ChannelError::NameInUse(name.to_string()));
+        }
+        let (tn, fp) = type_fingerprint::<T>();
+        let chan = Chan::create(arena, name, tn, fp, capacity).map_err(|e| arena_error(e, name))?;
+        if let Some(addr) = &addr {
+            net::server::host(addr, chan, validate::<T>)?;
+        }
+        arena
+            .register(name, chan.offset())
+            .map_err(|e| arena_error(e, name))?;
+        Ok(Channel {
+            place: Place::Local(chan),
+            _t: PhantomData,
+        })
+    }
+
+    /// Attaches to the channel that some process of this network created under `name`, or,
+    /// for an address (`tcp://HOST:PORT/NAME`, `local://SOCKET/NAME`), to the channel hosted
+    /// there, by any process on any machine (see [`crate::net`]).
+    ///
+    /// Fails with [`ChannelError::NotFound`] if there is none, with
+    /// [`ChannelError::TypeMismatch`] if it carries another type than `T`, and for an address
+    /// that cannot be reached with [`ChannelError::Connection`] or [`ChannelError::Auth`].
+    pub fn open(name: &str) -> Result<Self, ChannelError> {
+        let arena = Arena::get().map_err(shared_memory)?;
+        let Some(off) = arena.lookup(name) else {
+            if let Some(addr) = net::parse_address(name).transpose()? {
+                let (tn, fp) = type_fingerprint::<T>();
+                let capacity = net::client::probe(&addr, tn, fp)? as usize;
+                return Ok(Channel {
+                    place: Place::Remote { addr, capacity },
+                    _t: PhantomData,
+                });
+            }
+            return Err(ChannelError::NotFound(name.to_string()));
+        };
+        let chan =
+            Chan::attach(arena, off).ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
+        check_type::<T>(&chan)?;
+        Ok(Channel {
+            place: Place::Local(chan),
+            _t: PhantomData,
+        })
+    }
+
+    /// An end's channel: the shared one, or a new connection's proxy.
+    fn end_chan(&self, writer: bool) -> Chan {
+        match &self.place {
+            Place::Local(c) => {
+                c.join(writer);
+                *c
+            }
+            Place::Remote { addr, .. } => {
+                let (tn, fp) = type_fingerprint::<T>();
+                net::client::open_end(addr, tn, fp, writer, None)
+                    .or_else(|e| net::client::failed_end(addr, tn, fp, writer, e))
+                    .expect("shared memory for a socket end's proxy channel")
+            }
+        }
+    }
+
+    /// A new reading end (counted as one more reader). For a channel hosted outside this
+    /// network, this opens a connection; if that fails, the end's first operation reports why.
+    pub fn reader(&self) -> ChannelIn<T> {
+        let chan = self.end_chan(false);
+        runtime::track(&chan);
+        ChannelIn {
+            end: End::new(chan),
+            _t: PhantomData,
+        }
+    }
+
+    /// A new writing end (counted as one more writer); see [`reader`](Self::reader).
+    pub fn writer(&self) -> ChannelOut<T> {
+        let chan = self.end_chan(true);
+        runtime::track(&chan);
+        ChannelOut {
+            end: End::new(chan),
+            _t: PhantomData,
+        }
+    }
+
+    /// Poisons the channel (see [`ChannelOut::poison`]).
+    pub fn poison(&self) {
+        match &self.place {
+            Place::Local(c) => c.poison(),
+            Place::Remote { .. } => self.writer().poison(),
+        }
+    }
+}
+
+/// Checks that a message from a socket decodes as `T` (the host does this for every message
+/// a remote writer sends).
+fn validate<T: DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
+    rmp_serde::from_slice::<T>(bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl<T> Channel<T> {
+    /// The channel's name (for a socket channel, its address).
+    pub fn name(&self) -> &str {
+        match &self.place {
+            Place::Local(c) => c.name(),
+            Place::Remote { addr, .. } => &addr.full,
+        }
+    }
+
+    /// Bytes of shared memory the channel occupies in this network (its header and ring of
+    /// slots); 0 for a channel hosted outside it.
+    pub fn shared_memory_bytes(&self) -> usize {
+        match &self.place {
+            Place::Local(c) => c.shared_memory_bytes(),
+            Place::Remote { .. } => 0,
+        }
+    }
+
+    /// How many messages the channel buffers; 0 for a rendezvous channel.
+    pub fn capacity(&self) -> usize {
+        match &self.place {
+            Place::Local(c) => c.capacity(),
+            Place::Remote { capacity, .. } => *capacity,
+        }
+    }
+}
+
+fn arena_error(e: ArenaError, name: &str) -> ChannelError {
+    match e {
+        ArenaError::Full => {
+            ChannelError::SharedMemory("the network's shared memory is full".into())
+        }
+        ArenaError::NameInUse => ChannelError::NameInUse(name.to_string()),
+        ArenaError::DirectoryFull => {
+            ChannelError::SharedMemory("the network's channel directory is full".into())
+        }
+    }
+}
+
+/// The writing end of a channel. Dropping it retires it.
+///
+/// An end belongs to one process at a time: passing it to a `#[process]` function moves it
+/// there. Clone it to get another writer on the same channel.
+pub struct ChannelOut<T> {
+    end: End,
+    _t: PhantomData<fn(T)>,
+}
+
+/// The reading end of a channel. Dropping it retires it.
+pub struct ChannelIn<T> {
+    end: End,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize> ChannelOut<T> {
+    /// Writes `value`, blocking while the buffer is full and, on a rendezvous channel, until a
+    /// reader has taken it.
+    pub fn write(&self, value: T) -> Result<(), ChannelError> {
+        self.send(&value, None)
+    }
+
+    /// Writes `value` without taking ownership of it.
+    pub fn write_ref(&self, value: &T) -> Result<(), ChannelError> {
+        self.send(value, None)
+    }
+
+    /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
+    /// if the message could not be placed (a rendezvous write whose message was placed waits
+    /// for its reader regardless).
+    pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
+        self.send(&value, Some(Instant::now() + timeout))
+    }
+
+    fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
+        let chan = &self.end.chan;
+        message::write_value(chan, value, deadline).map_err(|e| net::client::remote_error(chan, e))
+    }
+
+    pub(crate) fn chan(&self) -> Chan {
+        self.end.chan
+    }
+}
+
+impl<T> ChannelOut<T> {
+    /// Retires this end. Once every writer has retired, readers get `Retired` after the buffer
+    /// is drained. Dropping the end does the same.
+    pub fn retire(self) {
+        self.end.retire(true);
+    }
+
+    /// Poisons the channel: every blocked and later operation on it, in any process, fails
+    /// with [`ChannelError::Poisoned`].
+    pub fn poison(&self) {
+        self.end.chan.poison();
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.end.chan.name()
+    }
+}
+
+impl<T: DeserializeOwned> ChannelIn<T> {
+    /// Reads a message, blocking until one arrives.
+    ///
+    /// Fails with `Retired` once every writer has retired and the buffer is empty, and with
+    /// `Poisoned` as soon as the channel is poisoned.
+    pub fn read(&self) -> Result<T, ChannelError> {
+        self.recv(None)
+    }
+
+    /// Like [`read`](Self::read), but fails with [`ChannelError::Timeout`] after `timeout`.
+    pub fn read_timeout(&self, timeout: Duration) -> Result<T, ChannelError> {
+        self.recv(Some(Instant::now() + timeout))
+    }
+
+    /// An iterator over the messages until the channel retires or fails.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.read().ok())
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
+        let chan = &self.end.chan;
+        message::read_value(chan, deadline).map_err(|e| net::client::remote_error(chan, e))
+    }
+
+    pub(crate) fn chan(&self) -> Chan {
+        self.end.chan
+    }
+}
+
+impl<T> ChannelIn<T> {
+    /// Retires this end. Once every reader has retired, writers get `Retired`. Dropping the
+    /// end does the same.
+    pub fn retire(self) {
+        self.end.retire(false);
+    }
+
+    /// Poisons the channel (see [`ChannelOut::poison`]).
+    pub fn poison(&self) {
+        self.end.chan.poison();
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.end.chan.name()
+    }
+}
+
+impl<T> Drop for ChannelOut<T> {
+    fn drop(&mut self) {
+        self.end.retire(true);
+    }
+}
+
+impl<T> Drop for ChannelIn<T> {
+    fn drop(&mut self) {
+        self.end.retire(false);
+    }
+}
+
+impl<T> Clone for ChannelOut<T> {
+    fn clone(&self) -> Self {
+        self.end.chan.join(true);
+        ChannelOut {
+            end: End::new(self.end.chan),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for ChannelIn<T> {
+    fn clone(&self) -> Self {
+        self.end.chan.join(false);
+        ChannelIn {
+            end: End::new(self.end.chan),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ChannelOut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelOut({:?})", self.end.chan.name())
+    }
+}
+
+impl<T> fmt::Debug for ChannelIn<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelIn({:?})", self.end.chan.name())
+    }
+}
+
+/// Serializing an end moves it: the value left behind no longer counts as an end, and the
+/// process that deserializes it owns it. This is how ends reach `#[process]` functions, and
+/// how an end can be sent through a channel (a mobile channel end).
+impl<T> Serialize for ChannelOut<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.end.serialize(s, true)
+    }
+}
+
+/// See the `Serialize` impl of [`ChannelOut`].
+impl<T> Serialize for ChannelIn<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.end.serialize(s, false)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ChannelOut<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ChannelOut {
+            end: End::deserialize::<D, T>(d, true)?,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ChannelIn<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ChannelIn {
+            end: End::deserialize::<D, T>(d, false)?,
+            _t: PhantomData,
+        })
+    }
+}

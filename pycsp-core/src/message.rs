@@ -1,0 +1,240 @@
+//! A message's way through a ring, in both directions.
+//!
+//! Writing: the value is encoded with MessagePack (rmp-serde) straight into the inline part of
+//! a slot buffer; if it does not fit, its length is measured, a block of shared memory is
+//! allocated and the value is encoded straight into it (one copy), and the slot carries the
+//! block's offset. A block whose message was never placed in the ring is freed here; once
+//! placed, it belongs to the reader. Bytes that are already encoded (a message that came over
+//! a socket, an output guard's value) take the same path.
+//!
+//! Reading: the slot's inline bytes are decoded from a buffer on the stack, or the block's
+//! bytes in place, and the block is freed.
+//!
+//! Local ends, socket hosts and socket proxies all write and read through here.
+
+use std::io::Write;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{shared_memory, ChannelError};
+use crate::shm::arena::Arena;
+use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
+use crate::shm::waiter;
+
+/// Something that can write its encoding, possibly twice (to measure it, then to store it).
+trait Encoding {
+    fn write_to<W: Write>(&self, w: &mut W) -> Result<(), String>;
+}
+
+/// A value, encoded with MessagePack.
+struct Value<'a, T>(&'a T);
+
+impl<T: Serialize> Encoding for Value<'_, T> {
+    #[inline]
+    fn write_to<W: Write>(&self, w: &mut W) -> Result<(), String> {
+        rmp_serde::encode::write(w, self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// Bytes that already are a message's encoding.
+struct Encoded<'a>(&'a [u8]);
+
+impl Encoding for Encoded<'_> {
+    #[inline]
+    fn write_to<W: Write>(&self, w: &mut W) -> Result<(), String> {
+        w.write_all(self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes `value` into `chan` (see [`Chan::write`] for when it returns).
+#[inline]
+pub(crate) fn write_value<T: Serialize>(
+    chan: &Chan,
+    value: &T,
+    deadline: Option<Instant>,
+) -> Result<(), ChannelError> {
+    write(chan, &Value(value), deadline)
+}
+
+/// Writes a message that is already encoded (`bytes`) into `chan`.
+pub(crate) fn write_encoded(
+    chan: &Chan,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), ChannelError> {
+    write(chan, &Encoded(bytes), deadline)
+}
+
+/// Encodes `value` into a buffer of its own (for a message that is written later).
+pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, ChannelError> {
+    rmp_serde::to_vec(value).map_err(|e| encode_error(chan, e.to_string()))
+}
+
+/// The one write path: inline in the slot if the encoding fits, else through a block.
+#[inline]
+fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result<(), ChannelError> {
+    let mut inline = Inline {
+        buf: [0; INLINE],
+        len: 0,
+    };
+    if msg.write_to(&mut inline).is_ok() {
+        let slot = Outgoing::Inline {
+            buf: &inline.buf,
+            len: inline.len,
+        };
+        return chan.write(&slot, deadline).map_err(|e| e.error);
+    }
+    write_block(chan, msg, deadline)
+}
+
+/// Too large for a slot: measure, then encode straight into a shared block (one copy).
+#[inline(never)]
+fn write_block<E: Encoding>(
+    chan: &Chan,
+    msg: &E,
+    deadline: Option<Instant>,
+) -> Result<(), ChannelError> {
+    let mut counter = Counter(0);
+    msg.write_to(&mut counter)
+        .map_err(|reason| encode_error(chan, reason))?;
+    let arena = Arena::get().map_err(shared_memory)?;
+    let len = counter.0 as u64;
+    let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
+        channel: chan.name().to_string(),
+        len,
+        max: Arena::max_block_data(),
+    })?;
+    // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
+    // nobody else touches it until its offset is published through the ring.
+    let block = unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len), len as usize) };
+    if let Err(reason) = msg.write_to(&mut std::io::Cursor::new(block)) {
+        arena.free_block(offset);
+        return Err(encode_error(chan, reason));
+    }
+    chan.write(&Outgoing::Block { offset, len }, deadline)
+        .map_err(|e| {
+            if !e.placed {
+                // Never placed in the ring: the block is still ours.
+                arena.free_block(offset);
+            }
+            e.error
+        })
+}
+
+#[cold]
+fn encode_error(chan: &Chan, reason: String) -> ChannelError {
+    ChannelError::Encode {
+        channel: chan.name().to_string(),
+        reason,
+    }
+}
+
+/// Counts the bytes of an encoding without storing them.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0 += data.len();
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A bounded in-place writer for the inline part of a slot.
+struct Inline {
+    buf: [u8; INLINE],
+    len: usize,
+}
+
+impl Write for Inline {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let end = self.len + data.len();
+        if end > INLINE {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if data.len() <= 8 {
+            // MessagePack writes markers and numbers a few bytes at a time: copy them without
+            // a call to memcpy.
+            for (d, s) in self.buf[self.len..end].iter_mut().zip(data) {
+                *d = *s;
+            }
+        } else {
+            self.buf[self.len..end].copy_from_slice(data);
+        }
+        self.len = end;
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a message from `chan` and decodes it as a `T`, blocking until `deadline`. A reader
+/// that has to wait claims a selecting writer's offer on a rendezvous channel.
+#[inline]
+pub(crate) fn read_value<T: DeserializeOwned>(
+    chan: &Chan,
+    deadline: Option<Instant>,
+) -> Result<T, ChannelError> {
+    let mut buf = [0u8; INLINE];
+    // The arena is only needed to claim a selecting writer's offer (the slow path); a
+    // process with a channel always has one.
+    let claim = |w| Arena::get().map_or(Claim::Busy, |arena| waiter::claim(arena, w));
+    match chan.read_into(&mut buf, deadline, claim)? {
+        Took::Inline(len) => {
+            rmp_serde::from_slice(&buf[..len]).map_err(|e| decode_error::<T>(chan, e))
+        }
+        Took::Block { offset, len } => decode(chan, Incoming::Block { offset, len }),
+    }
+}
+
+/// Decodes a message taken out of `chan` (and frees its block, if it had one).
+pub(crate) fn decode<T: DeserializeOwned>(chan: &Chan, msg: Incoming) -> Result<T, ChannelError> {
+    let decode_err = |e| decode_error::<T>(chan, e);
+    match msg {
+        Incoming::Inline { buf, len } => rmp_serde::from_slice(&buf[..len]).map_err(decode_err),
+        Incoming::Block { offset, len } => {
+            let arena = Arena::get().map_err(shared_memory)?;
+            // SAFETY: the writer filled `len` bytes at `offset` before publishing it, and
+            // taking the slot made this reader the block's only user until it frees it.
+            let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
+            let r = rmp_serde::from_slice(bytes).map_err(decode_err);
+            arena.free_block(offset);
+            r
+        }
+    }
+}
+
+/// The encoded bytes of a message taken out of a ring (and frees its block, if it had one).
+pub(crate) fn take_encoded(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
+    match msg {
+        Incoming::Inline { buf, len } => Ok(buf[..len].to_vec()),
+        Incoming::Block { offset, len } => {
+            let arena = Arena::get().map_err(shared_memory)?;
+            // SAFETY: as in `decode`: the block is ours until we free it.
+            let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) }
+                .to_vec();
+            arena.free_block(offset);
+            Ok(bytes)
+        }
+    }
+}
+
+/// The error for a message of `chan` that does not decode as a `T`.
+#[cold]
+fn decode_error<T>(chan: &Chan, e: rmp_serde::decode::Error) -> ChannelError {
+    ChannelError::Decode {
+        channel: chan.name().to_string(),
+        ty: std::any::type_name::<T>().to_string(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,196 @@
+//! What runs in a child process: before `main`, find the requested `#[process]` function,
+//! receive its arguments over the control connection, run it, and report how it ended.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::control::{
+    self, Ctrl, Report, ENV_CHILD, ENV_CONTROL, ENV_CTRL_FD, ENV_TICKET, EXIT_PARENT_GONE,
+};
+use super::table::{display_name, PROCESSES};
+use crate::frame::{self, Frame, Kind};
+use crate::net::{self, key, Endpoint, Stream};
+use crate::runtime::{self, mark_own_ends_dead};
+use crate::shm::arena::{Arena, ENV_ARENA_FD};
+use crate::sys;
+
+/// Runs before `main` (from a constructor `#[process]` emits). In a process started by a
+/// combinator it runs the requested process and exits; otherwise it returns at once.
+#[doc(hidden)]
+pub fn child_entry() {
+    static ENTERED: AtomicBool = AtomicBool::new(false);
+    let Some(name) = std::env::var_os(ENV_CHILD) else {
+        return;
+    };
+    if ENTERED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let ctrl = std::env::var(ENV_CTRL_FD)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok());
+    let arena_fd = std::env::var(ENV_ARENA_FD)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok());
+    // Programs this process starts with `Command` must not take themselves for our children.
+    // Removing variables is sound here: constructors run before `main`, on one thread.
+    let control = std::env::var(ENV_CONTROL).ok();
+    let ticket = std::env::var(ENV_TICKET).ok();
+    std::env::remove_var(ENV_CHILD);
+    std::env::remove_var(ENV_CTRL_FD);
+    std::env::remove_var(ENV_ARENA_FD);
+    std::env::remove_var(ENV_CONTROL);
+    std::env::remove_var(ENV_TICKET);
+    sys::ignore_sigpipe();
+    runtime::enter_child();
+    let code = match (ctrl, arena_fd, control, ticket) {
+        (Some(ctrl), Some(arena), _, _) => run_child(&name.to_string_lossy(), ctrl, arena),
+        (_, _, Some(control), Some(ticket)) => {
+            run_placed(&name.to_string_lossy(), &control, &ticket)
+        }
+        _ => 121,
+    };
+    std::process::exit(code)
+}
+
+fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
+    let Ok(fd) = sys::inherited_fd(ctrl_fd) else {
+        return 122;
+    };
+    let mut ctrl = Ctrl::Pair(UnixStream::from(fd));
+    let report = match Arena::inherit(arena_fd) {
+        Err(e) => Report::Broken(format!("cannot map the network's shared memory: {e}")),
+        Ok(()) => match control::receive(&mut ctrl, Kind::Args) {
+            Err(_) => return 123, // the parent is gone
+            Ok(args) => {
+                if let Ctrl::Pair(pair) = &ctrl {
+                    watch_parent(pair);
+                }
+                run_entry(name, &args)
+            }
+        },
+    };
+    report_to(&mut ctrl, &report)
+}
+
+/// A placed process: connect back, prove the key, present the ticket, then run as a child.
+fn run_placed(name: &str, control: &str, ticket: &str) -> i32 {
+    let Ok(ticket) = ticket.parse::<u64>() else {
+        return 126;
+    };
+    let Ok(mut s) = Stream::connect(&Endpoint::Tcp(control.to_string())) else {
+        eprintln!("pycsp: placed process {name}: cannot connect back to {control}");
+        return 127;
+    };
+    let k = match key::key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("pycsp: placed process {name}: {e}");
+            return 127;
+        }
+    };
+    if let Err(e) = key::join(&mut s, k) {
+        eprintln!("pycsp: placed process {name}: handshake with {control} failed: {e:?}");
+        return 127;
+    }
+    let t = Frame::new(Kind::Handoff, ticket.to_le_bytes().to_vec());
+    if frame::write_frame(&mut s, &t).is_err() {
+        return 123;
+    }
+    let mut ctrl = Ctrl::Net(s);
+    let report = match control::receive(&mut ctrl, Kind::Args) {
+        Err(_) => return 123,
+        Ok(args) => {
+            if let Ctrl::Net(s) = &ctrl {
+                watch_control(s);
+            }
+            run_entry(name, &args)
+        }
+    };
+    report_to(&mut ctrl, &report)
+}
+
+/// Sends the report of how the process ended; returns the exit code of this process.
+fn report_to(ctrl: &mut Ctrl, report: &Report) -> i32 {
+    let _ = std::io::stdout().flush();
+    let bytes = rmp_serde::to_vec(report).unwrap_or_default();
+    match control::send(ctrl, Kind::Report, bytes) {
+        Ok(()) => 0,
+        Err(_) => 124,
+    }
+}
+
+/// Exits this placed process as soon as its parent's connection is gone.
+fn watch_control(s: &Stream) {
+    let fd = s.as_raw_fd();
+    let _ = std::thread::Builder::new()
+        .name("pycsp-watch-parent".into())
+        .stack_size(32 << 10)
+        .spawn(move || loop {
+            if sys::wait_readable(fd, std::time::Duration::from_secs(3600)) {
+                if sys::socket_hung_up(fd) {
+                    sys::exit_now(EXIT_PARENT_GONE);
+                }
+                // The parent sends nothing more; do not spin on unexpected bytes.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+}
+
+fn run_entry(name: &str, args: &[u8]) -> Report {
+    let Some(entry) = PROCESSES.iter().find(|e| e.name == name) else {
+        return Report::Broken(format!("this binary has no #[process] named {name}"));
+    };
+    // A panic of the process's own thread marks its channels before unwinding drops (and so
+    // retires) its ends: peers must learn of a crash, not of a clean retirement.
+    let main = std::thread::current().id();
+    let process = display_name(entry.name);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == main {
+            mark_own_ends_dead(process);
+        }
+        previous(info);
+    }));
+    runtime::set_current(process);
+    let result = catch_unwind(AssertUnwindSafe(|| (entry.run)(args)));
+    // Let the retirements of socket ends dropped by the body reach their hosts.
+    net::client::drain(net::LOSS_TIMEOUT);
+    match result {
+        Ok(Ok(bytes)) => Report::Returned(bytes),
+        Ok(Err(msg)) => {
+            mark_own_ends_dead(display_name(entry.name));
+            Report::Broken(msg)
+        }
+        Err(payload) => {
+            mark_own_ends_dead(display_name(entry.name));
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+            Report::Panicked(msg)
+        }
+    }
+}
+
+/// Exits this process as soon as its parent is gone (the control socket reaches EOF).
+fn watch_parent(ctrl: &UnixStream) {
+    let Ok(mut watch) = ctrl.try_clone() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("pycsp-watch-parent".into())
+        .stack_size(32 << 10)
+        .spawn(move || {
+            let mut b = [0u8; 64];
+            loop {
+                match watch.read(&mut b) {
+                    Ok(0) | Err(_) => sys::exit_now(EXIT_PARENT_GONE),
+                    Ok(_) => {}
+                }
+            }
+        });
+}

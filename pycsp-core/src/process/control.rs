@@ -1,0 +1,82 @@
+//! The control connection between a parent and a child process, and what crosses it.
+//!
+//! A local child inherits one end of a socket pair; a placed process connects back over TCP,
+//! passes the key's handshake and presents its ticket. Either way the parent sends one
+//! [`Kind::Args`] frame (the process's arguments, MessagePack) and the child answers with one
+//! [`Kind::Report`] frame (a [`Report`]). A connection that ends without a report means the
+//! child died; a child whose parent's connection ends exits at once.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, Frame, FrameError, Kind};
+use crate::net::Stream;
+
+/// The process a child runs: its registered name.
+pub(crate) const ENV_CHILD: &str = "PYCSP_CHILD";
+/// A local child's end of the control socket pair (a file descriptor number).
+pub(crate) const ENV_CTRL_FD: &str = "PYCSP_CTRL_FD";
+/// For a placed process: where to connect for its arguments (`HOST:PORT`), and its ticket.
+pub(crate) const ENV_CONTROL: &str = "PYCSP_CONTROL";
+pub(crate) const ENV_TICKET: &str = "PYCSP_TICKET";
+/// The exit code of a process whose parent's connection went away.
+pub(crate) const EXIT_PARENT_GONE: i32 = 125;
+/// Largest control frame accepted (arguments or a return value): what a frame length can say.
+const MAX_CONTROL: usize = u32::MAX as usize;
+
+/// How a process ended, as its child side reports it.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Report {
+    Returned(Vec<u8>),
+    Panicked(String),
+    Broken(String),
+}
+
+/// The control connection to a child: a socket pair, or TCP for a placed process.
+pub(crate) enum Ctrl {
+    Pair(UnixStream),
+    Net(Stream),
+}
+
+impl Read for Ctrl {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Ctrl::Pair(s) => s.read(buf),
+            Ctrl::Net(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Ctrl {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Ctrl::Pair(s) => s.write(buf),
+            Ctrl::Net(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Ctrl::Pair(s) => s.flush(),
+            Ctrl::Net(s) => s.flush(),
+        }
+    }
+}
+
+/// Sends a control frame of `kind`.
+pub(crate) fn send(ctrl: &mut Ctrl, kind: Kind, body: Vec<u8>) -> Result<(), FrameError> {
+    frame::write_frame(ctrl, &Frame::new(kind, body))
+}
+
+/// Receives the control frame of `kind` and returns its body; any other frame is an error.
+pub(crate) fn receive(ctrl: &mut Ctrl, kind: Kind) -> Result<Vec<u8>, FrameError> {
+    let f = frame::read_frame(ctrl, MAX_CONTROL)?;
+    if f.kind != kind {
+        return Err(FrameError::Unexpected(format!(
+            "a {:?} frame on a control connection, where {kind:?} was expected",
+            f.kind
+        )));
+    }
+    Ok(f.body)
+}

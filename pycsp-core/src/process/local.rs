@@ -1,0 +1,57 @@
+//! Starting a process as a local child: re-execute this binary, handing it the network's
+//! shared memory and one end of a control socket pair.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use super::control::{self, Ctrl, ENV_CHILD, ENV_CTRL_FD};
+use super::launch::{spawn_error, ErasedArgs, Launch};
+use super::running::Running;
+use crate::error::Error;
+use crate::frame::Kind;
+use crate::net::key;
+use crate::shm::arena::{Arena, ENV_ARENA_FD};
+use crate::sys;
+
+/// Starts process `name` with `args` as a child of this process.
+pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Running, Error> {
+    let arena = Arena::get().map_err(|e| spawn_error(name, format!("shared memory: {e}")))?;
+    let (launch, args) = Launch::encode(name, args)?;
+    let fail = |reason: String| launch.fail(reason);
+    let (parent_end, child_end) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
+    let ctrl_fd: RawFd = child_end.as_raw_fd();
+    let arena_fd: RawFd = arena.fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(ENV_CHILD, name)
+        .env(ENV_CTRL_FD, ctrl_fd.to_string())
+        .env(ENV_ARENA_FD, arena_fd.to_string())
+        .stdin(Stdio::null());
+    if let Some((k, v)) = key::child_env() {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
+    // is async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::clear_cloexec(ctrl_fd)?;
+            sys::clear_cloexec(arena_fd)
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    drop(child_end);
+    // If the child died at once, writing fails; `wait` then reports how it died.
+    let mut ctrl = Ctrl::Pair(parent_end);
+    let _ = control::send(&mut ctrl, Kind::Args, args);
+    Ok(Running {
+        name,
+        child,
+        ctrl,
+        placed: false,
+        ends: launch.ends,
+    })
+}

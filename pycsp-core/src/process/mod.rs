@@ -1,0 +1,282 @@
+//! Processes: `#[process]` functions run as OS processes, and the combinators that start them.
+//!
+//! # How a process starts
+//!
+//! Calling a `#[process]` function runs nothing: it returns a [`Process`] holding the
+//! function's registered name and its arguments. [`Parallel`], [`Sequence`] and [`Spawn`] start
+//! each process by **re-executing the current binary** (`/proc/self/exe`) with the process's
+//! name in the environment, an inherited control socket, and the network's shared memory. In
+//! the child, a constructor that `#[process]` registers runs before `main`, finds the function
+//! by name, reads its serialized arguments from the control socket, runs it, and writes back
+//! its serialized return value (or its panic message). This works the same in `cargo run`,
+//! integration tests and doc tests, and is safe when the parent runs other threads (the child
+//! starts from a fresh `exec`, not from a copy of a multi-threaded address space).
+//!
+//! # Supervision
+//!
+//! The parent watches each child through its control socket. If a child dies without
+//! reporting (a signal, `abort`, `exit`), the parent poisons every channel whose ends it gave
+//! that child, so its peers wake up instead of hanging, and the combinator returns
+//! [`Error::ProcessFailed`] with the signal or exit code. A child watches its parent the same
+//! way and exits at once when the parent is gone, so killing the root of a network with
+//! `SIGKILL` takes the whole network down, and the shared memory with it.
+
+mod child;
+mod control;
+mod launch;
+mod local;
+mod placed;
+mod running;
+mod table;
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::runtime::poison_offsets;
+pub use child::child_entry;
+pub use launch::{ErasedProcess, Placement};
+#[doc(hidden)]
+pub use running::Returned;
+use running::{wait_all, Running};
+use table::display_name;
+pub use table::{ProcessEntry, PROCESSES};
+
+/// A process that has not started yet: a `#[process]` function with its arguments.
+///
+/// `R` is the function's return type; the combinators hand back the value the function
+/// returned in its own OS process. Dropping a `Process` that never ran retires the channel ends
+/// among its arguments.
+#[must_use = "a Process runs only when given to Parallel, Sequence or Spawn"]
+pub struct Process<R> {
+    inner: ErasedProcess,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> Process<R> {
+    #[doc(hidden)]
+    pub fn __new<A: Serialize + Send + 'static>(name: &'static str, args: A) -> Self {
+        Process {
+            inner: ErasedProcess {
+                name,
+                args: Box::new(args),
+                placement: None,
+            },
+            _r: PhantomData,
+        }
+    }
+
+    /// Runs this process where `placement` says (another host, another network namespace)
+    /// instead of as a child of this one. Its channel ends must belong to socket channels
+    /// (`tcp://...`); its return value or failure comes back as for a local process.
+    pub fn on(mut self, placement: Placement) -> Self {
+        self.inner.placement = Some(placement);
+        self
+    }
+
+    /// The process's function, with its module path.
+    pub fn name(&self) -> &'static str {
+        display_name(self.inner.name)
+    }
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Process({})", self.name())
+    }
+}
+
+/// Anything the combinators can run: a [`Process`], a `Vec` or array of processes of one
+/// return type, or a tuple of up to eight of these (whose return types may differ).
+///
+/// The output has the same shape: a tuple of processes gives a tuple of their return values.
+pub trait ProcessSet {
+    /// The return values, in the shape of the set.
+    type Output;
+    #[doc(hidden)]
+    type Shape;
+    #[doc(hidden)]
+    fn flatten(self, into: &mut Vec<ErasedProcess>) -> Self::Shape;
+    #[doc(hidden)]
+    fn unflatten(
+        shape: Self::Shape,
+        from: &mut std::vec::IntoIter<Returned>,
+    ) -> Result<Self::Output, Error>;
+}
+
+fn next_returned(from: &mut std::vec::IntoIter<Returned>) -> Returned {
+    from.next().expect("one result per process")
+}
+
+impl<R: DeserializeOwned> ProcessSet for Process<R> {
+    type Output = R;
+    type Shape = ();
+    fn flatten(self, into: &mut Vec<ErasedProcess>) {
+        into.push(self.inner);
+    }
+    fn unflatten(_: (), from: &mut std::vec::IntoIter<Returned>) -> Result<R, Error> {
+        next_returned(from).decode()
+    }
+}
+
+impl<R: DeserializeOwned> ProcessSet for Vec<Process<R>> {
+    type Output = Vec<R>;
+    type Shape = usize;
+    fn flatten(self, into: &mut Vec<ErasedProcess>) -> usize {
+        let n = self.len();
+        into.extend(self.into_iter().map(|p| p.inner));
+        n
+    }
+    fn unflatten(n: usize, from: &mut std::vec::IntoIter<Returned>) -> Result<Vec<R>, Error> {
+        (0..n).map(|_| next_returned(from).decode()).collect()
+    }
+}
+
+impl<R: DeserializeOwned, const N: usize> ProcessSet for [Process<R>; N] {
+    type Output = [R; N];
+    type Shape = ();
+    fn flatten(self, into: &mut Vec<ErasedProcess>) {
+        into.extend(self.into_iter().map(|p| p.inner));
+    }
+    fn unflatten(_: (), from: &mut std::vec::IntoIter<Returned>) -> Result<[R; N], Error> {
+        let v: Vec<R> = (0..N)
+            .map(|_| next_returned(from).decode())
+            .collect::<Result<_, _>>()?;
+        match v.try_into() {
+            Ok(a) => Ok(a),
+            Err(_) => unreachable!("exactly N values were decoded"),
+        }
+    }
+}
+
+macro_rules! tuple_set {
+    ($($t:ident $v:ident),+) => {
+        impl<$($t: ProcessSet),+> ProcessSet for ($($t,)+) {
+            type Output = ($($t::Output,)+);
+            type Shape = ($($t::Shape,)+);
+            fn flatten(self, into: &mut Vec<ErasedProcess>) -> Self::Shape {
+                let ($($v,)+) = self;
+                ($($v.flatten(into),)+)
+            }
+            fn unflatten(
+                shape: Self::Shape,
+                from: &mut std::vec::IntoIter<Returned>,
+            ) -> Result<Self::Output, Error> {
+                let ($($v,)+) = shape;
+                // Decode every member (in order) even if an earlier one failed.
+                $(let $v = $t::unflatten($v, from);)+
+                Ok(($($v?,)+))
+            }
+        }
+    };
+}
+
+tuple_set!(A a);
+tuple_set!(A a, B b);
+tuple_set!(A a, B b, C c);
+tuple_set!(A a, B b, C c, D d);
+tuple_set!(A a, B b, C c, D d, E e);
+tuple_set!(A a, B b, C c, D d, E e, F f);
+tuple_set!(A a, B b, C c, D d, E e, F f, G g);
+tuple_set!(A a, B b, C c, D d, E e, F f, G g, H h);
+
+/// `n` processes made by `f(0)`, ..., `f(n - 1)`: PyCSP's `Parallel(n * worker(...))`.
+///
+/// ```ignore
+/// let results = Parallel(replicate(4, |i| worker(jobs.reader(), i)))?;
+/// ```
+pub fn replicate<R>(n: usize, f: impl FnMut(usize) -> Process<R>) -> Vec<Process<R>> {
+    (0..n).map(f).collect()
+}
+
+/// Runs every process of `set` in its own OS process, all at the same time, and waits for all
+/// of them. Returns their return values in the shape of `set`, or the first failure in the
+/// order given: which process failed and how (panic message, exit code or signal).
+#[allow(non_snake_case)]
+pub fn Parallel<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
+    Spawn(set)?.join()
+}
+
+/// Runs the processes of `set` one after another, each in its own OS process, and returns
+/// their return values. Stops at the first failure; the processes after it do not run.
+#[allow(non_snake_case)]
+pub fn Sequence<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
+    let mut procs = Vec::new();
+    let shape = set.flatten(&mut procs);
+    let mut done = Vec::with_capacity(procs.len());
+    for p in procs {
+        done.push(start(p)?.wait()?);
+    }
+    S::unflatten(shape, &mut done.into_iter())
+}
+
+/// Starts every process of `set` and returns at once with a handle to join them.
+///
+/// Dropping the handle without joining waits for the processes (a network never leaves
+/// processes behind).
+#[allow(non_snake_case)]
+pub fn Spawn<S: ProcessSet>(set: S) -> Result<Spawned<S>, Error> {
+    let mut procs = Vec::new();
+    let shape = set.flatten(&mut procs);
+    let mut running: Vec<Running> = Vec::with_capacity(procs.len());
+    let mut procs = procs.into_iter();
+    for p in procs.by_ref() {
+        match start(p) {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                for r in &running {
+                    poison_offsets(&r.ends);
+                }
+                drop(wait_all(running));
+                return Err(e);
+            }
+        }
+    }
+    Ok(Spawned {
+        running,
+        shape: Some(shape),
+        _s: PhantomData,
+    })
+}
+
+/// Processes started by [`Spawn`].
+#[must_use = "dropping a Spawned waits for its processes; call join() to get their results"]
+pub struct Spawned<S: ProcessSet> {
+    running: Vec<Running>,
+    shape: Option<S::Shape>,
+    _s: PhantomData<fn() -> S>,
+}
+
+impl<S: ProcessSet> Spawned<S> {
+    /// The OS process ids of the processes, in order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.running.iter().map(|r| r.child.id()).collect()
+    }
+
+    /// Waits for every process and returns their return values (see [`Parallel`]).
+    pub fn join(mut self) -> Result<S::Output, Error> {
+        let results = wait_all(std::mem::take(&mut self.running));
+        let shape = self.shape.take().expect("shape is taken once");
+        let mut ok = Vec::with_capacity(results.len());
+        for r in results {
+            ok.push(r?);
+        }
+        S::unflatten(shape, &mut ok.into_iter())
+    }
+}
+
+impl<S: ProcessSet> Drop for Spawned<S> {
+    fn drop(&mut self) {
+        drop(wait_all(std::mem::take(&mut self.running)));
+    }
+}
+
+/// Starts `p`: as a local child, or through its placement's launcher.
+fn start(p: ErasedProcess) -> Result<Running, Error> {
+    match &p.placement {
+        None => local::start(p.name, p.args),
+        Some(placement) => placed::start(p.name, placement, p.args),
+    }
+}
