@@ -59,13 +59,13 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::channel::{ChannelIn, ChannelOut};
 use crate::error::ChannelError;
 use crate::message::{decode, encode, write_encoded};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
-use crate::{ChannelIn, ChannelOut};
 
 type InputFn<'a, R> = Box<dyn FnOnce(&Chan, Incoming) -> Result<R, ChannelError> + 'a>;
 

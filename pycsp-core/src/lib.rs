@@ -7,8 +7,9 @@
 //! - [`process`]: [`Process`], [`Parallel`], [`Sequence`], [`Spawn`];
 //! - errors: [`ChannelError`], [`Error`], [`Failure`].
 //!
-//! Shared-memory layout and the wait/wake protocol are documented in one place, the private
-//! `shm` module (`pycsp-core/src/shm/mod.rs`).
+//! Shared-memory layout, the wait/wake protocol and the module map (which module owns what,
+//! and which it may use) are documented in one place, `pycsp-core/src/shm/LAYOUT.md`, the
+//! documentation of the private `shm` module and the book's layout chapter.
 #![warn(missing_docs)]
 
 pub mod alt;

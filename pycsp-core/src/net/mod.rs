@@ -31,14 +31,14 @@
 //! process it starts, placed ones included (through the launcher's environment: `ip netns
 //! exec` and `srun` pass it on; with `ssh`, give each host the key in a file). A program
 //! started by other means and given no key makes its own random one, so its connections are
-//! refused with [`ChannelError::Auth`] on both sides, with a hint
+//! refused with [`ChannelError::Auth`](crate::ChannelError::Auth) on both sides, with a hint
 //! naming these variables; [`key_env`] is the variable and value to give such a program.
 //!
 //! # Losing a peer
 //!
 //! A peer process that dies (even by `SIGKILL`) closes its connections at once: its peers get
-//! [`ChannelError::PeerDied`] (readers after every
-//! acknowledged message) or [`ChannelError::Connection`]
+//! [`ChannelError::PeerDied`](crate::ChannelError::PeerDied) (readers after every
+//! acknowledged message) or [`ChannelError::Connection`](crate::ChannelError::Connection)
 //! within milliseconds. A host that vanishes or a link that goes down is noticed within
 //! [`LOSS_TIMEOUT`] plus the keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
 

@@ -43,7 +43,7 @@ pub struct ErasedProcess {
 /// be socket channels. The binary must exist at the same path there (`{cmd}` uses this
 /// binary's absolute path). If the connection to a placed process is lost for longer than
 /// [`crate::net::LOSS_TIMEOUT`], its launcher is killed and the combinator reports
-/// [`Failure::Lost`].
+/// [`Failure::Lost`](crate::Failure::Lost).
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub(crate) template: String,

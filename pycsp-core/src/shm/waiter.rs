@@ -50,12 +50,14 @@ thread_local! {
 
 impl Waiter {
     /// This thread's record, allocated in the arena on first use.
-    pub(crate) fn current(arena: &'static Arena) -> Result<&'static Waiter, crate::ChannelError> {
+    pub(crate) fn current(
+        arena: &'static Arena,
+    ) -> Result<&'static Waiter, crate::error::ChannelError> {
         if let Some(w) = WAITER.with(Cell::get) {
             return Ok(w);
         }
         let offset = arena.alloc_static(128).map_err(|_| {
-            crate::ChannelError::SharedMemory("the network's shared memory is full".into())
+            crate::error::ChannelError::SharedMemory("the network's shared memory is full".into())
         })?;
         // SAFETY: the 128 bytes at `offset` were just allocated for this record (zeroed,
         // 256-byte aligned) and are only ever accessed through atomics.
