@@ -20,6 +20,7 @@ fn sensor(readings: Vec<i64>, out: ChannelOut<i64>) -> Result<(), ChannelError> 
 #[process]
 fn delta(inp: ChannelIn<i64>, outs: Vec<ChannelOut<i64>>) -> Result<(), ChannelError> {
     for x in inp.iter() {
+        let x = x?;
         for out in &outs {
             out.write(x)?;
         }
@@ -42,7 +43,7 @@ fn reducer(
     inp: ChannelIn<i64>,
     results: ChannelOut<(String, i64)>,
 ) -> Result<(), ChannelError> {
-    let values = inp.iter();
+    let values = inp.iter().collect::<Result<Vec<i64>, _>>()?.into_iter();
     let result = match how {
         Reduce::Min => values.min().unwrap_or(0),
         Reduce::Max => values.max().unwrap_or(0),
@@ -54,7 +55,7 @@ fn reducer(
 /// Fan-in: one reader of a channel that every reducer writes to; returns what arrived, in
 /// the order it arrived.
 #[process]
-fn gather(results: ChannelIn<(String, i64)>) -> Vec<(String, i64)> {
+fn gather(results: ChannelIn<(String, i64)>) -> Result<Vec<(String, i64)>, ChannelError> {
     results.iter().collect()
 }
 // ANCHOR_END: processes
@@ -68,7 +69,7 @@ fn main() -> Result<(), pycsp::Error> {
         .collect::<Result<_, _>>()?;
     let results = Channel::<(String, i64)>::new("results")?; // any-to-any: three writers
     let hows = [Reduce::Min, Reduce::Max, Reduce::Sum];
-    let (s, d, reduced, mut gathered) = Parallel((
+    let (s, d, reduced, gathered) = Parallel((
         sensor(readings, input.writer()),
         delta(input.reader(), copies.iter().map(|c| c.writer()).collect()),
         replicate(3, |i| {
@@ -81,6 +82,7 @@ fn main() -> Result<(), pycsp::Error> {
     for r in reduced {
         r?;
     }
+    let mut gathered = gathered?;
     gathered.sort(); // they arrive in whichever order the reducers finish
     for (what, value) in gathered {
         println!("{what} {value}");

@@ -12,12 +12,12 @@ use pycsp::prelude::*;
 /// The owner of the counter: the only process that reads or writes it. It adds what it
 /// receives until every writer has retired, then returns the total.
 #[process]
-fn counter(increments: ChannelIn<i64>) -> i64 {
+fn counter(increments: ChannelIn<i64>) -> Result<i64, ChannelError> {
     let mut value = 0;
     for n in increments.iter() {
-        value += n; // `counter.value += 1` in Python, done by the owner: whole, unlocked
+        value += n?; // `counter.value += 1` in Python, done by the owner: whole, unlocked
     }
-    value
+    Ok(value)
 }
 
 /// `def add(lock, counter, n)`: asks the owner to add 1, n times.
@@ -38,7 +38,7 @@ fn main() -> Result<(), pycsp::Error> {
     for a in added {
         a?;
     }
-    println!("{total}");
+    println!("{}", total?);
     Ok(())
 }
 // ANCHOR_END: lock

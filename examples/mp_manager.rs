@@ -48,7 +48,7 @@ fn manager(
     let mut dict: Vec<(Value, Value)> = Vec::new();
     let mut list = list;
     for req in requests.iter() {
-        match req {
+        match req? {
             Request::DictSet(k, v) => match dict.iter_mut().find(|(key, _)| *key == k) {
                 Some(entry) => entry.1 = v,
                 None => dict.push((k, v)),

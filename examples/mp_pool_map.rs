@@ -14,7 +14,8 @@ fn f_worker(
     jobs: ChannelIn<(usize, i64)>,
     results: ChannelOut<(usize, i64)>,
 ) -> Result<(), ChannelError> {
-    for (i, x) in jobs.iter() {
+    for job in jobs.iter() {
+        let (i, x) = job?;
         results.write((i, x * x))?;
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! A pipeline: each stage is a process that reads from the stage before it and writes to the
 //! stage after it. The end of the stream travels down the pipeline by retiring: a stage whose
-//! input has retired returns, which retires its output.
+//! input has retired returns, which retires its output. A failure travels down it too: `?` on
+//! a message returns the error (poison, a crashed peer), which the runtime passes on.
 //!
 //! Run: `cargo run --release --example pipeline -- [n]`
 
@@ -20,6 +21,7 @@ fn numbers(n: u64, out: ChannelOut<u64>) -> Result<(), ChannelError> {
 #[process]
 fn square(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
     for x in inp.iter() {
+        let x = x?;
         out.write(x * x)?;
     }
     Ok(())
@@ -30,7 +32,7 @@ fn square(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError>
 fn running_sum(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
     let mut sum = 0;
     for x in inp.iter() {
-        sum += x;
+        sum += x?;
         out.write(sum)?;
     }
     Ok(())
@@ -38,7 +40,7 @@ fn running_sum(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelE
 
 /// The sink: returns every value it read, in order.
 #[process]
-fn collect(inp: ChannelIn<u64>) -> Vec<u64> {
+fn collect(inp: ChannelIn<u64>) -> Result<Vec<u64>, ChannelError> {
     inp.iter().collect()
 }
 // ANCHOR_END: stages
@@ -60,7 +62,7 @@ fn main() -> Result<(), pycsp::Error> {
     r1?;
     r2?;
     r3?;
-    println!("running sums of the squares of 1..={n}: {sums:?}");
+    println!("running sums of the squares of 1..={n}: {:?}", sums?);
     Ok(())
 }
 // ANCHOR_END: main

@@ -43,9 +43,9 @@ fn farmer(jobs: ChannelOut<(u64, u64)>, limit: u64, chunk: u64) -> Result<(), Ch
 }
 
 #[process]
-fn worker(jobs: ChannelIn<(u64, u64)>) -> u64 {
+fn worker(jobs: ChannelIn<(u64, u64)>) -> Result<u64, ChannelError> {
     jobs.iter()
-        .map(|(lo, hi)| (lo..hi).filter(|&n| is_prime(n)).count() as u64)
+        .map(|job| job.map(|(lo, hi)| (lo..hi).filter(|&n| is_prime(n)).count() as u64))
         .sum()
 }
 
@@ -62,6 +62,7 @@ fn count_primes(workers: usize, run: usize) -> Result<(u64, Duration), pycsp::Er
             c,
         )
     })?;
+    let counts = counts.into_iter().collect::<Result<Vec<u64>, _>>()?;
     Ok((counts.iter().sum(), start.elapsed()))
 }
 // ANCHOR_END: farm

@@ -38,7 +38,7 @@ fn send_all(out: ChannelOut<u32>, first: u32, n: u32) -> Result<(), ChannelError
 }
 
 #[process]
-fn receive_all(inp: ChannelIn<u32>) -> Vec<u32> {
+fn receive_all(inp: ChannelIn<u32>) -> Result<Vec<u32>, ChannelError> {
     inp.iter().collect()
 }
 
@@ -48,14 +48,14 @@ fn channels() -> Result<(), pycsp::Error> {
     let ch = Channel::<u32>::new("rendezvous")?;
     let (sent, got) = Parallel((send_all(ch.writer(), 0, 3), receive_all(ch.reader())))?;
     sent?;
-    println!("rendezvous: {got:?}");
+    println!("rendezvous: {:?}", got?);
 
     // Buffered: writes return once the message is in the buffer, so the writer can finish
     // before the reader starts (with a rendezvous channel this Sequence would never end).
     let ch = Channel::<u32>::buffered("buffered", 3)?;
     let (sent, got) = Sequence((send_all(ch.writer(), 0, 3), receive_all(ch.reader())))?;
     sent?;
-    println!("buffered: {got:?}");
+    println!("buffered: {:?}", got?);
 
     // Any-to-any: two writers and two readers on one channel. Each message reaches exactly
     // one reader, and each writer's messages arrive in the order it wrote them.
@@ -67,6 +67,7 @@ fn channels() -> Result<(), pycsp::Error> {
     for w in writers {
         w?;
     }
+    let readers = readers.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut all: Vec<u32> = readers.concat();
     let in_order = readers.iter().all(|got| {
         let from = |w: u32| got.iter().filter(move |&&v| v / 1000 == w);

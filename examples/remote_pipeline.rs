@@ -31,7 +31,7 @@ fn squares(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError
 }
 
 #[process]
-fn total(inp: ChannelIn<u64>) -> u64 {
+fn total(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
     inp.iter().sum()
 }
 // ANCHOR_END: stages
@@ -59,6 +59,7 @@ fn main() -> Result<(), pycsp::Error> {
     // ANCHOR_END: main
     sent?;
     squared?;
+    let sum = sum?;
     println!("sum of the squares of 1..=100: {sum}");
     assert_eq!(sum, 338_350);
     Ok(())

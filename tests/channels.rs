@@ -59,7 +59,8 @@ fn tagged_writer(out: ChannelOut<(u32, u32)>, id: u32, n: u32) -> Result<(), Cha
 fn tagged_reader(inp: ChannelIn<(u32, u32)>) -> (u64, u64, bool) {
     let mut last = std::collections::HashMap::new();
     let (mut count, mut sum, mut ordered) = (0u64, 0u64, true);
-    for (id, i) in inp.iter() {
+    for msg in inp.iter() {
+        let (id, i) = msg.expect("the writers retire; nothing else ends the channel");
         if let Some(prev) = last.insert(id, i) {
             ordered &= prev < i;
         }
@@ -143,7 +144,7 @@ fn a_process_blocked_for_a_second_uses_almost_no_cpu() {
 #[process]
 fn relay(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
     for v in inp.iter() {
-        out.write(v + 1)?;
+        out.write(v? + 1)?;
     }
     Ok(())
 }

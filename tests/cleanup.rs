@@ -182,7 +182,7 @@ fn twin_producer(out: ChannelOut<u64>, n: u64) {
 }
 
 #[process]
-fn twin_consumer(inp: ChannelIn<u64>) -> u64 {
+fn twin_consumer(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
     inp.iter().sum()
 }
 
@@ -197,7 +197,7 @@ fn twin_run() {
     // The same channel name in both runs: each run is its own network.
     let ch = Channel::<u64>::buffered("twin-numbers", 8).unwrap();
     let ((), sum) = Parallel((twin_producer(ch.writer(), n), twin_consumer(ch.reader()))).unwrap();
-    println!("SUM {sum}");
+    println!("SUM {}", sum.unwrap());
 }
 
 #[test]

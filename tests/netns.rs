@@ -139,9 +139,11 @@ fn square(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<u64, ChannelError
 }
 
 #[process]
-fn total(inp: ChannelIn<u64>) -> (u64, u64, u64) {
-    let (n, s) = inp.iter().fold((0, 0), |(n, s), v| (n + 1, s + v));
-    (n, s, my_netns())
+fn total(inp: ChannelIn<u64>) -> Result<(u64, u64, u64), ChannelError> {
+    let (n, s) = inp
+        .iter()
+        .try_fold((0, 0), |(n, s), v| Ok((n + 1, s + v?)))?;
+    Ok((n, s, my_netns()))
 }
 
 #[test]
@@ -150,7 +152,7 @@ fn a_pipeline_spans_three_namespaces() {
     let port = common::free_port();
     let a = Channel::<u64>::new(&hosts.address(port, "a")).unwrap();
     let b = Channel::<u64>::buffered(&hosts.address(port, "b"), 16).unwrap();
-    let (s, q, (n, sum, t)) = Parallel((
+    let (s, q, totals) = Parallel((
         source(a.writer(), 500).on(hosts.place(0)),
         square(a.reader(), b.writer()).on(hosts.place(1)),
         total(b.reader()).on(hosts.place(2)),
@@ -158,6 +160,7 @@ fn a_pipeline_spans_three_namespaces() {
     .unwrap();
     assert_eq!(s.unwrap(), hosts.ns_inode(0));
     assert_eq!(q.unwrap(), hosts.ns_inode(1));
+    let (n, sum, t) = totals.unwrap();
     assert_eq!(t, hosts.ns_inode(2));
     assert_ne!(t, my_netns());
     assert_eq!(n, 500);

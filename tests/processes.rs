@@ -69,7 +69,7 @@ fn sequence_runs_processes_one_after_the_other() {
     let r = ch.reader();
     let results = Sequence(replicate(5, |i| log_step(ch.writer(), i as u32))).unwrap();
     assert_eq!(results, vec![Ok(0), Ok(10), Ok(20), Ok(30), Ok(40)]);
-    let order: Vec<u32> = r.iter().collect();
+    let order: Vec<u32> = r.iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }
 

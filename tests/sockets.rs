@@ -28,8 +28,8 @@ fn relay(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> 
 }
 
 #[process]
-fn consume(inp: ChannelIn<u64>) -> (u64, u64) {
-    inp.iter().fold((0, 0), |(n, s), v| (n + 1, s + v))
+fn consume(inp: ChannelIn<u64>) -> Result<(u64, u64), ChannelError> {
+    inp.iter().try_fold((0, 0), |(n, s), v| Ok((n + 1, s + v?)))
 }
 
 #[test]
@@ -38,7 +38,7 @@ fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
     let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/a")).unwrap();
     let b = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
     let here = Placement::launcher("{cmd}");
-    let (pid, relayed, (n, sum)) = Parallel((
+    let (pid, relayed, consumed) = Parallel((
         produce(a.writer(), 1, 2000).on(here.clone()),
         relay(a.reader(), b.writer()).on(here),
         consume(b.reader()),
@@ -46,6 +46,7 @@ fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
     .unwrap();
     assert_ne!(pid.unwrap(), std::process::id());
     relayed.unwrap();
+    let (n, sum) = consumed.unwrap();
     assert_eq!(n, 2000);
     assert_eq!(sum, 10 * (1..=2000u64).sum::<u64>());
 }
@@ -480,13 +481,14 @@ fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children
     let port = common::free_port();
     let c = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
     let here = Placement::launcher("{cmd}");
-    let (local_child, placed_child, (n, sum)) = Parallel((
+    let (local_child, placed_child, consumed) = Parallel((
         hand_on(c.writer(), 0, 300, false).on(here.clone()),
         hand_on(c.writer(), 1000, 300, true).on(here),
         consume(c.reader()),
     ))
     .unwrap();
     let (a, b) = (local_child.unwrap(), placed_child.unwrap());
+    let (n, sum) = consumed.unwrap();
     assert_ne!(a, b);
     assert!(![a, b].contains(&std::process::id()));
     assert_eq!(n, 600);

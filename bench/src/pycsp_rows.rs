@@ -51,8 +51,8 @@ pub fn round_trip(capacity: usize, iters: u64) -> f64 {
 }
 
 #[process]
-fn sink(inp: ChannelIn<u64>) -> u64 {
-    inp.iter().fold(0u64, |a, v| a.wrapping_add(v))
+fn sink(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    inp.iter().try_fold(0u64, |a, v| Ok(a.wrapping_add(v?)))
 }
 
 /// One-way u64 messages per second on a buffered channel of 1024.
@@ -65,13 +65,13 @@ pub fn throughput(n: u64) -> f64 {
         w.write(i).unwrap();
     }
     drop(w);
-    std::hint::black_box(h.join().unwrap());
+    std::hint::black_box(h.join().unwrap().unwrap());
     n as f64 / start.elapsed().as_secs_f64()
 }
 
 #[process]
-fn byte_sink(inp: ChannelIn<ByteBuf>) -> u64 {
-    inp.iter().map(|b| b.len() as u64).sum()
+fn byte_sink(inp: ChannelIn<ByteBuf>) -> Result<u64, ChannelError> {
+    inp.iter().map(|b| Ok(b?.len() as u64)).sum()
 }
 
 /// Bandwidth in GB/s of messages of `size` bytes (a MessagePack bin: `serde_bytes`).
@@ -86,7 +86,7 @@ pub fn bandwidth(size: usize, total: usize) -> f64 {
         w.write_ref(&msg).unwrap();
     }
     drop(w);
-    let bytes = h.join().unwrap();
+    let bytes = h.join().unwrap().unwrap();
     bytes as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
@@ -187,9 +187,9 @@ fn farmer(jobs: ChannelOut<(u64, u64)>, limit: u64, chunk: u64) -> Result<(), Ch
 }
 
 #[process]
-fn prime_worker(jobs: ChannelIn<(u64, u64)>) -> u64 {
+fn prime_worker(jobs: ChannelIn<(u64, u64)>) -> Result<u64, ChannelError> {
     jobs.iter()
-        .map(|(lo, hi)| (lo..hi).filter(|&n| is_prime(n)).count() as u64)
+        .map(|job| job.map(|(lo, hi)| (lo..hi).filter(|&n| is_prime(n)).count() as u64))
         .sum()
 }
 
@@ -203,7 +203,8 @@ pub fn primes(workers: usize) -> f64 {
     ))
     .unwrap();
     let t = start.elapsed().as_secs_f64();
-    assert_eq!(counts.iter().sum::<u64>(), 78_498);
+    let counts: Result<Vec<u64>, _> = counts.into_iter().collect();
+    assert_eq!(counts.unwrap().iter().sum::<u64>(), 78_498);
     t
 }
 
@@ -250,9 +251,9 @@ pub fn channel_bytes(capacity: usize) -> f64 {
 }
 
 #[process]
-fn block_sink(inp: ChannelIn<SharedBlock>) -> u64 {
+fn block_sink(inp: ChannelIn<SharedBlock>) -> Result<u64, ChannelError> {
     inp.iter()
-        .map(|b| b.len() as u64 + u64::from(b[0]) + u64::from(b[b.len() - 1]))
+        .map(|b| b.map(|b| b.len() as u64 + u64::from(b[0]) + u64::from(b[b.len() - 1])))
         .sum()
 }
 
@@ -271,7 +272,7 @@ pub fn zero_copy(size: usize, total: usize) -> f64 {
         w.write(b).unwrap();
     }
     drop(w);
-    std::hint::black_box(h.join().unwrap());
+    std::hint::black_box(h.join().unwrap().unwrap());
     (n * size) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
@@ -326,6 +327,6 @@ pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
         w.write(i).unwrap();
     }
     drop((w, c));
-    std::hint::black_box(h.join().unwrap());
+    std::hint::black_box(h.join().unwrap().unwrap());
     n as f64 / start.elapsed().as_secs_f64()
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::channel::{begin_returning, finish_returning};
 use crate::error::{ChannelError, Error};
-use crate::runtime::poison_own_ends;
+use crate::runtime::{poison_own_ends, spread_peer_died};
 
 /// What a `#[process]` parameter or return type must be: it is serialized into another
 /// process (MessagePack, with serde) and deserialized there.
@@ -32,31 +32,44 @@ pub fn encode_return<R: Serialize>(r: &R) -> Result<Vec<u8>, String> {
 }
 
 /// Wraps a return value so that method resolution picks what to do with it (autoref
-/// specialization): poison spreads from `Result<_, ChannelError>` and `Result<_, Error>`.
+/// specialization): poison and crashes spread from `Result<_, ChannelError>` and
+/// `Result<_, Error>`.
 pub struct Probe<'a, T>(pub &'a T);
 
-/// A process that returns `Err(ChannelError::Poisoned)` poisons all of its channel ends.
+/// What a process that ends with channel error `e` does to all of its channel ends:
+/// `Poisoned` poisons them; `PeerDied` marks them as held by the process that died, so that
+/// its peers get `PeerDied` naming that process, not `Retired`.
+fn spread(e: &ChannelError) {
+    match e {
+        ChannelError::Poisoned => poison_own_ends(),
+        ChannelError::PeerDied { pid, process, .. } => spread_peer_died(*pid, process),
+        _ => {}
+    }
+}
+
+/// A process that returns `Err(ChannelError::Poisoned)` poisons all of its channel ends; one
+/// that returns `Err(ChannelError::PeerDied { .. })` passes the crash on.
 pub trait ViaChannelResult {
     fn __pycsp_propagate(&self);
 }
 
 impl<T> ViaChannelResult for Probe<'_, Result<T, ChannelError>> {
     fn __pycsp_propagate(&self) {
-        if let Err(ChannelError::Poisoned) = self.0 {
-            poison_own_ends();
+        if let Err(e) = self.0 {
+            spread(e);
         }
     }
 }
 
-/// Same for `Err(Error::Channel(ChannelError::Poisoned))`.
+/// Same for `Err(Error::Channel(..))`.
 pub trait ViaErrorResult {
     fn __pycsp_propagate(&self);
 }
 
 impl<T> ViaErrorResult for Probe<'_, Result<T, Error>> {
     fn __pycsp_propagate(&self) {
-        if let Err(Error::Channel(ChannelError::Poisoned)) = self.0 {
-            poison_own_ends();
+        if let Err(Error::Channel(e)) = self.0 {
+            spread(e);
         }
     }
 }

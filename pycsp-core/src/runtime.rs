@@ -105,6 +105,12 @@ pub(crate) fn mark_own_ends_dead(name: &str) {
     mark_peer_died(&own_ends(), std::process::id(), name);
 }
 
+/// Marks every end this process holds as held by the dead process `pid` (`name`): a process
+/// that returns `PeerDied` passes the crash on to its other peers, naming who died.
+pub(crate) fn spread_peer_died(pid: u32, name: &str) {
+    mark_peer_died(&own_ends(), pid, name);
+}
+
 /// Poisons every end this process received.
 pub(crate) fn poison_own_ends() {
     poison_offsets(&own_ends());

@@ -16,7 +16,7 @@ fn buffered_channel_keeps_order_and_retires_after_drain() {
         }
         w.retire();
     });
-    let got: Vec<u32> = r.iter().collect();
+    let got: Vec<u32> = r.iter().collect::<Result<_, _>>().unwrap();
     t.join().unwrap();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     assert_eq!(r.read(), Err(ChannelError::Retired));
@@ -59,7 +59,7 @@ fn any_to_any_delivers_each_message_exactly_once_in_per_writer_order() {
     let readers: Vec<_> = (0..3)
         .map(|_| {
             let r = ch.reader();
-            thread::spawn(move || r.iter().collect::<Vec<(u32, u32)>>())
+            thread::spawn(move || r.iter().collect::<Result<Vec<(u32, u32)>, _>>().unwrap())
         })
         .collect();
     for w in writers {

@@ -230,8 +230,8 @@ fn top_level_modules_form_layers() {
             assert!(
                 rt < rf,
                 "{} uses {}, which is not below it in the module map",
-                show(&[from.clone()]),
-                show(&[t.clone()])
+                show(std::slice::from_ref(from)),
+                show(std::slice::from_ref(t))
             );
         }
     }

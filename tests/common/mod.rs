@@ -40,3 +40,10 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// A channel name no other test of this binary uses (tests run as threads of one network).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}

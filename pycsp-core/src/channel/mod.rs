@@ -319,9 +319,29 @@ impl<T: DeserializeOwned> ChannelIn<T> {
         self.recv(Some(Instant::now() + timeout))
     }
 
-    /// An iterator over the messages until the channel retires or fails.
-    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        std::iter::from_fn(move || self.read().ok())
+    /// The messages, read one by one until the channel retires: each is `Ok(message)`; the
+    /// iteration ends after the last message once every writer has retired. Any other end is
+    /// an `Err` first (`Poisoned`, `PeerDied`, a lost connection): an abnormal end is never
+    /// a clean one. A pipeline stage passes it on with `?`:
+    ///
+    /// ```
+    /// # use pycsp_core::{ChannelError, ChannelIn, ChannelOut};
+    /// fn double(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    ///     for x in inp.iter() {
+    ///         out.write(x? * 2)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// A `#[process]` that returns that error spreads it as the book's retire-and-poison
+    /// chapter says: `Poisoned` poisons its ends, `PeerDied` marks them with the process
+    /// that died, so every stage after it fails the same way.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter {
+            inp: self,
+            done: false,
+        }
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
@@ -331,6 +351,38 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     pub(crate) fn chan(&self) -> Chan {
         self.end.chan
+    }
+}
+
+/// The messages of a [`ChannelIn`], until its channel retires; see [`ChannelIn::iter`].
+pub struct Iter<'a, T> {
+    inp: &'a ChannelIn<T>,
+    done: bool,
+}
+
+impl<T: DeserializeOwned> Iterator for Iter<'_, T> {
+    type Item = Result<T, ChannelError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.inp.read() {
+            Ok(v) => Some(Ok(v)),
+            Err(e) => {
+                self.done = true;
+                (e != ChannelError::Retired).then_some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'a, T: DeserializeOwned> IntoIterator for &'a ChannelIn<T> {
+    type Item = Result<T, ChannelError>;
+    type IntoIter = Iter<'a, T>;
+
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
     }
 }
 
