@@ -192,7 +192,11 @@ pub enum Error {
         /// How it ended.
         failure: Failure,
     },
-    /// A process could not be started.
+    /// A process could not be started (its arguments could not be encoded, the operating
+    /// system refused, a placed process did not connect back). The channels of the ends
+    /// among its arguments are poisoned, so that its peers stop instead of taking its
+    /// absence for a clean end; the processes of the same `Parallel` or `Spawn` that had
+    /// started are poisoned the same way and waited for.
     #[error("could not start process {name}: {reason}")]
     Spawn {
         /// The process's function, with its module path.

@@ -47,8 +47,9 @@ pub use table::{ProcessEntry, PROCESSES};
 /// A process that has not started yet: a `#[process]` function with its arguments.
 ///
 /// `R` is the function's return type; the combinators hand back the value the function
-/// returned in its own OS process. Dropping a `Process` that never ran retires the channel ends
-/// among its arguments.
+/// returned in its own OS process. Dropping a `Process` that was never given to a combinator
+/// retires the channel ends among its arguments; one that a combinator could not start
+/// poisons them (see [`Error::Spawn`]).
 #[must_use = "a Process runs only when given to Parallel, Sequence or Spawn"]
 pub struct Process<R> {
     inner: ErasedProcess,
