@@ -250,3 +250,16 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     let r = unsafe { libc::poll(&mut p, 1, ms) };
     r > 0 && p.revents != 0
 }
+
+/// Waits up to `timeout` for the child process `pid` (not yet reaped, so the pid is still
+/// ours) to exit; whether it did. Uses a pidfd, which becomes readable when the process exits.
+pub(crate) fn wait_child_exit(pid: u32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    wait_readable(fd.as_raw_fd(), timeout)
+}

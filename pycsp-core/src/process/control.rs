@@ -40,6 +40,27 @@ pub(crate) enum Ctrl {
     Net(Stream),
 }
 
+impl Ctrl {
+    /// Another handle on the same connection, so that another thread can end it.
+    pub(crate) fn try_clone(&self) -> std::io::Result<Ctrl> {
+        Ok(match self {
+            Ctrl::Pair(s) => Ctrl::Pair(s.try_clone()?),
+            Ctrl::Net(Stream::Tcp(s)) => Ctrl::Net(Stream::Tcp(s.try_clone()?)),
+            Ctrl::Net(Stream::Unix(s)) => Ctrl::Net(Stream::Unix(s.try_clone()?)),
+        })
+    }
+
+    /// Ends the connection both ways (the other side reads its end).
+    pub(crate) fn shutdown(&self) {
+        match self {
+            Ctrl::Pair(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            Ctrl::Net(s) => s.shutdown(),
+        }
+    }
+}
+
 impl Read for Ctrl {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {

@@ -40,7 +40,7 @@ pub use child::child_entry;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
 pub use running::Returned;
-use running::{wait_all, Running};
+use running::{Running, Watched};
 use table::display_name;
 pub use table::{ProcessEntry, PROCESSES};
 
@@ -215,28 +215,35 @@ pub fn Sequence<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
 
 /// Starts every process of `set` and returns at once with a handle to join them.
 ///
-/// Dropping the handle without joining waits for the processes (a network never leaves
-/// processes behind).
+/// Each process is watched from the moment it starts: if it dies without returning (a
+/// panic, `abort`, `exit`, a signal), its peers get [`ChannelError::PeerDied`] at once, joined
+/// or not. Dropping the handle without joining waits for the processes (a network never
+/// leaves processes behind); dropping it while the thread unwinds from a panic stops them
+/// instead (they may be waiting for ends that this thread would drop only afterwards) and
+/// says so on standard error.
+///
+/// [`ChannelError::PeerDied`]: crate::ChannelError::PeerDied
 #[allow(non_snake_case)]
 pub fn Spawn<S: ProcessSet>(set: S) -> Result<Spawned<S>, Error> {
     let mut procs = Vec::new();
     let shape = set.flatten(&mut procs);
-    let mut running: Vec<Running> = Vec::with_capacity(procs.len());
-    let mut procs = procs.into_iter();
-    for p in procs.by_ref() {
+    let mut watched: Vec<Watched> = Vec::with_capacity(procs.len());
+    for p in procs {
         match start(p) {
-            Ok(r) => running.push(r),
+            Ok(r) => watched.push(Watched::new(r)),
             Err(e) => {
-                for r in &running {
-                    poison_offsets(&r.ends);
+                for w in &watched {
+                    poison_offsets(&w.ends);
                 }
-                drop(wait_all(running));
+                for w in watched {
+                    drop(w.join());
+                }
                 return Err(e);
             }
         }
     }
     Ok(Spawned {
-        running,
+        watched,
         shape: Some(shape),
         _s: PhantomData,
     })
@@ -245,7 +252,7 @@ pub fn Spawn<S: ProcessSet>(set: S) -> Result<Spawned<S>, Error> {
 /// Processes started by [`Spawn`].
 #[must_use = "dropping a Spawned waits for its processes; call join() to get their results"]
 pub struct Spawned<S: ProcessSet> {
-    running: Vec<Running>,
+    watched: Vec<Watched>,
     shape: Option<S::Shape>,
     _s: PhantomData<fn() -> S>,
 }
@@ -253,12 +260,15 @@ pub struct Spawned<S: ProcessSet> {
 impl<S: ProcessSet> Spawned<S> {
     /// The OS process ids of the processes, in order.
     pub fn pids(&self) -> Vec<u32> {
-        self.running.iter().map(|r| r.child.id()).collect()
+        self.watched.iter().map(Watched::pid).collect()
     }
 
     /// Waits for every process and returns their return values (see [`Parallel`]).
     pub fn join(mut self) -> Result<S::Output, Error> {
-        let results = wait_all(std::mem::take(&mut self.running));
+        let results: Vec<_> = std::mem::take(&mut self.watched)
+            .into_iter()
+            .map(Watched::join)
+            .collect();
         let shape = self.shape.take().expect("shape is taken once");
         let mut ok = Vec::with_capacity(results.len());
         for r in results {
@@ -270,7 +280,21 @@ impl<S: ProcessSet> Spawned<S> {
 
 impl<S: ProcessSet> Drop for Spawned<S> {
     fn drop(&mut self) {
-        drop(wait_all(std::mem::take(&mut self.running)));
+        let watched = std::mem::take(&mut self.watched);
+        if !std::thread::panicking() {
+            for w in watched {
+                drop(w.join());
+            }
+            return;
+        }
+        for w in watched {
+            let pid = w.pid();
+            if let Err(e) = w.stop() {
+                eprintln!(
+                    "pycsp: a Spawned dropped while its thread panicked stopped (pid {pid}): {e}"
+                );
+            }
+        }
     }
 }
 

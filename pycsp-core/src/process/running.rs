@@ -10,6 +10,11 @@ use crate::error::{Error, Failure};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
 use crate::runtime::mark_peer_died;
+use crate::sys;
+
+/// How long the launcher of a placed process whose connection ended may take to exit before
+/// the process counts as lost (its host or a link went away).
+const LAUNCHER_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a process returned, as bytes, with who returned it.
 #[doc(hidden)]
@@ -41,26 +46,82 @@ pub(crate) struct Running {
     pub(crate) ends: Vec<u64>,
 }
 
-pub(crate) fn wait_all(running: Vec<Running>) -> Vec<Result<Returned, Error>> {
-    if running.len() <= 1 {
-        return running.into_iter().map(Running::wait).collect();
+/// A started process watched by a thread of its own, its reaper: the thread reads the child's
+/// report, marks the channels of the child's ends the moment it dies without one, and reaps
+/// it. So the peers of a process that dies learn of it at once, whether or not anyone joins.
+pub(crate) struct Watched {
+    name: &'static str,
+    pid: u32,
+    /// Channels whose ends the child holds.
+    pub(crate) ends: Vec<u64>,
+    /// A second handle on the control connection: ending it makes the child exit.
+    stop: Option<Ctrl>,
+    reaper: Reaper,
+}
+
+enum Reaper {
+    Thread(std::thread::JoinHandle<Result<Returned, Error>>),
+    /// No thread could be started: the process is waited for when it is joined.
+    Inline(Box<Running>),
+}
+
+impl Watched {
+    /// Starts watching `r`.
+    pub(crate) fn new(r: Running) -> Watched {
+        let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
+        let stop = r.ctrl.try_clone().ok();
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(r)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pycsp-reaper".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let r = theirs.lock().ok().and_then(|mut r| r.take());
+                r.expect("the reaper takes its process once").wait()
+            });
+        let reaper = match spawned {
+            Ok(h) => Reaper::Thread(h),
+            Err(_) => {
+                let r = slot.lock().ok().and_then(|mut r| r.take());
+                Reaper::Inline(Box::new(r.expect("no thread took the process")))
+            }
+        };
+        Watched {
+            name,
+            pid,
+            ends,
+            stop,
+            reaper,
+        }
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = running
-            .into_iter()
-            .map(|r| {
-                std::thread::Builder::new()
-                    .name("pycsp-wait".into())
-                    .stack_size(64 << 10)
-                    .spawn_scoped(s, move || r.wait())
-                    .expect("a waiting thread can start")
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("waiting thread does not panic"))
-            .collect()
-    })
+
+    /// The OS process id (for a placed process: of its launcher).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits until the process has ended and was reaped; how it ended.
+    pub(crate) fn join(self) -> Result<Returned, Error> {
+        match self.reaper {
+            Reaper::Thread(h) => h.join().unwrap_or_else(|_| {
+                Err(Error::ProcessFailed {
+                    name: display_name(self.name).to_string(),
+                    pid: self.pid,
+                    failure: Failure::Broken("its reaper thread panicked".into()),
+                })
+            }),
+            Reaper::Inline(r) => r.wait(),
+        }
+    }
+
+    /// Ends the process's control connection, which makes it exit at once (a child exits
+    /// when its parent's connection ends), then waits for it as [`join`](Self::join) does.
+    pub(crate) fn stop(self) -> Result<Returned, Error> {
+        if let Some(c) = &self.stop {
+            c.shutdown();
+        }
+        self.join()
+    }
 }
 
 impl Running {
@@ -74,8 +135,13 @@ impl Running {
             mark_peer_died(&self.ends, pid, display_name(self.name));
         }
         let mut lost = false;
-        if self.placed && report.is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            // The connection broke but the launcher lives on (a link or host went away).
+        // The connection ended without a report: the process and its launcher are exiting
+        // (give them a moment), or a link or host went away while the launcher lives on.
+        if self.placed
+            && report.is_none()
+            && !sys::wait_child_exit(pid, LAUNCHER_EXIT)
+            && matches!(self.child.try_wait(), Ok(None))
+        {
             lost = true;
             let _ = self.child.kill();
         }
