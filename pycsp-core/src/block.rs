@@ -43,20 +43,27 @@ impl SharedBlock {
     /// A block of `len` bytes whose contents are unspecified (whatever the shared memory held:
     /// initialised bytes, possibly an earlier block's). The fastest way to get a buffer that
     /// will be filled anyway.
+    ///
+    /// Fails with [`ChannelError::TooLarge`] if no block of the network's shared memory can
+    /// ever hold `len` bytes (more than [`max_len`](Self::max_len)), and with
+    /// [`ChannelError::Capacity`] if there is no room for it now. Either way nothing was
+    /// allocated.
     pub fn new(len: usize) -> Result<SharedBlock, ChannelError> {
         let arena = arena()?;
         let offset = arena
             .alloc_block(len as u64)
-            .map_err(|_| ChannelError::TooLarge {
-                channel: String::new(),
-                len: len as u64,
-                max: Arena::max_block_data(),
-            })?;
+            .map_err(|e| e.into_channel_error(""))?;
         Ok(SharedBlock {
             offset,
             len,
             owned: Cell::new(true),
         })
+    }
+
+    /// The largest block (and the largest encoded message) the network's shared memory can
+    /// hold: the largest power of two that fits in it, less a 16-byte header.
+    pub fn max_len() -> Result<usize, ChannelError> {
+        Ok(arena()?.max_block_data() as usize)
     }
 
     /// A block of `len` zero bytes.
@@ -140,11 +147,8 @@ impl<'de> Deserialize<'de> for SharedBlock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let (offset, len) = <(u64, u64)>::deserialize(d)?;
-        arena().map_err(D::Error::custom)?;
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > crate::shm::arena::ARENA_SIZE)
-        {
+        let arena = arena().map_err(D::Error::custom)?;
+        if offset.checked_add(len).is_none_or(|end| end > arena.size()) {
             return Err(D::Error::custom(format!(
                 "a SharedBlock at {offset}+{len} lies outside shared memory"
             )));

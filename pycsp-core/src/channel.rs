@@ -241,15 +241,7 @@ impl<T> Channel<T> {
 }
 
 fn arena_error(e: ArenaError, name: &str) -> ChannelError {
-    match e {
-        ArenaError::Full => {
-            ChannelError::SharedMemory("the network's shared memory is full".into())
-        }
-        ArenaError::NameInUse => ChannelError::NameInUse(name.to_string()),
-        ArenaError::DirectoryFull => {
-            ChannelError::SharedMemory("the network's channel directory is full".into())
-        }
-    }
+    e.into_channel_error(name)
 }
 
 fn check_type<T>(chan: &Chan) -> Result<(), ChannelError> {
@@ -520,11 +512,9 @@ pub(crate) fn write_encoded(
     }
     let arena = Arena::get().map_err(shm_error)?;
     let len = bytes.len() as u64;
-    let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
-        channel: chan.name().to_string(),
-        len,
-        max: Arena::max_block_data(),
-    })?;
+    let offset = arena
+        .alloc_block(len)
+        .map_err(|e| arena_error(e, chan.name()))?;
     // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
     // nobody else reads it until its offset is published through the ring.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.ptr(offset, len), bytes.len()) };
@@ -645,11 +635,9 @@ impl<T: Serialize> ChannelOut<T> {
         rmp_serde::encode::write(&mut counter, value).map_err(encode_err)?;
         let arena = Arena::get().map_err(shm_error)?;
         let len = counter.0 as u64;
-        let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
-            channel: chan.name().to_string(),
-            len,
-            max: Arena::max_block_data(),
-        })?;
+        let offset = arena
+            .alloc_block(len)
+            .map_err(|e| arena_error(e, chan.name()))?;
         // SAFETY: the block was just allocated for us and is `len` bytes long (checked by
         // `ptr`); nobody else touches it until its offset is published through the ring.
         let block = unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len), len as usize) };

@@ -2,6 +2,7 @@
 //! [`crate::shm`].
 
 use std::cell::UnsafeCell;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -9,10 +10,12 @@ use std::sync::OnceLock;
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::error::ChannelError;
 use crate::sys;
 
-/// Bytes of address space reserved for one network's arena (pages are allocated on touch).
-pub(crate) const ARENA_SIZE: u64 = 64 << 30;
+/// The most address space one network's arena reserves (pages are allocated on touch). Block
+/// offsets in the free lists are stored in 28 bits of 256-byte units: at most 64 GiB.
+pub(crate) const ARENA_MAX: u64 = 64 << 30;
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
 const VERSION: u32 = 1;
 const HEADER_SIZE: u64 = 4096;
@@ -66,6 +69,10 @@ struct BlockHeader {
 pub(crate) struct Arena {
     map: MmapRaw,
     fd: OwnedFd,
+    /// Bytes mapped: the size of the memfd, the same in every process of the network.
+    size: u64,
+    /// The largest size class whose block fits in the arena.
+    max_class: usize,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or under the ownership
@@ -77,12 +84,46 @@ unsafe impl Send for Arena {}
 
 static ARENA: OnceLock<Arena> = OnceLock::new();
 
-/// Why an arena operation failed.
-#[derive(Debug)]
+/// Why an arena operation failed. A failed allocation changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ArenaError {
-    Full,
+    /// No room for `needed` bytes (`u64::MAX` if the size overflowed): `free` of `size` are
+    /// left.
+    Full {
+        needed: u64,
+        free: u64,
+        size: u64,
+    },
+    /// No block can ever hold `len` bytes: the largest holds `max`.
+    TooLarge {
+        len: u64,
+        max: u64,
+    },
     NameInUse,
     DirectoryFull,
+}
+
+impl ArenaError {
+    /// The error for the user of channel `channel` (empty for a shared block).
+    pub(crate) fn into_channel_error(self, channel: &str) -> ChannelError {
+        match self {
+            ArenaError::Full { needed, free, size } => ChannelError::Capacity {
+                channel: channel.to_string(),
+                needed,
+                free,
+                size,
+            },
+            ArenaError::TooLarge { len, max } => ChannelError::TooLarge {
+                channel: channel.to_string(),
+                len,
+                max,
+            },
+            ArenaError::NameInUse => ChannelError::NameInUse(channel.to_string()),
+            ArenaError::DirectoryFull => {
+                ChannelError::SharedMemory("the network's channel directory is full".into())
+            }
+        }
+    }
 }
 
 impl Arena {
@@ -91,7 +132,8 @@ impl Arena {
         if let Some(a) = ARENA.get() {
             return Ok(a);
         }
-        let arena = Arena::map(sys::memfd("pycsp-arena", ARENA_SIZE)?, true)?;
+        let size = ARENA_MAX;
+        let arena = Arena::map(sys::memfd("pycsp-arena", size)?, size, true)?;
         // Another thread may have won the race; then ours is dropped (unmapped) unused.
         let _ = ARENA.set(arena);
         Ok(ARENA.get().expect("arena was just set"))
@@ -99,17 +141,35 @@ impl Arena {
 
     /// Maps the arena a parent passed down as descriptor `fd` (in a child, before `main`).
     pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
-        let arena = Arena::map(sys::inherited_fd(fd)?, false)?;
+        // The parent chose the size (from its limits); the memfd is that long.
+        let file = File::from(sys::inherited_fd(fd)?);
+        let size = file.metadata()?.len();
+        if !(DATA_START + ALIGN..=ARENA_MAX).contains(&size) {
+            return Err(io::Error::other(format!(
+                "inherited arena has an impossible size of {size} bytes"
+            )));
+        }
+        let arena = Arena::map(OwnedFd::from(file), size, false)?;
         ARENA
             .set(arena)
             .map_err(|_| io::Error::other("this process already has an arena"))
     }
 
-    fn map(fd: OwnedFd, init: bool) -> io::Result<Arena> {
+    fn map(fd: OwnedFd, size: u64, init: bool) -> io::Result<Arena> {
         let map = MmapOptions::new()
-            .len(ARENA_SIZE as usize)
+            .len(size as usize)
             .map_raw(fd.as_raw_fd())?;
-        let arena = Arena { map, fd };
+        let room = size - DATA_START;
+        let max_class = (0..NCLASSES)
+            .rev()
+            .find(|&c| ALIGN << c <= room)
+            .unwrap_or(0);
+        let arena = Arena {
+            map,
+            fd,
+            size,
+            max_class,
+        };
         let h = arena.header_ptr();
         if init {
             // SAFETY: the memfd was just created and is mapped only here; nobody else can see
@@ -117,7 +177,7 @@ impl Arena {
             unsafe {
                 (*h).magic = MAGIC;
                 (*h).version = VERSION;
-                (*h).size = ARENA_SIZE;
+                (*h).size = size;
                 let mut id = [0u8; 8];
                 sys::random_bytes(&mut id)?;
                 // Never 0: that marks an end handed over to a socket channel's host.
@@ -126,8 +186,8 @@ impl Arena {
             arena.header().bump.store(DATA_START, Ordering::Release);
         } else {
             // SAFETY: the parent initialised the header before starting this process.
-            let (magic, version) = unsafe { ((*h).magic, (*h).version) };
-            if magic != MAGIC || version != VERSION {
+            let (magic, version, hsize) = unsafe { ((*h).magic, (*h).version, (*h).size) };
+            if magic != MAGIC || version != VERSION || hsize != size {
                 return Err(io::Error::other(
                     "inherited arena has a wrong magic or version",
                 ));
@@ -140,6 +200,17 @@ impl Arena {
     /// (on another host, or started independently) cannot use shared memory.
     pub(crate) fn network(&self) -> u64 {
         self.header().network
+    }
+
+    /// Bytes of shared memory in all (the same in every process of the network).
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes not yet handed out by the bump allocator (freed blocks not counted).
+    pub(crate) fn unallocated(&self) -> u64 {
+        self.size
+            .saturating_sub(self.header().bump.load(Ordering::Acquire))
     }
 
     /// The descriptor children inherit.
@@ -163,7 +234,7 @@ impl Arena {
     /// If `offset + len` is outside the arena (a corrupt offset must not escape).
     pub(crate) fn ptr(&self, offset: u64, len: u64) -> *mut u8 {
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= ARENA_SIZE),
+            offset.checked_add(len).is_some_and(|end| end <= self.size),
             "offset {offset}+{len} outside the arena"
         );
         // SAFETY: the range was just checked to lie inside the mapping.
@@ -171,23 +242,43 @@ impl Arena {
     }
 
     /// Reserves `len` fresh bytes (256-byte aligned, zeroed) that are never freed.
+    ///
+    /// The bump pointer moves only when the whole range fits (one compare-and-swap), so a
+    /// failed allocation, however absurd its size, leaves the arena exactly as it was.
     pub(crate) fn alloc_static(&self, len: u64) -> Result<u64, ArenaError> {
-        let len = len.div_ceil(ALIGN) * ALIGN;
-        let off = self.header().bump.fetch_add(len, Ordering::AcqRel);
-        if off + len > ARENA_SIZE {
-            return Err(ArenaError::Full);
+        let bump = &self.header().bump;
+        let mut off = bump.load(Ordering::Acquire);
+        loop {
+            let end = len
+                .checked_next_multiple_of(ALIGN)
+                .and_then(|l| off.checked_add(l))
+                .filter(|&end| end <= self.size);
+            let Some(end) = end else {
+                return Err(ArenaError::Full {
+                    needed: len.checked_next_multiple_of(ALIGN).unwrap_or(u64::MAX),
+                    free: self.size.saturating_sub(off),
+                    size: self.size,
+                });
+            };
+            match bump.compare_exchange_weak(off, end, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(off),
+                Err(o) => off = o,
+            }
         }
-        Ok(off)
     }
 
-    fn class_for(len: u64) -> Option<usize> {
-        let need = len + BLOCK_HEADER;
-        (0..NCLASSES).find(|&c| (ALIGN << c) >= need)
+    /// The size class of a block for `len` bytes of data, if one can exist in this arena.
+    fn class_for(&self, len: u64) -> Option<usize> {
+        let need = len.checked_add(BLOCK_HEADER)?;
+        (0..=self.max_class).find(|&c| (ALIGN << c) >= need)
     }
 
     /// Allocates a block that can hold `len` bytes; returns the offset of its data.
     pub(crate) fn alloc_block(&self, len: u64) -> Result<u64, ArenaError> {
-        let class = Self::class_for(len).ok_or(ArenaError::Full)?;
+        let class = self.class_for(len).ok_or(ArenaError::TooLarge {
+            len,
+            max: self.max_block_data(),
+        })?;
         let head = &self.header().free[class];
         let mut cur = head.load(Ordering::Acquire);
         let block = loop {
@@ -216,7 +307,9 @@ impl Arena {
 
     /// Returns the block whose data starts at `data` to its size class.
     pub(crate) fn free_block(&self, data: u64) {
-        let block = data - BLOCK_HEADER;
+        let block = data
+            .checked_sub(BLOCK_HEADER)
+            .expect("a block's data follows its header");
         let hdr = self.block_header(block);
         let class = hdr.class as usize;
         assert!(class < NCLASSES, "corrupt block header at {block}");
@@ -237,9 +330,9 @@ impl Arena {
         }
     }
 
-    /// The largest message a block can hold.
-    pub(crate) fn max_block_data() -> u64 {
-        (ALIGN << (NCLASSES - 1)) - BLOCK_HEADER
+    /// The largest message a block can hold: the largest size class that fits in this arena.
+    pub(crate) fn max_block_data(&self) -> u64 {
+        (ALIGN << self.max_class) - BLOCK_HEADER
     }
 
     fn dir_entry(&self, i: usize) -> &DirEntry {
@@ -337,4 +430,56 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_allocations_whose_sizes_wrap_the_bump_pointer_leave_it_alone() {
+        let a = Arena::get().unwrap();
+        let live = a.alloc_static(ALIGN).unwrap();
+        let bump = a.header().bump.load(Ordering::Acquire);
+        // Two sizes that, added one after the other, would bring the bump pointer back to the
+        // live allocation (modulo 2^64), so that the next one would be placed on top of it.
+        let first = 1u64 << 63;
+        let second = (1u64 << 63) - (bump - live);
+        for len in [first, second] {
+            match a.alloc_static(len) {
+                Err(ArenaError::Full { needed, size, .. }) => {
+                    assert_eq!((needed, size), (len, a.size()));
+                }
+                other => panic!("alloc_static({len}): {other:?}"),
+            }
+        }
+        let next = a.alloc_static(ALIGN).unwrap();
+        assert!(
+            next >= bump,
+            "placed at {next}, below the bump pointer {bump}"
+        );
+        assert_eq!(
+            a.alloc_static(u64::MAX).unwrap_err(),
+            ArenaError::Full {
+                needed: u64::MAX,
+                free: a.unallocated(),
+                size: a.size()
+            }
+        );
+    }
+
+    #[test]
+    fn a_block_larger_than_the_arena_is_too_large_and_allocates_nothing() {
+        let a = Arena::get().unwrap();
+        let max = a.max_block_data();
+        assert!(max >= a.size() / 4 && max < a.size());
+        for len in [max + 1, u64::MAX, u64::MAX - BLOCK_HEADER, 36 << 30] {
+            if len <= max {
+                continue;
+            }
+            assert_eq!(a.alloc_block(len), Err(ArenaError::TooLarge { len, max }));
+        }
+        let b = a.alloc_block(100_000).unwrap();
+        a.free_block(b);
+    }
 }

@@ -203,6 +203,15 @@ fn header_len() -> u64 {
     std::mem::size_of::<ChannelHeader>() as u64
 }
 
+/// Bytes of a channel with `ring_len` slots (header included); `None` if that overflows or
+/// the ring's positions would (a lap must be a power of two above `ring_len`).
+fn ring_bytes(ring_len: u64) -> Option<u64> {
+    ring_len.checked_add(1)?.checked_next_power_of_two()?;
+    ring_len
+        .checked_mul(std::mem::size_of::<Slot>() as u64)?
+        .checked_add(header_len())
+}
+
 impl Chan {
     /// Creates a channel in the arena. `capacity` 0 means rendezvous.
     pub(crate) fn create(
@@ -217,7 +226,12 @@ impl Chan {
         } else {
             capacity as u64
         };
-        let len = header_len() + ring_len * std::mem::size_of::<Slot>() as u64;
+        // Checked: a capacity whose ring does not fit in 64 bits asks for more than any arena.
+        let len = ring_bytes(ring_len).ok_or(ArenaError::Full {
+            needed: u64::MAX,
+            free: arena.unallocated(),
+            size: arena.size(),
+        })?;
         let offset = arena.alloc_static(len)?;
         let p = arena.ptr(offset, len).cast::<ChannelHeader>();
         let tn = &type_name.as_bytes()[..type_name.len().min(MAX_TYPE_NAME)];
@@ -251,11 +265,17 @@ impl Chan {
         // SAFETY: the header range is inside the arena (checked by `ptr`); its immutable part
         // was written before the offset was published and the rest is atomic.
         let hdr: &'static ChannelHeader = unsafe { &*p };
-        if hdr.magic != MAGIC || hdr.ring_len == 0 {
+        if hdr.magic != MAGIC
+            || hdr.ring_len == 0
+            || !hdr.one_lap.is_power_of_two()
+            || hdr.one_lap <= hdr.ring_len
+        {
             return None;
         }
-        let slots_len = hdr.ring_len * std::mem::size_of::<Slot>() as u64;
-        let sp = arena.ptr(offset + hlen, slots_len).cast::<Slot>();
+        let slots_len = ring_bytes(hdr.ring_len)? - hlen;
+        let sp = arena
+            .ptr(offset.checked_add(hlen)?, slots_len)
+            .cast::<Slot>();
         // SAFETY: `ring_len` slots follow the header inside the arena (checked by `ptr`);
         // slots are accessed through their atomic stamp and the claim protocol below.
         let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
