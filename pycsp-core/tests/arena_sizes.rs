@@ -2,6 +2,8 @@
 //! they must fail with a typed error and leave the network's shared memory exactly as it was,
 //! so that live channels keep their messages and later allocations still succeed.
 
+use std::os::unix::fs::MetadataExt;
+
 use pycsp_core::{Channel, ChannelError, SharedBlock};
 
 /// The error of an allocation that does not fit in shared memory (now or ever).
@@ -66,6 +68,39 @@ fn a_block_larger_than_shared_memory_is_too_large_and_changes_nothing() {
         }
     }
     assert_still_usable("too-large-block");
+}
+
+/// Bytes of the network's shared memory that hold pages (the arena memfd's allocated blocks).
+fn arena_pages_bytes() -> u64 {
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target.to_string_lossy().starts_with("/memfd:pycsp-arena") {
+            return std::fs::metadata(e.path()).unwrap().blocks() * 512;
+        }
+    }
+    panic!("this process has no arena");
+}
+
+#[test]
+fn a_huge_buffer_touches_its_slots_only_as_messages_use_them() {
+    Channel::<u8>::new("touch-probe").unwrap();
+    let before = arena_pages_bytes();
+    // 10^7 slots of 128 bytes: 1.28 GB if they were written at creation.
+    let ch = Channel::<u64>::buffered("ten-million", 10_000_000).unwrap();
+    let touched = arena_pages_bytes().saturating_sub(before);
+    assert!(
+        touched < 64 << 20,
+        "creating the channel touched {touched} bytes"
+    );
+    let (w, r) = (ch.writer(), ch.reader());
+    for i in 0..10_000u64 {
+        w.write(i).unwrap();
+    }
+    for i in 0..10_000u64 {
+        assert_eq!(r.read().unwrap(), i);
+    }
 }
 
 /// Buffered messages stay intact and readable however the arena was mistreated meanwhile.
