@@ -16,6 +16,13 @@ use crate::sys;
 /// The most address space one network's arena reserves (pages are allocated on touch). Block
 /// offsets in the free lists are stored in 28 bits of 256-byte units: at most 64 GiB.
 pub(crate) const ARENA_MAX: u64 = 64 << 30;
+/// The smallest arena (the header and directory take 1 MiB of it).
+const ARENA_MIN: u64 = 16 << 20;
+/// Arena sizes are multiples of this.
+const ARENA_GRAIN: u64 = 2 << 20;
+/// Environment variable that sets the size of a new arena in bytes (with an optional `K`,
+/// `M` or `G` suffix, powers of 1024), instead of the size derived from the memory limits.
+pub(crate) const ENV_ARENA_SIZE: &str = "PYCSP_ARENA_SIZE";
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
 const VERSION: u32 = 1;
 const HEADER_SIZE: u64 = 4096;
@@ -132,8 +139,18 @@ impl Arena {
         if let Some(a) = ARENA.get() {
             return Ok(a);
         }
-        let size = ARENA_MAX;
-        let arena = Arena::map(sys::memfd("pycsp-arena", size)?, size, true)?;
+        let size = new_arena_size()?;
+        let arena = sys::memfd("pycsp-arena", size)
+            .and_then(|fd| Arena::map(fd, size, true))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "could not create {size} bytes of shared memory for the process \
+                         network ({e}); {ENV_ARENA_SIZE} sets a smaller size"
+                    ),
+                )
+            })?;
         // Another thread may have won the race; then ours is dropped (unmapped) unused.
         let _ = ARENA.set(arena);
         Ok(ARENA.get().expect("arena was just set"))
@@ -415,6 +432,130 @@ impl Arena {
     }
 }
 
+/// The size of a new arena: [`ENV_ARENA_SIZE`] if set, else what the limits allow.
+fn new_arena_size() -> io::Result<u64> {
+    match std::env::var(ENV_ARENA_SIZE) {
+        Ok(v) => {
+            let n = parse_size(&v).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{ENV_ARENA_SIZE}={v:?} is not a size in bytes (such as 512M or 4G)"
+                ))
+            })?;
+            Ok(n.clamp(ARENA_MIN, ARENA_MAX) / ARENA_GRAIN * ARENA_GRAIN)
+        }
+        Err(_) => Ok(size_for_limits(address_space_left(), memory_limit())),
+    }
+}
+
+/// The arena for a process with `address_space` bytes of address space left under
+/// `RLIMIT_AS` and `memory` bytes of memory it may use (both `None` when unlimited): at most
+/// half of each, so that the process's own memory and mappings keep the other half, and an
+/// arena that fills up gives `Capacity` errors rather than an OOM kill.
+pub(crate) fn size_for_limits(address_space: Option<u64>, memory: Option<u64>) -> u64 {
+    let half = |l: Option<u64>| l.map_or(ARENA_MAX, |l| l / 2);
+    let size = ARENA_MAX.min(half(address_space)).min(half(memory));
+    (size / ARENA_GRAIN * ARENA_GRAIN).max(ARENA_MIN)
+}
+
+/// `1234`, `512K`, `64M`, `4G` (powers of 1024; an optional `B` or `iB` after the letter).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix('B'))
+        .unwrap_or(s);
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        (i, 't' | 'T') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Bytes of address space this process may still map under `RLIMIT_AS` (`ulimit -v`), or
+/// `None` without a limit.
+fn address_space_left() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let used = status_kib(&status, "VmSize:").unwrap_or(0) * 1024;
+    Some(rl.rlim_cur.saturating_sub(used))
+}
+
+/// The value in KiB of field `key` of a `/proc` status or meminfo file.
+fn status_kib(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Bytes of memory this process may use: the smallest memory limit of its cgroup and the
+/// cgroup's ancestors (v2 `memory.max`, v1 `memory.limit_in_bytes`), and the machine's
+/// memory and swap.
+fn memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let machine = status_kib(&meminfo, "MemTotal:").map(|total| {
+        (total + status_kib(&meminfo, "SwapTotal:").unwrap_or(0)).saturating_mul(1024)
+    });
+    [
+        cgroup_memory_limit(&cgroup, std::path::Path::new("/sys/fs/cgroup")),
+        machine,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// The smallest memory limit on the way from the cgroups named in `proc_cgroup` (the text of
+/// `/proc/self/cgroup`) up to the root, in the hierarchies mounted under `root`.
+pub(crate) fn cgroup_memory_limit(proc_cgroup: &str, root: &std::path::Path) -> Option<u64> {
+    let mut limits = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        // (hierarchy directory, limit file) to look in for this line.
+        let places: &[(&str, &str)] = if controllers.is_empty() {
+            &[("", "memory.max"), ("unified", "memory.max")]
+        } else if controllers.split(',').any(|c| c == "memory") {
+            &[("memory", "memory.limit_in_bytes")]
+        } else {
+            continue;
+        };
+        for (dir, file) in places {
+            let mut cg = std::path::Path::new(path.trim_start_matches('/'));
+            loop {
+                let f = root.join(dir).join(cg).join(file);
+                if let Ok(v) = std::fs::read_to_string(f) {
+                    // "max" (v2) or a huge number (v1, 2^63 rounded to pages): no limit.
+                    if let Ok(n) = v.trim().parse::<u64>() {
+                        if n < 1 << 62 {
+                            limits.push(n);
+                        }
+                    }
+                }
+                match cg.parent() {
+                    Some(p) => cg = p,
+                    None => break,
+                }
+            }
+        }
+    }
+    limits.into_iter().min()
+}
+
 const TAG_SHIFT: u32 = 28;
 const TAG_OFFSET_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
@@ -466,6 +607,61 @@ mod tests {
                 size: a.size()
             }
         );
+    }
+
+    #[test]
+    fn the_arena_takes_half_of_what_the_limits_leave() {
+        assert_eq!(size_for_limits(None, None), ARENA_MAX);
+        // ulimit -v 8000000, with 200 MB mapped already.
+        let left = 8_000_000 * 1024 - 200_000_000;
+        let size = size_for_limits(Some(left), None);
+        assert!(size <= left / 2 && size > left / 2 - ARENA_GRAIN && size % ARENA_GRAIN == 0);
+        assert_eq!(size_for_limits(Some(left), Some(1 << 30)), 512 << 20);
+        assert_eq!(size_for_limits(None, Some(1 << 40)), ARENA_MAX);
+        assert_eq!(size_for_limits(Some(1 << 20), Some(0)), ARENA_MIN);
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size(" 512M "), Some(512 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn the_smallest_memory_limit_of_a_cgroup_and_its_ancestors_counts() {
+        let root = std::env::temp_dir().join(format!("pycsp-cgroup-test-{}", std::process::id()));
+        let put = |dir: &str, file: &str, v: &str| {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(file), v).unwrap();
+        };
+        // v2: the job's limit is below its parent's; the root has none.
+        put("user.slice/job", "memory.max", "1073741824\n");
+        put("user.slice", "memory.max", "4294967296\n");
+        put("", "memory.max", "max\n");
+        // v1: no limit (2^63 rounded down to a page) at the leaf, 3 GiB above.
+        put(
+            "memory/batch/task",
+            "memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        put("memory/batch", "memory.limit_in_bytes", "3221225472\n");
+        let v2 = "0::/user.slice/job\n";
+        let v1 = "4:memory:/batch/task\n3:cpu,cpuacct:/batch\n";
+        assert_eq!(cgroup_memory_limit(v2, &root), Some(1 << 30));
+        assert_eq!(cgroup_memory_limit(v1, &root), Some(3 << 30));
+        assert_eq!(
+            cgroup_memory_limit(&format!("{v1}{v2}"), &root),
+            Some(1 << 30)
+        );
+        assert_eq!(cgroup_memory_limit("0::/elsewhere\n", &root), None);
+        assert_eq!(cgroup_memory_limit("garbage", &root), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
