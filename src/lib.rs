@@ -44,7 +44,7 @@ pub use pycsp_macros::process;
 pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
-        replicate, Alternation, Channel, ChannelError, ChannelIn, ChannelOut, Chosen, Parallel,
-        Placement, Process, Sequence, SharedBlock, Spawn,
+        replicate, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut, Chosen,
+        Parallel, Placement, Process, Sequence, SharedBlock, Spawn,
     };
 }

@@ -1,5 +1,6 @@
-//! Zero-copy large data: a block of the network's shared memory whose ownership moves
-//! through a channel, like occam-pi's mobile data or a shared numpy array.
+//! Large data: [`Bytes`], a byte buffer that travels as MessagePack `bin` (one byte per
+//! byte), and zero-copy [`SharedBlock`]s, blocks of the network's shared memory whose
+//! ownership moves through a channel, like occam-pi's mobile data or a shared numpy array.
 //!
 //! Sending a [`SharedBlock`] sends only its offset and length (a few bytes, inline in a ring
 //! slot); the receiver maps the same bytes. The sender's handle is spent by the send: using
@@ -43,20 +44,27 @@ impl SharedBlock {
     /// A block of `len` bytes whose contents are unspecified (whatever the shared memory held:
     /// initialised bytes, possibly an earlier block's). The fastest way to get a buffer that
     /// will be filled anyway.
+    ///
+    /// Fails with [`ChannelError::TooLarge`] if no block of the network's shared memory can
+    /// ever hold `len` bytes (more than [`max_len`](Self::max_len)), and with
+    /// [`ChannelError::Capacity`] if there is no room for it now. Either way nothing was
+    /// allocated.
     pub fn new(len: usize) -> Result<SharedBlock, ChannelError> {
         let arena = arena()?;
         let offset = arena
             .alloc_block(len as u64)
-            .map_err(|_| ChannelError::TooLarge {
-                channel: String::new(),
-                len: len as u64,
-                max: Arena::max_block_data(),
-            })?;
+            .map_err(|e| e.into_channel_error(""))?;
         Ok(SharedBlock {
             offset,
             len,
             owned: Cell::new(true),
         })
+    }
+
+    /// The largest block (and the largest encoded message) the network's shared memory can
+    /// hold: the largest power of two that fits in it, less a 16-byte header.
+    pub fn max_len() -> Result<usize, ChannelError> {
+        Ok(arena()?.max_block_data() as usize)
     }
 
     /// A block of `len` zero bytes.
@@ -140,11 +148,8 @@ impl<'de> Deserialize<'de> for SharedBlock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let (offset, len) = <(u64, u64)>::deserialize(d)?;
-        arena().map_err(D::Error::custom)?;
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > crate::shm::arena::ARENA_SIZE)
-        {
+        let arena = arena().map_err(D::Error::custom)?;
+        if offset.checked_add(len).is_none_or(|end| end > arena.size()) {
             return Err(D::Error::custom(format!(
                 "a SharedBlock at {offset}+{len} lies outside shared memory"
             )));
@@ -154,5 +159,107 @@ impl<'de> Deserialize<'de> for SharedBlock {
             len: len as usize,
             owned: Cell::new(true),
         })
+    }
+}
+
+/// A byte buffer that a channel carries as bytes: MessagePack `bin`, one byte per byte.
+///
+/// A plain `Vec<u8>` travels as a list of numbers, as serde encodes every `Vec<T>`: a byte of
+/// 0x80 or more then takes two bytes, so 1 MiB of such bytes becomes 2 MiB and needs a 4 MiB
+/// block. `Bytes` is a `Vec<u8>` (it dereferences to one) that serializes as bytes. For a
+/// `Vec<u8>` field of your own type, `#[serde(with = "pycsp::serde_bytes")]` does the same.
+/// `Bytes` also decodes from a list of numbers, as a peer in another language may send.
+///
+/// ```
+/// use pycsp_core::{Bytes, Channel};
+///
+/// let ch = Channel::<Bytes>::buffered("frames", 1)?;
+/// ch.writer().write(Bytes::from(vec![0xff; 1 << 20]))?; // about 1 MiB in shared memory
+/// let got: Vec<u8> = ch.reader().read()?.into_vec();
+/// assert_eq!(got.len(), 1 << 20);
+/// # Ok::<(), pycsp_core::ChannelError>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Bytes {
+    /// An empty buffer.
+    pub fn new() -> Bytes {
+        Bytes(Vec::new())
+    }
+
+    /// The bytes, as a `Vec<u8>`.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl Deref for Bytes {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(v)
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Bytes {
+        Bytes(v.to_vec())
+    }
+}
+
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Vec<u8> {
+        b.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl FromIterator<u8> for Bytes {
+    fn from_iter<I: IntoIterator<Item = u8>>(iter: I) -> Bytes {
+        Bytes(iter.into_iter().collect())
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 32;
+        write!(f, "Bytes({} bytes: ", self.0.len())?;
+        for b in self.0.iter().take(SHOWN) {
+            write!(f, "{b:02x}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "...")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Accepts bytes, and also a string or a list of numbers.
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Bytes(b.into_vec()))
     }
 }

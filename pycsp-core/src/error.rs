@@ -92,6 +92,24 @@ pub enum ChannelError {
         /// The largest message that fits.
         max: u64,
     },
+    /// The network's shared memory has no room for a channel's buffer (`capacity` slots of
+    /// 128 bytes) or for a message's block, now or ever. Nothing was allocated: the shared
+    /// memory is exactly as it was. Read messages (or drop [`SharedBlock`]s) to free blocks,
+    /// or ask for less; the size of the shared memory follows the process's memory limits
+    /// (see `shm/LAYOUT.md` and the book's troubleshooting chapter).
+    ///
+    /// [`SharedBlock`]: crate::SharedBlock
+    #[error("{}", capacity_message(channel, *needed, *free, *size))]
+    Capacity {
+        /// The channel's name (empty for a [`SharedBlock`](crate::SharedBlock)).
+        channel: String,
+        /// Bytes asked for (`u64::MAX` when the size does not even fit in 64 bits).
+        needed: u64,
+        /// Bytes of the network's shared memory not yet allocated.
+        free: u64,
+        /// Bytes of the network's shared memory in all.
+        size: u64,
+    },
     /// A socket channel address that cannot be used.
     #[error("bad channel address {address:?}: {reason}")]
     BadAddress {
@@ -129,6 +147,24 @@ pub enum ChannelError {
     /// The shared memory of the network could not be created or mapped.
     #[error("shared memory: {0}")]
     SharedMemory(String),
+}
+
+fn capacity_message(channel: &str, needed: u64, free: u64, size: u64) -> String {
+    let what = if channel.is_empty() {
+        "a shared block".to_string()
+    } else {
+        format!("channel {channel:?}")
+    };
+    let needed = if needed == u64::MAX {
+        "more than 2^64 bytes".to_string()
+    } else {
+        format!("{needed} bytes")
+    };
+    format!(
+        "{what} needs {needed} of the network's shared memory, which has {free} of its {size} \
+         bytes free; read messages or drop blocks to free some, or ask for less (its size \
+         follows the memory limits: see PYCSP_ARENA_SIZE in the book's troubleshooting chapter)"
+    )
 }
 
 /// How a process ended when it did not return a value.

@@ -29,7 +29,9 @@ mod sys;
 pub mod __private;
 
 pub use alt::{Alternation, Chosen};
-pub use block::SharedBlock;
+pub use block::{Bytes, SharedBlock};
 pub use channel::{Channel, ChannelIn, ChannelOut};
 pub use error::{ChannelError, Error, Failure};
 pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
+/// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].
+pub use serde_bytes;

@@ -101,11 +101,9 @@ fn write_block<E: Encoding>(
         .map_err(|reason| encode_error(chan, reason))?;
     let arena = Arena::get().map_err(shared_memory)?;
     let len = counter.0 as u64;
-    let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
-        channel: chan.name().to_string(),
-        len,
-        max: Arena::max_block_data(),
-    })?;
+    let offset = arena
+        .alloc_block(len)
+        .map_err(|e| e.into_channel_error(chan.name()))?;
     // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
     // nobody else touches it until its offset is published through the ring.
     let block = unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len), len as usize) };

@@ -231,15 +231,7 @@ impl<T> Channel<T> {
 }
 
 fn arena_error(e: ArenaError, name: &str) -> ChannelError {
-    match e {
-        ArenaError::Full => {
-            ChannelError::SharedMemory("the network's shared memory is full".into())
-        }
-        ArenaError::NameInUse => ChannelError::NameInUse(name.to_string()),
-        ArenaError::DirectoryFull => {
-            ChannelError::SharedMemory("the network's channel directory is full".into())
-        }
-    }
+    e.into_channel_error(name)
 }
 
 /// The writing end of a channel. Dropping it retires it.

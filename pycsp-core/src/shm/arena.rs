@@ -2,6 +2,7 @@
 //! [`crate::shm`].
 
 use std::cell::UnsafeCell;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -9,10 +10,19 @@ use std::sync::OnceLock;
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::error::ChannelError;
 use crate::sys;
 
-/// Bytes of address space reserved for one network's arena (pages are allocated on touch).
-pub(crate) const ARENA_SIZE: u64 = 64 << 30;
+/// The most address space one network's arena reserves (pages are allocated on touch). Block
+/// offsets in the free lists are stored in 28 bits of 256-byte units: at most 64 GiB.
+pub(crate) const ARENA_MAX: u64 = 64 << 30;
+/// The smallest arena (the header and directory take 1 MiB of it).
+const ARENA_MIN: u64 = 16 << 20;
+/// Arena sizes are multiples of this.
+const ARENA_GRAIN: u64 = 2 << 20;
+/// Environment variable that sets the size of a new arena in bytes (with an optional `K`,
+/// `M` or `G` suffix, powers of 1024), instead of the size derived from the memory limits.
+pub(crate) const ENV_ARENA_SIZE: &str = "PYCSP_ARENA_SIZE";
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
 const VERSION: u32 = 1;
 const HEADER_SIZE: u64 = 4096;
@@ -66,6 +76,10 @@ struct BlockHeader {
 pub(crate) struct Arena {
     map: MmapRaw,
     fd: OwnedFd,
+    /// Bytes mapped: the size of the memfd, the same in every process of the network.
+    size: u64,
+    /// The largest size class whose block fits in the arena.
+    max_class: usize,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics or under the ownership
@@ -77,12 +91,46 @@ unsafe impl Send for Arena {}
 
 static ARENA: OnceLock<Arena> = OnceLock::new();
 
-/// Why an arena operation failed.
-#[derive(Debug)]
+/// Why an arena operation failed. A failed allocation changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ArenaError {
-    Full,
+    /// No room for `needed` bytes (`u64::MAX` if the size overflowed): `free` of `size` are
+    /// left.
+    Full {
+        needed: u64,
+        free: u64,
+        size: u64,
+    },
+    /// No block can ever hold `len` bytes: the largest holds `max`.
+    TooLarge {
+        len: u64,
+        max: u64,
+    },
     NameInUse,
     DirectoryFull,
+}
+
+impl ArenaError {
+    /// The error for the user of channel `channel` (empty for a shared block).
+    pub(crate) fn into_channel_error(self, channel: &str) -> ChannelError {
+        match self {
+            ArenaError::Full { needed, free, size } => ChannelError::Capacity {
+                channel: channel.to_string(),
+                needed,
+                free,
+                size,
+            },
+            ArenaError::TooLarge { len, max } => ChannelError::TooLarge {
+                channel: channel.to_string(),
+                len,
+                max,
+            },
+            ArenaError::NameInUse => ChannelError::NameInUse(channel.to_string()),
+            ArenaError::DirectoryFull => {
+                ChannelError::SharedMemory("the network's channel directory is full".into())
+            }
+        }
+    }
 }
 
 impl Arena {
@@ -91,7 +139,18 @@ impl Arena {
         if let Some(a) = ARENA.get() {
             return Ok(a);
         }
-        let arena = Arena::map(sys::memfd("pycsp-arena", ARENA_SIZE)?, true)?;
+        let size = new_arena_size()?;
+        let arena = sys::memfd("pycsp-arena", size)
+            .and_then(|fd| Arena::map(fd, size, true))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "could not create {size} bytes of shared memory for the process \
+                         network ({e}); {ENV_ARENA_SIZE} sets a smaller size"
+                    ),
+                )
+            })?;
         // Another thread may have won the race; then ours is dropped (unmapped) unused.
         let _ = ARENA.set(arena);
         Ok(ARENA.get().expect("arena was just set"))
@@ -99,17 +158,35 @@ impl Arena {
 
     /// Maps the arena a parent passed down as descriptor `fd` (in a child, before `main`).
     pub(crate) fn inherit(fd: RawFd) -> io::Result<()> {
-        let arena = Arena::map(sys::inherited_fd(fd)?, false)?;
+        // The parent chose the size (from its limits); the memfd is that long.
+        let file = File::from(sys::inherited_fd(fd)?);
+        let size = file.metadata()?.len();
+        if !(DATA_START + ALIGN..=ARENA_MAX).contains(&size) {
+            return Err(io::Error::other(format!(
+                "inherited arena has an impossible size of {size} bytes"
+            )));
+        }
+        let arena = Arena::map(OwnedFd::from(file), size, false)?;
         ARENA
             .set(arena)
             .map_err(|_| io::Error::other("this process already has an arena"))
     }
 
-    fn map(fd: OwnedFd, init: bool) -> io::Result<Arena> {
+    fn map(fd: OwnedFd, size: u64, init: bool) -> io::Result<Arena> {
         let map = MmapOptions::new()
-            .len(ARENA_SIZE as usize)
+            .len(size as usize)
             .map_raw(fd.as_raw_fd())?;
-        let arena = Arena { map, fd };
+        let room = size - DATA_START;
+        let max_class = (0..NCLASSES)
+            .rev()
+            .find(|&c| ALIGN << c <= room)
+            .unwrap_or(0);
+        let arena = Arena {
+            map,
+            fd,
+            size,
+            max_class,
+        };
         let h = arena.header_ptr();
         if init {
             // SAFETY: the memfd was just created and is mapped only here; nobody else can see
@@ -117,7 +194,7 @@ impl Arena {
             unsafe {
                 (*h).magic = MAGIC;
                 (*h).version = VERSION;
-                (*h).size = ARENA_SIZE;
+                (*h).size = size;
                 let mut id = [0u8; 8];
                 sys::random_bytes(&mut id)?;
                 // Never 0: that marks an end handed over to a socket channel's host.
@@ -126,8 +203,8 @@ impl Arena {
             arena.header().bump.store(DATA_START, Ordering::Release);
         } else {
             // SAFETY: the parent initialised the header before starting this process.
-            let (magic, version) = unsafe { ((*h).magic, (*h).version) };
-            if magic != MAGIC || version != VERSION {
+            let (magic, version, hsize) = unsafe { ((*h).magic, (*h).version, (*h).size) };
+            if magic != MAGIC || version != VERSION || hsize != size {
                 return Err(io::Error::other(
                     "inherited arena has a wrong magic or version",
                 ));
@@ -140,6 +217,17 @@ impl Arena {
     /// (on another host, or started independently) cannot use shared memory.
     pub(crate) fn network(&self) -> u64 {
         self.header().network
+    }
+
+    /// Bytes of shared memory in all (the same in every process of the network).
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes not yet handed out by the bump allocator (freed blocks not counted).
+    pub(crate) fn unallocated(&self) -> u64 {
+        self.size
+            .saturating_sub(self.header().bump.load(Ordering::Acquire))
     }
 
     /// The descriptor children inherit.
@@ -163,7 +251,7 @@ impl Arena {
     /// If `offset + len` is outside the arena (a corrupt offset must not escape).
     pub(crate) fn ptr(&self, offset: u64, len: u64) -> *mut u8 {
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= ARENA_SIZE),
+            offset.checked_add(len).is_some_and(|end| end <= self.size),
             "offset {offset}+{len} outside the arena"
         );
         // SAFETY: the range was just checked to lie inside the mapping.
@@ -171,23 +259,43 @@ impl Arena {
     }
 
     /// Reserves `len` fresh bytes (256-byte aligned, zeroed) that are never freed.
+    ///
+    /// The bump pointer moves only when the whole range fits (one compare-and-swap), so a
+    /// failed allocation, however absurd its size, leaves the arena exactly as it was.
     pub(crate) fn alloc_static(&self, len: u64) -> Result<u64, ArenaError> {
-        let len = len.div_ceil(ALIGN) * ALIGN;
-        let off = self.header().bump.fetch_add(len, Ordering::AcqRel);
-        if off + len > ARENA_SIZE {
-            return Err(ArenaError::Full);
+        let bump = &self.header().bump;
+        let mut off = bump.load(Ordering::Acquire);
+        loop {
+            let end = len
+                .checked_next_multiple_of(ALIGN)
+                .and_then(|l| off.checked_add(l))
+                .filter(|&end| end <= self.size);
+            let Some(end) = end else {
+                return Err(ArenaError::Full {
+                    needed: len.checked_next_multiple_of(ALIGN).unwrap_or(u64::MAX),
+                    free: self.size.saturating_sub(off),
+                    size: self.size,
+                });
+            };
+            match bump.compare_exchange_weak(off, end, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(off),
+                Err(o) => off = o,
+            }
         }
-        Ok(off)
     }
 
-    fn class_for(len: u64) -> Option<usize> {
-        let need = len + BLOCK_HEADER;
-        (0..NCLASSES).find(|&c| (ALIGN << c) >= need)
+    /// The size class of a block for `len` bytes of data, if one can exist in this arena.
+    fn class_for(&self, len: u64) -> Option<usize> {
+        let need = len.checked_add(BLOCK_HEADER)?;
+        (0..=self.max_class).find(|&c| (ALIGN << c) >= need)
     }
 
     /// Allocates a block that can hold `len` bytes; returns the offset of its data.
     pub(crate) fn alloc_block(&self, len: u64) -> Result<u64, ArenaError> {
-        let class = Self::class_for(len).ok_or(ArenaError::Full)?;
+        let class = self.class_for(len).ok_or(ArenaError::TooLarge {
+            len,
+            max: self.max_block_data(),
+        })?;
         let head = &self.header().free[class];
         let mut cur = head.load(Ordering::Acquire);
         let block = loop {
@@ -216,7 +324,9 @@ impl Arena {
 
     /// Returns the block whose data starts at `data` to its size class.
     pub(crate) fn free_block(&self, data: u64) {
-        let block = data - BLOCK_HEADER;
+        let block = data
+            .checked_sub(BLOCK_HEADER)
+            .expect("a block's data follows its header");
         let hdr = self.block_header(block);
         let class = hdr.class as usize;
         assert!(class < NCLASSES, "corrupt block header at {block}");
@@ -237,9 +347,9 @@ impl Arena {
         }
     }
 
-    /// The largest message a block can hold.
-    pub(crate) fn max_block_data() -> u64 {
-        (ALIGN << (NCLASSES - 1)) - BLOCK_HEADER
+    /// The largest message a block can hold: the largest size class that fits in this arena.
+    pub(crate) fn max_block_data(&self) -> u64 {
+        (ALIGN << self.max_class) - BLOCK_HEADER
     }
 
     fn dir_entry(&self, i: usize) -> &DirEntry {
@@ -322,6 +432,130 @@ impl Arena {
     }
 }
 
+/// The size of a new arena: [`ENV_ARENA_SIZE`] if set, else what the limits allow.
+fn new_arena_size() -> io::Result<u64> {
+    match std::env::var(ENV_ARENA_SIZE) {
+        Ok(v) => {
+            let n = parse_size(&v).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{ENV_ARENA_SIZE}={v:?} is not a size in bytes (such as 512M or 4G)"
+                ))
+            })?;
+            Ok(n.clamp(ARENA_MIN, ARENA_MAX) / ARENA_GRAIN * ARENA_GRAIN)
+        }
+        Err(_) => Ok(size_for_limits(address_space_left(), memory_limit())),
+    }
+}
+
+/// The arena for a process with `address_space` bytes of address space left under
+/// `RLIMIT_AS` and `memory` bytes of memory it may use (both `None` when unlimited): at most
+/// half of each, so that the process's own memory and mappings keep the other half, and an
+/// arena that fills up gives `Capacity` errors rather than an OOM kill.
+pub(crate) fn size_for_limits(address_space: Option<u64>, memory: Option<u64>) -> u64 {
+    let half = |l: Option<u64>| l.map_or(ARENA_MAX, |l| l / 2);
+    let size = ARENA_MAX.min(half(address_space)).min(half(memory));
+    (size / ARENA_GRAIN * ARENA_GRAIN).max(ARENA_MIN)
+}
+
+/// `1234`, `512K`, `64M`, `4G` (powers of 1024; an optional `B` or `iB` after the letter).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix('B'))
+        .unwrap_or(s);
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        (i, 't' | 'T') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Bytes of address space this process may still map under `RLIMIT_AS` (`ulimit -v`), or
+/// `None` without a limit.
+fn address_space_left() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let used = status_kib(&status, "VmSize:").unwrap_or(0) * 1024;
+    Some(rl.rlim_cur.saturating_sub(used))
+}
+
+/// The value in KiB of field `key` of a `/proc` status or meminfo file.
+fn status_kib(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Bytes of memory this process may use: the smallest memory limit of its cgroup and the
+/// cgroup's ancestors (v2 `memory.max`, v1 `memory.limit_in_bytes`), and the machine's
+/// memory and swap.
+fn memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let machine = status_kib(&meminfo, "MemTotal:").map(|total| {
+        (total + status_kib(&meminfo, "SwapTotal:").unwrap_or(0)).saturating_mul(1024)
+    });
+    [
+        cgroup_memory_limit(&cgroup, std::path::Path::new("/sys/fs/cgroup")),
+        machine,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// The smallest memory limit on the way from the cgroups named in `proc_cgroup` (the text of
+/// `/proc/self/cgroup`) up to the root, in the hierarchies mounted under `root`.
+pub(crate) fn cgroup_memory_limit(proc_cgroup: &str, root: &std::path::Path) -> Option<u64> {
+    let mut limits = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        // (hierarchy directory, limit file) to look in for this line.
+        let places: &[(&str, &str)] = if controllers.is_empty() {
+            &[("", "memory.max"), ("unified", "memory.max")]
+        } else if controllers.split(',').any(|c| c == "memory") {
+            &[("memory", "memory.limit_in_bytes")]
+        } else {
+            continue;
+        };
+        for (dir, file) in places {
+            let mut cg = std::path::Path::new(path.trim_start_matches('/'));
+            loop {
+                let f = root.join(dir).join(cg).join(file);
+                if let Ok(v) = std::fs::read_to_string(f) {
+                    // "max" (v2) or a huge number (v1, 2^63 rounded to pages): no limit.
+                    if let Ok(n) = v.trim().parse::<u64>() {
+                        if n < 1 << 62 {
+                            limits.push(n);
+                        }
+                    }
+                }
+                match cg.parent() {
+                    Some(p) => cg = p,
+                    None => break,
+                }
+            }
+        }
+    }
+    limits.into_iter().min()
+}
+
 const TAG_SHIFT: u32 = 28;
 const TAG_OFFSET_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
@@ -337,4 +571,111 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_allocations_whose_sizes_wrap_the_bump_pointer_leave_it_alone() {
+        let a = Arena::get().unwrap();
+        let live = a.alloc_static(ALIGN).unwrap();
+        let bump = a.header().bump.load(Ordering::Acquire);
+        // Two sizes that, added one after the other, would bring the bump pointer back to the
+        // live allocation (modulo 2^64), so that the next one would be placed on top of it.
+        let first = 1u64 << 63;
+        let second = (1u64 << 63) - (bump - live);
+        for len in [first, second] {
+            match a.alloc_static(len) {
+                Err(ArenaError::Full { needed, size, .. }) => {
+                    assert_eq!((needed, size), (len, a.size()));
+                }
+                other => panic!("alloc_static({len}): {other:?}"),
+            }
+        }
+        let next = a.alloc_static(ALIGN).unwrap();
+        assert!(
+            next >= bump,
+            "placed at {next}, below the bump pointer {bump}"
+        );
+        assert_eq!(
+            a.alloc_static(u64::MAX).unwrap_err(),
+            ArenaError::Full {
+                needed: u64::MAX,
+                free: a.unallocated(),
+                size: a.size()
+            }
+        );
+    }
+
+    #[test]
+    fn the_arena_takes_half_of_what_the_limits_leave() {
+        assert_eq!(size_for_limits(None, None), ARENA_MAX);
+        // ulimit -v 8000000, with 200 MB mapped already.
+        let left = 8_000_000 * 1024 - 200_000_000;
+        let size = size_for_limits(Some(left), None);
+        assert!(size <= left / 2 && size > left / 2 - ARENA_GRAIN && size % ARENA_GRAIN == 0);
+        assert_eq!(size_for_limits(Some(left), Some(1 << 30)), 512 << 20);
+        assert_eq!(size_for_limits(None, Some(1 << 40)), ARENA_MAX);
+        assert_eq!(size_for_limits(Some(1 << 20), Some(0)), ARENA_MIN);
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size(" 512M "), Some(512 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn the_smallest_memory_limit_of_a_cgroup_and_its_ancestors_counts() {
+        let root = std::env::temp_dir().join(format!("pycsp-cgroup-test-{}", std::process::id()));
+        let put = |dir: &str, file: &str, v: &str| {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(file), v).unwrap();
+        };
+        // v2: the job's limit is below its parent's; the root has none.
+        put("user.slice/job", "memory.max", "1073741824\n");
+        put("user.slice", "memory.max", "4294967296\n");
+        put("", "memory.max", "max\n");
+        // v1: no limit (2^63 rounded down to a page) at the leaf, 3 GiB above.
+        put(
+            "memory/batch/task",
+            "memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        put("memory/batch", "memory.limit_in_bytes", "3221225472\n");
+        let v2 = "0::/user.slice/job\n";
+        let v1 = "4:memory:/batch/task\n3:cpu,cpuacct:/batch\n";
+        assert_eq!(cgroup_memory_limit(v2, &root), Some(1 << 30));
+        assert_eq!(cgroup_memory_limit(v1, &root), Some(3 << 30));
+        assert_eq!(
+            cgroup_memory_limit(&format!("{v1}{v2}"), &root),
+            Some(1 << 30)
+        );
+        assert_eq!(cgroup_memory_limit("0::/elsewhere\n", &root), None);
+        assert_eq!(cgroup_memory_limit("garbage", &root), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_block_larger_than_the_arena_is_too_large_and_allocates_nothing() {
+        let a = Arena::get().unwrap();
+        let max = a.max_block_data();
+        assert!(max >= a.size() / 4 && max < a.size());
+        for len in [max + 1, u64::MAX, u64::MAX - BLOCK_HEADER, 36 << 30] {
+            if len <= max {
+                continue;
+            }
+            assert_eq!(a.alloc_block(len), Err(ArenaError::TooLarge { len, max }));
+        }
+        let b = a.alloc_block(100_000).unwrap();
+        a.free_block(b);
+    }
 }

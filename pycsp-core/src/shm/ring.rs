@@ -4,6 +4,11 @@
 //! each slot carries a stamp that says whether it is full or empty for a given lap, and readers
 //! and writers claim positions with one compare-and-swap on `head` or `tail`. Any number of
 //! processes may read and write at once. See [`crate::shm`] for the layout.
+//!
+//! One change to crossbeam's protocol: a stamp holds only the lap of a position, not its
+//! index (which is the slot's own index anyway): `lap` when the slot is empty for that lap,
+//! `lap + 1` when full. So an all-zero slot is empty at lap 0, and a new ring needs no writes:
+//! its slots, fresh zero pages of the arena, are touched only when messages reach them.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -203,6 +208,15 @@ fn header_len() -> u64 {
     std::mem::size_of::<ChannelHeader>() as u64
 }
 
+/// Bytes of a channel with `ring_len` slots (header included); `None` if that overflows or
+/// the ring's positions would (a lap must be a power of two above `ring_len`).
+fn ring_bytes(ring_len: u64) -> Option<u64> {
+    ring_len.checked_add(1)?.checked_next_power_of_two()?;
+    ring_len
+        .checked_mul(std::mem::size_of::<Slot>() as u64)?
+        .checked_add(header_len())
+}
+
 impl Chan {
     /// Creates a channel in the arena. `capacity` 0 means rendezvous.
     pub(crate) fn create(
@@ -217,7 +231,12 @@ impl Chan {
         } else {
             capacity as u64
         };
-        let len = header_len() + ring_len * std::mem::size_of::<Slot>() as u64;
+        // Checked: a capacity whose ring does not fit in 64 bits asks for more than any arena.
+        let len = ring_bytes(ring_len).ok_or(ArenaError::Full {
+            needed: u64::MAX,
+            free: arena.unallocated(),
+            size: arena.size(),
+        })?;
         let offset = arena.alloc_static(len)?;
         let p = arena.ptr(offset, len).cast::<ChannelHeader>();
         let tn = &type_name.as_bytes()[..type_name.len().min(MAX_TYPE_NAME)];
@@ -237,9 +256,8 @@ impl Chan {
             (&mut (*p).name)[..nm.len()].copy_from_slice(nm);
         }
         let chan = Chan::attach(arena, offset).expect("a channel just created is valid");
-        for (i, slot) in chan.slots.iter().enumerate() {
-            slot.stamp.store(i as u64, Ordering::Relaxed);
-        }
+        // The slots are left untouched: a zero stamp means empty at lap 0 (see the module
+        // docs), so a ring of 10^8 slots costs no memory until messages fill it.
         fence(Ordering::Release);
         Ok(chan)
     }
@@ -251,11 +269,17 @@ impl Chan {
         // SAFETY: the header range is inside the arena (checked by `ptr`); its immutable part
         // was written before the offset was published and the rest is atomic.
         let hdr: &'static ChannelHeader = unsafe { &*p };
-        if hdr.magic != MAGIC || hdr.ring_len == 0 {
+        if hdr.magic != MAGIC
+            || hdr.ring_len == 0
+            || !hdr.one_lap.is_power_of_two()
+            || hdr.one_lap <= hdr.ring_len
+        {
             return None;
         }
-        let slots_len = hdr.ring_len * std::mem::size_of::<Slot>() as u64;
-        let sp = arena.ptr(offset + hlen, slots_len).cast::<Slot>();
+        let slots_len = ring_bytes(hdr.ring_len)? - hlen;
+        let sp = arena
+            .ptr(offset.checked_add(hlen)?, slots_len)
+            .cast::<Slot>();
         // SAFETY: `ring_len` slots follow the header inside the arena (checked by `ptr`);
         // slots are accessed through their atomic stamp and the claim protocol below.
         let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
@@ -351,9 +375,9 @@ impl Chan {
     /// Frees the slot at `head` if it is still claimed but unpublished: after a writer died
     /// between claiming a slot and publishing it, the slot would otherwise block the ring.
     fn skip_unpublished(&self, head: u64) {
-        let (index, _) = self.positions(head);
+        let (index, lap) = self.positions(head);
         let slot = &self.slots[index];
-        if slot.stamp.load(Ordering::Acquire) != head {
+        if slot.stamp.load(Ordering::Acquire) != lap {
             return;
         }
         let new_head = self.next_pos(head);
@@ -365,7 +389,7 @@ impl Chan {
             .is_ok()
         {
             slot.stamp
-                .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+                .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
         }
     }
 
@@ -418,8 +442,8 @@ impl Chan {
     /// Whether the ring probably has room (a hint for waiting; `try_push` decides).
     pub(crate) fn looks_writable(&self) -> bool {
         let tail = self.hdr.tail.0.load(Ordering::SeqCst);
-        let (index, _) = self.positions(tail);
-        self.slots[index].stamp.load(Ordering::SeqCst) == tail
+        let (index, lap) = self.positions(tail);
+        self.slots[index].stamp.load(Ordering::SeqCst) == lap
     }
 
     /// How many positions lie from `from` to `to` (both positions of this ring, `to` not before
@@ -523,17 +547,17 @@ impl Chan {
         false
     }
 
-    /// Tries to put a message in the ring; returns its slot index and stamp on success.
+    /// Tries to put a message in the ring; returns its slot index and (full) stamp on success.
     #[inline]
     pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
         let mut spins = 0u32;
         loop {
-            let (index, _) = self.positions(tail);
+            let (index, lap) = self.positions(tail);
             let slot = &self.slots[index];
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if tail == stamp {
+            if lap == stamp {
                 let new_tail = self.next_pos(tail);
                 match tail_a.compare_exchange_weak(
                     tail,
@@ -560,12 +584,12 @@ impl Chan {
                                 }
                             }
                         }
-                        slot.stamp.store(tail + 1, Ordering::Release);
-                        return Some((index, tail + 1));
+                        slot.stamp.store(lap + 1, Ordering::Release);
+                        return Some((index, lap + 1));
                     }
                     Err(t) => tail = t,
                 }
-            } else if stamp.wrapping_add(self.hdr.one_lap) == tail + 1 {
+            } else if stamp.wrapping_add(self.hdr.one_lap) == lap + 1 {
                 // Full, or a reader is still emptying this slot (it may have died doing so):
                 // nothing to do now; the caller's wait loop polls again.
                 return None;
@@ -597,10 +621,10 @@ impl Chan {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
         loop {
-            let (index, _) = self.positions(head);
+            let (index, lap) = self.positions(head);
             let slot = &self.slots[index];
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if head + 1 == stamp {
+            if lap + 1 == stamp {
                 let new_head = self.next_pos(head);
                 match head_a.compare_exchange_weak(
                     head,
@@ -632,7 +656,7 @@ impl Chan {
                     }
                     Err(h) => head = h,
                 }
-            } else if stamp == head {
+            } else if stamp == lap {
                 // Empty, or a writer is still filling this slot. Either way there is nothing
                 // to take now, and the caller's wait loop polls again. Not reading `tail` here
                 // keeps its cache line with the writer: a blocked reader then polls one line,
@@ -648,9 +672,10 @@ impl Chan {
 
     #[inline]
     fn ack_slot(&self, t: Taken) {
+        let (_, lap) = self.positions(t.head);
         self.slots[t.index]
             .stamp
-            .store(t.head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+            .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
     }
 
     /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred): its
@@ -700,9 +725,9 @@ impl Chan {
         if self.hdr.capacity != 0 {
             return Ok(());
         }
-        // Rendezvous: wait until a reader has emptied our slot.
+        // Rendezvous: wait until a reader has emptied our slot (at position lap + index).
         let slot = &self.slots[index];
-        let pos = stamp - 1;
+        let pos = stamp - 1 + index as u64;
         let taken = tx.wait_until(
             None,
             || {
@@ -931,6 +956,51 @@ mod tests {
                 assert_eq!((pid, process.as_str()), (12345, "dead_writer"));
             }
             _ => panic!("expected PeerDied once drained"),
+        }
+    }
+
+    #[test]
+    fn a_ring_whose_slots_were_never_written_fills_and_drains_lap_after_lap() {
+        let chan = Chan::create(arena(), "laps", "u8", 1, 3).unwrap();
+        assert!(chan
+            .slots
+            .iter()
+            .all(|s| s.stamp.load(Ordering::Relaxed) == 0));
+        let msg = |v: u8| {
+            let mut buf = [0u8; INLINE];
+            buf[0] = v;
+            buf
+        };
+        let pop = || match chan.try_pop() {
+            Some(Incoming::Inline { buf, len: 1 }) => Some(buf[0]),
+            Some(_) => panic!("not the message written"),
+            None => None,
+        };
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        for round in 0..200 {
+            // Fill the ring (a different number of messages each round), then empty it.
+            let n = 1 + round % 3;
+            for _ in 0..n {
+                let buf = msg(next);
+                assert!(chan
+                    .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
+                    .is_some());
+                next = next.wrapping_add(1);
+            }
+            if n == 3 {
+                let buf = msg(0);
+                assert!(chan
+                    .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
+                    .is_none());
+                assert!(!chan.looks_writable());
+            }
+            for _ in 0..n {
+                assert_eq!(pop(), Some(expect));
+                expect = expect.wrapping_add(1);
+            }
+            assert_eq!(pop(), None);
+            assert!(chan.looks_writable());
         }
     }
 
