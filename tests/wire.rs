@@ -481,3 +481,53 @@ fn a_connection_cut_inside_a_frame_counts_as_a_lost_peer_after_every_acknowledge
         other => panic!("expected PeerDied after the acknowledged messages, got {other:?}"),
     }
 }
+
+#[test]
+fn a_peer_that_sends_a_shared_memory_offset_is_refused_and_nothing_is_touched() {
+    // A SharedBlock travels in shared memory as (offset, len): a peer that sends such a pair
+    // over a socket must not make the host use it as an address (free or read a block there).
+    let port = common::free_port();
+    let addr = format!("tcp://127.0.0.1:{port}/blocks");
+    let blocks = Channel::<SharedBlock>::buffered(&addr, 4).unwrap();
+    let r = blocks.reader();
+    let w = blocks.writer();
+    // A live block in this network, in a shared-memory channel, not yet read.
+    let held = Channel::<SharedBlock>::buffered("wire-live-block", 1).unwrap();
+    let mut live = SharedBlock::new(4096).unwrap();
+    live.fill(0x5a);
+    held.writer().write(live).unwrap();
+    let mut peer = Raw::connect(port);
+    assert_eq!(peer.handshake(&key()).0, PROOF);
+    let open = Open {
+        channel: "blocks",
+        type_name: "pycsp_core::block::SharedBlock",
+        fingerprint: 0, // skip the type check: every message is still checked
+        writer: true,
+        token: None,
+        process: "a forger",
+        pid: 4243,
+    };
+    peer.send(OPEN, &rmp_serde::to_vec_named(&open).unwrap());
+    assert_eq!(peer.recv().expect("Opened").0, OPENED);
+    for offset in [0u64, 4096, 1 << 20, 1 << 30] {
+        let mut p = Raw::connect(port);
+        assert_eq!(p.handshake(&key()).0, PROOF);
+        p.send(OPEN, &rmp_serde::to_vec_named(&open).unwrap());
+        assert_eq!(p.recv().expect("Opened").0, OPENED);
+        p.send(WRITE, &rmp_serde::to_vec(&(offset, 4096u64)).unwrap());
+        let (kind, body) = p.recv().expect("an answer to a forged block");
+        assert_eq!(kind, ERROR, "a forged block at {offset} was accepted");
+        let (code, message) = error_fields(&body);
+        assert_eq!(code, "protocol", "{message}");
+        assert!(message.contains("SharedBlock"), "{message}");
+    }
+    // The live block is intact, and nothing reached the socket channel.
+    let got = held.reader().read().unwrap();
+    assert!(got.len() == 4096 && got.iter().all(|&b| b == 0x5a));
+    drop(w);
+    peer.send(RETIRE, &[]);
+    assert!(
+        matches!(r.read_timeout(PROMPT), Err(ChannelError::Retired)),
+        "nothing was delivered"
+    );
+}

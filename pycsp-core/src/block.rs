@@ -27,7 +27,12 @@ use std::ops::{Deref, DerefMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ChannelError;
+use crate::message;
 use crate::shm::arena::Arena;
+
+/// Why a `SharedBlock` cannot travel through a socket channel.
+const NOT_OVER_SOCKETS: &str = "a SharedBlock is shared memory of this process network and \
+     cannot travel through a socket channel: send its bytes (pycsp::Bytes) instead";
 
 /// A block of shared memory owned by one process at a time. See the [module docs](self).
 pub struct SharedBlock {
@@ -138,6 +143,9 @@ impl Serialize for SharedBlock {
                 "this SharedBlock was already sent",
             ));
         }
+        if !message::is_local() {
+            return Err(serde::ser::Error::custom(NOT_OVER_SOCKETS));
+        }
         let r = (self.offset, self.len as u64).serialize(s)?;
         self.owned.set(false);
         Ok(r)
@@ -147,6 +155,10 @@ impl Serialize for SharedBlock {
 impl<'de> Deserialize<'de> for SharedBlock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
+        // An offset that may have come over a socket is never used.
+        if !message::is_local() {
+            return Err(D::Error::custom(NOT_OVER_SOCKETS));
+        }
         let (offset, len) = <(u64, u64)>::deserialize(d)?;
         let arena = arena().map_err(D::Error::custom)?;
         if offset.checked_add(len).is_none_or(|end| end > arena.size()) {

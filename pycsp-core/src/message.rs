@@ -12,6 +12,7 @@
 //!
 //! Local ends, socket hosts and socket proxies all write and read through here.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::time::Instant;
 
@@ -22,6 +23,51 @@ use crate::error::{shared_memory, ChannelError};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
 use crate::shm::waiter;
+
+/// What a message being encoded or decoded on this thread is for. Values that stand for
+/// shared memory of this network (channel ends of shared-memory channels, `SharedBlock`s) ask
+/// it: none of them may cross a socket, and nothing that came over a socket may be used as an
+/// address in shared memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Context {
+    /// A channel in this network's shared memory.
+    Local,
+    /// A socket channel (its host's ring, or a proxy's): every message may have crossed, or
+    /// may cross, a socket.
+    Socket,
+    /// A socket host checking that a message from a peer decodes as the channel's type: the
+    /// decoding must have no effect (no hand-over token redeemed, nothing attached). `chan` is
+    /// the hosted channel, which stands in for the ends the message carries.
+    SocketCheck(Chan),
+}
+
+thread_local! {
+    static CONTEXT: Cell<Context> = const { Cell::new(Context::Local) };
+}
+
+/// What the message being encoded or decoded on this thread is for.
+pub(crate) fn context() -> Context {
+    CONTEXT.with(Cell::get)
+}
+
+/// Whether the message being encoded or decoded on this thread stays in this network's
+/// shared memory.
+pub(crate) fn is_local() -> bool {
+    matches!(context(), Context::Local)
+}
+
+/// Runs `f` with `c` as the context of the messages it encodes and decodes.
+pub(crate) fn in_context<R>(c: Context, f: impl FnOnce() -> R) -> R {
+    /// Puts the context back, also if `f` panics.
+    struct Restore(Context);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONTEXT.with(|x| x.set(self.0));
+        }
+    }
+    let _restore = Restore(CONTEXT.with(|x| x.replace(c)));
+    f()
+}
 
 /// Something that can write its encoding, possibly twice (to measure it, then to store it).
 trait Encoding {

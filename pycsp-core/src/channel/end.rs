@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fingerprint::{check_type, type_fingerprint};
+use crate::message::{self, Context};
 use crate::net;
 use crate::runtime;
 use crate::shm::arena::Arena;
@@ -24,6 +25,9 @@ enum EndState {
 pub(crate) struct End {
     pub(crate) chan: Chan,
     state: Cell<EndState>,
+    /// A socket channel's end (a host's ring or a proxy): its messages are encoded and
+    /// decoded in [`Context::Socket`].
+    pub(crate) socket: bool,
 }
 
 impl End {
@@ -31,9 +35,15 @@ impl End {
         End {
             chan,
             state: Cell::new(EndState::Live),
+            socket: chan.name().contains("://"),
         }
     }
 }
+
+/// Why an end of a shared-memory channel cannot travel through a socket channel.
+const LOCAL_END_OVER_SOCKET: &str = "an end of a shared-memory channel cannot travel through \
+     a socket channel (its receiver may be on another host): make it a socket channel \
+     (tcp://HOST:PORT/NAME)";
 
 thread_local! {
     /// Set while a process function returns (from the moment its body's first local drops to
@@ -93,6 +103,13 @@ impl End {
         let arena = Arena::get().map_err(S::Error::custom)?;
         let mut remote = None;
         let mut network = arena.network();
+        let over_socket = !message::is_local();
+        if over_socket && !self.socket {
+            return Err(S::Error::custom(format!(
+                "{LOCAL_END_OVER_SOCKET} (channel {:?})",
+                self.chan.name()
+            )));
+        }
         if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
             if let Some(proxy) = net::client::proxy_of(&self.chan) {
                 // A remote end: its connection hands the count over to the receiver.
@@ -130,8 +147,28 @@ impl End {
                 "a reading end was sent where a writing end was expected, or the reverse",
             ));
         }
+        let context = message::context();
+        if let Context::SocketCheck(chan) = context {
+            // A host checking a peer's message: the end must be one that can be opened by
+            // its token, of the right type; nothing is opened or redeemed.
+            if w.remote.is_none() {
+                return Err(D::Error::custom(LOCAL_END_OVER_SOCKET));
+            }
+            if w.fingerprint != 0 && w.fingerprint != type_fingerprint::<T>().1 {
+                return Err(D::Error::custom(format!(
+                    "an end of a channel of another type than {}",
+                    type_fingerprint::<T>().0
+                )));
+            }
+            return Ok(End {
+                chan,
+                state: Cell::new(EndState::Transferred),
+                socket: true,
+            });
+        }
         let arena = Arena::get().map_err(D::Error::custom)?;
-        if w.network != arena.network() {
+        // Over a socket, an end is opened only by its token: an offset is never used.
+        if w.network != arena.network() || matches!(context, Context::Socket) {
             let Some((address, token)) = w.remote else {
                 return Err(D::Error::custom(
                     "an end of a shared-memory channel reached a process outside its network \

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{shared_memory, ChannelError};
-use crate::message;
+use crate::message::{self, Context};
 use crate::net::{self, Address};
 use crate::runtime;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
@@ -196,11 +196,13 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
 }
 
 /// Checks that a message from a socket decodes as `T` (the host does this for every message
-/// a remote writer sends).
-fn validate<T: DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
-    rmp_serde::from_slice::<T>(bytes)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// a remote writer sends to `chan`), without any effect: ends in it are not opened.
+fn validate<T: DeserializeOwned>(chan: Chan, bytes: &[u8]) -> Result<(), String> {
+    message::in_context(Context::SocketCheck(chan), || {
+        rmp_serde::from_slice::<T>(bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
 }
 
 impl<T> Channel<T> {
@@ -270,7 +272,14 @@ impl<T: Serialize> ChannelOut<T> {
 
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let chan = &self.end.chan;
-        message::write_value(chan, value, deadline).map_err(|e| net::client::remote_error(chan, e))
+        let r = if self.end.socket {
+            message::in_context(Context::Socket, || {
+                message::write_value(chan, value, deadline)
+            })
+        } else {
+            message::write_value(chan, value, deadline)
+        };
+        r.map_err(|e| net::client::remote_error(chan, e))
     }
 
     pub(crate) fn chan(&self) -> Chan {
@@ -338,7 +347,12 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
-        message::read_value(chan, deadline).map_err(|e| net::client::remote_error(chan, e))
+        let r = if self.end.socket {
+            message::in_context(Context::Socket, || message::read_value(chan, deadline))
+        } else {
+            message::read_value(chan, deadline)
+        };
+        r.map_err(|e| net::client::remote_error(chan, e))
     }
 
     pub(crate) fn chan(&self) -> Chan {

@@ -24,7 +24,7 @@ use crate::shm::waiter;
 use crate::sys;
 
 /// Checks that a message body decodes as the channel's type.
-pub(crate) type Validate = fn(&[u8]) -> Result<(), String>;
+pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
@@ -384,7 +384,7 @@ impl Conn<'_> {
             };
             let reply = match (frame.kind, self.writer) {
                 (Kind::Write, true) => {
-                    if let Err(reason) = (self.validate)(&frame.body) {
+                    if let Err(reason) = (self.validate)(self.chan, &frame.body) {
                         return End::Broken(ChannelError::Protocol {
                             address: self.full.clone(),
                             reason: format!(
