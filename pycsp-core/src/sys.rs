@@ -250,3 +250,21 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     let r = unsafe { libc::poll(&mut p, 1, ms) };
     r > 0 && p.revents != 0
 }
+
+/// Shuts a socket down both ways, from any thread: its owner's blocked read returns at once.
+/// The caller must know that `fd` is still open and is the socket it means (its owner has not
+/// closed it yet).
+pub(crate) fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown only changes the state of the socket `fd`, which the caller guarantees
+    // is open; on any other descriptor it fails with ENOTSOCK and changes nothing.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Whether `e` says this process or the system ran out of descriptors or memory for a new
+/// connection (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): `accept` fails so until one is freed.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

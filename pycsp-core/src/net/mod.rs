@@ -51,5 +51,8 @@ pub(crate) mod stream;
 pub use crate::frame;
 pub use key::{key_env, ENV_KEY, ENV_KEY_FILE};
 pub use server::next_connection_error;
-pub use stream::LOSS_TIMEOUT;
+pub use stream::{
+    handshake_timeout, max_startups, ENV_HANDSHAKE_TIMEOUT, ENV_MAX_STARTUPS, HANDSHAKE_TIMEOUT,
+    LOSS_TIMEOUT, MAX_STARTUPS,
+};
 pub(crate) use stream::{parse_address, tune_tcp, Address, Endpoint, Stream};

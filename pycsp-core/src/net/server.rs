@@ -2,19 +2,28 @@
 //!
 //! A connection holds one end (a count of writers or readers) of a hosted channel and performs
 //! its operations on the shared-memory channel for the remote process. A connection that
-//! closes without `Retire` (the remote process was killed, its host vanished) marks the channel
-//! as held by a dead process, as a local crash does; a connection that breaks the protocol is
-//! closed and its end retired, and every other connection carries on.
+//! closes without `Retire` (the remote process was killed, its host vanished) is handled by
+//! who held it: an end handed over by a process of the host's network (a child it started,
+//! placed or local) marks the channel as held by a dead process, as a local crash does; an end
+//! a client opened by address retires, so that the channel goes on serving every other client.
+//! A connection that breaks the protocol is closed and its end retired, and every other
+//! connection carries on. Each such event is recorded for [`next_connection_error`].
+//!
+//! Connections that have not authenticated yet are limited ([`max_startups`]) and have a
+//! deadline ([`handshake_timeout`]); the accept loop backs off when descriptors run out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::key;
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::stream::{local_to_unix, tune_tcp, Address, Endpoint, Stream};
+use super::stream::{
+    handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
+    Stream, ENV_MAX_STARTUPS,
+};
 use crate::error::ChannelError;
 use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use crate::message::{take_encoded, write_encoded};
@@ -39,6 +48,8 @@ struct Host {
     channels: Mutex<HashMap<String, Hosted>>,
     /// Counts handed over to processes that have not connected yet: token -> (channel, writer).
     pending: Mutex<HashMap<u64, (String, bool)>>,
+    /// Connections that have not authenticated yet.
+    startups: Mutex<Startups>,
 }
 
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
@@ -64,6 +75,7 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
                 endpoint: addr.endpoint.clone(),
                 channels: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                startups: Mutex::new(Startups::default()),
             });
             listen(&h, &addr.full)?;
             hosts.push(h.clone());
@@ -94,18 +106,18 @@ pub(crate) fn hand_over(addr: &Address, writer: bool) -> Option<u64> {
 fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
     let fail =
         |e: std::io::Error| conn_error(full, format!("cannot listen on {}: {e}", host.endpoint));
+    let h = host.clone();
     match &host.endpoint {
         Endpoint::Tcp(a) => {
             let l = TcpListener::bind(a.as_str()).map_err(fail)?;
-            let h = host.clone();
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
                 .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        if tune_tcp(&s).is_ok() {
-                            serve_in_thread(h.clone(), Stream::Tcp(s));
-                        }
-                    }
+                    accept_loop(&h, || {
+                        let (s, _) = l.accept()?;
+                        tune_tcp(&s)?;
+                        Ok(Stream::Tcp(s))
+                    })
                 })
                 .map_err(fail)?;
         }
@@ -116,24 +128,150 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name(name)
                 .create_sync()
                 .map_err(fail)?;
-            let h = host.clone();
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        serve_in_thread(h.clone(), Stream::Unix(local_to_unix(s)));
-                    }
-                })
+                .spawn(move || accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?)))))
                 .map_err(fail)?;
         }
     }
     Ok(())
 }
 
-fn serve_in_thread(host: Arc<Host>, s: Stream) {
-    let _ = std::thread::Builder::new()
-        .name("pycsp-conn".into())
-        .spawn(move || serve(host, s));
+/// How long the accept loop waits, at most, before trying again when no descriptor is left
+/// and no unauthenticated connection can be closed to free one.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections for `host` forever, each served by a thread of its own. When `accept`
+/// fails for want of descriptors or memory (`EMFILE`, `ENFILE`, ...) the pending connection
+/// stays queued and `accept` would fail again at once: the loop closes the oldest connection
+/// still in its handshake, if there is one, and waits before trying again (1 ms, doubling up to
+/// [`ACCEPT_BACKOFF_MAX`] while nothing can be freed), instead of spinning.
+fn accept_loop(host: &Arc<Host>, mut accept: impl FnMut() -> std::io::Result<Stream>) {
+    let mut pause = Duration::ZERO;
+    loop {
+        match accept() {
+            Ok(s) => {
+                pause = Duration::ZERO;
+                let startup = host.admit(s);
+                let _ = std::thread::Builder::new()
+                    .name("pycsp-conn".into())
+                    .spawn(move || serve(startup));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let freed = sys::out_of_descriptors(&e) && host.shed_oldest("no descriptor left");
+                let before = pause;
+                pause = if freed {
+                    Duration::from_millis(1)
+                } else {
+                    (pause * 2).clamp(Duration::from_millis(1), ACCEPT_BACKOFF_MAX)
+                };
+                if pause == ACCEPT_BACKOFF_MAX && before != pause {
+                    report(
+                        "the listener",
+                        conn_error(
+                            &host.endpoint.to_string(),
+                            format!("cannot accept connections: {e}; retrying every second"),
+                        ),
+                    );
+                }
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
+
+/// The connections of a host that have not authenticated yet, oldest first (see
+/// [`max_startups`]).
+#[derive(Default)]
+struct Startups {
+    next: u64,
+    /// Id and descriptor of each (the descriptor stays open while its id is listed: its
+    /// owner removes the id before closing it).
+    open: VecDeque<(u64, RawFd)>,
+    /// Ids closed to make room, with why.
+    shed: HashMap<u64, &'static str>,
+}
+
+impl Host {
+    /// Lists a new connection as unauthenticated, closing the oldest listed one if there are
+    /// [`max_startups`] already.
+    fn admit(self: &Arc<Host>, s: Stream) -> Startup {
+        let fd = s.as_raw_fd();
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        if st.open.len() >= max_startups() {
+            Self::shed_locked(&mut st, "too many connections in their handshake");
+        }
+        st.next += 1;
+        let id = st.next;
+        st.open.push_back((id, fd));
+        Startup {
+            host: self.clone(),
+            id,
+            stream: Some(s),
+        }
+    }
+
+    /// Closes the oldest unauthenticated connection; whether there was one.
+    fn shed_oldest(&self, why: &'static str) -> bool {
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        Self::shed_locked(&mut st, why)
+    }
+
+    fn shed_locked(st: &mut Startups, why: &'static str) -> bool {
+        let Some((id, fd)) = st.open.pop_front() else {
+            return false;
+        };
+        // The owner has not closed `fd`: it removes its id (under this lock) first.
+        sys::shutdown_socket(fd);
+        st.shed.insert(id, why);
+        true
+    }
+
+    /// Removes connection `id` from the unauthenticated ones; why it was closed, if it was.
+    fn forget(&self, id: u64) -> Option<&'static str> {
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = st.open.iter().position(|(i, _)| *i == id) {
+            st.open.remove(i);
+        }
+        st.shed.remove(&id)
+    }
+}
+
+/// A connection that has not authenticated yet: it leaves the host's list when it
+/// authenticates or is dropped, before its stream closes.
+struct Startup {
+    host: Arc<Host>,
+    id: u64,
+    stream: Option<Stream>,
+}
+
+impl Startup {
+    fn stream(&mut self) -> &mut Stream {
+        self.stream
+            .as_mut()
+            .expect("the stream of a connection in its handshake")
+    }
+
+    /// Why the host closed it to make room, if it did.
+    fn shed(&self) -> Option<&'static str> {
+        self.host.forget(self.id)
+    }
+
+    /// The peer proved it knows the key: it no longer counts against the cap.
+    fn authenticated(mut self) -> Stream {
+        self.host.forget(self.id);
+        self.stream
+            .take()
+            .expect("the stream of a connection in its handshake")
+    }
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        self.host.forget(self.id);
+        // `stream` closes after this.
+    }
 }
 
 /// The connection errors this process's hosts met, oldest first (at most [`KEPT`]).
@@ -208,12 +346,20 @@ pub fn next_connection_error(address: &str, timeout: Duration) -> Option<Channel
     }
 }
 
-/// One connection, from handshake to close.
-fn serve(host: Arc<Host>, mut s: Stream) {
-    let peer = s.peer();
+/// One connection, from handshake to close. The handshake and `Open` have the deadline
+/// [`handshake_timeout`]; once the end is open, the peer may take its time.
+fn serve(mut startup: Startup) {
+    let host = startup.host.clone();
+    let peer = startup.stream().peer();
     let Ok(k) = key::key() else { return };
     let at = host.endpoint.to_string();
-    if let Err(e) = key::serve(&mut s, k) {
+    if let Err(e) = startup.stream().set_deadline(Some(handshake_timeout())) {
+        return report(
+            &peer,
+            conn_error(&at, format!("cannot set a deadline: {e}")),
+        );
+    }
+    if let Err(e) = key::serve(startup.stream(), k) {
         let e = match e {
             key::HandshakeError::Auth(reason) => ChannelError::Auth {
                 address: at,
@@ -221,18 +367,29 @@ fn serve(host: Arc<Host>, mut s: Stream) {
             },
             key::HandshakeError::Frame(
                 f @ (FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)),
-            ) => conn_error(&at, format!("handshake with {peer}: {f}")),
+            ) => match startup.shed() {
+                Some(why) => conn_error(
+                    &at,
+                    format!(
+                        "closed {peer} before it authenticated: {why} (at most {} at once, \
+                         {ENV_MAX_STARTUPS} sets it; the oldest is closed)",
+                        max_startups()
+                    ),
+                ),
+                None => conn_error(&at, step_failed(&format!("handshake with {peer}"), &f)),
+            },
             key::HandshakeError::Frame(f) => {
                 let e = ChannelError::Protocol {
                     address: at,
                     reason: format!("in the handshake: {f}"),
                 };
-                let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
+                let _ = write_frame(startup.stream(), &ErrorBody::from_error(&e).frame());
                 e
             }
         };
         return report(&peer, e);
     }
+    let mut s = startup.authenticated();
     let refuse = |s: &mut Stream, e: ChannelError| {
         let _ = write_frame(s, &ErrorBody::from_error(&e).frame());
         report(&peer, e);
@@ -253,7 +410,7 @@ fn serve(host: Arc<Host>, mut s: Stream) {
                 protocol(&host, format!("expected Open, got {:?}", f.kind)),
             )
         }
-        Err(e) => return report(&peer, conn_error(&at, format!("before Open: {e}"))),
+        Err(e) => return report(&peer, conn_error(&at, step_failed("waiting for Open", &e))),
     };
     let full = format!("{}/{}", host.endpoint, open.channel);
     let (chan, validate) = {
@@ -302,7 +459,9 @@ fn serve(host: Arc<Host>, mut s: Stream) {
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
     };
-    if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err() {
+    if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
+        || s.set_deadline(None).is_err()
+    {
         chan.retire(writer);
         return;
     }
@@ -316,6 +475,7 @@ fn serve(host: Arc<Host>, mut s: Stream) {
         full,
         who,
         pid: open.pid,
+        handed: open.token.is_some(),
     };
     conn.run(s);
 }
@@ -336,6 +496,11 @@ struct Conn<'a> {
     full: String,
     who: String,
     pid: u32,
+    /// The end came by hand-over from a process of the host's network (it was passed to a
+    /// child, placed or local): its holder is one of the network's processes, and its loss is
+    /// a crash, as in shared memory. Otherwise the peer is a client that opened the address
+    /// itself, and its loss retires its end.
+    handed: bool,
 }
 
 /// How a connection ends.
@@ -353,13 +518,32 @@ impl Conn<'_> {
         let end = self.serve_frames(&mut s);
         match end {
             End::Clean => {}
-            End::Lost(why) => {
+            End::Lost(why) if self.handed => {
+                // A process of this network died holding the end: as in shared memory, the
+                // channel fails for everyone (readers after draining it).
                 self.chan.mark_peer_died(self.pid, &self.who);
                 report(
                     &self.who,
                     conn_error(
                         &self.full,
                         format!("{} (pid {}) was lost: {why}", self.who, self.pid),
+                    ),
+                );
+            }
+            End::Lost(why) => {
+                // A client was lost: its end retires (a message it had not acknowledged was
+                // put back, one it was sending is dropped) and the channel serves the others.
+                self.chan.retire(self.writer);
+                report(
+                    &self.who,
+                    conn_error(
+                        &self.full,
+                        format!(
+                            "the client {} (pid {}) was lost: {why}; its {} end was retired",
+                            self.who,
+                            self.pid,
+                            if self.writer { "writing" } else { "reading" }
+                        ),
                     ),
                 );
             }
