@@ -23,8 +23,8 @@ use sha2::Sha256;
 
 /// How long a test waits for something that should happen at once.
 const PROMPT: Duration = Duration::from_secs(5);
-/// The default handshake deadline (`pycsp::net::HANDSHAKE_TIMEOUT`).
-const HANDSHAKE: Duration = Duration::from_secs(5);
+/// The default handshake deadline.
+const HANDSHAKE: Duration = pycsp::net::HANDSHAKE_TIMEOUT;
 /// How long anything may block before a test calls it a hang.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -387,6 +387,22 @@ fn opening_at_a_host_that_never_finishes_the_handshake_fails_within_the_deadline
 }
 
 #[test]
+fn the_handshake_deadline_is_set_by_pycsp_handshake_timeout() {
+    let port = fake_host(Fake::Silent);
+    let t = Instant::now();
+    let out = program("open", &format!("tcp://127.0.0.1:{port}/x"))
+        .env(pycsp::net::ENV_HANDSHAKE_TIMEOUT, "0.5")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let line = result_line(&out);
+    eprintln!("PYCSP_HANDSHAKE_TIMEOUT=0.5: {line} after {took:?}");
+    assert!(line.starts_with("Err(Connection"), "{line}");
+    assert!(line.contains("the deadline is 500ms"), "{line}");
+    assert!(took < HANDSHAKE, "{took:?}");
+}
+
+#[test]
 fn opening_at_a_stopped_host_fails_within_the_deadline() {
     let at = format!("tcp://127.0.0.1:{}", common::free_port());
     let host = start_host(&at, None, &[]);
@@ -568,6 +584,12 @@ fn a_host_at_its_descriptor_limit_serves_a_client_and_stays_idle() {
             cpu < wall / 5,
             "cap {cap:?}: the host used {cpu:?} of CPU in {wall:?}"
         );
+        if cap.is_some() {
+            // The cap was above the limit: the host ran out of descriptors (and coped).
+            assert!(fds > 200, "fds {fds}: the descriptor limit was not reached");
+        } else {
+            assert!(threads <= 100 && fds <= 120, "threads {threads}, fds {fds}");
+        }
     }
 }
 

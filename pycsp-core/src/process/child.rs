@@ -104,13 +104,13 @@ fn read_secrets() -> Result<u64, String> {
     let limit = std::time::Instant::now() + net::handshake_timeout();
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    let mut stdin = std::io::stdin().lock();
+    // Byte by byte and unbuffered: what follows the line stays in standard input.
     while b[0] != b'\n' {
         let left = limit.saturating_duration_since(std::time::Instant::now());
         if line.len() > 4096 || left.is_zero() || !sys::wait_readable(0, left) {
             return Err("no ticket on standard input in time".into());
         }
-        match stdin.read(&mut b) {
+        match sys::read_fd(0, &mut b) {
             Ok(1) => line.push(b[0]),
             _ => {
                 return Err(
