@@ -279,11 +279,43 @@ static ERRORS: Mutex<VecDeque<ChannelError>> = Mutex::new(VecDeque::new());
 static ERRORS_CV: Condvar = Condvar::new();
 const KEPT: usize = 256;
 
+/// At most this many connection errors are printed per second; the others are counted, and
+/// still kept for [`next_connection_error`] (a flood must not flood standard error too).
+const PRINTED_PER_SECOND: u32 = 20;
+
+/// The second printing started in, how many were printed in it, how many were not.
+static PRINTED: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+
+/// Whether to print one more connection error now; prints how many were left out before.
+fn may_print() -> bool {
+    let mut p = PRINTED.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let (start, printed, skipped) = p.get_or_insert((now, 0, 0));
+    if now.duration_since(*start) >= Duration::from_secs(1) {
+        if *skipped > 0 {
+            eprintln!(
+                "pycsp: {skipped} more connection errors were not printed \
+                 (pycsp::net::next_connection_error returns them)"
+            );
+        }
+        (*start, *printed, *skipped) = (now, 0, 0);
+    }
+    if *printed < PRINTED_PER_SECOND {
+        *printed += 1;
+        true
+    } else {
+        *skipped += 1;
+        false
+    }
+}
+
 /// Reports a refused, broken or lost connection on this side (the other side gets an `Error`
-/// frame when it can still be sent): on standard error, and to
-/// [`next_connection_error`].
+/// frame when it can still be sent): on standard error (at most [`PRINTED_PER_SECOND`] a
+/// second), and to [`next_connection_error`].
 fn report(peer: &str, e: ChannelError) {
-    eprintln!("pycsp: connection from {peer} closed: {e}");
+    if may_print() {
+        eprintln!("pycsp: connection from {peer} closed: {e}");
+    }
     let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
     if errors.len() == KEPT {
         errors.pop_front();
@@ -322,9 +354,12 @@ fn under(a: &str, prefix: &str) -> bool {
 /// A host never fails because of one connection: a peer that fails the handshake
 /// ([`ChannelError::Auth`]), breaks the protocol ([`ChannelError::Protocol`]), asks for a
 /// channel that is not there or with another type, or is lost ([`ChannelError::Connection`])
-/// has its connection closed, and every other connection carries on. Each such event is
-/// printed on standard error and kept (the last 256) for this function, so that a program can
-/// log or count them.
+/// has its connection closed, and every other connection carries on; so does a client that
+/// is lost (its end retires), a connection that does not finish its handshake in
+/// [`handshake_timeout`](super::handshake_timeout), and one closed to make room
+/// ([`max_startups`](super::max_startups)). Each such event is printed on standard error (at
+/// most 20 a second, then a count of those left out) and kept (the last 256) for this
+/// function, so that a program can log or count them.
 pub fn next_connection_error(address: &str, timeout: Duration) -> Option<ChannelError> {
     let deadline = Instant::now() + timeout;
     let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
