@@ -199,6 +199,9 @@ fn a_separately_started_program_attaches_by_local_address_with_a_key_file() {
     let mut key = pycsp::net::key_env().unwrap().1.into_encoded_bytes();
     key.push(b'\n'); // a trailing newline is not part of the key
     std::fs::write(&key_file, key).unwrap();
+    // Only its owner may read it: a key file others can read or write is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = program("client", &at)
         .env(ENV_KEY_FILE, &key_file)
         .output()

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shared_memory, ChannelError};
+use crate::frame::MAX_MESSAGE;
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
 use crate::shm::waiter;
@@ -145,8 +146,18 @@ fn write_block<E: Encoding>(
     let mut counter = Counter(0);
     msg.write_to(&mut counter)
         .map_err(|reason| encode_error(chan, reason))?;
-    let arena = Arena::get().map_err(shared_memory)?;
     let len = counter.0 as u64;
+    // A socket channel (hosted here, or the proxy of a remote end: its name is an address)
+    // carries at most `MAX_MESSAGE` bytes: refused here, before a block is allocated or a byte
+    // crosses a socket, and the end stays usable, as for a message too large for the arena.
+    if len > MAX_MESSAGE as u64 && chan.name().contains("://") {
+        return Err(ChannelError::TooLarge {
+            channel: chan.name().to_string(),
+            len,
+            max: MAX_MESSAGE as u64,
+        });
+    }
+    let arena = Arena::get().map_err(shared_memory)?;
     let offset = arena
         .alloc_block(len)
         .map_err(|e| e.into_channel_error(chan.name()))?;

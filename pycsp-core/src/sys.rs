@@ -263,3 +263,38 @@ pub(crate) fn wait_child_exit(pid: u32, timeout: Duration) -> bool {
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     wait_readable(fd.as_raw_fd(), timeout)
 }
+
+/// Shuts a socket down both ways, from any thread: its owner's blocked read returns at once.
+/// The caller must know that `fd` is still open and is the socket it means (its owner has not
+/// closed it yet).
+pub(crate) fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown only changes the state of the socket `fd`, which the caller guarantees
+    // is open; on any other descriptor it fails with ENOTSOCK and changes nothing.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Whether `e` says this process or the system ran out of descriptors or memory for a new
+/// connection (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): `accept` fails so until one is freed.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Reads from descriptor `fd` into `buf` with one `read` call, without buffering (what is not
+/// asked for stays in the descriptor for whoever reads it next).
+pub(crate) fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe `buf`, which is valid for writes; an invalid
+        // descriptor yields EBADF.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

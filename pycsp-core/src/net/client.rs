@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::stream::{Address, Stream, LOSS_TIMEOUT};
+use super::stream::{step_failed, Address, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
-use crate::frame::{read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME};
+use crate::frame::{
+    read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME, MAX_MESSAGE,
+};
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime;
 use crate::shm::arena::Arena;
@@ -107,7 +109,9 @@ pub(crate) fn await_retired(chan: &Chan, writer: bool) {
     p.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT);
 }
 
-/// Connects, authenticates and sends `Open`.
+/// Connects, authenticates and sends `Open`; every step has the deadline
+/// [`handshake_timeout`](super::handshake_timeout), so a host that accepts and says nothing (stopped, overloaded, another
+/// service on the port) fails the open with [`ChannelError::Connection`] instead of hanging.
 fn connect(addr: &Address, body: &OpenBody) -> Result<(Stream, OpenedBody), ChannelError> {
     let conn = |reason: String| ChannelError::Connection {
         address: addr.full.clone(),
@@ -124,16 +128,21 @@ fn connect(addr: &Address, body: &OpenBody) -> Result<(Stream, OpenedBody), Chan
             address: addr.full.clone(),
             reason,
         },
-        HandshakeError::Frame(f) => conn(format!("handshake: {f}")),
+        HandshakeError::Frame(f) => conn(step_failed("handshake", &f)),
     })?;
-    write_frame(&mut s, &Frame::new(Kind::Open, encode(body))).map_err(|e| conn(e.to_string()))?;
-    let f = read_frame(&mut s, 64 << 10).map_err(|e| conn(e.to_string()))?;
+    write_frame(&mut s, &Frame::new(Kind::Open, encode(body)))
+        .map_err(|e| conn(step_failed("sending Open", &e)))?;
+    let f =
+        read_frame(&mut s, 64 << 10).map_err(|e| conn(step_failed("waiting for Opened", &e)))?;
     match f.kind {
         Kind::Opened => {
             let o = rmp_serde::from_slice(&f.body).map_err(|e| ChannelError::Protocol {
                 address: addr.full.clone(),
                 reason: format!("a malformed Opened frame ({e})"),
             })?;
+            // Open: from now on the host may take as long as a rendezvous takes.
+            s.set_deadline(None)
+                .map_err(|e| conn(format!("cannot clear the handshake deadline: {e}")))?;
             Ok((s, o))
         }
         Kind::Error => Err(ErrorBody::decode(&f.body).into_error(&addr.full)),
@@ -303,6 +312,15 @@ impl Pump {
             match self.proxy.read_deferred(None, |w| waiter::claim(arena, w)) {
                 Ok((msg, taken)) => {
                     let bytes = match take_encoded(msg) {
+                        // `message` refuses these in the user's write; never sent whole.
+                        Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
+                            channel: self.info.address.full.clone(),
+                            len: b.len() as u64,
+                            max: MAX_MESSAGE as u64,
+                        }),
+                        r => r,
+                    };
+                    let bytes = match bytes {
                         Ok(b) => b,
                         Err(e) => {
                             self.fail(e);

@@ -1,11 +1,14 @@
 //! The shared secret of socket channels and the handshake that proves both sides know it.
 //!
 //! The key comes from, in order: the environment variable `PYCSP_AUTHKEY` (its bytes), the
-//! file named by `PYCSP_AUTHKEY_FILE` (its bytes, without a trailing newline), or, when
-//! neither is set, 32 random bytes made by the root process of a network and handed to every
-//! process it starts (also those placed on other hosts by a launcher that passes the
-//! environment on, such as `ip netns exec` or `srun`; with `ssh`, give each host the key in a
-//! file). Programs started independently must be given the same key.
+//! file named by `PYCSP_AUTHKEY_FILE` (its bytes, without a trailing newline; a file that group
+//! or others may read or write is refused, as `ssh` refuses such a private key), or, when
+//! neither is set, 32 random bytes made by the root process of a network. A process hands its
+//! key to every process it starts, never through the environment or a command line: a local
+//! child reads it from an inherited descriptor ([`ENV_KEY_FD`] names it), a placed process from
+//! its standard input (which `ssh`, `srun` and `ip netns exec` pass through), and each removes
+//! `PYCSP_AUTHKEY` from its environment before the process's code runs. Programs started
+//! independently must be given the same key.
 //!
 //! Handshake (see the wire-format chapter): the server sends a 32-byte challenge; the client
 //! answers `HMAC-SHA256(key, "pycsp-1 client" || challenge)` and its own 32-byte challenge;
@@ -27,6 +30,8 @@ use crate::sys;
 pub const ENV_KEY: &str = "PYCSP_AUTHKEY";
 /// The environment variable naming a file that holds the key.
 pub const ENV_KEY_FILE: &str = "PYCSP_AUTHKEY_FILE";
+/// For a local child: the inherited descriptor its key can be read from (a number, no secret).
+pub(crate) const ENV_KEY_FD: &str = "PYCSP_KEY_FD";
 
 const CLIENT_LABEL: &[u8] = b"pycsp-1 client";
 const SERVER_LABEL: &[u8] = b"pycsp-1 server";
@@ -48,6 +53,7 @@ fn load() -> Result<Key, String> {
         });
     }
     if let Some(path) = std::env::var_os(ENV_KEY_FILE) {
+        check_mode(std::path::Path::new(&path))?;
         let mut bytes = std::fs::read(&path).map_err(|e| {
             format!(
                 "cannot read the key file {} named by {ENV_KEY_FILE}: {e}",
@@ -77,6 +83,60 @@ fn load() -> Result<Key, String> {
     })
 }
 
+/// Refuses a key file that group or others may read or write, as `ssh` refuses such a private
+/// key: anyone who can read it can join the network, anyone who can write it can lock it out.
+fn check_mode(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // reading it reports why
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the key file {} named by {ENV_KEY_FILE} may be read or written by group or others \
+             (mode {mode:o}): it is refused; run chmod 600 {} (only its owner may read it)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Sets this process's key to one its parent handed over (before anything loaded one);
+/// whether it was set.
+pub(crate) fn inherit(bytes: Vec<u8>, generated: bool) -> bool {
+    KEY.set(Ok(Key { bytes, generated })).is_ok()
+}
+
+/// The key as a process started by this one is handed it: `G HEX`, where `G` is 1 if the key
+/// was generated (not configured) and `HEX` its bytes in hexadecimal. An error if this process
+/// has no usable key.
+pub(crate) fn for_child() -> Result<String, String> {
+    match KEY.get_or_init(load) {
+        Ok(k) => {
+            let hex: String = k.bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Ok(format!("{} {hex}", u8::from(k.generated)))
+        }
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Reads a key handed over by [`for_child`] and makes it this process's key.
+pub(crate) fn inherit_text(text: &str) -> Result<(), String> {
+    let bad = || "a malformed key from the parent process".to_string();
+    let (g, hex) = text.trim().split_once(' ').ok_or_else(bad)?;
+    if hex.len() % 2 != 0 || hex.is_empty() {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    inherit(bytes, g == "1");
+    Ok(())
+}
+
 /// This process's key.
 pub(crate) fn key() -> Result<&'static [u8], String> {
     match KEY.get_or_init(load) {
@@ -88,15 +148,6 @@ pub(crate) fn key() -> Result<&'static [u8], String> {
 /// Whether this process made its key up (then its peers outside the network cannot know it).
 pub(crate) fn generated() -> bool {
     matches!(KEY.get_or_init(load), Ok(k) if k.generated)
-}
-
-/// The environment a started process needs to share this process's key: set only when the
-/// key was generated here (a configured key is inherited with the environment anyway).
-pub(crate) fn child_env() -> Option<(&'static str, String)> {
-    match KEY.get_or_init(load) {
-        Ok(k) if k.generated => Some((ENV_KEY, String::from_utf8_lossy(&k.bytes).into_owned())),
-        _ => None,
-    }
 }
 
 /// The environment a program started by other means than `Parallel` (with

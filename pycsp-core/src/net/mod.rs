@@ -26,21 +26,40 @@
 //!
 //! Every process reads its key once, from, in order: the environment variable
 //! [`PYCSP_AUTHKEY`](ENV_KEY) (its bytes), or the file named by
-//! [`PYCSP_AUTHKEY_FILE`](ENV_KEY_FILE) (its bytes, without a trailing newline). Without
-//! either, the root process of a network makes a random 32-byte key and hands it to every
-//! process it starts, placed ones included (through the launcher's environment: `ip netns
-//! exec` and `srun` pass it on; with `ssh`, give each host the key in a file). A program
+//! [`PYCSP_AUTHKEY_FILE`](ENV_KEY_FILE) (its bytes, without a trailing newline; refused, with
+//! an error that says `chmod 600`, if group or others may read or write it). Without either,
+//! the root process of a network makes a random 32-byte key. A process hands its key to every
+//! process it starts, never through the environment or a command line: a local child reads it
+//! from an inherited descriptor, a placed one from its standard input (`ssh`, `srun` and `ip
+//! netns exec` pass it on), and `PYCSP_AUTHKEY` is removed from a started process's
+//! environment before its code runs, so programs it starts do not see the key. A program
 //! started by other means and given no key makes its own random one, so its connections are
 //! refused with [`ChannelError::Auth`](crate::ChannelError::Auth) on both sides, with a hint
 //! naming these variables; [`key_env`] is the variable and value to give such a program.
 //!
+//! # Limits and deadlines
+//!
+//! Each step of opening a connection (connecting, the handshake, `Open` and its answer, a
+//! placed process's call-back) waits at most [`handshake_timeout`] ([`HANDSHAKE_TIMEOUT`],
+//! 5 s, or [`ENV_HANDSHAKE_TIMEOUT`]); a host authenticates at most [`max_startups`]
+//! connections at once ([`MAX_STARTUPS`], 64, or [`ENV_MAX_STARTUPS`]) and closes the oldest
+//! when one more comes or when it runs out of descriptors; a message is at most
+//! [`frame::MAX_MESSAGE`] bytes ([`ChannelError::TooLarge`](crate::ChannelError::TooLarge) in
+//! the writer, before anything is sent). The book's sockets chapter has the table.
+//!
 //! # Losing a peer
 //!
-//! A peer process that dies (even by `SIGKILL`) closes its connections at once: its peers get
+//! A peer process that dies (even by `SIGKILL`) closes its connections at once. A host that
+//! loses a **client** (a program that opened the channel's address itself) retires that
+//! client's end, puts back a message it had not acknowledged, records the loss for
+//! [`next_connection_error`], and serves every other client. A host that loses a process of
+//! its own network (one that was handed its end, such as a placed child) marks the channel as
+//! held by a dead process, as in shared memory: its peers get
 //! [`ChannelError::PeerDied`](crate::ChannelError::PeerDied) (readers after every
-//! acknowledged message) or [`ChannelError::Connection`](crate::ChannelError::Connection)
-//! within milliseconds. A host that vanishes or a link that goes down is noticed within
-//! [`LOSS_TIMEOUT`] plus the keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
+//! acknowledged message). A process whose host dies gets
+//! [`ChannelError::Connection`](crate::ChannelError::Connection) within milliseconds. A host
+//! that vanishes or a link that goes down is noticed within [`LOSS_TIMEOUT`] plus the
+//! keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
 
 pub(crate) mod client;
 pub(crate) mod key;
@@ -51,5 +70,8 @@ pub(crate) mod stream;
 pub use crate::frame;
 pub use key::{key_env, ENV_KEY, ENV_KEY_FILE};
 pub use server::next_connection_error;
-pub use stream::LOSS_TIMEOUT;
+pub use stream::{
+    handshake_timeout, max_startups, ENV_HANDSHAKE_TIMEOUT, ENV_MAX_STARTUPS, HANDSHAKE_TIMEOUT,
+    LOSS_TIMEOUT, MAX_STARTUPS,
+};
 pub(crate) use stream::{parse_address, tune_tcp, Address, Endpoint, Stream};

@@ -2,19 +2,28 @@
 //!
 //! A connection holds one end (a count of writers or readers) of a hosted channel and performs
 //! its operations on the shared-memory channel for the remote process. A connection that
-//! closes without `Retire` (the remote process was killed, its host vanished) marks the channel
-//! as held by a dead process, as a local crash does; a connection that breaks the protocol is
-//! closed and its end retired, and every other connection carries on.
+//! closes without `Retire` (the remote process was killed, its host vanished) is handled by
+//! who held it: an end handed over by a process of the host's network (a child it started,
+//! placed or local) marks the channel as held by a dead process, as a local crash does; an end
+//! a client opened by address retires, so that the channel goes on serving every other client.
+//! A connection that breaks the protocol is closed and its end retired, and every other
+//! connection carries on. Each such event is recorded for [`next_connection_error`].
+//!
+//! Connections that have not authenticated yet are limited ([`max_startups`]) and have a
+//! deadline ([`handshake_timeout`]); the accept loop backs off when descriptors run out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::key;
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::stream::{local_to_unix, tune_tcp, Address, Endpoint, Stream};
+use super::stream::{
+    handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
+    Stream, ENV_MAX_STARTUPS,
+};
 use crate::error::ChannelError;
 use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use crate::message::{take_encoded, write_encoded};
@@ -39,6 +48,8 @@ struct Host {
     channels: Mutex<HashMap<String, Hosted>>,
     /// Counts handed over to processes that have not connected yet: token -> (channel, writer).
     pending: Mutex<HashMap<u64, (String, bool)>>,
+    /// Connections that have not authenticated yet.
+    startups: Mutex<Startups>,
 }
 
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
@@ -64,6 +75,7 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
                 endpoint: addr.endpoint.clone(),
                 channels: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                startups: Mutex::new(Startups::default()),
             });
             listen(&h, &addr.full)?;
             hosts.push(h.clone());
@@ -94,18 +106,18 @@ pub(crate) fn hand_over(addr: &Address, writer: bool) -> Option<u64> {
 fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
     let fail =
         |e: std::io::Error| conn_error(full, format!("cannot listen on {}: {e}", host.endpoint));
+    let h = host.clone();
     match &host.endpoint {
         Endpoint::Tcp(a) => {
             let l = TcpListener::bind(a.as_str()).map_err(fail)?;
-            let h = host.clone();
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
                 .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        if tune_tcp(&s).is_ok() {
-                            serve_in_thread(h.clone(), Stream::Tcp(s));
-                        }
-                    }
+                    accept_loop(&h, || {
+                        let (s, _) = l.accept()?;
+                        tune_tcp(&s)?;
+                        Ok(Stream::Tcp(s))
+                    })
                 })
                 .map_err(fail)?;
         }
@@ -116,24 +128,150 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name(name)
                 .create_sync()
                 .map_err(fail)?;
-            let h = host.clone();
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        serve_in_thread(h.clone(), Stream::Unix(local_to_unix(s)));
-                    }
-                })
+                .spawn(move || accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?)))))
                 .map_err(fail)?;
         }
     }
     Ok(())
 }
 
-fn serve_in_thread(host: Arc<Host>, s: Stream) {
-    let _ = std::thread::Builder::new()
-        .name("pycsp-conn".into())
-        .spawn(move || serve(host, s));
+/// How long the accept loop waits, at most, before trying again when no descriptor is left
+/// and no unauthenticated connection can be closed to free one.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections for `host` forever, each served by a thread of its own. When `accept`
+/// fails for want of descriptors or memory (`EMFILE`, `ENFILE`, ...) the pending connection
+/// stays queued and `accept` would fail again at once: the loop closes the oldest connection
+/// still in its handshake, if there is one, and waits before trying again (1 ms, doubling up to
+/// [`ACCEPT_BACKOFF_MAX`] while nothing can be freed), instead of spinning.
+fn accept_loop(host: &Arc<Host>, mut accept: impl FnMut() -> std::io::Result<Stream>) {
+    let mut pause = Duration::ZERO;
+    loop {
+        match accept() {
+            Ok(s) => {
+                pause = Duration::ZERO;
+                let startup = host.admit(s);
+                let _ = std::thread::Builder::new()
+                    .name("pycsp-conn".into())
+                    .spawn(move || serve(startup));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let freed = sys::out_of_descriptors(&e) && host.shed_oldest("no descriptor left");
+                let before = pause;
+                pause = if freed {
+                    Duration::from_millis(1)
+                } else {
+                    (pause * 2).clamp(Duration::from_millis(1), ACCEPT_BACKOFF_MAX)
+                };
+                if pause == ACCEPT_BACKOFF_MAX && before != pause {
+                    report(
+                        "the listener",
+                        conn_error(
+                            &host.endpoint.to_string(),
+                            format!("cannot accept connections: {e}; retrying every second"),
+                        ),
+                    );
+                }
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
+
+/// The connections of a host that have not authenticated yet, oldest first (see
+/// [`max_startups`]).
+#[derive(Default)]
+struct Startups {
+    next: u64,
+    /// Id and descriptor of each (the descriptor stays open while its id is listed: its
+    /// owner removes the id before closing it).
+    open: VecDeque<(u64, RawFd)>,
+    /// Ids closed to make room, with why.
+    shed: HashMap<u64, &'static str>,
+}
+
+impl Host {
+    /// Lists a new connection as unauthenticated, closing the oldest listed one if there are
+    /// [`max_startups`] already.
+    fn admit(self: &Arc<Host>, s: Stream) -> Startup {
+        let fd = s.as_raw_fd();
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        if st.open.len() >= max_startups() {
+            Self::shed_locked(&mut st, "too many connections in their handshake");
+        }
+        st.next += 1;
+        let id = st.next;
+        st.open.push_back((id, fd));
+        Startup {
+            host: self.clone(),
+            id,
+            stream: Some(s),
+        }
+    }
+
+    /// Closes the oldest unauthenticated connection; whether there was one.
+    fn shed_oldest(&self, why: &'static str) -> bool {
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        Self::shed_locked(&mut st, why)
+    }
+
+    fn shed_locked(st: &mut Startups, why: &'static str) -> bool {
+        let Some((id, fd)) = st.open.pop_front() else {
+            return false;
+        };
+        // The owner has not closed `fd`: it removes its id (under this lock) first.
+        sys::shutdown_socket(fd);
+        st.shed.insert(id, why);
+        true
+    }
+
+    /// Removes connection `id` from the unauthenticated ones; why it was closed, if it was.
+    fn forget(&self, id: u64) -> Option<&'static str> {
+        let mut st = self.startups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = st.open.iter().position(|(i, _)| *i == id) {
+            st.open.remove(i);
+        }
+        st.shed.remove(&id)
+    }
+}
+
+/// A connection that has not authenticated yet: it leaves the host's list when it
+/// authenticates or is dropped, before its stream closes.
+struct Startup {
+    host: Arc<Host>,
+    id: u64,
+    stream: Option<Stream>,
+}
+
+impl Startup {
+    fn stream(&mut self) -> &mut Stream {
+        self.stream
+            .as_mut()
+            .expect("the stream of a connection in its handshake")
+    }
+
+    /// Why the host closed it to make room, if it did.
+    fn shed(&self) -> Option<&'static str> {
+        self.host.forget(self.id)
+    }
+
+    /// The peer proved it knows the key: it no longer counts against the cap.
+    fn authenticated(mut self) -> Stream {
+        self.host.forget(self.id);
+        self.stream
+            .take()
+            .expect("the stream of a connection in its handshake")
+    }
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        self.host.forget(self.id);
+        // `stream` closes after this.
+    }
 }
 
 /// The connection errors this process's hosts met, oldest first (at most [`KEPT`]).
@@ -141,11 +279,43 @@ static ERRORS: Mutex<VecDeque<ChannelError>> = Mutex::new(VecDeque::new());
 static ERRORS_CV: Condvar = Condvar::new();
 const KEPT: usize = 256;
 
+/// At most this many connection errors are printed per second; the others are counted, and
+/// still kept for [`next_connection_error`] (a flood must not flood standard error too).
+const PRINTED_PER_SECOND: u32 = 20;
+
+/// The second printing started in, how many were printed in it, how many were not.
+static PRINTED: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+
+/// Whether to print one more connection error now; prints how many were left out before.
+fn may_print() -> bool {
+    let mut p = PRINTED.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let (start, printed, skipped) = p.get_or_insert((now, 0, 0));
+    if now.duration_since(*start) >= Duration::from_secs(1) {
+        if *skipped > 0 {
+            eprintln!(
+                "pycsp: {skipped} more connection errors were not printed \
+                 (pycsp::net::next_connection_error returns them)"
+            );
+        }
+        (*start, *printed, *skipped) = (now, 0, 0);
+    }
+    if *printed < PRINTED_PER_SECOND {
+        *printed += 1;
+        true
+    } else {
+        *skipped += 1;
+        false
+    }
+}
+
 /// Reports a refused, broken or lost connection on this side (the other side gets an `Error`
-/// frame when it can still be sent): on standard error, and to
-/// [`next_connection_error`].
+/// frame when it can still be sent): on standard error (at most [`PRINTED_PER_SECOND`] a
+/// second), and to [`next_connection_error`].
 fn report(peer: &str, e: ChannelError) {
-    eprintln!("pycsp: connection from {peer} closed: {e}");
+    if may_print() {
+        eprintln!("pycsp: connection from {peer} closed: {e}");
+    }
     let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
     if errors.len() == KEPT {
         errors.pop_front();
@@ -184,9 +354,12 @@ fn under(a: &str, prefix: &str) -> bool {
 /// A host never fails because of one connection: a peer that fails the handshake
 /// ([`ChannelError::Auth`]), breaks the protocol ([`ChannelError::Protocol`]), asks for a
 /// channel that is not there or with another type, or is lost ([`ChannelError::Connection`])
-/// has its connection closed, and every other connection carries on. Each such event is
-/// printed on standard error and kept (the last 256) for this function, so that a program can
-/// log or count them.
+/// has its connection closed, and every other connection carries on; so does a client that
+/// is lost (its end retires), a connection that does not finish its handshake in
+/// [`handshake_timeout`](super::handshake_timeout), and one closed to make room
+/// ([`max_startups`](super::max_startups)). Each such event is printed on standard error (at
+/// most 20 a second, then a count of those left out) and kept (the last 256) for this
+/// function, so that a program can log or count them.
 pub fn next_connection_error(address: &str, timeout: Duration) -> Option<ChannelError> {
     let deadline = Instant::now() + timeout;
     let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,12 +381,20 @@ pub fn next_connection_error(address: &str, timeout: Duration) -> Option<Channel
     }
 }
 
-/// One connection, from handshake to close.
-fn serve(host: Arc<Host>, mut s: Stream) {
-    let peer = s.peer();
+/// One connection, from handshake to close. The handshake and `Open` have the deadline
+/// [`handshake_timeout`]; once the end is open, the peer may take its time.
+fn serve(mut startup: Startup) {
+    let host = startup.host.clone();
+    let peer = startup.stream().peer();
     let Ok(k) = key::key() else { return };
     let at = host.endpoint.to_string();
-    if let Err(e) = key::serve(&mut s, k) {
+    if let Err(e) = startup.stream().set_deadline(Some(handshake_timeout())) {
+        return report(
+            &peer,
+            conn_error(&at, format!("cannot set a deadline: {e}")),
+        );
+    }
+    if let Err(e) = key::serve(startup.stream(), k) {
         let e = match e {
             key::HandshakeError::Auth(reason) => ChannelError::Auth {
                 address: at,
@@ -221,18 +402,29 @@ fn serve(host: Arc<Host>, mut s: Stream) {
             },
             key::HandshakeError::Frame(
                 f @ (FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)),
-            ) => conn_error(&at, format!("handshake with {peer}: {f}")),
+            ) => match startup.shed() {
+                Some(why) => conn_error(
+                    &at,
+                    format!(
+                        "closed {peer} before it authenticated: {why} (at most {} at once, \
+                         {ENV_MAX_STARTUPS} sets it; the oldest is closed)",
+                        max_startups()
+                    ),
+                ),
+                None => conn_error(&at, step_failed(&format!("handshake with {peer}"), &f)),
+            },
             key::HandshakeError::Frame(f) => {
                 let e = ChannelError::Protocol {
                     address: at,
                     reason: format!("in the handshake: {f}"),
                 };
-                let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
+                let _ = write_frame(startup.stream(), &ErrorBody::from_error(&e).frame());
                 e
             }
         };
         return report(&peer, e);
     }
+    let mut s = startup.authenticated();
     let refuse = |s: &mut Stream, e: ChannelError| {
         let _ = write_frame(s, &ErrorBody::from_error(&e).frame());
         report(&peer, e);
@@ -253,7 +445,7 @@ fn serve(host: Arc<Host>, mut s: Stream) {
                 protocol(&host, format!("expected Open, got {:?}", f.kind)),
             )
         }
-        Err(e) => return report(&peer, conn_error(&at, format!("before Open: {e}"))),
+        Err(e) => return report(&peer, conn_error(&at, step_failed("waiting for Open", &e))),
     };
     let full = format!("{}/{}", host.endpoint, open.channel);
     let (chan, validate) = {
@@ -302,7 +494,9 @@ fn serve(host: Arc<Host>, mut s: Stream) {
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
     };
-    if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err() {
+    if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
+        || s.set_deadline(None).is_err()
+    {
         chan.retire(writer);
         return;
     }
@@ -316,6 +510,7 @@ fn serve(host: Arc<Host>, mut s: Stream) {
         full,
         who,
         pid: open.pid,
+        handed: open.token.is_some(),
     };
     conn.run(s);
 }
@@ -336,6 +531,11 @@ struct Conn<'a> {
     full: String,
     who: String,
     pid: u32,
+    /// The end came by hand-over from a process of the host's network (it was passed to a
+    /// child, placed or local): its holder is one of the network's processes, and its loss is
+    /// a crash, as in shared memory. Otherwise the peer is a client that opened the address
+    /// itself, and its loss retires its end.
+    handed: bool,
 }
 
 /// How a connection ends.
@@ -353,13 +553,32 @@ impl Conn<'_> {
         let end = self.serve_frames(&mut s);
         match end {
             End::Clean => {}
-            End::Lost(why) => {
+            End::Lost(why) if self.handed => {
+                // A process of this network died holding the end: as in shared memory, the
+                // channel fails for everyone (readers after draining it).
                 self.chan.mark_peer_died(self.pid, &self.who);
                 report(
                     &self.who,
                     conn_error(
                         &self.full,
                         format!("{} (pid {}) was lost: {why}", self.who, self.pid),
+                    ),
+                );
+            }
+            End::Lost(why) => {
+                // A client was lost: its end retires (a message it had not acknowledged was
+                // put back, one it was sending is dropped) and the channel serves the others.
+                self.chan.retire(self.writer);
+                report(
+                    &self.who,
+                    conn_error(
+                        &self.full,
+                        format!(
+                            "the client {} (pid {}) was lost: {why}; its {} end was retired",
+                            self.who,
+                            self.pid,
+                            if self.writer { "writing" } else { "reading" }
+                        ),
                     ),
                 );
             }

@@ -4,12 +4,76 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::ChannelError;
+use crate::frame::FrameError;
 
-/// How long a connection attempt may take.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default of [`handshake_timeout`]: how long each step of opening a connection may take
+/// (connecting, the key's handshake, `Open` and its answer, a placed process's call-back).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment variable that overrides [`HANDSHAKE_TIMEOUT`], in seconds (`0.5`, `30`).
+pub const ENV_HANDSHAKE_TIMEOUT: &str = "PYCSP_HANDSHAKE_TIMEOUT";
+
+/// The default of [`max_startups`]: how many connections a host authenticates at once.
+pub const MAX_STARTUPS: usize = 64;
+
+/// The environment variable that overrides [`MAX_STARTUPS`].
+pub const ENV_MAX_STARTUPS: &str = "PYCSP_MAX_STARTUPS";
+
+/// How long a peer may take to connect, to answer each step of the handshake and to answer
+/// `Open`, in this process: [`HANDSHAKE_TIMEOUT`] (5 s), or the number of seconds in
+/// [`ENV_HANDSHAKE_TIMEOUT`] (read once; a value that is not a positive number is ignored with
+/// a warning). A peer that does not answer in time fails the step with
+/// [`ChannelError::Connection`] ("no answer from the peer in time"); a host closes the
+/// connection and records the error for [`next_connection_error`](super::next_connection_error).
+pub fn handshake_timeout() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| {
+        env_number(ENV_HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, |v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+        })
+    })
+}
+
+/// How many connections that have not yet authenticated a host serves at once, in this
+/// process: [`MAX_STARTUPS`] (64), or [`ENV_MAX_STARTUPS`] (read once). When one more arrives,
+/// the oldest of them is closed (like OpenSSH's `MaxStartups`); so is the oldest when `accept`
+/// finds no descriptor left.
+pub fn max_startups() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        env_number(ENV_MAX_STARTUPS, MAX_STARTUPS, |v| {
+            v.parse::<usize>().ok().filter(|n| *n > 0)
+        })
+    })
+}
+
+/// What a handshake step that failed with `e` reports: a time-out says which deadline.
+pub(crate) fn step_failed(step: &str, e: &FrameError) -> String {
+    match e {
+        FrameError::Io(m) if m.contains("in time") => format!(
+            "{step}: {e}: the deadline is {:?} ({ENV_HANDSHAKE_TIMEOUT} sets it)",
+            handshake_timeout()
+        ),
+        _ => format!("{step}: {e}"),
+    }
+}
+
+fn env_number<T>(var: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T {
+    match std::env::var(var) {
+        Err(_) => default,
+        Ok(v) => parse(v.trim()).unwrap_or_else(|| {
+            eprintln!("pycsp: ignoring {var}={v:?}: not a positive number");
+            default
+        }),
+    }
+}
 
 /// How long a TCP peer may leave data unacknowledged, or fail keep-alive probes, before its
 /// connection counts as lost (`TCP_USER_TIMEOUT` and keep-alive: idle 1 s, then 3 probes 1 s
@@ -91,27 +155,63 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// Connects to `endpoint`.
+    /// Connects to `endpoint`, taking at most [`handshake_timeout`] (per address). The stream
+    /// returned has that deadline on every read and write, for the handshake: call
+    /// [`set_deadline`](Self::set_deadline)`(None)` once it is over.
     pub(crate) fn connect(endpoint: &Endpoint) -> io::Result<Stream> {
-        match endpoint {
+        let limit = handshake_timeout();
+        let s = match endpoint {
             Endpoint::Tcp(a) => {
                 let mut last = io::Error::other(format!("{a} resolves to no address"));
+                let mut found = None;
                 for sa in a.to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+                    match TcpStream::connect_timeout(&sa, limit) {
                         Ok(s) => {
                             tune_tcp(&s)?;
-                            return Ok(Stream::Tcp(s));
+                            found = Some(Stream::Tcp(s));
+                            break;
                         }
                         Err(e) => last = e,
                     }
                 }
-                Err(last)
+                found.ok_or(last)?
             }
             Endpoint::Local(n) => {
-                use interprocess::local_socket::{prelude::*, GenericNamespaced};
-                let name = n.as_str().to_ns_name::<GenericNamespaced>()?;
-                let s = interprocess::local_socket::Stream::connect(name)?;
-                Ok(Stream::Unix(local_to_unix(s)))
+                // The abstract-namespace Unix socket `interprocess` listens on for this name
+                // (`GenericNamespaced` on Linux), connected with a send time-out: a Unix
+                // `connect` waits for room in a full backlog at most that long.
+                use std::os::unix::ffi::OsStrExt;
+                let mut raw = vec![0u8];
+                raw.extend_from_slice(n.as_bytes());
+                let addr = socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))?;
+                let sock =
+                    socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+                sock.set_write_timeout(Some(limit))?;
+                sock.connect(&addr).map_err(|e| {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        io::Error::new(io::ErrorKind::TimedOut, "the host accepts no connection")
+                    } else {
+                        e
+                    }
+                })?;
+                Stream::Unix(UnixStream::from(OwnedFd::from(sock)))
+            }
+        };
+        s.set_deadline(Some(limit))?;
+        Ok(s)
+    }
+
+    /// Makes every later read and write fail with a time-out once it waited `limit` (`None`:
+    /// wait as long as it takes).
+    pub(crate) fn set_deadline(&self, limit: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)
             }
         }
     }

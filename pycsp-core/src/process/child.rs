@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::control::{
     self, Ctrl, Report, ENV_CHILD, ENV_CONTROL, ENV_CTRL_FD, ENV_TICKET, EXIT_PARENT_GONE,
 };
+use super::placed::SECRETS_TAG;
 use super::table::{display_name, PROCESSES};
 use crate::frame::{self, Frame, Kind};
 use crate::net::{self, key, Endpoint, Stream};
@@ -38,21 +39,99 @@ pub fn child_entry() {
     // Removing variables is sound here: constructors run before `main`, on one thread.
     let control = std::env::var(ENV_CONTROL).ok();
     let ticket = std::env::var(ENV_TICKET).ok();
+    let key_fd = std::env::var(key::ENV_KEY_FD)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok());
     std::env::remove_var(ENV_CHILD);
     std::env::remove_var(ENV_CTRL_FD);
     std::env::remove_var(ENV_ARENA_FD);
     std::env::remove_var(ENV_CONTROL);
     std::env::remove_var(ENV_TICKET);
+    std::env::remove_var(key::ENV_KEY_FD);
     sys::ignore_sigpipe();
     runtime::enter_child();
+    let name = name.to_string_lossy();
     let code = match (ctrl, arena_fd, control, ticket) {
-        (Some(ctrl), Some(arena), _, _) => run_child(&name.to_string_lossy(), ctrl, arena),
-        (_, _, Some(control), Some(ticket)) => {
-            run_placed(&name.to_string_lossy(), &control, &ticket)
+        (Some(ctrl), Some(arena), _, _) => {
+            if let Some(fd) = key_fd {
+                inherit_key(fd);
+            }
+            forget_key_variable();
+            run_child(&name, ctrl, arena)
         }
+        (_, _, Some(control), Some(_)) => match read_secrets() {
+            Ok(ticket) => {
+                forget_key_variable();
+                run_placed(&name, &control, ticket)
+            }
+            Err(e) => {
+                eprintln!("pycsp: placed process {name}: {e}");
+                126
+            }
+        },
         _ => 121,
     };
     std::process::exit(code)
+}
+
+/// Reads the key the parent wrote into descriptor `fd` and makes it this process's key.
+fn inherit_key(fd: RawFd) {
+    let Ok(fd) = sys::inherited_fd(fd) else {
+        return;
+    };
+    let mut text = String::new();
+    if UnixStream::from(fd).read_to_string(&mut text).is_ok() {
+        if let Err(e) = key::inherit_text(&text) {
+            eprintln!("pycsp: {e}");
+        }
+    }
+}
+
+/// Takes `PYCSP_AUTHKEY` out of the environment, once the key is loaded, so that programs the
+/// process's code starts (`sh -c env`) do not see it. Sound: constructors run before `main`,
+/// on one thread.
+fn forget_key_variable() {
+    if std::env::var_os(key::ENV_KEY).is_some() {
+        let _ = key::key();
+        std::env::remove_var(key::ENV_KEY);
+    }
+}
+
+/// A placed process's ticket and key, from the line its parent wrote to its standard input
+/// (`pycsp-placed-1 TICKET G HEX`); the key becomes this process's key. Waits at most the
+/// handshake deadline for it.
+fn read_secrets() -> Result<u64, String> {
+    let limit = std::time::Instant::now() + net::handshake_timeout();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    // Byte by byte and unbuffered: what follows the line stays in standard input.
+    while b[0] != b'\n' {
+        let left = limit.saturating_duration_since(std::time::Instant::now());
+        if line.len() > 4096 || left.is_zero() || !sys::wait_readable(0, left) {
+            return Err("no ticket on standard input in time".into());
+        }
+        match sys::read_fd(0, &mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => {
+                return Err(
+                    "no ticket on standard input: the launcher must pass standard input on \
+                     (not ssh -n)"
+                        .into(),
+                )
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let mut words = text.trim().splitn(3, ' ');
+    let (Some(SECRETS_TAG), Some(ticket), Some(k)) = (words.next(), words.next(), words.next())
+    else {
+        return Err("a malformed ticket line on standard input".into());
+    };
+    let ticket = ticket
+        .parse::<u64>()
+        .map_err(|_| "a malformed ticket on standard input".to_string())?;
+    key::inherit_text(k)?;
+    Ok(ticket)
 }
 
 fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
@@ -76,13 +155,14 @@ fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
 }
 
 /// A placed process: connect back, prove the key, present the ticket, then run as a child.
-fn run_placed(name: &str, control: &str, ticket: &str) -> i32 {
-    let Ok(ticket) = ticket.parse::<u64>() else {
-        return 126;
-    };
-    let Ok(mut s) = Stream::connect(&Endpoint::Tcp(control.to_string())) else {
-        eprintln!("pycsp: placed process {name}: cannot connect back to {control}");
-        return 127;
+/// Each step until the arguments arrived has the handshake deadline.
+fn run_placed(name: &str, control: &str, ticket: u64) -> i32 {
+    let mut s = match Stream::connect(&Endpoint::Tcp(control.to_string())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pycsp: placed process {name}: cannot connect back to {control}: {e}");
+            return 127;
+        }
     };
     let k = match key::key() {
         Ok(k) => k,
@@ -104,6 +184,9 @@ fn run_placed(name: &str, control: &str, ticket: &str) -> i32 {
         Err(_) => return 123,
         Ok(args) => {
             if let Ctrl::Net(s) = &ctrl {
+                if s.set_deadline(None).is_err() {
+                    return 123;
+                }
                 watch_control(s);
             }
             run_entry(name, &args)

@@ -1,6 +1,7 @@
 //! Starting a process as a local child: re-execute this binary, handing it the network's
 //! shared memory and one end of a control socket pair.
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -23,6 +24,18 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     let (parent_end, child_end) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
     let ctrl_fd: RawFd = child_end.as_raw_fd();
     let arena_fd: RawFd = arena.fd();
+    // The key goes through a descriptor of its own, never the environment: the child reads it
+    // before its process's code runs, and programs that code starts do not see it.
+    let (key_theirs, key_fd) = match key::for_child() {
+        Ok(text) => {
+            let (mut mine, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
+            mine.write_all(text.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            let fd = theirs.as_raw_fd();
+            (Some(theirs), Some(fd))
+        }
+        Err(_) => (None, None), // the child loads it as this process did, and says why not
+    };
     let mut cmd = Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
@@ -30,20 +43,25 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     cmd.env(ENV_CHILD, name)
         .env(ENV_CTRL_FD, ctrl_fd.to_string())
         .env(ENV_ARENA_FD, arena_fd.to_string())
+        .env_remove(key::ENV_KEY)
         .stdin(Stdio::null());
-    if let Some((k, v)) = key::child_env() {
-        cmd.env(k, v);
+    if let Some(fd) = key_fd {
+        cmd.env(key::ENV_KEY_FD, fd.to_string());
     }
     // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
     // is async-signal-safe, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             sys::clear_cloexec(ctrl_fd)?;
+            if let Some(fd) = key_fd {
+                sys::clear_cloexec(fd)?;
+            }
             sys::clear_cloexec(arena_fd)
         });
     }
     let child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
     drop(child_end);
+    drop(key_theirs);
     // If the child died at once, writing fails; `wait` then reports how it died.
     let mut ctrl = Ctrl::Pair(parent_end);
     let _ = control::send(&mut ctrl, Kind::Args, args);

@@ -1,9 +1,16 @@
-//! Starting a process through a launcher (`ssh`, `srun`, `ip netns exec`, ...): it connects
-//! back over TCP, proves it knows the network's key, presents its ticket, and from then on is
-//! supervised like a local child over that connection.
+//! Starting a process through a launcher (`ssh`, `srun`, `ip netns exec`, ...): it reads its
+//! ticket and the network's key on its standard input, connects back over TCP, proves it
+//! knows the key, presents its ticket, and from then on is supervised like a local child over
+//! that connection. Strangers that connect to the call-back listener first are closed after
+//! the handshake deadline without holding the start up.
 
+use std::collections::VecDeque;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use super::control::{self, Ctrl, ENV_CHILD, ENV_CONTROL, ENV_TICKET};
 use super::launch::{spawn_error, ErasedArgs, Launch, Placement};
@@ -14,7 +21,7 @@ use crate::net::{self, key, Stream};
 use crate::sys;
 
 /// How long a placed process may take to connect back.
-const PLACED_CONNECT: std::time::Duration = std::time::Duration::from_secs(30);
+const PLACED_CONNECT: Duration = Duration::from_secs(30);
 
 /// Quotes `s` for `sh`.
 fn sh_quote(s: &str) -> String {
@@ -44,9 +51,13 @@ pub(crate) fn start(
         .map_err(|e| fail(e.to_string()))?
         .port();
     let ticket = key::token();
+    let secrets = key::for_child().map_err(&fail)?;
     let exe = std::env::current_exe().map_err(|e| fail(format!("no path to this binary: {e}")))?;
+    // Nothing secret on the command line (every user can read it with `ps`) or in the
+    // environment: the ticket and the key go to the launcher's standard input, which `ssh`,
+    // `srun` and `ip netns exec` pass on to the process.
     let cmd = format!(
-        "env {ENV_CHILD}={} {ENV_CONTROL}={} {ENV_TICKET}={ticket} {}",
+        "env {ENV_CHILD}={} {ENV_CONTROL}={} {ENV_TICKET}=stdin {}",
         sh_quote(name),
         sh_quote(&format!("{}:{port}", placement.reach_back)),
         sh_quote(&exe.to_string_lossy()),
@@ -56,60 +67,27 @@ pub(crate) fn start(
     command
         .arg("-c")
         .arg(format!("exec {line}"))
-        .stdin(Stdio::null());
-    if let Some((k, v)) = key::child_env() {
-        command.env(k, v);
-    }
+        .env_remove(key::ENV_KEY)
+        .stdin(Stdio::piped());
     let mut child = command
         .spawn()
         .map_err(|e| fail(format!("cannot run the launcher {line:?}: {e}")))?;
-    // Wait for the placed process to connect, or for the launcher to fail.
+    if let Some(mut stdin) = child.stdin.take() {
+        // A few dozen bytes: they fit in the pipe, so this does not wait for the launcher.
+        let _ = stdin.write_all(format!("{SECRETS_TAG} {ticket} {secrets}\n").as_bytes());
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(e.to_string()))?;
-    let deadline = std::time::Instant::now() + PLACED_CONNECT;
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Ok(Some(st)) = child.try_wait() {
-                    return Err(fail(format!(
-                        "the launcher {line:?} ended ({st}) before the process connected"
-                    )));
-                }
-                if std::time::Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(fail(format!("the process did not connect back within {PLACED_CONNECT:?} (launcher {line:?})")));
-                }
-                sys::wait_readable(listener.as_raw_fd(), std::time::Duration::from_millis(20));
-            }
-            Err(e) => return Err(fail(e.to_string())),
-        }
-    };
-    let _ = stream.set_nonblocking(false);
-    let _ = net::tune_tcp(&stream);
-    let mut s = Stream::Tcp(stream);
     let kill = |child: &mut std::process::Child, why: String| {
         let _ = child.kill();
         let _ = child.wait();
         fail(why)
     };
-    if let Err(e) = key::serve(&mut s, k) {
-        return Err(kill(
-            &mut child,
-            format!("the placed process failed the handshake: {e:?}"),
-        ));
-    }
-    match frame::read_frame(&mut s, 64) {
-        Ok(f) if f.body == ticket.to_le_bytes() => {}
-        _ => {
-            return Err(kill(
-                &mut child,
-                "the placed process sent a wrong ticket".into(),
-            ))
-        }
-    }
+    let s = match call_back(&listener, &mut child, k, ticket) {
+        Ok(s) => s,
+        Err(why) => return Err(kill(&mut child, format!("{why} (launcher {line:?})"))),
+    };
     let mut ctrl = Ctrl::Net(s);
     let _ = control::send(&mut ctrl, Kind::Args, args);
     Ok(Running {
@@ -119,4 +97,124 @@ pub(crate) fn start(
         placed: true,
         ends: launch.ends,
     })
+}
+
+/// The first word of the line a placed process reads on its standard input: its ticket and
+/// key follow.
+pub(crate) const SECRETS_TAG: &str = "pycsp-placed-1";
+
+/// How many connections to the call-back listener are authenticated at once; when one more
+/// comes, the oldest is closed.
+const CANDIDATES: usize = 16;
+
+/// Waits for the placed process to call back: accepts every connection to `listener` and runs
+/// the handshake and the ticket check of each on a thread of its own, with the deadline
+/// [`net::handshake_timeout`], until one proves the key and presents `ticket`. A connection
+/// that stays silent, fails the handshake or presents another ticket (another local user's
+/// program, say) is closed, and the listener keeps accepting, until [`PLACED_CONNECT`] has
+/// passed or the launcher ended.
+fn call_back(
+    listener: &std::net::TcpListener,
+    child: &mut std::process::Child,
+    k: &'static [u8],
+    ticket: u64,
+) -> Result<Stream, String> {
+    let deadline = Instant::now() + PLACED_CONNECT;
+    let (tx, rx) = mpsc::channel::<Result<Stream, String>>();
+    let mut candidates: VecDeque<(std::net::TcpStream, Arc<AtomicBool>)> = VecDeque::new();
+    let mut last_refusal: Option<String> = None;
+    let why_not = |last: &Option<String>| {
+        last.as_ref().map_or_else(String::new, |r| {
+            format!("; the last connection refused: {r}")
+        })
+    };
+    loop {
+        while let Ok(r) = rx.try_recv() {
+            match r {
+                Ok(s) => return Ok(s),
+                Err(e) => last_refusal = Some(e),
+            }
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                candidates.retain(|(_, done)| !done.load(Ordering::Acquire));
+                if candidates.len() >= CANDIDATES {
+                    if let Some((oldest, _)) = candidates.pop_front() {
+                        let _ = oldest.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                let Ok(watch) = stream.try_clone() else {
+                    continue;
+                };
+                let done = Arc::new(AtomicBool::new(false));
+                candidates.push_back((watch, done.clone()));
+                let limit = net::handshake_timeout()
+                    .min(deadline.saturating_duration_since(Instant::now()))
+                    .max(Duration::from_millis(1));
+                let tx = tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("pycsp-call-back".into())
+                    .spawn(move || {
+                        let r = authenticate(stream, k, ticket, limit);
+                        done.store(true, Ordering::Release);
+                        let _ = tx.send(r);
+                    });
+                if let Err(e) = spawned {
+                    last_refusal = Some(format!("cannot start a thread: {e}"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(format!(
+                        "the launcher ended ({st}) before the process connected{}",
+                        why_not(&last_refusal)
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "the process did not connect back within {PLACED_CONNECT:?}{}",
+                        why_not(&last_refusal)
+                    ));
+                }
+                sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of descriptors, say: try again shortly rather than spin.
+                last_refusal = Some(format!("accept: {e}"));
+                std::thread::sleep(Duration::from_millis(20));
+                if Instant::now() >= deadline {
+                    return Err(format!("cannot accept the call-back: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// One connection to the call-back listener: the key's handshake, then the ticket, each step
+/// within `limit`.
+fn authenticate(
+    stream: std::net::TcpStream,
+    k: &[u8],
+    ticket: u64,
+    limit: Duration,
+) -> Result<Stream, String> {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "a peer".into(), |a| a.to_string());
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("{peer}: {e}"))?;
+    let _ = net::tune_tcp(&stream);
+    let mut s = Stream::Tcp(stream);
+    s.set_deadline(Some(limit))
+        .map_err(|e| format!("{peer}: {e}"))?;
+    key::serve(&mut s, k).map_err(|e| format!("{peer} failed the handshake: {e:?}"))?;
+    match frame::read_frame(&mut s, 64) {
+        Ok(f) if f.kind == Kind::Handoff && f.body == ticket.to_le_bytes() => {}
+        Ok(_) => return Err(format!("{peer} presented a wrong ticket")),
+        Err(e) => return Err(format!("{peer} sent no ticket: {e}")),
+    }
+    s.set_deadline(None).map_err(|e| format!("{peer}: {e}"))?;
+    Ok(s)
 }
