@@ -1,0 +1,220 @@
+//! Alternation against plain peers across OS processes: every shape that hung once (issue 13)
+//! runs under a watchdog, so that a hang fails the test (the watchdog poisons the channels,
+//! which wakes every process) instead of stalling the suite.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pycsp::prelude::*;
+
+/// Runs `f` (which starts a network) on another thread; if it has not returned within
+/// `limit`, poisons the channels named in `chans` so the network ends, and fails.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    chans: &[&str],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            t.join().unwrap();
+            v
+        }
+        Err(_) => {
+            for name in chans {
+                if let Ok(c) = Channel::<u64>::open(name) {
+                    c.poison();
+                }
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(20));
+            panic!("hung: no result within {limit:?} (channels poisoned to end the network)");
+        }
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn checksum(id: u64, seq: u64) -> u64 {
+    (id << 32 | seq).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8
+}
+
+/// Writes `n` messages, each through a select with one output guard; (count, checksum).
+#[process]
+fn selecting_writer(out: ChannelOut<u64>, id: u64, n: u64) -> (u64, u64) {
+    let mut sum = 0;
+    for seq in 0..n {
+        let v = id << 32 | seq;
+        Alternation::new()
+            .output(&out, v, || ())
+            .alt_select()
+            .expect("readers outlive writers");
+        sum = (sum + checksum(id, seq)) % (1 << 60);
+    }
+    (n, sum)
+}
+
+/// Reads plainly until the channel retires; (count, checksum).
+#[process]
+fn plain_reader(inp: ChannelIn<u64>) -> (u64, u64) {
+    let (mut n, mut sum) = (0, 0);
+    loop {
+        match inp.read() {
+            Ok(v) => {
+                n += 1;
+                sum = (sum + checksum(v >> 32, v & 0xffff_ffff)) % (1 << 60);
+            }
+            Err(ChannelError::Retired) => return (n, sum),
+            Err(e) => panic!("reader failed: {e}"),
+        }
+    }
+}
+
+/// Writes `n` messages plainly; (count, checksum).
+#[process]
+fn plain_writer(out: ChannelOut<u64>, id: u64, n: u64) -> (u64, u64) {
+    let mut sum = 0;
+    for seq in 0..n {
+        out.write(id << 32 | seq).expect("readers outlive writers");
+        sum = (sum + checksum(id, seq)) % (1 << 60);
+    }
+    (n, sum)
+}
+
+/// Reads through a select with one input guard until the channel retires; (count, checksum).
+#[process]
+fn selecting_reader(inp: ChannelIn<u64>) -> (u64, u64) {
+    let (mut n, mut sum) = (0, 0);
+    loop {
+        match Alternation::new().input(&inp, |v| v).alt_select() {
+            Ok(Chosen { value: v, .. }) => {
+                n += 1;
+                sum = (sum + checksum(v >> 32, v & 0xffff_ffff)) % (1 << 60);
+            }
+            Err(ChannelError::Retired) => return (n, sum),
+            Err(e) => panic!("reader failed: {e}"),
+        }
+    }
+}
+
+fn total(v: &[(u64, u64)]) -> (u64, u64) {
+    v.iter()
+        .fold((0, 0), |a, x| (a.0 + x.0, (a.1 + x.1) % (1 << 60)))
+}
+
+#[test]
+fn selecting_writers_and_plain_readers_on_one_rendezvous_channel_never_hang() {
+    let name = "hang1-sel-writers";
+    let (w, r) = within(LIMIT, &[name], move || {
+        let ch = Channel::<u64>::new(name).unwrap();
+        let writers = replicate(2, |id| selecting_writer(ch.writer(), id as u64, 2000));
+        let readers = replicate(2, |_| plain_reader(ch.reader()));
+        Parallel((writers, readers)).unwrap()
+    });
+    assert_eq!(total(&w), total(&r), "(count, checksum) written vs read");
+    assert_eq!(total(&w).0, 4000);
+}
+
+#[test]
+fn plain_writers_and_selecting_readers_on_one_rendezvous_channel_never_hang() {
+    let name = "hang1-sel-readers";
+    let (w, r) = within(LIMIT, &[name], move || {
+        let ch = Channel::<u64>::new(name).unwrap();
+        let writers = replicate(2, |id| plain_writer(ch.writer(), id as u64, 2000));
+        let readers = replicate(2, |_| selecting_reader(ch.reader()));
+        Parallel((writers, readers)).unwrap()
+    });
+    assert_eq!(total(&w), total(&r), "(count, checksum) written vs read");
+    assert_eq!(total(&w).0, 4000);
+}
+
+/// Go's `select_stress` sender: `n` messages on every channel, each sent through a select
+/// over the channels that still have messages to send.
+#[process]
+fn stress_selecting_sender(outs: Vec<ChannelOut<u64>>, n: u64) -> Vec<(u64, u64)> {
+    let mut sent = vec![0u64; outs.len()];
+    let mut sums = vec![0u64; outs.len()];
+    while sent.iter().any(|&s| s < n) {
+        let mut alt = Alternation::new();
+        let mut idx = Vec::new();
+        for (i, out) in outs.iter().enumerate() {
+            if sent[i] < n {
+                alt = alt.output(out, 100 << 32 | sent[i], || ());
+                idx.push(i);
+            }
+        }
+        let c = alt.alt_select().expect("receivers outlive senders");
+        let i = idx[c.index];
+        sums[i] = (sums[i] + checksum(100, sent[i])) % (1 << 60);
+        sent[i] += 1;
+    }
+    sent.into_iter().zip(sums).collect()
+}
+
+/// Go's `select_stress` receiver: `n` messages from every channel, each received through a
+/// select over the channels that still have messages to give.
+#[process]
+fn stress_selecting_receiver(ins: Vec<ChannelIn<u64>>, n: u64) -> Vec<(u64, u64)> {
+    let mut got = vec![0u64; ins.len()];
+    let mut sums = vec![0u64; ins.len()];
+    while got.iter().any(|&g| g < n) {
+        let mut alt = Alternation::new();
+        let mut idx = Vec::new();
+        for (i, inp) in ins.iter().enumerate() {
+            if got[i] < n {
+                alt = alt.input(inp, |v| v);
+                idx.push(i);
+            }
+        }
+        let c = alt.alt_select().expect("senders outlive receivers");
+        let i = idx[c.index];
+        sums[i] = (sums[i] + checksum(c.value >> 32, c.value & 0xffff_ffff)) % (1 << 60);
+        got[i] += 1;
+    }
+    got.into_iter().zip(sums).collect()
+}
+
+/// Reads exactly `n` messages plainly; (count, checksum).
+#[process]
+fn plain_reader_n(inp: ChannelIn<u64>, n: u64) -> (u64, u64) {
+    let mut sum = 0;
+    for _ in 0..n {
+        let v = inp.read().expect("senders outlive receivers");
+        sum = (sum + checksum(v >> 32, v & 0xffff_ffff)) % (1 << 60);
+    }
+    (n, sum)
+}
+
+#[test]
+fn go_select_stress_selects_against_plain_senders_and_receivers_never_hang() {
+    // Four channels of capacities 0, 0, 2, 3; on each, a plain sender and a plain receiver;
+    // and a selecting sender and a selecting receiver over all four.
+    let names = ["stress-go-0", "stress-go-1", "stress-go-2", "stress-go-3"];
+    let n = 1000;
+    let (plain_w, plain_r, sel_w, sel_r) = within(LIMIT, &names, move || {
+        let chans: Vec<Channel<u64>> = names
+            .iter()
+            .zip([0, 0, 2, 3])
+            .map(|(name, cap)| {
+                if cap == 0 {
+                    Channel::new(name).unwrap()
+                } else {
+                    Channel::buffered(name, cap).unwrap()
+                }
+            })
+            .collect();
+        let plain_w = replicate(4, |i| plain_writer(chans[i].writer(), i as u64, n));
+        let plain_r = replicate(4, |i| plain_reader_n(chans[i].reader(), n));
+        let sel_w = stress_selecting_sender(chans.iter().map(|c| c.writer()).collect(), n);
+        let sel_r = stress_selecting_receiver(chans.iter().map(|c| c.reader()).collect(), n);
+        Parallel((plain_w, plain_r, sel_w, sel_r)).unwrap()
+    });
+    for c in 0..4 {
+        let sent = total(&[plain_w[c], sel_w[c]]);
+        let got = total(&[plain_r[c], sel_r[c]]);
+        assert_eq!(sent, got, "channel {c}: (count, checksum) sent vs received");
+        assert_eq!(sent.0, 2 * n);
+    }
+}
