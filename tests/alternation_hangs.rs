@@ -11,7 +11,7 @@ use pycsp::prelude::*;
 /// `limit`, poisons the channels named in `chans` so the network ends, and fails.
 fn within<T: Send + 'static>(
     limit: Duration,
-    chans: &[&str],
+    chans: &[impl AsRef<str>],
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
     let (tx, rx) = mpsc::channel();
@@ -23,9 +23,13 @@ fn within<T: Send + 'static>(
             t.join().unwrap();
             v
         }
-        Err(_) => {
+        Err(mpsc::RecvTimeoutError::Disconnected) => match t.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread sends before it returns"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
             for name in chans {
-                if let Ok(c) = Channel::<u64>::open(name) {
+                if let Ok(c) = Channel::<u64>::open(name.as_ref()) {
                     c.poison();
                 }
             }
@@ -216,5 +220,50 @@ fn go_select_stress_selects_against_plain_senders_and_receivers_never_hang() {
         let got = total(&[plain_r[c], sel_r[c]]);
         assert_eq!(sent, got, "channel {c}: (count, checksum) sent vs received");
         assert_eq!(sent.0, 2 * n);
+    }
+}
+
+/// crossbeam's `matching`: one select that either receives from or sends on one channel.
+/// Returns what it received, or `None` if it sent.
+#[process]
+fn send_or_receive(inp: ChannelIn<u64>, out: ChannelOut<u64>, id: u64) -> Option<u64> {
+    let c = Alternation::new()
+        .input(&inp, Some)
+        .output(&out, id, || None)
+        .alt_select()
+        .expect("partners outlive the select");
+    c.value
+}
+
+#[test]
+fn selects_that_send_or_receive_on_one_channel_pair_up_and_never_match_themselves() {
+    // A channel per round: the ends of a finished round retire theirs.
+    let names: Vec<String> = (0..10).map(|k| format!("hang2-matching-{k}")).collect();
+    let got = within(LIMIT, &names.clone(), move || {
+        let mut rounds = Vec::new();
+        for name in &names {
+            let ch = Channel::<u64>::new(name).unwrap();
+            rounds.push(
+                Parallel(replicate(8, |id| {
+                    send_or_receive(ch.reader(), ch.writer(), id as u64)
+                }))
+                .unwrap(),
+            );
+        }
+        rounds
+    });
+    for round in got {
+        let received: Vec<u64> = round.iter().flatten().copied().collect();
+        let mut senders: Vec<u64> = (0..8).filter(|&i| round[i as usize].is_none()).collect();
+        for (id, r) in round.iter().enumerate() {
+            assert_ne!(*r, Some(id as u64), "a select received its own message");
+        }
+        let mut received_sorted = received.clone();
+        received_sorted.sort_unstable();
+        senders.sort_unstable();
+        assert_eq!(
+            received_sorted, senders,
+            "every sent value received exactly once"
+        );
     }
 }

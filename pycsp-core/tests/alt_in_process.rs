@@ -165,3 +165,35 @@ fn fair_select_chooses_every_ready_guard_over_many_rounds() {
     }
     assert_eq!(counts, [10, 10, 10]);
 }
+
+/// Runs `f` on another thread and fails if it has not returned within `limit` (the thread is
+/// left behind: a hang becomes a failure, not a stuck suite).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("hung: no result within {limit:?}"))
+}
+
+#[test]
+fn a_select_never_matches_its_own_input_and_output_guards_and_its_timeout_fires() {
+    let (index, waited) = within(Duration::from_secs(10), || {
+        let ch = Channel::<u32>::new("self-match").unwrap();
+        let (w, r) = (ch.writer(), ch.reader());
+        let start = Instant::now();
+        let c = Alternation::new()
+            .input(&r, |_| ())
+            .output(&w, 1, || ())
+            .timeout(Duration::from_millis(50), || ())
+            .pri_select()
+            .unwrap();
+        (c.index, start.elapsed())
+    });
+    assert_eq!(
+        index, 2,
+        "only the timeout can fire: nobody else is on the channel"
+    );
+    assert!(waited >= Duration::from_millis(50), "{waited:?}");
+}
