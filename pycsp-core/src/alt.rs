@@ -23,9 +23,15 @@
 //! On a buffered channel, reading or writing the ring is itself the commitment (one CAS). On a
 //! rendezvous channel, a selecting process that has to wait posts offers in the channels'
 //! offer tables and sleeps on all the channels at once (`futex_waitv`); a counterpart commits
-//! it with one CAS on its selection word (see `shm/waiter.rs`), then completes the
-//! communication. A selecting writer therefore writes nothing unless a reader committed to
-//! take its message, and each message reaches exactly one reader.
+//! it with one CAS on its selection word (see `shm/waiter.rs`). As in Go's runtime, the
+//! message then changes hands between exactly those two: a selecting writer stages its
+//! message in an arena block before it waits, and whoever wins its offer (a selecting reader
+//! or a plain `read`) takes that block; a writer that wins a selecting reader's offer hands
+//! its message to that reader's record. So a plain reader and a selecting writer always see
+//! each other (a plain writer's message sits in the ring, where selecting readers look), a
+//! selecting writer writes nothing unless a reader committed to take its message, and each
+//! message reaches exactly one reader. A select never counts its own offers: it cannot match
+//! itself. The deadline of a timeout guard is checked every time the wait returns.
 //!
 //! # Termination
 //!
@@ -77,6 +83,9 @@ enum Guard<'a, R> {
     Output {
         chan: Chan,
         bytes: Result<Vec<u8>, ChannelError>,
+        /// On a rendezvous channel, once the select first waits or meets a waiting reader:
+        /// the arena block holding the message, and its length.
+        staged: Option<(u64, u64)>,
         then: Box<dyn FnOnce() -> R + 'a>,
     },
     Timeout {
@@ -170,6 +179,7 @@ impl<'a, R> Alternation<'a, R> {
         self.guards.push(Guard::Output {
             chan,
             bytes,
+            staged: None,
             then: Box::new(then),
         });
         self
@@ -244,103 +254,244 @@ impl<'a, R> Alternation<'a, R> {
         let mut guards: Vec<Option<Guard<'a, R>>> = self.guards.into_iter().map(Some).collect();
         let n = guards.len();
         let order: Vec<usize> = (start..n).chain(0..start).collect();
-        let began = Instant::now();
-        let timeout = guards
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| match g {
-                Some(Guard::Timeout { after, .. }) => Some((*after, i)),
-                _ => None,
-            })
-            .min_by_key(|(after, _)| *after);
-        let deadline = timeout.map(|(after, _)| began + after);
-        let claim = |w| waiter::claim(arena, w);
-        loop {
-            // Try phase: the first ready guard in policy order wins.
-            let mut live = 0;
-            for &i in &order {
-                match try_guard(&mut guards, i, &claim) {
-                    Step::Done(r) => return r,
-                    Step::Retired => {}
-                    Step::NotReady => live += 1,
-                }
-            }
-            if live == 0 && timeout.is_none() {
-                return Err(every_guard_retired(&guards, &order));
-            }
-            // Wait phase: post offers on rendezvous channels and sleep on every channel.
-            let me = Waiter::current(arena)?;
-            me.begin();
-            let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
-            let mut events: Vec<&'static Event> = Vec::new();
-            let mut polling = false;
-            for (i, g) in guards.iter().enumerate() {
-                let (chan, reads) = match g {
-                    Some(Guard::Input { chan, .. }) => (*chan, true),
-                    Some(Guard::Output { chan, .. }) => (*chan, false),
-                    _ => continue,
-                };
-                let (rx, tx) = chan.events();
-                events.push(if reads { rx } else { tx });
-                if chan.is_rendezvous() {
-                    let word = me.offer(i);
-                    if chan.post_offer(reads, word) {
-                        posted.push((chan, reads, word));
-                    } else {
-                        polling = true;
+        let mut waited = false;
+        let chosen = run_guards(arena, &mut guards, &order, &mut waited);
+        for g in guards.iter_mut().flatten() {
+            match g {
+                // An unchosen output guard's staged message was never taken: free its block.
+                Guard::Output { staged, .. } => {
+                    if let Some((offset, _)) = staged.take() {
+                        arena.free_block(offset);
                     }
                 }
-            }
-            let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
-            let wait_deadline = match (deadline, poll_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let woke = if events.is_empty() {
-                // Only timeout guards: sleep until the deadline.
-                if let Some(d) = wait_deadline {
-                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                // A wake-up meant for a message we did not take (a plain writer's, in the
+                // ring) may have woken us: pass it on to another reader.
+                Guard::Input { chan, .. } if waited && chan.looks_nonempty() => {
+                    chan.events().0.notify_one();
                 }
-                None
-            } else {
-                wait_any(
-                    &events,
-                    wait_deadline,
-                    || {
-                        (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref())))
-                            .then_some(())
-                    },
-                    || false,
-                )
+                _ => {}
+            }
+        }
+        chosen
+    }
+}
+
+fn run_guards<'a, R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'a, R>>],
+    order: &[usize],
+    waited: &mut bool,
+) -> Result<Chosen<R>, ChannelError> {
+    let began = Instant::now();
+    let timeout = guards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| match g {
+            Some(Guard::Timeout { after, .. }) => Some((*after, i)),
+            _ => None,
+        })
+        .min_by_key(|(after, _)| *after);
+    let deadline = timeout.map(|(after, _)| began + after);
+    let claim = |w| waiter::claim(arena, w);
+    loop {
+        // Try phase: the first ready guard in policy order wins.
+        let mut live = 0;
+        for &i in order {
+            match try_guard(arena, guards, i, &claim) {
+                Step::Done(r) => return r,
+                Step::Retired => {}
+                Step::NotReady => live += 1,
+            }
+        }
+        if live == 0 && timeout.is_none() {
+            return Err(every_guard_retired(guards, order));
+        }
+        // The deadline is checked every time the wait returns, whatever woke it.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(fire_timeout(guards, timeout));
+        }
+        // Wait phase: stage the messages of rendezvous output guards where a claimer can
+        // take them, post offers on rendezvous channels and sleep on every channel.
+        let me = Waiter::current(arena)?;
+        for (i, g) in guards.iter_mut().enumerate() {
+            if let Some(Guard::Output {
+                chan,
+                bytes: Ok(bytes),
+                staged,
+                ..
+            }) = g
+            {
+                if chan.is_rendezvous() {
+                    let (offset, len) = stage(arena, chan, bytes, staged)?;
+                    me.stage(i, offset, len);
+                }
+            }
+        }
+        me.begin();
+        *waited = true;
+        let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
+        let mut events: Vec<&'static Event> = Vec::new();
+        let mut polling = false;
+        for (i, g) in guards.iter().enumerate() {
+            let (chan, reads) = match g {
+                Some(Guard::Input { chan, .. }) => (*chan, true),
+                Some(Guard::Output { chan, .. }) => (*chan, false),
+                _ => continue,
             };
-            let outcome = me.finish();
-            for (chan, reads, word) in posted {
-                chan.withdraw_offer(reads, word);
+            let (rx, tx) = chan.events();
+            events.push(if reads { rx } else { tx });
+            if chan.is_rendezvous() {
+                let word = me.offer(i);
+                if chan.post_offer(reads, word) {
+                    posted.push((chan, reads, word));
+                } else {
+                    polling = true;
+                }
             }
-            if let Outcome::Selected(i) = outcome {
-                return complete(&mut guards, i);
+        }
+        let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
+        let wait_deadline = match (deadline, poll_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if events.is_empty() {
+            // Only timeout guards: sleep until the deadline.
+            if let Some(d) = wait_deadline {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
             }
-            if woke.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
-                let (_, i) = timeout.expect("a deadline comes from a timeout guard");
-                let Some(Guard::Timeout { then, .. }) = guards[i].take() else {
-                    unreachable!()
-                };
-                return Ok(Chosen {
-                    index: i,
-                    value: then(),
-                });
-            }
+        } else {
+            let id = me.id();
+            wait_any(
+                &events,
+                wait_deadline,
+                || {
+                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref(), id)))
+                        .then_some(())
+                },
+                || false,
+            );
+        }
+        let outcome = me.finish();
+        for (chan, reads, word) in posted {
+            chan.withdraw_offer(reads, word);
+        }
+        if let Outcome::Selected(i) = outcome {
+            return complete_selected(arena, me, guards, i);
         }
     }
 }
 
+/// The timeout guard fires.
+fn fire_timeout<R>(
+    guards: &mut [Option<Guard<'_, R>>],
+    timeout: Option<(Duration, usize)>,
+) -> Chosen<R> {
+    let (_, i) = timeout.expect("a deadline comes from a timeout guard");
+    let Some(Guard::Timeout { then, .. }) = guards[i].take() else {
+        unreachable!()
+    };
+    Chosen {
+        index: i,
+        value: then(),
+    }
+}
+
+/// The block holding an output guard's message, staged for a reader to take (allocated and
+/// filled once per select).
+fn stage(
+    arena: &'static Arena,
+    chan: &Chan,
+    bytes: &[u8],
+    staged: &mut Option<(u64, u64)>,
+) -> Result<(u64, u64), ChannelError> {
+    if let Some(s) = *staged {
+        return Ok(s);
+    }
+    let len = bytes.len() as u64;
+    let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
+        channel: chan.name().to_string(),
+        len,
+        max: Arena::max_block_data(),
+    })?;
+    // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
+    // nobody reads it before a claimer wins our offer, which is after it is named in `out`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.ptr(offset, len), bytes.len()) };
+    *staged = Some((offset, len));
+    Ok((offset, len))
+}
+
+/// Completes guard `i`, which a counterpart selected while we waited.
+fn complete_selected<R>(
+    arena: &'static Arena,
+    me: &Waiter,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+) -> Result<Chosen<R>, ChannelError> {
+    match guards[i].take() {
+        Some(Guard::Input { chan, take }) => {
+            // A writer won us: it delivers its message to our record at once.
+            let rx = chan.events().0;
+            let mut mail = rx.wait_until(
+                None,
+                || {
+                    me.mail()
+                        .map(Ok)
+                        .or_else(|| (chan.state_flags() & PEER_DIED != 0).then_some(Err(())))
+                },
+                || false,
+            );
+            if let Some(Err(())) = mail {
+                // A process of the channel died: give the writer a moment, in case it lives.
+                let grace = Instant::now() + Duration::from_millis(100);
+                mail = rx.wait_until(Some(grace), || me.mail().map(Ok), || false);
+            }
+            match mail {
+                Some(Ok((offset, len))) => take(&chan, Incoming::Block { offset, len })
+                    .map(|value| Chosen { index: i, value }),
+                _ => Err(chan.peer_died()),
+            }
+        }
+        Some(Guard::Output {
+            chan, staged, then, ..
+        }) => {
+            // A reader won us and took the staged block: wait until it has the message.
+            debug_assert!(staged.is_some());
+            let _ = arena;
+            let done = chan.events().1.wait_until(
+                None,
+                || {
+                    if me.taken(i) {
+                        return Some(Ok(()));
+                    }
+                    let f = chan.state_flags();
+                    if f & POISONED != 0 {
+                        Some(Err(ChannelError::Poisoned))
+                    } else if f & PEER_DIED != 0 {
+                        Some(Err(chan.peer_died()))
+                    } else {
+                        None
+                    }
+                },
+                || false,
+            );
+            done.expect("no deadline")?;
+            Ok(Chosen {
+                index: i,
+                value: then(),
+            })
+        }
+        _ => unreachable!("only channel guards are offered"),
+    }
+}
+
 /// Whether guard `g` may have become ready (or failed): worth another try phase.
-fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
+/// Offers of waiter `me` (this select) do not count: a select never waits for itself.
+fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64) -> bool {
     match g {
         Some(Guard::Input { chan, .. }) => {
             chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
                 || chan.looks_nonempty()
-                || (chan.is_rendezvous() && chan.has_offers(false))
+                || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
         }
         Some(Guard::Output { chan, .. }) => {
             chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
@@ -351,11 +502,12 @@ fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
 }
 
 fn try_guard<'a, R>(
+    arena: &'static Arena,
     guards: &mut [Option<Guard<'a, R>>],
     i: usize,
     claim: &impl Fn(u64) -> crate::shm::ring::Claim,
 ) -> Step<R> {
-    match &guards[i] {
+    match &mut guards[i] {
         Some(Guard::Skip { .. }) => {
             let Some(Guard::Skip { then }) = guards[i].take() else {
                 unreachable!()
@@ -381,16 +533,28 @@ fn try_guard<'a, R>(
                 // not waited for here (plain reads skip it after a grace period).
                 return Step::Done(Err(chan.peer_died()));
             }
-            if chan.is_rendezvous() && chan.claim_offer(false, claim) {
-                // A selecting writer is now committed to write to us.
-                return Step::Done(complete(guards, i));
+            if chan.is_rendezvous() {
+                if let Some(h) = chan.claim_offer(false, claim) {
+                    // A selecting writer is committed to us: its staged block is ours.
+                    chan.release_offer(h.word);
+                    let msg = Incoming::Block {
+                        offset: h.offset,
+                        len: h.len,
+                    };
+                    return Step::Done(take_input(guards, i, msg));
+                }
             }
             if f & WRITERS_RETIRED != 0 {
                 return Step::Retired;
             }
             Step::NotReady
         }
-        Some(Guard::Output { chan, bytes, .. }) => {
+        Some(Guard::Output {
+            chan,
+            bytes,
+            staged,
+            ..
+        }) => {
             let chan = *chan;
             let f = chan.state_flags();
             if f & POISONED != 0 {
@@ -402,13 +566,30 @@ fn try_guard<'a, R>(
             if f & READERS_RETIRED != 0 {
                 return Step::Retired;
             }
-            if let Err(e) = bytes {
-                return Step::Done(Err(e.clone()));
-            }
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => return Step::Done(Err(e.clone())),
+            };
             if chan.is_rendezvous() {
-                if chan.claim_offer(true, claim) {
-                    // A selecting reader is now committed to read from us.
-                    return Step::Done(complete(guards, i));
+                if !chan.has_offers(true) {
+                    return Step::NotReady;
+                }
+                let (offset, len) = match stage(arena, &chan, bytes, staged) {
+                    Ok(s) => s,
+                    Err(e) => return Step::Done(Err(e)),
+                };
+                if let Some(h) = chan.claim_offer(true, claim) {
+                    // A selecting reader is committed to us: hand it the message.
+                    *staged = None;
+                    waiter::deliver(arena, h.word, offset, len);
+                    chan.events().0.notify_all();
+                    let Some(Guard::Output { then, .. }) = guards[i].take() else {
+                        unreachable!()
+                    };
+                    return Step::Done(Ok(Chosen {
+                        index: i,
+                        value: then(),
+                    }));
                 }
                 return Step::NotReady;
             }
@@ -450,16 +631,12 @@ fn take_input<R>(
     take(&chan, msg).map(|value| Chosen { index: i, value })
 }
 
-/// Completes guard `i`, to which this process is committed (it was selected by a counterpart,
-/// or it selected one).
+/// Completes output guard `i` on a buffered channel: places its message in the ring.
 fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R>, ChannelError> {
     match guards[i].take() {
-        Some(Guard::Input { chan, take }) => {
-            // The committed writer is writing: wait for its message (claim nobody else).
-            let msg = chan.read(None, false, |_| crate::shm::ring::Claim::Busy)?;
-            take(&chan, msg).map(|value| Chosen { index: i, value })
-        }
-        Some(Guard::Output { chan, bytes, then }) => {
+        Some(Guard::Output {
+            chan, bytes, then, ..
+        }) => {
             let bytes = bytes?;
             write_encoded(&chan, &bytes, None)?;
             Ok(Chosen {
@@ -467,6 +644,6 @@ fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R
                 value: then(),
             })
         }
-        _ => unreachable!("only channel guards are completed"),
+        _ => unreachable!("only buffered output guards are completed here"),
     }
 }

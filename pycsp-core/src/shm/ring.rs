@@ -151,11 +151,13 @@ impl Took {
     }
 }
 
-/// The slot a message was taken from, for a deferred acknowledgement.
+/// Where a message was taken from, for a deferred acknowledgement.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Taken {
-    index: usize,
-    head: u64,
+pub(crate) enum Taken {
+    /// A slot of the ring.
+    Slot { index: usize, head: u64 },
+    /// A selecting writer's offer (its message came in a block it staged).
+    Offer { word: u64 },
 }
 
 /// Why a write failed, and whether its message had already been placed in the ring (then a
@@ -168,11 +170,20 @@ pub(crate) struct WriteError {
 /// What a claim attempt on an offer found.
 pub(crate) enum Claim {
     /// The offering waiter is now committed to us.
-    Won,
+    Won(Handoff),
     /// The offer belongs to a selection that is over: remove it.
     Stale,
     /// The waiter is busy (deciding, or claimed by someone else): leave the offer.
     Busy,
+}
+
+/// A won offer: its word and, for a writer's offer, the block holding its message (which the
+/// claimer now owns) and the message's length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handoff {
+    pub(crate) word: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
 }
 
 /// A channel mapped in this process. Cheap to copy; valid for the life of the process.
@@ -448,6 +459,19 @@ impl Chan {
         }
     }
 
+    /// Whether a selecting writer (`reads == false`) or reader other than waiter `me` (see
+    /// `waiter::owner`) offers on this channel: a select must never wait for itself.
+    pub(crate) fn has_offers_from_others(&self, reads: bool, me: u64) -> bool {
+        if !self.has_offers(reads) {
+            return false;
+        }
+        let (table, _) = self.offer_table(reads);
+        table.iter().any(|slot| {
+            let w = slot.load(Ordering::SeqCst);
+            w != 0 && super::waiter::owner(w) != me
+        })
+    }
+
     fn offer_table(&self, reads: bool) -> (&'static [AtomicU64; OFFERS], &'static AtomicU32) {
         let o: &'static Offers = &self.hdr.offers.0;
         if reads {
@@ -467,7 +491,8 @@ impl Chan {
             {
                 n.fetch_add(1, Ordering::SeqCst);
                 if !reads {
-                    // Blocked readers claim writers' offers: tell them there is one.
+                    // Blocked readers, plain or selecting, claim writers' offers: tell them
+                    // there is one.
                     self.hdr.rx.0.notify_all();
                 }
                 return true;
@@ -491,12 +516,16 @@ impl Chan {
     }
 
     /// Claims one offer of a selecting reader (`reads`) or writer with `claim`, which tries
-    /// the CAS on the offering waiter; removes stale offers on the way. Returns whether one
-    /// was claimed; the claimed side is woken.
-    pub(crate) fn claim_offer(&self, reads: bool, mut claim: impl FnMut(u64) -> Claim) -> bool {
+    /// the CAS on the offering waiter; removes stale offers on the way. Returns the offer
+    /// claimed, if one was; the claimed side is woken.
+    pub(crate) fn claim_offer(
+        &self,
+        reads: bool,
+        mut claim: impl FnMut(u64) -> Claim,
+    ) -> Option<Handoff> {
         let (table, n) = self.offer_table(reads);
         if n.load(Ordering::SeqCst) == 0 {
-            return false;
+            return None;
         }
         for slot in table {
             let word = slot.load(Ordering::SeqCst);
@@ -504,23 +533,32 @@ impl Chan {
                 continue;
             }
             let outcome = claim(word);
-            if matches!(outcome, Claim::Won | Claim::Stale)
+            if matches!(outcome, Claim::Won(_) | Claim::Stale)
                 && slot
                     .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
                 n.fetch_sub(1, Ordering::SeqCst);
             }
-            if let Claim::Won = outcome {
+            if let Claim::Won(h) = outcome {
                 if reads {
                     self.hdr.rx.0.notify_all()
                 } else {
                     self.hdr.tx.0.notify_all()
                 }
-                return true;
+                return Some(h);
             }
         }
-        false
+        None
+    }
+
+    /// Tells the selecting writer whose offer `word` we won that its message was taken, so
+    /// its rendezvous completes.
+    pub(crate) fn release_offer(&self, word: u64) {
+        if let Ok(arena) = Arena::get() {
+            super::waiter::release(arena, word);
+        }
+        self.hdr.tx.0.notify_all();
     }
 
     /// Tries to put a message in the ring; returns its slot index and stamp on success.
@@ -624,10 +662,11 @@ impl Chan {
                                 Took::Inline(len)
                             }
                         };
-                        let taken = Taken { index, head };
                         if ack {
-                            self.ack_slot(taken);
+                            slot.stamp
+                                .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
                         }
+                        let taken = Taken::Slot { index, head };
                         return Some((msg, taken));
                     }
                     Err(h) => head = h,
@@ -648,13 +687,16 @@ impl Chan {
 
     #[inline]
     fn ack_slot(&self, t: Taken) {
-        self.slots[t.index]
-            .stamp
-            .store(t.head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+        match t {
+            Taken::Slot { index, head } => self.slots[index]
+                .stamp
+                .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release),
+            Taken::Offer { word } => self.release_offer(word),
+        }
     }
 
-    /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred): its
-    /// writer's rendezvous completes now.
+    /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred), or
+    /// releases the selecting writer that offered it: its writer's rendezvous completes now.
     pub(crate) fn ack(&self, t: Taken) {
         self.ack_slot(t);
         self.hdr.tx.0.notify_all();
@@ -763,8 +805,10 @@ impl Chan {
     }
 
     /// Reads a message, blocking while the ring is empty. With `claim_writers`, a reader of a
-    /// rendezvous channel also claims a selecting writer's offer (once), so that writer then
-    /// writes; without it (a reader that a writer already claimed), it only waits.
+    /// rendezvous channel also takes selecting writers' offers: it claims one with `claim`
+    /// and takes the message the writer staged (as Go's receiver takes a queued sender's
+    /// value), so a plain reader and a selecting writer always see each other.
+    #[cfg(test)]
     pub(crate) fn read(
         &self,
         deadline: Option<Instant>,
@@ -832,7 +876,7 @@ impl Chan {
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
         let rx = &self.hdr.rx.0;
-        let mut claimed = !claim_writers || !self.is_rendezvous();
+        let claims = claim_writers && self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
@@ -870,9 +914,14 @@ impl Chan {
                         }
                         return None;
                     }
-                    if !claimed && self.claim_offer(false, &claim) {
-                        claimed = true;
-                        return None;
+                    if claims {
+                        if let Some(h) = self.claim_offer(false, &claim) {
+                            let took = Took::Block {
+                                offset: h.offset,
+                                len: h.len,
+                            };
+                            return Some(Ok((took, Taken::Offer { word: h.word })));
+                        }
                     }
                     if f & WRITERS_RETIRED != 0 {
                         // The flag was read before the ring was found empty, and writers publish
@@ -892,6 +941,9 @@ impl Chan {
         };
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         if ack {
+            if let Taken::Offer { word } = msg.1 {
+                self.release_offer(word);
+            }
             self.hdr.tx.0.notify_all();
         }
         Ok(msg)
