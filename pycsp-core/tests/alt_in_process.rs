@@ -197,3 +197,32 @@ fn a_select_never_matches_its_own_input_and_output_guards_and_its_timeout_fires(
     );
     assert!(waited >= Duration::from_millis(50), "{waited:?}");
 }
+
+#[test]
+fn a_skip_or_timeout_guard_never_hides_that_every_channel_guard_retired() {
+    let ch = Channel::<u8>::buffered("retired-with-skip", 2).unwrap();
+    let r = ch.reader();
+    ch.writer().retire();
+    assert_eq!(r.read(), Err(ChannelError::Retired));
+    let skip = Alternation::new()
+        .input(&r, |_| "input")
+        .skip(|| "skip")
+        .pri_select();
+    assert_eq!(skip.unwrap_err(), ChannelError::Retired);
+    let start = Instant::now();
+    let timeout = Alternation::new()
+        .input(&r, |_| "input")
+        .timeout(Duration::from_secs(5), || "timeout")
+        .pri_select();
+    assert_eq!(timeout.unwrap_err(), ChannelError::Retired);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // An output guard whose readers all retired, likewise.
+    let out = Channel::<u8>::new("retired-readers-with-skip").unwrap();
+    let w = out.writer();
+    out.reader().retire();
+    let skip = Alternation::new()
+        .output(&w, 1, || "output")
+        .skip(|| "skip")
+        .pri_select();
+    assert_eq!(skip.unwrap_err(), ChannelError::Retired);
+}
