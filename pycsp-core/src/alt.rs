@@ -35,10 +35,20 @@
 //!
 //! # Termination
 //!
-//! A guard on a poisoned channel makes the select fail with `Poisoned`. A guard on a retired
-//! channel is skipped; when every channel guard is retired (and there is no timeout or skip
-//! guard), the select fails with `Retired` (or, for a socket end whose connection was lost,
-//! with that `Connection` error, as a plain read or write would).
+//! A guard whose channel can never complete (poisoned, a peer died, or retired: for an input,
+//! every writer retired and the buffer is drained; for an output, every reader retired) is
+//! *ready*, as in JCSP and crossbeam, and reports its state:
+//!
+//! - [`input_result`](Alternation::input_result) and
+//!   [`output_result`](Alternation::output_result) guards fire with the error (their closure
+//!   gets `Err(Retired)`, `Err(Poisoned)`, ...), and the select returns `Ok` with their
+//!   index, as crossbeam's `recv(r) -> msg` does: a server learns which client ended;
+//! - [`input`](Alternation::input) and [`output`](Alternation::output) guards fail the select
+//!   with `Poisoned` (or `PeerDied`) when chosen. A retired one is passed over while another
+//!   channel guard of the select is live (so a server keeps serving its other clients);
+//!   once every channel guard has retired the select fails with `Retired` (for a socket end
+//!   whose connection was lost, with that `Connection` error), also when it has a skip or
+//!   timeout guard: they never hide that every channel ended.
 //!
 //! ```
 //! use std::time::Duration;
@@ -73,12 +83,19 @@ use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
 use crate::{ChannelIn, ChannelOut};
 
-type InputFn<'a, R> = Box<dyn FnOnce(&Chan, Incoming) -> Result<R, ChannelError> + 'a>;
+/// What an input guard does with its outcome: a message, or why its channel ended.
+type InputFn<'a, R> =
+    Box<dyn FnOnce(&Chan, Result<Incoming, ChannelError>) -> Result<R, ChannelError> + 'a>;
+/// What an output guard does with its outcome: written, or why it could not be.
+type OutputFn<'a, R> = Box<dyn FnOnce(Result<(), ChannelError>) -> Result<R, ChannelError> + 'a>;
 
 enum Guard<'a, R> {
     Input {
         chan: Chan,
         take: InputFn<'a, R>,
+        /// Whether the guard reports its channel's end to its closure (`input_result`):
+        /// then it is ready as soon as its channel retired, was poisoned or lost a peer.
+        reports: bool,
     },
     Output {
         chan: Chan,
@@ -86,7 +103,9 @@ enum Guard<'a, R> {
         /// On a rendezvous channel, once the select first waits or meets a waiting reader:
         /// the arena block holding the message, and its length.
         staged: Option<(u64, u64)>,
-        then: Box<dyn FnOnce() -> R + 'a>,
+        then: OutputFn<'a, R>,
+        /// As for `Input`.
+        reports: bool,
     },
     Timeout {
         after: Duration,
@@ -158,10 +177,30 @@ impl<'a, R> Alternation<'a, R> {
         end: &'a ChannelIn<T>,
         then: impl FnOnce(T) -> R + 'a,
     ) -> Self {
-        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode_incoming(chan, msg).map(then));
+        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode_incoming(chan, msg?).map(then));
         self.guards.push(Guard::Input {
             chan: end.chan(),
             take,
+            reports: false,
+        });
+        self
+    }
+
+    /// An input guard that reports its channel's end, as crossbeam's `recv(r) -> msg`: it
+    /// fires with `Ok(message)`, or with `Err` as soon as its channel has retired (and is
+    /// drained), was poisoned or lost a peer; the select itself then still returns `Ok`, with
+    /// this guard's index.
+    pub fn input_result<T: DeserializeOwned>(
+        mut self,
+        end: &'a ChannelIn<T>,
+        then: impl FnOnce(Result<T, ChannelError>) -> R + 'a,
+    ) -> Self {
+        let take: InputFn<'a, R> =
+            Box::new(move |chan, msg| Ok(then(msg.and_then(|m| decode_incoming(chan, m)))));
+        self.guards.push(Guard::Input {
+            chan: end.chan(),
+            take,
+            reports: true,
         });
         self
     }
@@ -180,7 +219,30 @@ impl<'a, R> Alternation<'a, R> {
             chan,
             bytes,
             staged: None,
-            then: Box::new(then),
+            then: Box::new(move |r| r.map(|()| then())),
+            reports: false,
+        });
+        self
+    }
+
+    /// An output guard that reports its channel's end, as crossbeam's `send(s, v) -> res`:
+    /// it fires with `Ok(())` once `value` was written, or with `Err` as soon as every reader
+    /// retired, the channel was poisoned or lost a peer (or `value` could not be encoded);
+    /// the select then still returns `Ok`, with this guard's index.
+    pub fn output_result<T: Serialize>(
+        mut self,
+        end: &'a ChannelOut<T>,
+        value: T,
+        then: impl FnOnce(Result<(), ChannelError>) -> R + 'a,
+    ) -> Self {
+        let chan = end.chan();
+        let bytes = encode(&chan, &value);
+        self.guards.push(Guard::Output {
+            chan,
+            bytes,
+            staged: None,
+            then: Box::new(move |r| Ok(then(r))),
+            reports: true,
         });
         self
     }
@@ -293,17 +355,28 @@ fn run_guards<'a, R>(
         .min_by_key(|(after, _)| *after);
     let deadline = timeout.map(|(after, _)| began + after);
     let claim = |w| waiter::claim(arena, w);
+    let channel_guards = guards
+        .iter()
+        .filter(|g| matches!(g, Some(Guard::Input { .. } | Guard::Output { .. })))
+        .count();
     loop {
         // Try phase: the first ready guard in policy order wins.
         let mut live = 0;
         for &i in order {
+            if let Some(Guard::Skip { .. }) = guards[i] {
+                // A skip never hides that every channel of the select has ended.
+                if channel_guards > 0 && guards.iter().all(|g| looks_retired(g.as_ref())) {
+                    return Err(every_guard_retired(guards, order));
+                }
+            }
             match try_guard(arena, guards, i, &claim) {
                 Step::Done(r) => return r,
                 Step::Retired => {}
                 Step::NotReady => live += 1,
             }
         }
-        if live == 0 && timeout.is_none() {
+        if live == 0 && (channel_guards > 0 || timeout.is_none()) {
+            // Every channel guard retired: a timeout guard does not hide it either.
             return Err(every_guard_retired(guards, order));
         }
         // The deadline is checked every time the wait returns, whatever woke it.
@@ -428,7 +501,7 @@ fn complete_selected<R>(
     i: usize,
 ) -> Result<Chosen<R>, ChannelError> {
     match guards[i].take() {
-        Some(Guard::Input { chan, take }) => {
+        Some(Guard::Input { chan, take, .. }) => {
             // A writer won us: it delivers its message to our record at once.
             let rx = chan.events().0;
             let mut mail = rx.wait_until(
@@ -445,11 +518,11 @@ fn complete_selected<R>(
                 let grace = Instant::now() + Duration::from_millis(100);
                 mail = rx.wait_until(Some(grace), || me.mail().map(Ok), || false);
             }
-            match mail {
-                Some(Ok((offset, len))) => take(&chan, Incoming::Block { offset, len })
-                    .map(|value| Chosen { index: i, value }),
+            let msg = match mail {
+                Some(Ok((offset, len))) => Ok(Incoming::Block { offset, len }),
                 _ => Err(chan.peer_died()),
-            }
+            };
+            take(&chan, msg).map(|value| Chosen { index: i, value })
         }
         Some(Guard::Output {
             chan, staged, then, ..
@@ -474,13 +547,24 @@ fn complete_selected<R>(
                 },
                 || false,
             );
-            done.expect("no deadline")?;
-            Ok(Chosen {
-                index: i,
-                value: then(),
-            })
+            then(done.expect("no deadline")).map(|value| Chosen { index: i, value })
         }
         _ => unreachable!("only channel guards are offered"),
+    }
+}
+
+/// Whether `g` is a channel guard whose channel has retired for good (or no channel guard);
+/// a hint, without taking anything.
+fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
+    match g {
+        Some(Guard::Input { reports: true, .. } | Guard::Output { reports: true, .. }) => false,
+        Some(Guard::Input { chan, .. }) => {
+            chan.state_flags() & WRITERS_RETIRED != 0
+                && !chan.looks_nonempty()
+                && !(chan.is_rendezvous() && chan.has_offers(false))
+        }
+        Some(Guard::Output { chan, .. }) => chan.state_flags() & READERS_RETIRED != 0,
+        _ => true,
     }
 }
 
@@ -518,11 +602,11 @@ fn try_guard<'a, R>(
             }))
         }
         Some(Guard::Timeout { .. }) | None => Step::Retired,
-        Some(Guard::Input { chan, .. }) => {
-            let chan = *chan;
+        Some(Guard::Input { chan, reports, .. }) => {
+            let (chan, reports) = (*chan, *reports);
             let f = chan.state_flags();
             if f & POISONED != 0 {
-                return Step::Done(Err(ChannelError::Poisoned));
+                return Step::Done(ended(arena, guards, i, ChannelError::Poisoned));
             }
             if let Some(msg) = chan.try_pop() {
                 chan.events().1.notify_all();
@@ -531,7 +615,7 @@ fn try_guard<'a, R>(
             if f & PEER_DIED != 0 {
                 // Everything published was read; a slot the dead writer never published is
                 // not waited for here (plain reads skip it after a grace period).
-                return Step::Done(Err(chan.peer_died()));
+                return Step::Done(ended(arena, guards, i, chan.peer_died()));
             }
             if chan.is_rendezvous() {
                 if let Some(h) = chan.claim_offer(false, claim) {
@@ -545,7 +629,7 @@ fn try_guard<'a, R>(
                 }
             }
             if f & WRITERS_RETIRED != 0 {
-                return Step::Retired;
+                return retired(arena, guards, i, reports);
             }
             Step::NotReady
         }
@@ -553,22 +637,26 @@ fn try_guard<'a, R>(
             chan,
             bytes,
             staged,
+            reports,
             ..
         }) => {
-            let chan = *chan;
+            let (chan, reports) = (*chan, *reports);
             let f = chan.state_flags();
             if f & POISONED != 0 {
-                return Step::Done(Err(ChannelError::Poisoned));
+                return Step::Done(ended(arena, guards, i, ChannelError::Poisoned));
             }
             if f & PEER_DIED != 0 {
-                return Step::Done(Err(chan.peer_died()));
+                return Step::Done(ended(arena, guards, i, chan.peer_died()));
             }
             if f & READERS_RETIRED != 0 {
-                return Step::Retired;
+                return retired(arena, guards, i, reports);
             }
             let bytes = match bytes {
                 Ok(b) => b,
-                Err(e) => return Step::Done(Err(e.clone())),
+                Err(e) => {
+                    let e = e.clone();
+                    return Step::Done(ended(arena, guards, i, e));
+                }
             };
             if chan.is_rendezvous() {
                 if !chan.has_offers(true) {
@@ -576,7 +664,7 @@ fn try_guard<'a, R>(
                 }
                 let (offset, len) = match stage(arena, &chan, bytes, staged) {
                     Ok(s) => s,
-                    Err(e) => return Step::Done(Err(e)),
+                    Err(e) => return Step::Done(ended(arena, guards, i, e)),
                 };
                 if let Some(h) = chan.claim_offer(true, claim) {
                     // A selecting reader is committed to us: hand it the message.
@@ -586,10 +674,7 @@ fn try_guard<'a, R>(
                     let Some(Guard::Output { then, .. }) = guards[i].take() else {
                         unreachable!()
                     };
-                    return Step::Done(Ok(Chosen {
-                        index: i,
-                        value: then(),
-                    }));
+                    return Step::Done(then(Ok(())).map(|value| Chosen { index: i, value }));
                 }
                 return Step::NotReady;
             }
@@ -625,10 +710,51 @@ fn take_input<R>(
     i: usize,
     msg: Incoming,
 ) -> Result<Chosen<R>, ChannelError> {
-    let Some(Guard::Input { chan, take }) = guards[i].take() else {
+    let Some(Guard::Input { chan, take, .. }) = guards[i].take() else {
         unreachable!()
     };
-    take(&chan, msg).map(|value| Chosen { index: i, value })
+    take(&chan, Ok(msg)).map(|value| Chosen { index: i, value })
+}
+
+/// Channel guard `i` cannot complete because of `error`: a reporting guard fires with it, any
+/// other fails the select with it.
+fn ended<R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+    error: ChannelError,
+) -> Result<Chosen<R>, ChannelError> {
+    let value = match guards[i].take() {
+        Some(Guard::Input { chan, take, .. }) => take(&chan, Err(error)),
+        Some(Guard::Output { staged, then, .. }) => {
+            if let Some((offset, _)) = staged {
+                arena.free_block(offset);
+            }
+            then(Err(error))
+        }
+        _ => unreachable!("only channel guards end"),
+    };
+    value.map(|value| Chosen { index: i, value })
+}
+
+/// Channel guard `i` retired: a reporting guard fires with `Retired` (or the lost connection
+/// of a socket end); any other is passed over.
+fn retired<R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+    reports: bool,
+) -> Step<R> {
+    if !reports {
+        return Step::Retired;
+    }
+    let error = match &guards[i] {
+        Some(Guard::Input { chan, .. } | Guard::Output { chan, .. }) => {
+            crate::net::client::remote_error(chan, ChannelError::Retired)
+        }
+        _ => ChannelError::Retired,
+    };
+    Step::Done(ended(arena, guards, i, error))
 }
 
 /// Completes output guard `i` on a buffered channel: places its message in the ring.
@@ -637,12 +763,8 @@ fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R
         Some(Guard::Output {
             chan, bytes, then, ..
         }) => {
-            let bytes = bytes?;
-            write_encoded(&chan, &bytes, None)?;
-            Ok(Chosen {
-                index: i,
-                value: then(),
-            })
+            let written = bytes.and_then(|b| write_encoded(&chan, &b, None));
+            then(written).map(|value| Chosen { index: i, value })
         }
         _ => unreachable!("only buffered output guards are completed here"),
     }

@@ -226,3 +226,68 @@ fn a_skip_or_timeout_guard_never_hides_that_every_channel_guard_retired() {
         .pri_select();
     assert_eq!(skip.unwrap_err(), ChannelError::Retired);
 }
+
+#[test]
+fn a_reporting_guard_on_an_ended_channel_is_ready_and_reports_it_before_skip() {
+    let live = Channel::<u8>::new("report-live").unwrap();
+    let gone = Channel::<u8>::buffered("report-gone", 2).unwrap();
+    let (_lw, lr) = (live.writer(), live.reader());
+    let gr = gone.reader();
+    let gw = gone.writer();
+    gw.write(9).unwrap();
+    gw.retire();
+    let select = || {
+        Alternation::new()
+            .input_result(&lr, |r| r)
+            .input_result(&gr, |r| r)
+            .skip(|| Ok(0))
+            .pri_select()
+            .unwrap()
+    };
+    // Retired but not drained: the message first.
+    let c = select();
+    assert_eq!((c.index, c.value), (1, Ok(9)));
+    // Drained: the guard fires with Retired, though another channel is live and skip is there.
+    for _ in 0..10 {
+        let c = select();
+        assert_eq!((c.index, c.value), (1, Err(ChannelError::Retired)));
+    }
+    // Poisoned: the guard fires with Poisoned.
+    live.poison();
+    let c = Alternation::new()
+        .input_result(&lr, |r| r)
+        .skip(|| Ok(0))
+        .pri_select()
+        .unwrap();
+    assert_eq!((c.index, c.value), (0, Err(ChannelError::Poisoned)));
+    // An output guard whose readers retired.
+    let out = Channel::<u8>::new("report-out").unwrap();
+    let (ow, _keep) = (out.writer(), out.writer());
+    out.reader().retire();
+    let c = Alternation::new()
+        .output_result(&ow, 1, |r| r)
+        .timeout(Duration::from_secs(5), || Ok(()))
+        .pri_select()
+        .unwrap();
+    assert_eq!((c.index, c.value), (0, Err(ChannelError::Retired)));
+}
+
+#[test]
+fn input_and_output_guards_pass_over_a_retired_channel_while_another_is_live() {
+    // The server pattern: a client that retired is passed over, the others are served.
+    let a = Channel::<u8>::new("pass-over-a").unwrap();
+    let b = Channel::<u8>::new("pass-over-b").unwrap();
+    let (ar, br) = (a.reader(), b.reader());
+    a.writer().retire();
+    let bw = b.writer();
+    let t = thread::spawn(move || bw.write(5));
+    let c = within(Duration::from_secs(10), move || {
+        Alternation::new()
+            .input(&ar, |v| v)
+            .input(&br, |v| v)
+            .pri_select()
+            .map(|c| (c.index, c.value))
+    });
+    assert_eq!(c, Ok((1, 5)));
+    assert_eq!(t.join().unwrap(), Ok(()));
+}
