@@ -291,3 +291,85 @@ fn input_and_output_guards_pass_over_a_retired_channel_while_another_is_live() {
     assert_eq!(c, Ok((1, 5)));
     assert_eq!(t.join().unwrap(), Ok(()));
 }
+
+#[test]
+fn alt_select_chooses_uniformly_among_ready_guards() {
+    // Two empty channels before two always-ready ones: a random start index would favour the
+    // first ready guard (about 3 to 1).
+    let chans: Vec<_> = (0..4)
+        .map(|i| Channel::<u8>::buffered(&format!("uniform-{i}"), 4).unwrap())
+        .collect();
+    let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
+    let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
+    let mut counts = [0u32; 4];
+    for _ in 0..10_000 {
+        for w in &writers[2..] {
+            while w.write_timeout(1, Duration::ZERO).is_ok() {}
+        }
+        let mut alt = Alternation::new();
+        for r in &readers {
+            alt = alt.input(r, |_| ());
+        }
+        counts[alt.alt_select().unwrap().index] += 1;
+    }
+    assert_eq!(counts[0] + counts[1], 0);
+    // 5000 expected, standard deviation 50: 4500..5500 fails by chance about once in 10^23.
+    assert!((4500..=5500).contains(&counts[2]), "{counts:?}");
+}
+
+#[test]
+fn alt_select_chooses_uniformly_between_two_output_guards_on_one_rendezvous_channel() {
+    let ch = Channel::<u8>::new("uniform-out").unwrap();
+    let (w, r) = (ch.writer(), ch.reader());
+    let n = 200;
+    let reader = thread::spawn(move || (0..n).map(|_| r.read().unwrap()).collect::<Vec<u8>>());
+    let mut counts = [0u32; 2];
+    for _ in 0..n {
+        let c = Alternation::new()
+            .output(&w, 0, || 0)
+            .output(&w, 1, || 1)
+            .alt_select()
+            .unwrap();
+        counts[c.value] += 1;
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(got.iter().filter(|&&v| v == 1).count() as u32, counts[1]);
+    // 100 expected, standard deviation about 7.
+    assert!((50..=150).contains(&counts[0]), "{counts:?}");
+}
+
+#[test]
+fn fair_select_chooses_the_least_recently_chosen_channel_as_the_guard_list_changes() {
+    // Four always-ready channels; each round offers a different subset, in a different order
+    // (a butler's guard list grows and shrinks with the philosophers seated).
+    let chans: Vec<_> = (0..4)
+        .map(|i| Channel::<u8>::buffered(&format!("fair-changing-{i}"), 4).unwrap())
+        .collect();
+    let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
+    let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
+    let mut last_chosen = [0u64; 4]; // round + 1 of the last choice, 0 = never
+    let mut counts = [0u32; 4];
+    for round in 0..400u64 {
+        for w in &writers {
+            while w.write_timeout(1, Duration::ZERO).is_ok() {}
+        }
+        let offered: Vec<usize> = (0..4)
+            .map(|j| (j + round as usize) % 4)
+            .filter(|&j| (round * 7 + j as u64) % 5 != 0)
+            .collect();
+        let mut alt = Alternation::new();
+        for &j in &offered {
+            alt = alt.input(&readers[j], move |_| j);
+        }
+        let chosen = alt.fair_select().unwrap().value;
+        let least = offered.iter().map(|&j| last_chosen[j]).min().unwrap();
+        assert_eq!(
+            last_chosen[chosen], least,
+            "round {round}: chose channel {chosen} of {offered:?}, last chosen {last_chosen:?}"
+        );
+        last_chosen[chosen] = round + 1;
+        counts[chosen] += 1;
+    }
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 10, "{counts:?}");
+}
