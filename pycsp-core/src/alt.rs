@@ -144,8 +144,24 @@ enum Policy {
 }
 
 thread_local! {
-    static FAIR_LAST: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+    /// For `fair_select`: when this thread last chose each channel (per direction) or skip,
+    /// on a counter of choices (the counter is the last entry's value, under key `TICK`).
+    static FAIR_LAST: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
     static RNG: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+}
+
+/// The key of `FAIR_LAST` under which its counter is kept (no guard has it).
+const TICK: u64 = u64::MAX;
+
+/// What `fair_select` remembers a guard by: its channel and direction (channel offsets are
+/// multiples of 256), or its kind.
+fn fair_key<R>(g: &Guard<'_, R>) -> u64 {
+    match g {
+        Guard::Input { chan, .. } => chan.offset(),
+        Guard::Output { chan, .. } => chan.offset() | 1,
+        Guard::Timeout { .. } => 2,
+        Guard::Skip { .. } => 3,
+    }
 }
 
 fn random(n: usize) -> usize {
@@ -269,53 +285,57 @@ impl<'a, R> Alternation<'a, R> {
         self.select(Policy::Pri)
     }
 
-    /// Selects any ready guard (trying them from a random starting point).
+    /// Selects a ready guard chosen uniformly at random among the ready ones (the guards
+    /// are tried in a random order, as Go's `select` does).
     pub fn alt_select(self) -> Result<Chosen<R>, ChannelError> {
         self.select(Policy::Alt)
     }
 
-    /// Selects a ready guard, starting after the one this thread chose last time from the same
-    /// guards, so that over many rounds every ready guard is chosen.
+    /// Selects the ready guard whose channel this thread chose least recently (in any select,
+    /// whatever the other guards), so that over time no ready channel starves; guards whose
+    /// channels were never chosen come first, in the order given.
     pub fn fair_select(self) -> Result<Chosen<R>, ChannelError> {
         self.select(Policy::Fair)
-    }
-
-    fn signature(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for g in &self.guards {
-            let v = match g {
-                Guard::Input { chan, .. } => chan.offset() << 2,
-                Guard::Output { chan, .. } => (chan.offset() << 2) | 1,
-                Guard::Timeout { .. } => 2,
-                Guard::Skip { .. } => 3,
-            };
-            h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
-        }
-        h
     }
 
     fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
         let n = self.guards.len();
         assert!(n > 0, "an alternation needs at least one guard");
-        assert!(n <= 128, "an alternation takes at most 128 guards");
-        let sig = self.signature();
-        let start = match policy {
-            Policy::Pri => 0,
-            Policy::Alt => random(n),
-            Policy::Fair => FAIR_LAST.with(|f| f.borrow().get(&sig).map_or(0, |l| (l + 1) % n)),
-        };
-        let chosen = self.run(start);
+        assert!(
+            n <= waiter::GUARDS,
+            "an alternation takes at most 128 guards"
+        );
+        let keys: Vec<u64> = self.guards.iter().map(fair_key).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        match policy {
+            Policy::Pri => {}
+            Policy::Alt => {
+                // Fisher-Yates: the first ready guard of a uniformly random order is uniform
+                // among the ready guards.
+                for k in (1..n).rev() {
+                    order.swap(k, random(k + 1));
+                }
+            }
+            Policy::Fair => FAIR_LAST.with(|f| {
+                let f = f.borrow();
+                order.sort_by_key(|&i| f.get(&keys[i]).copied().unwrap_or(0));
+            }),
+        }
+        let chosen = self.run(order);
         if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
-            FAIR_LAST.with(|f| f.borrow_mut().insert(sig, c.index));
+            FAIR_LAST.with(|f| {
+                let mut f = f.borrow_mut();
+                let tick = f.get(&TICK).copied().unwrap_or(0) + 1;
+                f.insert(TICK, tick);
+                f.insert(keys[c.index], tick);
+            });
         }
         chosen
     }
 
-    fn run(self, start: usize) -> Result<Chosen<R>, ChannelError> {
+    fn run(self, order: Vec<usize>) -> Result<Chosen<R>, ChannelError> {
         let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
         let mut guards: Vec<Option<Guard<'a, R>>> = self.guards.into_iter().map(Some).collect();
-        let n = guards.len();
-        let order: Vec<usize> = (start..n).chain(0..start).collect();
         let mut waited = false;
         let chosen = run_guards(arena, &mut guards, &order, &mut waited);
         for g in guards.iter_mut().flatten() {
@@ -405,8 +425,10 @@ fn run_guards<'a, R>(
         let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
         let mut events: Vec<&'static Event> = Vec::new();
         let mut polling = false;
-        for (i, g) in guards.iter().enumerate() {
-            let (chan, reads) = match g {
+        // In policy order: a plain reader takes the first offer in the table, so the table's
+        // order is the choice among our output guards on one channel.
+        for &i in order {
+            let (chan, reads) = match &guards[i] {
                 Some(Guard::Input { chan, .. }) => (*chan, true),
                 Some(Guard::Output { chan, .. }) => (*chan, false),
                 _ => continue,
