@@ -267,3 +267,57 @@ fn selects_that_send_or_receive_on_one_channel_pair_up_and_never_match_themselve
         );
     }
 }
+
+/// Writes `n` messages with short, varied timeouts; (count, checksum) of those that were
+/// reported written.
+#[process]
+fn timed_writer(out: ChannelOut<u64>, id: u64, n: u64) -> (u64, u64) {
+    let (mut ok, mut sum) = (0, 0);
+    for seq in 0..n {
+        match out.write_timeout(id << 32 | seq, Duration::from_micros(seq % 7 * 20)) {
+            Ok(()) => {
+                ok += 1;
+                sum = (sum + checksum(id, seq)) % (1 << 60);
+            }
+            Err(ChannelError::Timeout) => {}
+            Err(e) => panic!("writer failed: {e}"),
+        }
+    }
+    (ok, sum)
+}
+
+/// Reads with short timeouts until the channel retires; (count, checksum).
+#[process]
+fn timed_reader(inp: ChannelIn<u64>) -> (u64, u64) {
+    let (mut n, mut sum) = (0, 0);
+    let mut k = 0u64;
+    loop {
+        k += 1;
+        match inp.read_timeout(Duration::from_micros(k % 5 * 30)) {
+            Ok(v) => {
+                n += 1;
+                sum = (sum + checksum(v >> 32, v & 0xffff_ffff)) % (1 << 60);
+            }
+            Err(ChannelError::Timeout) => {}
+            Err(ChannelError::Retired) => return (n, sum),
+            Err(e) => panic!("reader failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn rendezvous_writes_with_timeouts_are_either_taken_or_withdrawn_exactly_once() {
+    let name = "timed-rv";
+    let (w, r) = within(LIMIT, &[name], move || {
+        let ch = Channel::<u64>::new(name).unwrap();
+        let writers = replicate(2, |id| timed_writer(ch.writer(), id as u64, 3000));
+        let readers = replicate(2, |_| timed_reader(ch.reader()));
+        Parallel((writers, readers)).unwrap()
+    });
+    assert_eq!(
+        total(&w),
+        total(&r),
+        "(count, checksum) reported written vs read"
+    );
+    assert!(total(&w).0 > 0);
+}

@@ -378,3 +378,26 @@ fn fair_select_chooses_the_least_recently_chosen_channel_as_the_guard_list_chang
         }
     }
 }
+
+#[test]
+fn a_rendezvous_write_that_nobody_takes_by_its_deadline_is_withdrawn_and_times_out() {
+    let ch = Channel::<u32>::new("write-timeout-rv").unwrap();
+    let (w, r) = (ch.writer(), ch.reader());
+    let (w, waited, r) = within(Duration::from_secs(10), move || {
+        let start = Instant::now();
+        assert_eq!(
+            w.write_timeout(1, Duration::from_millis(200)),
+            Err(ChannelError::Timeout)
+        );
+        (w, start.elapsed(), r)
+    });
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    // Withdrawn: no reader ever gets it, and the channel works on.
+    assert_eq!(
+        r.read_timeout(Duration::from_millis(50)),
+        Err(ChannelError::Timeout)
+    );
+    let t = thread::spawn(move || w.write(2));
+    assert_eq!(r.read(), Ok(2));
+    assert_eq!(t.join().unwrap(), Ok(()));
+}
