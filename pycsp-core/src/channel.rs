@@ -613,8 +613,9 @@ impl<T: Serialize> ChannelOut<T> {
     }
 
     /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
-    /// if the message could not be placed (a rendezvous write whose message was placed waits
-    /// for its reader regardless).
+    /// if the message could not be placed or, on a rendezvous channel, no reader took it by
+    /// then: the message is withdrawn, and no reader ever gets it. Exactly one of the two
+    /// happens: `Ok` (taken) or `Timeout` (withdrawn).
     pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
         self.send(&value, Some(Instant::now() + timeout))
     }

@@ -401,3 +401,25 @@ fn a_rendezvous_write_that_nobody_takes_by_its_deadline_is_withdrawn_and_times_o
     assert_eq!(r.read(), Ok(2));
     assert_eq!(t.join().unwrap(), Ok(()));
 }
+
+#[test]
+fn withdrawn_rendezvous_writes_of_large_messages_never_arrive_and_the_channel_works_on() {
+    let ch = Channel::<Vec<u8>>::new("write-timeout-block").unwrap();
+    let (w, r) = (ch.writer(), ch.reader());
+    let (w, r) = within(Duration::from_secs(10), move || {
+        for _ in 0..100 {
+            assert_eq!(
+                w.write_timeout(vec![7; 4000], Duration::from_millis(1)),
+                Err(ChannelError::Timeout)
+            );
+        }
+        (w, r)
+    });
+    assert_eq!(
+        r.read_timeout(Duration::from_millis(20)),
+        Err(ChannelError::Timeout)
+    );
+    let t = thread::spawn(move || w.write(vec![1; 4000]));
+    assert_eq!(r.read(), Ok(vec![1; 4000]));
+    assert_eq!(t.join().unwrap(), Ok(()));
+}

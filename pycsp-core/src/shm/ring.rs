@@ -35,6 +35,12 @@ const IN_PROGRESS_SPINS: u32 = 64;
 
 const KIND_INLINE: u32 = 0;
 const KIND_BLOCK: u32 = 1;
+/// Bits of a slot's `kind` for a rendezvous write that reached its deadline (see
+/// [`Chan::withdraw`]): its writer withdraws the message; the reader that claimed the slot
+/// skipped it; the writer has left (then whoever comes second empties the slot).
+const CANCELLED: u32 = 1 << 8;
+const SKIPPED: u32 = 1 << 9;
+const GONE: u32 = 1 << 10;
 
 #[repr(C, align(128))]
 struct Padded<T>(T);
@@ -91,7 +97,7 @@ const OFFERS: usize = 32;
 #[repr(C, align(128))]
 struct Slot {
     stamp: AtomicU64,
-    kind: UnsafeCell<u32>,
+    kind: AtomicU32,
     len: UnsafeCell<u32>,
     payload: UnsafeCell<[u8; INLINE]>,
 }
@@ -585,12 +591,12 @@ impl Chan {
                         unsafe {
                             match msg {
                                 Outgoing::Inline { buf, len } => {
-                                    *slot.kind.get() = KIND_INLINE;
+                                    slot.kind.store(KIND_INLINE, Ordering::Relaxed);
                                     *slot.len.get() = *len as u32;
                                     copy_payload(&mut *slot.payload.get(), buf, *len);
                                 }
                                 Outgoing::Block { offset, len } => {
-                                    *slot.kind.get() = KIND_BLOCK;
+                                    slot.kind.store(KIND_BLOCK, Ordering::Relaxed);
                                     *slot.len.get() = 16;
                                     let p = &mut *slot.payload.get();
                                     p[..8].copy_from_slice(&offset.to_le_bytes());
@@ -647,12 +653,21 @@ impl Chan {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        // SeqCst, after the SeqCst CAS on `head`: a writer that withdraws its
+                        // message marks it, then looks at `head` (see `withdraw`). On x86 a
+                        // plain load.
+                        let kind = slot.kind.load(Ordering::SeqCst);
+                        if kind & CANCELLED != 0 {
+                            self.skip_withdrawn(slot, head);
+                            head = head_a.load(Ordering::Relaxed);
+                            continue;
+                        }
                         // SAFETY: winning the CAS on `head` for a full slot gives this reader
                         // the slot's contents until it stores the empty stamp.
                         let msg = unsafe {
                             let len = (*slot.len.get() as usize).min(INLINE);
                             let p = &*slot.payload.get();
-                            if *slot.kind.get() == KIND_BLOCK {
+                            if kind == KIND_BLOCK {
                                 Took::Block {
                                     offset: u64::from_le_bytes(p[..8].try_into().unwrap()),
                                     len: u64::from_le_bytes(p[8..16].try_into().unwrap()),
@@ -681,6 +696,76 @@ impl Chan {
             } else {
                 std::hint::spin_loop();
                 head = head_a.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A reader claimed the slot at `head` and found its message withdrawn: it takes nothing.
+    /// The slot is emptied by whichever of the reader and the leaving writer comes second.
+    #[cold]
+    #[inline(never)]
+    fn skip_withdrawn(&self, slot: &Slot, head: u64) {
+        if slot.kind.fetch_or(SKIPPED, Ordering::AcqRel) & GONE != 0 {
+            slot.stamp
+                .store(head.wrapping_add(self.hdr.one_lap), Ordering::Release);
+            self.hdr.tx.0.notify_all();
+        }
+    }
+
+    /// A rendezvous write placed at `pos` (full stamp `stamp`) reached its deadline with its
+    /// message not taken: withdraw it, unless a reader is already taking it. Exactly one of
+    /// the two happens: `Ok` (taken) or `Timeout` (withdrawn; nobody read it, and a block it
+    /// names is the writer's again).
+    #[cold]
+    #[inline(never)]
+    fn withdraw(&self, index: usize, pos: u64, stamp: u64) -> Result<(), WriteError> {
+        let slot = &self.slots[index];
+        let withdrawn = || WriteError {
+            error: ChannelError::Timeout,
+            placed: false,
+        };
+        let release = || {
+            slot.stamp
+                .store(pos.wrapping_add(self.hdr.one_lap), Ordering::Release);
+            self.hdr.tx.0.notify_all();
+        };
+        // Dekker with a reader's claim: we mark, then look at `head`; a reader moves `head`,
+        // then looks at the mark (both SeqCst). If `head` has not passed our slot, every
+        // reader that claims it will see the mark.
+        slot.kind.fetch_or(CANCELLED, Ordering::SeqCst);
+        let head = self.hdr.head.0.load(Ordering::SeqCst);
+        if self.distance(head, pos) < self.hdr.ring_len {
+            if slot.kind.fetch_or(GONE, Ordering::AcqRel) & SKIPPED != 0 {
+                release();
+            }
+            return Err(withdrawn());
+        }
+        // A reader claimed the slot: it either takes the message (and empties the slot) or saw
+        // the mark and skipped it (and leaves the slot to us). It decides at once.
+        let mut spins = 0u32;
+        loop {
+            if slot.stamp.load(Ordering::Acquire) != stamp {
+                return Ok(());
+            }
+            // The slot is still ours (its stamp cannot come back), so its `kind` is ours.
+            if slot.kind.load(Ordering::Acquire) & SKIPPED != 0
+                && slot.stamp.load(Ordering::Acquire) == stamp
+            {
+                release();
+                return Err(withdrawn());
+            }
+            if self.flags() & PEER_DIED != 0 && spins > 1 << 16 {
+                // The reader died deciding.
+                return Err(WriteError {
+                    error: self.peer_died(),
+                    placed: true,
+                });
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
     }
@@ -718,8 +803,9 @@ impl Chan {
     }
 
     /// Writes a message, blocking while the ring is full and, for a rendezvous channel, until
-    /// a reader has taken it. On error the message was not delivered, except that a rendezvous
-    /// write interrupted by poison may have been taken.
+    /// a reader has taken it; a rendezvous message not taken by `deadline` is withdrawn
+    /// (`Timeout`, not placed). On error the message was not delivered, except that a
+    /// rendezvous write interrupted by poison may have been taken.
     pub(crate) fn write(
         &self,
         msg: &Outgoing<'_>,
@@ -746,7 +832,7 @@ impl Chan {
         let slot = &self.slots[index];
         let pos = stamp - 1;
         let taken = tx.wait_until(
-            None,
+            deadline,
             || {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
                     return Some(Ok(()));
@@ -755,12 +841,14 @@ impl Chan {
             },
             || self.hdr.head.0.load(Ordering::SeqCst) != pos,
         );
-        taken
-            .unwrap_or(Err(ChannelError::Timeout))
-            .map_err(|error| WriteError {
+        match taken {
+            Some(r) => r.map_err(|error| WriteError {
                 error,
                 placed: true,
-            })
+            }),
+            // The deadline passed with the message not taken.
+            None => self.withdraw(index, pos, stamp),
+        }
     }
 
     /// Waits until the message is placed in the ring (the slow path of [`write`](Self::write)):
