@@ -3,7 +3,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pycsp_core::{Alternation, Channel, ChannelError};
+use pycsp_core::{Alternation, Channel, ChannelError, ChannelIn, ChannelOut};
 
 #[test]
 fn pri_select_takes_the_first_ready_guard_in_order() {
@@ -422,4 +422,38 @@ fn withdrawn_rendezvous_writes_of_large_messages_never_arrive_and_the_channel_wo
     let t = thread::spawn(move || w.write(vec![1; 4000]));
     assert_eq!(r.read(), Ok(vec![1; 4000]));
     assert_eq!(t.join().unwrap(), Ok(()));
+}
+
+#[test]
+fn a_large_message_that_carries_a_channel_end_is_sent() {
+    let data = Channel::<u8>::buffered("end-in-large-data", 2).unwrap();
+    let carrier = Channel::<(ChannelOut<u8>, String)>::new("end-in-large-carrier").unwrap();
+    let (cw, cr) = (carrier.writer(), carrier.reader());
+    let (dr, dw) = (data.reader(), data.writer());
+    let t = thread::spawn(move || {
+        let (end, text) = cr.read_timeout(Duration::from_secs(10))?;
+        end.write(text.len() as u8)
+    });
+    // Longer than a slot's inline bytes: the first, inline encoding attempt fails.
+    let sent = cw.write((dw, "x".repeat(200)));
+    assert_eq!(sent, Ok(()));
+    assert_eq!(t.join().unwrap(), Ok(()));
+    assert_eq!(dr.read(), Ok(200));
+}
+
+#[test]
+fn an_unchosen_output_guard_releases_the_ends_its_value_carries() {
+    let data = Channel::<u8>::buffered("unchosen-end-data", 4).unwrap();
+    let carrier = Channel::<ChannelIn<u8>>::new("unchosen-end-carrier").unwrap();
+    let (cw, _cr) = (carrier.writer(), carrier.reader());
+    let dw = data.writer();
+    // Nobody reads the carrier: skip fires, and the reading end in the guard is dropped.
+    let c = Alternation::new()
+        .output(&cw, data.reader(), || "sent")
+        .skip(|| "skip")
+        .pri_select()
+        .unwrap();
+    assert_eq!(c.value, "skip");
+    // No reader is left on `data`: a write must fail, not vanish into the buffer.
+    assert_eq!(dw.write(1), Err(ChannelError::Retired));
 }
