@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{decode_incoming, encode, write_encoded};
+use crate::channel::{decode_incoming, encode, encoding, write_encoded, Carried};
 use crate::error::ChannelError;
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
@@ -103,6 +103,10 @@ enum Guard<'a, R> {
         /// On a rendezvous channel, once the select first waits or meets a waiting reader:
         /// the arena block holding the message, and its length.
         staged: Option<(u64, u64)>,
+        /// The value, kept until the guard is done: the ends it carries stay live (and are
+        /// released when an unchosen guard drops it) unless its message is placed.
+        held: Box<dyn Held + 'a>,
+        carried: Carried,
         then: OutputFn<'a, R>,
         /// As for `Input`.
         reports: bool,
@@ -114,6 +118,19 @@ enum Guard<'a, R> {
     Skip {
         then: Box<dyn FnOnce() -> R + 'a>,
     },
+}
+
+/// Any value an output guard holds (only to drop it, or not, later).
+trait Held {}
+impl<T> Held for T {}
+
+/// An output guard's message was placed (or taken): the ends its value carries are the
+/// reader's now. Then the value is dropped.
+fn sent(held: Box<dyn Held + '_>, carried: Carried) {
+    // SAFETY: `held` is the boxed value `carried` was encoded from; it has not moved (it is
+    // boxed) and is alive until the end of this function.
+    unsafe { carried.sent() };
+    drop(held);
 }
 
 /// The guard that fired and the value its closure made.
@@ -230,11 +247,14 @@ impl<'a, R> Alternation<'a, R> {
         then: impl FnOnce() -> R + 'a,
     ) -> Self {
         let chan = end.chan();
-        let bytes = encode(&chan, &value);
+        let held = Box::new(value);
+        let (bytes, carried) = encoding(|| encode(&chan, &*held));
         self.guards.push(Guard::Output {
             chan,
             bytes,
             staged: None,
+            held,
+            carried,
             then: Box::new(move |r| r.map(|()| then())),
             reports: false,
         });
@@ -252,11 +272,14 @@ impl<'a, R> Alternation<'a, R> {
         then: impl FnOnce(Result<(), ChannelError>) -> R + 'a,
     ) -> Self {
         let chan = end.chan();
-        let bytes = encode(&chan, &value);
+        let held = Box::new(value);
+        let (bytes, carried) = encoding(|| encode(&chan, &*held));
         self.guards.push(Guard::Output {
             chan,
             bytes,
             staged: None,
+            held,
+            carried,
             then: Box::new(move |r| Ok(then(r))),
             reports: true,
         });
@@ -547,9 +570,16 @@ fn complete_selected<R>(
             take(&chan, msg).map(|value| Chosen { index: i, value })
         }
         Some(Guard::Output {
-            chan, staged, then, ..
+            chan,
+            staged,
+            then,
+            held,
+            carried,
+            ..
         }) => {
-            // A reader won us and took the staged block: wait until it has the message.
+            // A reader won us and took the staged block (with the ends it carries): wait
+            // until it has the message.
+            sent(held, carried);
             debug_assert!(staged.is_some());
             let _ = arena;
             let done = chan.events().1.wait_until(
@@ -693,9 +723,16 @@ fn try_guard<'a, R>(
                     *staged = None;
                     waiter::deliver(arena, h.word, offset, len);
                     chan.events().0.notify_all();
-                    let Some(Guard::Output { then, .. }) = guards[i].take() else {
+                    let Some(Guard::Output {
+                        then,
+                        held,
+                        carried,
+                        ..
+                    }) = guards[i].take()
+                    else {
                         unreachable!()
                     };
+                    sent(held, carried);
                     return Step::Done(then(Ok(())).map(|value| Chosen { index: i, value }));
                 }
                 return Step::NotReady;
@@ -783,9 +820,17 @@ fn retired<R>(
 fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R>, ChannelError> {
     match guards[i].take() {
         Some(Guard::Output {
-            chan, bytes, then, ..
+            chan,
+            bytes,
+            then,
+            held,
+            carried,
+            ..
         }) => {
             let written = bytes.and_then(|b| write_encoded(&chan, &b, None));
+            if written.is_ok() {
+                sent(held, carried);
+            }
             then(written).map(|value| Chosen { index: i, value })
         }
         _ => unreachable!("only buffered output guards are completed here"),

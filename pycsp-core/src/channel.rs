@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::ChannelError;
 use crate::net::{self, Address};
 use crate::shm::arena::{fnv1a, Arena, ArenaError, MAX_NAME};
-use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
+use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, WriteError, INLINE};
 use crate::shm::waiter;
 
 /// A typed, named channel in the shared memory of this process network.
@@ -309,6 +309,11 @@ thread_local! {
     /// record themselves here, so the parent knows which channels the child holds.
     static TRANSFERS: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
 
+    /// Set while a message for a channel is encoded ([`encoding`]): the ends serialized
+    /// meanwhile stay live and are listed here, to be marked sent only once the message is
+    /// placed ([`Carried::sent`]). Encoding has no side effect until then.
+    static CARRYING: RefCell<Option<Vec<*const Cell<EndState>>>> = const { RefCell::new(None) };
+
     /// Set while a process function returns (from the moment its body's first local drops to
     /// the moment the runtime has looked at the return value): the ends dropped meanwhile,
     /// its parameters, retire only after that, so that a process returning `Poisoned`
@@ -333,6 +338,36 @@ pub(crate) fn finish_returning() {
         chan.retire(writer);
         net::client::await_retired(&chan, writer);
     }
+}
+
+/// The ends a message carries (see `CARRYING`).
+pub(crate) struct Carried(Vec<*const Cell<EndState>>);
+
+impl Carried {
+    /// The message was placed: its ends now belong to whoever reads it.
+    ///
+    /// # Safety
+    ///
+    /// The value encoded by the [`encoding`] that returned this must still be alive, and not
+    /// moved since.
+    pub(crate) unsafe fn sent(self) {
+        for state in self.0 {
+            // SAFETY: the caller guarantees the value, and so the end's state, is alive and
+            // where it was when it was encoded.
+            unsafe { (*state).set(EndState::Transferred) };
+        }
+    }
+}
+
+/// Runs `f`, which encodes a message (possibly in several passes over the same value),
+/// without marking the ends it carries as sent; returns them with `f`'s result.
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Carried) {
+    let prev = CARRYING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let carried = CARRYING
+        .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+        .unwrap_or_default();
+    (r, Carried(carried))
 }
 
 /// Runs `f` and returns, with its result, the channels of the ends it serialized.
@@ -414,6 +449,19 @@ impl End {
         let arena = Arena::get().map_err(S::Error::custom)?;
         let mut remote = None;
         let mut network = arena.network();
+        // In a message being encoded for a channel: stay live until the message is placed.
+        // (Not a socket end: handing one over to its host cannot be undone.)
+        let carried = net::parse_address(self.chan.name()).is_none()
+            && CARRYING.with(|c| match c.borrow_mut().as_mut() {
+                Some(v) => {
+                    let state: *const Cell<EndState> = &self.state;
+                    if !v.contains(&state) {
+                        v.push(state);
+                    }
+                    true
+                }
+                None => false,
+            });
         if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
             if let Some(proxy) = net::client::proxy_of(&self.chan) {
                 // A remote end: its connection hands the count over to the receiver.
@@ -435,7 +483,9 @@ impl End {
             remote,
         };
         let r = w.serialize(s)?;
-        self.state.set(EndState::Transferred);
+        if !carried {
+            self.state.set(EndState::Transferred);
+        }
         TRANSFERS.with(|t| {
             if let Some(v) = t.borrow_mut().as_mut() {
                 v.push(self.chan.offset());
@@ -621,35 +671,61 @@ impl<T: Serialize> ChannelOut<T> {
     }
 
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
+        let (r, carried) = encoding(|| self.send_encoding(value, deadline));
         let chan = &self.end.chan;
+        match r {
+            Ok(()) => {
+                // SAFETY: `value` is borrowed for this whole call.
+                unsafe { carried.sent() };
+                Ok(())
+            }
+            Err(e) => {
+                if e.placed {
+                    // SAFETY: as above.
+                    unsafe { carried.sent() };
+                }
+                Err(net::client::remote_error(chan, e.error))
+            }
+        }
+    }
+
+    /// Encodes and writes `value`.
+    fn send_encoding(&self, value: &T, deadline: Option<Instant>) -> Result<(), WriteError> {
+        let chan = &self.end.chan;
+        let not_placed = |error| WriteError {
+            error,
+            placed: false,
+        };
         let mut inline = Inline {
             buf: [0; INLINE],
             len: 0,
         };
         if rmp_serde::encode::write(&mut inline, value).is_ok() {
-            return chan
-                .write(
-                    &Outgoing::Inline {
-                        buf: &inline.buf,
-                        len: inline.len,
-                    },
-                    deadline,
-                )
-                .map_err(|e| net::client::remote_error(chan, e.error));
+            return chan.write(
+                &Outgoing::Inline {
+                    buf: &inline.buf,
+                    len: inline.len,
+                },
+                deadline,
+            );
         }
         // Too large for a slot: measure, then encode straight into a shared block (one copy).
-        let encode_err = |e: rmp_serde::encode::Error| ChannelError::Encode {
-            channel: chan.name().to_string(),
-            reason: e.to_string(),
+        let encode_err = |e: rmp_serde::encode::Error| {
+            not_placed(ChannelError::Encode {
+                channel: chan.name().to_string(),
+                reason: e.to_string(),
+            })
         };
         let mut counter = Counter(0);
         rmp_serde::encode::write(&mut counter, value).map_err(encode_err)?;
-        let arena = Arena::get().map_err(shm_error)?;
+        let arena = Arena::get().map_err(|e| not_placed(shm_error(e)))?;
         let len = counter.0 as u64;
-        let offset = arena.alloc_block(len).map_err(|_| ChannelError::TooLarge {
-            channel: chan.name().to_string(),
-            len,
-            max: Arena::max_block_data(),
+        let offset = arena.alloc_block(len).map_err(|_| {
+            not_placed(ChannelError::TooLarge {
+                channel: chan.name().to_string(),
+                len,
+                max: Arena::max_block_data(),
+            })
         })?;
         // SAFETY: the block was just allocated for us and is `len` bytes long (checked by
         // `ptr`); nobody else touches it until its offset is published through the ring.
@@ -660,12 +736,11 @@ impl<T: Serialize> ChannelOut<T> {
             return Err(encode_err(e));
         }
         chan.write(&Outgoing::Block { offset, len }, deadline)
-            .map_err(|e| {
+            .inspect_err(|e| {
                 if !e.placed {
                     // Never placed in the ring: the block is still ours.
                     arena.free_block(offset);
                 }
-                net::client::remote_error(chan, e.error)
             })
     }
 
