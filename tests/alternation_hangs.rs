@@ -321,3 +321,252 @@ fn rendezvous_writes_with_timeouts_are_either_taken_or_withdrawn_exactly_once() 
     );
     assert!(total(&w).0 > 0);
 }
+
+type Token = (ChannelOut<u64>, u64);
+
+/// One process of a ring that passes a channel end around: it receives the end (with the
+/// hop count) through a select, writes the count through the end with an output guard, and
+/// passes the end on with an output guard; after `hops` hops the end is dropped, which
+/// retires the data channel. Returns how many hops it made.
+#[process]
+fn hop(prev: ChannelIn<Token>, next: ChannelOut<Token>, start: Option<Token>, hops: u64) -> u64 {
+    let mut made = 0;
+    let mut token = start;
+    loop {
+        let (end, n) = match token.take() {
+            Some(t) => t,
+            None => match Alternation::new().input(&prev, |t| t).alt_select() {
+                Ok(c) => c.value,
+                Err(ChannelError::Retired) => return made,
+                Err(e) => panic!("hop failed: {e}"),
+            },
+        };
+        Alternation::new()
+            .output(&end, n, || ())
+            .alt_select()
+            .expect("the collector outlives the ring");
+        made += 1;
+        if n + 1 == hops {
+            return made; // dropping `end` retires the data channel
+        }
+        Alternation::new()
+            .output(&next, (end, n + 1), || ())
+            .alt_select()
+            .expect("the next hop outlives us");
+    }
+}
+
+/// Reads the data channel until it retires, alternately with a select and plainly; returns
+/// whether the counts arrived in order, and how many.
+#[process]
+fn collector(inp: ChannelIn<u64>) -> (bool, u64) {
+    let mut expect = 0;
+    let mut ordered = true;
+    loop {
+        let r = if expect % 2 == 0 {
+            Alternation::new()
+                .input(&inp, |v| v)
+                .pri_select()
+                .map(|c| c.value)
+        } else {
+            inp.read()
+        };
+        match r {
+            Ok(v) => {
+                ordered &= v == expect;
+                expect += 1;
+            }
+            Err(ChannelError::Retired) => return (ordered, expect),
+            Err(e) => panic!("collector failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn an_end_passed_around_a_ring_and_used_in_selects_never_hangs() {
+    let hops = 1000;
+    for run in 0..10 {
+        let names: Vec<String> = ["data", "c0", "c1", "c2"]
+            .iter()
+            .map(|n| format!("hang3-{run}-{n}"))
+            .collect();
+        let (hops_made, (ordered, got)) = within(LIMIT, &names.clone(), move || {
+            let data = Channel::<u64>::new(&names[0]).unwrap();
+            let c: Vec<Channel<Token>> = names[1..]
+                .iter()
+                .map(|n| Channel::new(n).unwrap())
+                .collect();
+            let ring = replicate(3, |k| {
+                let start = (k == 0).then(|| (data.writer(), 0));
+                hop(c[(k + 2) % 3].reader(), c[k].writer(), start, hops)
+            });
+            Parallel((ring, collector(data.reader()))).unwrap()
+        });
+        assert_eq!(hops_made.iter().sum::<u64>(), hops);
+        assert_eq!(got, hops, "run {run}");
+        assert!(ordered, "run {run}: counts arrived out of order");
+    }
+}
+
+/// Stress writer `kind`: 0 plain `write`, 1 selecting with `output` guards (every third round
+/// with a timeout guard too), 2 plain `write_timeout` (retrying), 3 selecting with
+/// `output_result` guards through ends it receives over `carrier` (besides its own).
+#[process]
+fn stress_writer(
+    outs: Vec<ChannelOut<u64>>,
+    carrier_out: Option<ChannelOut<ChannelOut<u64>>>,
+    carrier_in: Option<ChannelIn<ChannelOut<u64>>>,
+    kind: u64,
+    n: u64,
+) -> (u64, u64) {
+    let mut outs = outs;
+    if let Some(c) = carrier_out {
+        // Send a clone of our first end through a channel: it counts as a writer there.
+        c.write(outs[0].clone()).expect("the receiver reads it");
+    }
+    if let Some(c) = carrier_in {
+        outs.push(c.read().expect("the sender sends one"));
+    }
+    let (mut ok, mut sum) = (0u64, 0u64);
+    let mut seq = 0u64;
+    let mut round = 0u64;
+    while seq < n {
+        round += 1;
+        let v = kind << 32 | seq;
+        let j = (round as usize) % outs.len();
+        let written = match kind {
+            0 => outs[j].write(v).is_ok(),
+            1 => {
+                let mut alt = Alternation::new();
+                for o in &outs {
+                    alt = alt.output(o, v, || true);
+                }
+                if round % 3 == 0 {
+                    alt = alt.timeout(Duration::from_micros(100), || false);
+                }
+                alt.alt_select().expect("readers outlive writers").value
+            }
+            2 => match outs[j].write_timeout(v, Duration::from_micros(round % 4 * 50)) {
+                Ok(()) => true,
+                Err(ChannelError::Timeout) => false,
+                Err(e) => panic!("writer failed: {e}"),
+            },
+            _ => {
+                let mut alt = Alternation::new();
+                for o in &outs {
+                    alt = alt.output_result(o, v, |r| r);
+                }
+                match alt.fair_select().expect("output_result reports").value {
+                    Ok(()) => true,
+                    Err(e) => panic!("writer failed: {e}"),
+                }
+            }
+        };
+        if written {
+            ok += 1;
+            sum = (sum + checksum(kind, seq)) % (1 << 60);
+            seq += 1;
+        }
+    }
+    (ok, sum)
+}
+
+/// Stress reader `kind`: 0 plain `read_timeout` round robin, 1 `alt_select` over `input`
+/// guards, 2 `fair_select` over `input_result` guards, dropping channels that report their
+/// end, 3 `pri_select` with a timeout guard. Reads until every channel retired.
+#[process]
+fn stress_reader(ins: Vec<ChannelIn<u64>>, kind: u64) -> (u64, u64) {
+    let (mut n, mut sum) = (0u64, 0u64);
+    let mut live: Vec<usize> = (0..ins.len()).collect();
+    let mut round = 0usize;
+    let mut got = |v: u64| {
+        n += 1;
+        sum = (sum + checksum(v >> 32, v & 0xffff_ffff)) % (1 << 60);
+    };
+    while !live.is_empty() {
+        round += 1;
+        match kind {
+            0 => {
+                let k = round % live.len();
+                match ins[live[k]].read_timeout(Duration::from_micros(200)) {
+                    Ok(v) => got(v),
+                    Err(ChannelError::Timeout) => {}
+                    Err(ChannelError::Retired) => {
+                        live.remove(k);
+                    }
+                    Err(e) => panic!("reader failed: {e}"),
+                }
+            }
+            2 => {
+                let mut alt = Alternation::new();
+                for &i in &live {
+                    alt = alt.input_result(&ins[i], move |r| (i, r));
+                }
+                match alt.fair_select().expect("input_result reports").value {
+                    (_, Ok(v)) => got(v),
+                    (i, Err(ChannelError::Retired)) => live.retain(|&l| l != i),
+                    (_, Err(e)) => panic!("reader failed: {e}"),
+                }
+            }
+            _ => {
+                let mut alt = Alternation::new();
+                for &i in &live {
+                    alt = alt.input(&ins[i], Some);
+                }
+                let r = if kind == 1 {
+                    alt.alt_select()
+                } else {
+                    alt.timeout(Duration::from_micros(300), || None)
+                        .pri_select()
+                };
+                match r {
+                    Ok(Chosen { value: Some(v), .. }) => got(v),
+                    Ok(Chosen { value: None, .. }) => {}
+                    Err(ChannelError::Retired) => live.clear(),
+                    Err(e) => panic!("reader failed: {e}"),
+                }
+            }
+        }
+    }
+    (n, sum)
+}
+
+#[test]
+fn mixed_selecting_and_plain_readers_and_writers_any_to_any_agree_on_every_message() {
+    // Two rendezvous channels and a buffered one; four kinds of writer and four kinds of
+    // reader on all of them at once; an end moves through a channel. Five networks a run.
+    for run in 0..5 {
+        let names: Vec<String> = ["rv0", "rv1", "buf2", "carrier"]
+            .iter()
+            .map(|n| format!("stress-mixed-{run}-{n}"))
+            .collect();
+        let (w, r) = within(LIMIT, &names.clone(), move || {
+            let data = [
+                Channel::<u64>::new(&names[0]).unwrap(),
+                Channel::<u64>::new(&names[1]).unwrap(),
+                Channel::<u64>::buffered(&names[2], 3).unwrap(),
+            ];
+            let carrier = Channel::<ChannelOut<u64>>::new(&names[3]).unwrap();
+            let writers = replicate(4, |k| {
+                let outs = if k == 3 {
+                    vec![data[1].writer()]
+                } else {
+                    data.iter().map(|c| c.writer()).collect()
+                };
+                let c_out = (k == 0).then(|| carrier.writer());
+                let c_in = (k == 3).then(|| carrier.reader());
+                stress_writer(outs, c_out, c_in, k as u64, 800)
+            });
+            let readers = replicate(4, |k| {
+                stress_reader(data.iter().map(|c| c.reader()).collect(), k as u64)
+            });
+            Parallel((writers, readers)).unwrap()
+        });
+        assert_eq!(
+            total(&w),
+            total(&r),
+            "run {run}: (count, checksum) written vs read"
+        );
+        assert_eq!(total(&w).0, 4 * 800);
+    }
+}
