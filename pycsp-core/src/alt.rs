@@ -6,14 +6,18 @@
 //!
 //! - [`input`](Alternation::input): a message can be read from a channel end;
 //! - [`output`](Alternation::output): a message can be written (on a rendezvous channel: a
-//!   reader is there to take it);
+//!   reader is there to take it). The guard holds the value until it is chosen: unchosen, it
+//!   is dropped unsent, and the channel ends it carries retire;
+//! - [`input_result`](Alternation::input_result), [`output_result`](Alternation::output_result):
+//!   the same, reporting a channel's end to the closure (see *Termination*);
 //! - [`timeout`](Alternation::timeout): nothing else fired within a duration;
 //! - [`skip`](Alternation::skip): always ready (a non-blocking select).
 //!
 //! Three policies, named as in PyCSP: [`pri_select`](Alternation::pri_select) takes the first
-//! ready guard in the order given, [`alt_select`](Alternation::alt_select) any ready guard
-//! (starting at a random one), [`fair_select`](Alternation::fair_select) starts after the
-//! guard this thread chose last time from the same set of channels, so no ready guard starves.
+//! ready guard in the order given, [`alt_select`](Alternation::alt_select) one chosen
+//! uniformly among the ready guards, [`fair_select`](Alternation::fair_select) the ready
+//! guard whose channel this thread chose least recently (over all its selects, whatever their
+//! guards), so no ready channel starves.
 //!
 //! A builder, not a macro: it reads as plain Rust, takes any number of guards (also built in
 //! a loop), and needs no macro to learn.
