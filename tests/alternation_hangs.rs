@@ -570,3 +570,75 @@ fn mixed_selecting_and_plain_readers_and_writers_any_to_any_agree_on_every_messa
         assert_eq!(total(&w).0, 4 * 800);
     }
 }
+
+type ReaderToken = (ChannelIn<u64>, u64);
+
+/// As [`hop`], passing the reading end: it reads one message through the received end with
+/// an input guard (checking it is the one expected), then passes the end on.
+#[process]
+fn read_hop(
+    prev: ChannelIn<ReaderToken>,
+    next: ChannelOut<ReaderToken>,
+    start: Option<ReaderToken>,
+    hops: u64,
+) -> (u64, bool) {
+    let (mut made, mut ordered) = (0, true);
+    let mut token = start;
+    loop {
+        let (end, n) = match token.take() {
+            Some(t) => t,
+            None => match Alternation::new().input(&prev, |t| t).alt_select() {
+                Ok(c) => c.value,
+                Err(ChannelError::Retired) => return (made, ordered),
+                Err(e) => panic!("hop failed: {e}"),
+            },
+        };
+        let v = Alternation::new()
+            .input(&end, |v| v)
+            .alt_select()
+            .expect("the writer outlives the ring")
+            .value;
+        ordered &= v == n;
+        made += 1;
+        if n + 1 == hops {
+            return (made, ordered);
+        }
+        Alternation::new()
+            .output(&next, (end, n + 1), || ())
+            .alt_select()
+            .expect("the next hop outlives us");
+    }
+}
+
+/// Writes 0, 1, ... `n - 1` plainly.
+#[process]
+fn counter(out: ChannelOut<u64>, n: u64) {
+    for v in 0..n {
+        out.write(v).expect("the ring reads every count");
+    }
+}
+
+#[test]
+fn a_reading_end_passed_around_a_ring_and_used_in_selects_never_hangs() {
+    let hops = 1000;
+    for run in 0..10 {
+        let names: Vec<String> = ["data", "c0", "c1", "c2"]
+            .iter()
+            .map(|n| format!("hang3r-{run}-{n}"))
+            .collect();
+        let (made, ()) = within(LIMIT, &names.clone(), move || {
+            let data = Channel::<u64>::new(&names[0]).unwrap();
+            let c: Vec<Channel<ReaderToken>> = names[1..]
+                .iter()
+                .map(|n| Channel::new(n).unwrap())
+                .collect();
+            let ring = replicate(3, |k| {
+                let start = (k == 0).then(|| (data.reader(), 0));
+                read_hop(c[(k + 2) % 3].reader(), c[k].writer(), start, hops)
+            });
+            Parallel((ring, counter(data.writer(), hops))).unwrap()
+        });
+        assert_eq!(made.iter().map(|m| m.0).sum::<u64>(), hops, "run {run}");
+        assert!(made.iter().all(|m| m.1), "run {run}: counts out of order");
+    }
+}
