@@ -642,3 +642,107 @@ fn a_reading_end_passed_around_a_ring_and_used_in_selects_never_hangs() {
         assert!(made.iter().all(|m| m.1), "run {run}: counts out of order");
     }
 }
+
+/// As [`hop`], but the end is offered to the next hop as a clone, with a short timeout guard,
+/// until the offer is taken (an unchosen offer must release its clone). Hop `k` of three
+/// handles the counts `n < hops` with `n % 3 == k`, then returns. Returns the hops it made and
+/// how many offers timed out.
+#[process]
+fn hop_with_timeouts(
+    prev: ChannelIn<Token>,
+    next: ChannelOut<Token>,
+    start: Option<Token>,
+    k: u64,
+    hops: u64,
+) -> (u64, u64) {
+    let (mut made, mut timed_out) = (0, 0);
+    let mine = (0..hops).filter(|n| n % 3 == k).count() as u64;
+    let mut token = start;
+    while made < mine {
+        let (end, n) = match token.take() {
+            Some(t) => t,
+            None => match Alternation::new().input(&prev, |t| t).alt_select() {
+                Ok(c) => c.value,
+                Err(e) => panic!("hop failed: {e}"),
+            },
+        };
+        end.write(n).expect("the collector outlives the ring");
+        made += 1;
+        if n + 2 >= hops {
+            continue; // the last hop of this token: dropping `end` retires its channel
+        }
+        // The first offer times out at once unless the next hop is already waiting.
+        let mut attempt = 0;
+        while !Alternation::new()
+            .output(&next, (end.clone(), n + 2), || true)
+            .timeout(Duration::from_micros(attempt.min(3) * 10), || false)
+            .alt_select()
+            .expect("the next hop outlives us")
+            .value
+        {
+            attempt += 1;
+            timed_out += 1;
+        }
+    }
+    (made, timed_out)
+}
+
+#[test]
+fn ends_offered_with_timeouts_around_a_ring_retire_their_channels_at_the_end() {
+    // Two tokens go round a ring of three: a hop is often busy when an offer comes, so offers
+    // time out. Each token carries the writing end of its own data channel; a hop passes on
+    // a clone of it and drops its own, so the channel retires only if every unchosen offer
+    // released its clone.
+    let hops = 1000; // per token: even counts on one, odd on the other
+    let mut timed_out = 0;
+    for run in 0..10 {
+        let names: Vec<String> = ["data0", "data1", "c0", "c1", "c2"]
+            .iter()
+            .map(|n| format!("hang3t-{run}-{n}"))
+            .collect();
+        let (made, (a, b)) = within(LIMIT, &names.clone(), move || {
+            let data = [
+                Channel::<u64>::new(&names[0]).unwrap(),
+                Channel::<u64>::new(&names[1]).unwrap(),
+            ];
+            let c: Vec<Channel<Token>> = names[2..]
+                .iter()
+                .map(|n| Channel::new(n).unwrap())
+                .collect();
+            let ring = replicate(3, |k| {
+                let start = (k < 2).then(|| (data[k].writer(), k as u64));
+                let (prev, next) = (c[(k + 2) % 3].reader(), c[k].writer());
+                hop_with_timeouts(prev, next, start, k as u64, 2 * hops)
+            });
+            let collectors = (
+                even_collector(data[0].reader(), 0),
+                even_collector(data[1].reader(), 1),
+            );
+            Parallel((ring, collectors)).unwrap()
+        });
+        assert_eq!(made.iter().map(|m| m.0).sum::<u64>(), 2 * hops, "run {run}");
+        timed_out += made.iter().map(|m| m.1).sum::<u64>();
+        assert_eq!((a, b), ((true, hops), (true, hops)), "run {run}");
+    }
+    assert!(
+        timed_out > 0,
+        "no offer timed out: the test exercised nothing"
+    );
+}
+
+/// Reads `first`, `first + 2`, ... until the channel retires; whether in order, and how many.
+#[process]
+fn even_collector(inp: ChannelIn<u64>, first: u64) -> (bool, u64) {
+    let (mut expect, mut ordered, mut n) = (first, true, 0);
+    loop {
+        match inp.read() {
+            Ok(v) => {
+                ordered &= v == expect;
+                expect += 2;
+                n += 1;
+            }
+            Err(ChannelError::Retired) => return (ordered, n),
+            Err(e) => panic!("collector failed: {e}"),
+        }
+    }
+}
