@@ -6,14 +6,18 @@
 //!
 //! - [`input`](Alternation::input): a message can be read from a channel end;
 //! - [`output`](Alternation::output): a message can be written (on a rendezvous channel: a
-//!   reader is there to take it);
+//!   reader is there to take it). The guard holds the value until it is chosen: unchosen, it
+//!   is dropped unsent, and the channel ends it carries retire;
+//! - [`input_result`](Alternation::input_result), [`output_result`](Alternation::output_result):
+//!   the same, reporting a channel's end to the closure (see *Termination*);
 //! - [`timeout`](Alternation::timeout): nothing else fired within a duration;
 //! - [`skip`](Alternation::skip): always ready (a non-blocking select).
 //!
 //! Three policies, named as in PyCSP: [`pri_select`](Alternation::pri_select) takes the first
-//! ready guard in the order given, [`alt_select`](Alternation::alt_select) any ready guard
-//! (starting at a random one), [`fair_select`](Alternation::fair_select) starts after the
-//! guard this thread chose last time from the same set of channels, so no ready guard starves.
+//! ready guard in the order given, [`alt_select`](Alternation::alt_select) one chosen
+//! uniformly among the ready guards, [`fair_select`](Alternation::fair_select) the ready
+//! guard whose channel this thread chose least recently (over all its selects, whatever their
+//! guards), so no ready channel starves.
 //!
 //! A builder, not a macro: it reads as plain Rust, takes any number of guards (also built in
 //! a loop), and needs no macro to learn.
@@ -23,16 +27,32 @@
 //! On a buffered channel, reading or writing the ring is itself the commitment (one CAS). On a
 //! rendezvous channel, a selecting process that has to wait posts offers in the channels'
 //! offer tables and sleeps on all the channels at once (`futex_waitv`); a counterpart commits
-//! it with one CAS on its selection word (see `shm/waiter.rs`), then completes the
-//! communication. A selecting writer therefore writes nothing unless a reader committed to
-//! take its message, and each message reaches exactly one reader.
+//! it with one CAS on its selection word (see `shm/waiter.rs`). As in Go's runtime, the
+//! message then changes hands between exactly those two: a selecting writer stages its
+//! message in an arena block before it waits, and whoever wins its offer (a selecting reader
+//! or a plain `read`) takes that block; a writer that wins a selecting reader's offer hands
+//! its message to that reader's record. So a plain reader and a selecting writer always see
+//! each other (a plain writer's message sits in the ring, where selecting readers look), a
+//! selecting writer writes nothing unless a reader committed to take its message, and each
+//! message reaches exactly one reader. A select never counts its own offers: it cannot match
+//! itself. The deadline of a timeout guard is checked every time the wait returns.
 //!
 //! # Termination
 //!
-//! A guard on a poisoned channel makes the select fail with `Poisoned`. A guard on a retired
-//! channel is skipped; when every channel guard is retired (and there is no timeout or skip
-//! guard), the select fails with `Retired` (or, for a socket end whose connection was lost,
-//! with that `Connection` error, as a plain read or write would).
+//! A guard whose channel can never complete (poisoned, a peer died, or retired: for an input,
+//! every writer retired and the buffer is drained; for an output, every reader retired) is
+//! *ready*, as in JCSP and crossbeam, and reports its state:
+//!
+//! - [`input_result`](Alternation::input_result) and
+//!   [`output_result`](Alternation::output_result) guards fire with the error (their closure
+//!   gets `Err(Retired)`, `Err(Poisoned)`, ...), and the select returns `Ok` with their
+//!   index, as crossbeam's `recv(r) -> msg` does: a server learns which client ended;
+//! - [`input`](Alternation::input) and [`output`](Alternation::output) guards fail the select
+//!   with `Poisoned` (or `PeerDied`) when chosen. A retired one is passed over while another
+//!   channel guard of the select is live (so a server keeps serving its other clients);
+//!   once every channel guard has retired the select fails with `Retired` (for a socket end
+//!   whose connection was lost, with that `Connection` error), also when it has a skip or
+//!   timeout guard: they never hide that every channel ended.
 //!
 //! ```
 //! use std::time::Duration;
@@ -59,25 +79,41 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{ChannelIn, ChannelOut};
+use crate::channel::{encoding, Carried, ChannelIn, ChannelOut};
 use crate::error::ChannelError;
-use crate::message::{decode, encode, write_encoded};
+use crate::message::{decode, encode, in_context, write_encoded};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
 
-type InputFn<'a, R> = Box<dyn FnOnce(&Chan, Incoming) -> Result<R, ChannelError> + 'a>;
+/// What an input guard does with its outcome: a message, or why its channel ended.
+type InputFn<'a, R> =
+    Box<dyn FnOnce(&Chan, Result<Incoming, ChannelError>) -> Result<R, ChannelError> + 'a>;
+/// What an output guard does with its outcome: written, or why it could not be.
+type OutputFn<'a, R> = Box<dyn FnOnce(Result<(), ChannelError>) -> Result<R, ChannelError> + 'a>;
 
 enum Guard<'a, R> {
     Input {
         chan: Chan,
         take: InputFn<'a, R>,
+        /// Whether the guard reports its channel's end to its closure (`input_result`):
+        /// then it is ready as soon as its channel retired, was poisoned or lost a peer.
+        reports: bool,
     },
     Output {
         chan: Chan,
         bytes: Result<Vec<u8>, ChannelError>,
-        then: Box<dyn FnOnce() -> R + 'a>,
+        /// On a rendezvous channel, once the select first waits or meets a waiting reader:
+        /// the arena block holding the message, and its length.
+        staged: Option<(u64, u64)>,
+        /// The value, kept until the guard is done: the ends it carries stay live (and are
+        /// released when an unchosen guard drops it) unless its message is placed.
+        held: Box<dyn Held + 'a>,
+        carried: Carried,
+        then: OutputFn<'a, R>,
+        /// As for `Input`.
+        reports: bool,
     },
     Timeout {
         after: Duration,
@@ -86,6 +122,19 @@ enum Guard<'a, R> {
     Skip {
         then: Box<dyn FnOnce() -> R + 'a>,
     },
+}
+
+/// Any value an output guard holds (only to drop it, or not, later).
+trait Held {}
+impl<T> Held for T {}
+
+/// An output guard's message was placed (or taken): the ends its value carries are the
+/// reader's now. Then the value is dropped.
+fn sent(held: Box<dyn Held + '_>, carried: Carried) {
+    // SAFETY: `held` is the boxed value `carried` was encoded from; it has not moved (it is
+    // boxed) and is alive until the end of this function.
+    unsafe { carried.sent() };
+    drop(held);
 }
 
 /// The guard that fired and the value its closure made.
@@ -116,8 +165,24 @@ enum Policy {
 }
 
 thread_local! {
-    static FAIR_LAST: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+    /// For `fair_select`: when this thread last chose each channel (per direction) or skip,
+    /// on a counter of choices (the counter is the last entry's value, under key `TICK`).
+    static FAIR_LAST: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
     static RNG: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+}
+
+/// The key of `FAIR_LAST` under which its counter is kept (no guard has it).
+const TICK: u64 = u64::MAX;
+
+/// What `fair_select` remembers a guard by: its channel and direction (channel offsets are
+/// multiples of 256), or its kind.
+fn fair_key<R>(g: &Guard<'_, R>) -> u64 {
+    match g {
+        Guard::Input { chan, .. } => chan.offset(),
+        Guard::Output { chan, .. } => chan.offset() | 1,
+        Guard::Timeout { .. } => 2,
+        Guard::Skip { .. } => 3,
+    }
 }
 
 fn random(n: usize) -> usize {
@@ -149,10 +214,38 @@ impl<'a, R> Alternation<'a, R> {
         end: &'a ChannelIn<T>,
         then: impl FnOnce(T) -> R + 'a,
     ) -> Self {
-        let take: InputFn<'a, R> = Box::new(move |chan, msg| decode(chan, msg).map(then));
+        let context = end.context();
+        let take: InputFn<'a, R> = Box::new(move |chan, msg| {
+            let m = msg?;
+            in_context(context, || decode(chan, m)).map(then)
+        });
         self.guards.push(Guard::Input {
             chan: end.chan(),
             take,
+            reports: false,
+        });
+        self
+    }
+
+    /// An input guard that reports its channel's end, as crossbeam's `recv(r) -> msg`: it
+    /// fires with `Ok(message)`, or with `Err` as soon as its channel has retired (and is
+    /// drained), was poisoned or lost a peer; the select itself then still returns `Ok`, with
+    /// this guard's index.
+    pub fn input_result<T: DeserializeOwned>(
+        mut self,
+        end: &'a ChannelIn<T>,
+        then: impl FnOnce(Result<T, ChannelError>) -> R + 'a,
+    ) -> Self {
+        let context = end.context();
+        let take: InputFn<'a, R> = Box::new(move |chan, msg| {
+            Ok(then(
+                msg.and_then(|m| in_context(context, || decode(chan, m))),
+            ))
+        });
+        self.guards.push(Guard::Input {
+            chan: end.chan(),
+            take,
+            reports: true,
         });
         self
     }
@@ -165,12 +258,42 @@ impl<'a, R> Alternation<'a, R> {
         value: T,
         then: impl FnOnce() -> R + 'a,
     ) -> Self {
-        let chan = end.chan();
-        let bytes = encode(&chan, &value);
+        let (chan, context) = (end.chan(), end.context());
+        let held = Box::new(value);
+        let (bytes, carried) = encoding(|| in_context(context, || encode(&chan, &*held)));
         self.guards.push(Guard::Output {
             chan,
             bytes,
-            then: Box::new(then),
+            staged: None,
+            held,
+            carried,
+            then: Box::new(move |r| r.map(|()| then())),
+            reports: false,
+        });
+        self
+    }
+
+    /// An output guard that reports its channel's end, as crossbeam's `send(s, v) -> res`:
+    /// it fires with `Ok(())` once `value` was written, or with `Err` as soon as every reader
+    /// retired, the channel was poisoned or lost a peer (or `value` could not be encoded);
+    /// the select then still returns `Ok`, with this guard's index.
+    pub fn output_result<T: Serialize>(
+        mut self,
+        end: &'a ChannelOut<T>,
+        value: T,
+        then: impl FnOnce(Result<(), ChannelError>) -> R + 'a,
+    ) -> Self {
+        let (chan, context) = (end.chan(), end.context());
+        let held = Box::new(value);
+        let (bytes, carried) = encoding(|| in_context(context, || encode(&chan, &*held)));
+        self.guards.push(Guard::Output {
+            chan,
+            bytes,
+            staged: None,
+            held,
+            carried,
+            then: Box::new(move |r| Ok(then(r))),
+            reports: true,
         });
         self
     }
@@ -197,150 +320,324 @@ impl<'a, R> Alternation<'a, R> {
         self.select(Policy::Pri)
     }
 
-    /// Selects any ready guard (trying them from a random starting point).
+    /// Selects a ready guard chosen uniformly at random among the ready ones (the guards
+    /// are tried in a random order, as Go's `select` does).
     pub fn alt_select(self) -> Result<Chosen<R>, ChannelError> {
         self.select(Policy::Alt)
     }
 
-    /// Selects a ready guard, starting after the one this thread chose last time from the same
-    /// guards, so that over many rounds every ready guard is chosen.
+    /// Selects the ready guard whose channel this thread chose least recently (in any select,
+    /// whatever the other guards), so that over time no ready channel starves; guards whose
+    /// channels were never chosen come first, in the order given.
     pub fn fair_select(self) -> Result<Chosen<R>, ChannelError> {
         self.select(Policy::Fair)
-    }
-
-    fn signature(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for g in &self.guards {
-            let v = match g {
-                Guard::Input { chan, .. } => chan.offset() << 2,
-                Guard::Output { chan, .. } => (chan.offset() << 2) | 1,
-                Guard::Timeout { .. } => 2,
-                Guard::Skip { .. } => 3,
-            };
-            h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
-        }
-        h
     }
 
     fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
         let n = self.guards.len();
         assert!(n > 0, "an alternation needs at least one guard");
-        assert!(n <= 128, "an alternation takes at most 128 guards");
-        let sig = self.signature();
-        let start = match policy {
-            Policy::Pri => 0,
-            Policy::Alt => random(n),
-            Policy::Fair => FAIR_LAST.with(|f| f.borrow().get(&sig).map_or(0, |l| (l + 1) % n)),
-        };
-        let chosen = self.run(start);
+        assert!(
+            n <= waiter::GUARDS,
+            "an alternation takes at most 128 guards"
+        );
+        let keys: Vec<u64> = self.guards.iter().map(fair_key).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        match policy {
+            Policy::Pri => {}
+            Policy::Alt => {
+                // Fisher-Yates: the first ready guard of a uniformly random order is uniform
+                // among the ready guards.
+                for k in (1..n).rev() {
+                    order.swap(k, random(k + 1));
+                }
+            }
+            Policy::Fair => FAIR_LAST.with(|f| {
+                let f = f.borrow();
+                order.sort_by_key(|&i| f.get(&keys[i]).copied().unwrap_or(0));
+            }),
+        }
+        let chosen = self.run(order);
         if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
-            FAIR_LAST.with(|f| f.borrow_mut().insert(sig, c.index));
+            FAIR_LAST.with(|f| {
+                let mut f = f.borrow_mut();
+                let tick = f.get(&TICK).copied().unwrap_or(0) + 1;
+                f.insert(TICK, tick);
+                f.insert(keys[c.index], tick);
+            });
         }
         chosen
     }
 
-    fn run(self, start: usize) -> Result<Chosen<R>, ChannelError> {
+    fn run(self, order: Vec<usize>) -> Result<Chosen<R>, ChannelError> {
         let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
         let mut guards: Vec<Option<Guard<'a, R>>> = self.guards.into_iter().map(Some).collect();
-        let n = guards.len();
-        let order: Vec<usize> = (start..n).chain(0..start).collect();
-        let began = Instant::now();
-        let timeout = guards
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| match g {
-                Some(Guard::Timeout { after, .. }) => Some((*after, i)),
-                _ => None,
-            })
-            .min_by_key(|(after, _)| *after);
-        let deadline = timeout.map(|(after, _)| began + after);
-        let claim = |w| waiter::claim(arena, w);
-        loop {
-            // Try phase: the first ready guard in policy order wins.
-            let mut live = 0;
-            for &i in &order {
-                match try_guard(&mut guards, i, &claim) {
-                    Step::Done(r) => return r,
-                    Step::Retired => {}
-                    Step::NotReady => live += 1,
-                }
-            }
-            if live == 0 && timeout.is_none() {
-                return Err(every_guard_retired(&guards, &order));
-            }
-            // Wait phase: post offers on rendezvous channels and sleep on every channel.
-            let me = Waiter::current(arena)?;
-            me.begin();
-            let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
-            let mut events: Vec<&'static Event> = Vec::new();
-            let mut polling = false;
-            for (i, g) in guards.iter().enumerate() {
-                let (chan, reads) = match g {
-                    Some(Guard::Input { chan, .. }) => (*chan, true),
-                    Some(Guard::Output { chan, .. }) => (*chan, false),
-                    _ => continue,
-                };
-                let (rx, tx) = chan.events();
-                events.push(if reads { rx } else { tx });
-                if chan.is_rendezvous() {
-                    let word = me.offer(i);
-                    if chan.post_offer(reads, word) {
-                        posted.push((chan, reads, word));
-                    } else {
-                        polling = true;
+        let mut waited = false;
+        let chosen = run_guards(arena, &mut guards, &order, &mut waited);
+        for g in guards.iter_mut().flatten() {
+            match g {
+                // An unchosen output guard's staged message was never taken: free its block.
+                Guard::Output { staged, .. } => {
+                    if let Some((offset, _)) = staged.take() {
+                        arena.free_block(offset);
                     }
                 }
-            }
-            let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
-            let wait_deadline = match (deadline, poll_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let woke = if events.is_empty() {
-                // Only timeout guards: sleep until the deadline.
-                if let Some(d) = wait_deadline {
-                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                // A wake-up meant for a message we did not take (a plain writer's, in the
+                // ring) may have woken us: pass it on to another reader.
+                Guard::Input { chan, .. } if waited && chan.looks_nonempty() => {
+                    chan.events().0.notify_one();
                 }
-                None
-            } else {
-                wait_any(
-                    &events,
-                    wait_deadline,
-                    || {
-                        (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref())))
-                            .then_some(())
-                    },
-                    || false,
-                )
+                _ => {}
+            }
+        }
+        chosen
+    }
+}
+
+fn run_guards<'a, R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'a, R>>],
+    order: &[usize],
+    waited: &mut bool,
+) -> Result<Chosen<R>, ChannelError> {
+    let began = Instant::now();
+    let timeout = guards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| match g {
+            Some(Guard::Timeout { after, .. }) => Some((*after, i)),
+            _ => None,
+        })
+        .min_by_key(|(after, _)| *after);
+    let deadline = timeout.map(|(after, _)| began + after);
+    let claim = |w| waiter::claim(arena, w);
+    let channel_guards = guards
+        .iter()
+        .filter(|g| matches!(g, Some(Guard::Input { .. } | Guard::Output { .. })))
+        .count();
+    loop {
+        // Try phase: the first ready guard in policy order wins.
+        let mut live = 0;
+        for &i in order {
+            if let Some(Guard::Skip { .. }) = guards[i] {
+                // A skip never hides that every channel of the select has ended.
+                if channel_guards > 0 && guards.iter().all(|g| looks_retired(g.as_ref())) {
+                    return Err(every_guard_retired(guards, order));
+                }
+            }
+            match try_guard(arena, guards, i, &claim) {
+                Step::Done(r) => return r,
+                Step::Retired => {}
+                Step::NotReady => live += 1,
+            }
+        }
+        if live == 0 && (channel_guards > 0 || timeout.is_none()) {
+            // Every channel guard retired: a timeout guard does not hide it either.
+            return Err(every_guard_retired(guards, order));
+        }
+        // The deadline is checked every time the wait returns, whatever woke it.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(fire_timeout(guards, timeout));
+        }
+        // Wait phase: stage the messages of rendezvous output guards where a claimer can
+        // take them, post offers on rendezvous channels and sleep on every channel.
+        let me = Waiter::current(arena)?;
+        for (i, g) in guards.iter_mut().enumerate() {
+            if let Some(Guard::Output {
+                chan,
+                bytes: Ok(bytes),
+                staged,
+                ..
+            }) = g
+            {
+                if chan.is_rendezvous() {
+                    let (offset, len) = stage(arena, chan, bytes, staged)?;
+                    me.stage(i, offset, len);
+                }
+            }
+        }
+        me.begin();
+        *waited = true;
+        let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
+        let mut events: Vec<&'static Event> = Vec::new();
+        let mut polling = false;
+        // In policy order: a plain reader takes the first offer in the table, so the table's
+        // order is the choice among our output guards on one channel.
+        for &i in order {
+            let (chan, reads) = match &guards[i] {
+                Some(Guard::Input { chan, .. }) => (*chan, true),
+                Some(Guard::Output { chan, .. }) => (*chan, false),
+                _ => continue,
             };
-            let outcome = me.finish();
-            for (chan, reads, word) in posted {
-                chan.withdraw_offer(reads, word);
+            let (rx, tx) = chan.events();
+            events.push(if reads { rx } else { tx });
+            if chan.is_rendezvous() {
+                let word = me.offer(i);
+                if chan.post_offer(reads, word) {
+                    posted.push((chan, reads, word));
+                } else {
+                    polling = true;
+                }
             }
-            if let Outcome::Selected(i) = outcome {
-                return complete(&mut guards, i);
+        }
+        let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
+        let wait_deadline = match (deadline, poll_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if events.is_empty() {
+            // Only timeout guards: sleep until the deadline.
+            if let Some(d) = wait_deadline {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
             }
-            if woke.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
-                let (_, i) = timeout.expect("a deadline comes from a timeout guard");
-                let Some(Guard::Timeout { then, .. }) = guards[i].take() else {
-                    unreachable!()
-                };
-                return Ok(Chosen {
-                    index: i,
-                    value: then(),
-                });
-            }
+        } else {
+            let id = me.id();
+            wait_any(
+                &events,
+                wait_deadline,
+                || {
+                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref(), id)))
+                        .then_some(())
+                },
+                || false,
+            );
+        }
+        let outcome = me.finish();
+        for (chan, reads, word) in posted {
+            chan.withdraw_offer(reads, word);
+        }
+        if let Outcome::Selected(i) = outcome {
+            return complete_selected(arena, me, guards, i);
         }
     }
 }
 
+/// The timeout guard fires.
+fn fire_timeout<R>(
+    guards: &mut [Option<Guard<'_, R>>],
+    timeout: Option<(Duration, usize)>,
+) -> Chosen<R> {
+    let (_, i) = timeout.expect("a deadline comes from a timeout guard");
+    let Some(Guard::Timeout { then, .. }) = guards[i].take() else {
+        unreachable!()
+    };
+    Chosen {
+        index: i,
+        value: then(),
+    }
+}
+
+/// The block holding an output guard's message, staged for a reader to take (allocated and
+/// filled once per select).
+fn stage(
+    arena: &'static Arena,
+    chan: &Chan,
+    bytes: &[u8],
+    staged: &mut Option<(u64, u64)>,
+) -> Result<(u64, u64), ChannelError> {
+    if let Some(s) = *staged {
+        return Ok(s);
+    }
+    let len = bytes.len() as u64;
+    let offset = arena
+        .alloc_block(len)
+        .map_err(|e| e.into_channel_error(chan.name()))?;
+    // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
+    // nobody reads it before a claimer wins our offer, which is after it is named in `out`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.ptr(offset, len), bytes.len()) };
+    *staged = Some((offset, len));
+    Ok((offset, len))
+}
+
+/// Completes guard `i`, which a counterpart selected while we waited.
+fn complete_selected<R>(
+    arena: &'static Arena,
+    me: &Waiter,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+) -> Result<Chosen<R>, ChannelError> {
+    match guards[i].take() {
+        Some(Guard::Input { chan, take, .. }) => {
+            // A writer won us: it delivers its message to our record at once.
+            let rx = chan.events().0;
+            let mut mail = rx.wait_until(
+                None,
+                || {
+                    me.mail()
+                        .map(Ok)
+                        .or_else(|| (chan.state_flags() & PEER_DIED != 0).then_some(Err(())))
+                },
+                || false,
+            );
+            if let Some(Err(())) = mail {
+                // A process of the channel died: give the writer a moment, in case it lives.
+                let grace = Instant::now() + Duration::from_millis(100);
+                mail = rx.wait_until(Some(grace), || me.mail().map(Ok), || false);
+            }
+            let msg = match mail {
+                Some(Ok((offset, len))) => Ok(Incoming::Block { offset, len }),
+                _ => Err(chan.peer_died()),
+            };
+            take(&chan, msg).map(|value| Chosen { index: i, value })
+        }
+        Some(Guard::Output {
+            chan,
+            staged,
+            then,
+            held,
+            carried,
+            ..
+        }) => {
+            // A reader won us and took the staged block (with the ends it carries): wait
+            // until it has the message.
+            sent(held, carried);
+            debug_assert!(staged.is_some());
+            let _ = arena;
+            let done = chan.events().1.wait_until(
+                None,
+                || {
+                    if me.taken(i) {
+                        return Some(Ok(()));
+                    }
+                    let f = chan.state_flags();
+                    if f & POISONED != 0 {
+                        Some(Err(ChannelError::Poisoned))
+                    } else if f & PEER_DIED != 0 {
+                        Some(Err(chan.peer_died()))
+                    } else {
+                        None
+                    }
+                },
+                || false,
+            );
+            then(done.expect("no deadline")).map(|value| Chosen { index: i, value })
+        }
+        _ => unreachable!("only channel guards are offered"),
+    }
+}
+
+/// Whether `g` is a channel guard whose channel has retired for good (or no channel guard);
+/// a hint, without taking anything.
+fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
+    match g {
+        Some(Guard::Input { reports: true, .. } | Guard::Output { reports: true, .. }) => false,
+        Some(Guard::Input { chan, .. }) => {
+            chan.state_flags() & WRITERS_RETIRED != 0
+                && !chan.looks_nonempty()
+                && !(chan.is_rendezvous() && chan.has_offers(false))
+        }
+        Some(Guard::Output { chan, .. }) => chan.state_flags() & READERS_RETIRED != 0,
+        _ => true,
+    }
+}
+
 /// Whether guard `g` may have become ready (or failed): worth another try phase.
-fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
+/// Offers of waiter `me` (this select) do not count: a select never waits for itself.
+fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64) -> bool {
     match g {
         Some(Guard::Input { chan, .. }) => {
             chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
                 || chan.looks_nonempty()
-                || (chan.is_rendezvous() && chan.has_offers(false))
+                || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
         }
         Some(Guard::Output { chan, .. }) => {
             chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
@@ -351,11 +648,12 @@ fn looks_ready<R>(g: Option<&Guard<'_, R>>) -> bool {
 }
 
 fn try_guard<'a, R>(
+    arena: &'static Arena,
     guards: &mut [Option<Guard<'a, R>>],
     i: usize,
-    claim: &impl Fn(u64) -> crate::shm::ring::Claim,
+    claim: &impl Fn(u64) -> crate::shm::waiter::Claim,
 ) -> Step<R> {
-    match &guards[i] {
+    match &mut guards[i] {
         Some(Guard::Skip { .. }) => {
             let Some(Guard::Skip { then }) = guards[i].take() else {
                 unreachable!()
@@ -366,11 +664,11 @@ fn try_guard<'a, R>(
             }))
         }
         Some(Guard::Timeout { .. }) | None => Step::Retired,
-        Some(Guard::Input { chan, .. }) => {
-            let chan = *chan;
+        Some(Guard::Input { chan, reports, .. }) => {
+            let (chan, reports) = (*chan, *reports);
             let f = chan.state_flags();
             if f & POISONED != 0 {
-                return Step::Done(Err(ChannelError::Poisoned));
+                return Step::Done(ended(arena, guards, i, ChannelError::Poisoned));
             }
             if let Some(msg) = chan.try_pop() {
                 chan.events().1.notify_all();
@@ -379,36 +677,73 @@ fn try_guard<'a, R>(
             if f & PEER_DIED != 0 {
                 // Everything published was read; a slot the dead writer never published is
                 // not waited for here (plain reads skip it after a grace period).
-                return Step::Done(Err(chan.peer_died()));
+                return Step::Done(ended(arena, guards, i, chan.peer_died()));
             }
-            if chan.is_rendezvous() && chan.claim_offer(false, claim) {
-                // A selecting writer is now committed to write to us.
-                return Step::Done(complete(guards, i));
+            if chan.is_rendezvous() {
+                if let Some(h) = chan.claim_offer(false, claim) {
+                    // A selecting writer is committed to us: its staged block is ours.
+                    chan.release_offer(h.word);
+                    let msg = Incoming::Block {
+                        offset: h.offset,
+                        len: h.len,
+                    };
+                    return Step::Done(take_input(guards, i, msg));
+                }
             }
             if f & WRITERS_RETIRED != 0 {
-                return Step::Retired;
+                return retired(arena, guards, i, reports);
             }
             Step::NotReady
         }
-        Some(Guard::Output { chan, bytes, .. }) => {
-            let chan = *chan;
+        Some(Guard::Output {
+            chan,
+            bytes,
+            staged,
+            reports,
+            ..
+        }) => {
+            let (chan, reports) = (*chan, *reports);
             let f = chan.state_flags();
             if f & POISONED != 0 {
-                return Step::Done(Err(ChannelError::Poisoned));
+                return Step::Done(ended(arena, guards, i, ChannelError::Poisoned));
             }
             if f & PEER_DIED != 0 {
-                return Step::Done(Err(chan.peer_died()));
+                return Step::Done(ended(arena, guards, i, chan.peer_died()));
             }
             if f & READERS_RETIRED != 0 {
-                return Step::Retired;
+                return retired(arena, guards, i, reports);
             }
-            if let Err(e) = bytes {
-                return Step::Done(Err(e.clone()));
-            }
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    let e = e.clone();
+                    return Step::Done(ended(arena, guards, i, e));
+                }
+            };
             if chan.is_rendezvous() {
-                if chan.claim_offer(true, claim) {
-                    // A selecting reader is now committed to read from us.
-                    return Step::Done(complete(guards, i));
+                if !chan.has_offers(true) {
+                    return Step::NotReady;
+                }
+                let (offset, len) = match stage(arena, &chan, bytes, staged) {
+                    Ok(s) => s,
+                    Err(e) => return Step::Done(ended(arena, guards, i, e)),
+                };
+                if let Some(h) = chan.claim_offer(true, claim) {
+                    // A selecting reader is committed to us: hand it the message.
+                    *staged = None;
+                    waiter::deliver(arena, h.word, offset, len);
+                    chan.events().0.notify_all();
+                    let Some(Guard::Output {
+                        then,
+                        held,
+                        carried,
+                        ..
+                    }) = guards[i].take()
+                    else {
+                        unreachable!()
+                    };
+                    sent(held, carried);
+                    return Step::Done(then(Ok(())).map(|value| Chosen { index: i, value }));
                 }
                 return Step::NotReady;
             }
@@ -444,29 +779,70 @@ fn take_input<R>(
     i: usize,
     msg: Incoming,
 ) -> Result<Chosen<R>, ChannelError> {
-    let Some(Guard::Input { chan, take }) = guards[i].take() else {
+    let Some(Guard::Input { chan, take, .. }) = guards[i].take() else {
         unreachable!()
     };
-    take(&chan, msg).map(|value| Chosen { index: i, value })
+    take(&chan, Ok(msg)).map(|value| Chosen { index: i, value })
 }
 
-/// Completes guard `i`, to which this process is committed (it was selected by a counterpart,
-/// or it selected one).
+/// Channel guard `i` cannot complete because of `error`: a reporting guard fires with it, any
+/// other fails the select with it.
+fn ended<R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+    error: ChannelError,
+) -> Result<Chosen<R>, ChannelError> {
+    let value = match guards[i].take() {
+        Some(Guard::Input { chan, take, .. }) => take(&chan, Err(error)),
+        Some(Guard::Output { staged, then, .. }) => {
+            if let Some((offset, _)) = staged {
+                arena.free_block(offset);
+            }
+            then(Err(error))
+        }
+        _ => unreachable!("only channel guards end"),
+    };
+    value.map(|value| Chosen { index: i, value })
+}
+
+/// Channel guard `i` retired: a reporting guard fires with `Retired` (or the lost connection
+/// of a socket end); any other is passed over.
+fn retired<R>(
+    arena: &'static Arena,
+    guards: &mut [Option<Guard<'_, R>>],
+    i: usize,
+    reports: bool,
+) -> Step<R> {
+    if !reports {
+        return Step::Retired;
+    }
+    let error = match &guards[i] {
+        Some(Guard::Input { chan, .. } | Guard::Output { chan, .. }) => {
+            crate::net::client::remote_error(chan, ChannelError::Retired)
+        }
+        _ => ChannelError::Retired,
+    };
+    Step::Done(ended(arena, guards, i, error))
+}
+
+/// Completes output guard `i` on a buffered channel: places its message in the ring.
 fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R>, ChannelError> {
     match guards[i].take() {
-        Some(Guard::Input { chan, take }) => {
-            // The committed writer is writing: wait for its message (claim nobody else).
-            let msg = chan.read(None, false, |_| crate::shm::ring::Claim::Busy)?;
-            take(&chan, msg).map(|value| Chosen { index: i, value })
+        Some(Guard::Output {
+            chan,
+            bytes,
+            then,
+            held,
+            carried,
+            ..
+        }) => {
+            let written = bytes.and_then(|b| write_encoded(&chan, &b, None));
+            if written.is_ok() {
+                sent(held, carried);
+            }
+            then(written).map(|value| Chosen { index: i, value })
         }
-        Some(Guard::Output { chan, bytes, then }) => {
-            let bytes = bytes?;
-            write_encoded(&chan, &bytes, None)?;
-            Ok(Chosen {
-                index: i,
-                value: then(),
-            })
-        }
-        _ => unreachable!("only channel guards are completed"),
+        _ => unreachable!("only buffered output guards are completed here"),
     }
 }

@@ -22,8 +22,9 @@ use serde::Serialize;
 use crate::error::{shared_memory, ChannelError};
 use crate::frame::MAX_MESSAGE;
 use crate::shm::arena::Arena;
-use crate::shm::ring::{Chan, Claim, Incoming, Outgoing, Took, INLINE};
+use crate::shm::ring::{Chan, Incoming, Outgoing, Took, WriteError, INLINE};
 use crate::shm::waiter;
+use crate::shm::waiter::Claim;
 
 /// What a message being encoded or decoded on this thread is for. Values that stand for
 /// shared memory of this network (channel ends of shared-memory channels, `SharedBlock`s) ask
@@ -95,13 +96,14 @@ impl Encoding for Encoded<'_> {
     }
 }
 
-/// Writes `value` into `chan` (see [`Chan::write`] for when it returns).
+/// Writes `value` into `chan` (see [`Chan::write`] for when it returns); an error says
+/// whether the message had been placed in the ring (then a reader may still take it).
 #[inline]
 pub(crate) fn write_value<T: Serialize>(
     chan: &Chan,
     value: &T,
     deadline: Option<Instant>,
-) -> Result<(), ChannelError> {
+) -> Result<(), WriteError> {
     write(chan, &Value(value), deadline)
 }
 
@@ -111,7 +113,7 @@ pub(crate) fn write_encoded(
     bytes: &[u8],
     deadline: Option<Instant>,
 ) -> Result<(), ChannelError> {
-    write(chan, &Encoded(bytes), deadline)
+    write(chan, &Encoded(bytes), deadline).map_err(|e| e.error)
 }
 
 /// Encodes `value` into a buffer of its own (for a message that is written later).
@@ -121,7 +123,7 @@ pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, Ch
 
 /// The one write path: inline in the slot if the encoding fits, else through a block.
 #[inline]
-fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result<(), ChannelError> {
+fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result<(), WriteError> {
     let mut inline = Inline {
         buf: [0; INLINE],
         len: 0,
@@ -131,9 +133,18 @@ fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result
             buf: &inline.buf,
             len: inline.len,
         };
-        return chan.write(&slot, deadline).map_err(|e| e.error);
+        return chan.write(&slot, deadline);
     }
     write_block(chan, msg, deadline)
+}
+
+/// The error of a write whose message never reached the ring.
+#[cold]
+fn not_placed(error: ChannelError) -> WriteError {
+    WriteError {
+        error,
+        placed: false,
+    }
 }
 
 /// Too large for a slot: measure, then encode straight into a shared block (one copy).
@@ -142,39 +153,38 @@ fn write_block<E: Encoding>(
     chan: &Chan,
     msg: &E,
     deadline: Option<Instant>,
-) -> Result<(), ChannelError> {
+) -> Result<(), WriteError> {
     let mut counter = Counter(0);
     msg.write_to(&mut counter)
-        .map_err(|reason| encode_error(chan, reason))?;
+        .map_err(|reason| not_placed(encode_error(chan, reason)))?;
     let len = counter.0 as u64;
     // A socket channel (hosted here, or the proxy of a remote end: its name is an address)
     // carries at most `MAX_MESSAGE` bytes: refused here, before a block is allocated or a byte
     // crosses a socket, and the end stays usable, as for a message too large for the arena.
     if len > MAX_MESSAGE as u64 && chan.name().contains("://") {
-        return Err(ChannelError::TooLarge {
+        return Err(not_placed(ChannelError::TooLarge {
             channel: chan.name().to_string(),
             len,
             max: MAX_MESSAGE as u64,
-        });
+        }));
     }
-    let arena = Arena::get().map_err(shared_memory)?;
+    let arena = Arena::get().map_err(|e| not_placed(shared_memory(e)))?;
     let offset = arena
         .alloc_block(len)
-        .map_err(|e| e.into_channel_error(chan.name()))?;
+        .map_err(|e| not_placed(e.into_channel_error(chan.name())))?;
     // SAFETY: the block was just allocated for us and is `len` bytes long (checked by `ptr`);
     // nobody else touches it until its offset is published through the ring.
     let block = unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len), len as usize) };
     if let Err(reason) = msg.write_to(&mut std::io::Cursor::new(block)) {
         arena.free_block(offset);
-        return Err(encode_error(chan, reason));
+        return Err(not_placed(encode_error(chan, reason)));
     }
     chan.write(&Outgoing::Block { offset, len }, deadline)
-        .map_err(|e| {
+        .inspect_err(|e| {
             if !e.placed {
                 // Never placed in the ring: the block is still ours.
                 arena.free_block(offset);
             }
-            e.error
         })
 }
 

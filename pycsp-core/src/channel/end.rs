@@ -38,6 +38,15 @@ impl End {
             socket: chan.name().contains("://"),
         }
     }
+
+    /// The context this end's messages are encoded and decoded in.
+    pub(crate) fn context(&self) -> Context {
+        if self.socket {
+            Context::Socket
+        } else {
+            Context::Local
+        }
+    }
 }
 
 /// Why an end of a shared-memory channel cannot travel through a socket channel.
@@ -46,11 +55,46 @@ const LOCAL_END_OVER_SOCKET: &str = "an end of a shared-memory channel cannot tr
      (tcp://HOST:PORT/NAME)";
 
 thread_local! {
+    /// Set while a message for a channel is encoded ([`encoding`]): the ends serialized
+    /// meanwhile stay live and are listed here, to be marked sent only once the message is
+    /// placed ([`Carried::sent`]). Encoding has no side effect until then.
+    static CARRYING: RefCell<Option<Vec<*const Cell<EndState>>>> = const { RefCell::new(None) };
+
     /// Set while a process function returns (from the moment its body's first local drops to
     /// the moment the runtime has looked at the return value): the ends dropped meanwhile,
     /// its parameters, retire only after that, so that a process returning `Poisoned`
     /// poisons them first and its peers see `Poisoned`, never `Retired`.
     static RETURNING: RefCell<Option<Vec<(Chan, bool)>>> = const { RefCell::new(None) };
+}
+
+/// The ends a message carries (see `CARRYING`).
+pub(crate) struct Carried(Vec<*const Cell<EndState>>);
+
+impl Carried {
+    /// The message was placed: its ends now belong to whoever reads it.
+    ///
+    /// # Safety
+    ///
+    /// The value encoded by the [`encoding`] that returned this must still be alive, and not
+    /// moved since.
+    pub(crate) unsafe fn sent(self) {
+        for state in self.0 {
+            // SAFETY: the caller guarantees the value, and so the end's state, is alive and
+            // where it was when it was encoded.
+            unsafe { (*state).set(EndState::Transferred) };
+        }
+    }
+}
+
+/// Runs `f`, which encodes a message (possibly in several passes over the same value),
+/// without marking the ends it carries as sent; returns them with `f`'s result.
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Carried) {
+    let prev = CARRYING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let carried = CARRYING
+        .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+        .unwrap_or_default();
+    (r, Carried(carried))
 }
 
 /// A process function is returning: defer the retirement of the ends dropped from now on
@@ -110,6 +154,19 @@ impl End {
                 self.chan.name()
             )));
         }
+        // In a message being encoded for a channel: stay live until the message is placed.
+        // (Not a socket end: handing one over to its host cannot be undone.)
+        let carried = !self.socket
+            && CARRYING.with(|c| match c.borrow_mut().as_mut() {
+                Some(v) => {
+                    let state: *const Cell<EndState> = &self.state;
+                    if !v.contains(&state) {
+                        v.push(state);
+                    }
+                    true
+                }
+                None => false,
+            });
         if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
             if let Some(proxy) = net::client::proxy_of(&self.chan) {
                 // A remote end: its connection hands the count over to the receiver.
@@ -131,7 +188,9 @@ impl End {
             remote,
         };
         let r = w.serialize(s)?;
-        self.state.set(EndState::Transferred);
+        if !carried {
+            self.state.set(EndState::Transferred);
+        }
         runtime::record_transfer(&self.chan);
         Ok(r)
     }

@@ -29,7 +29,7 @@ use crate::runtime;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::Chan;
 use end::End;
-pub(crate) use end::{begin_returning, finish_returning};
+pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
 
 /// A typed, named channel in the shared memory of this process network.
@@ -264,26 +264,47 @@ impl<T: Serialize> ChannelOut<T> {
     }
 
     /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
-    /// if the message could not be placed (a rendezvous write whose message was placed waits
-    /// for its reader regardless).
+    /// if the message could not be placed or, on a rendezvous channel, no reader took it by
+    /// then: the message is withdrawn, and no reader ever gets it. Exactly one of the two
+    /// happens: `Ok` (taken) or `Timeout` (withdrawn).
     pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
         self.send(&value, Some(Instant::now() + timeout))
     }
 
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let chan = &self.end.chan;
-        let r = if self.end.socket {
-            message::in_context(Context::Socket, || {
+        let (r, carried) = encoding(|| {
+            if self.end.socket {
+                message::in_context(Context::Socket, || {
+                    message::write_value(chan, value, deadline)
+                })
+            } else {
                 message::write_value(chan, value, deadline)
-            })
-        } else {
-            message::write_value(chan, value, deadline)
-        };
-        r.map_err(|e| net::client::remote_error(chan, e))
+            }
+        });
+        match r {
+            Ok(()) => {
+                // SAFETY: `value` is borrowed for this whole call.
+                unsafe { carried.sent() };
+                Ok(())
+            }
+            Err(e) => {
+                if e.placed {
+                    // SAFETY: as above.
+                    unsafe { carried.sent() };
+                }
+                Err(net::client::remote_error(chan, e.error))
+            }
+        }
     }
 
     pub(crate) fn chan(&self) -> Chan {
         self.end.chan
+    }
+
+    /// The context this end's messages are encoded and decoded in.
+    pub(crate) fn context(&self) -> Context {
+        self.end.context()
     }
 }
 
@@ -357,6 +378,11 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     pub(crate) fn chan(&self) -> Chan {
         self.end.chan
+    }
+
+    /// The context this end's messages are encoded and decoded in.
+    pub(crate) fn context(&self) -> Context {
+        self.end.context()
     }
 }
 

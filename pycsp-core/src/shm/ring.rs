@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
 use super::wait::Event;
+use super::waiter::{self, Claim, Handoff};
 use crate::error::ChannelError;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPCH1");
@@ -40,6 +41,12 @@ const IN_PROGRESS_SPINS: u32 = 64;
 
 const KIND_INLINE: u32 = 0;
 const KIND_BLOCK: u32 = 1;
+/// Bits of a slot's `kind` for a rendezvous write that reached its deadline (see
+/// [`Chan::withdraw`]): its writer withdraws the message; the reader that claimed the slot
+/// skipped it; the writer has left (then whoever comes second empties the slot).
+const CANCELLED: u32 = 1 << 8;
+const SKIPPED: u32 = 1 << 9;
+const GONE: u32 = 1 << 10;
 
 #[repr(C, align(128))]
 struct Padded<T>(T);
@@ -96,7 +103,7 @@ const OFFERS: usize = 32;
 #[repr(C, align(128))]
 struct Slot {
     stamp: AtomicU64,
-    kind: UnsafeCell<u32>,
+    kind: AtomicU32,
     len: UnsafeCell<u32>,
     payload: UnsafeCell<[u8; INLINE]>,
 }
@@ -156,11 +163,13 @@ impl Took {
     }
 }
 
-/// The slot a message was taken from, for a deferred acknowledgement.
+/// Where a message was taken from, for a deferred acknowledgement.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Taken {
-    index: usize,
-    head: u64,
+pub(crate) enum Taken {
+    /// A slot of the ring.
+    Slot { index: usize, head: u64 },
+    /// A selecting writer's offer (its message came in a block it staged).
+    Offer { word: u64 },
 }
 
 /// Why a write failed, and whether its message had already been placed in the ring (then a
@@ -168,16 +177,6 @@ pub(crate) struct Taken {
 pub(crate) struct WriteError {
     pub(crate) error: ChannelError,
     pub(crate) placed: bool,
-}
-
-/// What a claim attempt on an offer found.
-pub(crate) enum Claim {
-    /// The offering waiter is now committed to us.
-    Won,
-    /// The offer belongs to a selection that is over: remove it.
-    Stale,
-    /// The waiter is busy (deciding, or claimed by someone else): leave the offer.
-    Busy,
 }
 
 /// A channel mapped in this process. Cheap to copy; valid for the life of the process.
@@ -472,6 +471,19 @@ impl Chan {
         }
     }
 
+    /// Whether a selecting writer (`reads == false`) or reader other than waiter `me` (see
+    /// `waiter::owner`) offers on this channel: a select must never wait for itself.
+    pub(crate) fn has_offers_from_others(&self, reads: bool, me: u64) -> bool {
+        if !self.has_offers(reads) {
+            return false;
+        }
+        let (table, _) = self.offer_table(reads);
+        table.iter().any(|slot| {
+            let w = slot.load(Ordering::SeqCst);
+            w != 0 && waiter::owner(w) != me
+        })
+    }
+
     fn offer_table(&self, reads: bool) -> (&'static [AtomicU64; OFFERS], &'static AtomicU32) {
         let o: &'static Offers = &self.hdr.offers.0;
         if reads {
@@ -491,7 +503,8 @@ impl Chan {
             {
                 n.fetch_add(1, Ordering::SeqCst);
                 if !reads {
-                    // Blocked readers claim writers' offers: tell them there is one.
+                    // Blocked readers, plain or selecting, claim writers' offers: tell them
+                    // there is one.
                     self.hdr.rx.0.notify_all();
                 }
                 return true;
@@ -515,12 +528,16 @@ impl Chan {
     }
 
     /// Claims one offer of a selecting reader (`reads`) or writer with `claim`, which tries
-    /// the CAS on the offering waiter; removes stale offers on the way. Returns whether one
-    /// was claimed; the claimed side is woken.
-    pub(crate) fn claim_offer(&self, reads: bool, mut claim: impl FnMut(u64) -> Claim) -> bool {
+    /// the CAS on the offering waiter; removes stale offers on the way. Returns the offer
+    /// claimed, if one was; the claimed side is woken.
+    pub(crate) fn claim_offer(
+        &self,
+        reads: bool,
+        mut claim: impl FnMut(u64) -> Claim,
+    ) -> Option<Handoff> {
         let (table, n) = self.offer_table(reads);
         if n.load(Ordering::SeqCst) == 0 {
-            return false;
+            return None;
         }
         for slot in table {
             let word = slot.load(Ordering::SeqCst);
@@ -528,23 +545,32 @@ impl Chan {
                 continue;
             }
             let outcome = claim(word);
-            if matches!(outcome, Claim::Won | Claim::Stale)
+            if matches!(outcome, Claim::Won(_) | Claim::Stale)
                 && slot
                     .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
                 n.fetch_sub(1, Ordering::SeqCst);
             }
-            if let Claim::Won = outcome {
+            if let Claim::Won(h) = outcome {
                 if reads {
                     self.hdr.rx.0.notify_all()
                 } else {
                     self.hdr.tx.0.notify_all()
                 }
-                return true;
+                return Some(h);
             }
         }
-        false
+        None
+    }
+
+    /// Tells the selecting writer whose offer `word` we won that its message was taken, so
+    /// its rendezvous completes.
+    pub(crate) fn release_offer(&self, word: u64) {
+        if let Ok(arena) = Arena::get() {
+            waiter::release(arena, word);
+        }
+        self.hdr.tx.0.notify_all();
     }
 
     /// Tries to put a message in the ring; returns its slot index and (full) stamp on success.
@@ -571,12 +597,12 @@ impl Chan {
                         unsafe {
                             match msg {
                                 Outgoing::Inline { buf, len } => {
-                                    *slot.kind.get() = KIND_INLINE;
+                                    slot.kind.store(KIND_INLINE, Ordering::Relaxed);
                                     *slot.len.get() = *len as u32;
                                     copy_payload(&mut *slot.payload.get(), buf, *len);
                                 }
                                 Outgoing::Block { offset, len } => {
-                                    *slot.kind.get() = KIND_BLOCK;
+                                    slot.kind.store(KIND_BLOCK, Ordering::Relaxed);
                                     *slot.len.get() = 16;
                                     let p = &mut *slot.payload.get();
                                     p[..8].copy_from_slice(&offset.to_le_bytes());
@@ -633,12 +659,21 @@ impl Chan {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        // SeqCst, after the SeqCst CAS on `head`: a writer that withdraws its
+                        // message marks it, then looks at `head` (see `withdraw`). On x86 a
+                        // plain load.
+                        let kind = slot.kind.load(Ordering::SeqCst);
+                        if kind & CANCELLED != 0 {
+                            self.skip_withdrawn(slot, head);
+                            head = head_a.load(Ordering::Relaxed);
+                            continue;
+                        }
                         // SAFETY: winning the CAS on `head` for a full slot gives this reader
                         // the slot's contents until it stores the empty stamp.
                         let msg = unsafe {
                             let len = (*slot.len.get() as usize).min(INLINE);
                             let p = &*slot.payload.get();
-                            if *slot.kind.get() == KIND_BLOCK {
+                            if kind == KIND_BLOCK {
                                 Took::Block {
                                     offset: u64::from_le_bytes(p[..8].try_into().unwrap()),
                                     len: u64::from_le_bytes(p[8..16].try_into().unwrap()),
@@ -648,10 +683,11 @@ impl Chan {
                                 Took::Inline(len)
                             }
                         };
-                        let taken = Taken { index, head };
                         if ack {
-                            self.ack_slot(taken);
+                            slot.stamp
+                                .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
                         }
+                        let taken = Taken::Slot { index, head };
                         return Some((msg, taken));
                     }
                     Err(h) => head = h,
@@ -670,16 +706,94 @@ impl Chan {
         }
     }
 
-    #[inline]
-    fn ack_slot(&self, t: Taken) {
-        let (_, lap) = self.positions(t.head);
-        self.slots[t.index]
-            .stamp
-            .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
+    /// A reader claimed the slot at `head` and found its message withdrawn: it takes nothing.
+    /// The slot is emptied by whichever of the reader and the leaving writer comes second.
+    #[cold]
+    #[inline(never)]
+    fn skip_withdrawn(&self, slot: &Slot, head: u64) {
+        if slot.kind.fetch_or(SKIPPED, Ordering::AcqRel) & GONE != 0 {
+            let (_, lap) = self.positions(head);
+            slot.stamp
+                .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
+            self.hdr.tx.0.notify_all();
+        }
     }
 
-    /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred): its
-    /// writer's rendezvous completes now.
+    /// A rendezvous write placed at `pos` (full stamp `stamp`) reached its deadline with its
+    /// message not taken: withdraw it, unless a reader is already taking it. Exactly one of
+    /// the two happens: `Ok` (taken) or `Timeout` (withdrawn; nobody read it, and a block it
+    /// names is the writer's again).
+    #[cold]
+    #[inline(never)]
+    fn withdraw(&self, index: usize, pos: u64, stamp: u64) -> Result<(), WriteError> {
+        let slot = &self.slots[index];
+        let withdrawn = || WriteError {
+            error: ChannelError::Timeout,
+            placed: false,
+        };
+        let release = || {
+            slot.stamp.store(
+                self.positions(pos).1.wrapping_add(self.hdr.one_lap),
+                Ordering::Release,
+            );
+            self.hdr.tx.0.notify_all();
+        };
+        // Dekker with a reader's claim: we mark, then look at `head`; a reader moves `head`,
+        // then looks at the mark (both SeqCst). If `head` has not passed our slot, every
+        // reader that claims it will see the mark.
+        slot.kind.fetch_or(CANCELLED, Ordering::SeqCst);
+        let head = self.hdr.head.0.load(Ordering::SeqCst);
+        if self.distance(head, pos) < self.hdr.ring_len {
+            if slot.kind.fetch_or(GONE, Ordering::AcqRel) & SKIPPED != 0 {
+                release();
+            }
+            return Err(withdrawn());
+        }
+        // A reader claimed the slot: it either takes the message (and empties the slot) or saw
+        // the mark and skipped it (and leaves the slot to us). It decides at once.
+        let mut spins = 0u32;
+        loop {
+            if slot.stamp.load(Ordering::Acquire) != stamp {
+                return Ok(());
+            }
+            // The slot is still ours (its stamp cannot come back), so its `kind` is ours.
+            if slot.kind.load(Ordering::Acquire) & SKIPPED != 0
+                && slot.stamp.load(Ordering::Acquire) == stamp
+            {
+                release();
+                return Err(withdrawn());
+            }
+            if self.flags() & PEER_DIED != 0 && spins > 1 << 16 {
+                // The reader died deciding.
+                return Err(WriteError {
+                    error: self.peer_died(),
+                    placed: true,
+                });
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    #[inline]
+    fn ack_slot(&self, t: Taken) {
+        match t {
+            Taken::Slot { index, head } => {
+                let (_, lap) = self.positions(head);
+                self.slots[index]
+                    .stamp
+                    .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release)
+            }
+            Taken::Offer { word } => self.release_offer(word),
+        }
+    }
+
+    /// Empties the slot of a message taken by [`read_deferred`](Self::read_deferred), or
+    /// releases the selecting writer that offered it: its writer's rendezvous completes now.
     pub(crate) fn ack(&self, t: Taken) {
         self.ack_slot(t);
         self.hdr.tx.0.notify_all();
@@ -701,8 +815,9 @@ impl Chan {
     }
 
     /// Writes a message, blocking while the ring is full and, for a rendezvous channel, until
-    /// a reader has taken it. On error the message was not delivered, except that a rendezvous
-    /// write interrupted by poison may have been taken.
+    /// a reader has taken it; a rendezvous message not taken by `deadline` is withdrawn
+    /// (`Timeout`, not placed). On error the message was not delivered, except that a
+    /// rendezvous write interrupted by poison may have been taken.
     pub(crate) fn write(
         &self,
         msg: &Outgoing<'_>,
@@ -729,7 +844,7 @@ impl Chan {
         let slot = &self.slots[index];
         let pos = stamp - 1 + index as u64;
         let taken = tx.wait_until(
-            None,
+            deadline,
             || {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
                     return Some(Ok(()));
@@ -738,12 +853,14 @@ impl Chan {
             },
             || self.hdr.head.0.load(Ordering::SeqCst) != pos,
         );
-        taken
-            .unwrap_or(Err(ChannelError::Timeout))
-            .map_err(|error| WriteError {
+        match taken {
+            Some(r) => r.map_err(|error| WriteError {
                 error,
                 placed: true,
-            })
+            }),
+            // The deadline passed with the message not taken.
+            None => self.withdraw(index, pos, stamp),
+        }
     }
 
     /// Waits until the message is placed in the ring (the slow path of [`write`](Self::write)):
@@ -788,8 +905,10 @@ impl Chan {
     }
 
     /// Reads a message, blocking while the ring is empty. With `claim_writers`, a reader of a
-    /// rendezvous channel also claims a selecting writer's offer (once), so that writer then
-    /// writes; without it (a reader that a writer already claimed), it only waits.
+    /// rendezvous channel also takes selecting writers' offers: it claims one with `claim`
+    /// and takes the message the writer staged (as Go's receiver takes a queued sender's
+    /// value), so a plain reader and a selecting writer always see each other.
+    #[cfg(test)]
     pub(crate) fn read(
         &self,
         deadline: Option<Instant>,
@@ -857,7 +976,7 @@ impl Chan {
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
         let rx = &self.hdr.rx.0;
-        let mut claimed = !claim_writers || !self.is_rendezvous();
+        let claims = claim_writers && self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
@@ -895,9 +1014,14 @@ impl Chan {
                         }
                         return None;
                     }
-                    if !claimed && self.claim_offer(false, &claim) {
-                        claimed = true;
-                        return None;
+                    if claims {
+                        if let Some(h) = self.claim_offer(false, &claim) {
+                            let took = Took::Block {
+                                offset: h.offset,
+                                len: h.len,
+                            };
+                            return Some(Ok((took, Taken::Offer { word: h.word })));
+                        }
                     }
                     if f & WRITERS_RETIRED != 0 {
                         // The flag was read before the ring was found empty, and writers publish
@@ -917,6 +1041,9 @@ impl Chan {
         };
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         if ack {
+            if let Taken::Offer { word } = msg.1 {
+                self.release_offer(word);
+            }
             self.hdr.tx.0.notify_all();
         }
         Ok(msg)
