@@ -153,3 +153,54 @@ fn a_process_whose_arguments_cannot_be_encoded_is_not_started_and_poisons_its_en
     }
     assert_eq!(r.read(), Err(ChannelError::Poisoned));
 }
+
+/// Waits on the gate, then dies: its end of `ch` marks the channel as held by a dead process.
+#[process]
+fn die_after_gate(_ch: ChannelOut<u64>, gate: ChannelIn<u8>) -> Result<(), ChannelError> {
+    gate.read()?;
+    std::process::abort()
+}
+
+#[test]
+fn a_rendezvous_write_that_fails_was_not_delivered() {
+    // A writer waits in a rendezvous write; another writer of the channel dies; then a reader
+    // looks. The waiting write either returned Ok (a reader took the message) or failed, and
+    // then no reader may get the message: a writer that retries must not send it twice.
+    for round in 0..20 {
+        let ch = Channel::<u64>::new(&common::unique("rv-fail")).unwrap();
+        let gate = Channel::<u8>::buffered(&common::unique("rv-fail-gate"), 1).unwrap();
+        let (r, g) = (ch.reader(), gate.writer());
+        let h = Spawn(die_after_gate(ch.writer(), gate.reader())).unwrap();
+        let w = ch.writer();
+        let writer = std::thread::spawn(move || w.write(7));
+        // Vary when the other writer dies: before or after the write placed its message (the
+        // outcome must be right in every order, so this only spreads the rounds).
+        std::thread::sleep(std::time::Duration::from_millis(round % 5));
+        g.write(1).unwrap();
+        let _ = h.join();
+        let wrote = writer.join().unwrap();
+        let read = r.read_timeout(std::time::Duration::from_millis(200));
+        match (&wrote, &read) {
+            (Ok(()), _) => {}
+            (Err(_), Ok(v)) => {
+                panic!("round {round}: the write failed ({wrote:?}) but a reader read {v}")
+            }
+            (Err(_), Err(_)) => {}
+        }
+    }
+}
+#[test]
+fn a_writer_attached_after_every_writer_retired_is_refused() {
+    let ch = Channel::<u64>::buffered(&common::unique("late"), 4).unwrap();
+    let r = ch.reader();
+    ch.writer().write(1).unwrap(); // the only writer retires as it drops
+    assert_eq!(r.read(), Ok(1));
+    assert_eq!(r.read(), Err(ChannelError::Retired));
+    let late = Channel::<u64>::open(ch.name()).unwrap().writer();
+    assert_eq!(
+        late.write(2),
+        Err(ChannelError::Retired),
+        "a write the readers can never see must not return Ok"
+    );
+    assert_eq!(r.read(), Err(ChannelError::Retired));
+}

@@ -116,6 +116,11 @@ pub(crate) fn write_encoded(
     write(chan, &Encoded(bytes), deadline).map_err(|e| e.error)
 }
 
+/// Writes again an encoded message that a reader gave back (see [`Chan::write_back`]).
+pub(crate) fn write_encoded_back(chan: &Chan, bytes: &[u8]) -> Result<(), ChannelError> {
+    write_as(chan, &Encoded(bytes), None, true).map_err(|e| e.error)
+}
+
 /// Encodes `value` into a buffer of its own (for a message that is written later).
 pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, ChannelError> {
     rmp_serde::to_vec(value).map_err(|e| encode_error(chan, e.to_string()))
@@ -124,6 +129,17 @@ pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, Ch
 /// The one write path: inline in the slot if the encoding fits, else through a block.
 #[inline]
 fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result<(), WriteError> {
+    write_as(chan, msg, deadline, false)
+}
+
+/// The one write path; `back` for a message given back by a reader.
+#[inline(always)]
+fn write_as<E: Encoding>(
+    chan: &Chan,
+    msg: &E,
+    deadline: Option<Instant>,
+    back: bool,
+) -> Result<(), WriteError> {
     let mut inline = Inline {
         buf: [0; INLINE],
         len: 0,
@@ -133,9 +149,13 @@ fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result
             buf: &inline.buf,
             len: inline.len,
         };
-        return chan.write(&slot, deadline);
+        return if back {
+            chan.write_back(&slot)
+        } else {
+            chan.write(&slot, deadline)
+        };
     }
-    write_block(chan, msg, deadline)
+    write_block(chan, msg, deadline, back)
 }
 
 /// The error of a write whose message never reached the ring.
@@ -153,6 +173,7 @@ fn write_block<E: Encoding>(
     chan: &Chan,
     msg: &E,
     deadline: Option<Instant>,
+    back: bool,
 ) -> Result<(), WriteError> {
     let mut counter = Counter(0);
     msg.write_to(&mut counter)
@@ -179,13 +200,18 @@ fn write_block<E: Encoding>(
         arena.free_block(offset);
         return Err(not_placed(encode_error(chan, reason)));
     }
-    chan.write(&Outgoing::Block { offset, len }, deadline)
-        .inspect_err(|e| {
-            if !e.placed {
-                // Never placed in the ring: the block is still ours.
-                arena.free_block(offset);
-            }
-        })
+    let block = Outgoing::Block { offset, len };
+    if back {
+        chan.write_back(&block)
+    } else {
+        chan.write(&block, deadline)
+    }
+    .inspect_err(|e| {
+        if !e.placed {
+            // Never placed in the ring: the block is still ours.
+            arena.free_block(offset);
+        }
+    })
 }
 
 #[cold]

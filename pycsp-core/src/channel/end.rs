@@ -56,9 +56,13 @@ const LOCAL_END_OVER_SOCKET: &str = "an end of a shared-memory channel cannot tr
 
 thread_local! {
     /// Set while a message for a channel is encoded ([`encoding`]): the ends serialized
-    /// meanwhile stay live and are listed here, to be marked sent only once the message is
-    /// placed ([`Carried::sent`]). Encoding has no side effect until then.
-    static CARRYING: RefCell<Option<Vec<*const Cell<EndState>>>> = const { RefCell::new(None) };
+    /// meanwhile stay live and are listed in `CARRYING`, to be marked sent only once the
+    /// message is placed ([`Carried::sent`]). Encoding has no side effect until then.
+    static ENCODING: Cell<bool> = const { Cell::new(false) };
+    static CARRYING: RefCell<Vec<*const Cell<EndState>>> = const { RefCell::new(Vec::new()) };
+    /// `CARRYING`'s length, readable without a borrow: every write looks at it, and most
+    /// messages carry no end.
+    static CARRIED: Cell<usize> = const { Cell::new(0) };
 
     /// Set while a process function returns (from the moment its body's first local drops to
     /// the moment the runtime has looked at the return value): the ends dropped meanwhile,
@@ -88,13 +92,24 @@ impl Carried {
 
 /// Runs `f`, which encodes a message (possibly in several passes over the same value),
 /// without marking the ends it carries as sent; returns them with `f`'s result.
+#[inline]
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Carried) {
-    let prev = CARRYING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let from = CARRIED.with(Cell::get);
+    let outer = ENCODING.with(|e| e.replace(true));
     let r = f();
-    let carried = CARRYING
-        .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
-        .unwrap_or_default();
-    (r, Carried(carried))
+    ENCODING.with(|e| e.set(outer));
+    if CARRIED.with(Cell::get) == from {
+        return (r, Carried(Vec::new()));
+    }
+    (r, Carried(carried_since(from)))
+}
+
+/// The ends listed since `CARRYING` had `from` of them (encodings nest, so they are the
+/// innermost encoding's).
+#[cold]
+fn carried_since(from: usize) -> Vec<*const Cell<EndState>> {
+    CARRIED.with(|c| c.set(from));
+    CARRYING.with(|c| c.borrow_mut().split_off(from))
 }
 
 /// A process function is returning: defer the retirement of the ends dropped from now on
@@ -156,17 +171,17 @@ impl End {
         }
         // In a message being encoded for a channel: stay live until the message is placed.
         // (Not a socket end: handing one over to its host cannot be undone.)
-        let carried = !self.socket
-            && CARRYING.with(|c| match c.borrow_mut().as_mut() {
-                Some(v) => {
-                    let state: *const Cell<EndState> = &self.state;
-                    if !v.contains(&state) {
-                        v.push(state);
-                    }
-                    true
+        let carried = !self.socket && ENCODING.with(Cell::get);
+        if carried {
+            let state: *const Cell<EndState> = &self.state;
+            CARRYING.with(|c| {
+                let mut v = c.borrow_mut();
+                if !v.contains(&state) {
+                    v.push(state);
+                    CARRIED.with(|n| n.set(v.len()));
                 }
-                None => false,
             });
+        }
         if let Some(Ok(addr)) = net::parse_address(self.chan.name()) {
             if let Some(proxy) = net::client::proxy_of(&self.chan) {
                 // A remote end: its connection hands the count over to the receiver.

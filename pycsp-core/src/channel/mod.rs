@@ -273,7 +273,7 @@ impl<T: Serialize> ChannelOut<T> {
 
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let chan = &self.end.chan;
-        let (r, carried) = encoding(|| {
+        let write = || {
             if self.end.socket {
                 message::in_context(Context::Socket, || {
                     message::write_value(chan, value, deadline)
@@ -281,7 +281,12 @@ impl<T: Serialize> ChannelOut<T> {
             } else {
                 message::write_value(chan, value, deadline)
             }
-        });
+        };
+        if !std::mem::needs_drop::<T>() {
+            // A type without drop glue holds no channel end: nothing to mark as sent.
+            return write().map_err(|e| net::client::remote_error(chan, e.error));
+        }
+        let (r, carried) = encoding(write);
         match r {
             Ok(()) => {
                 // SAFETY: `value` is borrowed for this whole call.

@@ -26,7 +26,7 @@ use super::stream::{
 };
 use crate::error::ChannelError;
 use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
-use crate::message::{take_encoded, write_encoded};
+use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Taken};
 use crate::shm::waiter;
@@ -755,7 +755,7 @@ impl Conn<'_> {
         let _ = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
-                if write_encoded(&chan, &bytes, None).is_ok() || !chan.is_rendezvous() {
+                if write_encoded_back(&chan, &bytes).is_ok() || !chan.is_rendezvous() {
                     chan.ack(taken);
                 }
                 chan.retire(true);

@@ -719,16 +719,22 @@ impl Chan {
         }
     }
 
-    /// A rendezvous write placed at `pos` (full stamp `stamp`) reached its deadline with its
-    /// message not taken: withdraw it, unless a reader is already taking it. Exactly one of
-    /// the two happens: `Ok` (taken) or `Timeout` (withdrawn; nobody read it, and a block it
-    /// names is the writer's again).
+    /// A rendezvous write placed at `pos` (full stamp `stamp`) reached its deadline, or its
+    /// channel failed, with its message not taken: withdraw it, unless a reader is already
+    /// taking it. Exactly one of the two happens: `Ok` (taken) or `why` (withdrawn; nobody
+    /// read it, and a block it names is the writer's again).
     #[cold]
     #[inline(never)]
-    fn withdraw(&self, index: usize, pos: u64, stamp: u64) -> Result<(), WriteError> {
+    fn withdraw(
+        &self,
+        index: usize,
+        pos: u64,
+        stamp: u64,
+        why: ChannelError,
+    ) -> Result<(), WriteError> {
         let slot = &self.slots[index];
         let withdrawn = || WriteError {
-            error: ChannelError::Timeout,
+            error: why.clone(),
             placed: false,
         };
         let release = || {
@@ -763,10 +769,22 @@ impl Chan {
                 release();
                 return Err(withdrawn());
             }
-            if self.flags() & PEER_DIED != 0 && spins > 1 << 16 {
-                // The reader died deciding.
+            // A reader that claimed the slot but has not decided: it died deciding, or it holds
+            // the message for a confirmation that a failed channel will not bring (a socket
+            // host's reader). Poison is immediate; otherwise give it a moment. The message may
+            // then have been taken: the one case where an error does not say "not delivered".
+            let f = self.flags();
+            let failed = f & PEER_DIED != 0 || !matches!(why, ChannelError::Timeout);
+            if f & POISONED != 0 || (failed && spins > 1 << 16) {
+                let error = if f & POISONED != 0 {
+                    ChannelError::Poisoned
+                } else if f & PEER_DIED != 0 {
+                    self.peer_died()
+                } else {
+                    why.clone()
+                };
                 return Err(WriteError {
-                    error: self.peer_died(),
+                    error,
                     placed: true,
                 });
             }
@@ -800,14 +818,21 @@ impl Chan {
     }
 
     /// Why this channel refuses writes now, if it does (poison, a dead peer, no readers).
+    ///
+    /// Retirement is final: once every writer has retired, a writer that joins later is
+    /// refused (its readers may already have seen `Retired`), except for a message given back
+    /// (`back`), which was written before.
     #[inline]
-    fn write_refused(&self) -> Option<ChannelError> {
+    fn write_refused(&self, back: bool) -> Option<ChannelError> {
         let f = self.flags();
+        if f & (POISONED | PEER_DIED | READERS_RETIRED | WRITERS_RETIRED) == 0 {
+            return None;
+        }
         if f & POISONED != 0 {
             Some(ChannelError::Poisoned)
         } else if f & PEER_DIED != 0 {
             Some(self.peer_died())
-        } else if f & READERS_RETIRED != 0 {
+        } else if f & READERS_RETIRED != 0 || !back {
             Some(ChannelError::Retired)
         } else {
             None
@@ -818,10 +843,27 @@ impl Chan {
     /// a reader has taken it; a rendezvous message not taken by `deadline` is withdrawn
     /// (`Timeout`, not placed). On error the message was not delivered, except that a
     /// rendezvous write interrupted by poison may have been taken.
+    #[inline]
     pub(crate) fn write(
         &self,
         msg: &Outgoing<'_>,
         deadline: Option<Instant>,
+    ) -> Result<(), WriteError> {
+        self.write_as(msg, deadline, false)
+    }
+
+    /// Writes again a message that a reader gave back (a socket host puts back what a remote
+    /// reader did not take): as [`write`](Self::write), also after every writer retired.
+    pub(crate) fn write_back(&self, msg: &Outgoing<'_>) -> Result<(), WriteError> {
+        self.write_as(msg, None, true)
+    }
+
+    #[inline(always)]
+    fn write_as(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+        back: bool,
     ) -> Result<(), WriteError> {
         let not_placed = |error| WriteError {
             error,
@@ -829,10 +871,10 @@ impl Chan {
         };
         let tx = &self.hdr.tx.0;
         // Fast path: nothing refuses the write and a slot is free now.
-        let (index, stamp) = match self.write_refused() {
+        let (index, stamp) = match self.write_refused(back) {
             None => match self.try_push(msg) {
                 Some(placed) => placed,
-                None => self.write_wait(msg, deadline).map_err(not_placed)?,
+                None => self.write_wait(msg, deadline, back).map_err(not_placed)?,
             },
             Some(e) => return Err(not_placed(e)),
         };
@@ -849,17 +891,17 @@ impl Chan {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
                     return Some(Ok(()));
                 }
-                self.write_refused().map(Err)
+                self.write_refused(back).map(Err)
             },
             || self.hdr.head.0.load(Ordering::SeqCst) != pos,
         );
         match taken {
-            Some(r) => r.map_err(|error| WriteError {
-                error,
-                placed: true,
-            }),
+            Some(Ok(())) => Ok(()),
+            // The channel failed (poison, a dead peer, every reader retired) with the message
+            // not taken: withdraw it, so that an error always means "not delivered".
+            Some(Err(error)) => self.withdraw(index, pos, stamp, error),
             // The deadline passed with the message not taken.
-            None => self.withdraw(index, pos, stamp),
+            None => self.withdraw(index, pos, stamp, ChannelError::Timeout),
         }
     }
 
@@ -870,6 +912,7 @@ impl Chan {
         &self,
         msg: &Outgoing<'_>,
         deadline: Option<Instant>,
+        back: bool,
     ) -> Result<(usize, u64), ChannelError> {
         let tx = &self.hdr.tx.0;
         // When the ring is full, let the readers free a batch of slots before trying again,
@@ -883,7 +926,7 @@ impl Chan {
             deadline,
             || {
                 // The state check comes first: a waiter must never sleep through it.
-                if let Some(e) = self.write_refused() {
+                if let Some(e) = self.write_refused(back) {
                     return Some(Err(e));
                 }
                 checks += 1;
