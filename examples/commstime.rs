@@ -64,10 +64,10 @@ fn main() -> Result<(), pycsp::Error> {
     let n: u64 = std::env::args()
         .nth(1)
         .map_or(100_000, |s| s.parse().expect("iterations"));
-    let a = Channel::<u64>::new("a")?;
-    let b = Channel::<u64>::new("b")?;
-    let c = Channel::<u64>::new("c")?;
-    let d = Channel::<u64>::new("d")?;
+    let a = Channel::<u64>::new()?;
+    let b = Channel::<u64>::new()?;
+    let c = Channel::<u64>::new()?;
+    let d = Channel::<u64>::new()?;
     let (_, _, _, ns) = Parallel((
         prefix(0, d.reader(), a.writer()),
         delta(a.reader(), b.writer(), c.writer()),

@@ -51,7 +51,7 @@ fn consumer(inp: ChannelIn<u32>) {
 fn main() -> Result<(), pycsp::Error> {
     for death in [Death::Panic, Death::Abort] {
         println!("{death:?}:");
-        let ch = Channel::<u32>::new(&format!("crash-{death:?}"))?;
+        let ch = Channel::<u32>::new()?;
         match Parallel((fragile(ch.writer(), death), consumer(ch.reader()))) {
             Err(pycsp::Error::ProcessFailed { name, failure, .. }) => {
                 let name = name.rsplit("::").next().unwrap_or(&name).to_string();

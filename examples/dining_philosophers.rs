@@ -86,14 +86,9 @@ fn philosopher(
 // ANCHOR_END: philosopher
 
 /// For each fork, one channel from its left-hand and one from its right-hand philosopher.
-fn fork_channels(what: &str) -> Result<Vec<[Channel<()>; 2]>, ChannelError> {
+fn fork_channels() -> Result<Vec<[Channel<()>; 2]>, ChannelError> {
     (0..N)
-        .map(|i| {
-            Ok([
-                Channel::new(&format!("fork{i}-{what}-l"))?,
-                Channel::new(&format!("fork{i}-{what}-r"))?,
-            ])
-        })
+        .map(|_| Ok([Channel::new()?, Channel::new()?]))
         .collect()
 }
 
@@ -101,11 +96,11 @@ fn main() -> Result<(), pycsp::Error> {
     let meals: u64 = std::env::args()
         .nth(1)
         .map_or(1000, |s| s.parse().expect("meals"));
-    let sit = Channel::<usize>::new("sit")?;
-    let stand = Channel::<usize>::new("stand")?;
+    let sit = Channel::<usize>::new()?;
+    let stand = Channel::<usize>::new()?;
     // Fork i lies between philosopher i (its left hand) and philosopher i+1 (its right hand).
-    let up = fork_channels("up")?;
-    let down = fork_channels("down")?;
+    let up = fork_channels()?;
+    let down = fork_channels()?;
     let forks = replicate(N, |i| {
         fork(
             up[i][0].reader(),

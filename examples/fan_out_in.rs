@@ -63,11 +63,9 @@ fn gather(results: ChannelIn<(String, i64)>) -> Result<Vec<(String, i64)>, Chann
 // ANCHOR: main
 fn main() -> Result<(), pycsp::Error> {
     let readings = vec![3, -1, 4, 1, -5, 9, 2, 6];
-    let input = Channel::<i64>::new("readings")?;
-    let copies: Vec<Channel<i64>> = (0..3)
-        .map(|i| Channel::new(&format!("copy-{i}")))
-        .collect::<Result<_, _>>()?;
-    let results = Channel::<(String, i64)>::new("results")?; // any-to-any: three writers
+    let input = Channel::<i64>::new()?;
+    let copies: Vec<Channel<i64>> = (0..3).map(|_| Channel::new()).collect::<Result<_, _>>()?;
+    let results = Channel::<(String, i64)>::new()?; // any-to-any: three writers
     let hows = [Reduce::Min, Reduce::Max, Reduce::Sum];
     let (s, d, reduced, gathered) = Parallel((
         sensor(readings, input.writer()),

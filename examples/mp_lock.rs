@@ -30,7 +30,7 @@ fn add(counter: ChannelOut<i64>, n: u32) -> Result<(), ChannelError> {
 }
 
 fn main() -> Result<(), pycsp::Error> {
-    let increments = Channel::<i64>::buffered("increments", 64)?; // any-to-any
+    let increments = Channel::<i64>::buffered(64)?; // any-to-any
     let (total, added) = Parallel((
         counter(increments.reader()),
         replicate(4, |_| add(increments.writer(), 1000)),

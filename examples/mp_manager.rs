@@ -73,8 +73,8 @@ fn f(d: ChannelOut<Request>) -> Result<(), ChannelError> {
 // ANCHOR_END: manager
 
 fn main() -> Result<(), pycsp::Error> {
-    let requests = Channel::<Request>::new("manager-requests")?;
-    let replies = Channel::<String>::new("manager-replies")?;
+    let requests = Channel::<Request>::new()?;
+    let replies = Channel::<String>::new()?;
     let server = Spawn(manager(
         requests.reader(),
         replies.writer(),

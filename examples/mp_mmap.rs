@@ -51,7 +51,7 @@ fn f(path: PathBuf, done: ChannelOut<()>) -> Result<(), String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join(format!("pycsp-mmap-{}", std::process::id()));
     std::fs::write(&path, b"hello world\n")?;
-    let done = Channel::<()>::new("mmap-done")?;
+    let done = Channel::<()>::new()?;
     let wait = done.reader();
     let p = Spawn(f(path.clone(), done.writer()))?;
     wait.read()?; // the child's write is complete

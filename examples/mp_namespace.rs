@@ -114,13 +114,13 @@ impl Namespace {
 type Server = pycsp::Spawned<Process<Result<(), ChannelError>>>;
 
 /// Starts a namespace server with one handle per client.
-fn namespace(name: &str, clients: usize) -> Result<(Server, Vec<Namespace>), pycsp::Error> {
+fn namespace(clients: usize) -> Result<(Server, Vec<Namespace>), pycsp::Error> {
     let mut requests = Vec::new();
     let mut handles = Vec::new();
     let mut replies = Vec::new();
-    for i in 0..clients {
-        let req = Channel::new(&format!("{name}-request-{i}"))?;
-        let rep = Channel::new(&format!("{name}-reply-{i}"))?;
+    for _ in 0..clients {
+        let req = Channel::new()?;
+        let rep = Channel::new()?;
         requests.push(req.reader());
         replies.push(rep.writer());
         handles.push(Namespace {
@@ -145,7 +145,7 @@ fn f(ns: Namespace) -> Result<(), ChannelError> {
 }
 
 fn main() -> Result<(), pycsp::Error> {
-    let (server, mut clients) = namespace("ns", 2)?;
+    let (server, mut clients) = namespace(2)?;
     let (ns, child_ns) = (clients.remove(0), clients.remove(0));
     ns.set("x", Value::Int(1))?;
     ns.set("y", Value::Str("one".into()))?;

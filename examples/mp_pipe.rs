@@ -13,10 +13,9 @@ type Conn<T> = (ChannelIn<T>, ChannelOut<T>);
 
 /// `Pipe()`: two connected ends.
 fn pipe<T: serde::Serialize + serde::de::DeserializeOwned>(
-    name: &str,
 ) -> Result<(Conn<T>, Conn<T>), ChannelError> {
-    let there = Channel::<T>::new(&format!("{name}-there"))?;
-    let back = Channel::<T>::new(&format!("{name}-back"))?;
+    let there = Channel::<T>::new()?;
+    let back = Channel::<T>::new()?;
     Ok((
         (back.reader(), there.writer()),
         (there.reader(), back.writer()),
@@ -32,7 +31,7 @@ fn f(conn: Conn<String>) -> Result<(), ChannelError> {
 }
 
 fn main() -> Result<(), pycsp::Error> {
-    let (parent_conn, child_conn) = pipe::<String>("pipe")?;
+    let (parent_conn, child_conn) = pipe::<String>()?;
     let p = Spawn(f(child_conn))?;
     let (recv, send) = parent_conn;
     println!("{}", recv.read()?);

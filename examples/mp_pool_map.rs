@@ -23,8 +23,8 @@ fn f_worker(
 
 /// `Pool(workers).map(f, items)`: results in the order of `items`.
 fn pool_map(workers: usize, items: Vec<i64>) -> Result<Vec<i64>, pycsp::Error> {
-    let jobs = Channel::<(usize, i64)>::buffered("pool-jobs", items.len().max(1))?;
-    let results = Channel::<(usize, i64)>::buffered("pool-results", items.len().max(1))?;
+    let jobs = Channel::<(usize, i64)>::buffered(items.len().max(1))?;
+    let results = Channel::<(usize, i64)>::buffered(items.len().max(1))?;
     let pool = Spawn(replicate(workers, |_| {
         f_worker(jobs.reader(), results.writer())
     }))?;

@@ -63,9 +63,9 @@ impl AsyncResult {
 /// `Pool(workers).map_async(f, items)`: every job is in the channel when it returns.
 fn map_async(workers: usize, items: Vec<i64>) -> Result<AsyncResult, pycsp::Error> {
     let n = items.len();
-    let jobs = Channel::<(usize, i64)>::buffered("pool-jobs", n.max(1))?;
-    let results = Channel::<(usize, i64)>::buffered("pool-results", n.max(1))?;
-    let answer = Channel::<Vec<i64>>::new("pool-answer")?;
+    let jobs = Channel::<(usize, i64)>::buffered(n.max(1))?;
+    let results = Channel::<(usize, i64)>::buffered(n.max(1))?;
+    let answer = Channel::<Vec<i64>>::new()?;
     let submit = jobs.writer();
     for job in items.into_iter().enumerate() {
         submit.write(job)?; // the buffer holds every job: this never waits

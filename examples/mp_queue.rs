@@ -14,7 +14,7 @@ fn f(q: ChannelOut<(i32, Option<i32>, String)>) -> Result<(), ChannelError> {
 }
 
 fn main() -> Result<(), pycsp::Error> {
-    let q = Channel::buffered("q", 16)?; // a Queue holds messages until they are taken
+    let q = Channel::buffered(16)?; // a Queue holds messages until they are taken
     let get = q.reader();
     let p = Spawn(f(q.writer()))?; // p.start()
     let (n, none, s) = get.read()?; // q.get()

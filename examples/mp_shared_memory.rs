@@ -69,7 +69,7 @@ fn main() -> Result<(), pycsp::Error> {
     let mut b = SharedArray::zeros(a.len())?;
     b.as_mut_slice().copy_from_slice(&a);
     println!("{:?}", b.as_slice());
-    let (there, back) = (Channel::new("array-there")?, Channel::new("array-back")?);
+    let (there, back) = (Channel::new()?, Channel::new()?);
     let (send, recv) = (there.writer(), back.reader());
     let p = Spawn(f(there.reader(), back.writer()))?;
     send.write(b)?; // `b` is spent: using it now would not compile

@@ -28,7 +28,7 @@ fn main() -> Result<(), pycsp::Error> {
     let num = 0.0f64;
     let arr: Vec<u8> = (0..10i32).flat_map(|i| i.to_ne_bytes()).collect();
     let arr = SharedBlock::from_slice(&arr)?; // Array('i', range(10)) in shared memory
-    let (there, back) = (Channel::new("value-there")?, Channel::new("value-back")?);
+    let (there, back) = (Channel::new()?, Channel::new()?);
     let (send, recv) = (there.writer(), back.reader());
     let p = Spawn(f(there.reader(), back.writer()))?;
     send.write((num, arr))?;

@@ -50,9 +50,9 @@ fn main() -> Result<(), pycsp::Error> {
     let n: u64 = std::env::args()
         .nth(1)
         .map_or(10, |s| s.parse().expect("n"));
-    let a = Channel::<u64>::new("numbers")?;
-    let b = Channel::<u64>::new("squares")?;
-    let c = Channel::<u64>::new("sums")?;
+    let a = Channel::<u64>::new()?;
+    let b = Channel::<u64>::new()?;
+    let c = Channel::<u64>::new()?;
     let (r1, r2, r3, sums) = Parallel((
         numbers(n, a.writer()),
         square(a.reader(), b.writer()),

@@ -49,8 +49,8 @@ fn worker(jobs: ChannelIn<(u64, u64)>) -> Result<u64, ChannelError> {
         .sum()
 }
 
-fn count_primes(workers: usize, run: usize) -> Result<(u64, Duration), pycsp::Error> {
-    let jobs = Channel::<(u64, u64)>::buffered(&format!("jobs-{workers}-{run}"), 16)?;
+fn count_primes(workers: usize) -> Result<(u64, Duration), pycsp::Error> {
+    let jobs = Channel::<(u64, u64)>::buffered(16)?;
     let start = Instant::now();
     let ((), counts) = Parallel((
         farmer(jobs.writer(), LIMIT, CHUNK),
@@ -84,9 +84,9 @@ fn main() -> Result<(), pycsp::Error> {
     let mut one = Vec::new();
     let mut many = Vec::new();
     let mut total = 0;
-    for run in 0..runs {
-        one.push(count_primes(1, run)?.1);
-        let (n, t) = count_primes(workers, run)?;
+    for _ in 0..runs {
+        one.push(count_primes(1)?.1);
+        let (n, t) = count_primes(workers)?;
         total = n;
         many.push(t);
     }

@@ -45,21 +45,21 @@ fn receive_all(inp: ChannelIn<u32>) -> Result<Vec<u32>, ChannelError> {
 fn channels() -> Result<(), pycsp::Error> {
     // Rendezvous: a write returns once a reader has taken the message, so the writer and the
     // reader must run at the same time.
-    let ch = Channel::<u32>::new("rendezvous")?;
+    let ch = Channel::<u32>::new()?;
     let (sent, got) = Parallel((send_all(ch.writer(), 0, 3), receive_all(ch.reader())))?;
     sent?;
     println!("rendezvous: {:?}", got?);
 
     // Buffered: writes return once the message is in the buffer, so the writer can finish
     // before the reader starts (with a rendezvous channel this Sequence would never end).
-    let ch = Channel::<u32>::buffered("buffered", 3)?;
+    let ch = Channel::<u32>::buffered(3)?;
     let (sent, got) = Sequence((send_all(ch.writer(), 0, 3), receive_all(ch.reader())))?;
     sent?;
     println!("buffered: {:?}", got?);
 
     // Any-to-any: two writers and two readers on one channel. Each message reaches exactly
     // one reader, and each writer's messages arrive in the order it wrote them.
-    let ch = Channel::<u32>::buffered("any-to-any", 16)?;
+    let ch = Channel::<u32>::buffered(16)?;
     let (writers, readers) = Parallel((
         replicate(2, |i| send_all(ch.writer(), 1000 * i as u32, 100)),
         replicate(2, |_| receive_all(ch.reader())),

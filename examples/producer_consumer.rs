@@ -33,7 +33,7 @@ fn consumer(inp: ChannelIn<u64>) -> Result<(u32, u64, u64), ChannelError> {
 // ANCHOR: main
 fn main() -> Result<(), pycsp::Error> {
     let n = 1_000_000;
-    let ch = Channel::<u64>::buffered("numbers", 1024)?;
+    let ch = Channel::<u64>::buffered(1024)?;
     let start = std::time::Instant::now();
     let ((), (pid, count, sum)) = match Parallel((producer(ch.writer(), n), consumer(ch.reader())))?
     {

@@ -47,8 +47,8 @@ fn main() -> Result<(), pycsp::Error> {
         .expect("a free port");
     // ANCHOR: main
     // Channels hosted by this process, on this address, for processes anywhere.
-    let a = Channel::<u64>::new(&format!("tcp://{here}:{port}/numbers"))?;
-    let b = Channel::<u64>::buffered(&format!("tcp://{here}:{port}/squares"), 16)?;
+    let a = Channel::<u64>::named(&format!("tcp://{here}:{port}/numbers"))?;
+    let b = Channel::<u64>::named_buffered(&format!("tcp://{here}:{port}/squares"), 16)?;
     // Where the stages run: `{cmd}` is the command that starts this binary as that process.
     let there = Placement::launcher(&launcher).reach_back(&here);
     let (sent, squared, sum) = Parallel((

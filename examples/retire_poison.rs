@@ -41,7 +41,7 @@ fn reader(inp: ChannelIn<u32>) -> String {
 // ANCHOR: main
 fn main() -> Result<(), pycsp::Error> {
     for (name, poison) in [("retire", false), ("poison", true)] {
-        let ch = Channel::<u32>::buffered(&format!("{name}-demo"), 8)?;
+        let ch = Channel::<u32>::buffered(8)?;
         // Sequence: the reader starts only after the writer has returned.
         let (wrote, got) = Sequence((writer(ch.writer(), poison), reader(ch.reader())))?;
         wrote?;

@@ -50,10 +50,10 @@ fn main() -> Result<(), pycsp::Error> {
     let clients: usize = args.next().map_or(4, |s| s.parse().expect("clients"));
     let n: u64 = args.next().map_or(10_000, |s| s.parse().expect("requests"));
     let req: Vec<Channel<u64>> = (0..clients)
-        .map(|i| Channel::new(&format!("request-{i}")))
+        .map(|_| Channel::new())
         .collect::<Result<_, _>>()?;
     let rep: Vec<Channel<u64>> = (0..clients)
-        .map(|i| Channel::new(&format!("reply-{i}")))
+        .map(|_| Channel::new())
         .collect::<Result<_, _>>()?;
     let start = std::time::Instant::now();
     let (served, sums) = Parallel((

@@ -21,7 +21,7 @@ fn generate(out: ChannelOut<u64>) -> Result<(), ChannelError> {
 fn filter(inp: ChannelIn<u64>, primes: ChannelOut<u64>) -> Result<(), pycsp::Error> {
     let p = inp.read()?;
     primes.write(p)?;
-    let next = Channel::<u64>::new(&format!("after-{p}"))?;
+    let next = Channel::<u64>::new()?;
     // `rest` is joined when it is dropped; declared before `out`, it is dropped after it, so
     // the next filter sees this one's end retire instead of waiting for it forever.
     let _rest = Spawn(filter(next.reader(), primes))?;
@@ -41,8 +41,8 @@ fn main() -> Result<(), pycsp::Error> {
     let count: usize = std::env::args()
         .nth(1)
         .map_or(30, |s| s.parse().expect("count"));
-    let numbers = Channel::<u64>::new("numbers")?;
-    let primes = Channel::<u64>::buffered("primes", 16)?;
+    let numbers = Channel::<u64>::new()?;
+    let primes = Channel::<u64>::buffered(16)?;
     let found = primes.reader();
     let sieve = Spawn((
         generate(numbers.writer()),

@@ -28,7 +28,7 @@
 //! }
 //!
 //! fn main() -> Result<(), pycsp::Error> {
-//!     let ch = Channel::<u64>::new("numbers")?; // rendezvous
+//!     let ch = Channel::<u64>::new()?; // rendezvous
 //!     let (sent, sum) = Parallel((producer(ch.writer(), 1_000), consumer(ch.reader())))?;
 //!     assert_eq!(sent, Ok(()));
 //!     assert_eq!(sum, Ok(499_500));

@@ -78,9 +78,9 @@ fn selecting_reader(ins: Vec<ChannelIn<Msg>>, fair: bool) -> (Vec<(u64, u64)>, b
 fn selecting_readers_and_writers_on_several_channels_deliver_every_message_exactly_once() {
     let _serial = common::timing();
     let chans = [
-        Channel::<Msg>::new("stress-rv-0").unwrap(),
-        Channel::<Msg>::new("stress-rv-1").unwrap(),
-        Channel::<Msg>::buffered("stress-buf-2", 8).unwrap(),
+        Channel::<Msg>::named("stress-rv-0").unwrap(),
+        Channel::<Msg>::named("stress-rv-1").unwrap(),
+        Channel::<Msg>::named_buffered("stress-buf-2", 8).unwrap(),
     ];
     let rounds = 1500;
     let writers = replicate(3, |id| {
@@ -139,7 +139,7 @@ fn timeout_with_input(inp: ChannelIn<u8>, ms: u64) -> (usize, Duration, Duration
 #[test]
 fn timeouts_are_honoured_to_a_few_milliseconds_and_sleep_without_cpu() {
     let _serial = common::timing();
-    let ch = Channel::<u8>::new("alt-timeout").unwrap();
+    let ch = Channel::<u8>::named("alt-timeout").unwrap();
     let _w = ch.writer();
     let (alone, with_input) =
         Parallel((sleep_in_select(300), timeout_with_input(ch.reader(), 300))).unwrap();
@@ -180,8 +180,8 @@ fn retire_it(out: ChannelOut<u8>) {
 
 #[test]
 fn a_poisoned_guard_fails_the_select_in_another_process() {
-    let a = Channel::<u8>::new("alt-x-poison-a").unwrap();
-    let b = Channel::<u8>::new("alt-x-poison-b").unwrap();
+    let a = Channel::<u8>::named("alt-x-poison-a").unwrap();
+    let b = Channel::<u8>::named("alt-x-poison-b").unwrap();
     let _bw = b.writer();
     let (e, ()) = Parallel((
         select_until_error(a.reader(), b.reader()),
@@ -193,8 +193,8 @@ fn a_poisoned_guard_fails_the_select_in_another_process() {
 
 #[test]
 fn a_select_over_retired_channels_reports_retired_once_all_are() {
-    let a = Channel::<u8>::new("alt-x-retire-a").unwrap();
-    let b = Channel::<u8>::buffered("alt-x-retire-b", 4).unwrap();
+    let a = Channel::<u8>::named("alt-x-retire-a").unwrap();
+    let b = Channel::<u8>::named_buffered("alt-x-retire-b", 4).unwrap();
     let (e, (), ()) = Parallel((
         select_until_error(a.reader(), b.reader()),
         retire_it(a.writer()),

@@ -112,7 +112,7 @@ fn total(v: &[(u64, u64)]) -> (u64, u64) {
 fn selecting_writers_and_plain_readers_on_one_rendezvous_channel_never_hang() {
     let name = "hang1-sel-writers";
     let (w, r) = within(LIMIT, &[name], move || {
-        let ch = Channel::<u64>::new(name).unwrap();
+        let ch = Channel::<u64>::named(name).unwrap();
         let writers = replicate(2, |id| selecting_writer(ch.writer(), id as u64, 2000));
         let readers = replicate(2, |_| plain_reader(ch.reader()));
         Parallel((writers, readers)).unwrap()
@@ -125,7 +125,7 @@ fn selecting_writers_and_plain_readers_on_one_rendezvous_channel_never_hang() {
 fn plain_writers_and_selecting_readers_on_one_rendezvous_channel_never_hang() {
     let name = "hang1-sel-readers";
     let (w, r) = within(LIMIT, &[name], move || {
-        let ch = Channel::<u64>::new(name).unwrap();
+        let ch = Channel::<u64>::named(name).unwrap();
         let writers = replicate(2, |id| plain_writer(ch.writer(), id as u64, 2000));
         let readers = replicate(2, |_| selecting_reader(ch.reader()));
         Parallel((writers, readers)).unwrap()
@@ -203,9 +203,9 @@ fn go_select_stress_selects_against_plain_senders_and_receivers_never_hang() {
             .zip([0, 0, 2, 3])
             .map(|(name, cap)| {
                 if cap == 0 {
-                    Channel::new(name).unwrap()
+                    Channel::named(name).unwrap()
                 } else {
-                    Channel::buffered(name, cap).unwrap()
+                    Channel::named_buffered(name, cap).unwrap()
                 }
             })
             .collect();
@@ -242,7 +242,7 @@ fn selects_that_send_or_receive_on_one_channel_pair_up_and_never_match_themselve
     let got = within(LIMIT, &names.clone(), move || {
         let mut rounds = Vec::new();
         for name in &names {
-            let ch = Channel::<u64>::new(name).unwrap();
+            let ch = Channel::<u64>::named(name).unwrap();
             rounds.push(
                 Parallel(replicate(8, |id| {
                     send_or_receive(ch.reader(), ch.writer(), id as u64)
@@ -309,7 +309,7 @@ fn timed_reader(inp: ChannelIn<u64>) -> (u64, u64) {
 fn rendezvous_writes_with_timeouts_are_either_taken_or_withdrawn_exactly_once() {
     let name = "timed-rv";
     let (w, r) = within(LIMIT, &[name], move || {
-        let ch = Channel::<u64>::new(name).unwrap();
+        let ch = Channel::<u64>::named(name).unwrap();
         let writers = replicate(2, |id| timed_writer(ch.writer(), id as u64, 3000));
         let readers = replicate(2, |_| timed_reader(ch.reader()));
         Parallel((writers, readers)).unwrap()
@@ -391,10 +391,10 @@ fn an_end_passed_around_a_ring_and_used_in_selects_never_hangs() {
             .map(|n| format!("hang3-{run}-{n}"))
             .collect();
         let (hops_made, (ordered, got)) = within(LIMIT, &names.clone(), move || {
-            let data = Channel::<u64>::new(&names[0]).unwrap();
+            let data = Channel::<u64>::named(&names[0]).unwrap();
             let c: Vec<Channel<Token>> = names[1..]
                 .iter()
-                .map(|n| Channel::new(n).unwrap())
+                .map(|n| Channel::named(n).unwrap())
                 .collect();
             let ring = replicate(3, |k| {
                 let start = (k == 0).then(|| (data.writer(), 0));
@@ -542,11 +542,11 @@ fn mixed_selecting_and_plain_readers_and_writers_any_to_any_agree_on_every_messa
             .collect();
         let (w, r) = within(LIMIT, &names.clone(), move || {
             let data = [
-                Channel::<u64>::new(&names[0]).unwrap(),
-                Channel::<u64>::new(&names[1]).unwrap(),
-                Channel::<u64>::buffered(&names[2], 3).unwrap(),
+                Channel::<u64>::named(&names[0]).unwrap(),
+                Channel::<u64>::named(&names[1]).unwrap(),
+                Channel::<u64>::named_buffered(&names[2], 3).unwrap(),
             ];
-            let carrier = Channel::<ChannelOut<u64>>::new(&names[3]).unwrap();
+            let carrier = Channel::<ChannelOut<u64>>::named(&names[3]).unwrap();
             let writers = replicate(4, |k| {
                 let outs = if k == 3 {
                     vec![data[1].writer()]
@@ -627,10 +627,10 @@ fn a_reading_end_passed_around_a_ring_and_used_in_selects_never_hangs() {
             .map(|n| format!("hang3r-{run}-{n}"))
             .collect();
         let (made, ()) = within(LIMIT, &names.clone(), move || {
-            let data = Channel::<u64>::new(&names[0]).unwrap();
+            let data = Channel::<u64>::named(&names[0]).unwrap();
             let c: Vec<Channel<ReaderToken>> = names[1..]
                 .iter()
-                .map(|n| Channel::new(n).unwrap())
+                .map(|n| Channel::named(n).unwrap())
                 .collect();
             let ring = replicate(3, |k| {
                 let start = (k == 0).then(|| (data.reader(), 0));
@@ -702,12 +702,12 @@ fn ends_offered_with_timeouts_around_a_ring_retire_their_channels_at_the_end() {
             .collect();
         let (made, (a, b)) = within(LIMIT, &names.clone(), move || {
             let data = [
-                Channel::<u64>::new(&names[0]).unwrap(),
-                Channel::<u64>::new(&names[1]).unwrap(),
+                Channel::<u64>::named(&names[0]).unwrap(),
+                Channel::<u64>::named(&names[1]).unwrap(),
             ];
             let c: Vec<Channel<Token>> = names[2..]
                 .iter()
-                .map(|n| Channel::new(n).unwrap())
+                .map(|n| Channel::named(n).unwrap())
                 .collect();
             let ring = replicate(3, |k| {
                 let start = (k < 2).then(|| (data[k].writer(), k as u64));

@@ -56,8 +56,8 @@ fn echo(inp: ChannelIn<Bytes>, out: ChannelOut<Bytes>) -> Result<(), ChannelErro
 
 #[test]
 fn a_mebibyte_of_bytes_crosses_processes_intact() {
-    let there = Channel::<Bytes>::new("bytes-there").unwrap();
-    let back = Channel::<Bytes>::new("bytes-back").unwrap();
+    let there = Channel::<Bytes>::named("bytes-there").unwrap();
+    let back = Channel::<Bytes>::named("bytes-back").unwrap();
     let data = high_bytes();
     let h = Spawn(echo(there.reader(), back.writer())).unwrap();
     there.writer().write(Bytes::from(data.clone())).unwrap();

@@ -32,7 +32,7 @@ fn consumer(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
 
 #[test]
 fn producer_and_consumer_in_two_processes_over_a_rendezvous_channel() {
-    let ch = Channel::<u64>::new("pc-rendezvous").unwrap();
+    let ch = Channel::<u64>::named("pc-rendezvous").unwrap();
     let (p, c) = Parallel((producer(ch.writer(), 1000), consumer(ch.reader()))).unwrap();
     assert_eq!(p, Ok(()));
     assert_eq!(c, Ok(499_500));
@@ -40,7 +40,7 @@ fn producer_and_consumer_in_two_processes_over_a_rendezvous_channel() {
 
 #[test]
 fn producer_and_consumer_over_a_buffered_channel() {
-    let ch = Channel::<u64>::buffered("pc-buffered", 64).unwrap();
+    let ch = Channel::<u64>::named_buffered("pc-buffered", 64).unwrap();
     let (p, c) = Parallel((producer(ch.writer(), 100_000), consumer(ch.reader()))).unwrap();
     assert_eq!(p, Ok(()));
     assert_eq!(c, Ok(100_000 * 99_999 / 2));
@@ -74,7 +74,7 @@ fn tagged_reader(inp: ChannelIn<(u32, u32)>) -> (u64, u64, bool) {
 fn any_to_any_across_processes_delivers_each_message_to_exactly_one_reader() {
     let _serial = common::timing();
     for (name, cap) in [("a2a-rendezvous", 0), ("a2a-buffered", 16)] {
-        let ch = Channel::<(u32, u32)>::buffered(name, cap).unwrap();
+        let ch = Channel::<(u32, u32)>::named_buffered(name, cap).unwrap();
         let n = 3000u32;
         let writers = replicate(3, |id| tagged_writer(ch.writer(), id as u32, n));
         let readers = replicate(3, |_| tagged_reader(ch.reader()));
@@ -102,8 +102,8 @@ fn echo_large(inp: ChannelIn<Vec<u64>>, out: ChannelOut<Vec<u64>>) -> Result<(),
 
 #[test]
 fn a_64_mib_message_crosses_processes_intact() {
-    let there = Channel::<Vec<u64>>::new("large-there").unwrap();
-    let back = Channel::<Vec<u64>>::new("large-back").unwrap();
+    let there = Channel::<Vec<u64>>::named("large-there").unwrap();
+    let back = Channel::<Vec<u64>>::named("large-back").unwrap();
     let (w, r) = (there.writer(), back.reader());
     let h = Spawn(echo_large(there.reader(), back.writer())).unwrap();
     // 8 Mi u64 values of up to 9 bytes each: about 64 MiB encoded.
@@ -127,7 +127,7 @@ fn blocked_reader(inp: ChannelIn<u8>) -> (Duration, Duration) {
 #[test]
 fn a_process_blocked_for_a_second_uses_almost_no_cpu() {
     let _serial = common::timing();
-    let ch = Channel::<u8>::new("idle").unwrap();
+    let ch = Channel::<u8>::named("idle").unwrap();
     let w = ch.writer();
     let h = Spawn(blocked_reader(ch.reader())).unwrap();
     // The subject of the test is a long block: keep the reader waiting for one second.
@@ -154,7 +154,7 @@ fn a_pipeline_with_more_processes_than_cores_does_not_livelock() {
     let _serial = common::timing();
     let stages = 8;
     let chans: Vec<Channel<u64>> = (0..=stages)
-        .map(|i| Channel::new(&format!("pipe-{i}")).unwrap())
+        .map(|i| Channel::named(&format!("pipe-{i}")).unwrap())
         .collect();
     let relays = replicate(stages, |i| relay(chans[i].reader(), chans[i + 1].writer()));
     let n = 2000;
@@ -174,7 +174,7 @@ fn open_by_name_as_string(name: String) -> Result<(), ChannelError> {
 
 #[test]
 fn opening_a_channel_with_the_wrong_type_in_another_process_names_both_types() {
-    let _ch = Channel::<u64>::new("typed-xproc").unwrap();
+    let _ch = Channel::<u64>::named("typed-xproc").unwrap();
     match Parallel(open_by_name_as_string("typed-xproc".into())).unwrap() {
         Err(ChannelError::TypeMismatch {
             expected, found, ..
@@ -206,7 +206,7 @@ fn drain(inp: ChannelIn<u8>) -> (usize, ChannelError) {
 
 #[test]
 fn readers_see_retired_after_all_writers_retired_and_the_buffer_drained() {
-    let ch = Channel::<u8>::buffered("retire-drain", 100).unwrap();
+    let ch = Channel::<u8>::named_buffered("retire-drain", 100).unwrap();
     // Writers finish (and retire by returning) before the reader starts.
     Parallel(replicate(2, |_| write_then_retire(ch.writer(), 10))).unwrap();
     let (n, e) = Parallel(drain(ch.reader())).unwrap();
@@ -232,7 +232,7 @@ fn read_some_then_retire(inp: ChannelIn<u8>, n: usize) {
 
 #[test]
 fn writers_see_retired_once_all_readers_retired() {
-    let ch = Channel::<u8>::new("retire-readers").unwrap();
+    let ch = Channel::<u8>::named("retire-readers").unwrap();
     let (e, _, _) = Parallel((
         writer_until_error(ch.writer()),
         read_some_then_retire(ch.reader(), 5),
@@ -268,9 +268,9 @@ fn sink(inp: ChannelIn<u64>) -> Result<(), ChannelError> {
 
 #[test]
 fn poison_spreads_through_a_pipeline_of_processes() {
-    let a = Channel::<u64>::new("poison-a").unwrap();
-    let b = Channel::<u64>::new("poison-b").unwrap();
-    let c = Channel::<u64>::new("poison-c").unwrap();
+    let a = Channel::<u64>::named("poison-a").unwrap();
+    let b = Channel::<u64>::named("poison-b").unwrap();
+    let c = Channel::<u64>::named("poison-c").unwrap();
     let (p, s1, s2, k) = Parallel((
         poison_after(a.writer(), 10),
         stage(a.reader(), b.writer()),
@@ -305,8 +305,8 @@ fn endless(out: ChannelOut<u64>) -> Result<(), ChannelError> {
 /// endless -> a -> stage -> b -> poison_from_the_end(n): every process must end with
 /// `Poisoned` (the stage returns it with `?`, calling no poison() itself).
 fn poison_reaches_the_producer(a: &str, a_capacity: usize, b: &str, b_capacity: usize, n: u64) {
-    let a = Channel::<u64>::buffered(a, a_capacity).unwrap();
-    let b = Channel::<u64>::buffered(b, b_capacity).unwrap();
+    let a = Channel::<u64>::named_buffered(a, a_capacity).unwrap();
+    let b = Channel::<u64>::named_buffered(b, b_capacity).unwrap();
     let (p, s, k) = Parallel((
         endless(a.writer()),
         stage(a.reader(), b.writer()),
@@ -331,7 +331,7 @@ fn poison_at_the_consumer_end_shuts_down_the_producers_upstream() {
 
 #[test]
 fn a_crashed_process_poisons_its_channels_so_peers_do_not_hang() {
-    let ch = Channel::<u64>::new("crash-peer").unwrap();
+    let ch = Channel::<u64>::named("crash-peer").unwrap();
     let r = Parallel((crash_holding(ch.writer()), consumer(ch.reader())));
     match r {
         Err(Error::ProcessFailed { name, .. }) => assert!(name.ends_with("crash_holding")),
@@ -362,8 +362,8 @@ fn invert_block(
 
 #[test]
 fn a_shared_block_moves_between_processes_and_back_without_copies() {
-    let there = Channel::<SharedBlock>::new("block-there").unwrap();
-    let back = Channel::<SharedBlock>::new("block-back").unwrap();
+    let there = Channel::<SharedBlock>::named("block-there").unwrap();
+    let back = Channel::<SharedBlock>::named("block-back").unwrap();
     let (w, r) = (there.writer(), back.reader());
     let h = Spawn(invert_block(there.reader(), back.writer())).unwrap();
     let data: Vec<u8> = (0..(8 << 20)).map(|i| (i % 253) as u8).collect();

@@ -73,7 +73,7 @@ fn spawn_grandchild() -> Result<u32, pycsp::Error> {
 
 #[test]
 fn a_normal_run_and_a_panicking_run_leave_no_shm_objects_and_no_processes() {
-    let ch = Channel::<u64>::buffered("cleanup-normal", 4).unwrap();
+    let ch = Channel::<u64>::named_buffered("cleanup-normal", 4).unwrap();
     ch.writer().write(1).unwrap();
     let h = Spawn((replicate(3, |i| square(i as u64)), spawn_grandchild())).unwrap();
     let mut pids = h.pids();
@@ -96,7 +96,7 @@ fn block_forever(inp: ChannelIn<u8>) -> Result<u8, ChannelError> {
 
 #[process]
 fn nest_and_block(inp: ChannelIn<u8>, out: ChannelOut<u32>) -> Result<(), pycsp::Error> {
-    let gate = Channel::<u8>::new("grandchild-gate")?;
+    let gate = Channel::<u8>::named("grandchild-gate")?;
     let h = Spawn(block_forever(gate.reader()))?;
     for pid in h.pids() {
         out.write(pid)?;
@@ -114,8 +114,8 @@ fn killable_root() {
     if std::env::var_os("PYCSP_TEST_KILLABLE_ROOT").is_none() {
         return;
     }
-    let gate = Channel::<u8>::new("root-gate").unwrap();
-    let pids = Channel::<u32>::buffered("root-pids", 16).unwrap();
+    let gate = Channel::<u8>::named("root-gate").unwrap();
+    let pids = Channel::<u32>::named_buffered("root-pids", 16).unwrap();
     let rp = pids.reader();
     let h = Spawn((
         replicate(2, |_| block_forever(gate.reader())),
@@ -128,7 +128,7 @@ fn killable_root() {
     }
     println!("READY");
     // Block on a channel nobody writes until the test kills us.
-    let idle = Channel::<u8>::new("root-idle").unwrap();
+    let idle = Channel::<u8>::named("root-idle").unwrap();
     let _w = idle.writer();
     let _ = idle.reader().read_timeout(Duration::from_secs(3600));
 }
@@ -195,7 +195,7 @@ fn twin_run() {
     };
     let n: u64 = n.parse().unwrap();
     // The same channel name in both runs: each run is its own network.
-    let ch = Channel::<u64>::buffered("twin-numbers", 8).unwrap();
+    let ch = Channel::<u64>::named_buffered("twin-numbers", 8).unwrap();
     let ((), sum) = Parallel((twin_producer(ch.writer(), n), twin_consumer(ch.reader()))).unwrap();
     println!("SUM {}", sum.unwrap());
 }

@@ -24,8 +24,8 @@ fn hold_and_wait(out: ChannelOut<u64>, gate: ChannelIn<u8>) -> Result<(), Channe
 #[test]
 fn a_peer_killed_from_outside_wakes_blocked_readers_with_peer_died_within_100ms() {
     let _serial = common::timing();
-    let ch = Channel::<u64>::new("crash-kill").unwrap();
-    let gate = Channel::<u8>::new("crash-kill-gate").unwrap();
+    let ch = Channel::<u64>::named("crash-kill").unwrap();
+    let gate = Channel::<u8>::named("crash-kill-gate").unwrap();
     let _gw = gate.writer();
     let h = Spawn((
         read_one(ch.reader()),
@@ -84,7 +84,7 @@ fn write_then_abort(out: ChannelOut<u64>, n: u64) {
 #[test]
 fn messages_written_before_a_panic_or_abort_are_delivered_then_peer_died() {
     for (name, abort) in [("crash-panic", false), ("crash-abort", true)] {
-        let ch = Channel::<u64>::buffered(name, 64).unwrap();
+        let ch = Channel::<u64>::named_buffered(name, 64).unwrap();
         let writer = if abort {
             write_then_abort(ch.writer(), 40)
         } else {
@@ -168,9 +168,11 @@ fn killing_a_writer_at_random_points_of_a_busy_network_loses_no_acknowledged_mes
             "rounds took too long (seed {seed:#x})"
         );
         let cap = [1usize, 8, 64][round % 3];
-        let ch = Channel::<Msg>::buffered(&format!("busy-{round}"), cap).unwrap();
-        let acks = Channel::<(u32, u64)>::buffered(&format!("busy-acks-{round}"), 1 << 16).unwrap();
-        let results = Channel::<Vec<Msg>>::buffered(&format!("busy-results-{round}"), 2).unwrap();
+        let ch = Channel::<Msg>::named_buffered(&format!("busy-{round}"), cap).unwrap();
+        let acks =
+            Channel::<(u32, u64)>::named_buffered(&format!("busy-acks-{round}"), 1 << 16).unwrap();
+        let results =
+            Channel::<Vec<Msg>>::named_buffered(&format!("busy-results-{round}"), 2).unwrap();
         let n = 1_000_000;
         let writers = replicate(3, |id| {
             numbered_writer(ch.writer(), acks.writer(), id as u32, n)

@@ -53,8 +53,8 @@ fn double_by_reads(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), Chan
 
 fn channels(capacity: usize) -> (Channel<u64>, Channel<u64>) {
     (
-        Channel::<u64>::buffered(&common::unique("a"), capacity).unwrap(),
-        Channel::<u64>::buffered(&common::unique("b"), capacity).unwrap(),
+        Channel::<u64>::named_buffered(&common::unique("a"), capacity).unwrap(),
+        Channel::<u64>::named_buffered(&common::unique("b"), capacity).unwrap(),
     )
 }
 
@@ -112,7 +112,7 @@ fn every_stage_after_a_crash_returns_peer_died_naming_the_crashed_process() {
 fn a_stage_that_returns_peer_died_passes_the_crash_on_instead_of_retiring() {
     for capacity in [0, 8] {
         let (a, b) = channels(capacity);
-        let c = Channel::<u64>::buffered(&common::unique("c"), capacity).unwrap();
+        let c = Channel::<u64>::named_buffered(&common::unique("c"), capacity).unwrap();
         let h = Spawn((
             source_then_panic(a.writer(), 5),
             double_by_reads(a.reader(), b.writer()),
@@ -142,7 +142,7 @@ fn never_runs(out: ChannelOut<u64>, _bad: Unencodable) -> Result<(), ChannelErro
 
 #[test]
 fn a_process_whose_arguments_cannot_be_encoded_is_not_started_and_poisons_its_ends() {
-    let ch = Channel::<u64>::buffered(&common::unique("unencodable"), 1).unwrap();
+    let ch = Channel::<u64>::named_buffered(&common::unique("unencodable"), 1).unwrap();
     let r = ch.reader();
     match Parallel(never_runs(ch.writer(), Unencodable)) {
         Err(pycsp::Error::Spawn { name, reason }) => {
@@ -167,8 +167,8 @@ fn a_rendezvous_write_that_fails_was_not_delivered() {
     // looks. The waiting write either returned Ok (a reader took the message) or failed, and
     // then no reader may get the message: a writer that retries must not send it twice.
     for round in 0..20 {
-        let ch = Channel::<u64>::new(&common::unique("rv-fail")).unwrap();
-        let gate = Channel::<u8>::buffered(&common::unique("rv-fail-gate"), 1).unwrap();
+        let ch = Channel::<u64>::named(&common::unique("rv-fail")).unwrap();
+        let gate = Channel::<u8>::named_buffered(&common::unique("rv-fail-gate"), 1).unwrap();
         let (r, g) = (ch.reader(), gate.writer());
         let h = Spawn(die_after_gate(ch.writer(), gate.reader())).unwrap();
         let w = ch.writer();
@@ -191,7 +191,7 @@ fn a_rendezvous_write_that_fails_was_not_delivered() {
 }
 #[test]
 fn a_writer_attached_after_every_writer_retired_is_refused() {
-    let ch = Channel::<u64>::buffered(&common::unique("late"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered(&common::unique("late"), 4).unwrap();
     let r = ch.reader();
     ch.writer().write(1).unwrap(); // the only writer retires as it drops
     assert_eq!(r.read(), Ok(1));

@@ -95,9 +95,9 @@ fn separate_program() {
     };
     match role.as_str() {
         "host" => {
-            let requests = Channel::<u64>::new(&format!("{at}/requests")).unwrap();
-            let replies = Channel::<u64>::new(&format!("{at}/replies")).unwrap();
-            let bytes = Channel::<Vec<u8>>::new(&format!("{at}/bytes")).unwrap();
+            let requests = Channel::<u64>::named(&format!("{at}/requests")).unwrap();
+            let replies = Channel::<u64>::named(&format!("{at}/replies")).unwrap();
+            let bytes = Channel::<Vec<u8>>::named(&format!("{at}/bytes")).unwrap();
             let (r, w) = (requests.reader(), replies.writer());
             // Held, so that clients coming and going never retire the channels.
             let _held = (requests.writer(), replies.reader(), bytes.writer());
@@ -624,9 +624,11 @@ fn an_over_size_message_is_refused_at_the_writer_before_anything_is_sent() {
     );
     assert_eq!(r.2, Ok(()));
     // A hosted channel too: its messages may go to remote readers.
-    let ch =
-        Channel::<Vec<u8>>::buffered(&format!("tcp://127.0.0.1:{}/big", common::free_port()), 1)
-            .unwrap();
+    let ch = Channel::<Vec<u8>>::named_buffered(
+        &format!("tcp://127.0.0.1:{}/big", common::free_port()),
+        1,
+    )
+    .unwrap();
     let e = ch.writer().write(vec![0u8; max - 4]);
     assert!(matches!(e, Err(ChannelError::TooLarge { .. })), "{e:?}");
 }
@@ -638,7 +640,7 @@ fn an_over_size_message_is_refused_at_the_writer_before_anything_is_sent() {
 fn a_client_cut_off_in_the_middle_of_a_frame_is_retired_and_the_others_are_served() {
     let port = common::free_port();
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::buffered(&format!("{at}/shared"), 100).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("{at}/shared"), 100).unwrap();
     let reader = ch.reader();
     let (mut a, mut b) = (
         Raw::open_u64(port, "shared", true),
@@ -680,7 +682,7 @@ fn a_client_cut_off_in_the_middle_of_a_frame_is_retired_and_the_others_are_serve
 fn a_client_reader_that_dies_holding_a_message_gives_it_back_and_the_channel_lives() {
     let port = common::free_port();
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::buffered(&format!("{at}/held"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("{at}/held"), 4).unwrap();
     // The host holds a reader too: the channel's readers do not all retire with the client.
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(11).unwrap();
@@ -788,7 +790,7 @@ fn a_key_file_that_others_may_read_or_write_is_refused_with_a_chmod_600_hint() {
     use std::os::unix::fs::PermissionsExt;
     let port = common::free_port();
     let at = format!("tcp://127.0.0.1:{port}/requests");
-    let _ch = Channel::<u64>::new(&at).unwrap();
+    let _ch = Channel::<u64>::named(&at).unwrap();
     let file = std::env::temp_dir().join(format!("pycsp-key-mode-{}", std::process::id()));
     std::fs::write(&file, key()).unwrap();
     for mode in [0o644, 0o640, 0o620, 0o602, 0o600] {

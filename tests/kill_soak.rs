@@ -100,12 +100,12 @@ fn a_random_child_killed_at_a_random_moment_loses_no_acknowledged_message() {
     let started = Instant::now();
     let mut total = 0;
     for round in 0..rounds {
-        let rendezvous = Channel::<Msg>::new(&common::unique("soak-rv")).unwrap();
-        let buffered = Channel::<Msg>::buffered(&common::unique("soak-buf"), 8).unwrap();
-        let acks = Channel::<Id>::buffered(&common::unique("soak-acks"), 1 << 12).unwrap();
+        let rendezvous = Channel::<Msg>::named(&common::unique("soak-rv")).unwrap();
+        let buffered = Channel::<Msg>::named_buffered(&common::unique("soak-buf"), 8).unwrap();
+        let acks = Channel::<Id>::named_buffered(&common::unique("soak-acks"), 1 << 12).unwrap();
         // One report channel per reader: a killed reader fails only its own.
         let seen: Vec<Channel<(u32, Id, bool)>> = (0..READERS)
-            .map(|_| Channel::buffered(&common::unique("soak-seen"), 1 << 12).unwrap())
+            .map(|_| Channel::named_buffered(&common::unique("soak-seen"), 1 << 12).unwrap())
             .collect();
         let chans = [&rendezvous, &buffered];
         let acks_in = drain(acks.reader());

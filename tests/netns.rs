@@ -150,8 +150,8 @@ fn total(inp: ChannelIn<u64>) -> Result<(u64, u64, u64), ChannelError> {
 fn a_pipeline_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(0) else { return };
     let port = common::free_port();
-    let a = Channel::<u64>::new(&hosts.address(port, "a")).unwrap();
-    let b = Channel::<u64>::buffered(&hosts.address(port, "b"), 16).unwrap();
+    let a = Channel::<u64>::named(&hosts.address(port, "a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&hosts.address(port, "b"), 16).unwrap();
     let (s, q, totals) = Parallel((
         source(a.writer(), 500).on(hosts.place(0)),
         square(a.reader(), b.writer()).on(hosts.place(1)),
@@ -184,8 +184,9 @@ fn worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64, u64)>) -> u64 {
 fn a_worker_farm_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(1) else { return };
     let port = common::free_port();
-    let jobs = Channel::<u64>::new(&hosts.address(port, "jobs")).unwrap();
-    let results = Channel::<(u64, u64, u64)>::buffered(&hosts.address(port, "res"), 8).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.address(port, "jobs")).unwrap();
+    let results =
+        Channel::<(u64, u64, u64)>::named_buffered(&hosts.address(port, "res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let farm = Spawn(
         (0..3)
@@ -233,8 +234,8 @@ fn slow_worker(jobs: ChannelIn<u64>, results: ChannelOut<u64>) -> u64 {
 fn a_link_that_goes_down_is_reported_as_a_lost_process_within_the_bound() {
     let Some(hosts) = Hosts::new(2) else { return };
     let port = common::free_port();
-    let jobs = Channel::<u64>::new(&hosts.address(port, "jobs")).unwrap();
-    let results = Channel::<u64>::new(&hosts.address(port, "res")).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.address(port, "jobs")).unwrap();
+    let results = Channel::<u64>::named(&hosts.address(port, "res")).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let one = Spawn(slow_worker(jobs.reader(), results.writer()).on(hosts.place(0))).unwrap();
     drop((jobs, results));

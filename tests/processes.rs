@@ -65,7 +65,7 @@ fn log_step(out: ChannelOut<u32>, step: u32) -> Result<u32, ChannelError> {
 
 #[test]
 fn sequence_runs_processes_one_after_the_other() {
-    let ch = Channel::<u32>::buffered("sequence-log", 8).unwrap();
+    let ch = Channel::<u32>::named_buffered("sequence-log", 8).unwrap();
     let r = ch.reader();
     let results = Sequence(replicate(5, |i| log_step(ch.writer(), i as u32))).unwrap();
     assert_eq!(results, vec![Ok(0), Ok(10), Ok(20), Ok(30), Ok(40)]);
@@ -75,7 +75,7 @@ fn sequence_runs_processes_one_after_the_other() {
 
 #[test]
 fn spawn_returns_at_once_and_join_collects_the_results() {
-    let gate = Channel::<u8>::new("spawn-gate").unwrap();
+    let gate = Channel::<u8>::named("spawn-gate").unwrap();
     let handle = Spawn(wait_for_gate(gate.reader())).unwrap();
     assert_eq!(handle.pids().len(), 1);
     // The process is still blocked on the gate: Spawn did not wait for it.

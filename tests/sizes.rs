@@ -79,7 +79,7 @@ fn under_ulimit_v_8000000() {
     if !child_runs(name) {
         return;
     }
-    let ch = Channel::<u64>::new("numbers").unwrap();
+    let ch = Channel::<u64>::named("numbers").unwrap();
     let (sent, sum) = Parallel((produce(ch.writer(), 1000), add_up(ch.reader()))).unwrap();
     assert_eq!((sent, sum), (Ok(()), Ok(499_500)));
 
@@ -91,7 +91,7 @@ fn under_ulimit_v_8000000() {
         other => panic!("SharedBlock::new(max + 1): {other:?}"),
     }
     // 10^8 slots of 128 bytes are more than the shared memory holds.
-    match Channel::<u64>::buffered("huge", 100_000_000) {
+    match Channel::<u64>::named_buffered("huge", 100_000_000) {
         Err(ChannelError::Capacity { .. }) => {}
         other => panic!("buffered(10^8): {other:?}"),
     }
@@ -100,7 +100,7 @@ fn under_ulimit_v_8000000() {
     b[max - 1] = 1;
     drop(b);
     // After all of that, more processes and channels.
-    let ch = Channel::<u64>::buffered("numbers-2", 10).unwrap();
+    let ch = Channel::<u64>::named_buffered("numbers-2", 10).unwrap();
     let (sent, sum) = Parallel((produce(ch.writer(), 100), add_up(ch.reader()))).unwrap();
     assert_eq!((sent, sum), (Ok(()), Ok(4950)));
     println!("{name}: checked");
@@ -118,7 +118,7 @@ fn fill_under_ulimit_v_2000000() {
         return;
     }
     // A buffered channel of 1 MiB messages and no reader: writes fill the shared memory.
-    let ch = Channel::<String>::buffered("fill", 1000).unwrap();
+    let ch = Channel::<String>::named_buffered("fill", 1000).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let msg = |i: usize| {
         char::from(b'a' + (i % 26) as u8)
@@ -160,11 +160,11 @@ fn with_a_64m_arena() {
     }
     // 64 MiB less the header and directory: the largest block is of 32 MiB.
     assert_eq!(SharedBlock::max_len().unwrap(), (32 << 20) - 16);
-    match Channel::<u64>::buffered("six-hundred-thousand", 600_000) {
+    match Channel::<u64>::named_buffered("six-hundred-thousand", 600_000) {
         Err(ChannelError::Capacity { size, .. }) => assert_eq!(size, 64 << 20),
         other => panic!("buffered(600_000) in 64 MiB: {other:?}"),
     }
-    let ch = Channel::<u64>::buffered("numbers", 100_000).unwrap();
+    let ch = Channel::<u64>::named_buffered("numbers", 100_000).unwrap();
     let (sent, sum) = Parallel((produce(ch.writer(), 100), add_up(ch.reader()))).unwrap();
     assert_eq!((sent, sum), (Ok(()), Ok(4950)));
     println!("{name}: checked");

@@ -15,8 +15,8 @@ fn send_end(ends: ChannelOut<ChannelOut<u64>>, end: ChannelOut<u64>) -> Result<(
 #[test]
 fn an_end_sent_through_a_socket_channel_by_a_remote_writer_reaches_its_reader() {
     let port = common::free_port();
-    let ends = Channel::<ChannelOut<u64>>::new(&format!("tcp://127.0.0.1:{port}/ends")).unwrap();
-    let data = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/data"), 4).unwrap();
+    let ends = Channel::<ChannelOut<u64>>::named(&format!("tcp://127.0.0.1:{port}/ends")).unwrap();
+    let data = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/data"), 4).unwrap();
     let (er, dr) = (ends.reader(), data.reader());
     let h = Spawn(send_end(ends.writer(), data.writer()).on(Placement::launcher("{cmd}"))).unwrap();
     let end = er.read().expect("the end arrives whole");
@@ -38,7 +38,7 @@ fn send_block(out: ChannelOut<SharedBlock>) -> Result<(), ChannelError> {
 fn a_shared_block_is_refused_at_a_remote_writer_before_anything_is_sent() {
     let port = common::free_port();
     let addr = format!("tcp://127.0.0.1:{port}/blocks");
-    let blocks = Channel::<SharedBlock>::buffered(&addr, 4).unwrap();
+    let blocks = Channel::<SharedBlock>::named_buffered(&addr, 4).unwrap();
     let r = blocks.reader();
     let sent = Parallel(send_block(blocks.writer()).on(Placement::launcher("{cmd}"))).unwrap();
     match sent {
@@ -60,11 +60,13 @@ fn a_shared_block_is_refused_at_a_remote_writer_before_anything_is_sent() {
 #[test]
 fn a_shared_block_or_a_local_end_is_refused_by_a_socket_channel_in_its_host_too() {
     let port = common::free_port();
-    let blocks = Channel::<SharedBlock>::buffered(&format!("tcp://127.0.0.1:{port}/b"), 1).unwrap();
+    let blocks =
+        Channel::<SharedBlock>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 1).unwrap();
     let err = blocks.writer().write(SharedBlock::new(64).unwrap());
     assert!(matches!(err, Err(ChannelError::Encode { .. })), "{err:?}");
-    let ends = Channel::<ChannelIn<u8>>::buffered(&format!("tcp://127.0.0.1:{port}/e"), 1).unwrap();
-    let local = Channel::<u8>::buffered(&common::unique("local"), 1).unwrap();
+    let ends =
+        Channel::<ChannelIn<u8>>::named_buffered(&format!("tcp://127.0.0.1:{port}/e"), 1).unwrap();
+    let local = Channel::<u8>::named_buffered(&common::unique("local"), 1).unwrap();
     let err = ends.writer().write(local.reader());
     match err {
         Err(ChannelError::Encode { reason, .. }) => {

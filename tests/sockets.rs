@@ -35,8 +35,8 @@ fn consume(inp: ChannelIn<u64>) -> Result<(u64, u64), ChannelError> {
 #[test]
 fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
     let port = common::free_port();
-    let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/a")).unwrap();
-    let b = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
+    let a = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
     let here = Placement::launcher("{cmd}");
     let (pid, relayed, consumed) = Parallel((
         produce(a.writer(), 1, 2000).on(here.clone()),
@@ -66,9 +66,9 @@ fn farm_worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64)>) -> u64 {
 #[test]
 fn placed_workers_share_one_any_to_any_tcp_channel() {
     let port = common::free_port();
-    let jobs = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
+    let jobs = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
     let results =
-        Channel::<(u64, u64)>::buffered(&format!("tcp://127.0.0.1:{port}/res"), 4).unwrap();
+        Channel::<(u64, u64)>::named_buffered(&format!("tcp://127.0.0.1:{port}/res"), 4).unwrap();
     let here = Placement::launcher("{cmd}");
     let (w, r) = (jobs.writer(), results.reader());
     let workers = Spawn(
@@ -162,7 +162,7 @@ fn separate_program() {
             println!("RESULT: {:?}", run());
         }
         "host" => {
-            let hosted = Channel::<u64>::new(&format!("{at}/hosted")).unwrap();
+            let hosted = Channel::<u64>::named(&format!("{at}/hosted")).unwrap();
             let _held = hosted.writer();
             println!("READY");
             loop {
@@ -175,8 +175,8 @@ fn separate_program() {
 
 /// A host answering each request with its square until the requests retire.
 fn squares_host(at: &str) -> std::thread::JoinHandle<Result<u64, ChannelError>> {
-    let requests = Channel::<u64>::new(&format!("{at}/requests")).unwrap();
-    let replies = Channel::<u64>::new(&format!("{at}/replies")).unwrap();
+    let requests = Channel::<u64>::named(&format!("{at}/requests")).unwrap();
+    let replies = Channel::<u64>::named(&format!("{at}/replies")).unwrap();
     let (r, w) = (requests.reader(), replies.writer());
     std::thread::spawn(move || {
         let mut n = 0;
@@ -345,9 +345,9 @@ fn alt_merge(
 fn alternation_over_socket_ends_selects_inputs_and_outputs_exactly_once() {
     let port = common::free_port();
     let at = |n: &str| format!("tcp://127.0.0.1:{port}/{n}");
-    let a = Channel::<u64>::new(&at("a")).unwrap();
-    let b = Channel::<u64>::buffered(&at("b"), 3).unwrap();
-    let out = Channel::<u64>::new(&at("out")).unwrap();
+    let a = Channel::<u64>::named(&at("a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&at("b"), 3).unwrap();
+    let out = Channel::<u64>::named(&at("out")).unwrap();
     let merger =
         Spawn(alt_merge(a.reader(), b.reader(), out.writer()).on(Placement::launcher("{cmd}")))
             .unwrap();
@@ -391,8 +391,8 @@ fn read_until_error(inp: ChannelIn<u64>, done: ChannelOut<u64>) -> Result<u64, C
 #[test]
 fn poison_crosses_socket_channels_in_both_directions() {
     let port = common::free_port();
-    let jobs = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
-    let done = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/done")).unwrap();
+    let jobs = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
+    let done = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/done")).unwrap();
     let (w, d) = (jobs.writer(), done.reader());
     let p = Spawn(read_until_error(jobs.reader(), done.writer()).on(Placement::launcher("{cmd}")))
         .unwrap();
@@ -416,7 +416,7 @@ fn take_three(inp: ChannelIn<u64>) -> Result<Vec<u64>, ChannelError> {
 #[test]
 fn a_remote_reader_that_retires_makes_host_writes_fail_with_retired_and_loses_nothing() {
     let port = common::free_port();
-    let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/few")).unwrap();
+    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/few")).unwrap();
     let w = ch.writer();
     let p = Spawn(take_three(ch.reader()).on(Placement::launcher("{cmd}"))).unwrap();
     for v in 0..3 {
@@ -437,8 +437,8 @@ fn write_one_then_wait(out: ChannelOut<u64>, gate: ChannelIn<u64>) -> Result<(),
 #[test]
 fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
     let port = common::free_port();
-    let ch = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/victim")).unwrap();
-    let gate = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/gate")).unwrap();
+    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/victim")).unwrap();
+    let gate = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/gate")).unwrap();
     let (r, _gate_writer) = (ch.reader(), gate.writer());
     let p = Spawn(write_one_then_wait(ch.writer(), gate.reader()).on(Placement::launcher("{cmd}")))
         .unwrap();
@@ -482,7 +482,7 @@ fn hand_on(out: ChannelOut<u64>, from: u64, n: u64, place_again: bool) -> Result
 #[test]
 fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children() {
     let port = common::free_port();
-    let c = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
+    let c = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
     let here = Placement::launcher("{cmd}");
     let (local_child, placed_child, consumed) = Parallel((
         hand_on(c.writer(), 0, 300, false).on(here.clone()),
@@ -511,8 +511,8 @@ fn a_placed_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
     // poison() itself): the writer of its input, here, must see Poisoned, not Retired.
     for round in 0..5 {
         let port = common::free_port();
-        let a = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/in")).unwrap();
-        let b = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/out")).unwrap();
+        let a = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/in")).unwrap();
+        let b = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/out")).unwrap();
         let (w, r) = (a.writer(), b.reader());
         let stage =
             Spawn(forward(a.reader(), b.writer()).on(Placement::launcher("{cmd}"))).unwrap();

@@ -42,8 +42,8 @@ fn assert_peer_died(got: &Result<u64, ChannelError>, latency: Duration) {
 
 #[test]
 fn a_spawned_child_killed_from_outside_wakes_its_reader_without_a_join() {
-    let ch = Channel::<u64>::new(&common::unique("reap-kill")).unwrap();
-    let gate = Channel::<u8>::new(&common::unique("reap-kill-gate")).unwrap();
+    let ch = Channel::<u64>::named(&common::unique("reap-kill")).unwrap();
+    let gate = Channel::<u8>::named(&common::unique("reap-kill-gate")).unwrap();
     let _gate_open = gate.writer();
     let r = ch.reader();
     let h = Spawn(hold_then(ch.writer(), gate.reader(), 2)).unwrap();
@@ -70,8 +70,8 @@ fn a_spawned_child_that_aborts_or_exits_wakes_its_reader_without_a_join() {
         (0, Failure::Signaled(libc::SIGABRT)),
         (1, Failure::Exited(3)),
     ] {
-        let ch = Channel::<u64>::new(&common::unique("reap-exit")).unwrap();
-        let gate = Channel::<u8>::buffered(&common::unique("reap-exit-gate"), 1).unwrap();
+        let ch = Channel::<u64>::named(&common::unique("reap-exit")).unwrap();
+        let gate = Channel::<u8>::named_buffered(&common::unique("reap-exit-gate"), 1).unwrap();
         let g = gate.writer();
         let r = ch.reader();
         let h = Spawn(hold_then(ch.writer(), gate.reader(), how)).unwrap();
@@ -96,7 +96,7 @@ fn dropping_a_spawned_while_unwinding_stops_its_processes_instead_of_waiting_for
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = std::panic::catch_unwind(|| {
-            let ch = Channel::<u64>::new(&common::unique("unwind")).unwrap();
+            let ch = Channel::<u64>::named(&common::unique("unwind")).unwrap();
             let _w = ch.writer(); // dropped after the Spawned: the child waits on it
             let _h = Spawn(read_one(ch.reader())).unwrap();
             panic!("the root fails while its child waits");

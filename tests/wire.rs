@@ -177,8 +177,9 @@ fn error_text(body: &[u8]) -> String {
 #[test]
 fn a_client_written_from_the_wire_format_alone_writes_and_reads() {
     let port = common::free_port();
-    let inbox = Channel::<u64>::new(&format!("tcp://127.0.0.1:{port}/inbox")).unwrap();
-    let outbox = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/outbox"), 4).unwrap();
+    let inbox = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/inbox")).unwrap();
+    let outbox =
+        Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/outbox"), 4).unwrap();
     let (from_client, to_client) = (inbox.reader(), outbox.writer());
     let host = std::thread::spawn(move || {
         let got: Vec<u64> = (0..3).map(|_| from_client.read().unwrap()).collect();
@@ -259,7 +260,7 @@ fn relay(to: u16) -> (u16, Captured) {
 #[test]
 fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
     let port = common::free_port();
-    let ch = Channel::<String>::new(&format!("tcp://127.0.0.1:{port}/secret-test")).unwrap();
+    let ch = Channel::<String>::named(&format!("tcp://127.0.0.1:{port}/secret-test")).unwrap();
     let (relay_port, captured) = relay(port);
     // This process attaches through the relay, as a process outside the network would.
     let remote =
@@ -303,7 +304,7 @@ fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
 #[test]
 fn a_wrong_key_is_refused_with_an_auth_error_on_both_sides_and_the_host_serves_on() {
     let port = common::free_port();
-    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/guarded"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/guarded"), 4).unwrap();
     let mut bad = Raw::connect(port);
     let (kind, body) = bad.handshake(b"not the key");
     assert_eq!(kind, ERROR);
@@ -341,7 +342,7 @@ enum Bad {
 fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
     let port = common::free_port();
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::buffered(&format!("{at}/robust"), 1000).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("{at}/robust"), 1000).unwrap();
     let reader = ch.reader();
     let mut good = Raw::open_u64(port, "robust", true);
     let mut acked = Vec::new();
@@ -430,7 +431,8 @@ fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
 #[test]
 fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
     let port = common::free_port();
-    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/given-back"), 4).unwrap();
+    let ch =
+        Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/given-back"), 4).unwrap();
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(11).unwrap();
     let mut r = Raw::open_u64(port, "given-back", false);
@@ -450,7 +452,7 @@ fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
 #[test]
 fn a_client_cut_off_inside_a_frame_is_retired_after_every_acknowledged_message() {
     let port = common::free_port();
-    let ch = Channel::<u64>::buffered(&format!("tcp://127.0.0.1:{port}/cut"), 100).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/cut"), 100).unwrap();
     let reader = ch.reader();
     let mut good = Raw::open_u64(port, "cut", true);
     for v in 0..10 {
@@ -487,11 +489,11 @@ fn a_peer_that_sends_a_shared_memory_offset_is_refused_and_nothing_is_touched() 
     // over a socket must not make the host use it as an address (free or read a block there).
     let port = common::free_port();
     let addr = format!("tcp://127.0.0.1:{port}/blocks");
-    let blocks = Channel::<SharedBlock>::buffered(&addr, 4).unwrap();
+    let blocks = Channel::<SharedBlock>::named_buffered(&addr, 4).unwrap();
     let r = blocks.reader();
     let w = blocks.writer();
     // A live block in this network, in a shared-memory channel, not yet read.
-    let held = Channel::<SharedBlock>::buffered("wire-live-block", 1).unwrap();
+    let held = Channel::<SharedBlock>::named_buffered("wire-live-block", 1).unwrap();
     let mut live = SharedBlock::new(4096).unwrap();
     live.fill(0x5a);
     held.writer().write(live).unwrap();

@@ -40,8 +40,8 @@ fn ping(w: &ChannelOut<u64>, r: &ChannelIn<u64>, iters: u64) -> f64 {
 
 /// Round trip in ns over a pair of channels of `capacity` (0: rendezvous).
 pub fn round_trip(capacity: usize, iters: u64) -> f64 {
-    let a = Channel::<u64>::buffered(&fresh("rt-a"), capacity).unwrap();
-    let b = Channel::<u64>::buffered(&fresh("rt-b"), capacity).unwrap();
+    let a = Channel::<u64>::buffered(capacity).unwrap();
+    let b = Channel::<u64>::buffered(capacity).unwrap();
     let (w, r) = (a.writer(), b.reader());
     let h = Spawn(pong(a.reader(), b.writer())).unwrap();
     let ns = ping(&w, &r, iters);
@@ -57,7 +57,7 @@ fn sink(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
 
 /// One-way u64 messages per second on a buffered channel of 1024.
 pub fn throughput(n: u64) -> f64 {
-    let c = Channel::<u64>::buffered(&fresh("thr"), 1024).unwrap();
+    let c = Channel::<u64>::buffered(1024).unwrap();
     let w = c.writer();
     let h = Spawn(sink(c.reader())).unwrap();
     let start = Instant::now();
@@ -76,7 +76,7 @@ fn byte_sink(inp: ChannelIn<ByteBuf>) -> Result<u64, ChannelError> {
 
 /// Bandwidth in GB/s of messages of `size` bytes (a MessagePack bin: `serde_bytes`).
 pub fn bandwidth(size: usize, total: usize) -> f64 {
-    let c = Channel::<ByteBuf>::buffered(&fresh("bw"), 8).unwrap();
+    let c = Channel::<ByteBuf>::buffered(8).unwrap();
     let w = c.writer();
     let h = Spawn(byte_sink(c.reader())).unwrap();
     let msg = ByteBuf::from(vec![7u8; size]);
@@ -100,7 +100,7 @@ fn many_writer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
 
 /// 4 writers and 4 readers on one buffered any-to-any channel: messages per second.
 pub fn any_to_any(n_per_writer: u64) -> f64 {
-    let c = Channel::<u64>::buffered(&fresh("a2a"), 1024).unwrap();
+    let c = Channel::<u64>::buffered(1024).unwrap();
     let writers = replicate(4, |_| many_writer(c.writer(), n_per_writer));
     let readers = replicate(4, |_| sink(c.reader()));
     let start = Instant::now();
@@ -146,9 +146,7 @@ fn consumer(inp: ChannelIn<u64>, n: u64) -> Result<f64, ChannelError> {
 
 /// Commstime: µs per channel communication (4 processes, rendezvous channels).
 pub fn commstime(n: u64) -> f64 {
-    let ch: Vec<Channel<u64>> = (0..4)
-        .map(|_| Channel::new(&fresh("ct")).unwrap())
-        .collect();
+    let ch: Vec<Channel<u64>> = (0..4).map(|_| Channel::new().unwrap()).collect();
     let (_, _, _, ns) = Parallel((
         prefix(0, ch[3].reader(), ch[0].writer()),
         delta(ch[0].reader(), ch[1].writer(), ch[2].writer()),
@@ -195,7 +193,7 @@ fn prime_worker(jobs: ChannelIn<(u64, u64)>) -> Result<u64, ChannelError> {
 
 /// Seconds to count the primes below 1,000,000 with `workers` worker processes.
 pub fn primes(workers: usize) -> f64 {
-    let jobs = Channel::<(u64, u64)>::buffered(&fresh("jobs"), 64).unwrap();
+    let jobs = Channel::<(u64, u64)>::buffered(64).unwrap();
     let start = Instant::now();
     let (_, counts) = Parallel((
         farmer(jobs.writer(), 1_000_000, 2_000),
@@ -231,7 +229,7 @@ fn status_kib(pid: u32, file: &str, key: &str) -> Option<f64> {
 
 /// (RSS KiB, PSS KiB) of one idle process of a network.
 pub fn idle_process_memory() -> (f64, f64) {
-    let gate = Channel::<u8>::new(&fresh("idle")).unwrap();
+    let gate = Channel::<u8>::new().unwrap();
     let h = Spawn(idle(gate.reader())).unwrap();
     let pid = h.pids()[0];
     // Let it reach its blocking read.
@@ -245,7 +243,7 @@ pub fn idle_process_memory() -> (f64, f64) {
 
 /// Shared memory one channel of `capacity` occupies, in bytes.
 pub fn channel_bytes(capacity: usize) -> f64 {
-    Channel::<u64>::buffered(&fresh("size"), capacity)
+    Channel::<u64>::buffered(capacity)
         .unwrap()
         .shared_memory_bytes() as f64
 }
@@ -260,7 +258,7 @@ fn block_sink(inp: ChannelIn<SharedBlock>) -> Result<u64, ChannelError> {
 /// Handing over blocks of `size` bytes whose ownership moves (the producer writes its data
 /// into the block, nothing is copied): bytes handed over per second, in GB/s.
 pub fn zero_copy(size: usize, total: usize) -> f64 {
-    let c = Channel::<SharedBlock>::buffered(&fresh("zc"), 8).unwrap();
+    let c = Channel::<SharedBlock>::buffered(8).unwrap();
     let w = c.writer();
     let h = Spawn(block_sink(c.reader())).unwrap();
     let n = (total / size).max(4);
@@ -306,8 +304,8 @@ fn socket_address(socket: Socket, name: &str) -> String {
 /// echoing process placed by the trivial launcher `{cmd}`: a separate program that reaches
 /// both channels over the socket, as a process on another host would.
 pub fn socket_round_trip(socket: Socket, capacity: usize, iters: u64) -> f64 {
-    let a = Channel::<u64>::buffered(&socket_address(socket, "rt-a"), capacity).unwrap();
-    let b = Channel::<u64>::buffered(&socket_address(socket, "rt-b"), capacity).unwrap();
+    let a = Channel::<u64>::named_buffered(&socket_address(socket, "rt-a"), capacity).unwrap();
+    let b = Channel::<u64>::named_buffered(&socket_address(socket, "rt-b"), capacity).unwrap();
     let (w, r) = (a.writer(), b.reader());
     let h = Spawn(pong(a.reader(), b.writer()).on(Placement::launcher("{cmd}"))).unwrap();
     let ns = ping(&w, &r, iters);
@@ -319,7 +317,7 @@ pub fn socket_round_trip(socket: Socket, capacity: usize, iters: u64) -> f64 {
 /// One-way u64 messages per second on a buffered socket channel of 1024, read by a process
 /// placed by the launcher `{cmd}`.
 pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
-    let c = Channel::<u64>::buffered(&socket_address(socket, "thr"), 1024).unwrap();
+    let c = Channel::<u64>::named_buffered(&socket_address(socket, "thr"), 1024).unwrap();
     let w = c.writer();
     let h = Spawn(sink(c.reader()).on(Placement::launcher("{cmd}"))).unwrap();
     let start = Instant::now();

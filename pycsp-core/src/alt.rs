@@ -58,8 +58,8 @@
 //! use std::time::Duration;
 //! use pycsp_core::{alt::Alternation, Channel};
 //!
-//! let numbers = Channel::<u64>::buffered("alt-doc-numbers", 4)?;
-//! let words = Channel::<String>::buffered("alt-doc-words", 4)?;
+//! let numbers = Channel::<u64>::buffered(4)?;
+//! let words = Channel::<String>::buffered(4)?;
 //! let (n_in, w_in) = (numbers.reader(), words.reader());
 //! words.writer().write("hi".to_string())?;
 //!

@@ -10,7 +10,7 @@
 //! ```
 //! use pycsp_core::{Channel, SharedBlock};
 //!
-//! let ch = Channel::<SharedBlock>::buffered("frames", 2)?;
+//! let ch = Channel::<SharedBlock>::buffered(2)?;
 //! let (tx, rx) = (ch.writer(), ch.reader());
 //! let mut frame = SharedBlock::zeroed(1 << 20)?;
 //! frame[..5].copy_from_slice(b"hello");
@@ -185,7 +185,7 @@ impl<'de> Deserialize<'de> for SharedBlock {
 /// ```
 /// use pycsp_core::{Bytes, Channel};
 ///
-/// let ch = Channel::<Bytes>::buffered("frames", 1)?;
+/// let ch = Channel::<Bytes>::buffered(1)?;
 /// ch.writer().write(Bytes::from(vec![0xff; 1 << 20]))?; // about 1 MiB in shared memory
 /// let got: Vec<u8> = ch.reader().read()?.into_vec();
 /// assert_eq!(got.len(), 1 << 20);

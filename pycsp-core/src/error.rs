@@ -46,7 +46,7 @@ pub enum ChannelError {
         /// The type the channel was created with.
         found: String,
     },
-    /// [`Channel::new`](crate::Channel::new) with a name the network already uses.
+    /// [`Channel::named`](crate::Channel::named) with a name a live channel of the network has.
     #[error("a channel named {0:?} already exists in this process network; use Channel::open to attach to it")]
     NameInUse(String),
     /// [`Channel::open`](crate::Channel::open) with a name nobody created.

@@ -7,8 +7,8 @@ use pycsp_core::{Alternation, Channel, ChannelError, ChannelIn, ChannelOut};
 
 #[test]
 fn pri_select_takes_the_first_ready_guard_in_order() {
-    let a = Channel::<u8>::buffered("pri-a", 2).unwrap();
-    let b = Channel::<u8>::buffered("pri-b", 2).unwrap();
+    let a = Channel::<u8>::named_buffered("pri-a", 2).unwrap();
+    let b = Channel::<u8>::named_buffered("pri-b", 2).unwrap();
     let (ar, br) = (a.reader(), b.reader());
     a.writer().write(1).unwrap();
     b.writer().write(2).unwrap();
@@ -22,7 +22,7 @@ fn pri_select_takes_the_first_ready_guard_in_order() {
 
 #[test]
 fn skip_fires_when_nothing_else_is_ready_and_timeout_fires_after_its_duration() {
-    let a = Channel::<u8>::new("skip-a").unwrap();
+    let a = Channel::<u8>::named("skip-a").unwrap();
     let (_w, r) = (a.writer(), a.reader());
     let c = Alternation::new()
         .input(&r, |_| "input")
@@ -46,7 +46,7 @@ fn skip_fires_when_nothing_else_is_ready_and_timeout_fires_after_its_duration() 
 
 #[test]
 fn an_output_guard_on_rendezvous_writes_only_when_a_reader_takes_it() {
-    let ch = Channel::<u32>::new("out-guard").unwrap();
+    let ch = Channel::<u32>::named("out-guard").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     // No reader: the output guard is not ready, skip fires, nothing was written.
     let c = Alternation::new()
@@ -71,8 +71,8 @@ fn an_output_guard_on_rendezvous_writes_only_when_a_reader_takes_it() {
 
 #[test]
 fn selecting_readers_and_selecting_writers_meet_on_rendezvous_channels() {
-    let ch = Channel::<u64>::new("both-select").unwrap();
-    let other = Channel::<u64>::new("both-select-other").unwrap();
+    let ch = Channel::<u64>::named("both-select").unwrap();
+    let other = Channel::<u64>::named("both-select-other").unwrap();
     let (w, r, ow, or) = (ch.writer(), ch.reader(), other.writer(), other.reader());
     let n = 2000u64;
     let writer = thread::spawn(move || {
@@ -101,8 +101,8 @@ fn selecting_readers_and_selecting_writers_meet_on_rendezvous_channels() {
 
 #[test]
 fn a_poisoned_guard_fails_the_select_and_retired_guards_are_skipped() {
-    let p = Channel::<u8>::new("alt-poison").unwrap();
-    let q = Channel::<u8>::buffered("alt-retired", 1).unwrap();
+    let p = Channel::<u8>::named("alt-poison").unwrap();
+    let q = Channel::<u8>::named_buffered("alt-retired", 1).unwrap();
     let (pr, qr) = (p.reader(), q.reader());
     let qw = q.writer();
     qw.write(3).unwrap();
@@ -130,7 +130,7 @@ fn a_poisoned_guard_fails_the_select_and_retired_guards_are_skipped() {
     t.join().unwrap();
     assert_eq!(r.unwrap_err(), ChannelError::Poisoned);
     // All guards retired: Retired.
-    let s = Channel::<u8>::new("alt-all-retired").unwrap();
+    let s = Channel::<u8>::named("alt-all-retired").unwrap();
     let sr = s.reader();
     s.writer().retire();
     assert_eq!(
@@ -146,7 +146,7 @@ fn a_poisoned_guard_fails_the_select_and_retired_guards_are_skipped() {
 #[test]
 fn fair_select_chooses_every_ready_guard_over_many_rounds() {
     let chans: Vec<_> = (0..3)
-        .map(|i| Channel::<u8>::buffered(&format!("fair-{i}"), 64).unwrap())
+        .map(|i| Channel::<u8>::named_buffered(&format!("fair-{i}"), 64).unwrap())
         .collect();
     let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
     let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
@@ -180,7 +180,7 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 #[test]
 fn a_select_never_matches_its_own_input_and_output_guards_and_its_timeout_fires() {
     let (index, waited) = within(Duration::from_secs(10), || {
-        let ch = Channel::<u32>::new("self-match").unwrap();
+        let ch = Channel::<u32>::named("self-match").unwrap();
         let (w, r) = (ch.writer(), ch.reader());
         let start = Instant::now();
         let c = Alternation::new()
@@ -200,7 +200,7 @@ fn a_select_never_matches_its_own_input_and_output_guards_and_its_timeout_fires(
 
 #[test]
 fn a_skip_or_timeout_guard_never_hides_that_every_channel_guard_retired() {
-    let ch = Channel::<u8>::buffered("retired-with-skip", 2).unwrap();
+    let ch = Channel::<u8>::named_buffered("retired-with-skip", 2).unwrap();
     let r = ch.reader();
     ch.writer().retire();
     assert_eq!(r.read(), Err(ChannelError::Retired));
@@ -217,7 +217,7 @@ fn a_skip_or_timeout_guard_never_hides_that_every_channel_guard_retired() {
     assert_eq!(timeout.unwrap_err(), ChannelError::Retired);
     assert!(start.elapsed() < Duration::from_secs(1));
     // An output guard whose readers all retired, likewise.
-    let out = Channel::<u8>::new("retired-readers-with-skip").unwrap();
+    let out = Channel::<u8>::named("retired-readers-with-skip").unwrap();
     let w = out.writer();
     out.reader().retire();
     let skip = Alternation::new()
@@ -229,8 +229,8 @@ fn a_skip_or_timeout_guard_never_hides_that_every_channel_guard_retired() {
 
 #[test]
 fn a_reporting_guard_on_an_ended_channel_is_ready_and_reports_it_before_skip() {
-    let live = Channel::<u8>::new("report-live").unwrap();
-    let gone = Channel::<u8>::buffered("report-gone", 2).unwrap();
+    let live = Channel::<u8>::named("report-live").unwrap();
+    let gone = Channel::<u8>::named_buffered("report-gone", 2).unwrap();
     let (_lw, lr) = (live.writer(), live.reader());
     let gr = gone.reader();
     let gw = gone.writer();
@@ -261,7 +261,7 @@ fn a_reporting_guard_on_an_ended_channel_is_ready_and_reports_it_before_skip() {
         .unwrap();
     assert_eq!((c.index, c.value), (0, Err(ChannelError::Poisoned)));
     // An output guard whose readers retired.
-    let out = Channel::<u8>::new("report-out").unwrap();
+    let out = Channel::<u8>::named("report-out").unwrap();
     let (ow, _keep) = (out.writer(), out.writer());
     out.reader().retire();
     let c = Alternation::new()
@@ -275,8 +275,8 @@ fn a_reporting_guard_on_an_ended_channel_is_ready_and_reports_it_before_skip() {
 #[test]
 fn input_and_output_guards_pass_over_a_retired_channel_while_another_is_live() {
     // The server pattern: a client that retired is passed over, the others are served.
-    let a = Channel::<u8>::new("pass-over-a").unwrap();
-    let b = Channel::<u8>::new("pass-over-b").unwrap();
+    let a = Channel::<u8>::named("pass-over-a").unwrap();
+    let b = Channel::<u8>::named("pass-over-b").unwrap();
     let (ar, br) = (a.reader(), b.reader());
     a.writer().retire();
     let bw = b.writer();
@@ -297,7 +297,7 @@ fn alt_select_chooses_uniformly_among_ready_guards() {
     // Two empty channels before two always-ready ones: a random start index would favour the
     // first ready guard (about 3 to 1).
     let chans: Vec<_> = (0..4)
-        .map(|i| Channel::<u8>::buffered(&format!("uniform-{i}"), 4).unwrap())
+        .map(|i| Channel::<u8>::named_buffered(&format!("uniform-{i}"), 4).unwrap())
         .collect();
     let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
     let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
@@ -319,7 +319,7 @@ fn alt_select_chooses_uniformly_among_ready_guards() {
 
 #[test]
 fn alt_select_chooses_uniformly_between_two_output_guards_on_one_rendezvous_channel() {
-    let ch = Channel::<u8>::new("uniform-out").unwrap();
+    let ch = Channel::<u8>::named("uniform-out").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let n = 200;
     let reader = thread::spawn(move || (0..n).map(|_| r.read().unwrap()).collect::<Vec<u8>>());
@@ -343,7 +343,7 @@ fn fair_select_chooses_the_least_recently_chosen_channel_as_the_guard_list_chang
     // Four always-ready channels; each round offers a different subset, in a different order
     // (a butler's guard list grows and shrinks with the philosophers seated).
     let chans: Vec<_> = (0..4)
-        .map(|i| Channel::<u8>::buffered(&format!("fair-changing-{i}"), 4).unwrap())
+        .map(|i| Channel::<u8>::named_buffered(&format!("fair-changing-{i}"), 4).unwrap())
         .collect();
     let readers: Vec<_> = chans.iter().map(|c| c.reader()).collect();
     let writers: Vec<_> = chans.iter().map(|c| c.writer()).collect();
@@ -381,7 +381,7 @@ fn fair_select_chooses_the_least_recently_chosen_channel_as_the_guard_list_chang
 
 #[test]
 fn a_rendezvous_write_that_nobody_takes_by_its_deadline_is_withdrawn_and_times_out() {
-    let ch = Channel::<u32>::new("write-timeout-rv").unwrap();
+    let ch = Channel::<u32>::named("write-timeout-rv").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let (w, waited, r) = within(Duration::from_secs(10), move || {
         let start = Instant::now();
@@ -404,7 +404,7 @@ fn a_rendezvous_write_that_nobody_takes_by_its_deadline_is_withdrawn_and_times_o
 
 #[test]
 fn withdrawn_rendezvous_writes_of_large_messages_never_arrive_and_the_channel_works_on() {
-    let ch = Channel::<Vec<u8>>::new("write-timeout-block").unwrap();
+    let ch = Channel::<Vec<u8>>::named("write-timeout-block").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let (w, r) = within(Duration::from_secs(10), move || {
         for _ in 0..100 {
@@ -426,8 +426,8 @@ fn withdrawn_rendezvous_writes_of_large_messages_never_arrive_and_the_channel_wo
 
 #[test]
 fn a_large_message_that_carries_a_channel_end_is_sent() {
-    let data = Channel::<u8>::buffered("end-in-large-data", 2).unwrap();
-    let carrier = Channel::<(ChannelOut<u8>, String)>::new("end-in-large-carrier").unwrap();
+    let data = Channel::<u8>::named_buffered("end-in-large-data", 2).unwrap();
+    let carrier = Channel::<(ChannelOut<u8>, String)>::named("end-in-large-carrier").unwrap();
     let (cw, cr) = (carrier.writer(), carrier.reader());
     let (dr, dw) = (data.reader(), data.writer());
     let t = thread::spawn(move || {
@@ -443,8 +443,8 @@ fn a_large_message_that_carries_a_channel_end_is_sent() {
 
 #[test]
 fn an_unchosen_output_guard_releases_the_ends_its_value_carries() {
-    let data = Channel::<u8>::buffered("unchosen-end-data", 4).unwrap();
-    let carrier = Channel::<ChannelIn<u8>>::new("unchosen-end-carrier").unwrap();
+    let data = Channel::<u8>::named_buffered("unchosen-end-data", 4).unwrap();
+    let carrier = Channel::<ChannelIn<u8>>::named("unchosen-end-carrier").unwrap();
     let (cw, _cr) = (carrier.writer(), carrier.reader());
     let dw = data.writer();
     // Nobody reads the carrier: skip fires, and the reading end in the guard is dropped.

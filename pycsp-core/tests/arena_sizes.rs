@@ -16,7 +16,7 @@ fn assert_no_room(what: &str, r: Result<impl std::fmt::Debug, ChannelError>) {
 
 /// A later, ordinary channel and block are still possible, and work.
 fn assert_still_usable(tag: &str) {
-    let ch = Channel::<u64>::buffered(&format!("after-{tag}"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered(&format!("after-{tag}"), 4).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     w.write(42).unwrap();
     assert_eq!(r.read().unwrap(), 42);
@@ -29,7 +29,7 @@ fn assert_still_usable(tag: &str) {
 fn a_failed_huge_buffer_leaves_room_for_later_channels() {
     assert_no_room(
         "buffered(1 << 40)",
-        Channel::<u64>::buffered("huge", 1 << 40),
+        Channel::<u64>::named_buffered("huge", 1 << 40),
     );
     assert_still_usable("huge");
 }
@@ -50,7 +50,7 @@ fn capacities_whose_size_overflows_are_typed_errors() {
     {
         assert_no_room(
             &format!("buffered({cap})"),
-            Channel::<u64>::buffered(&format!("overflow-{i}"), cap),
+            Channel::<u64>::named_buffered(&format!("overflow-{i}"), cap),
         );
     }
     assert_still_usable("overflow");
@@ -85,10 +85,10 @@ fn arena_pages_bytes() -> u64 {
 
 #[test]
 fn a_huge_buffer_touches_its_slots_only_as_messages_use_them() {
-    Channel::<u8>::new("touch-probe").unwrap();
+    Channel::<u8>::named("touch-probe").unwrap();
     let before = arena_pages_bytes();
     // 10^7 slots of 128 bytes: 1.28 GB if they were written at creation.
-    let ch = Channel::<u64>::buffered("ten-million", 10_000_000).unwrap();
+    let ch = Channel::<u64>::named_buffered("ten-million", 10_000_000).unwrap();
     let touched = arena_pages_bytes().saturating_sub(before);
     assert!(
         touched < 64 << 20,
@@ -112,7 +112,7 @@ fn random_absurd_and_normal_sizes_never_disturb_a_live_channel() {
         let n = sizes[i % sizes.len()] / 8;
         (0..n as u64).map(|k| k * 31 + i as u64).collect()
     };
-    let live = Channel::<Vec<u64>>::buffered("live", 64).unwrap();
+    let live = Channel::<Vec<u64>>::named_buffered("live", 64).unwrap();
     let (w, r) = (live.writer(), live.reader());
     for i in 0..64 {
         w.write(message(i)).unwrap();
@@ -130,7 +130,7 @@ fn random_absurd_and_normal_sizes_never_disturb_a_live_channel() {
                 0 | 1 => {
                     let cap = capacity(&mut rng);
                     let huge = (cap as u128) * 128 > 64 << 30;
-                    match Channel::<u32>::buffered(&tag, cap) {
+                    match Channel::<u32>::named_buffered(&tag, cap) {
                         Ok(ch) if cap > 0 => {
                             assert!(!huge, "seed {seed} step {step}: buffered({cap}) succeeded");
                             let (cw, cr) = (ch.writer(), ch.reader());
@@ -160,7 +160,7 @@ fn random_absurd_and_normal_sizes_never_disturb_a_live_channel() {
                 }
                 _ => {
                     // An ordinary message through an ordinary channel, next to the live one.
-                    let ch = Channel::<Vec<u64>>::buffered(&tag, 2).unwrap();
+                    let ch = Channel::<Vec<u64>>::named_buffered(&tag, 2).unwrap();
                     let m = message(rng.below(1000) as usize);
                     ch.writer().write(m.clone()).unwrap();
                     assert_eq!(ch.reader().read().unwrap(), m);

@@ -4,7 +4,7 @@ use pycsp_core::{Channel, SharedBlock};
 
 #[test]
 fn a_block_moves_through_a_channel_without_copying_its_bytes() {
-    let ch = Channel::<SharedBlock>::buffered("blocks", 2).unwrap();
+    let ch = Channel::<SharedBlock>::named_buffered("blocks", 2).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let data: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
     let block = SharedBlock::from_slice(&data).unwrap();
@@ -19,7 +19,7 @@ fn a_block_moves_through_a_channel_without_copying_its_bytes() {
 #[test]
 #[should_panic(expected = "was sent to another process")]
 fn a_block_that_was_sent_cannot_be_used_by_its_sender() {
-    let ch = Channel::<SharedBlock>::buffered("spent-blocks", 2).unwrap();
+    let ch = Channel::<SharedBlock>::named_buffered("spent-blocks", 2).unwrap();
     let (w, _r) = (ch.writer(), ch.reader());
     let block = SharedBlock::zeroed(16).unwrap();
     w.write_ref(&block).unwrap();

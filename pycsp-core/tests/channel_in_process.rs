@@ -8,7 +8,7 @@ use pycsp_core::{Channel, ChannelError};
 
 #[test]
 fn buffered_channel_keeps_order_and_retires_after_drain() {
-    let ch = Channel::<u32>::buffered("order", 8).unwrap();
+    let ch = Channel::<u32>::named_buffered("order", 8).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let t = thread::spawn(move || {
         for i in 0..1000 {
@@ -24,7 +24,7 @@ fn buffered_channel_keeps_order_and_retires_after_drain() {
 
 #[test]
 fn rendezvous_write_returns_only_after_the_reader_took_the_message() {
-    let ch = Channel::<u64>::new("rendezvous-ack").unwrap();
+    let ch = Channel::<u64>::named("rendezvous-ack").unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     let t = thread::spawn(move || {
         w.write(7).unwrap();
@@ -45,7 +45,7 @@ fn rendezvous_write_returns_only_after_the_reader_took_the_message() {
 
 #[test]
 fn any_to_any_delivers_each_message_exactly_once_in_per_writer_order() {
-    let ch = Channel::<(u32, u32)>::buffered("any-to-any", 4).unwrap();
+    let ch = Channel::<(u32, u32)>::named_buffered("any-to-any", 4).unwrap();
     let writers: Vec<_> = (0..4u32)
         .map(|id| {
             let w = ch.writer();
@@ -84,11 +84,11 @@ fn any_to_any_delivers_each_message_exactly_once_in_per_writer_order() {
 
 #[test]
 fn poison_fails_blocked_and_later_operations_even_with_data_buffered() {
-    let ch = Channel::<u8>::buffered("poison-now", 4).unwrap();
+    let ch = Channel::<u8>::named_buffered("poison-now", 4).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     w.write(1).unwrap();
     let r2 = ch.reader();
-    let blocked = Channel::<u8>::new("poison-blocked").unwrap();
+    let blocked = Channel::<u8>::named("poison-blocked").unwrap();
     let br = blocked.reader();
     let bw = blocked.writer();
     let t = thread::spawn(move || br.read());
@@ -102,7 +102,7 @@ fn poison_fails_blocked_and_later_operations_even_with_data_buffered() {
 
 #[test]
 fn writers_get_retired_once_every_reader_retired() {
-    let ch = Channel::<u8>::buffered("readers-gone", 1).unwrap();
+    let ch = Channel::<u8>::named_buffered("readers-gone", 1).unwrap();
     let w = ch.writer();
     let (r1, r2) = (ch.reader(), ch.reader());
     r1.retire();
@@ -113,7 +113,7 @@ fn writers_get_retired_once_every_reader_retired() {
 
 #[test]
 fn messages_larger_than_a_slot_round_trip() {
-    let ch = Channel::<Vec<u64>>::buffered("large", 2).unwrap();
+    let ch = Channel::<Vec<u64>>::named_buffered("large", 2).unwrap();
     let (w, r) = (ch.writer(), ch.reader());
     for n in [0usize, 13, 14, 1000, 300_000] {
         let v: Vec<u64> = (0..n as u64).map(|i| i * 2_654_435_761).collect();
@@ -124,7 +124,7 @@ fn messages_larger_than_a_slot_round_trip() {
 
 #[test]
 fn opening_with_another_type_is_an_error_naming_both_types() {
-    let _ch = Channel::<u64>::new("typed").unwrap();
+    let _ch = Channel::<u64>::named("typed").unwrap();
     let err = Channel::<String>::open("typed").unwrap_err();
     match &err {
         ChannelError::TypeMismatch {
@@ -144,9 +144,9 @@ fn opening_with_another_type_is_an_error_naming_both_types() {
 
 #[test]
 fn names_are_unique_within_a_network() {
-    let _a = Channel::<u8>::new("unique-name").unwrap();
+    let _a = Channel::<u8>::named("unique-name").unwrap();
     assert_eq!(
-        Channel::<u8>::new("unique-name").unwrap_err(),
+        Channel::<u8>::named("unique-name").unwrap_err(),
         ChannelError::NameInUse("unique-name".into())
     );
     assert_eq!(
@@ -155,14 +155,14 @@ fn names_are_unique_within_a_network() {
     );
     let long = "x".repeat(200);
     assert!(matches!(
-        Channel::<u8>::new(&long),
+        Channel::<u8>::named(&long),
         Err(ChannelError::NameTooLong { .. })
     ));
 }
 
 #[test]
 fn read_timeout_expires_without_a_writer() {
-    let ch = Channel::<u8>::new("timeout").unwrap();
+    let ch = Channel::<u8>::named("timeout").unwrap();
     let (_w, r) = (ch.writer(), ch.reader());
     let start = Instant::now();
     assert_eq!(

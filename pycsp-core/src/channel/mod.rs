@@ -1,4 +1,4 @@
-//! Typed, named channels and their ends.
+//! Typed channels and their ends.
 //!
 //! A [`Channel<T>`] lives in the shared memory of the process network. Its ends,
 //! [`ChannelIn<T>`] (read) and [`ChannelOut<T>`] (write), are what processes hold; they are
@@ -32,15 +32,17 @@ use end::End;
 pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
 
-/// A typed, named channel in the shared memory of this process network.
+/// A typed channel in the shared memory of this process network.
 ///
-/// The name identifies the channel within one network (the root process and every process
-/// started under it); two runs of the same program never share channels. `Channel` itself is
-/// only a handle for making ends: it is not counted as a reader or writer.
+/// A channel is anonymous ([`new`](Self::new), [`buffered`](Self::buffered)) or has a name
+/// ([`named`](Self::named)) by which processes of the network [`open`](Self::open) it; a name
+/// is unique within one network (the root process and every process started under it) while
+/// its channel lives, and two runs of the same program never share channels. `Channel`
+/// itself is a handle for making ends: it is not counted as a reader or writer.
 ///
 /// ```
 /// use pycsp_core::Channel;
-/// let ch = Channel::<String>::buffered("greetings", 4)?;
+/// let ch = Channel::<String>::buffered(4)?;
 /// let (tx, rx) = (ch.writer(), ch.reader());
 /// tx.write("hello".to_string())?;
 /// assert_eq!(rx.read()?, "hello");
@@ -80,20 +82,51 @@ impl<T> fmt::Debug for Channel<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Channel<T> {
-    /// Creates a rendezvous channel: a write returns only after a reader has taken the message.
+    /// Creates an anonymous rendezvous channel: a write returns only after a reader has taken
+    /// the message. As PyCSP's `Channel()`: it needs no name; messages name it `#N`, a number
+    /// unique in the network. Its ends reach other processes as arguments or in messages.
     ///
-    /// Fails with [`ChannelError::NameInUse`] if the network already has a channel of this name.
-    pub fn new(name: &str) -> Result<Self, ChannelError> {
-        Self::create(name, 0)
+    /// Fails only when the network's shared memory is full ([`ChannelError::Capacity`]).
+    pub fn new() -> Result<Self, ChannelError> {
+        Self::create(None, 0)
     }
 
-    /// Creates a buffered channel that holds up to `capacity` messages; writes block only
-    /// when it is full. A capacity of 0 is a rendezvous channel.
-    pub fn buffered(name: &str, capacity: usize) -> Result<Self, ChannelError> {
-        Self::create(name, capacity)
+    /// Creates an anonymous buffered channel that holds up to `capacity` messages (as
+    /// crossbeam's `bounded(capacity)`); writes block only when it is full. A capacity of 0
+    /// is a rendezvous channel.
+    pub fn buffered(capacity: usize) -> Result<Self, ChannelError> {
+        Self::create(None, capacity)
     }
 
-    fn create(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+    /// Creates a rendezvous channel under `name`, by which any process of the network can
+    /// [`open`](Self::open) it; a socket address (`tcp://HOST:PORT/NAME`,
+    /// `local://SOCKET/NAME`) also hosts it there for other programs and hosts
+    /// (see [`crate::net`]).
+    ///
+    /// Fails with [`ChannelError::NameInUse`] while the network has a live channel of this
+    /// name.
+    pub fn named(name: &str) -> Result<Self, ChannelError> {
+        Self::create(Some(name), 0)
+    }
+
+    /// Creates a buffered channel under `name` (see [`named`](Self::named) and
+    /// [`buffered`](Self::buffered)).
+    pub fn named_buffered(name: &str, capacity: usize) -> Result<Self, ChannelError> {
+        Self::create(Some(name), capacity)
+    }
+
+    fn create(name: Option<&str>, capacity: usize) -> Result<Self, ChannelError> {
+        let arena = Arena::get().map_err(shared_memory)?;
+        let Some(name) = name else {
+            let (tn, fp) = type_fingerprint::<T>();
+            let name = format!("#{}", arena.next_anonymous());
+            let chan =
+                Chan::create(arena, &name, tn, fp, capacity).map_err(|e| arena_error(e, &name))?;
+            return Ok(Channel {
+                place: Place::Local(chan),
+                _t: PhantomData,
+            });
+        };
         if name.len() > MAX_NAME {
             return Err(ChannelError::NameTooLong {
                 name: name.to_string(),
@@ -102,7 +135,6 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             });
         }
         let addr = net::parse_address(name).transpose()?;
-        let arena = Arena::get().map_err(shared_memory)?;
         if arena.lookup(name).is_some() {
             return Err(ChannelError::NameInUse(name.to_string()));
         }

@@ -51,6 +51,8 @@ struct ArenaHeader {
     free: [AtomicU64; NCLASSES],
     /// A random number naming this network (set once at creation).
     network: u64,
+    /// Anonymous channels made so far: the next one is `#anonymous + 1`.
+    anonymous: AtomicU64,
 }
 
 #[repr(C)]
@@ -217,6 +219,11 @@ impl Arena {
     /// (on another host, or started independently) cannot use shared memory.
     pub(crate) fn network(&self) -> u64 {
         self.header().network
+    }
+
+    /// A number for a new anonymous channel, unique in the network (from 1).
+    pub(crate) fn next_anonymous(&self) -> u64 {
+        self.header().anonymous.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Bytes of shared memory in all (the same in every process of the network).
