@@ -174,12 +174,12 @@ thread_local! {
 /// The key of `FAIR_LAST` under which its counter is kept (no guard has it).
 const TICK: u64 = u64::MAX;
 
-/// What `fair_select` remembers a guard by: its channel and direction (channel offsets are
-/// multiples of 256), or its kind.
+/// What `fair_select` remembers a guard by: its channel and direction (a channel's key
+/// shifted by two, plus 1 for output), or its kind.
 fn fair_key<R>(g: &Guard<'_, R>) -> u64 {
     match g {
-        Guard::Input { chan, .. } => chan.offset(),
-        Guard::Output { chan, .. } => chan.offset() | 1,
+        Guard::Input { chan, .. } => chan.key() << 2,
+        Guard::Output { chan, .. } => (chan.key() << 2) | 1,
         Guard::Timeout { .. } => 2,
         Guard::Skip { .. } => 3,
     }

@@ -72,11 +72,18 @@ impl SharedBlock {
         Ok(arena()?.max_block_data() as usize)
     }
 
-    /// A block of `len` zero bytes.
+    /// A block of `len` zero bytes. Memory that is zero already (never used, or given back
+    /// to the kernel when a large block was freed) is not touched: a large zeroed block costs
+    /// memory only as it is written.
     pub fn zeroed(len: usize) -> Result<SharedBlock, ChannelError> {
-        let mut b = SharedBlock::new(len)?;
-        b.fill(0);
-        Ok(b)
+        let offset = arena()?
+            .alloc_block_zeroed(len as u64)
+            .map_err(|e| e.into_channel_error(""))?;
+        Ok(SharedBlock {
+            offset,
+            len,
+            owned: Cell::new(true),
+        })
     }
 
     /// A block holding a copy of `data`.

@@ -30,7 +30,7 @@ pub mod __private;
 
 pub use alt::{Alternation, Chosen};
 pub use block::{Bytes, SharedBlock};
-pub use channel::{Channel, ChannelIn, ChannelOut};
+pub use channel::{shared_memory_usage, Channel, ChannelIn, ChannelOut, Usage};
 pub use error::{ChannelError, Error, Failure};
 pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
 /// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].

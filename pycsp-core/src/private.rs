@@ -23,7 +23,10 @@ impl<T: Serialize + DeserializeOwned> CrossesProcesses for T {}
 
 /// Decodes a process's arguments in the child.
 pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| format!("its arguments could not be decoded: {e}"))
+    let args = rmp_serde::from_slice(bytes)
+        .map_err(|e| format!("its arguments could not be decoded: {e}"));
+    crate::runtime::arguments_done();
+    args
 }
 
 /// Encodes a process's return value in the child.

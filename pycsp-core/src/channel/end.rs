@@ -2,14 +2,14 @@
 //! retires, and how it moves to another process (serialized as an argument of a `#[process]`
 //! or as a message).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fingerprint::{check_type, type_fingerprint};
 use crate::message::{self, Context};
 use crate::net;
-use crate::runtime;
+use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::ring::Chan;
 
@@ -21,22 +21,39 @@ enum EndState {
     Transferred,
 }
 
-/// What both kinds of end share: the channel and whether this value still owns its count.
+/// What both kinds of end share: the channel and whether this value still owns its count
+/// (and its hold on the channel: `chan` may be used only while it does).
 pub(crate) struct End {
     pub(crate) chan: Chan,
     state: Cell<EndState>,
     /// A socket channel's end (a host's ring or a proxy): its messages are encoded and
     /// decoded in [`Context::Socket`].
     pub(crate) socket: bool,
+    /// The channel's name, copied when it is first asked for or when the end leaves (the
+    /// channel may be gone by the time a spent end is printed).
+    name: OnceCell<Box<str>>,
 }
 
 impl End {
+    /// An end of `chan` whose hold and count (as a writer or reader) the caller took for it.
     pub(crate) fn new(chan: Chan) -> End {
         End {
             chan,
             state: Cell::new(EndState::Live),
             socket: chan.name().contains("://"),
+            name: OnceCell::new(),
         }
+    }
+
+    /// The channel's name.
+    pub(crate) fn name(&self) -> &str {
+        self.name.get_or_init(|| {
+            if self.state.get() == EndState::Live {
+                self.chan.name().into()
+            } else {
+                "(an end that was sent away)".into()
+            }
+        })
     }
 
     /// The context this end's messages are encoded and decoded in.
@@ -59,7 +76,7 @@ thread_local! {
     /// meanwhile stay live and are listed in `CARRYING`, to be marked sent only once the
     /// message is placed ([`Carried::sent`]). Encoding has no side effect until then.
     static ENCODING: Cell<bool> = const { Cell::new(false) };
-    static CARRYING: RefCell<Vec<*const Cell<EndState>>> = const { RefCell::new(Vec::new()) };
+    static CARRYING: RefCell<Vec<CarriedEnd>> = const { RefCell::new(Vec::new()) };
     /// `CARRYING`'s length, readable without a borrow: every write looks at it, and most
     /// messages carry no end.
     static CARRIED: Cell<usize> = const { Cell::new(0) };
@@ -71,8 +88,13 @@ thread_local! {
     static RETURNING: RefCell<Option<Vec<(Chan, bool)>>> = const { RefCell::new(None) };
 }
 
-/// The ends a message carries (see `CARRYING`).
-pub(crate) struct Carried(Vec<*const Cell<EndState>>);
+/// An end in a message being encoded: its state, its channel and role (written off this
+/// process's ledger while the message is encoded, written back if it is not sent).
+type CarriedEnd = (*const Cell<EndState>, Chan, Role);
+
+/// The ends a message carries (see `CARRYING`). Dropped without [`sent`](Self::sent), the
+/// ends stay this process's.
+pub(crate) struct Carried(Vec<CarriedEnd>);
 
 impl Carried {
     /// The message was placed: its ends now belong to whoever reads it.
@@ -81,11 +103,19 @@ impl Carried {
     ///
     /// The value encoded by the [`encoding`] that returned this must still be alive, and not
     /// moved since.
-    pub(crate) unsafe fn sent(self) {
-        for state in self.0 {
+    pub(crate) unsafe fn sent(mut self) {
+        for (state, _, _) in std::mem::take(&mut self.0) {
             // SAFETY: the caller guarantees the value, and so the end's state, is alive and
             // where it was when it was encoded.
             unsafe { (*state).set(EndState::Transferred) };
+        }
+    }
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        for (_, chan, role) in self.0.drain(..) {
+            runtime::moved_in(&chan, role);
         }
     }
 }
@@ -107,7 +137,7 @@ pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Carried) {
 /// The ends listed since `CARRYING` had `from` of them (encodings nest, so they are the
 /// innermost encoding's).
 #[cold]
-fn carried_since(from: usize) -> Vec<*const Cell<EndState>> {
+fn carried_since(from: usize) -> Vec<CarriedEnd> {
     CARRIED.with(|c| c.set(from));
     CARRYING.with(|c| c.borrow_mut().split_off(from))
 }
@@ -126,14 +156,22 @@ pub(crate) fn finish_returning() {
         .with(|r| r.borrow_mut().take())
         .unwrap_or_default();
     for (chan, writer) in deferred {
-        chan.retire(writer);
-        net::client::await_retired(&chan, writer);
+        retire_end(chan, writer);
     }
+}
+
+/// Retires an end of `chan` and lets go of its hold. A socket end returns once the host
+/// knows, so that a program may exit right after.
+fn retire_end(chan: Chan, writer: bool) {
+    runtime::release_with(chan, Role::end(writer), |c| {
+        net::client::await_retired(c, writer)
+    });
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireEnd {
-    /// The channel's offset in the sender's arena.
+    /// The channel's key in the sender's arena (see `shm::ring`): its header's offset and
+    /// generation.
     channel: u64,
     fingerprint: u64,
     writer: bool,
@@ -156,9 +194,12 @@ impl End {
         if self.state.get() != EndState::Live {
             return Err(S::Error::custom(format!(
                 "an end of channel {:?} was already sent to another process",
-                self.chan.name()
+                self.name()
             )));
         }
+        // Keep the name: once sent, the channel may be gone.
+        let _ = self.name();
+        let role = Role::end(writer);
         let arena = Arena::get().map_err(S::Error::custom)?;
         let mut remote = None;
         let mut network = arena.network();
@@ -176,8 +217,9 @@ impl End {
             let state: *const Cell<EndState> = &self.state;
             CARRYING.with(|c| {
                 let mut v = c.borrow_mut();
-                if !v.contains(&state) {
-                    v.push(state);
+                if !v.iter().any(|(s, _, _)| *s == state) {
+                    runtime::moved_out(&self.chan, role);
+                    v.push((state, self.chan, role));
                     CARRIED.with(|n| n.set(v.len()));
                 }
             });
@@ -196,7 +238,7 @@ impl End {
             }
         }
         let w = WireEnd {
-            channel: self.chan.offset(),
+            channel: self.chan.key(),
             fingerprint: self.chan.type_fp(),
             writer,
             network,
@@ -204,9 +246,12 @@ impl End {
         };
         let r = w.serialize(s)?;
         if !carried {
+            if network != HANDED_TO_HOST {
+                runtime::moved_out(&self.chan, role);
+                runtime::record_transfer(&self.chan, role);
+            }
             self.state.set(EndState::Transferred);
         }
-        runtime::record_transfer(&self.chan);
         Ok(r)
     }
 
@@ -238,6 +283,7 @@ impl End {
                 chan,
                 state: Cell::new(EndState::Transferred),
                 socket: true,
+                name: OnceCell::new(),
             });
         }
         let arena = Arena::get().map_err(D::Error::custom)?;
@@ -256,13 +302,18 @@ impl End {
             let (tn, fp) = type_fingerprint::<T>();
             let chan = net::client::open_end(&addr, tn, fp, writer, Some(token))
                 .map_err(D::Error::custom)?;
-            runtime::track(&chan);
             return Ok(End::new(chan));
         }
-        let chan = Chan::attach(arena, w.channel)
-            .ok_or_else(|| D::Error::custom(format!("no channel at offset {}", w.channel)))?;
-        check_type::<T>(&chan).map_err(D::Error::custom)?;
-        runtime::track(&chan);
+        // The message holds the channel for this end: it is alive.
+        let chan = Chan::attach(arena, w.channel).ok_or_else(|| {
+            D::Error::custom(format!("no live channel has the key {:#x}", w.channel))
+        })?;
+        runtime::moved_in(&chan, Role::end(writer));
+        if let Err(e) = check_type::<T>(&chan) {
+            // The end came, of the wrong type: it retires here.
+            runtime::release(chan, Role::end(writer));
+            return Err(D::Error::custom(e));
+        }
         Ok(End::new(chan))
     }
 
@@ -278,9 +329,7 @@ impl End {
             if deferred {
                 return;
             }
-            self.chan.retire(writer);
-            // A socket end: return once the host knows, so that a program may exit right after.
-            net::client::await_retired(&self.chan, writer);
+            retire_end(self.chan, writer);
         }
     }
 }

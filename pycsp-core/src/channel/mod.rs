@@ -25,7 +25,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{shared_memory, ChannelError};
 use crate::message::{self, Context};
 use crate::net::{self, Address};
-use crate::runtime;
+use crate::runtime::{self, Role};
+pub use crate::shm::arena::Usage;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::Chan;
 use end::End;
@@ -64,9 +65,22 @@ enum Place {
 
 impl<T> Clone for Channel<T> {
     fn clone(&self) -> Self {
+        if let Place::Local(c) = &self.place {
+            runtime::hold(c, Role::Handle);
+        }
         Channel {
             place: self.place.clone(),
             _t: PhantomData,
+        }
+    }
+}
+
+/// A handle holds its channel: the channel is freed once every handle and every end of it,
+/// in every process, is gone.
+impl<T> Drop for Channel<T> {
+    fn drop(&mut self) {
+        if let Place::Local(c) = &self.place {
+            runtime::release(*c, Role::Handle);
         }
     }
 }
@@ -120,8 +134,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         let Some(name) = name else {
             let (tn, fp) = type_fingerprint::<T>();
             let name = format!("#{}", arena.next_anonymous());
-            let chan =
-                Chan::create(arena, &name, tn, fp, capacity).map_err(|e| arena_error(e, &name))?;
+            let chan = Chan::create(arena, &name, tn, fp, capacity, false)
+                .map_err(|e| arena_error(e, &name))?;
+            runtime::took(&chan);
             return Ok(Channel {
                 place: Place::Local(chan),
                 _t: PhantomData,
@@ -135,21 +150,28 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             });
         }
         let addr = net::parse_address(name).transpose()?;
-        if arena.lookup(name).is_some() {
+        if arena
+            .lookup(name)
+            .is_some_and(|key| Chan::is_alive(arena, key))
+        {
             return Err(ChannelError::NameInUse(name.to_string()));
         }
         let (tn, fp) = type_fingerprint::<T>();
-        let chan = Chan::create(arena, name, tn, fp, capacity).map_err(|e| arena_error(e, name))?;
+        let chan =
+            Chan::create(arena, name, tn, fp, capacity, true).map_err(|e| arena_error(e, name))?;
+        runtime::took(&chan);
+        // From here on, dropping the handle frees the channel.
+        let channel = Channel {
+            place: Place::Local(chan),
+            _t: PhantomData,
+        };
+        arena
+            .register(name, chan.key(), |key| Chan::is_alive(arena, key))
+            .map_err(|e| arena_error(e, name))?;
         if let Some(addr) = &addr {
             net::server::host(addr, chan, validate::<T>)?;
         }
-        arena
-            .register(name, chan.offset())
-            .map_err(|e| arena_error(e, name))?;
-        Ok(Channel {
-            place: Place::Local(chan),
-            _t: PhantomData,
-        })
+        Ok(channel)
     }
 
     /// Attaches to the channel that some process of this network created under `name`, or,
@@ -161,7 +183,8 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// that cannot be reached with [`ChannelError::Connection`] or [`ChannelError::Auth`].
     pub fn open(name: &str) -> Result<Self, ChannelError> {
         let arena = Arena::get().map_err(shared_memory)?;
-        let Some(off) = arena.lookup(name) else {
+        let found = arena.lookup(name).and_then(|key| Chan::acquire(arena, key));
+        let Some(chan) = found else {
             if let Some(addr) = net::parse_address(name).transpose()? {
                 let (tn, fp) = type_fingerprint::<T>();
                 let capacity = net::client::probe(&addr, tn, fp)? as usize;
@@ -172,20 +195,20 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             }
             return Err(ChannelError::NotFound(name.to_string()));
         };
-        let chan =
-            Chan::attach(arena, off).ok_or_else(|| ChannelError::NotFound(name.to_string()))?;
-        check_type::<T>(&chan)?;
-        Ok(Channel {
+        runtime::took(&chan);
+        let channel = Channel {
             place: Place::Local(chan),
             _t: PhantomData,
-        })
+        };
+        check_type::<T>(&chan)?;
+        Ok(channel)
     }
 
     /// An end's channel: the shared one, or a new connection's proxy.
     fn end_chan(&self, writer: bool) -> Chan {
         match &self.place {
             Place::Local(c) => {
-                c.join(writer);
+                runtime::hold(c, Role::end(writer));
                 *c
             }
             Place::Remote { addr, .. } => {
@@ -201,7 +224,6 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// network, this opens a connection; if that fails, the end's first operation reports why.
     pub fn reader(&self) -> ChannelIn<T> {
         let chan = self.end_chan(false);
-        runtime::track(&chan);
         ChannelIn {
             end: End::new(chan),
             _t: PhantomData,
@@ -211,7 +233,6 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// A new writing end (counted as one more writer); see [`reader`](Self::reader).
     pub fn writer(&self) -> ChannelOut<T> {
         let chan = self.end_chan(true);
-        runtime::track(&chan);
         ChannelOut {
             end: End::new(chan),
             _t: PhantomData,
@@ -262,6 +283,24 @@ impl<T> Channel<T> {
             Place::Remote { capacity, .. } => *capacity,
         }
     }
+}
+
+/// What this process network's shared memory holds now: its size, the bytes handed out and
+/// resident, the freed blocks kept for reuse, and the live channels and names. A channel's
+/// memory goes back when its last handle and end are gone in every process (see the book's
+/// layout chapter).
+///
+/// ```
+/// use pycsp_core::{shared_memory_usage, Channel};
+/// let before = shared_memory_usage()?.channels;
+/// let ch = Channel::<u64>::new()?;
+/// assert_eq!(shared_memory_usage()?.channels, before + 1);
+/// drop(ch);
+/// assert_eq!(shared_memory_usage()?.channels, before);
+/// # Ok::<(), pycsp_core::ChannelError>(())
+/// ```
+pub fn shared_memory_usage() -> Result<Usage, ChannelError> {
+    Ok(Arena::get().map_err(shared_memory)?.usage())
 }
 
 fn arena_error(e: ArenaError, name: &str) -> ChannelError {
@@ -360,7 +399,7 @@ impl<T> ChannelOut<T> {
 
     /// The channel's name.
     pub fn name(&self) -> &str {
-        self.end.chan.name()
+        self.end.name()
     }
 }
 
@@ -469,7 +508,7 @@ impl<T> ChannelIn<T> {
 
     /// The channel's name.
     pub fn name(&self) -> &str {
-        self.end.chan.name()
+        self.end.name()
     }
 }
 
@@ -487,7 +526,7 @@ impl<T> Drop for ChannelIn<T> {
 
 impl<T> Clone for ChannelOut<T> {
     fn clone(&self) -> Self {
-        self.end.chan.join(true);
+        runtime::hold(&self.end.chan, Role::Writer);
         ChannelOut {
             end: End::new(self.end.chan),
             _t: PhantomData,
@@ -497,7 +536,7 @@ impl<T> Clone for ChannelOut<T> {
 
 impl<T> Clone for ChannelIn<T> {
     fn clone(&self) -> Self {
-        self.end.chan.join(false);
+        runtime::hold(&self.end.chan, Role::Reader);
         ChannelIn {
             end: End::new(self.end.chan),
             _t: PhantomData,
@@ -507,13 +546,13 @@ impl<T> Clone for ChannelIn<T> {
 
 impl<T> fmt::Debug for ChannelOut<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChannelOut({:?})", self.end.chan.name())
+        write!(f, "ChannelOut({:?})", self.end.name())
     }
 }
 
 impl<T> fmt::Debug for ChannelIn<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChannelIn({:?})", self.end.chan.name())
+        write!(f, "ChannelIn({:?})", self.end.name())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::frame::{
     read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME, MAX_MESSAGE,
 };
 use crate::message::{take_encoded, write_encoded};
-use crate::runtime;
+use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
@@ -106,7 +106,14 @@ pub(crate) fn await_retired(chan: &Chan, writer: bool) {
     if chan.state_flags() & side == 0 {
         return; // clones of this end remain
     }
-    p.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT);
+    if p.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT)
+        .is_some()
+    {
+        PROXIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&chan.key());
+    }
 }
 
 /// Connects, authenticates and sends `Open`; every step has the deadline
@@ -185,11 +192,13 @@ pub(crate) fn open_end(
     body.token = token;
     let (s, _) = connect(addr, &body)?;
     let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
-    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0).map_err(|_| {
+    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
     })?;
-    proxy.join(writer);
-    proxy.join(!writer);
+    // The creator's hold is the pump's (let go when it ends); the user's end holds it too.
+    runtime::took(&proxy);
+    runtime::hold(&proxy, Role::end(writer));
+    proxy.join_side(!writer);
     let info = Arc::new(Proxy {
         address: addr.clone(),
         writer,
@@ -201,7 +210,7 @@ pub(crate) fn open_end(
     PROXIES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(proxy.offset(), info.clone());
+        .insert(proxy.key(), info.clone());
     std::thread::Builder::new()
         .name("pycsp-pump".into())
         .spawn(move || {
@@ -214,6 +223,7 @@ pub(crate) fn open_end(
             p.s.shutdown();
             *p.info.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
             p.info.finished_cv.notify_all();
+            runtime::release(p.proxy, Role::Handle);
         })
         .map_err(|e| ChannelError::Connection {
             address: addr.full.clone(),
@@ -227,7 +237,7 @@ pub(crate) fn proxy_of(chan: &Chan) -> Option<Arc<Proxy>> {
     PROXIES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&chan.offset())
+        .get(&chan.key())
         .cloned()
 }
 
@@ -250,7 +260,7 @@ pub(crate) fn remote_error(chan: &Chan, e: ChannelError) -> ChannelError {
 pub(crate) fn hand_over(chan: &Chan, info: &Proxy) -> Result<(String, u64), String> {
     let t = key::token();
     *info.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-    chan.retire(info.writer);
+    runtime::release(*chan, Role::end(info.writer));
     match info.wait_finished(std::time::Instant::now() + LOSS_TIMEOUT * 2) {
         None => Err("the host did not confirm the hand-over in time".into()),
         Some(true) => Ok((info.address.full.clone(), t)),
@@ -324,7 +334,7 @@ impl Pump {
                         Ok(b) => b,
                         Err(e) => {
                             self.fail(e);
-                            self.proxy.retire(false);
+                            self.proxy.retire_side(false);
                             return false;
                         }
                     };
@@ -343,14 +353,14 @@ impl Pump {
                                 self.proxy.poison();
                             } else {
                                 self.fail(e);
-                                self.proxy.retire(false);
+                                self.proxy.retire_side(false);
                             }
                             let _ = self.request(&Frame::empty(Kind::Retire));
                             return false;
                         }
                         Err(e) => {
                             self.fail(self.lost(&e));
-                            self.proxy.retire(false);
+                            self.proxy.retire_side(false);
                             return false;
                         }
                     }
@@ -413,7 +423,7 @@ impl Pump {
                 }
                 if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Read)) {
                     self.fail(self.lost(&e));
-                    self.proxy.retire(true);
+                    self.proxy.retire_side(true);
                     return false;
                 }
             }
@@ -427,7 +437,7 @@ impl Pump {
                 Ok(f) => f,
                 Err(e) => {
                     self.fail(self.lost(&e));
-                    self.proxy.retire(true);
+                    self.proxy.retire_side(true);
                     return false;
                 }
             };
@@ -444,7 +454,7 @@ impl Pump {
                         };
                         if let Err(e) = sent {
                             self.fail(self.lost(&e));
-                            self.proxy.retire(true);
+                            self.proxy.retire_side(true);
                             return false;
                         }
                     }
@@ -461,7 +471,7 @@ impl Pump {
                         ChannelError::Retired => {}
                         e => self.fail(e),
                     }
-                    self.proxy.retire(true);
+                    self.proxy.retire_side(true);
                     let _ = self.request(&Frame::empty(Kind::Retire));
                     return false;
                 }
@@ -470,7 +480,7 @@ impl Pump {
                         address: self.info.address.full.clone(),
                         reason: format!("expected Message, got {k:?}"),
                     });
-                    self.proxy.retire(true);
+                    self.proxy.retire_side(true);
                     return false;
                 }
             }
@@ -487,10 +497,11 @@ pub(crate) fn failed_end(
     e: ChannelError,
 ) -> Result<Chan, ChannelError> {
     let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
-    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0).map_err(|_| {
+    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
     })?;
-    proxy.join(writer);
+    runtime::took(&proxy);
+    runtime::hold(&proxy, Role::end(writer));
     let info = Arc::new(Proxy {
         address: addr.clone(),
         writer,
@@ -502,9 +513,10 @@ pub(crate) fn failed_end(
     PROXIES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(proxy.offset(), info);
+        .insert(proxy.key(), info);
     // The other side has no end at all: retired.
-    proxy.join(!writer);
-    proxy.retire(!writer);
+    proxy.join_side(!writer);
+    proxy.retire_side(!writer);
+    runtime::release(proxy, Role::Handle);
     Ok(proxy)
 }

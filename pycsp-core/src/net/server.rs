@@ -27,6 +27,7 @@ use super::stream::{
 use crate::error::ChannelError;
 use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
+use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Taken};
 use crate::shm::waiter;
@@ -86,6 +87,8 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
     if chans.contains_key(&addr.channel) {
         return Err(ChannelError::NameInUse(addr.full.clone()));
     }
+    // Hosting holds the channel for as long as this process runs.
+    runtime::hold(&chan, Role::Handle);
     chans.insert(addr.channel.clone(), Hosted { chan, validate });
     Ok(())
 }
@@ -488,8 +491,10 @@ fn serve(mut startup: Startup) {
                     protocol(&host, "an unknown or already used hand-over token".into()),
                 );
             }
+            // The end's hold, left with the token, is this connection's now.
+            runtime::moved_in(&chan, Role::end(writer));
         }
-        None => chan.join(writer),
+        None => runtime::hold(&chan, Role::end(writer)),
     }
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
@@ -497,7 +502,7 @@ fn serve(mut startup: Startup) {
     if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
         || s.set_deadline(None).is_err()
     {
-        chan.retire(writer);
+        runtime::release(chan, Role::end(writer));
         return;
     }
     let who = format!("{} on {peer}", open.process);
@@ -568,7 +573,7 @@ impl Conn<'_> {
             End::Lost(why) => {
                 // A client was lost: its end retires (a message it had not acknowledged was
                 // put back, one it was sending is dropped) and the channel serves the others.
-                self.chan.retire(self.writer);
+                runtime::release(self.chan, Role::end(self.writer));
                 report(
                     &self.who,
                     conn_error(
@@ -584,7 +589,7 @@ impl Conn<'_> {
             }
             End::Broken(e) => {
                 let _ = write_frame(&mut s, &ErrorBody::from_error(&e).frame());
-                self.chan.retire(self.writer);
+                runtime::release(self.chan, Role::end(self.writer));
                 report(&self.who, e);
             }
         }
@@ -651,7 +656,7 @@ impl Conn<'_> {
                     Ok(())
                 }
                 (Kind::Retire, _) => {
-                    self.chan.retire(self.writer);
+                    runtime::release(self.chan, Role::end(self.writer));
                     let _ = write_frame(s, &Frame::empty(Kind::Done));
                     return End::Clean;
                 }
@@ -751,14 +756,14 @@ impl Conn<'_> {
     /// that writer's write fails as the channel says; a buffered channel's slot is emptied.
     fn put_back(&self, bytes: Vec<u8>, taken: Taken) {
         let chan = self.chan;
-        chan.join(true);
+        runtime::hold(&chan, Role::Writer);
         let _ = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
                 if write_encoded_back(&chan, &bytes).is_ok() || !chan.is_rendezvous() {
                     chan.ack(taken);
                 }
-                chan.retire(true);
+                runtime::release(chan, Role::Writer);
             });
     }
 }

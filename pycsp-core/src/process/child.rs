@@ -42,14 +42,17 @@ pub fn child_entry() {
     let key_fd = std::env::var(key::ENV_KEY_FD)
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok());
+    let ledger = std::env::var(runtime::ENV_LEDGER)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     std::env::remove_var(ENV_CHILD);
     std::env::remove_var(ENV_CTRL_FD);
     std::env::remove_var(ENV_ARENA_FD);
     std::env::remove_var(ENV_CONTROL);
     std::env::remove_var(ENV_TICKET);
     std::env::remove_var(key::ENV_KEY_FD);
+    std::env::remove_var(runtime::ENV_LEDGER);
     sys::ignore_sigpipe();
-    runtime::enter_child();
     let name = name.to_string_lossy();
     let code = match (ctrl, arena_fd, control, ticket) {
         (Some(ctrl), Some(arena), _, _) => {
@@ -57,11 +60,12 @@ pub fn child_entry() {
                 inherit_key(fd);
             }
             forget_key_variable();
-            run_child(&name, ctrl, arena)
+            run_child(&name, ctrl, arena, ledger)
         }
         (_, _, Some(control), Some(_)) => match read_secrets() {
             Ok(ticket) => {
                 forget_key_variable();
+                runtime::enter_child(None);
                 run_placed(&name, &control, ticket)
             }
             Err(e) => {
@@ -134,7 +138,7 @@ fn read_secrets() -> Result<u64, String> {
     Ok(ticket)
 }
 
-fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
+fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd, ledger: Option<u64>) -> i32 {
     let Ok(fd) = sys::inherited_fd(ctrl_fd) else {
         return 122;
     };
@@ -147,6 +151,9 @@ fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd) -> i32 {
                 if let Ctrl::Pair(pair) = &ctrl {
                     watch_parent(pair);
                 }
+                // The ends in the arguments are in the ledger the parent made.
+                runtime::enter_child(ledger);
+                runtime::expect_arguments();
                 run_entry(name, &args)
             }
         },

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::table::display_name;
 use crate::error::Error;
-use crate::runtime::{collect_transfers, poison_offsets};
+use crate::runtime::{collect_transfers, poison_keys, release_keys, Role};
 
 pub(crate) trait ErasedArgs: Send {
     fn encode(&self) -> Result<Vec<u8>, String>;
@@ -74,11 +74,11 @@ pub(crate) fn spawn_error(name: &'static str, reason: String) -> Error {
     }
 }
 
-/// A process being started, once its arguments are encoded: the channels of the ends that
-/// went with them.
+/// A process being started, once its arguments are encoded: the channels (keys) and roles
+/// of the ends that went with them.
 pub(crate) struct Launch {
     pub(crate) name: &'static str,
-    pub(crate) ends: Vec<u64>,
+    pub(crate) transfers: Vec<(u64, Role)>,
 }
 
 impl Launch {
@@ -87,17 +87,24 @@ impl Launch {
         name: &'static str,
         args: Box<dyn ErasedArgs>,
     ) -> Result<(Launch, Vec<u8>), Error> {
-        let (bytes, ends) = collect_transfers(|| args.encode());
+        let (bytes, transfers) = collect_transfers(|| args.encode());
         drop(args); // the ends inside were moved to the child by encoding them
-        let launch = Launch { name, ends };
+        let launch = Launch { name, transfers };
         let bytes =
             bytes.map_err(|e| launch.fail(format!("its arguments cannot be encoded: {e}")))?;
         Ok((launch, bytes))
     }
 
-    /// The start failed after the arguments were encoded: poisons the ends they carried.
+    /// The channels of the ends the arguments carried.
+    pub(crate) fn keys(&self) -> Vec<u64> {
+        self.transfers.iter().map(|&(k, _)| k).collect()
+    }
+
+    /// The start failed after the arguments were encoded: poisons the ends they carried, and
+    /// lets go of them (they reach no process).
     pub(crate) fn fail(&self, reason: String) -> Error {
-        poison_offsets(&self.ends);
+        poison_keys(&self.keys());
+        release_keys(&self.transfers);
         spawn_error(self.name, reason)
     }
 }

@@ -13,6 +13,7 @@ use super::running::Running;
 use crate::error::Error;
 use crate::frame::Kind;
 use crate::net::key;
+use crate::runtime::{ChildLedger, ENV_LEDGER};
 use crate::shm::arena::{Arena, ENV_ARENA_FD};
 use crate::sys;
 
@@ -48,6 +49,12 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     if let Some(fd) = key_fd {
         cmd.env(key::ENV_KEY_FD, fd.to_string());
     }
+    // The ends the arguments carry are the child's from now on: written in its ledger, which
+    // this process settles once the child has ended, however it ended.
+    let ledger = ChildLedger::new(&launch.transfers);
+    if let Some(l) = &ledger {
+        cmd.env(ENV_LEDGER, l.offset().to_string());
+    }
     // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
     // is async-signal-safe, and allocates nothing.
     unsafe {
@@ -59,7 +66,15 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
             sys::clear_cloexec(arena_fd)
         });
     }
-    let child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(l) = ledger {
+                l.discard();
+            }
+            return Err(fail(e.to_string()));
+        }
+    };
     drop(child_end);
     drop(key_theirs);
     // If the child died at once, writing fails; `wait` then reports how it died.
@@ -70,6 +85,7 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         child,
         ctrl,
         placed: false,
-        ends: launch.ends,
+        ends: launch.keys(),
+        ledger,
     })
 }

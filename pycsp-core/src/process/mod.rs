@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::runtime::poison_offsets;
+use crate::runtime::poison_keys;
 pub use child::child_entry;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
@@ -233,7 +233,7 @@ pub fn Spawn<S: ProcessSet>(set: S) -> Result<Spawned<S>, Error> {
             Ok(r) => watched.push(Watched::new(r)),
             Err(e) => {
                 for w in &watched {
-                    poison_offsets(&w.ends);
+                    poison_keys(&w.ends);
                 }
                 for w in watched {
                     drop(w.join());

@@ -95,7 +95,8 @@ pub(crate) fn start(
         child,
         ctrl,
         placed: true,
-        ends: launch.ends,
+        ends: launch.keys(),
+        ledger: None,
     })
 }
 

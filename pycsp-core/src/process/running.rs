@@ -9,7 +9,7 @@ use super::table::display_name;
 use crate::error::{Error, Failure};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
-use crate::runtime::mark_peer_died;
+use crate::runtime::{mark_peer_died, ChildLedger};
 use crate::sys;
 
 /// How long the launcher of a placed process whose connection ended may take to exit before
@@ -42,8 +42,10 @@ pub(crate) struct Running {
     /// Placed by a launcher: `child` is the launcher, and a lost connection means a lost
     /// process.
     pub(crate) placed: bool,
-    /// Channels whose ends the child holds: poisoned if it dies without reporting.
+    /// Channels whose ends the child was given: poisoned if its start fails.
     pub(crate) ends: Vec<u64>,
+    /// The ledger of a local child: the channels it holds, settled once it has ended.
+    pub(crate) ledger: Option<ChildLedger>,
 }
 
 /// A started process watched by a thread of its own, its reaper: the thread reads the child's
@@ -132,7 +134,11 @@ impl Running {
         let pid = self.child.id();
         if !matches!(report, Some(Report::Returned(_))) {
             // Wake the peers first, then reap.
-            mark_peer_died(&self.ends, pid, display_name(self.name));
+            let ends = match &self.ledger {
+                Some(l) => l.end_keys(),
+                None => self.ends.clone(),
+            };
+            mark_peer_died(&ends, pid, display_name(self.name));
         }
         let mut lost = false;
         // The connection ended without a report: the process and its launcher are exiting
@@ -146,6 +152,10 @@ impl Running {
             let _ = self.child.kill();
         }
         let status = self.child.wait();
+        // The child can no longer run: whatever it still held goes.
+        if let Some(l) = self.ledger.take() {
+            l.settle();
+        }
         if self.placed && report.is_none() {
             // A placed process whose side saw the connection die first exits with 125.
             lost |= matches!(&status, Ok(st) if st.code() == Some(EXIT_PARENT_GONE));

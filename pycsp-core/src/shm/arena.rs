@@ -24,20 +24,27 @@ const ARENA_GRAIN: u64 = 2 << 20;
 /// `M` or `G` suffix, powers of 1024), instead of the size derived from the memory limits.
 pub(crate) const ENV_ARENA_SIZE: &str = "PYCSP_ARENA_SIZE";
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_SIZE: u64 = 4096;
-/// Number of channel names one network can hold.
-pub(crate) const DIR_ENTRIES: usize = 8192;
+/// Entries of a new directory; it doubles when more than half are taken.
+const DIR_FIRST_LEN: u64 = 1024;
 const DIR_ENTRY_SIZE: u64 = 128;
 /// Longest channel name, in bytes.
 pub(crate) const MAX_NAME: usize = 112;
-const DATA_START: u64 = HEADER_SIZE + DIR_ENTRIES as u64 * DIR_ENTRY_SIZE;
+const DATA_START: u64 = HEADER_SIZE;
 const ALIGN: u64 = 256;
 const NCLASSES: usize = 29;
 const BLOCK_HEADER: u64 = 16;
 /// Freed blocks this large give their pages back to the kernel; smaller ones stay mapped for
 /// the next message of their size class (re-faulting pages costs more than copying them).
 const PUNCH_FROM: u64 = 64 << 20;
+/// Freed blocks of this size and more give their pages back to the kernel (all but the page
+/// that holds their header) once the free blocks that still hold pages exceed
+/// [`BLOCK_CACHE`]; smaller blocks share pages with others and stay as they are.
+const PUNCH_MIN: u64 = 16 << 10;
+/// Bytes of freed blocks (of [`PUNCH_MIN`] and more) that keep their pages for the next
+/// message of their size; beyond this, freed blocks give their pages back.
+pub(crate) const BLOCK_CACHE: u64 = 32 << 20;
 /// Environment variable through which a child learns its arena's descriptor.
 pub(crate) const ENV_ARENA_FD: &str = "PYCSP_ARENA_FD";
 
@@ -53,8 +60,25 @@ struct ArenaHeader {
     network: u64,
     /// Anonymous channels made so far: the next one is `#anonymous + 1`.
     anonymous: AtomicU64,
+    /// Bytes of free blocks of [`PUNCH_MIN`] and more that still hold their pages.
+    cached: AtomicU64,
+    /// Free channel headers: a tagged Treiber stack (a header, once made, is always a header).
+    free_headers: AtomicU64,
+    /// Channels alive now.
+    channels: AtomicU64,
+    /// The directory's lock: the pid of the process that holds it, 0 when free.
+    dir_lock: AtomicU32,
+    _pad2: u32,
+    /// The directory: offset of its table (0 until the first name), its number of entries,
+    /// entries in use (ready or removed), ready entries. Changed only under `dir_lock`.
+    dir: AtomicU64,
+    dir_len: AtomicU64,
+    dir_used: AtomicU64,
+    dir_live: AtomicU64,
 }
 
+/// One name of the directory. Read and written only under the directory's lock; `state` is
+/// stored last, so an entry a dead lock holder left half-written is still empty.
 #[repr(C)]
 struct DirEntry {
     state: AtomicU32,
@@ -64,13 +88,16 @@ struct DirEntry {
 }
 
 const DIR_EMPTY: u32 = 0;
-const DIR_WRITING: u32 = 1;
 const DIR_READY: u32 = 2;
+/// A removed name: lookups go on past it; a new name may take it.
+const DIR_REMOVED: u32 = 3;
 
 #[repr(C)]
 struct BlockHeader {
     class: u32,
-    _pad: u32,
+    /// 1 when the block's bytes from its second page on are zero (a fresh block, or one whose
+    /// pages were given back), 0 when they hold what its last owner left.
+    clean: AtomicU32,
     next: AtomicU64,
 }
 
@@ -109,7 +136,6 @@ pub(crate) enum ArenaError {
         max: u64,
     },
     NameInUse,
-    DirectoryFull,
 }
 
 impl ArenaError {
@@ -128,9 +154,6 @@ impl ArenaError {
                 max,
             },
             ArenaError::NameInUse => ChannelError::NameInUse(channel.to_string()),
-            ArenaError::DirectoryFull => {
-                ChannelError::SharedMemory("the network's channel directory is full".into())
-            }
         }
     }
 }
@@ -291,14 +314,48 @@ impl Arena {
         }
     }
 
+    /// Gives the pages of `len` bytes at `offset` (from [`alloc_static`](Self::alloc_static))
+    /// back to the kernel; the range is never handed out again.
+    pub(crate) fn give_back(&self, offset: u64, len: u64) {
+        let start = offset.next_multiple_of(4096);
+        let end = (offset + len) / 4096 * 4096;
+        if end > start {
+            sys::punch_hole(self.fd(), start, end - start);
+        }
+    }
+
     /// The size class of a block for `len` bytes of data, if one can exist in this arena.
     fn class_for(&self, len: u64) -> Option<usize> {
         let need = len.checked_add(BLOCK_HEADER)?;
         (0..=self.max_class).find(|&c| (ALIGN << c) >= need)
     }
 
-    /// Allocates a block that can hold `len` bytes; returns the offset of its data.
+    /// Allocates a block that can hold `len` bytes; returns the offset of its data. Its
+    /// bytes are whatever they were (see [`alloc_block_zeroed`](Self::alloc_block_zeroed)).
     pub(crate) fn alloc_block(&self, len: u64) -> Result<u64, ArenaError> {
+        self.alloc_block_clean(len).map(|(data, _)| data)
+    }
+
+    /// Allocates a block of `len` zero bytes. Pages that are zero already (a fresh block, or
+    /// one whose pages were given back) are not touched, so a large block costs nothing
+    /// until it is used.
+    pub(crate) fn alloc_block_zeroed(&self, len: u64) -> Result<u64, ArenaError> {
+        let (data, clean) = self.alloc_block_clean(len)?;
+        let dirty = if clean {
+            // The first page holds the header and stays mapped: only it may hold old bytes.
+            len.min(4096 - BLOCK_HEADER)
+        } else {
+            len
+        };
+        // SAFETY: the block is ours alone until it is freed, and holds at least `len` bytes
+        // (checked by `ptr`).
+        unsafe { std::ptr::write_bytes(self.ptr(data, len), 0, dirty as usize) };
+        Ok(data)
+    }
+
+    /// Allocates a block; its data offset, and whether its bytes after the first page are
+    /// zero.
+    fn alloc_block_clean(&self, len: u64) -> Result<(u64, bool), ArenaError> {
         let class = self.class_for(len).ok_or(ArenaError::TooLarge {
             len,
             max: self.max_block_data(),
@@ -308,6 +365,7 @@ impl Arena {
         let block = loop {
             if cur & TAG_OFFSET_MASK == 0 {
                 let off = self.alloc_static(ALIGN << class)?;
+                self.block_header(off).clean.store(1, Ordering::Relaxed);
                 break off;
             }
             let off = (cur & TAG_OFFSET_MASK) * ALIGN;
@@ -318,9 +376,15 @@ impl Arena {
                 Err(c) => cur = c,
             }
         };
+        let hdr = self.block_header(block);
+        let clean = hdr.clean.load(Ordering::Acquire) == 1;
+        let size = ALIGN << class;
+        if !clean && size >= PUNCH_MIN {
+            self.header().cached.fetch_sub(size, Ordering::AcqRel);
+        }
         // SAFETY: the block is ours alone from here until it is freed.
         unsafe { (*self.ptr(block, BLOCK_HEADER).cast::<BlockHeader>()).class = class as u32 };
-        Ok(block + BLOCK_HEADER)
+        Ok((block + BLOCK_HEADER, clean))
     }
 
     fn block_header(&self, block: u64) -> &BlockHeader {
@@ -329,7 +393,9 @@ impl Arena {
         unsafe { &*self.ptr(block, BLOCK_HEADER).cast::<BlockHeader>() }
     }
 
-    /// Returns the block whose data starts at `data` to its size class.
+    /// Returns the block whose data starts at `data` to its size class. A large block gives
+    /// its pages back to the kernel when it is very large or the cache of free pages is full
+    /// (see [`BLOCK_CACHE`]).
     pub(crate) fn free_block(&self, data: u64) {
         let block = data
             .checked_sub(BLOCK_HEADER)
@@ -338,19 +404,80 @@ impl Arena {
         let class = hdr.class as usize;
         assert!(class < NCLASSES, "corrupt block header at {block}");
         let size = ALIGN << class;
-        if size >= PUNCH_FROM {
-            // Keep the first page (it holds the header); give the rest back.
-            sys::punch_hole(self.fd(), block + 4096, size - 4096);
+        let cached = &self.header().cached;
+        if size >= PUNCH_MIN {
+            if size >= PUNCH_FROM || cached.load(Ordering::Acquire) + size > BLOCK_CACHE {
+                // Keep the first page (it holds the header); give the rest back.
+                sys::punch_hole(self.fd(), block + 4096, size - 4096);
+                hdr.clean.store(1, Ordering::Release);
+            } else {
+                cached.fetch_add(size, Ordering::AcqRel);
+                hdr.clean.store(0, Ordering::Release);
+            }
+        } else {
+            hdr.clean.store(0, Ordering::Release);
         }
-        let head = &self.header().free[class];
+        push(&self.header().free[class], block, &hdr.next);
+    }
+
+    /// Takes a channel header of `len` bytes off the free headers (`next_of` finds the link
+    /// field inside a header), or makes a new one; returns its offset. Headers are never
+    /// used for anything else, so a stale offset of one still points at a header.
+    pub(crate) fn alloc_header(
+        &self,
+        len: u64,
+        next_of: impl Fn(u64) -> &'static AtomicU64,
+    ) -> Result<u64, ArenaError> {
+        let head = &self.header().free_headers;
         let mut cur = head.load(Ordering::Acquire);
         loop {
-            hdr.next.store(cur & TAG_OFFSET_MASK, Ordering::Release);
-            let new = (block / ALIGN) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
+            if cur & TAG_OFFSET_MASK == 0 {
+                return self.alloc_static(len);
+            }
+            let off = (cur & TAG_OFFSET_MASK) * ALIGN;
+            let next = next_of(off).load(Ordering::Acquire);
+            let new = (next & TAG_OFFSET_MASK) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
             match head.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
+                Ok(_) => return Ok(off),
                 Err(c) => cur = c,
             }
+        }
+    }
+
+    /// Returns the channel header at `offset` (256-byte aligned) to the free headers.
+    pub(crate) fn free_header(&self, offset: u64, next: &AtomicU64) {
+        push(&self.header().free_headers, offset, next);
+    }
+
+    /// Counts a channel made (`true`) or freed.
+    pub(crate) fn count_channel(&self, made: bool) {
+        let c = &self.header().channels;
+        if made {
+            c.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the network's shared memory holds now.
+    pub(crate) fn usage(&self) -> Usage {
+        let h = self.header();
+        // SAFETY: fstat only writes the struct it is given.
+        let resident = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(self.fd(), &mut st) == 0 {
+                st.st_blocks as u64 * 512
+            } else {
+                0
+            }
+        };
+        Usage {
+            size: self.size,
+            allocated: h.bump.load(Ordering::Acquire) - DATA_START,
+            cached: h.cached.load(Ordering::Acquire),
+            resident,
+            channels: h.channels.load(Ordering::Acquire),
+            names: h.dir_live.load(Ordering::Acquire),
         }
     }
 
@@ -359,83 +486,253 @@ impl Arena {
         (ALIGN << self.max_class) - BLOCK_HEADER
     }
 
-    fn dir_entry(&self, i: usize) -> &DirEntry {
-        let off = HEADER_SIZE + i as u64 * DIR_ENTRY_SIZE;
-        // SAFETY: the directory lies inside the arena; its state is atomic and the other
-        // fields are written only by the entry's claimer before it publishes DIR_READY.
+    /// Takes the directory's lock (see [`DirLock`]).
+    fn lock_dir(&self) -> DirLock<'_> {
+        DirLock::take(self)
+    }
+
+    /// Entry `i` of the directory table at `table`.
+    fn dir_entry(&self, table: u64, i: u64) -> &DirEntry {
+        let off = table + i * DIR_ENTRY_SIZE;
+        // SAFETY: the table lies inside the arena (checked by `ptr`); its entries are read and
+        // written only under the directory's lock.
         unsafe { &*self.ptr(off, DIR_ENTRY_SIZE).cast::<DirEntry>() }
     }
 
-    fn wait_ready(e: &DirEntry) -> bool {
-        let mut spins = 0u32;
-        loop {
-            match e.state.load(Ordering::Acquire) {
-                DIR_READY => return true,
-                DIR_EMPTY => return false,
-                _ => {
-                    spins += 1;
-                    if spins > 1_000_000 {
-                        // The writer died mid-entry; treat it as not ours.
-                        return false;
-                    }
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-
     fn entry_name(e: &DirEntry) -> &[u8] {
-        // SAFETY: only called after DIR_READY was observed with Acquire, so the name and its
-        // length were fully written and are never written again.
+        // SAFETY: called under the directory's lock on a ready entry, whose name was written
+        // before its state.
         unsafe {
             let len = (*e.name_len.get()) as usize;
             &(&*e.name.get())[..len.min(MAX_NAME)]
         }
     }
 
-    /// Finds the channel registered under `name`.
-    pub(crate) fn lookup(&self, name: &str) -> Option<u64> {
-        let start = name_hash(name) as usize % DIR_ENTRIES;
-        for k in 0..DIR_ENTRIES {
-            let e = self.dir_entry((start + k) % DIR_ENTRIES);
-            if !Self::wait_ready(e) {
-                if e.state.load(Ordering::Acquire) == DIR_EMPTY {
-                    return None;
-                }
-                continue;
-            }
-            if Self::entry_name(e) == name.as_bytes() {
-                // SAFETY: READY was observed; `channel` is immutable from then on.
-                return Some(unsafe { *e.channel.get() });
+    fn entry_channel(e: &DirEntry) -> u64 {
+        // SAFETY: as in `entry_name`.
+        unsafe { *e.channel.get() }
+    }
+
+    /// The ready entry for `name` in the current table, if any (under the lock).
+    fn find(&self, _lock: &DirLock<'_>, name: &str) -> Option<&DirEntry> {
+        let h = self.header();
+        let (table, len) = (
+            h.dir.load(Ordering::Acquire),
+            h.dir_len.load(Ordering::Acquire),
+        );
+        if table == 0 {
+            return None;
+        }
+        let start = name_hash(name) & (len - 1);
+        for k in 0..len {
+            let e = self.dir_entry(table, (start + k) & (len - 1));
+            match e.state.load(Ordering::Acquire) {
+                DIR_EMPTY => return None,
+                DIR_READY if Self::entry_name(e) == name.as_bytes() => return Some(e),
+                _ => {}
             }
         }
         None
     }
 
-    /// Registers `channel` under `name`; fails if the name is taken.
-    pub(crate) fn register(&self, name: &str, channel: u64) -> Result<(), ArenaError> {
+    /// The channel registered under `name` (its key, see `shm::ring`), if any.
+    pub(crate) fn lookup(&self, name: &str) -> Option<u64> {
+        let lock = self.lock_dir();
+        self.find(&lock, name).map(Self::entry_channel)
+    }
+
+    /// Registers channel `key` under `name`. Fails with `NameInUse` if the name belongs to a
+    /// channel for which `alive` says yes; a name whose channel has ended is taken over.
+    pub(crate) fn register(
+        &self,
+        name: &str,
+        key: u64,
+        alive: impl Fn(u64) -> bool,
+    ) -> Result<(), ArenaError> {
         assert!(name.len() <= MAX_NAME);
-        let start = name_hash(name) as usize % DIR_ENTRIES;
-        for k in 0..DIR_ENTRIES {
-            let e = self.dir_entry((start + k) % DIR_ENTRIES);
-            if e.state
-                .compare_exchange(DIR_EMPTY, DIR_WRITING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                // SAFETY: winning the CAS to DIR_WRITING gives us the entry's fields alone.
+        let lock = self.lock_dir();
+        if let Some(e) = self.find(&lock, name) {
+            if alive(Self::entry_channel(e)) {
+                return Err(ArenaError::NameInUse);
+            }
+            // SAFETY: under the lock; one 8-byte store replaces the ended channel.
+            unsafe { *e.channel.get() = key };
+            return Ok(());
+        }
+        let h = self.header();
+        let len = h.dir_len.load(Ordering::Acquire);
+        if h.dir.load(Ordering::Acquire) == 0 || (h.dir_used.load(Ordering::Acquire) + 1) * 2 > len
+        {
+            self.rebuild_dir(&lock)?;
+        }
+        let (table, len) = (
+            h.dir.load(Ordering::Acquire),
+            h.dir_len.load(Ordering::Acquire),
+        );
+        let start = name_hash(name) & (len - 1);
+        for k in 0..len {
+            let e = self.dir_entry(table, (start + k) & (len - 1));
+            let state = e.state.load(Ordering::Acquire);
+            if state == DIR_EMPTY || state == DIR_REMOVED {
+                // SAFETY: under the lock; the entry is not ready, so nobody reads these
+                // fields until the state below says so.
                 unsafe {
                     *e.name_len.get() = name.len() as u32;
                     (&mut *e.name.get())[..name.len()].copy_from_slice(name.as_bytes());
-                    *e.channel.get() = channel;
+                    *e.channel.get() = key;
                 }
                 e.state.store(DIR_READY, Ordering::Release);
+                if state == DIR_EMPTY {
+                    h.dir_used.fetch_add(1, Ordering::AcqRel);
+                }
+                h.dir_live.fetch_add(1, Ordering::AcqRel);
                 return Ok(());
             }
-            if Self::wait_ready(e) && Self::entry_name(e) == name.as_bytes() {
-                return Err(ArenaError::NameInUse);
+        }
+        unreachable!("a directory at most half full has an empty entry")
+    }
+
+    /// Removes `name` if it still belongs to channel `key`.
+    pub(crate) fn unregister(&self, name: &str, key: u64) {
+        let lock = self.lock_dir();
+        if let Some(e) = self.find(&lock, name) {
+            if Self::entry_channel(e) == key {
+                e.state.store(DIR_REMOVED, Ordering::Release);
+                self.header().dir_live.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        Err(ArenaError::DirectoryFull)
+    }
+
+    /// Makes a new directory table for the ready names (twice as many entries as they
+    /// need, at least [`DIR_FIRST_LEN`]), without removed entries, and frees the old one.
+    /// A process that dies meanwhile leaves the old table in place (and a block unused).
+    fn rebuild_dir(&self, _lock: &DirLock<'_>) -> Result<(), ArenaError> {
+        let h = self.header();
+        let (old, old_len) = (
+            h.dir.load(Ordering::Acquire),
+            h.dir_len.load(Ordering::Acquire),
+        );
+        let live = h.dir_live.load(Ordering::Acquire);
+        let len = ((live + 1) * 4).next_power_of_two().max(DIR_FIRST_LEN);
+        let bytes = len.checked_mul(DIR_ENTRY_SIZE).ok_or(ArenaError::Full {
+            needed: u64::MAX,
+            free: self.unallocated(),
+            size: self.size,
+        })?;
+        let table = self.alloc_block_zeroed(bytes)?;
+        let mut count = 0;
+        for i in 0..if old == 0 { 0 } else { old_len } {
+            let e = self.dir_entry(old, i);
+            if e.state.load(Ordering::Acquire) != DIR_READY {
+                continue;
+            }
+            let name = Self::entry_name(e);
+            let mut j = fnv1a(name) & (len - 1);
+            loop {
+                let n = self.dir_entry(table, j);
+                if n.state.load(Ordering::Relaxed) == DIR_EMPTY {
+                    // SAFETY: the new table is ours alone until it is published below.
+                    unsafe {
+                        *n.name_len.get() = name.len() as u32;
+                        (&mut *n.name.get())[..name.len()].copy_from_slice(name);
+                        *n.channel.get() = Self::entry_channel(e);
+                    }
+                    n.state.store(DIR_READY, Ordering::Relaxed);
+                    count += 1;
+                    break;
+                }
+                j = (j + 1) & (len - 1);
+            }
+        }
+        h.dir_len.store(len, Ordering::Release);
+        h.dir.store(table, Ordering::Release);
+        h.dir_used.store(count, Ordering::Release);
+        h.dir_live.store(count, Ordering::Release);
+        if old != 0 {
+            self.free_block(old);
+        }
+        Ok(())
+    }
+}
+
+/// The directory's lock, held by one thread of one process at a time: a process-local mutex
+/// orders this process's threads, then the shared word `dir_lock` holds the pid of the
+/// process that has the directory. A process that died holding it is found out (its pid no
+/// longer exists) and the lock taken over; the directory stays consistent because every
+/// change is published by one store (an entry's state, the table's offset).
+struct DirLock<'a> {
+    arena: &'a Arena,
+    _local: std::sync::MutexGuard<'static, ()>,
+}
+
+static DIR_LOCAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl<'a> DirLock<'a> {
+    fn take(arena: &'a Arena) -> DirLock<'a> {
+        let local = DIR_LOCAL.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        let word = &arena.header().dir_lock;
+        let mut tries = 0u32;
+        loop {
+            match word.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(owner) => {
+                    tries += 1;
+                    if tries % 256 == 0
+                        && !sys::process_exists(owner)
+                        && word
+                            .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+        DirLock {
+            arena,
+            _local: local,
+        }
+    }
+}
+
+impl Drop for DirLock<'_> {
+    fn drop(&mut self) {
+        self.arena.header().dir_lock.store(0, Ordering::Release);
+    }
+}
+
+/// What a network's shared memory holds (see [`crate::shared_memory_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes reserved for the network (address space; pages are allocated on first touch).
+    pub size: u64,
+    /// Bytes handed out so far by the arena's bump allocator: channel headers, rings,
+    /// message blocks, directory tables; freed ones are reused, never handed out twice.
+    pub allocated: u64,
+    /// Bytes of freed blocks that keep their pages for reuse (at most about
+    /// 32 MiB of blocks of 16 KiB and more; smaller blocks are not counted).
+    pub cached: u64,
+    /// Bytes of memory the shared memory takes now (pages allocated to it).
+    pub resident: u64,
+    /// Channels alive in the network.
+    pub channels: u64,
+    /// Names in the directory.
+    pub names: u64,
+}
+
+/// Pushes the object at `offset` (256-byte aligned) onto the tagged Treiber stack `head`,
+/// linking it through its field `next`.
+fn push(head: &AtomicU64, offset: u64, next: &AtomicU64) {
+    let mut cur = head.load(Ordering::Acquire);
+    loop {
+        next.store(cur & TAG_OFFSET_MASK, Ordering::Release);
+        let new = (offset / ALIGN) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
+        match head.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(c) => cur = c,
+        }
     }
 }
 

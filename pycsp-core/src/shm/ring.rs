@@ -11,7 +11,7 @@
 //! its slots, fresh zero pages of the arena, are touched only when messages reach them.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
@@ -56,7 +56,18 @@ struct State {
     flags: AtomicU32,
     writers: AtomicU32,
     readers: AtomicU32,
+    _pad: u32,
+    /// `generation << 32 | holders`: every `Channel` handle and every end in every process
+    /// (also one travelling in a message or to a child), a socket host and a proxy's pump
+    /// hold the channel once; the last to let go frees it, and the generation changes, so a
+    /// stale key no longer opens it.
+    life: AtomicU64,
+    /// The next free header while this one is free (see `Arena::alloc_header`).
+    next_free: AtomicU64,
 }
+
+/// The holders part of a `life` word.
+const HOLDERS: u64 = 0xffff_ffff;
 
 /// Who died holding an end of this channel (the first one reported).
 #[repr(C)]
@@ -73,6 +84,12 @@ pub(crate) struct ChannelHeader {
     capacity: u64,
     ring_len: u64,
     one_lap: u64,
+    /// The arena block that holds the ring, and the offset of its first slot in it.
+    ring_block: u64,
+    ring: u64,
+    /// 1 if the channel has a name in the directory.
+    named: u32,
+    _pad: u32,
     type_name_len: u32,
     name_len: u32,
     type_name: [u8; MAX_TYPE_NAME],
@@ -99,6 +116,17 @@ struct Offers {
 
 /// Offers one rendezvous channel can hold on each side at once.
 const OFFERS: usize = 32;
+
+impl Offers {
+    /// No offers (a header taken for a new channel).
+    fn reset(&self) {
+        self.nreads.store(0, Ordering::Relaxed);
+        self.nwrites.store(0, Ordering::Relaxed);
+        for w in self.reads.iter().chain(self.writes.iter()) {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
 
 #[repr(C, align(128))]
 struct Slot {
@@ -179,12 +207,15 @@ pub(crate) struct WriteError {
     pub(crate) placed: bool,
 }
 
-/// A channel mapped in this process. Cheap to copy; valid for the life of the process.
+/// A channel mapped in this process. Cheap to copy; valid while its holder holds it (see
+/// [`Chan::hold`]): the channel's memory is reused once its last holder lets go.
 #[derive(Clone, Copy)]
 pub(crate) struct Chan {
     hdr: &'static ChannelHeader,
     slots: &'static [Slot],
     offset: u64,
+    /// The header's generation when this process attached it.
+    gen: u32,
 }
 
 // SAFETY: a Chan points into the arena, which stays mapped for the life of the process; all
@@ -207,23 +238,42 @@ fn header_len() -> u64 {
     std::mem::size_of::<ChannelHeader>() as u64
 }
 
-/// Bytes of a channel with `ring_len` slots (header included); `None` if that overflows or
-/// the ring's positions would (a lap must be a power of two above `ring_len`).
+/// Bytes of the block for a ring of `ring_len` slots (with room to align the first slot to
+/// 128 bytes); `None` if that overflows or the ring's positions would (a lap must be a power
+/// of two above `ring_len`).
 fn ring_bytes(ring_len: u64) -> Option<u64> {
     ring_len.checked_add(1)?.checked_next_power_of_two()?;
     ring_len
         .checked_mul(std::mem::size_of::<Slot>() as u64)?
-        .checked_add(header_len())
+        .checked_add(SLOT_ALIGN)
+}
+
+const SLOT_ALIGN: u64 = std::mem::align_of::<Slot>() as u64;
+
+/// The key of the channel whose header is at `offset` in generation `gen`: what the
+/// directory and a moving end hold. Offsets are multiples of 256 below 2^36.
+fn key_of(offset: u64, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | (offset >> 8)
+}
+
+fn next_free_of(offset: u64) -> &'static AtomicU64 {
+    let arena = Arena::get().expect("a channel exists only where the arena is mapped");
+    let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
+    // SAFETY: `offset` is a channel header (headers stay headers); `next_free` is atomic.
+    unsafe { &(*p).state.0.next_free }
 }
 
 impl Chan {
-    /// Creates a channel in the arena. `capacity` 0 means rendezvous.
+    /// Creates a channel in the arena, held once (by the caller). `capacity` 0 means
+    /// rendezvous. `named`: the channel will be registered in the directory under `name`
+    /// (and removed from it when freed).
     pub(crate) fn create(
         arena: &'static Arena,
         name: &str,
         type_name: &str,
         type_fp: u64,
         capacity: usize,
+        named: bool,
     ) -> Result<Chan, ArenaError> {
         let ring_len = if capacity == 0 {
             RENDEZVOUS_RING
@@ -236,38 +286,88 @@ impl Chan {
             free: arena.unallocated(),
             size: arena.size(),
         })?;
-        let offset = arena.alloc_static(len)?;
-        let p = arena.ptr(offset, len).cast::<ChannelHeader>();
+        // An all-zero ring is empty at lap 0 (see the module docs): a fresh block is not
+        // written at all, so a ring of 10^8 slots costs no memory until messages fill it.
+        // A ring larger than the largest block gets fresh memory of its own, whose pages go
+        // back to the kernel when it is freed (its offset is 256-aligned, a block's is not).
+        let ring_block = if len <= arena.max_block_data() {
+            arena.alloc_block_zeroed(len)?
+        } else {
+            arena.alloc_static(len)?
+        };
+        let free_ring = move || {
+            if ring_block % 256 == 0 {
+                arena.give_back(ring_block, len);
+            } else {
+                arena.free_block(ring_block);
+            }
+        };
+        let offset = match arena.alloc_header(header_len(), next_free_of) {
+            Ok(o) => o,
+            Err(e) => {
+                free_ring();
+                return Err(e);
+            }
+        };
+        let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
         let tn = &type_name.as_bytes()[..type_name.len().min(MAX_TYPE_NAME)];
         let nm = &name.as_bytes()[..name.len().min(MAX_NAME)];
-        // SAFETY: the range was freshly allocated for this channel (zeroed, 256-byte aligned)
-        // and its offset is not yet known to any other process or thread, so these plain
-        // writes cannot race. Zero is a valid value of every atomic field.
-        unsafe {
+        // SAFETY: the header is ours alone: freshly allocated (zero), or taken off the free
+        // headers with no holder, so nobody reads its fields (a stale key is refused by its
+        // generation before anything else is read). Its atomics are reset with stores.
+        let gen = unsafe {
             (*p).magic = MAGIC;
             (*p).type_fp = type_fp;
             (*p).capacity = capacity as u64;
             (*p).ring_len = ring_len;
             (*p).one_lap = (ring_len + 1).next_power_of_two();
+            (*p).ring_block = ring_block;
+            (*p).ring = ring_block.next_multiple_of(SLOT_ALIGN);
+            (*p).named = u32::from(named);
             (*p).type_name_len = tn.len() as u32;
             (&mut (*p).type_name)[..tn.len()].copy_from_slice(tn);
             (*p).name_len = nm.len() as u32;
             (&mut (*p).name)[..nm.len()].copy_from_slice(nm);
-        }
-        let chan = Chan::attach(arena, offset).expect("a channel just created is valid");
-        // The slots are left untouched: a zero stamp means empty at lap 0 (see the module
-        // docs), so a ring of 10^8 slots costs no memory until messages fill it.
-        fence(Ordering::Release);
-        Ok(chan)
+            let h = &*p;
+            let st = &h.state.0;
+            st.flags.store(0, Ordering::Relaxed);
+            st.writers.store(0, Ordering::Relaxed);
+            st.readers.store(0, Ordering::Relaxed);
+            h.dead.0.pid.store(0, Ordering::Relaxed);
+            h.dead.0.name_len.store(0, Ordering::Relaxed);
+            h.head.0.store(0, Ordering::Relaxed);
+            h.tail.0.store(0, Ordering::Relaxed);
+            h.offers.0.reset();
+            let gen = (st.life.load(Ordering::Acquire) >> 32) as u32;
+            st.life.store((u64::from(gen) << 32) | 1, Ordering::Release);
+            gen
+        };
+        arena.count_channel(true);
+        Chan::attach(arena, key_of(offset, gen)).ok_or(ArenaError::Full {
+            needed: len,
+            free: arena.unallocated(),
+            size: arena.size(),
+        })
     }
 
-    /// Maps the channel at `offset`; `None` if no channel is there.
-    pub(crate) fn attach(arena: &'static Arena, offset: u64) -> Option<Chan> {
+    /// Maps the channel with `key`, which the caller holds (it came with a moving end, or
+    /// the caller holds it already); `None` if no live channel has that key.
+    pub(crate) fn attach(arena: &'static Arena, key: u64) -> Option<Chan> {
+        let offset = (key & HOLDERS) << 8;
+        let gen = (key >> 32) as u32;
         let hlen = header_len();
+        if offset < 4096 {
+            return None;
+        }
         let p = arena.ptr(offset, hlen).cast::<ChannelHeader>();
-        // SAFETY: the header range is inside the arena (checked by `ptr`); its immutable part
-        // was written before the offset was published and the rest is atomic.
+        // SAFETY: the header range is inside the arena (checked by `ptr`); its fixed part
+        // is read only after its `life` word says it is the generation the key names, still
+        // held, whose fields were written before the key was published.
         let hdr: &'static ChannelHeader = unsafe { &*p };
+        let life = hdr.state.0.life.load(Ordering::Acquire);
+        if (life >> 32) as u32 != gen || life & HOLDERS == 0 {
+            return None;
+        }
         if hdr.magic != MAGIC
             || hdr.ring_len == 0
             || !hdr.one_lap.is_power_of_two()
@@ -275,22 +375,166 @@ impl Chan {
         {
             return None;
         }
-        let slots_len = ring_bytes(hdr.ring_len)? - hlen;
-        let sp = arena
-            .ptr(offset.checked_add(hlen)?, slots_len)
-            .cast::<Slot>();
-        // SAFETY: `ring_len` slots follow the header inside the arena (checked by `ptr`);
-        // slots are accessed through their atomic stamp and the claim protocol below.
+        let slots_len = hdr
+            .ring_len
+            .checked_mul(std::mem::size_of::<Slot>() as u64)?;
+        if hdr.ring % SLOT_ALIGN != 0 {
+            return None;
+        }
+        let sp = arena.ptr(hdr.ring, slots_len).cast::<Slot>();
+        // SAFETY: `ring_len` slots lie inside the arena (checked by `ptr`), 128-byte aligned
+        // (checked above); slots are accessed through their atomic stamp and the claim
+        // protocol below.
         let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
-        Some(Chan { hdr, slots, offset })
+        Some(Chan {
+            hdr,
+            slots,
+            offset,
+            gen,
+        })
+    }
+
+    /// Holds the channel named by `key` once more, if it is still alive (a directory
+    /// lookup); the caller did not hold it before.
+    pub(crate) fn acquire(arena: &'static Arena, key: u64) -> Option<Chan> {
+        let offset = (key & HOLDERS) << 8;
+        let gen = (key >> 32) as u32;
+        if offset < 4096 {
+            return None;
+        }
+        let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
+        // SAFETY: the directory hands out only offsets of channel headers, and a header's
+        // memory is never anything else; `life` is atomic.
+        let life = unsafe { &(*p).state.0.life };
+        let mut cur = life.load(Ordering::Acquire);
+        loop {
+            if (cur >> 32) as u32 != gen || cur & HOLDERS == 0 {
+                return None;
+            }
+            match life.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        let chan = Chan::attach(arena, key);
+        if chan.is_none() {
+            // Cannot happen for a header we hold; let go of it all the same.
+            Chan::release_at(arena, offset);
+        }
+        chan
+    }
+
+    /// Whether the channel named by `key` is alive.
+    pub(crate) fn is_alive(arena: &'static Arena, key: u64) -> bool {
+        let offset = (key & HOLDERS) << 8;
+        if offset < 4096 {
+            return false;
+        }
+        let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
+        // SAFETY: as in `acquire`.
+        let life = unsafe { (*p).state.0.life.load(Ordering::Acquire) };
+        (life >> 32) as u32 == (key >> 32) as u32 && life & HOLDERS != 0
+    }
+
+    /// This channel's key: what the directory and a moving end carry.
+    pub(crate) fn key(&self) -> u64 {
+        key_of(self.offset, self.gen)
+    }
+
+    /// Holds the channel once more (the caller holds it already).
+    pub(crate) fn hold(&self) {
+        self.hdr.state.0.life.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Lets go of the channel once; the last holder frees it. The caller must not use this
+    /// `Chan` afterwards.
+    pub(crate) fn release(self) {
+        let arena = Arena::get().expect("a channel exists only where the arena is mapped");
+        Chan::release_at(arena, self.offset);
+    }
+
+    fn release_at(arena: &'static Arena, offset: u64) {
+        let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
+        // SAFETY: the caller holds the channel, so the header is a live channel's.
+        let hdr: &'static ChannelHeader = unsafe { &*p };
+        let prev = hdr.state.0.life.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(
+            prev & HOLDERS != 0,
+            "a channel released more often than held"
+        );
+        if prev & HOLDERS == 1 {
+            Chan::free(arena, offset, hdr, (prev >> 32) as u32);
+        }
+    }
+
+    /// Frees a channel nobody holds: the blocks of messages still in its ring, its name, its
+    /// ring and its header go back to the arena, and its generation moves on.
+    fn free(arena: &'static Arena, offset: u64, hdr: &'static ChannelHeader, gen: u32) {
+        if let Some(chan) = Chan::attach_unheld(arena, offset, hdr, gen) {
+            chan.drop_messages(arena);
+            if hdr.named == 1 {
+                arena.unregister(chan.name(), chan.key());
+            }
+        }
+        if hdr.ring_block % 256 == 0 {
+            let len = ring_bytes(hdr.ring_len).unwrap_or(0);
+            arena.give_back(hdr.ring_block, len);
+        } else {
+            arena.free_block(hdr.ring_block);
+        }
+        hdr.state
+            .0
+            .life
+            .store(u64::from(gen.wrapping_add(1)) << 32, Ordering::Release);
+        arena.count_channel(false);
+        arena.free_header(offset, &hdr.state.0.next_free);
+    }
+
+    /// The channel at `offset`, known to be in generation `gen`, held by nobody (being freed).
+    fn attach_unheld(
+        arena: &'static Arena,
+        offset: u64,
+        hdr: &'static ChannelHeader,
+        gen: u32,
+    ) -> Option<Chan> {
+        let slots_len = hdr
+            .ring_len
+            .checked_mul(std::mem::size_of::<Slot>() as u64)?;
+        let sp = arena.ptr(hdr.ring, slots_len).cast::<Slot>();
+        // SAFETY: as in `attach`; nobody else uses the channel any more.
+        let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
+        Some(Chan {
+            hdr,
+            slots,
+            offset,
+            gen,
+        })
+    }
+
+    /// Frees the blocks of the messages left in the ring (nobody holds the channel).
+    fn drop_messages(&self, arena: &Arena) {
+        let mut pos = self.hdr.head.0.load(Ordering::Acquire);
+        let tail = self.hdr.tail.0.load(Ordering::Acquire);
+        let mut n = 0;
+        while pos != tail && n < self.hdr.ring_len {
+            let (index, lap) = self.positions(pos);
+            let slot = &self.slots[index];
+            if slot.stamp.load(Ordering::Acquire) == lap.wrapping_add(1)
+                && slot.kind.load(Ordering::Acquire) == KIND_BLOCK
+            {
+                // SAFETY: a full slot's payload holds (offset, len) of its block; nobody
+                // else uses the ring.
+                let offset =
+                    unsafe { u64::from_le_bytes((&*slot.payload.get())[..8].try_into().unwrap()) };
+                arena.free_block(offset);
+            }
+            pos = self.next_pos(pos);
+            n += 1;
+        }
     }
 
     pub(crate) fn shared_memory_bytes(&self) -> usize {
         header_len() as usize + std::mem::size_of_val(self.slots)
-    }
-
-    pub(crate) fn offset(&self) -> u64 {
-        self.offset
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -316,8 +560,14 @@ impl Chan {
         self.hdr.state.0.flags.load(Ordering::Acquire)
     }
 
-    /// Counts a new writer (`true`) or reader (`false`) end.
+    /// Counts a new writer (`true`) or reader (`false`) end, which holds the channel once.
     pub(crate) fn join(&self, writer: bool) {
+        self.join_side(writer);
+        self.hold();
+    }
+
+    /// Counts a new writer or reader end without holding the channel once more.
+    pub(crate) fn join_side(&self, writer: bool) {
         let s = &self.hdr.state.0;
         if writer {
             s.writers.fetch_add(1, Ordering::AcqRel);
@@ -326,8 +576,15 @@ impl Chan {
         }
     }
 
-    /// Retires one writer (`true`) or reader (`false`) end; the last one retires that side.
-    pub(crate) fn retire(&self, writer: bool) {
+    /// Retires one writer (`true`) or reader (`false`) end (the last one retires that side)
+    /// and lets go of the channel once. The caller must not use this `Chan` afterwards.
+    pub(crate) fn retire(self, writer: bool) {
+        self.retire_side(writer);
+        self.release();
+    }
+
+    /// Retires one writer or reader end without letting go of the channel.
+    pub(crate) fn retire_side(&self, writer: bool) {
         let s = &self.hdr.state.0;
         let (count, flag) = if writer {
             (&s.writers, WRITERS_RETIRED)
@@ -1103,7 +1360,7 @@ mod tests {
 
     #[test]
     fn a_slot_claimed_by_a_writer_that_died_is_skipped_and_later_messages_delivered() {
-        let chan = Chan::create(arena(), "dead-slot", "u8", 1, 4).unwrap();
+        let chan = Chan::create(arena(), "dead-slot", "u8", 1, 4, false).unwrap();
         // A writer claims the first slot (moves `tail`) and dies before publishing it.
         let tail = chan.hdr.tail.0.load(Ordering::SeqCst);
         chan.hdr.tail.0.store(chan.next_pos(tail), Ordering::SeqCst);
@@ -1131,7 +1388,7 @@ mod tests {
 
     #[test]
     fn a_ring_whose_slots_were_never_written_fills_and_drains_lap_after_lap() {
-        let chan = Chan::create(arena(), "laps", "u8", 1, 3).unwrap();
+        let chan = Chan::create(arena(), "laps", "u8", 1, 3, false).unwrap();
         assert!(chan
             .slots
             .iter()
@@ -1176,7 +1433,7 @@ mod tests {
 
     #[test]
     fn writers_fail_at_once_after_a_peer_died() {
-        let chan = Chan::create(arena(), "dead-peer-writes", "u8", 1, 4).unwrap();
+        let chan = Chan::create(arena(), "dead-peer-writes", "u8", 1, 4, false).unwrap();
         chan.mark_peer_died(1, "p");
         let r = chan.write(
             &Outgoing::Inline {
