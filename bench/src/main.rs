@@ -159,6 +159,54 @@ fn main() {
         || pycsp_rows::channel_bytes(64),
     ));
 
+    eprintln!("channels with a life (made and freed while the network runs):");
+    rows.push(measure("pycsp", "channel create + drop", "us", t, || {
+        pycsp_rows::create_drop(20_000 * k)
+    }));
+    rows.push(measure(
+        "peers",
+        "crossbeam bounded(16) create + drop",
+        "us",
+        t,
+        || peers::crossbeam_create_drop(200_000 * k),
+    ));
+    rows.push(measure(
+        "pycsp",
+        "request/reply, a reply channel per request",
+        "req/s",
+        t,
+        || pycsp_rows::reply_per_request(10_000 * k),
+    ));
+    rows.push(measure(
+        "pycsp",
+        "request/reply, one reply channel per client",
+        "req/s",
+        t,
+        || pycsp_rows::reply_per_client(10_000 * k),
+    ));
+    let many = if quick { 100_000 } else { 1_000_000 };
+    if stats::wanted(&format!("{many} channels")) {
+        let (before, after) = pycsp_rows::many_channels(many);
+        for (i, what) in [
+            "shared memory allocated",
+            "shared memory resident",
+            "process RSS",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("{many} channels made and freed: {what}, before -> after");
+            eprintln!("  {name:<52} {:.3} -> {:.3} MiB", before[i], after[i]);
+            rows.push(measure(
+                "pycsp",
+                &format!("{name} (after)"),
+                "MiB",
+                1,
+                || after[i],
+            ));
+        }
+    }
+
     eprintln!("pycsp, sockets (echo or sink placed by the launcher {{cmd}}):");
     for (socket, label) in [
         (pycsp_rows::Socket::Local, "local socket"),

@@ -240,3 +240,14 @@ pub fn ipc_channel(iters: u64) -> (f64, f64) {
     reap(pid);
     (rtt, thr)
 }
+
+/// Microseconds to create a crossbeam `bounded(16)` channel, clone both ends and drop them.
+pub fn crossbeam_create_drop(n: u64) -> f64 {
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let (s, r) = crossbeam_channel::bounded::<u64>(16);
+        let (s2, r2) = (s.clone(), r.clone());
+        drop((s, r, s2, r2));
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}

@@ -328,3 +328,95 @@ pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
     std::hint::black_box(h.join().unwrap().unwrap());
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Microseconds to create a channel, take a writer and a reader, and drop all three (its
+/// memory goes back to the arena).
+pub fn create_drop(n: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        let ch = Channel::<u64>::buffered(16).unwrap();
+        let (w, r) = (ch.writer(), ch.reader());
+        drop((ch, w, r));
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+#[process]
+fn reply_server(requests: ChannelIn<(u64, ChannelOut<u64>)>) -> Result<(), ChannelError> {
+    for request in requests.iter() {
+        let (x, reply) = request?;
+        reply.write(x + 1)?;
+    }
+    Ok(())
+}
+
+/// Requests per second of a request/reply server in another process, each request with a
+/// reply channel made for it (its writing end travels in the request).
+pub fn reply_per_request(n: u64) -> f64 {
+    let requests = Channel::<(u64, ChannelOut<u64>)>::new().unwrap();
+    let h = Spawn(reply_server(requests.reader())).unwrap();
+    let out = requests.writer();
+    drop(requests);
+    let start = Instant::now();
+    for x in 0..n {
+        let reply = Channel::<u64>::new().unwrap();
+        out.write((x, reply.writer())).unwrap();
+        assert_eq!(reply.reader().read().unwrap(), x + 1);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(out);
+    h.join().unwrap().unwrap();
+    rate
+}
+
+#[process]
+fn reply_server_long(
+    requests: ChannelIn<u64>,
+    replies: ChannelOut<u64>,
+) -> Result<(), ChannelError> {
+    for x in requests.iter() {
+        replies.write(x? + 1)?;
+    }
+    Ok(())
+}
+
+/// The same server with one long-lived reply channel for its client.
+pub fn reply_per_client(n: u64) -> f64 {
+    let requests = Channel::<u64>::new().unwrap();
+    let replies = Channel::<u64>::new().unwrap();
+    let h = Spawn(reply_server_long(requests.reader(), replies.writer())).unwrap();
+    let (out, inp) = (requests.writer(), replies.reader());
+    drop((requests, replies));
+    let start = Instant::now();
+    for x in 0..n {
+        out.write(x).unwrap();
+        assert_eq!(inp.read().unwrap(), x + 1);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop((out, inp));
+    h.join().unwrap().unwrap();
+    rate
+}
+
+/// Creates and drops `n` channels, each used by a request/reply exchange with a server
+/// process; the network's shared memory and this process's resident memory before and after
+/// (MiB): `(shm allocated, shm resident, RSS)` before, then after.
+pub fn many_channels(n: u64) -> ([f64; 3], [f64; 3]) {
+    let snapshot = || {
+        let u = pycsp::shared_memory_usage().unwrap();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss_kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        [mib(u.allocated), mib(u.resident), rss_kib / 1024.0]
+    };
+    // Warm up: the first channels make the headers, rings and tables that are then reused.
+    reply_per_request(1_000);
+    let before = snapshot();
+    reply_per_request(n);
+    (before, snapshot())
+}

@@ -34,7 +34,7 @@ pub fn measure(
 }
 
 /// Whether `--only` lets the row `name` be measured.
-fn wanted(name: &str) -> bool {
+pub fn wanted(name: &str) -> bool {
     ONLY.get()
         .is_none_or(|o| name.contains(o.as_str()) || name.contains("spinning"))
 }
