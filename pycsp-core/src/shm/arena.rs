@@ -23,7 +23,7 @@ const ARENA_GRAIN: u64 = 2 << 20;
 /// Environment variable that sets the size of a new arena in bytes (with an optional `K`,
 /// `M` or `G` suffix, powers of 1024), instead of the size derived from the memory limits.
 pub(crate) const ENV_ARENA_SIZE: &str = "PYCSP_ARENA_SIZE";
-const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR1");
+const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR2");
 const VERSION: u32 = 2;
 const HEADER_SIZE: u64 = 4096;
 /// Entries of a new directory; it doubles when more than half are taken.
