@@ -10,69 +10,18 @@
 //! (set by `.ci/run`), which makes that a failure.
 
 mod common;
-use std::path::{Path, PathBuf};
+#[path = "cluster/support.rs"]
+mod support;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pycsp::prelude::*;
 use pycsp::{Error, Failure};
-
-/// Says why a test cannot run here and returns `None`; a failure instead where the tests are
-/// required to run (CI).
-fn cannot_run<T>(why: &str) -> Option<T> {
-    if std::env::var("PYCSP_CLUSTER_TESTS").is_ok_and(|v| v == "require") {
-        panic!("{why} (PYCSP_CLUSTER_TESTS=require)");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
-/// Runs `program args` and returns its standard output, or what went wrong.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {} {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use support::{cannot_run, find, run, wait_for};
 
 fn ip(args: &str) -> Result<(), String> {
     run("ip", &args.split_whitespace().collect::<Vec<_>>()).map(drop)
-}
-
-/// Polls `ready` every 20 ms until it holds or `limit` has passed.
-fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The path of a program, if it is installed.
-fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file());
-    found
 }
 
 /// Two hosts: network namespaces `<tag>0` and `<tag>1` on a bridge, each running an sshd.
@@ -92,20 +41,17 @@ const HOSTS: usize = 2;
 impl SshHosts {
     /// Builds the hosts for test number `n`, or says why it cannot.
     fn new(n: u32) -> Option<SshHosts> {
-        // SAFETY: geteuid only reads this process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
+        if !support::root() {
             return cannot_run("not root: the ssh tests need network namespaces");
         }
-        for p in ["ip", "unshare", "ssh", "ssh-keygen", "sshd"] {
-            if find(p).is_none() {
-                return cannot_run(&format!(
-                    "{p} is not installed (apt-get install iproute2 util-linux openssh-client \
-                     openssh-server)"
-                ));
-            }
+        let programs = ["ip", "unshare", "ssh", "ssh-keygen", "sshd"];
+        let packages = "iproute2 util-linux openssh-client openssh-server";
+        if let Some(why) = support::missing(&programs, packages) {
+            return cannot_run(&why);
         }
         let id = std::process::id() % 10_000;
-        let dir = std::env::temp_dir().join(format!("pycsp-ssh-{}-{n}", std::process::id()));
+        let dir = support::private_dir(&format!("pycsp-ssh-{}-{n}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut h = SshHosts {
             tag: format!("pys{id}x{n}"),
             bridge: format!("pysbr{id}x{n}"),
@@ -148,23 +94,14 @@ impl SshHosts {
     /// `tests/cluster/NAME` with `@DIR@` and `@ADDRESS@` filled in, written to the test's
     /// directory.
     fn config(&self, name: &str, to: &str, address: &str) -> Result<String, String> {
-        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/cluster")
-            .join(name);
-        let text = std::fs::read_to_string(&template)
-            .map_err(|e| format!("{}: {e}", template.display()))?
-            .replace("@DIR@", &self.dir.display().to_string())
-            .replace("@ADDRESS@", address);
+        let dir = self.dir.display().to_string();
+        let text = support::template(name, &[("@DIR@", &dir), ("@ADDRESS@", address)])?;
         let path = self.file(to);
         std::fs::write(&path, text).map_err(|e| format!("{path}: {e}"))?;
         Ok(path)
     }
 
     fn build(&mut self) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
         // The keys: the client's pair, and a host key whose public half the client trusts.
         for key in ["id_ed25519", "host_key"] {
             let file = self.file(key);
