@@ -469,3 +469,92 @@ fn cancelling_the_job_of_a_placed_process_is_reported_naming_it() {
         other => panic!("expected a failed process, got {other:?}"),
     }
 }
+
+#[process]
+fn forty_two() -> u64 {
+    42
+}
+
+/// Median of `n` timed runs of `f`, in milliseconds.
+fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[n / 2]
+}
+
+/// The figures of the sockets chapter: what starting one process by srun costs beside a
+/// local start, and the farm's speedup from 1 to 4 workers in a batch job of the one-node
+/// cluster. Run with `cargo build --release --example cluster_farm && cargo test --release
+/// --test cluster_slurm -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it by name with --ignored --nocapture"]
+fn measure_placement_overhead_and_farm_speedup() {
+    let Some(cluster) = Cluster::new(9) else {
+        return;
+    };
+    let n = 21;
+    let srun = Placement::launcher(&format!(
+        "{} --nodes=1 --ntasks=1 --quiet {{cmd}}",
+        cluster.srun()
+    ));
+    println!("start and join of one trivial process, median of {n}:");
+    let local = median_ms(n, || assert_eq!(Parallel(forty_two()), Ok(42)));
+    println!("  {:<44} {local:8.1} ms", "local child (no placement)");
+    let ms = median_ms(n, || {
+        assert_eq!(Parallel(forty_two().on(srun.clone())), Ok(42))
+    });
+    println!(
+        "  {:<44} {ms:8.1} ms",
+        "srun --nodes=1 --ntasks=1 {cmd} (a job each)"
+    );
+    let Some(program) = farm_program() else {
+        cannot_run::<()>("examples/cluster_farm is not built: no farm figures");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/farm.sbatch");
+    let (jobs, size) = ("200", "50000");
+    println!("farm in a 4-task batch job, {jobs} jobs of {size} numbers ({program:?}):");
+    let mut one = None;
+    for workers in ["1", "2", "4"] {
+        let out = cluster.file(&format!("measure-{workers}.out"));
+        let mut sbatch = cluster.slurm("sbatch");
+        sbatch
+            .args(["--parsable", "--output", &out])
+            .arg(&script)
+            .arg(&program)
+            .args([workers, jobs, size]);
+        let id = output(&mut sbatch).unwrap();
+        let id = id.trim().split(';').next().unwrap().to_string();
+        let ended = wait_for(Duration::from_secs(600), || {
+            let s = cluster.job_state(&id).unwrap_or_default();
+            !matches!(
+                s.as_str(),
+                "" | "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING"
+            )
+        });
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(ended, "job {id} did not end: {text}");
+        assert!(text.contains("primes below 10000000: 664579"), "{text}");
+        let ms: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("farm: ")?
+                    .rsplit(" in ")
+                    .next()?
+                    .strip_suffix(" ms")
+            })
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no time in {text}"));
+        let base = *one.get_or_insert(ms);
+        println!(
+            "  {workers} worker(s): {ms:8.0} ms, speedup {:.2}",
+            base / ms
+        );
+    }
+}

@@ -486,3 +486,78 @@ fn ssh_n_starves_a_placed_process_of_its_ticket() {
     // Without -n the same process starts.
     assert_eq!(Parallel(forty_two().on(hosts.place(0))), Ok(42));
 }
+
+/// Median of `n` timed runs of `f`, in milliseconds.
+fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[n / 2]
+}
+
+/// The figures of the sockets chapter: what starting one process costs, locally and through
+/// each launcher (a trivial process, started and joined, one after another). Run with
+/// `cargo test --release --test cluster_ssh -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it by name with --ignored --nocapture"]
+fn measure_placement_overhead() {
+    let Some(hosts) = SshHosts::new(9) else {
+        return;
+    };
+    let n = 21;
+    let rows = [
+        ("local child (no placement)", None),
+        (
+            "launcher {cmd} (this host)",
+            Some(Placement::launcher("{cmd}")),
+        ),
+        (
+            "ip netns exec NS {cmd}",
+            Some(
+                Placement::launcher(&format!("ip netns exec {} {{cmd}}", hosts.ns(0)))
+                    .reach_back(&hosts.here()),
+            ),
+        ),
+        ("ssh -F CONFIG root@HOST {cmd}", Some(hosts.place(0))),
+    ];
+    // One ssh connection that the launchers reuse (OpenSSH's multiplexing): a master, our
+    // child, and launchers that open sessions over its socket.
+    let socket = hosts.file("master.sock");
+    let options = format!("-o ControlPath={socket}");
+    let mut master = Command::new("ssh")
+        .args(["-F", &hosts.file("ssh_config"), "-o", "ControlMaster=yes"])
+        .args(["-o", &format!("ControlPath={socket}"), "-N"])
+        .arg(format!("root@{}", hosts.address(0)))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || std::path::Path::new(&socket)
+            .exists()),
+        "the ssh master did not start"
+    );
+    let reused = hosts.ssh(0).replacen("ssh ", &format!("ssh {options} "), 1);
+    let mut rows = rows.to_vec();
+    rows.push((
+        "ssh ... {cmd}, over a master connection",
+        Some(Placement::launcher(&reused).reach_back(&hosts.here())),
+    ));
+    println!("start and join of one trivial process, median of {n}:");
+    for (what, place) in rows {
+        let ms = median_ms(n, || {
+            let p = match &place {
+                Some(pl) => forty_two().on(pl.clone()),
+                None => forty_two(),
+            };
+            assert_eq!(Parallel(p), Ok(42));
+        });
+        println!("  {what:<40} {ms:8.1} ms");
+    }
+    let _ = master.kill();
+    let _ = master.wait();
+}
