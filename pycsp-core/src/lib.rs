@@ -32,6 +32,8 @@ pub use alt::{Alternation, Chosen};
 pub use block::{Bytes, SharedBlock};
 pub use channel::{shared_memory_usage, Channel, ChannelIn, ChannelOut, Usage};
 pub use error::{ChannelError, Error, Failure};
+/// Placements from a Slurm allocation ([`slurm::Allocation`]).
+pub use process::slurm;
 pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
 /// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].
 pub use serde_bytes;

@@ -27,6 +27,7 @@ mod launch;
 mod local;
 mod placed;
 mod running;
+pub mod slurm;
 mod table;
 
 use std::marker::PhantomData;

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::control::{self, Ctrl, ENV_CHILD, ENV_CONTROL, ENV_TICKET};
 use super::launch::{spawn_error, ErasedArgs, Launch, Placement};
 use super::running::Running;
+use super::table::display_name;
 use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::net::{self, key, Stream};
@@ -90,6 +91,7 @@ pub(crate) fn start(
     };
     let mut ctrl = Ctrl::Net(s);
     let _ = control::send(&mut ctrl, Kind::Args, args);
+    watch_launcher(name, &child, &ctrl);
     Ok(Running {
         name,
         child,
@@ -98,6 +100,53 @@ pub(crate) fn start(
         ends: launch.keys(),
         ledger: None,
     })
+}
+
+/// How long a placed process may keep its connection open, with nothing more to say, once
+/// its launcher has ended: a process that ends sends its report (or closes the connection)
+/// before its launcher can end, so a connection still silent after this is one whose process
+/// outlived its launcher.
+const LAUNCHER_GONE: Duration = Duration::from_secs(2);
+
+/// A placed process lives as long as its launcher. Some launchers end and leave the process
+/// running: when the `sshd` serving an `ssh` launcher is killed, `ssh` exits with 255 and the
+/// remote command, which has no terminal and gets no `SIGHUP`, runs on, still connected to
+/// this process. So a thread waits for the launcher to exit; if the process's connection then
+/// stays silent for [`LAUNCHER_GONE`], it closes that connection. The process exits (its
+/// parent is gone, code 125), its peers get `PeerDied`, and the combinator reports the
+/// launcher's exit status naming the process (`ssh`: `Failure::Exited(255)`).
+fn watch_launcher(name: &'static str, child: &std::process::Child, ctrl: &Ctrl) {
+    // The launcher is not reaped yet (the caller owns it), so its pid is still this process.
+    let (Some(pidfd), Ok(Ctrl::Net(conn))) = (pidfd(child.id()), ctrl.try_clone()) else {
+        return; // no pidfd (a kernel before 5.3): the process is watched by its connection only
+    };
+    let spawned = std::thread::Builder::new()
+        .name("pycsp-launcher".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            // A pidfd becomes readable when its process exits.
+            while !sys::wait_readable(pidfd.as_raw_fd(), Duration::from_secs(3600)) {}
+            if !sys::wait_readable(conn.as_raw_fd(), LAUNCHER_GONE) {
+                eprintln!(
+                    "pycsp: the launcher of placed process {} ended while the process \
+                     lived on: closing its connection",
+                    display_name(name)
+                );
+                conn.shutdown();
+            }
+        });
+    drop(spawned); // no thread: the process is watched by its connection only
+}
+
+/// A descriptor that becomes readable when process `pid` exits, or `None`.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The first word of the line a placed process reads on its standard input: its ticket and
