@@ -83,8 +83,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = std::net::TcpListener::bind((here.as_str(), 0))?
         .local_addr()?
         .port();
-    let jobs = Channel::<u64>::new(&format!("tcp://{here}:{port}/jobs"))?;
-    let results = Channel::<u64>::buffered(&format!("tcp://{here}:{port}/results"), 64)?;
+    let jobs = Channel::<u64>::named(&format!("tcp://{here}:{port}/jobs"))?;
+    let results = Channel::<u64>::named_buffered(&format!("tcp://{here}:{port}/results"), 64)?;
     let started = std::time::Instant::now();
     let (fed, total, done) = Parallel((
         feed(jobs.writer(), jobs_n),

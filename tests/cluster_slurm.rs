@@ -293,8 +293,8 @@ fn srun_places_a_pipeline_and_a_farm_of_four_workers() {
         "{} --nodes=1 --ntasks=1 --quiet {{cmd}}",
         cluster.srun()
     ));
-    let a = Channel::<u64>::new(&addr("a")).unwrap();
-    let b = Channel::<u64>::buffered(&addr("b"), 16).unwrap();
+    let a = Channel::<u64>::named(&addr("a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&addr("b"), 16).unwrap();
     let (s, q, t) = Parallel((
         source(a.writer(), 200).on(srun.clone()),
         square(a.reader(), b.writer()).on(srun.clone()),
@@ -317,8 +317,8 @@ fn srun_places_a_pipeline_and_a_farm_of_four_workers() {
     let alloc = Allocation::new(&cluster.node, 4)
         .unwrap()
         .srun(&cluster.srun());
-    let jobs = Channel::<u64>::new(&addr("jobs")).unwrap();
-    let results = Channel::<(u64, u64)>::buffered(&addr("res"), 8).unwrap();
+    let jobs = Channel::<u64>::named(&addr("jobs")).unwrap();
+    let results = Channel::<(u64, u64)>::named_buffered(&addr("res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let farm = Spawn(replicate(4, |i| {
         worker(jobs.reader(), results.writer()).on(alloc.place(i))
@@ -434,9 +434,9 @@ fn cancelling_the_job_of_a_placed_process_is_reported_naming_it() {
     };
     let port = common::free_port();
     let addr = |name: &str| format!("tcp://127.0.0.1:{port}/{name}");
-    let ids = Channel::<String>::new(&addr("ids")).unwrap();
-    let jobs = Channel::<u64>::new(&addr("jobs")).unwrap();
-    let out = Channel::<u64>::new(&addr("out")).unwrap();
+    let ids = Channel::<String>::named(&addr("ids")).unwrap();
+    let jobs = Channel::<u64>::named(&addr("jobs")).unwrap();
+    let out = Channel::<u64>::named(&addr("out")).unwrap();
     let (i, w, r) = (ids.reader(), jobs.writer(), out.reader());
     let alloc = Allocation::new(&cluster.node, 1)
         .unwrap()

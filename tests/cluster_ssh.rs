@@ -285,8 +285,8 @@ fn a_pipeline_runs_on_two_hosts_placed_by_ssh() {
         return;
     };
     let port = common::free_port();
-    let a = Channel::<u64>::new(&hosts.channel(port, "a")).unwrap();
-    let b = Channel::<u64>::buffered(&hosts.channel(port, "b"), 16).unwrap();
+    let a = Channel::<u64>::named(&hosts.channel(port, "a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&hosts.channel(port, "b"), 16).unwrap();
     let (s, q, t) = Parallel((
         source(a.writer(), 300).on(hosts.place(0)),
         square(a.reader(), b.writer()).on(hosts.place(1)),
@@ -320,8 +320,8 @@ fn a_farm_of_four_workers_runs_on_two_hosts_placed_by_ssh() {
         return;
     };
     let port = common::free_port();
-    let jobs = Channel::<u64>::new(&hosts.channel(port, "jobs")).unwrap();
-    let results = Channel::<(u64, u64)>::buffered(&hosts.channel(port, "res"), 8).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.channel(port, "jobs")).unwrap();
+    let results = Channel::<(u64, u64)>::named_buffered(&hosts.channel(port, "res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let farm = Spawn(replicate(4, |i| {
         worker(jobs.reader(), results.writer()).on(hosts.place(i % HOSTS))
@@ -417,9 +417,9 @@ fn killing_the_sshd_session_of_a_placed_process_is_reported_naming_it() {
         return;
     };
     let port = common::free_port();
-    let pids = Channel::<u32>::new(&hosts.channel(port, "pids")).unwrap();
-    let jobs = Channel::<u64>::new(&hosts.channel(port, "jobs")).unwrap();
-    let out = Channel::<u64>::new(&hosts.channel(port, "out")).unwrap();
+    let pids = Channel::<u32>::named(&hosts.channel(port, "pids")).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.channel(port, "jobs")).unwrap();
+    let out = Channel::<u64>::named(&hosts.channel(port, "out")).unwrap();
     let (p, w, r) = (pids.reader(), jobs.writer(), out.reader());
     let one =
         Spawn(echo_telling_pid(pids.writer(), jobs.reader(), out.writer()).on(hosts.place(0)))

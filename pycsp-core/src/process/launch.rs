@@ -44,6 +44,10 @@ pub struct ErasedProcess {
 /// binary's absolute path). If the connection to a placed process is lost for longer than
 /// [`crate::net::LOSS_TIMEOUT`], its launcher is killed and the combinator reports
 /// [`Failure::Lost`](crate::Failure::Lost).
+///
+/// A placed process lives only as long as its launcher: if the launcher ends (an `ssh`
+/// session killed, a Slurm step cancelled) while the process's connection is silent, the
+/// connection is closed after 2 s, the process exits, and its peers get `PeerDied` naming it.
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub(crate) template: String,
