@@ -97,6 +97,7 @@ fn a_random_child_killed_at_a_random_moment_loses_no_acknowledged_message() {
     let seed = 0x50A4_u64 ^ u64::from(std::process::id());
     let mut rng = seed;
     let shm_before = shm_entries();
+    let channels_before = pycsp::shared_memory_usage().unwrap().channels;
     let started = Instant::now();
     let mut total = 0;
     for round in 0..rounds {
@@ -179,6 +180,12 @@ fn a_random_child_killed_at_a_random_moment_loses_no_acknowledged_message() {
         }
     }
     assert_eq!(shm_entries(), shm_before, "something was left in /dev/shm");
+    // Every channel of every round was freed, those the killed process held included.
+    assert_eq!(
+        pycsp::shared_memory_usage().unwrap().channels,
+        channels_before,
+        "channels of the rounds are still alive"
+    );
     println!(
         "{rounds} rounds of SIGKILL in a busy network of {} processes in {:?}: {total} \
          acknowledged messages, each read once",
