@@ -457,11 +457,20 @@ impl Chan {
         let p = arena.ptr(offset, header_len()).cast::<ChannelHeader>();
         // SAFETY: the caller holds the channel, so the header is a live channel's.
         let hdr: &'static ChannelHeader = unsafe { &*p };
-        let prev = hdr.state.0.life.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(
-            prev & HOLDERS != 0,
-            "a channel released more often than held"
-        );
+        let life = &hdr.state.0.life;
+        let mut prev = life.load(Ordering::Acquire);
+        loop {
+            if prev & HOLDERS == 0 {
+                // Released more often than held: a bug; never let it wrap into the
+                // generation or free the channel twice.
+                debug_assert!(false, "a channel released more often than held");
+                return;
+            }
+            match life.compare_exchange_weak(prev, prev - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(p) => prev = p,
+            }
+        }
         if prev & HOLDERS == 1 {
             Chan::free(arena, offset, hdr, (prev >> 32) as u32);
         }
