@@ -121,6 +121,12 @@ enum Guard<'a, R> {
     },
     Skip {
         then: Box<dyn FnOnce() -> R + 'a>,
+        /// Tried after every other guard, whatever the policy ([`Alternation::otherwise`]).
+        last: bool,
+    },
+    Timer {
+        timer: &'a Timer,
+        then: Box<dyn FnOnce(Instant) -> R + 'a>,
     },
 }
 
@@ -144,6 +150,79 @@ pub struct Chosen<R> {
     pub index: usize,
     /// What the guard's closure returned.
     pub value: R,
+}
+
+/// A timer of this thread, for [`Alternation::timer`] (and `recv(timer)` in [`select!`]):
+/// crossbeam's `after`, `tick`, `at` and `never` channels, without a channel. It is due at
+/// an instant; a select with a timer guard sleeps no longer than that, and the guard fires
+/// once it is due, unless another guard is chosen first. Firing moves it on: an [`after`]
+/// or [`at`] timer fires once, a [`tick`] timer is due again one period after it fired
+/// (missed ticks are not made up, as with crossbeam's `tick`), a [`never`] timer never fires.
+///
+/// A timer is not a channel end: it cannot be sent to another process, and a select whose
+/// only guards are spent timers fails with `Retired` instead of waiting forever.
+///
+/// [`select!`]: crate::select!
+#[derive(Debug, Clone)]
+pub struct Timer {
+    next: Cell<Option<Instant>>,
+    period: Option<Duration>,
+}
+
+/// A timer due once, `after` from now (crossbeam's `after`).
+pub fn after(after: Duration) -> Timer {
+    at(Instant::now() + after)
+}
+
+/// A timer due once, at `when` (crossbeam's `at`).
+pub fn at(when: Instant) -> Timer {
+    Timer {
+        next: Cell::new(Some(when)),
+        period: None,
+    }
+}
+
+/// A timer due every `period`, first `period` from now (crossbeam's `tick`).
+pub fn tick(period: Duration) -> Timer {
+    Timer {
+        next: Cell::new(Some(Instant::now() + period)),
+        period: Some(period),
+    }
+}
+
+/// A timer that is never due (crossbeam's `never`): a guard on it never fires.
+pub fn never() -> Timer {
+    Timer {
+        next: Cell::new(None),
+        period: None,
+    }
+}
+
+/// Whether a timer fires.
+enum Fire {
+    /// Now, for the instant it was due at.
+    Now(Instant),
+    Later,
+    Never,
+}
+
+impl Timer {
+    /// When the timer is next due (`None`: never again).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next.get()
+    }
+
+    /// Fires the timer if it is due at `now`, and moves it on.
+    fn fire(&self, now: Instant) -> Fire {
+        match self.next.get() {
+            None => Fire::Never,
+            Some(due) if due > now => Fire::Later,
+            Some(due) => {
+                self.next.set(self.period.map(|p| now + p));
+                Fire::Now(due)
+            }
+        }
+    }
 }
 
 /// A set of guards to select from. See the [module documentation](self).
@@ -182,6 +261,7 @@ fn fair_key<R>(g: &Guard<'_, R>) -> u64 {
         Guard::Output { chan, .. } => chan.offset() | 1,
         Guard::Timeout { .. } => 2,
         Guard::Skip { .. } => 3,
+        Guard::Timer { .. } => 4,
     }
 }
 
@@ -200,6 +280,8 @@ enum Step<R> {
     Done(Result<Chosen<R>, ChannelError>),
     Retired,
     NotReady,
+    /// A timer guard that becomes ready at its deadline.
+    Later,
 }
 
 impl<'a, R> Alternation<'a, R> {
@@ -311,6 +393,29 @@ impl<'a, R> Alternation<'a, R> {
     pub fn skip(mut self, then: impl FnOnce() -> R + 'a) -> Self {
         self.guards.push(Guard::Skip {
             then: Box::new(then),
+            last: false,
+        });
+        self
+    }
+
+    /// A guard that fires when no other guard is ready, whatever the policy (crossbeam's
+    /// `default`): a skip guard tried after all the others.
+    pub fn otherwise(mut self, then: impl FnOnce() -> R + 'a) -> Self {
+        self.guards.push(Guard::Skip {
+            then: Box::new(then),
+            last: true,
+        });
+        self
+    }
+
+    /// A timer guard: fires when `timer` is due (see [`Timer`]), with the instant it was due
+    /// at; firing moves the timer on (an [`after`] timer is spent, a [`tick`] timer is due again
+    /// one period later). A timer is this thread's own: waiting for it adds no channel and no
+    /// polling, only a deadline to the select's wait.
+    pub fn timer(mut self, timer: &'a Timer, then: impl FnOnce(Instant) -> R + 'a) -> Self {
+        self.guards.push(Guard::Timer {
+            timer,
+            then: Box::new(then),
         });
         self
     }
@@ -336,10 +441,6 @@ impl<'a, R> Alternation<'a, R> {
     fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
         let n = self.guards.len();
         assert!(n > 0, "an alternation needs at least one guard");
-        assert!(
-            n <= waiter::GUARDS,
-            "an alternation takes at most 128 guards"
-        );
         let keys: Vec<u64> = self.guards.iter().map(fair_key).collect();
         let mut order: Vec<usize> = (0..n).collect();
         match policy {
@@ -356,6 +457,8 @@ impl<'a, R> Alternation<'a, R> {
                 order.sort_by_key(|&i| f.get(&keys[i]).copied().unwrap_or(0));
             }),
         }
+        // `otherwise` guards come last, whatever the policy (a stable partition).
+        order.sort_by_key(|&i| matches!(self.guards[i], Guard::Skip { last: true, .. }));
         let chosen = self.run(order);
         if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
             FAIR_LAST.with(|f| {
@@ -409,6 +512,15 @@ fn run_guards<'a, R>(
         })
         .min_by_key(|(after, _)| *after);
     let deadline = timeout.map(|(after, _)| began + after);
+    // The wait ends at the timeout or when the first timer is due, whichever comes first.
+    let wake_at = guards
+        .iter()
+        .filter_map(|g| match g {
+            Some(Guard::Timer { timer, .. }) => timer.next.get(),
+            _ => None,
+        })
+        .chain(deadline)
+        .min();
     let claim = |w| waiter::claim(arena, w);
     let channel_guards = guards
         .iter()
@@ -416,7 +528,7 @@ fn run_guards<'a, R>(
         .count();
     loop {
         // Try phase: the first ready guard in policy order wins.
-        let mut live = 0;
+        let (mut live, mut timers) = (0, 0);
         for &i in order {
             if let Some(Guard::Skip { .. }) = guards[i] {
                 // A skip never hides that every channel of the select has ended.
@@ -428,10 +540,11 @@ fn run_guards<'a, R>(
                 Step::Done(r) => return r,
                 Step::Retired => {}
                 Step::NotReady => live += 1,
+                Step::Later => timers += 1,
             }
         }
-        if live == 0 && (channel_guards > 0 || timeout.is_none()) {
-            // Every channel guard retired: a timeout guard does not hide it either.
+        if live == 0 && (channel_guards > 0 || (timeout.is_none() && timers == 0)) {
+            // Every channel guard retired: a timeout or timer guard does not hide it either.
             return Err(every_guard_retired(guards, order));
         }
         // The deadline is checked every time the wait returns, whatever woke it.
@@ -439,27 +552,33 @@ fn run_guards<'a, R>(
             return Ok(fire_timeout(guards, timeout));
         }
         // Wait phase: stage the messages of rendezvous output guards where a claimer can
-        // take them, post offers on rendezvous channels and sleep on every channel.
-        let me = Waiter::current(arena)?;
+        // take them, say what each guard waits on, post offers on rendezvous channels and
+        // sleep on every channel.
+        let me = Waiter::current(arena, guards.len())?;
         for (i, g) in guards.iter_mut().enumerate() {
-            if let Some(Guard::Output {
-                chan,
-                bytes: Ok(bytes),
-                staged,
-                ..
-            }) = g
-            {
-                if chan.is_rendezvous() {
+            let key = match g {
+                Some(Guard::Input { chan, .. }) if chan.is_rendezvous() => chan.offer_key(true),
+                Some(Guard::Output {
+                    chan,
+                    bytes: Ok(bytes),
+                    staged,
+                    ..
+                }) if chan.is_rendezvous() => {
                     let (offset, len) = stage(arena, chan, bytes, staged)?;
                     me.stage(i, offset, len);
+                    chan.offer_key(false)
                 }
-            }
+                _ => 0,
+            };
+            me.set_key(i, key);
         }
         me.begin();
         *waited = true;
         let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
+        // Rendezvous guards that could not post an offer (their table was full): they wait
+        // for room, or a counterpart's offer, on their channel's event (see `shm/ring.rs`).
+        let mut unposted: Vec<bool> = vec![false; guards.len()];
         let mut events: Vec<&'static Event> = Vec::new();
-        let mut polling = false;
         // In policy order: a plain reader takes the first offer in the table, so the table's
         // order is the choice among our output guards on one channel.
         for &i in order {
@@ -471,32 +590,31 @@ fn run_guards<'a, R>(
             let (rx, tx) = chan.events();
             events.push(if reads { rx } else { tx });
             if chan.is_rendezvous() {
-                let word = me.offer(i);
-                if chan.post_offer(reads, word) {
-                    posted.push((chan, reads, word));
-                } else {
-                    polling = true;
+                match me.offer(i) {
+                    Some(word) if chan.post_offer(reads, word) => posted.push((chan, reads, word)),
+                    _ => unposted[i] = true,
                 }
             }
         }
-        let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
-        let wait_deadline = match (deadline, poll_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        events.sort_unstable_by_key(|e| std::ptr::from_ref::<Event>(e) as usize);
+        events.dedup_by_key(|e| std::ptr::from_ref::<Event>(e) as usize);
         if events.is_empty() {
-            // Only timeout guards: sleep until the deadline.
-            if let Some(d) = wait_deadline {
+            // Only timeout and timer guards: sleep until the first is due.
+            if let Some(d) = wake_at {
                 std::thread::sleep(d.saturating_duration_since(Instant::now()));
             }
         } else {
             let id = me.id();
             wait_any(
                 &events,
-                wait_deadline,
+                wake_at,
                 || {
-                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref(), id)))
-                        .then_some(())
+                    (me.is_selected()
+                        || guards
+                            .iter()
+                            .zip(&unposted)
+                            .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted)))
+                    .then_some(())
                 },
                 || false,
             );
@@ -632,16 +750,20 @@ fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
 
 /// Whether guard `g` may have become ready (or failed): worth another try phase.
 /// Offers of waiter `me` (this select) do not count: a select never waits for itself.
-fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64) -> bool {
+/// An `unposted` rendezvous guard (its offer table was full) also looks for room to offer,
+/// and an unposted output guard for readers' offers (nobody can claim it meanwhile).
+fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64, unposted: bool) -> bool {
     match g {
         Some(Guard::Input { chan, .. }) => {
             chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
                 || chan.looks_nonempty()
                 || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
+                || (unposted && chan.offer_room(true))
         }
         Some(Guard::Output { chan, .. }) => {
             chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
                 || (!chan.is_rendezvous() && chan.looks_writable())
+                || (unposted && (chan.offer_room(false) || chan.has_offers_from_others(true, me)))
         }
         _ => false,
     }
@@ -651,11 +773,11 @@ fn try_guard<'a, R>(
     arena: &'static Arena,
     guards: &mut [Option<Guard<'a, R>>],
     i: usize,
-    claim: &impl Fn(u64) -> crate::shm::waiter::Claim,
+    claim: &impl Fn(waiter::Offer) -> waiter::Claim,
 ) -> Step<R> {
     match &mut guards[i] {
         Some(Guard::Skip { .. }) => {
-            let Some(Guard::Skip { then }) = guards[i].take() else {
+            let Some(Guard::Skip { then, .. }) = guards[i].take() else {
                 unreachable!()
             };
             Step::Done(Ok(Chosen {
@@ -663,6 +785,19 @@ fn try_guard<'a, R>(
                 value: then(),
             }))
         }
+        Some(Guard::Timer { timer, .. }) => match timer.fire(Instant::now()) {
+            Fire::Now(at) => {
+                let Some(Guard::Timer { then, .. }) = guards[i].take() else {
+                    unreachable!()
+                };
+                Step::Done(Ok(Chosen {
+                    index: i,
+                    value: then(at),
+                }))
+            }
+            Fire::Later => Step::Later,
+            Fire::Never => Step::Retired,
+        },
         Some(Guard::Timeout { .. }) | None => Step::Retired,
         Some(Guard::Input { chan, reports, .. }) => {
             let (chan, reports) = (*chan, *reports);
