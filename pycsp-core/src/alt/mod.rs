@@ -11,7 +11,9 @@
 //! - [`input_result`](Alternation::input_result), [`output_result`](Alternation::output_result):
 //!   the same, reporting a channel's end to the closure (see *Termination*);
 //! - [`timeout`](Alternation::timeout): nothing else fired within a duration;
-//! - [`skip`](Alternation::skip): always ready (a non-blocking select).
+//! - [`timer`](Alternation::timer): a [`Timer`] of this thread is due ([`after`], [`tick`]);
+//! - [`skip`](Alternation::skip): always ready (a non-blocking select);
+//!   [`otherwise`](Alternation::otherwise): ready when nothing else is, whatever the policy.
 //!
 //! Three policies, named as in PyCSP: [`pri_select`](Alternation::pri_select) takes the first
 //! ready guard in the order given, [`alt_select`](Alternation::alt_select) one chosen
@@ -19,8 +21,13 @@
 //! guard whose channel this thread chose least recently (over all its selects, whatever their
 //! guards), so no ready channel starves.
 //!
-//! A builder, not a macro: it reads as plain Rust, takes any number of guards (also built in
-//! a loop), and needs no macro to learn.
+//! A builder: it reads as plain Rust and takes any number of guards (also built in a loop).
+//! crossbeam's [`select!`](crate::select!) macro is built on it, for a fixed set of arms.
+//!
+//! No silent caps: a select takes any number of guards, any number of processes may select
+//! on one channel, and none of them polls. A select over more than 128 channels sleeps on a
+//! bell of its own that the channels ring; a selecting process that finds a channel's offer
+//! table full waits for room (see `shm/LAYOUT.md`).
 //!
 //! # Exactly once, across processes
 //!
@@ -87,6 +94,15 @@ use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRI
 use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
 
+mod select;
+mod timer;
+
+#[doc(hidden)]
+pub use select::__selected;
+pub use select::{RecvGuard, SendGuard};
+use timer::Fire;
+pub use timer::{after, at, never, tick, Timer};
+
 /// What an input guard does with its outcome: a message, or why its channel ended.
 type InputFn<'a, R> =
     Box<dyn FnOnce(&Chan, Result<Incoming, ChannelError>) -> Result<R, ChannelError> + 'a>;
@@ -150,79 +166,6 @@ pub struct Chosen<R> {
     pub index: usize,
     /// What the guard's closure returned.
     pub value: R,
-}
-
-/// A timer of this thread, for [`Alternation::timer`] (and `recv(timer)` in [`select!`]):
-/// crossbeam's `after`, `tick`, `at` and `never` channels, without a channel. It is due at
-/// an instant; a select with a timer guard sleeps no longer than that, and the guard fires
-/// once it is due, unless another guard is chosen first. Firing moves it on: an [`after`]
-/// or [`at`] timer fires once, a [`tick`] timer is due again one period after it fired
-/// (missed ticks are not made up, as with crossbeam's `tick`), a [`never`] timer never fires.
-///
-/// A timer is not a channel end: it cannot be sent to another process, and a select whose
-/// only guards are spent timers fails with `Retired` instead of waiting forever.
-///
-/// [`select!`]: crate::select!
-#[derive(Debug, Clone)]
-pub struct Timer {
-    next: Cell<Option<Instant>>,
-    period: Option<Duration>,
-}
-
-/// A timer due once, `after` from now (crossbeam's `after`).
-pub fn after(after: Duration) -> Timer {
-    at(Instant::now() + after)
-}
-
-/// A timer due once, at `when` (crossbeam's `at`).
-pub fn at(when: Instant) -> Timer {
-    Timer {
-        next: Cell::new(Some(when)),
-        period: None,
-    }
-}
-
-/// A timer due every `period`, first `period` from now (crossbeam's `tick`).
-pub fn tick(period: Duration) -> Timer {
-    Timer {
-        next: Cell::new(Some(Instant::now() + period)),
-        period: Some(period),
-    }
-}
-
-/// A timer that is never due (crossbeam's `never`): a guard on it never fires.
-pub fn never() -> Timer {
-    Timer {
-        next: Cell::new(None),
-        period: None,
-    }
-}
-
-/// Whether a timer fires.
-enum Fire {
-    /// Now, for the instant it was due at.
-    Now(Instant),
-    Later,
-    Never,
-}
-
-impl Timer {
-    /// When the timer is next due (`None`: never again).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.next.get()
-    }
-
-    /// Fires the timer if it is due at `now`, and moves it on.
-    fn fire(&self, now: Instant) -> Fire {
-        match self.next.get() {
-            None => Fire::Never,
-            Some(due) if due > now => Fire::Later,
-            Some(due) => {
-                self.next.set(self.period.map(|p| now + p));
-                Fire::Now(due)
-            }
-        }
-    }
 }
 
 /// A set of guards to select from. See the [module documentation](self).
@@ -516,7 +459,7 @@ fn run_guards<'a, R>(
     let wake_at = guards
         .iter()
         .filter_map(|g| match g {
-            Some(Guard::Timer { timer, .. }) => timer.next.get(),
+            Some(Guard::Timer { timer, .. }) => timer.deadline(),
             _ => None,
         })
         .chain(deadline)
