@@ -44,7 +44,8 @@ pub use pycsp_macros::process;
 pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
-        replicate, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut, Chosen,
-        Parallel, Placement, Process, Sequence, SharedBlock, Spawn,
+        after, replicate, tick, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut,
+        Chosen, Parallel, Placement, Process, Sequence, SharedBlock, Spawn, Timer,
     };
+    pub use pycsp_core::{fair_select, pri_select, select};
 }

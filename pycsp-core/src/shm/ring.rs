@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
 use super::wait::Event;
-use super::waiter::{self, Claim, Handoff};
+use super::waiter::{self, Claim, Handoff, Offer};
 use crate::error::ChannelError;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPCH1");
@@ -106,6 +106,12 @@ pub(crate) struct ChannelHeader {
 /// Offers of processes blocked in an alternation on a rendezvous channel (see
 /// [`crate::alt`]): a selecting reader offers to take, a selecting writer offers to give; a
 /// counterpart claims an offer with one CAS on the offering waiter's selection word.
+///
+/// A table holds [`OFFERS`] offers; a selecting process that finds its side's table full
+/// waits without an offer, on the channel's event of its side, until the table has room
+/// (whoever frees a slot of a full table wakes that side) or, for a writer, until a reader
+/// offers (a reader that offers while the writers' table is full wakes the writers); it
+/// never polls.
 #[repr(C)]
 struct Offers {
     nreads: AtomicU32,
@@ -759,7 +765,38 @@ impl Chan {
         }
     }
 
-    /// Posts an offer; `false` if the table is full (the caller then polls).
+    /// Whether `reads`' table has room for another offer (a hint for a process that found
+    /// it full and waits for room).
+    pub(crate) fn offer_room(&self, reads: bool) -> bool {
+        let (_, n) = self.offer_table(reads);
+        (n.load(Ordering::SeqCst) as usize) < OFFERS
+    }
+
+    /// What a waiter record says its guard waits on for an offer in `reads`' table (see
+    /// [`Offer`]).
+    pub(crate) fn offer_key(&self, reads: bool) -> u64 {
+        self.offset() | if reads { 1 } else { 2 }
+    }
+
+    /// The event the side of `reads`' table sleeps on (readers on `rx`, writers on `tx`).
+    fn offer_side(&self, reads: bool) -> &Event {
+        if reads {
+            &self.hdr.rx.0
+        } else {
+            &self.hdr.tx.0
+        }
+    }
+
+    /// One offer fewer in `reads`' table (its slot was just emptied): if the table was full,
+    /// wake its side, where processes that found it full wait for room.
+    fn offer_removed(&self, reads: bool, n: &AtomicU32) {
+        if n.fetch_sub(1, Ordering::SeqCst) as usize == OFFERS {
+            self.offer_side(reads).notify_all();
+        }
+    }
+
+    /// Posts an offer; `false` if the table is full (the caller then waits for room, see
+    /// [`Offers`]).
     pub(crate) fn post_offer(&self, reads: bool, word: u64) -> bool {
         let (table, n) = self.offer_table(reads);
         for slot in table {
@@ -772,6 +809,10 @@ impl Chan {
                     // Blocked readers, plain or selecting, claim writers' offers: tell them
                     // there is one.
                     self.hdr.rx.0.notify_all();
+                } else if !self.offer_room(false) {
+                    // Selecting writers that found their table full wait for a reader's
+                    // offer (or room): tell them there is one.
+                    self.hdr.tx.0.notify_all();
                 }
                 return true;
             }
@@ -783,11 +824,12 @@ impl Chan {
     pub(crate) fn withdraw_offer(&self, reads: bool, word: u64) {
         let (table, n) = self.offer_table(reads);
         for slot in table {
-            if slot
-                .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+            if slot.load(Ordering::Relaxed) == word
+                && slot
+                    .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
             {
-                n.fetch_sub(1, Ordering::SeqCst);
+                self.offer_removed(reads, n);
                 return;
             }
         }
@@ -799,31 +841,28 @@ impl Chan {
     pub(crate) fn claim_offer(
         &self,
         reads: bool,
-        mut claim: impl FnMut(u64) -> Claim,
+        mut claim: impl FnMut(Offer) -> Claim,
     ) -> Option<Handoff> {
         let (table, n) = self.offer_table(reads);
         if n.load(Ordering::SeqCst) == 0 {
             return None;
         }
+        let key = self.offer_key(reads);
         for slot in table {
             let word = slot.load(Ordering::SeqCst);
             if word == 0 {
                 continue;
             }
-            let outcome = claim(word);
+            let outcome = claim(Offer { word, key });
             if matches!(outcome, Claim::Won(_) | Claim::Stale)
                 && slot
                     .compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
-                n.fetch_sub(1, Ordering::SeqCst);
+                self.offer_removed(reads, n);
             }
             if let Claim::Won(h) = outcome {
-                if reads {
-                    self.hdr.rx.0.notify_all()
-                } else {
-                    self.hdr.tx.0.notify_all()
-                }
+                self.offer_side(reads).notify_all();
                 return Some(h);
             }
         }
@@ -1222,7 +1261,7 @@ impl Chan {
         &self,
         deadline: Option<Instant>,
         claim_writers: bool,
-        claim: impl Fn(u64) -> Claim,
+        claim: impl Fn(Offer) -> Claim,
     ) -> Result<Incoming, ChannelError> {
         let mut buf = [0u8; INLINE];
         self.read_at(deadline, claim_writers, claim, true, &mut buf)
@@ -1235,7 +1274,7 @@ impl Chan {
         &self,
         buf: &mut [u8; INLINE],
         deadline: Option<Instant>,
-        claim: impl Fn(u64) -> Claim,
+        claim: impl Fn(Offer) -> Claim,
     ) -> Result<Took, ChannelError> {
         self.read_at(deadline, true, claim, true, buf)
             .map(|(m, _)| m)
@@ -1247,7 +1286,7 @@ impl Chan {
     pub(crate) fn read_deferred(
         &self,
         deadline: Option<Instant>,
-        claim: impl Fn(u64) -> Claim,
+        claim: impl Fn(Offer) -> Claim,
     ) -> Result<(Incoming, Taken), ChannelError> {
         let mut buf = [0u8; INLINE];
         self.read_at(deadline, true, claim, false, &mut buf)
@@ -1258,7 +1297,7 @@ impl Chan {
         &self,
         deadline: Option<Instant>,
         claim_writers: bool,
-        claim: impl Fn(u64) -> Claim,
+        claim: impl Fn(Offer) -> Claim,
         ack: bool,
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
@@ -1280,7 +1319,7 @@ impl Chan {
         &self,
         deadline: Option<Instant>,
         claim_writers: bool,
-        claim: impl Fn(u64) -> Claim,
+        claim: impl Fn(Offer) -> Claim,
         ack: bool,
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {

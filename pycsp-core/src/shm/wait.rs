@@ -7,10 +7,17 @@
 //! call only when somebody announced sleep. The `SeqCst` fence on both sides closes the lost
 //! wake-up window: either the notifier sees the sleeper, or the sleeper's re-check sees the new
 //! state.
-
+//!
+//! A thread waiting on several events at once (alternation) sleeps on all their words with one
+//! `futex_waitv`, which takes at most 128 words. A thread waiting on more events than that has
+//! a **bell**: a futex word of its own in the arena. It writes its bell's id into a free
+//! `watch` slot of each event and sleeps on the bell alone; a notifier that finds watchers
+//! rings their bells. So a select over any number of channels sleeps without polling, and the
+//! fast path stays one load: only a notifier that saw sleepers looks at `watchers`.
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::arena::Arena;
 use crate::sys;
 
 /// How long a waiter spins and yields before it sleeps in the kernel. A kernel wake-up costs
@@ -46,11 +53,74 @@ fn adapt(limit: u32, paid_off: bool) {
     }
 }
 
-/// A futex word and its sleeper count, in shared memory.
+/// The most futex words one `futex_waitv` takes (the kernel's `FUTEX_WAITV_MAX`).
+const WAITV_MAX: usize = 128;
+
+/// Threads with more than [`WAITV_MAX`] events that can watch one event at once by their bell;
+/// the slots fill the event's 128 bytes.
+const WATCH_SLOTS: usize = 29;
+
+/// Arena bytes per bell (the allocation grain); a bell's id is its offset / `BELL_GRAIN`.
+const BELL_GRAIN: u64 = 256;
+
+/// How long a thread that could neither watch nor directly wait on some of its events (more
+/// than [`WATCH_SLOTS`] such threads on each of more than 127 of its events) sleeps at most
+/// before it re-checks: the one case where a wait is not woken by the change itself.
+const UNWATCHED_RECHECK: Duration = Duration::from_millis(10);
+
+/// A futex word and its sleeper count, in shared memory, and the bells of threads that watch
+/// it (see the module documentation).
 #[repr(C, align(64))]
 pub(crate) struct Event {
     seq: AtomicU32,
+    /// Threads that announced sleep on this event (watchers included).
     sleepers: AtomicU32,
+    /// Taken `watch` slots.
+    watchers: AtomicU32,
+    /// Bell ids of watching threads; 0: free.
+    watch: [AtomicU32; WATCH_SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<Event>() == 128);
+
+/// Rings the bell with id `id`: bumps its word and wakes whoever sleeps on it.
+#[cold]
+fn ring(id: u32) {
+    if let Ok(arena) = Arena::get() {
+        let bell = bell_at(arena, id);
+        bell.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(bell, i32::MAX);
+    }
+}
+
+/// The bell with id `id`.
+fn bell_at(arena: &'static Arena, id: u32) -> &'static AtomicU32 {
+    // SAFETY: bell ids are only written into events by `my_bell`, from the offset of a bell
+    // allocated in this arena for the life of the network (`ptr` checks the range); the word
+    // is only accessed atomically.
+    unsafe { &*arena.ptr(u64::from(id) * BELL_GRAIN, 4).cast::<AtomicU32>() }
+}
+
+thread_local! {
+    /// This thread's bell, allocated on its first wait on more than [`WAITV_MAX`] events.
+    static BELL: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// This thread's bell id and word, if the arena has room for one.
+fn my_bell() -> Option<(u32, &'static AtomicU32)> {
+    let arena = Arena::get().ok()?;
+    if let Some(id) = BELL.with(std::cell::Cell::get) {
+        return Some((id, bell_at(arena, id)));
+    }
+    let offset = arena.alloc_static(4).ok()?;
+    debug_assert_eq!(
+        offset % BELL_GRAIN,
+        0,
+        "static allocations are 256-byte aligned"
+    );
+    let id = u32::try_from(offset / BELL_GRAIN).ok()?;
+    BELL.with(|b| b.set(Some(id)));
+    Some((id, bell_at(arena, id)))
 }
 
 impl Event {
@@ -63,6 +133,7 @@ impl Event {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, 1);
+            self.ring_watchers();
         }
     }
 
@@ -72,6 +143,42 @@ impl Event {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, i32::MAX);
+            self.ring_watchers();
+        }
+    }
+
+    /// Rings the bells of the threads watching this event. A watcher announces itself in
+    /// `sleepers` and `watchers` (`SeqCst`) before it re-checks its condition, so a notifier
+    /// that misses it changed state the watcher's re-check sees.
+    #[inline]
+    fn ring_watchers(&self) {
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            for slot in &self.watch {
+                let id = slot.load(Ordering::SeqCst);
+                if id != 0 {
+                    ring(id);
+                }
+            }
+        }
+    }
+
+    /// Takes a free `watch` slot for bell `id`; its index, or `None` if all are taken.
+    fn watch(&self, id: u32) -> Option<usize> {
+        let k = self.watch.iter().position(|slot| {
+            slot.compare_exchange(0, id, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        Some(k)
+    }
+
+    /// Frees `watch` slot `k`, taken by [`watch`](Self::watch) for bell `id`.
+    fn unwatch(&self, k: usize, id: u32) {
+        if self.watch[k]
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.watchers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -108,7 +215,6 @@ pub(crate) fn wait_any<T>(
     }
     let mut start: Option<Instant> = None;
     let mut round = 0u32;
-    let mut words: Vec<(&AtomicU32, u32)> = Vec::new();
     let fine = FINE_CHECKS.with(|c| c.get());
     let mut adapted = false;
     loop {
@@ -141,43 +247,30 @@ pub(crate) fn wait_any<T>(
             }
         }
         // Sleep in the kernel.
-        for e in events {
-            e.sleepers.fetch_add(1, Ordering::SeqCst);
-        }
-        fence(Ordering::SeqCst);
-        words.clear();
-        words.extend(
-            events
-                .iter()
-                .map(|e| (&e.seq, e.seq.load(Ordering::SeqCst))),
-        );
-        let leave = |events: &[&Event]| {
-            for e in events {
-                e.sleepers.fetch_sub(1, Ordering::SeqCst);
-            }
-        };
+        let sleep = Announced::new(events);
         if let Some(v) = ready() {
-            leave(events);
             return Some(v);
         }
         if busy() {
-            leave(events);
+            drop(sleep);
             std::thread::yield_now();
             continue;
         }
-        let timeout = match deadline {
+        let mut timeout = match deadline {
             None => None,
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
-                    leave(events);
                     return None;
                 }
                 Some(d - now)
             }
         };
-        sys::futex_waitv(&words, timeout);
-        leave(events);
+        if sleep.unwatched {
+            timeout = Some(timeout.map_or(UNWATCHED_RECHECK, |t| t.min(UNWATCHED_RECHECK)));
+        }
+        sys::futex_waitv(&sleep.words, timeout);
+        drop(sleep);
         if let Some(v) = ready() {
             return Some(v);
         }
@@ -186,6 +279,76 @@ pub(crate) fn wait_any<T>(
         }
         // Woken, but somebody else took what we were woken for: spin a little again.
         round = 4;
+    }
+}
+
+/// A waiter's announcement that it is about to sleep on `events`: it counts in each event's
+/// `sleepers` (and, with more events than one `futex_waitv` takes, watches them by its bell),
+/// and `words` holds the futex words to sleep on with the values they had after the
+/// announcement. Dropping it withdraws the announcement.
+struct Announced<'e> {
+    events: &'e [&'e Event],
+    words: Vec<(&'e AtomicU32, u32)>,
+    /// Watched events: (index in `events`, watch slot), and the bell they ring.
+    watched: Vec<(usize, usize)>,
+    bell: u32,
+    /// Whether some events are neither watched nor in `words` (see [`UNWATCHED_RECHECK`]).
+    unwatched: bool,
+}
+
+impl<'e> Announced<'e> {
+    fn new(events: &'e [&'e Event]) -> Self {
+        for e in events {
+            e.sleepers.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut a = Announced {
+            events,
+            words: Vec::with_capacity(events.len().min(WAITV_MAX)),
+            watched: Vec::new(),
+            bell: 0,
+            unwatched: false,
+        };
+        let mut direct: Vec<&'e Event> = Vec::new();
+        let mut bell: Option<&'static AtomicU32> = None;
+        if events.len() <= WAITV_MAX {
+            direct.extend(events);
+        } else if let Some((id, word)) = my_bell() {
+            (a.bell, bell) = (id, Some(word));
+            for (i, e) in events.iter().enumerate() {
+                match e.watch(id) {
+                    Some(k) => a.watched.push((i, k)),
+                    None => direct.push(e),
+                }
+            }
+        } else {
+            direct.extend(events);
+        }
+        let room = WAITV_MAX - usize::from(bell.is_some());
+        if direct.len() > room {
+            direct.truncate(room);
+            a.unwatched = true;
+        }
+        fence(Ordering::SeqCst);
+        if let Some(b) = bell {
+            a.words.push((b, b.load(Ordering::SeqCst)));
+        }
+        a.words.extend(
+            direct
+                .iter()
+                .map(|e| (&e.seq, e.seq.load(Ordering::SeqCst))),
+        );
+        a
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        for &(i, k) in &self.watched {
+            self.events[i].unwatch(k, self.bell);
+        }
+        for e in self.events {
+            e.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -199,10 +362,8 @@ mod tests {
 
     #[test]
     fn waits_that_outlast_the_spin_window_shrink_it_and_quick_ones_grow_it_back() {
-        let e = Event {
-            seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        };
+        // SAFETY: an all-zero Event is a valid one (atomics), as in a fresh channel header.
+        let e: Event = unsafe { std::mem::zeroed() };
         assert_eq!(window(), MAX_FINE_CHECKS);
         // Nothing ever becomes ready: each wait yields, then times out.
         for _ in 0..10 {
@@ -228,5 +389,46 @@ mod tests {
             assert!(r.is_some());
         }
         assert_eq!(window(), MAX_FINE_CHECKS);
+    }
+
+    #[test]
+    fn a_wait_on_more_events_than_one_futex_waitv_takes_is_woken_by_any_of_them() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+        let events: &'static [Event] = Box::leak(
+            (0..300)
+                // SAFETY: an all-zero Event is a valid one, as in a fresh channel header.
+                .map(|_| unsafe { std::mem::zeroed::<Event>() })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        static READY: AtomicBool = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let refs: Vec<&Event> = events.iter().collect();
+            let r = wait_any(
+                &refs,
+                None,
+                || READY.load(Ordering::SeqCst).then_some(()),
+                || false,
+            );
+            tx.send(r).unwrap();
+        });
+        // The waiter watches every event by its bell once it is about to sleep.
+        while events[299].watchers.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        assert!(events
+            .iter()
+            .all(|e| e.watchers.load(Ordering::SeqCst) == 1));
+        READY.store(true, Ordering::SeqCst);
+        events[250].notify_one();
+        let woke = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(woke, Ok(Some(())), "the waiter was not woken");
+        // It withdrew from every event.
+        assert!(events
+            .iter()
+            .all(|e| e.watchers.load(Ordering::SeqCst) == 0
+                && e.sleepers.load(Ordering::SeqCst) == 0));
     }
 }

@@ -1,22 +1,29 @@
 //! Waiter records: the selection word of a thread blocked in an alternation.
 //!
-//! A thread that alternates over rendezvous channels has one record in the arena (128 bytes,
-//! allocated on its first alternation). Its `sel` word says, for the current round
+//! A thread that alternates over rendezvous channels has one record in the arena (allocated on
+//! its first alternation, sized for its largest select). Its `sel` word says, for the current round
 //! (`gen`), whether the thread is still `WAITING`, has `ABORTED` the round (it woke up for
 //! another reason and will try again), or was `SELECTED` for guard `g` by a counterpart.
 //! Exactly one CAS from `WAITING` wins, which is what makes every rendezvous happen exactly
 //! once when both sides alternate.
 //!
-//! An offer word, stored in a channel's offer table, names a record and a round:
-//! `(record offset / 128) << 35 | (gen mod 2^27) << 8 | guard`.
+//! An offer word, stored in a channel's offer table, names a record, a round and a guard:
+//! `(record offset / 256) << 36 | (gen mod 256) << 28 | guard`. The record says for which
+//! channel and side each guard of the current round waits (`key[guard]`), and a claimer checks
+//! it against the table it found the word in, after it read `sel` and before its CAS: so a
+//! word left from an old round whose generation and guard happen to match the current round's
+//! can only select a guard that waits on that very channel and side, which is a valid choice.
+//! The generation bits are a quick filter, the key is the check. A record holds tables for
+//! its thread's largest select so far (it is reallocated, larger, when a select has more
+//! guards), so an alternation takes any number of guards.
 //!
 //! Messages change hands through the record, never through the channel's ring, so that the
 //! two parties a CAS paired are the two that communicate (as Go's `sudog` carries the value):
 //!
 //! - a selecting **writer** stages each rendezvous output guard's message in an arena block
 //!   and names it in `out[guard]` before the round begins; the claimer reads `out[guard]`
-//!   *before* its CAS (which also checks the round), so a winning claimer holds the block of
-//!   that very round. It then owns the block, and clears `out[guard]` once it has the message
+//!   after it saw the round waiting and *before* its CAS, so a winning claimer holds the block
+//!   of that very round (the next round's blocks are staged only after this one ended). It then owns the block, and clears `out[guard]` once it has the message
 //!   ([`release`]): the writer's rendezvous is complete.
 //! - a selecting **reader** claimed by a writer receives the message in its `mail`
 //!   ([`deliver`]), a block the writer filled after winning the CAS.
@@ -49,40 +56,98 @@ const WAITING: u32 = 0;
 const ABORTED: u32 = 1;
 const SELECTED: u32 = 2;
 const IDLE: u32 = u32::MAX;
-const GEN_BITS: u32 = 27;
+const GEN_BITS: u32 = 8;
 const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const GUARD_BITS: u32 = 28;
+/// The offer word's shift of the record id.
+const ID_SHIFT: u32 = GUARD_BITS + GEN_BITS;
+/// Guards whose index fits an offer word; a select's guards beyond (never reached in
+/// practice: their tables alone would take 6 GiB) wait without offers.
+const OFFERABLE: usize = 1 << GUARD_BITS;
+/// Records are allocated by `alloc_static`, 256-byte aligned: their id is offset / 256.
+const REC_GRAIN: u64 = 256;
 
-/// Guards an alternation can have (each may stage a message in `out`).
-pub(crate) const GUARDS: usize = 128;
+const _: () = assert!(
+    crate::shm::arena::ARENA_MAX / REC_GRAIN <= 1 << (64 - ID_SHIFT),
+    "a record id must fit the offer word"
+);
 
+/// Guards a record has tables for at least.
+const MIN_GUARDS: usize = 128;
+
+/// A waiter record's fixed part; three tables of `cap` words follow it: per guard, the block
+/// of a staged message (`out_off`), its length (`out_len`), and for the current round the
+/// channel and side the guard waits on (`key`, see [`Offer`]; 0: no channel guard).
 #[repr(C, align(128))]
-struct WaiterRec {
+struct RecHeader {
     sel: AtomicU64,
     pid: AtomicU32,
+    /// Guards the tables hold (fixed when the record is allocated).
+    cap: AtomicU32,
     /// A message a writer handed us for the guard it selected: its block and length (`off`
     /// 0: nothing yet; blocks never start at offset 0).
     mail_off: AtomicU64,
     mail_len: AtomicU64,
-    /// Per output guard on a rendezvous channel: the block holding its message and length,
-    /// for this round; cleared by the claimer once it has the message.
-    out_off: [AtomicU64; GUARDS],
-    out_len: [AtomicU64; GUARDS],
 }
 
-const REC_SIZE: u64 = std::mem::size_of::<WaiterRec>() as u64;
+const HEADER: u64 = std::mem::size_of::<RecHeader>() as u64;
+const OUT_OFF: u64 = 0;
+const OUT_LEN: u64 = 1;
+const KEY: u64 = 2;
+
+/// A record in the arena: its offset and fixed part.
+#[derive(Clone, Copy)]
+struct Rec {
+    arena: &'static Arena,
+    offset: u64,
+    hdr: &'static RecHeader,
+    cap: usize,
+}
+
+impl Rec {
+    /// The record at `offset` (of `cap` guards if known, else as its header says).
+    fn at(arena: &'static Arena, offset: u64) -> Rec {
+        // SAFETY: offsets of records come from offer words, which only waiters write, naming
+        // their own record; it lives in the arena for the life of the network (`ptr` checks
+        // the range) and every field is atomic.
+        let hdr = unsafe { &*arena.ptr(offset, HEADER).cast::<RecHeader>() };
+        let cap = hdr.cap.load(Ordering::Relaxed) as usize;
+        Rec {
+            arena,
+            offset,
+            hdr,
+            cap,
+        }
+    }
+
+    /// Word `guard` of table `table`, if the record has that guard.
+    fn table(&self, table: u64, guard: usize) -> Option<&'static AtomicU64> {
+        if guard >= self.cap {
+            return None;
+        }
+        let at = self.offset + HEADER + (table * self.cap as u64 + guard as u64) * 8;
+        // SAFETY: `guard < cap`, so the word lies inside the record (`ptr` checks the range
+        // too); the tables are only accessed atomically.
+        Some(unsafe { &*self.arena.ptr(at, 8).cast::<AtomicU64>() })
+    }
+}
 
 /// The record an offer word names.
-fn record(arena: &'static Arena, word: u64) -> &'static WaiterRec {
-    let offset = (word >> 35) * 128;
-    // SAFETY: offer words are only written by waiters and name their own record, which lives
-    // in the arena for the life of the network (`ptr` checks the range); every field is
-    // atomic.
-    unsafe { &*arena.ptr(offset, REC_SIZE).cast::<WaiterRec>() }
+fn record(arena: &'static Arena, word: u64) -> Rec {
+    Rec::at(arena, (word >> ID_SHIFT) * REC_GRAIN)
 }
 
 /// Which waiter record an offer word names (to tell one's own offers from others').
 pub(crate) fn owner(word: u64) -> u64 {
-    word >> 35
+    word >> ID_SHIFT
+}
+
+/// An offer word as a claimer found it, with the channel and side of the table it was in
+/// (`key`: the channel's offset, `| 1` for the table of readers' offers, `| 2` for writers').
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    pub(crate) word: u64,
+    pub(crate) key: u64,
 }
 
 /// How a round of waiting ended.
@@ -95,8 +160,7 @@ pub(crate) enum Outcome {
 
 /// This thread's waiter record.
 pub(crate) struct Waiter {
-    rec: &'static WaiterRec,
-    offset: u64,
+    rec: Rec,
     gen: Cell<u32>,
 }
 
@@ -105,26 +169,43 @@ thread_local! {
 }
 
 impl Waiter {
-    /// This thread's record, allocated in the arena on first use.
+    /// This thread's record, with tables for at least `guards` guards: allocated in the arena
+    /// on first use, and again, larger, for a select with more guards than it has (the old
+    /// record stays idle: nobody can select it any more).
     pub(crate) fn current(
         arena: &'static Arena,
+        guards: usize,
     ) -> Result<&'static Waiter, crate::error::ChannelError> {
-        if let Some(w) = WAITER.with(Cell::get) {
-            return Ok(w);
+        let old = WAITER.with(Cell::get);
+        if let Some(w) = old {
+            if w.rec.cap >= guards {
+                return Ok(w);
+            }
         }
-        let offset = arena.alloc_static(REC_SIZE).map_err(|_| {
+        let cap = guards.clamp(MIN_GUARDS, OFFERABLE).next_power_of_two();
+        let size = HEADER + 3 * 8 * cap as u64;
+        let offset = arena.alloc_static(size).map_err(|_| {
             crate::error::ChannelError::SharedMemory("the network's shared memory is full".into())
         })?;
-        // SAFETY: the REC_SIZE bytes at `offset` were just allocated for this record (zeroed,
+        debug_assert_eq!(offset % REC_GRAIN, 0);
+        // SAFETY: the `size` bytes at `offset` were just allocated for this record (zeroed,
         // 256-byte aligned) and are only ever accessed through atomics.
-        let rec: &'static WaiterRec = unsafe { &*arena.ptr(offset, REC_SIZE).cast::<WaiterRec>() };
-        rec.pid.store(std::process::id(), Ordering::Relaxed);
-        rec.sel.store(u64::from(IDLE), Ordering::SeqCst);
+        let hdr: &'static RecHeader = unsafe { &*arena.ptr(offset, size).cast::<RecHeader>() };
+        hdr.pid.store(std::process::id(), Ordering::Relaxed);
+        hdr.cap.store(cap as u32, Ordering::Relaxed);
+        hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
         let w: &'static Waiter = Box::leak(Box::new(Waiter {
-            rec,
-            offset,
-            gen: Cell::new(0),
+            rec: Rec {
+                arena,
+                offset,
+                hdr,
+                cap,
+            },
+            gen: Cell::new(old.map_or(0, |o| o.gen.get())),
         }));
+        if let Some(o) = old {
+            o.rec.hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
+        }
         WAITER.with(|c| c.set(Some(w)));
         Ok(w)
     }
@@ -133,8 +214,8 @@ impl Waiter {
     pub(crate) fn begin(&self) {
         let gen = self.gen.get().wrapping_add(1);
         self.gen.set(gen);
-        self.rec.mail_off.store(0, Ordering::SeqCst);
-        self.rec.sel.store(
+        self.rec.hdr.mail_off.store(0, Ordering::SeqCst);
+        self.rec.hdr.sel.store(
             (u64::from(gen) << 32) | u64::from(WAITING),
             Ordering::SeqCst,
         );
@@ -142,45 +223,65 @@ impl Waiter {
 
     /// Which record this is, as [`owner`] tells it from an offer word.
     pub(crate) fn id(&self) -> u64 {
-        self.offset / 128
+        self.rec.offset / REC_GRAIN
+    }
+
+    /// Says for the rounds to come that guard `guard` waits on the channel and side `key`
+    /// (see [`Offer`]; 0 for a guard nobody can claim). Only between rounds.
+    pub(crate) fn set_key(&self, guard: usize, key: u64) {
+        if let Some(k) = self.rec.table(KEY, guard) {
+            k.store(key, Ordering::SeqCst);
+        }
     }
 
     /// Stages the message of rendezvous output guard `guard` (a block and its length) for
     /// the rounds to come. Only between rounds.
     pub(crate) fn stage(&self, guard: usize, offset: u64, len: u64) {
-        self.rec.out_len[guard].store(len, Ordering::SeqCst);
-        self.rec.out_off[guard].store(offset, Ordering::SeqCst);
+        if let (Some(o), Some(l)) = (
+            self.rec.table(OUT_OFF, guard),
+            self.rec.table(OUT_LEN, guard),
+        ) {
+            l.store(len, Ordering::SeqCst);
+            o.store(offset, Ordering::SeqCst);
+        }
     }
 
     /// Whether the claimer of output guard `guard` has taken its message.
     pub(crate) fn taken(&self, guard: usize) -> bool {
-        self.rec.out_off[guard].load(Ordering::SeqCst) == 0
+        self.rec
+            .table(OUT_OFF, guard)
+            .is_none_or(|o| o.load(Ordering::SeqCst) == 0)
     }
 
     /// The message a writer delivered to us, if it has (then the block is ours).
     pub(crate) fn mail(&self) -> Option<(u64, u64)> {
-        let off = self.rec.mail_off.load(Ordering::SeqCst);
+        let h = self.rec.hdr;
+        let off = h.mail_off.load(Ordering::SeqCst);
         (off != 0).then(|| {
-            self.rec.mail_off.store(0, Ordering::SeqCst);
-            (off, self.rec.mail_len.load(Ordering::SeqCst))
+            h.mail_off.store(0, Ordering::SeqCst);
+            (off, h.mail_len.load(Ordering::SeqCst))
         })
     }
 
-    /// The offer word for `guard` in the current round.
-    pub(crate) fn offer(&self, guard: usize) -> u64 {
-        debug_assert!(guard < 256);
-        ((self.offset / 128) << 35) | ((u64::from(self.gen.get()) & GEN_MASK) << 8) | guard as u64
+    /// The offer word for `guard` in the current round (`None` for a guard whose index does
+    /// not fit a word or the record: it waits without an offer).
+    pub(crate) fn offer(&self, guard: usize) -> Option<u64> {
+        (guard < self.rec.cap && guard < OFFERABLE).then(|| {
+            (self.id() << ID_SHIFT)
+                | ((u64::from(self.gen.get()) & GEN_MASK) << GUARD_BITS)
+                | guard as u64
+        })
     }
 
     /// Whether a counterpart has selected us in this round.
     pub(crate) fn is_selected(&self) -> bool {
-        (self.rec.sel.load(Ordering::SeqCst) as u32) >= SELECTED
+        (self.rec.hdr.sel.load(Ordering::SeqCst) as u32) >= SELECTED
     }
 
     /// Ends the round: either we abort it, or we learn which guard a counterpart selected.
     pub(crate) fn finish(&self) -> Outcome {
         let gen = u64::from(self.gen.get()) << 32;
-        match self.rec.sel.compare_exchange(
+        match self.rec.hdr.sel.compare_exchange(
             gen | u64::from(WAITING),
             gen | u64::from(ABORTED),
             Ordering::SeqCst,
@@ -192,27 +293,34 @@ impl Waiter {
     }
 }
 
-/// Tries to select the waiter named by offer `word` for the guard the offer names. A won
-/// writer's offer comes with the block of its message (see the module documentation).
-pub(crate) fn claim(arena: &'static Arena, word: u64) -> Claim {
-    let gen = (word >> 8) & GEN_MASK;
-    let guard = (word & 0xff) as u32;
+/// Tries to select the waiter named by offer `offer.word` for the guard the word names, for
+/// the channel and side it was found on. A won writer's offer comes with the block of its
+/// message (see the module documentation).
+pub(crate) fn claim(arena: &'static Arena, offer: Offer) -> Claim {
+    let word = offer.word;
+    let gen = (word >> GUARD_BITS) & GEN_MASK;
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
     let rec = record(arena, word);
-    // Read before the CAS: if the CAS wins, the round was still ours to claim, so these were
-    // staged for it (the writer stages the next round's only after this one ended).
-    let (offset, len) = match rec.out_off.get(guard as usize) {
-        Some(off) => (
-            off.load(Ordering::SeqCst),
-            rec.out_len[guard as usize].load(Ordering::SeqCst),
-        ),
-        None => (0, 0),
-    };
-    let cur = rec.sel.load(Ordering::SeqCst);
+    let cur = rec.hdr.sel.load(Ordering::SeqCst);
     if (cur >> 32) & GEN_MASK != gen || cur as u32 != WAITING {
         return Claim::Stale;
     }
-    let selected = (cur & !0xffff_ffff) | u64::from(SELECTED + guard);
+    // Read after the round was seen waiting and before the CAS: if the CAS wins, the round
+    // was still waiting, so these are its own (the next round's are set only after it ended).
+    let Some(key) = rec.table(KEY, guard) else {
+        return Claim::Stale;
+    };
+    if key.load(Ordering::SeqCst) != offer.key {
+        // A word from an old round: in this round the guard waits elsewhere, or not at all.
+        return Claim::Stale;
+    }
+    let (offset, len) = match (rec.table(OUT_OFF, guard), rec.table(OUT_LEN, guard)) {
+        (Some(o), Some(l)) => (o.load(Ordering::SeqCst), l.load(Ordering::SeqCst)),
+        _ => (0, 0),
+    };
+    let selected = (cur & !0xffff_ffff) | (u64::from(SELECTED) + guard as u64);
     match rec
+        .hdr
         .sel
         .compare_exchange(cur, selected, Ordering::SeqCst, Ordering::SeqCst)
     {
@@ -223,8 +331,8 @@ pub(crate) fn claim(arena: &'static Arena, word: u64) -> Claim {
 
 /// Tells the writer that made offer `word` that its message was taken.
 pub(crate) fn release(arena: &'static Arena, word: u64) {
-    let guard = (word & 0xff) as usize;
-    if let Some(off) = record(arena, word).out_off.get(guard) {
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
+    if let Some(off) = record(arena, word).table(OUT_OFF, guard) {
         off.store(0, Ordering::SeqCst);
     }
 }
@@ -233,6 +341,6 @@ pub(crate) fn release(arena: &'static Arena, word: u64) {
 /// and that we selected; the block is the reader's from now on.
 pub(crate) fn deliver(arena: &'static Arena, word: u64, offset: u64, len: u64) {
     let rec = record(arena, word);
-    rec.mail_len.store(len, Ordering::SeqCst);
-    rec.mail_off.store(offset, Ordering::SeqCst);
+    rec.hdr.mail_len.store(len, Ordering::SeqCst);
+    rec.hdr.mail_off.store(offset, Ordering::SeqCst);
 }

@@ -11,7 +11,9 @@
 //! - [`input_result`](Alternation::input_result), [`output_result`](Alternation::output_result):
 //!   the same, reporting a channel's end to the closure (see *Termination*);
 //! - [`timeout`](Alternation::timeout): nothing else fired within a duration;
-//! - [`skip`](Alternation::skip): always ready (a non-blocking select).
+//! - [`timer`](Alternation::timer): a [`Timer`] of this thread is due ([`after`], [`tick`]);
+//! - [`skip`](Alternation::skip): always ready (a non-blocking select);
+//!   [`otherwise`](Alternation::otherwise): ready when nothing else is, whatever the policy.
 //!
 //! Three policies, named as in PyCSP: [`pri_select`](Alternation::pri_select) takes the first
 //! ready guard in the order given, [`alt_select`](Alternation::alt_select) one chosen
@@ -19,8 +21,13 @@
 //! guard whose channel this thread chose least recently (over all its selects, whatever their
 //! guards), so no ready channel starves.
 //!
-//! A builder, not a macro: it reads as plain Rust, takes any number of guards (also built in
-//! a loop), and needs no macro to learn.
+//! A builder: it reads as plain Rust and takes any number of guards (also built in a loop).
+//! crossbeam's [`select!`](crate::select!) macro is built on it, for a fixed set of arms.
+//!
+//! No silent caps: a select takes any number of guards, any number of processes may select
+//! on one channel, and none of them polls. A select over more than 128 channels sleeps on a
+//! bell of its own that the channels ring; a selecting process that finds a channel's offer
+//! table full waits for room (see `shm/LAYOUT.md`).
 //!
 //! # Exactly once, across processes
 //!
@@ -87,6 +94,15 @@ use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRI
 use crate::shm::wait::{wait_any, Event};
 use crate::shm::waiter::{self, Outcome, Waiter};
 
+mod select;
+mod timer;
+
+#[doc(hidden)]
+pub use select::__selected;
+pub use select::{RecvGuard, SendGuard};
+use timer::Fire;
+pub use timer::{after, at, never, tick, Timer};
+
 /// What an input guard does with its outcome: a message, or why its channel ended.
 type InputFn<'a, R> =
     Box<dyn FnOnce(&Chan, Result<Incoming, ChannelError>) -> Result<R, ChannelError> + 'a>;
@@ -121,6 +137,12 @@ enum Guard<'a, R> {
     },
     Skip {
         then: Box<dyn FnOnce() -> R + 'a>,
+        /// Tried after every other guard, whatever the policy ([`Alternation::otherwise`]).
+        last: bool,
+    },
+    Timer {
+        timer: &'a Timer,
+        then: Box<dyn FnOnce(Instant) -> R + 'a>,
     },
 }
 
@@ -182,6 +204,7 @@ fn fair_key<R>(g: &Guard<'_, R>) -> u64 {
         Guard::Output { chan, .. } => (chan.key() << 2) | 1,
         Guard::Timeout { .. } => 2,
         Guard::Skip { .. } => 3,
+        Guard::Timer { .. } => 4,
     }
 }
 
@@ -200,6 +223,8 @@ enum Step<R> {
     Done(Result<Chosen<R>, ChannelError>),
     Retired,
     NotReady,
+    /// A timer guard that becomes ready at its deadline.
+    Later,
 }
 
 impl<'a, R> Alternation<'a, R> {
@@ -311,6 +336,29 @@ impl<'a, R> Alternation<'a, R> {
     pub fn skip(mut self, then: impl FnOnce() -> R + 'a) -> Self {
         self.guards.push(Guard::Skip {
             then: Box::new(then),
+            last: false,
+        });
+        self
+    }
+
+    /// A guard that fires when no other guard is ready, whatever the policy (crossbeam's
+    /// `default`): a skip guard tried after all the others.
+    pub fn otherwise(mut self, then: impl FnOnce() -> R + 'a) -> Self {
+        self.guards.push(Guard::Skip {
+            then: Box::new(then),
+            last: true,
+        });
+        self
+    }
+
+    /// A timer guard: fires when `timer` is due (see [`Timer`]), with the instant it was due
+    /// at; firing moves the timer on (an [`after`] timer is spent, a [`tick`] timer is due again
+    /// one period later). A timer is this thread's own: waiting for it adds no channel and no
+    /// polling, only a deadline to the select's wait.
+    pub fn timer(mut self, timer: &'a Timer, then: impl FnOnce(Instant) -> R + 'a) -> Self {
+        self.guards.push(Guard::Timer {
+            timer,
+            then: Box::new(then),
         });
         self
     }
@@ -336,10 +384,6 @@ impl<'a, R> Alternation<'a, R> {
     fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
         let n = self.guards.len();
         assert!(n > 0, "an alternation needs at least one guard");
-        assert!(
-            n <= waiter::GUARDS,
-            "an alternation takes at most 128 guards"
-        );
         let keys: Vec<u64> = self.guards.iter().map(fair_key).collect();
         let mut order: Vec<usize> = (0..n).collect();
         match policy {
@@ -356,6 +400,8 @@ impl<'a, R> Alternation<'a, R> {
                 order.sort_by_key(|&i| f.get(&keys[i]).copied().unwrap_or(0));
             }),
         }
+        // `otherwise` guards come last, whatever the policy (a stable partition).
+        order.sort_by_key(|&i| matches!(self.guards[i], Guard::Skip { last: true, .. }));
         let chosen = self.run(order);
         if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
             FAIR_LAST.with(|f| {
@@ -409,6 +455,15 @@ fn run_guards<'a, R>(
         })
         .min_by_key(|(after, _)| *after);
     let deadline = timeout.map(|(after, _)| began + after);
+    // The wait ends at the timeout or when the first timer is due, whichever comes first.
+    let wake_at = guards
+        .iter()
+        .filter_map(|g| match g {
+            Some(Guard::Timer { timer, .. }) => timer.deadline(),
+            _ => None,
+        })
+        .chain(deadline)
+        .min();
     let claim = |w| waiter::claim(arena, w);
     let channel_guards = guards
         .iter()
@@ -416,7 +471,7 @@ fn run_guards<'a, R>(
         .count();
     loop {
         // Try phase: the first ready guard in policy order wins.
-        let mut live = 0;
+        let (mut live, mut timers) = (0, 0);
         for &i in order {
             if let Some(Guard::Skip { .. }) = guards[i] {
                 // A skip never hides that every channel of the select has ended.
@@ -428,10 +483,11 @@ fn run_guards<'a, R>(
                 Step::Done(r) => return r,
                 Step::Retired => {}
                 Step::NotReady => live += 1,
+                Step::Later => timers += 1,
             }
         }
-        if live == 0 && (channel_guards > 0 || timeout.is_none()) {
-            // Every channel guard retired: a timeout guard does not hide it either.
+        if live == 0 && (channel_guards > 0 || (timeout.is_none() && timers == 0)) {
+            // Every channel guard retired: a timeout or timer guard does not hide it either.
             return Err(every_guard_retired(guards, order));
         }
         // The deadline is checked every time the wait returns, whatever woke it.
@@ -439,27 +495,33 @@ fn run_guards<'a, R>(
             return Ok(fire_timeout(guards, timeout));
         }
         // Wait phase: stage the messages of rendezvous output guards where a claimer can
-        // take them, post offers on rendezvous channels and sleep on every channel.
-        let me = Waiter::current(arena)?;
+        // take them, say what each guard waits on, post offers on rendezvous channels and
+        // sleep on every channel.
+        let me = Waiter::current(arena, guards.len())?;
         for (i, g) in guards.iter_mut().enumerate() {
-            if let Some(Guard::Output {
-                chan,
-                bytes: Ok(bytes),
-                staged,
-                ..
-            }) = g
-            {
-                if chan.is_rendezvous() {
+            let key = match g {
+                Some(Guard::Input { chan, .. }) if chan.is_rendezvous() => chan.offer_key(true),
+                Some(Guard::Output {
+                    chan,
+                    bytes: Ok(bytes),
+                    staged,
+                    ..
+                }) if chan.is_rendezvous() => {
                     let (offset, len) = stage(arena, chan, bytes, staged)?;
                     me.stage(i, offset, len);
+                    chan.offer_key(false)
                 }
-            }
+                _ => 0,
+            };
+            me.set_key(i, key);
         }
         me.begin();
         *waited = true;
         let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
+        // Rendezvous guards that could not post an offer (their table was full): they wait
+        // for room, or a counterpart's offer, on their channel's event (see `shm/ring.rs`).
+        let mut unposted: Vec<bool> = vec![false; guards.len()];
         let mut events: Vec<&'static Event> = Vec::new();
-        let mut polling = false;
         // In policy order: a plain reader takes the first offer in the table, so the table's
         // order is the choice among our output guards on one channel.
         for &i in order {
@@ -471,32 +533,31 @@ fn run_guards<'a, R>(
             let (rx, tx) = chan.events();
             events.push(if reads { rx } else { tx });
             if chan.is_rendezvous() {
-                let word = me.offer(i);
-                if chan.post_offer(reads, word) {
-                    posted.push((chan, reads, word));
-                } else {
-                    polling = true;
+                match me.offer(i) {
+                    Some(word) if chan.post_offer(reads, word) => posted.push((chan, reads, word)),
+                    _ => unposted[i] = true,
                 }
             }
         }
-        let poll_deadline = polling.then(|| Instant::now() + Duration::from_millis(1));
-        let wait_deadline = match (deadline, poll_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        events.sort_unstable_by_key(|e| std::ptr::from_ref::<Event>(e) as usize);
+        events.dedup_by_key(|e| std::ptr::from_ref::<Event>(e) as usize);
         if events.is_empty() {
-            // Only timeout guards: sleep until the deadline.
-            if let Some(d) = wait_deadline {
+            // Only timeout and timer guards: sleep until the first is due.
+            if let Some(d) = wake_at {
                 std::thread::sleep(d.saturating_duration_since(Instant::now()));
             }
         } else {
             let id = me.id();
             wait_any(
                 &events,
-                wait_deadline,
+                wake_at,
                 || {
-                    (me.is_selected() || guards.iter().any(|g| looks_ready(g.as_ref(), id)))
-                        .then_some(())
+                    (me.is_selected()
+                        || guards
+                            .iter()
+                            .zip(&unposted)
+                            .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted)))
+                    .then_some(())
                 },
                 || false,
             );
@@ -632,16 +693,20 @@ fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
 
 /// Whether guard `g` may have become ready (or failed): worth another try phase.
 /// Offers of waiter `me` (this select) do not count: a select never waits for itself.
-fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64) -> bool {
+/// An `unposted` rendezvous guard (its offer table was full) also looks for room to offer,
+/// and an unposted output guard for readers' offers (nobody can claim it meanwhile).
+fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64, unposted: bool) -> bool {
     match g {
         Some(Guard::Input { chan, .. }) => {
             chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
                 || chan.looks_nonempty()
                 || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
+                || (unposted && chan.offer_room(true))
         }
         Some(Guard::Output { chan, .. }) => {
             chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
                 || (!chan.is_rendezvous() && chan.looks_writable())
+                || (unposted && (chan.offer_room(false) || chan.has_offers_from_others(true, me)))
         }
         _ => false,
     }
@@ -651,11 +716,11 @@ fn try_guard<'a, R>(
     arena: &'static Arena,
     guards: &mut [Option<Guard<'a, R>>],
     i: usize,
-    claim: &impl Fn(u64) -> crate::shm::waiter::Claim,
+    claim: &impl Fn(waiter::Offer) -> waiter::Claim,
 ) -> Step<R> {
     match &mut guards[i] {
         Some(Guard::Skip { .. }) => {
-            let Some(Guard::Skip { then }) = guards[i].take() else {
+            let Some(Guard::Skip { then, .. }) = guards[i].take() else {
                 unreachable!()
             };
             Step::Done(Ok(Chosen {
@@ -663,6 +728,19 @@ fn try_guard<'a, R>(
                 value: then(),
             }))
         }
+        Some(Guard::Timer { timer, .. }) => match timer.fire(Instant::now()) {
+            Fire::Now(at) => {
+                let Some(Guard::Timer { then, .. }) = guards[i].take() else {
+                    unreachable!()
+                };
+                Step::Done(Ok(Chosen {
+                    index: i,
+                    value: then(at),
+                }))
+            }
+            Fire::Later => Step::Later,
+            Fire::Never => Step::Retired,
+        },
         Some(Guard::Timeout { .. }) | None => Step::Retired,
         Some(Guard::Input { chan, reports, .. }) => {
             let (chan, reports) = (*chan, *reports);
