@@ -27,7 +27,7 @@ fn main() -> Result<(), pycsp::Error> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
-    let reports = Channel::<u64>::new("select-macro-reports")?;
+    let reports = Channel::<u64>::named("select-macro-reports")?;
     let chunks = reports.reader();
     let running = Spawn(worker(reports.writer(), limit))?;
 

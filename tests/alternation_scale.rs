@@ -73,7 +73,12 @@ fn a_server_selecting_over_a_thousand_client_processes_answers_every_request() {
     let (served, sums) = within(LIMIT, &poison, move || {
         let chans: Vec<(Channel<u64>, Channel<u64>)> = names
             .chunks(2)
-            .map(|n| (Channel::new(&n[0]).unwrap(), Channel::new(&n[1]).unwrap()))
+            .map(|n| {
+                (
+                    Channel::named(&n[0]).unwrap(),
+                    Channel::named(&n[1]).unwrap(),
+                )
+            })
             .collect();
         let srv = server(
             chans.iter().map(|c| c.0.reader()).collect(),
@@ -122,9 +127,9 @@ fn a_select_over_a_thousand_channels_sleeps_without_cpu_while_idle() {
         .map(|c| {
             let name = format!("scale-idle-{c}");
             if c % 2 == 0 {
-                Channel::new(&name).unwrap()
+                Channel::named(&name).unwrap()
             } else {
-                Channel::buffered(&name, 4).unwrap()
+                Channel::named_buffered(&name, 4).unwrap()
             }
         })
         .collect();
@@ -202,7 +207,7 @@ fn total(v: &[(u64, u64)]) -> (u64, u64) {
 /// every message written is read exactly once.
 fn one_channel(name: &'static str, writers: (usize, bool), readers: (usize, bool), n: u64) {
     let (w, r) = within(LIMIT, &[name], move || {
-        let ch = Channel::<u64>::new(name).unwrap();
+        let ch = Channel::<u64>::named(name).unwrap();
         let ws = replicate(writers.0, |id| {
             if writers.1 {
                 selecting_writer(ch.writer(), id as u64, n)
@@ -253,7 +258,7 @@ fn idle_offer(out: ChannelOut<u64>, v: u64, idle: Duration) -> (bool, Duration) 
 fn selecting_writers_beyond_a_full_offer_table_sleep_without_cpu_while_idle() {
     let _serial = common::timing();
     let idle = Duration::from_secs(1);
-    let ch = Channel::<u64>::new("scale-idle-offers").unwrap();
+    let ch = Channel::<u64>::named("scale-idle-offers").unwrap();
     let _reader = ch.reader(); // attached, never reading
     let started = Instant::now();
     let waits = Parallel(replicate(48, |i| idle_offer(ch.writer(), i as u64, idle))).unwrap();

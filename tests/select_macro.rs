@@ -30,8 +30,8 @@ fn retire_at_once(_out: ChannelOut<u64>) {}
 #[test]
 fn a_recv_arm_fires_for_the_channel_another_process_writes_to() {
     for target in 0..2u64 {
-        let a = Channel::<u64>::new(&unique("sel-smoke-a")).unwrap();
-        let b = Channel::<u64>::new(&unique("sel-smoke-b")).unwrap();
+        let a = Channel::<u64>::named(&unique("sel-smoke-a")).unwrap();
+        let b = Channel::<u64>::named(&unique("sel-smoke-b")).unwrap();
         let (a_in, b_in) = (a.reader(), b.reader());
         let (_a_out, _b_out) = (a.writer(), b.writer());
         let out = if target == 0 { a.writer() } else { b.writer() };
@@ -49,7 +49,7 @@ fn a_recv_arm_fires_for_the_channel_another_process_writes_to() {
 // crossbeam: disconnected
 #[test]
 fn a_recv_arm_reports_a_channel_whose_writers_retired_as_err() {
-    let a = Channel::<u64>::new(&unique("sel-retired")).unwrap();
+    let a = Channel::<u64>::named(&unique("sel-retired")).unwrap();
     let a_in = a.reader();
     Parallel(retire_at_once(a.writer())).unwrap();
     let got = select! {
@@ -62,7 +62,7 @@ fn a_recv_arm_reports_a_channel_whose_writers_retired_as_err() {
 // crossbeam: default
 #[test]
 fn default_runs_only_when_no_other_arm_can_proceed() {
-    let a = Channel::<u64>::buffered(&unique("sel-default"), 4).unwrap();
+    let a = Channel::<u64>::named_buffered(&unique("sel-default"), 4).unwrap();
     let (a_in, a_out) = (a.reader(), a.writer());
     for round in 0..200 {
         let empty = select! {
@@ -84,7 +84,7 @@ fn default_runs_only_when_no_other_arm_can_proceed() {
 #[test]
 fn default_with_a_timeout_runs_when_nothing_came_within_it() {
     let _serial = common::timing();
-    let a = Channel::<u64>::new(&unique("sel-timeout")).unwrap();
+    let a = Channel::<u64>::named(&unique("sel-timeout")).unwrap();
     let (a_in, _a_out) = (a.reader(), a.writer());
     let (start, cpu) = (Instant::now(), cpu_time());
     let timed_out = select! {
@@ -100,8 +100,8 @@ fn default_with_a_timeout_runs_when_nothing_came_within_it() {
 // crossbeam: send arms (smoke of `send`, and "an unchosen send writes nothing")
 #[test]
 fn a_send_arm_writes_only_when_chosen_and_reports_how_it_went() {
-    let a = Channel::<u64>::new(&unique("sel-send-a")).unwrap();
-    let b = Channel::<u64>::new(&unique("sel-send-b")).unwrap();
+    let a = Channel::<u64>::named(&unique("sel-send-a")).unwrap();
+    let b = Channel::<u64>::named(&unique("sel-send-b")).unwrap();
     let (a_out, b_out) = (a.writer(), b.writer());
     let b_in = b.reader(); // attached, but only read below
     let reader = Spawn(read_one(a.reader())).unwrap();
@@ -134,8 +134,8 @@ fn send_or_recv(out: ChannelOut<u64>, inp: ChannelIn<u64>, id: u64) -> (bool, u6
 #[test]
 fn two_processes_selecting_send_and_recv_on_crossed_channels_pair_up_once() {
     for _ in 0..20 {
-        let one = Channel::<u64>::new(&unique("sel-both-1")).unwrap();
-        let two = Channel::<u64>::new(&unique("sel-both-2")).unwrap();
+        let one = Channel::<u64>::named(&unique("sel-both-1")).unwrap();
+        let two = Channel::<u64>::named(&unique("sel-both-2")).unwrap();
         let (p, q) = Parallel((
             send_or_recv(one.writer(), two.reader(), 1),
             send_or_recv(two.writer(), one.reader(), 2),
@@ -151,8 +151,8 @@ fn two_processes_selecting_send_and_recv_on_crossed_channels_pair_up_once() {
 // crossbeam: fairness1
 #[test]
 fn select_chooses_uniformly_pri_select_in_order_and_fair_select_in_turn() {
-    let a = Channel::<u64>::buffered(&unique("sel-fair-a"), 4).unwrap();
-    let b = Channel::<u64>::buffered(&unique("sel-fair-b"), 4).unwrap();
+    let a = Channel::<u64>::named_buffered(&unique("sel-fair-a"), 4).unwrap();
+    let b = Channel::<u64>::named_buffered(&unique("sel-fair-b"), 4).unwrap();
     let (a_in, b_in, a_out, b_out) = (a.reader(), b.reader(), a.writer(), b.writer());
     a_out.write(0).unwrap();
     b_out.write(0).unwrap();
@@ -201,7 +201,7 @@ fn arm_bodies_run_outside_the_select_and_may_break_continue_or_use_the_question_
         }
         Ok(total)
     }
-    let a = Channel::<u64>::buffered(&unique("sel-body"), 8).unwrap();
+    let a = Channel::<u64>::named_buffered(&unique("sel-body"), 8).unwrap();
     let (a_in, a_out) = (a.reader(), a.writer());
     for v in [1, 0, 2, 0, 3] {
         a_out.write(v).unwrap();
@@ -215,7 +215,7 @@ fn arm_bodies_run_outside_the_select_and_may_break_continue_or_use_the_question_
 #[test]
 fn an_after_timer_fires_once_at_its_deadline_and_sleeps_without_cpu_until_then() {
     let _serial = common::timing();
-    let a = Channel::<u64>::new(&unique("sel-after")).unwrap();
+    let a = Channel::<u64>::named(&unique("sel-after")).unwrap();
     let (a_in, _a_out) = (a.reader(), a.writer());
     let timer = after(ms(150));
     let due = timer.deadline().unwrap();
@@ -247,7 +247,7 @@ fn an_after_timer_fires_once_at_its_deadline_and_sleeps_without_cpu_until_then()
 #[test]
 fn a_tick_timer_fires_every_period_while_other_arms_are_served() {
     let _serial = common::timing();
-    let a = Channel::<u64>::buffered(&unique("sel-tick"), 8).unwrap();
+    let a = Channel::<u64>::named_buffered(&unique("sel-tick"), 8).unwrap();
     let (a_in, a_out) = (a.reader(), a.writer());
     for v in [1, 2, 3] {
         a_out.write(v).unwrap();
@@ -292,8 +292,8 @@ fn write_n(out: ChannelOut<u64>, n: u64) {
 // crossbeam: stress_recv, with a ticker for a heartbeat
 #[test]
 fn a_server_serves_two_writer_processes_and_a_heartbeat_until_both_retire() {
-    let a = Channel::<u64>::new(&unique("sel-srv-a")).unwrap();
-    let b = Channel::<u64>::buffered(&unique("sel-srv-b"), 2).unwrap();
+    let a = Channel::<u64>::named(&unique("sel-srv-a")).unwrap();
+    let b = Channel::<u64>::named_buffered(&unique("sel-srv-b"), 2).unwrap();
     let (a_in, b_in) = (a.reader(), b.reader());
     let writers = Spawn((write_n(a.writer(), 2000), write_n(b.writer(), 2000))).unwrap();
     let (heartbeat, started) = (tick(ms(5)), Instant::now());

@@ -775,7 +775,7 @@ impl Chan {
     /// What a waiter record says its guard waits on for an offer in `reads`' table (see
     /// [`Offer`]).
     pub(crate) fn offer_key(&self, reads: bool) -> u64 {
-        self.offset() | if reads { 1 } else { 2 }
+        (self.key() << 2) | if reads { 1 } else { 2 }
     }
 
     /// The event the side of `reads`' table sleeps on (readers on `rx`, writers on `tx`).
