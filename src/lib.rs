@@ -45,6 +45,7 @@ pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
         replicate, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut, Chosen,
-        Parallel, Placement, Process, Sequence, SharedBlock, Spawn,
+        Parallel, Placement, Process, Sequence, SharedArray, SharedAtomicF64, SharedAtomicI64,
+        SharedAtomicU64, SharedBlock, Spawn, TryReadError, TryWriteError, WriteTimeoutError,
     };
 }

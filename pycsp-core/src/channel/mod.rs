@@ -14,6 +14,7 @@
 
 mod end;
 mod fingerprint;
+mod ops;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -31,6 +32,7 @@ use crate::shm::ring::Chan;
 use end::End;
 pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
+pub use ops::TryIter;
 
 /// A typed channel in the shared memory of this process network.
 ///
@@ -293,14 +295,6 @@ impl<T: Serialize> ChannelOut<T> {
     /// Writes `value` without taking ownership of it.
     pub fn write_ref(&self, value: &T) -> Result<(), ChannelError> {
         self.send(value, None)
-    }
-
-    /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
-    /// if the message could not be placed or, on a rendezvous channel, no reader took it by
-    /// then: the message is withdrawn, and no reader ever gets it. Exactly one of the two
-    /// happens: `Ok` (taken) or `Timeout` (withdrawn).
-    pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
-        self.send(&value, Some(Instant::now() + timeout))
     }
 
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {

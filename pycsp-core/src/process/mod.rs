@@ -27,6 +27,7 @@ mod launch;
 mod local;
 mod placed;
 mod running;
+mod spawned;
 mod table;
 
 use std::marker::PhantomData;
