@@ -302,3 +302,14 @@ fn a_socket_channel_refuses_shared_arrays_and_atomics_and_hands_them_back() {
         other => panic!("expected an Encode error with the atomic back: {other:?}"),
     }
 }
+
+#[test]
+fn a_piece_travels_in_a_message_too_large_for_a_ring_slot() {
+    let ch = Channel::<(SharedArray<u8>, Vec<u8>, SharedBlock)>::buffered(1).unwrap();
+    let (tx, rx) = (ch.writer(), ch.reader());
+    let a = SharedArray::from_slice(&[5; 10]).unwrap();
+    let b = SharedBlock::from_slice(&[6; 10]).unwrap();
+    tx.write((a, vec![7; 300], b)).unwrap();
+    let (a, v, b) = rx.read().unwrap();
+    assert_eq!((&a[..], v.len(), &b[..]), (&[5; 10][..], 300, &[6; 10][..]));
+}

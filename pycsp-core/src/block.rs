@@ -323,7 +323,14 @@ pub(crate) fn keeping<R>(f: impl FnOnce() -> R) -> (R, Kept) {
     let restore = Restore(outer);
     let r = f();
     drop(restore);
-    let kept = KEPT.with(|k| k.borrow_mut().split_off(from));
+    let kept = KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() == from {
+            Vec::new() // most messages carry no shared memory: no allocation
+        } else {
+            k.split_off(from)
+        }
+    });
     (r, Kept(kept))
 }
 

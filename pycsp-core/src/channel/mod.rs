@@ -312,21 +312,17 @@ impl<T: Serialize> ChannelOut<T> {
             // A type without drop glue holds no channel end: nothing to mark as sent.
             return write().map_err(|e| net::client::remote_error(chan, e.error));
         }
-        let (r, carried) = encoding(write);
-        match r {
-            Ok(()) => {
-                // SAFETY: `value` is borrowed for this whole call.
-                unsafe { carried.sent() };
-                Ok(())
-            }
-            Err(e) => {
-                if e.placed {
-                    // SAFETY: as above.
-                    unsafe { carried.sent() };
-                }
-                Err(net::client::remote_error(chan, e.error))
+        // Shared memory it carries (blocks, arrays) is spent once placed, as ends are: the
+        // encoding may take two passes, and a message not placed must not leak it.
+        let ((r, carried), kept) = crate::block::keeping(|| encoding(write));
+        if r.as_ref().err().is_none_or(|e| e.placed) {
+            // SAFETY: `value` is borrowed for this whole call.
+            unsafe {
+                carried.sent();
+                kept.spend();
             }
         }
+        r.map_err(|e| net::client::remote_error(chan, e.error))
     }
 
     pub(crate) fn chan(&self) -> Chan {
