@@ -1,5 +1,11 @@
-//! Python's `Value` and `Array`, the CSP way: shared data has one owner at a time. The child
-//! receives the data (a `SharedBlock` moves without copying), changes it, and hands it back.
+//! Python's `Value` and `Array`: a shared atomic number, and an array in shared memory that
+//! moves to the child and back (one owner at a time: the CSP way for data that is not a
+//! single number).
+//!
+//! `SharedAtomicF64` is a number every process holding a handle sees and changes at once,
+//! lock-free, as Python's `Value('d')` (without its lock). `SharedArray<i32>` is
+//! `Array('i', range(10))`: passing it to the process moves it there without copying, and the
+//! process hands it back as its return value.
 //!
 //! The Python counterpart is `examples/python/mp_value_array.py`; both print the same lines (checked by
 //! `tests/examples_output.rs`).
@@ -10,36 +16,22 @@ use pycsp::prelude::*;
 
 // ANCHOR: value_array
 #[process]
-fn f(
-    inp: ChannelIn<(f64, SharedBlock)>,
-    out: ChannelOut<(f64, SharedBlock)>,
-) -> Result<(), ChannelError> {
-    let (_n, mut a) = inp.read()?;
+fn f(n: SharedAtomicF64, mut a: SharedArray<i32>) -> SharedArray<i32> {
     #[allow(clippy::approx_constant)] // the very value Python's example stores
-    let n = 3.1415927;
-    for chunk in a.chunks_exact_mut(4) {
-        let v = i32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-        chunk.copy_from_slice(&(-v).to_ne_bytes());
+    n.store(3.1415927);
+    for x in a.iter_mut() {
+        *x = -*x;
     }
-    out.write((n, a)) // ownership goes back to the parent
+    a // ownership goes back to the parent
 }
 
 fn main() -> Result<(), pycsp::Error> {
-    let num = 0.0f64;
-    let arr: Vec<u8> = (0..10i32).flat_map(|i| i.to_ne_bytes()).collect();
-    let arr = SharedBlock::from_slice(&arr)?; // Array('i', range(10)) in shared memory
-    let (there, back) = (Channel::new()?, Channel::new()?);
-    let (send, recv) = (there.writer(), back.reader());
-    let p = Spawn(f(there.reader(), back.writer()))?;
-    send.write((num, arr))?;
-    let (num, arr) = recv.read()?;
-    p.join()??;
-    println!("{num}");
-    let ints: Vec<i32> = arr
-        .chunks_exact(4)
-        .map(|c| i32::from_ne_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    println!("{ints:?}");
+    let num = SharedAtomicF64::new(0.0)?; // Value('d', 0.0)
+    let arr = SharedArray::from_slice(&(0..10).collect::<Vec<i32>>())?; // Array('i', range(10))
+    let p = Spawn(f(num.clone(), arr))?; // p.start()
+    let arr = p.join()?; // p.join()
+    println!("{}", num.load());
+    println!("{:?}", &arr[..]);
     Ok(())
 }
 // ANCHOR_END: value_array

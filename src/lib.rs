@@ -45,7 +45,9 @@ pub mod prelude {
     pub use crate::process;
     pub use pycsp_core::{
         after, replicate, tick, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut,
-        Chosen, Parallel, Placement, Process, Sequence, SharedBlock, Spawn, Timer,
+        Chosen, Parallel, Placement, Process, Sequence, SharedArray, SharedAtomicF64,
+        SharedAtomicI64, SharedAtomicU64, SharedBlock, Spawn, Timer, TryReadError, TryWriteError,
+        WriteTimeoutError,
     };
     pub use pycsp_core::{fair_select, pri_select, select};
 }

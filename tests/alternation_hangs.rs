@@ -250,7 +250,7 @@ fn timed_writer(out: ChannelOut<u64>, id: u64, n: u64) -> (u64, u64) {
                 ok += 1;
                 sum = (sum + checksum(id, seq)) % (1 << 60);
             }
-            Err(ChannelError::Timeout) => {}
+            Err(WriteTimeoutError::Timeout(_)) => {}
             Err(e) => panic!("writer failed: {e}"),
         }
     }
@@ -419,7 +419,7 @@ fn stress_writer(
             }
             2 => match outs[j].write_timeout(v, Duration::from_micros(round % 4 * 50)) {
                 Ok(()) => true,
-                Err(ChannelError::Timeout) => false,
+                Err(WriteTimeoutError::Timeout(_)) => false,
                 Err(e) => panic!("writer failed: {e}"),
             },
             _ => {

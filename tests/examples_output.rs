@@ -113,6 +113,30 @@ fn shared_memory_array_prints_what_python_prints() {
 }
 
 #[test]
+fn array_farm_fills_every_element_in_place() {
+    assert_eq!(
+        run_example_with("array_farm", &["1000003", "3"]),
+        "1000003 elements filled in place by 3 worker processes, every one right: true\n"
+    );
+}
+
+#[test]
+fn channel_api_example_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("channel_api"),
+        "buffered 2 of 2, full: true\n\
+         try_write handed back \"ccc\"\n\
+         worker read 6 bytes\n\
+         no reader waiting: Err(Full(..))\n\
+         deadline passed, 2 handed back\n\
+         nothing was delivered: Err(Empty)\n\
+         try_iter took [0, 1, 2, 3, 4] without waiting\n\
+         alive: true\n\
+         killed: killed by signal 9 (SIGKILL)\n"
+    );
+}
+
+#[test]
 fn mmap_prints_what_python_prints() {
     check("mp_mmap", "b'HELLO world\\n'\n");
 }

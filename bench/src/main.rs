@@ -135,6 +135,15 @@ fn main() {
         t,
         || pycsp_rows::primes(cores),
     ));
+    for workers in [1, cores] {
+        rows.push(measure(
+            "pycsp",
+            &format!("fill 50M f64 SharedArray in place, {workers} proc."),
+            "s",
+            t,
+            || pycsp_rows::array_fill(50_000_000, workers),
+        ));
+    }
     rows.push(measure(
         "pycsp",
         "spawn and join 100 processes",

@@ -329,6 +329,57 @@ pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The value the array farm stores in element `i` (as `examples/array_farm.rs`).
+fn farm_value(i: usize) -> f64 {
+    (i as f64).sqrt().sin()
+}
+
+/// Fills each piece of a shared array it is given, in place, and hands it back.
+#[process]
+fn array_filler(
+    jobs: ChannelIn<SharedArray<f64>>,
+    done: ChannelOut<SharedArray<f64>>,
+) -> Result<(), ChannelError> {
+    for piece in &jobs {
+        let mut piece = piece?;
+        let start = piece.range().start;
+        for (i, x) in piece.iter_mut().enumerate() {
+            *x = farm_value(start + i);
+        }
+        done.write(piece)?;
+    }
+    Ok(())
+}
+
+/// Seconds for `workers` processes to fill a shared array of `n` f64 in place: split into one
+/// piece per worker, the pieces through channels and back, joined (the processes' start
+/// included, the array's allocation not). Checks every element afterwards.
+pub fn array_fill(n: usize, workers: usize) -> f64 {
+    let array = SharedArray::<f64>::zeroed(n).unwrap();
+    let start = Instant::now();
+    let (jobs, done) = (
+        Channel::buffered(workers).unwrap(),
+        Channel::buffered(workers).unwrap(),
+    );
+    let farm = Spawn(replicate(workers, |_| {
+        array_filler(jobs.reader(), done.writer())
+    }))
+    .unwrap();
+    let (tx, rx) = (jobs.writer(), done.reader());
+    for piece in array.split_into(workers) {
+        tx.write(piece).unwrap();
+    }
+    drop(tx);
+    let pieces: Vec<_> = (0..workers).map(|_| rx.read().unwrap()).collect();
+    for w in farm.join().unwrap() {
+        w.unwrap();
+    }
+    let array = SharedArray::join(pieces).unwrap();
+    let t = start.elapsed().as_secs_f64();
+    assert!(array.iter().enumerate().all(|(i, x)| *x == farm_value(i)));
+    t
+}
+
 /// Microseconds to create a channel, take a writer and a reader, and drop all three (its
 /// memory goes back to the arena).
 pub fn create_drop(n: u64) -> f64 {

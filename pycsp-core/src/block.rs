@@ -21,8 +21,9 @@
 //! # Ok::<(), pycsp_core::ChannelError>(())
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -41,7 +42,7 @@ pub struct SharedBlock {
     owned: Cell<bool>,
 }
 
-fn arena() -> Result<&'static Arena, ChannelError> {
+pub(crate) fn arena() -> Result<&'static Arena, ChannelError> {
     Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))
 }
 
@@ -154,7 +155,7 @@ impl Serialize for SharedBlock {
             return Err(serde::ser::Error::custom(NOT_OVER_SOCKETS));
         }
         let r = (self.offset, self.len as u64).serialize(s)?;
-        self.owned.set(false);
+        spent_by_serialize(&self.owned);
         Ok(r)
     }
 }
@@ -280,5 +281,213 @@ impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Accepts bytes, and also a string or a list of numbers.
         serde_bytes::ByteBuf::deserialize(d).map(|b| Bytes(b.into_vec()))
+    }
+}
+
+// Handles that move when serialized: kept until their message is placed.
+
+thread_local! {
+    /// Set while a message whose value comes back to its writer if it is not delivered is
+    /// encoded ([`keeping`]): the handles of shared memory serialized meanwhile stay owned,
+    /// listed in `KEPT`, until the message is placed ([`Kept::spend`]).
+    static KEEPING: Cell<bool> = const { Cell::new(false) };
+    static KEPT: RefCell<Vec<*const Cell<bool>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The handles a message being encoded carries (see [`keeping`]).
+pub(crate) struct Kept(Vec<*const Cell<bool>>);
+
+impl Kept {
+    /// The message was placed: the handles it carries now belong to whoever reads it.
+    ///
+    /// # Safety
+    ///
+    /// The value encoded by the [`keeping`] that returned this must still be alive, and not
+    /// moved since.
+    pub(crate) unsafe fn spend(self) {
+        for owned in self.0 {
+            // SAFETY: the caller guarantees the value, and so the handle's flag, is alive and
+            // where it was when it was encoded.
+            unsafe { (*owned).set(false) };
+        }
+    }
+}
+
+/// Runs `f`, which encodes a message (possibly in several passes over the same value) that
+/// may not be delivered, without spending the handles of shared memory it carries
+/// ([`SharedBlock`]s, pieces of shared arrays, shared atomics); returns them with `f`'s
+/// result, to be spent once the message is placed. Otherwise the value comes back whole.
+pub(crate) fn keeping<R>(f: impl FnOnce() -> R) -> (R, Kept) {
+    let from = KEPT.with(|k| k.borrow().len());
+    let outer = KEEPING.with(|k| k.replace(true));
+    /// Puts the flag back, also if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEPING.with(|k| k.set(self.0));
+        }
+    }
+    let restore = Restore(outer);
+    let r = f();
+    drop(restore);
+    let kept = KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() == from {
+            Vec::new() // most messages carry no shared memory: no allocation
+        } else {
+            k.split_off(from)
+        }
+    });
+    (r, Kept(kept))
+}
+
+/// A handle of shared memory whose ownership flag is `owned` was serialized: it is spent now
+/// or, inside [`keeping`], once its message is placed.
+pub(crate) fn spent_by_serialize(owned: &Cell<bool>) {
+    if KEEPING.with(Cell::get) {
+        let p: *const Cell<bool> = owned;
+        KEPT.with(|k| {
+            let mut k = k.borrow_mut();
+            if !k.contains(&p) {
+                k.push(p);
+            }
+        });
+    } else {
+        owned.set(false);
+    }
+}
+
+// Blocks shared by counted handles: the pieces of a shared array, the handles of a shared
+// atomic. The count lives in the block; the last handle dropped frees the block.
+
+const COUNTED_MAGIC: u64 = u64::from_le_bytes(*b"PYCSPSH1");
+/// Where the data of a counted block starts: aligned to this many bytes.
+pub(crate) const COUNTED_ALIGN: u64 = 64;
+/// Bytes of a counted block before its data, at most (header and alignment).
+const COUNTED_EXTRA: u64 = 128;
+
+/// The first bytes of a counted block's data.
+#[repr(C)]
+struct CountedHeader {
+    /// [`COUNTED_MAGIC`] while the block lives; 0 once freed.
+    magic: AtomicU64,
+    /// Handles that hold the block.
+    count: AtomicU64,
+    /// Bytes of data.
+    len: AtomicU64,
+}
+
+/// A block of the arena shared by counted handles (see [`Counted::acquire`] and
+/// [`Counted::release`]). Plain data: copying it does not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Counted {
+    /// The block's data offset (where its header is).
+    offset: u64,
+    /// Offset of the first byte of data, [`COUNTED_ALIGN`]-aligned.
+    data: u64,
+    /// Bytes of data.
+    len: u64,
+}
+
+impl Counted {
+    /// A new block for `len` bytes of data, all zero, held by one handle (a count of 1).
+    /// Fails as [`SharedBlock::new`] does, and changes nothing then.
+    pub(crate) fn new(len: u64) -> Result<Counted, ChannelError> {
+        let arena = arena()?;
+        let total = len
+            .checked_add(COUNTED_EXTRA)
+            .ok_or(ChannelError::TooLarge {
+                channel: String::new(),
+                len: u64::MAX,
+                max: arena.max_block_data(),
+            })?;
+        let offset = arena
+            .alloc_block(total)
+            .map_err(|e| e.into_channel_error(""))?;
+        let data = Self::data_of(offset);
+        let c = Counted { offset, data, len };
+        let hdr = c.header(arena);
+        hdr.count.store(1, Ordering::Relaxed);
+        hdr.len.store(len, Ordering::Relaxed);
+        hdr.magic.store(COUNTED_MAGIC, Ordering::Release);
+        // SAFETY: the `len` bytes at `data` lie inside the block just allocated (checked by
+        // `ptr`), which nobody else knows of yet.
+        unsafe { std::ptr::write_bytes(arena.ptr(data, len), 0, len as usize) };
+        Ok(c)
+    }
+
+    fn data_of(offset: u64) -> u64 {
+        (offset + std::mem::size_of::<CountedHeader>() as u64).next_multiple_of(COUNTED_ALIGN)
+    }
+
+    fn header(&self, arena: &Arena) -> &CountedHeader {
+        let p = arena.ptr(self.offset, std::mem::size_of::<CountedHeader>() as u64);
+        // SAFETY: the header lies inside the arena (checked by `ptr`), 16-byte aligned (a
+        // block's data), and is only accessed through its atomics.
+        unsafe { &*p.cast::<CountedHeader>() }
+    }
+
+    /// The counted block whose data offset is `offset` (as a handle's message carries it),
+    /// if a live one is there. Nothing that came over a socket may be given here.
+    pub(crate) fn attach(offset: u64) -> Result<Counted, String> {
+        let arena = arena().map_err(|e| e.to_string())?;
+        let size = arena.size();
+        let hlen = std::mem::size_of::<CountedHeader>() as u64;
+        if offset % 16 != 0 || offset.checked_add(COUNTED_EXTRA).is_none_or(|e| e > size) {
+            return Err(format!("no shared block at offset {offset}"));
+        }
+        let probe = Counted {
+            offset,
+            data: Self::data_of(offset),
+            len: 0,
+        };
+        let hdr = probe.header(arena);
+        if hdr.magic.load(Ordering::Acquire) != COUNTED_MAGIC
+            || hdr.count.load(Ordering::Acquire) == 0
+        {
+            return Err(format!("no live shared block at offset {offset}"));
+        }
+        let len = hdr.len.load(Ordering::Acquire);
+        if probe.data.checked_add(len).is_none_or(|e| e > size) || offset + hlen > probe.data {
+            return Err(format!(
+                "a shared block at {offset} lies outside shared memory"
+            ));
+        }
+        Ok(Counted { len, ..probe })
+    }
+
+    /// The block's data offset: what a message carries.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of data.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The first byte of data, [`COUNTED_ALIGN`]-aligned.
+    pub(crate) fn data_ptr(&self) -> *mut u8 {
+        let arena = Arena::get().expect("a counted block exists only where the arena is mapped");
+        arena.ptr(self.data, self.len)
+    }
+
+    /// `n` more handles hold the block.
+    pub(crate) fn acquire(&self, n: u64) {
+        if let Ok(arena) = Arena::get() {
+            self.header(arena).count.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// `n` handles let go of the block; the last one frees it.
+    pub(crate) fn release(&self, n: u64) {
+        let Ok(arena) = Arena::get() else { return };
+        let hdr = self.header(arena);
+        let before = hdr.count.fetch_sub(n, Ordering::AcqRel);
+        assert!(before >= n, "a shared block released more often than held");
+        if before == n {
+            hdr.magic.store(0, Ordering::Release);
+            arena.free_block(self.offset);
+        }
     }
 }

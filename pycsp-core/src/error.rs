@@ -241,3 +241,185 @@ pub enum Error {
         reason: String,
     },
 }
+
+/// Why [`ChannelOut::try_write`](crate::ChannelOut::try_write) did not write: crossbeam's
+/// `TrySendError<T>`. Whenever the message was not delivered the value comes back, with the
+/// channel ends and shared blocks it carries still live and owned by the caller.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TryWriteError<T> {
+    /// The buffer is full, or, on a rendezvous channel, no reader was waiting to take the
+    /// message (it was offered and withdrawn): nothing was written. The value.
+    Full(T),
+    /// The channel refuses writes (every reader retired, it was poisoned, a peer died) or the
+    /// value could not be written (it does not encode, it is too large): nothing was
+    /// written. The value, and why.
+    Failed(T, ChannelError),
+    /// The message was placed and a reader may have taken it when the channel failed (poison
+    /// during a rendezvous, or a reader that claimed it and died): the one case where it is
+    /// not known whether it was delivered (see the book's delivery contract). The value went
+    /// with the message, so it cannot come back.
+    Uncertain(ChannelError),
+}
+
+/// Why [`ChannelOut::write_timeout`](crate::ChannelOut::write_timeout) or
+/// [`write_deadline`](crate::ChannelOut::write_deadline) did not write: crossbeam's
+/// `SendTimeoutError<T>`. Whenever the message was not delivered the value comes back, with
+/// the channel ends and shared blocks it carries still live and owned by the caller.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteTimeoutError<T> {
+    /// The deadline passed with the message not placed (a full buffer) or, on a rendezvous
+    /// channel, not taken: it was withdrawn, and no reader will ever read it. The value.
+    Timeout(T),
+    /// As [`TryWriteError::Failed`]: nothing was written. The value, and why.
+    Failed(T, ChannelError),
+    /// As [`TryWriteError::Uncertain`]: the message may have been taken.
+    Uncertain(ChannelError),
+}
+
+/// Why [`ChannelIn::try_read`](crate::ChannelIn::try_read) read nothing: crossbeam's
+/// `TryRecvError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryReadError {
+    /// No message was there (and, on a rendezvous channel, no writer was offering one).
+    #[error("no message was waiting in the channel")]
+    Empty,
+    /// The channel ended or failed: `Retired` once every writer retired and the buffer is
+    /// drained, `Poisoned`, `PeerDied`, a message that does not decode...
+    #[error(transparent)]
+    Failed(ChannelError),
+}
+
+macro_rules! value_back {
+    ($name:ident, $would_block:ident, $what:literal) => {
+        impl<T> $name<T> {
+            /// The value, when it came back (every case but `Uncertain`).
+            pub fn into_inner(self) -> Option<T> {
+                match self {
+                    $name::$would_block(v) | $name::Failed(v, _) => Some(v),
+                    $name::Uncertain(_) => None,
+                }
+            }
+
+            /// The error without the value: [`ChannelError::Timeout`] for
+            #[doc = concat!("`", stringify!($would_block), "`")]
+            /// (the operation found nothing to do by its deadline, which for a `try_` one is
+            /// now), else the channel's error. In a function that returns `ChannelError`:
+            /// `.map_err(|e| e.error())?`. (There is no `From` conversion to `ChannelError`:
+            /// it would make `?` ambiguous in closures whose error type is inferred.)
+            pub fn error(&self) -> ChannelError {
+                match self {
+                    $name::$would_block(_) => ChannelError::Timeout,
+                    $name::Failed(_, e) | $name::Uncertain(e) => e.clone(),
+                }
+            }
+        }
+
+        impl<T> std::fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $name::$would_block(_) => write!(f, "{}(..)", stringify!($would_block)),
+                    $name::Failed(_, e) => write!(f, "Failed(.., {e:?})"),
+                    $name::Uncertain(e) => write!(f, "Uncertain({e:?})"),
+                }
+            }
+        }
+
+        impl<T> std::fmt::Display for $name<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $name::$would_block(_) => write!(f, $what),
+                    $name::Failed(_, e) => write!(f, "{e}"),
+                    $name::Uncertain(e) => {
+                        write!(f, "{e} (the message may have been taken)")
+                    }
+                }
+            }
+        }
+
+        impl<T> std::error::Error for $name<T> {}
+
+        /// For `?` in a function that returns `pycsp::Error`: the value is dropped.
+        impl<T> From<$name<T>> for Error {
+            fn from(e: $name<T>) -> Error {
+                Error::Channel(e.error())
+            }
+        }
+    };
+}
+
+value_back!(
+    TryWriteError,
+    Full,
+    "the channel is full (or, on a rendezvous channel, no reader was waiting)"
+);
+value_back!(
+    WriteTimeoutError,
+    Timeout,
+    "the write timed out: the message was withdrawn"
+);
+
+impl TryReadError {
+    /// The error as a [`ChannelError`]: `Empty` is [`ChannelError::Timeout`] (nothing was
+    /// there by the deadline, which for a `try_` operation is now). In a function that
+    /// returns `ChannelError`: `.map_err(|e| e.error())?`.
+    pub fn error(&self) -> ChannelError {
+        match self {
+            TryReadError::Empty => ChannelError::Timeout,
+            TryReadError::Failed(e) => e.clone(),
+        }
+    }
+}
+
+/// For `?` in a function that returns `pycsp::Error`.
+impl From<TryReadError> for Error {
+    fn from(e: TryReadError) -> Error {
+        Error::Channel(e.error())
+    }
+}
+
+/// Why [`SharedArray::join`](crate::array::SharedArray::join) refused its pieces; they come
+/// back, unchanged, with [`into_pieces`](Self::into_pieces).
+pub struct JoinError<P> {
+    reason: String,
+    pieces: Vec<P>,
+}
+
+impl<P> JoinError<P> {
+    pub(crate) fn new(reason: String, pieces: Vec<P>) -> JoinError<P> {
+        JoinError { reason, pieces }
+    }
+
+    /// What was wrong: pieces of different arrays, a piece missing, pieces that overlap.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The pieces given to `join`, in the order given.
+    pub fn into_pieces(self) -> Vec<P> {
+        self.pieces
+    }
+}
+
+impl<P> std::fmt::Debug for JoinError<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinError")
+            .field("reason", &self.reason)
+            .field("pieces", &self.pieces.len())
+            .finish()
+    }
+}
+
+impl<P> std::fmt::Display for JoinError<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot join the pieces of a shared array: {}",
+            self.reason
+        )
+    }
+}
+
+impl<P> std::error::Error for JoinError<P> {}

@@ -6,6 +6,8 @@
 //!   [`ChannelOut`]);
 //! - [`process`]: [`Process`], [`Parallel`], [`Sequence`], [`Spawn`];
 //! - [`alt`]: [`Alternation`] and the [`select!`] macro, with timers ([`after`], [`tick`]);
+//! - shared memory: [`SharedBlock`] (bytes), [`SharedArray`] (typed arrays that split into
+//!   pieces for workers), [`SharedAtomicU64`] and friends (`multiprocessing.Value`);
 //! - errors: [`ChannelError`], [`Error`], [`Failure`].
 //!
 //! Shared-memory layout, the wait/wake protocol and the module map (which module owns what,
@@ -14,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod alt;
+pub mod array;
 pub mod block;
 pub mod channel;
 mod error;
@@ -24,20 +27,27 @@ pub mod process;
 mod runtime;
 mod shm;
 mod sys;
+pub mod value;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
 pub use alt::{after, at, never, tick, Alternation, Chosen, Timer};
+pub use array::SharedArray;
 pub use block::{Bytes, SharedBlock};
+/// The plain-old-data trait of [`SharedArray`] elements ([`bytemuck::Pod`]).
+pub use bytemuck;
 pub use channel::{shared_memory_usage, Channel, ChannelIn, ChannelOut, Usage};
-pub use error::{ChannelError, Error, Failure};
+pub use error::{
+    ChannelError, Error, Failure, JoinError, TryReadError, TryWriteError, WriteTimeoutError,
+};
 /// Placements from a Slurm allocation ([`slurm::Allocation`]).
 pub use process::slurm;
 pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
 /// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].
 pub use serde_bytes;
+pub use value::{SharedAtomicF64, SharedAtomicI64, SharedAtomicU64};
 
 // crossbeam-channel's `select!` over an `Alternation` (see `alt/select.rs` for what the arms
 // expand to): defined here, in the crate root, where `#[macro_export]` puts them.
@@ -66,8 +76,8 @@ pub use serde_bytes;
 /// use std::time::Duration;
 /// use pycsp_core::{after, select, Channel};
 ///
-/// let numbers = Channel::<u64>::buffered("select-doc-numbers", 4)?;
-/// let words = Channel::<String>::buffered("select-doc-words", 4)?;
+/// let numbers = Channel::<u64>::buffered(4)?;
+/// let words = Channel::<String>::buffered(4)?;
 /// let (n_in, w_in) = (numbers.reader(), words.reader());
 /// words.writer().write("hi".to_string())?;
 ///

@@ -298,3 +298,30 @@ pub(crate) fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
 }
+
+/// Waits until the child process `pid` has exited, without reaping it (`waitid` with
+/// `WNOWAIT`): its pid stays ours until it is reaped. Returns at once if it already exited,
+/// or if it is not our child.
+pub(crate) fn wait_exited_unreaped(pid: u32) {
+    loop {
+        // SAFETY: waitid fills the siginfo it is given; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// Sends SIGKILL to `pid`. The caller must know that `pid` is its child, not yet reaped.
+pub(crate) fn kill_child(pid: u32) {
+    // SAFETY: kill only sends a signal; the caller guarantees the pid is its unreaped child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}

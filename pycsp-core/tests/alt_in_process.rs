@@ -3,7 +3,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pycsp_core::{Alternation, Channel, ChannelError, ChannelIn, ChannelOut};
+use pycsp_core::{Alternation, Channel, ChannelError, ChannelIn, ChannelOut, WriteTimeoutError};
 
 #[test]
 fn pri_select_takes_the_first_ready_guard_in_order() {
@@ -387,7 +387,7 @@ fn a_rendezvous_write_that_nobody_takes_by_its_deadline_is_withdrawn_and_times_o
         let start = Instant::now();
         assert_eq!(
             w.write_timeout(1, Duration::from_millis(200)),
-            Err(ChannelError::Timeout)
+            Err(WriteTimeoutError::Timeout(1))
         );
         (w, start.elapsed(), r)
     });
@@ -410,7 +410,7 @@ fn withdrawn_rendezvous_writes_of_large_messages_never_arrive_and_the_channel_wo
         for _ in 0..100 {
             assert_eq!(
                 w.write_timeout(vec![7; 4000], Duration::from_millis(1)),
-                Err(ChannelError::Timeout)
+                Err(WriteTimeoutError::Timeout(vec![7; 4000]))
             );
         }
         (w, r)

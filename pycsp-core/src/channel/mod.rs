@@ -14,6 +14,7 @@
 
 mod end;
 mod fingerprint;
+mod ops;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -32,6 +33,7 @@ use crate::shm::ring::Chan;
 use end::End;
 pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
+pub use ops::TryIter;
 
 /// A typed channel in the shared memory of this process network.
 ///
@@ -334,14 +336,6 @@ impl<T: Serialize> ChannelOut<T> {
         self.send(value, None)
     }
 
-    /// Like [`write`](Self::write), but gives up with [`ChannelError::Timeout`] after `timeout`
-    /// if the message could not be placed or, on a rendezvous channel, no reader took it by
-    /// then: the message is withdrawn, and no reader ever gets it. Exactly one of the two
-    /// happens: `Ok` (taken) or `Timeout` (withdrawn).
-    pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), ChannelError> {
-        self.send(&value, Some(Instant::now() + timeout))
-    }
-
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let chan = &self.end.chan;
         let write = || {
@@ -357,21 +351,17 @@ impl<T: Serialize> ChannelOut<T> {
             // A type without drop glue holds no channel end: nothing to mark as sent.
             return write().map_err(|e| net::client::remote_error(chan, e.error));
         }
-        let (r, carried) = encoding(write);
-        match r {
-            Ok(()) => {
-                // SAFETY: `value` is borrowed for this whole call.
-                unsafe { carried.sent() };
-                Ok(())
-            }
-            Err(e) => {
-                if e.placed {
-                    // SAFETY: as above.
-                    unsafe { carried.sent() };
-                }
-                Err(net::client::remote_error(chan, e.error))
+        // Shared memory it carries (blocks, arrays) is spent once placed, as ends are: the
+        // encoding may take two passes, and a message not placed must not leak it.
+        let ((r, carried), kept) = crate::block::keeping(|| encoding(write));
+        if r.as_ref().err().is_none_or(|e| e.placed) {
+            // SAFETY: `value` is borrowed for this whole call.
+            unsafe {
+                carried.sent();
+                kept.spend();
             }
         }
+        r.map_err(|e| net::client::remote_error(chan, e.error))
     }
 
     pub(crate) fn chan(&self) -> Chan {

@@ -28,6 +28,7 @@ mod local;
 mod placed;
 mod running;
 pub mod slurm;
+mod spawned;
 mod table;
 
 use std::marker::PhantomData;

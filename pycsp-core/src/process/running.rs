@@ -1,6 +1,8 @@
 //! Processes that were started: waiting for each, and turning how it ended into a result.
 
 use std::os::unix::process::ExitStatusExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
@@ -48,6 +50,37 @@ pub(crate) struct Running {
     pub(crate) ledger: Option<ChildLedger>,
 }
 
+/// What a watched process's reaper and its [`Watched`] handle share.
+#[derive(Default)]
+struct Watch {
+    /// Set under this lock when the process is reaped: until then its pid is ours, and may be
+    /// signalled by whoever holds the lock.
+    reaped: Mutex<bool>,
+    /// Set when the reaper has finished (the process was reaped and its result is ready).
+    done: Mutex<bool>,
+    finished: Condvar,
+}
+
+impl Watch {
+    fn lock(m: &Mutex<bool>) -> MutexGuard<'_, bool> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self) {
+        *Self::lock(&self.done) = true;
+        self.finished.notify_all();
+    }
+}
+
+/// Marks the reaper finished when dropped: also if waiting for the process panicked.
+struct Finish(Arc<Watch>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// A started process watched by a thread of its own, its reaper: the thread reads the child's
 /// report, marks the channels of the child's ends the moment it dies without one, and reaps
 /// it. So the peers of a process that dies learn of it at once, whether or not anyone joins.
@@ -59,6 +92,7 @@ pub(crate) struct Watched {
     /// A second handle on the control connection: ending it makes the child exit.
     stop: Option<Ctrl>,
     reaper: Reaper,
+    watch: Arc<Watch>,
 }
 
 enum Reaper {
@@ -72,14 +106,18 @@ impl Watched {
     pub(crate) fn new(r: Running) -> Watched {
         let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
         let stop = r.ctrl.try_clone().ok();
-        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(r)));
+        let watch = Arc::new(Watch::default());
+        let slot = Arc::new(Mutex::new(Some(r)));
         let theirs = slot.clone();
+        let their_watch = watch.clone();
         let spawned = std::thread::Builder::new()
             .name("pycsp-reaper".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                let finish = Finish(their_watch);
                 let r = theirs.lock().ok().and_then(|mut r| r.take());
-                r.expect("the reaper takes its process once").wait()
+                r.expect("the reaper takes its process once")
+                    .wait_watched(Some(&finish.0))
             });
         let reaper = match spawned {
             Ok(h) => Reaper::Thread(h),
@@ -94,6 +132,48 @@ impl Watched {
             ends,
             stop,
             reaper,
+            watch,
+        }
+    }
+
+    /// Whether the process has ended and [`join`](Self::join) would not wait (for a process
+    /// watched without a reaper thread: whether it exited).
+    pub(crate) fn finished(&self) -> bool {
+        match &self.reaper {
+            Reaper::Thread(_) => *Watch::lock(&self.watch.done),
+            Reaper::Inline(_) => sys::wait_child_exit(self.pid, Duration::ZERO),
+        }
+    }
+
+    /// Waits until [`finished`](Self::finished), or until `deadline`; whether it is.
+    pub(crate) fn wait_finished(&self, deadline: Instant) -> bool {
+        match &self.reaper {
+            Reaper::Thread(_) => {
+                let mut done = Watch::lock(&self.watch.done);
+                while !*done {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    done = match self.watch.finished.wait_timeout(done, deadline - now) {
+                        Ok((d, _)) => d,
+                        Err(e) => e.into_inner().0,
+                    };
+                }
+                true
+            }
+            Reaper::Inline(_) => {
+                sys::wait_child_exit(self.pid, deadline.saturating_duration_since(Instant::now()))
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL (for a placed process: its launcher, so the process
+    /// counts as lost), unless it was already reaped: its pid may then be another process's.
+    pub(crate) fn kill(&self) {
+        let reaped = Watch::lock(&self.watch.reaped);
+        if !*reaped {
+            sys::kill_child(self.pid);
         }
     }
 
@@ -112,7 +192,7 @@ impl Watched {
                     failure: Failure::Broken("its reaper thread panicked".into()),
                 })
             }),
-            Reaper::Inline(r) => r.wait(),
+            Reaper::Inline(r) => r.wait_watched(Some(&self.watch)),
         }
     }
 
@@ -127,7 +207,13 @@ impl Watched {
 }
 
 impl Running {
-    pub(crate) fn wait(mut self) -> Result<Returned, Error> {
+    pub(crate) fn wait(self) -> Result<Returned, Error> {
+        self.wait_watched(None)
+    }
+
+    /// Waits for the process and reaps it; with a `watch`, reaps it under its lock, so that a
+    /// `kill` never signals a pid that was reaped (and may be another process's by then).
+    fn wait_watched(mut self, watch: Option<&Watch>) -> Result<Returned, Error> {
         let report = control::receive(&mut self.ctrl, Kind::Report)
             .ok()
             .and_then(|b| rmp_serde::from_slice::<Report>(&b).ok());
@@ -151,7 +237,16 @@ impl Running {
             lost = true;
             let _ = self.child.kill();
         }
-        let status = self.child.wait();
+        let status = match watch {
+            None => self.child.wait(),
+            Some(w) => {
+                sys::wait_exited_unreaped(pid);
+                let mut reaped = Watch::lock(&w.reaped);
+                let status = self.child.wait();
+                *reaped = true;
+                status
+            }
+        };
         // The child can no longer run: whatever it still held goes.
         if let Some(l) = self.ledger.take() {
             l.settle();

@@ -1396,6 +1396,29 @@ impl Chan {
         }
         Ok(msg)
     }
+
+    /// How many messages a buffered channel's ring holds now, those being written or read
+    /// included (a snapshot: other processes may be writing and reading); 0 for a rendezvous
+    /// channel, whose messages wait in the ring only until a reader takes them.
+    pub(crate) fn len(&self) -> usize {
+        if self.is_rendezvous() {
+            return 0;
+        }
+        let (head_a, tail_a) = (&self.hdr.head.0, &self.hdr.tail.0);
+        // As crossbeam's `Channel::len`: `tail` read again unchanged means `head` was read
+        // while `tail` had that value, so `head` is not past it. A few tries; for a ring that
+        // keeps moving through all of them, the last reading, at most the capacity.
+        let mut d = 0;
+        for _ in 0..64 {
+            let tail = tail_a.load(Ordering::SeqCst);
+            let head = head_a.load(Ordering::SeqCst);
+            d = self.distance(head, tail);
+            if tail_a.load(Ordering::SeqCst) == tail {
+                break;
+            }
+        }
+        (d.min(self.hdr.ring_len)) as usize
+    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,12 @@ impl Event {
         }
     }
 
+    /// How many waiters announced that they sleep on this event now (a hint: they leave as
+    /// soon as they are woken).
+    pub(crate) fn sleepers(&self) -> u32 {
+        self.sleepers.load(Ordering::SeqCst)
+    }
+
     /// Waits until `ready` returns `Some`, or until `deadline` passes (then `None`).
     ///
     /// `ready` is called repeatedly and must be cheap; it is always called once more after
