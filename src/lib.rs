@@ -38,13 +38,13 @@
 #![warn(missing_docs)]
 
 pub use pycsp_core::*;
-pub use pycsp_macros::process;
+pub use pycsp_macros::{pool_fn, process};
 
 /// Everything a CSP program usually needs: `use pycsp::prelude::*;`.
 pub mod prelude {
-    pub use crate::process;
+    pub use crate::{pool_fn, process};
     pub use pycsp_core::{
         replicate, Alternation, Bytes, Channel, ChannelError, ChannelIn, ChannelOut, Chosen,
-        Parallel, Placement, Process, Sequence, SharedBlock, Spawn,
+        Parallel, Placement, Pool, Process, Sequence, SharedBlock, Spawn,
     };
 }

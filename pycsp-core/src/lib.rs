@@ -31,7 +31,10 @@ pub mod __private;
 pub use alt::{Alternation, Chosen};
 pub use block::{Bytes, SharedBlock};
 pub use channel::{Channel, ChannelIn, ChannelOut};
-pub use error::{ChannelError, Error, Failure};
-pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
+pub use error::{AsChannelError, ChannelError, Error, Failure, Outcome, Outcomes};
+pub use process::{
+    replicate, AsyncResult, Imap, Parallel, Placement, Pool, PoolFn, Process, ProcessSet, Sequence,
+    Spawn, Spawned,
+};
 /// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].
 pub use serde_bytes;

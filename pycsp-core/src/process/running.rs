@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use super::control::{self, Ctrl, Report, EXIT_PARENT_GONE};
 use super::table::display_name;
-use crate::error::{Error, Failure};
+use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
 use crate::runtime::mark_peer_died;
@@ -30,7 +30,28 @@ impl Returned {
             name: display_name(self.name).to_string(),
             pid: self.pid,
             failure: Failure::Broken(format!("its return value could not be decoded: {e}")),
+            outcomes: Outcomes::default(),
         })
+    }
+
+    /// This process's outcome, as an error's [`Outcomes`] keep it.
+    pub(crate) fn outcome(&self) -> Outcome {
+        Outcome::returned(
+            display_name(self.name).to_string(),
+            self.pid,
+            self.bytes.clone(),
+        )
+    }
+}
+
+/// The outcome of a process that did not return a value (its error is a `ProcessFailed`, or
+/// another error, kept as `Broken`).
+pub(crate) fn failed_outcome(e: &Error) -> Outcome {
+    match e {
+        Error::ProcessFailed {
+            name, pid, failure, ..
+        } => Outcome::failed(name.clone(), *pid, failure.clone()),
+        other => Outcome::failed(String::new(), 0, Failure::Broken(other.to_string())),
     }
 }
 
@@ -108,6 +129,7 @@ impl Watched {
                     name: display_name(self.name).to_string(),
                     pid: self.pid,
                     failure: Failure::Broken("its reaper thread panicked".into()),
+                    outcomes: Outcomes::default(),
                 })
             }),
             Reaper::Inline(r) => r.wait(),
@@ -155,6 +177,7 @@ impl Running {
             name: name.to_string(),
             pid,
             failure,
+            outcomes: Outcomes::default(),
         };
         match report {
             Some(Report::Returned(bytes)) => Ok(Returned {
