@@ -63,7 +63,8 @@ pub(crate) struct Running {
     /// Placed by a launcher: `child` is the launcher, and a lost connection means a lost
     /// process.
     pub(crate) placed: bool,
-    /// Channels whose ends the child holds: poisoned if it dies without reporting.
+    /// Channels whose ends the child holds: marked as held by a dead process (`PeerDied`)
+    /// if it dies without reporting.
     pub(crate) ends: Vec<u64>,
 }
 
