@@ -38,10 +38,7 @@ fn main() -> Result<(), pycsp::Error> {
 
     // ANCHOR: imap
     // imap is lazy: it takes items as workers free up, so an endless input is fine.
-    let first: Vec<u64> = pool
-        .imap(square, 1..)?
-        .take(4)
-        .collect::<Result<_, _>>()?;
+    let first: Vec<u64> = pool.imap(square, 1..)?.take(4).collect::<Result<_, _>>()?;
     println!("imap of 1..: {first:?}");
     // imap_unordered yields each result as soon as it is there.
     let mut any_order: Vec<u64> = pool

@@ -328,7 +328,15 @@ impl Core {
                         ))),
                     };
                 }
-                Err(_) => self.lost(shared, slot, call)?,
+                Err(e) if ended(&e) => self.lost(shared, slot, call)?,
+                Err(e) => {
+                    // An answer that could not be read: the worker lives on.
+                    let w = self.workers[slot].as_mut().expect("a busy worker");
+                    if w.held.pop_front().is_some_and(|h| h.call == call.id) {
+                        call.open -= 1;
+                        return Err(Error::Channel(e));
+                    }
+                }
             }
         }
     }
@@ -368,10 +376,16 @@ impl Core {
                     start: start as u64,
                     items,
                 };
-                // The buffer has room for DEPTH jobs: this does not wait. It fails only if the
-                // worker is gone.
-                if w.jobs.write(job).is_err() {
-                    self.lost(shared, slot, call)?;
+                // The buffer has room for DEPTH jobs: this does not wait.
+                match w.jobs.write(job) {
+                    Ok(()) => {}
+                    Err(e) if ended(&e) => self.lost(shared, slot, call)?,
+                    Err(e) => {
+                        // Not sent (too large for the shared memory, say): the worker is fine.
+                        w.held.pop_back();
+                        call.open -= 1;
+                        return Err(Error::Channel(e));
+                    }
                 }
             }
         }
@@ -456,6 +470,14 @@ impl Core {
             failure,
         })
     }
+}
+
+/// Whether `e` says a worker's channel ended: the worker is gone (or going).
+fn ended(e: &ChannelError) -> bool {
+    matches!(
+        e,
+        ChannelError::PeerDied { .. } | ChannelError::Retired | ChannelError::Poisoned
+    )
 }
 
 /// A thread's token, to tell the thread that holds a pool's core.
@@ -652,7 +674,8 @@ impl Pool {
         self.size
     }
 
-    /// The OS process ids of the workers now (a replaced worker has a new one).
+    /// The OS process ids of the workers now (a replaced worker has a new one); empty while
+    /// a call holds the pool.
     pub fn pids(&self) -> Vec<u32> {
         match self.core.try_lock() {
             Ok(core) => core.workers.iter().flatten().map(|w| w.pid).collect(),
