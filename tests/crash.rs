@@ -41,7 +41,9 @@ fn a_peer_killed_from_outside_wakes_blocked_readers_with_peer_died_within_100ms(
     let r = h.join();
     let latency = killed_at.elapsed();
     match r {
-        Err(Error::ProcessFailed { name, pid, failure }) => {
+        Err(Error::ProcessFailed {
+            name, pid, failure, ..
+        }) => {
             assert!(name.ends_with("hold_and_wait"), "{name}");
             assert_eq!(pid, pids[1]);
             assert_eq!(failure, Failure::Signaled(libc::SIGKILL));

@@ -218,3 +218,18 @@ fn crash_prints_what_the_book_shows() {
          \x20 Parallel: process fragile killed by signal 6 (SIGABRT)\n"
     );
 }
+
+#[test]
+fn pool_tour_prints_what_the_book_shows() {
+    assert_eq!(
+        run_example("pool"),
+        "map: [1, 4, 9, 16, 25]\n\
+         starmap: [1024, 27]\n\
+         sum of 10000 squares: 333283335000\n\
+         still callable here: 144\n\
+         imap of 1..: [1, 4, 9, 16]\n\
+         imap_unordered, sorted: [0, 1, 4, 9, 16, 25]\n\
+         item 2 failed: worker panicked: cannot invert 0\n\
+         after: [0.25, 0.5]\n"
+    );
+}

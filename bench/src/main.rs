@@ -151,6 +151,14 @@ fn main() {
         t,
         || pycsp_rows::spawn(100),
     ));
+    for (name, chunksize) in [
+        ("Pool.map, 100,000 tiny items, default chunks", None),
+        ("Pool.map, 100,000 tiny items, chunksize 1", Some(1)),
+    ] {
+        rows.push(measure("pycsp", name, "items/s", t, || {
+            pycsp_rows::pool_map(cores, 100_000, chunksize)
+        }));
+    }
     let (rss, pss) = pycsp_rows::idle_process_memory();
     rows.push(measure("pycsp", "idle process, resident", "KiB", 1, || rss));
     rows.push(measure(
@@ -322,6 +330,36 @@ fn main() {
         }
     } else {
         eprintln!("  (python3 not available: Python rows skipped)");
+    }
+
+    let want_pool = stats::ONLY
+        .get()
+        .is_none_or(|o| "Python Pool.map".contains(o.as_str()) || o.contains("Pool.map"));
+    match want_pool
+        .then(|| peers::python_pool(t.min(5), 100_000, cores))
+        .flatten()
+    {
+        Some(py) => {
+            for (key, name) in [
+                ("chunked", "Python Pool.map, 100,000 tiny, default chunks"),
+                ("chunksize1", "Python Pool.map, 100,000 tiny, chunksize=1"),
+            ] {
+                if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
+                    let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+                    rows.push(Row {
+                        group: "peers",
+                        name: name.into(),
+                        unit: "items/s",
+                        median: f(0),
+                        min: f(1),
+                        max: f(2),
+                        trials: t.min(5),
+                    });
+                }
+            }
+        }
+        None if want_pool => eprintln!("  (python3 not available: Python Pool rows skipped)"),
+        None => {}
     }
 
     let get = |name: &str| {

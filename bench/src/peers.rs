@@ -184,6 +184,60 @@ pub fn python(trials: usize, iters: u64) -> Option<serde_json::Map<String, serde
     serde_json::from_slice(&out.stdout).ok()
 }
 
+const PYTHON_POOL: &str = r#"
+import json, sys, time, multiprocessing as mp
+
+def tiny(x):
+    return x * x
+
+def median(f, trials):
+    v = sorted(f() for _ in range(trials))
+    return [v[len(v)//2], v[0], v[-1]]
+
+if __name__ == "__main__":
+    trials, n, workers = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    out = {}
+    with mp.Pool(workers) as pool:
+        pool.map(tiny, range(1000))
+        def run(chunksize):
+            def trial():
+                t = time.perf_counter()
+                r = pool.map(tiny, range(n), chunksize)
+                assert len(r) == n
+                return n / (time.perf_counter() - t)
+            return trial
+        out["chunked"] = median(run(None), trials)
+        out["chunksize1"] = median(run(1), trials)
+    print(json.dumps(out))
+"#;
+
+/// Python's `Pool.map` over `n` tiny items on `workers` processes, with its default chunk size
+/// (`chunked`) and with `chunksize=1`: items per second, [median, min, max], if python3 runs.
+pub fn python_pool(
+    trials: usize,
+    n: u64,
+    workers: usize,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let dir = std::env::temp_dir().join(format!("pycsp-bench-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = dir.join("pool_bench.py");
+    std::fs::write(&script, PYTHON_POOL).ok()?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(trials.to_string())
+        .arg(n.to_string())
+        .arg(workers.to_string())
+        .output()
+        .ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if !out.status.success() {
+        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// ipc-channel between two processes: (round trip in ns, one-way u64 messages per second).
 ///
 /// The peer is forked while this process runs no other thread; it bootstraps through an

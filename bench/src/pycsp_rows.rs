@@ -471,3 +471,25 @@ pub fn many_channels(n: u64) -> ([f64; 3], [f64; 3]) {
     reply_per_request(n);
     (before, snapshot())
 }
+
+/// A tiny pool function: the per-item cost of a pool is all that is left to measure.
+#[pool_fn]
+fn tiny(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+/// Items per second of `Pool::map` over `n` tiny items on a pool of `workers` (started before
+/// the clock), with Python's default chunk size or with `chunksize` items per job.
+pub fn pool_map(workers: usize, n: u64, chunksize: Option<usize>) -> f64 {
+    let pool = Pool::new(workers).unwrap().progress(false);
+    pool.map(tiny, 0..1000).unwrap(); // every worker has run once
+    let start = Instant::now();
+    let out = match chunksize {
+        Some(c) => pool.chunksize(c).map(tiny, 0..n),
+        None => pool.map(tiny, 0..n),
+    }
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(out.len() as u64, n);
+    n as f64 / secs
+}

@@ -220,6 +220,12 @@ pub enum Error {
     Channel(#[from] ChannelError),
     /// A process did not return a value.
     #[error("process {name} (pid {pid}) {failure}")]
+    ///
+    /// From a combinator that ran several processes, `outcomes` holds how **every** one of
+    /// them ended, in the order of the set (a tuple's members in order, a `Vec` or array
+    /// element by element): the values the others returned are not lost with the failure
+    /// (see [`Outcomes`]; `Spawned::join_outcomes` gives them typed instead). It is empty
+    /// when the error concerns one process only.
     ProcessFailed {
         /// The process's function, with its module path.
         name: String,
@@ -227,6 +233,9 @@ pub enum Error {
         pid: u32,
         /// How it ended.
         failure: Failure,
+        /// How every process of the set ended, this one included (empty for one process).
+        #[serde(default)]
+        outcomes: Outcomes,
     },
     /// A process could not be started (its arguments could not be encoded, the operating
     /// system refused, a placed process did not connect back). The channels of the ends
@@ -240,6 +249,274 @@ pub enum Error {
         /// What the operating system said.
         reason: String,
     },
+    /// A worker of a [`Pool`](crate::Pool) did not return the results of a call: it panicked
+    /// in the function (on item `item`), or died (killed, exited) while it ran items
+    /// `items.0..items.1` of the call (`item` is then the first of them). The pool has
+    /// replaced the worker; the call's other results are dropped.
+    #[error("pool worker {worker} (pid {pid}) running {function} on item {item} {failure}")]
+    PoolWorker {
+        /// The worker's number in the pool (0 to the pool's size - 1).
+        worker: usize,
+        /// The worker's OS process id.
+        pid: u32,
+        /// The pool function, with its module path.
+        function: String,
+        /// The position of the item in the call's input (the first item of `items` when the
+        /// worker died without saying which item it was running).
+        item: usize,
+        /// The items the worker had taken and not answered (a chunk, or one item).
+        items: (usize, usize),
+        /// How the worker ended.
+        failure: Failure,
+    },
+    /// A [`Pool`](crate::Pool) call that cannot be made: the pool was terminated, or the
+    /// function is not a pool function of this binary.
+    #[error("pool: {0}")]
+    Pool(String),
+}
+
+impl Error {
+    /// How every process of the set ended, when this error is a process failure from a
+    /// combinator that ran several (see [`Error::ProcessFailed`]).
+    pub fn outcomes(&self) -> Option<&Outcomes> {
+        match self {
+            Error::ProcessFailed { outcomes, .. } if !outcomes.is_empty() => Some(outcomes),
+            _ => None,
+        }
+    }
+}
+
+/// How each process of a set ended, in the order of the set: carried by
+/// [`Error::ProcessFailed`] so that when one process of a `Parallel` fails, what the others
+/// returned is still there to take.
+///
+/// ```ignore
+/// match Parallel((count(jobs.reader()), fragile(out.writer()))) {
+///     Err(e) => {
+///         let outcomes = e.outcomes().expect("two processes ran");
+///         let counted: u64 = outcomes[0].value()?;   // the survivor's return value
+///         assert!(outcomes[1].failure().is_some());  // how the other one failed
+///     }
+///     Ok(_) => {}
+/// }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes(Vec<Outcome>);
+
+impl Outcomes {
+    pub(crate) fn new(v: Vec<Outcome>) -> Outcomes {
+        Outcomes(v)
+    }
+
+    /// Every outcome, in the order of the set.
+    pub fn iter(&self) -> std::slice::Iter<'_, Outcome> {
+        self.0.iter()
+    }
+
+    /// The outcomes of the processes that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &Outcome> {
+        self.0.iter().filter(|o| o.failure.is_some())
+    }
+}
+
+impl std::ops::Deref for Outcomes {
+    type Target = [Outcome];
+    fn deref(&self) -> &[Outcome] {
+        &self.0
+    }
+}
+
+impl IntoIterator for Outcomes {
+    type Item = Outcome;
+    type IntoIter = std::vec::IntoIter<Outcome>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// How one process of a set ended: the value it returned (encoded, decoded by
+/// [`value`](Self::value) as the process's return type), or how it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The process's function, with its module path.
+    pub process: String,
+    /// Its OS process id.
+    pub pid: u32,
+    /// Its return value, MessagePack-encoded, if it returned one.
+    #[serde(with = "serde_bytes")]
+    returned: Vec<u8>,
+    /// How it failed, if it did not return a value.
+    failure: Option<Failure>,
+}
+
+impl Outcome {
+    pub(crate) fn returned(process: String, pid: u32, bytes: Vec<u8>) -> Outcome {
+        Outcome {
+            process,
+            pid,
+            returned: bytes,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn failed(process: String, pid: u32, failure: Failure) -> Outcome {
+        Outcome {
+            process,
+            pid,
+            returned: Vec::new(),
+            failure: Some(failure),
+        }
+    }
+
+    /// How the process failed, or `None` if it returned a value.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    /// The value the process returned, decoded as `R` (its return type), or the error of a
+    /// process that did not return one (or whose value is not an `R`).
+    pub fn value<R: serde::de::DeserializeOwned>(&self) -> Result<R, Error> {
+        let fail = |failure| Error::ProcessFailed {
+            name: self.process.clone(),
+            pid: self.pid,
+            failure,
+            outcomes: Outcomes::default(),
+        };
+        if let Some(f) = &self.failure {
+            return Err(fail(f.clone()));
+        }
+        rmp_serde::from_slice(&self.returned).map_err(|e| {
+            fail(Failure::Broken(format!(
+                "its return value could not be decoded as {}: {e}",
+                std::any::type_name::<R>()
+            )))
+        })
+    }
+}
+
+/// What an error a `#[process]` returns says about its channels: the [`ChannelError`] it
+/// stands for, if any. A process that returns `Err(e)` where `e` stands for
+/// [`ChannelError::Poisoned`] poisons all of its channel ends (as PyCSP's `@process` does,
+/// so poison spreads through a network); one that stands for [`ChannelError::PeerDied`]
+/// passes the crash on to its peers.
+///
+/// `#[process]` finds this out for any error type:
+/// - types that implement this trait: [`ChannelError`], [`Error`] (its `Channel` variant),
+///   `String` and `&str` (the text of `Poisoned`, as `e.to_string()` makes it),
+///   `Box<dyn std::error::Error>` (with or without `Send + Sync`, downcast),
+///   `std::io::Error` (its inner error), `Infallible`, `()`;
+/// - otherwise any `std::error::Error + 'static` type, or a type that is
+///   `AsRef<dyn std::error::Error + Send + Sync>` (as `anyhow::Error`): the error and its
+///   chain of [`source`](std::error::Error::source)s are searched for a `ChannelError` or an
+///   [`Error`], and an error whose text is that of `Poisoned` counts as poisoned (an
+///   `#[error(transparent)]` wrapper);
+/// - any other error type is a compile error that asks for an implementation of this trait.
+///
+/// ```
+/// use pycsp_core::{AsChannelError, ChannelError};
+///
+/// enum JobError {
+///     Channel(ChannelError),
+///     BadInput(String),
+/// }
+///
+/// impl AsChannelError for JobError {
+///     fn as_channel_error(&self) -> Option<ChannelError> {
+///         match self {
+///             JobError::Channel(e) => Some(e.clone()),
+///             JobError::BadInput(_) => None,
+///         }
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a #[process] returning `Result<_, {Self}>` cannot tell whether `{Self}` means its channels were poisoned",
+    label = "the error type of this process's Result",
+    note = "implement `pycsp::AsChannelError` for `{Self}` (return None for errors that are not about channels), or return an error type that implements `std::error::Error`"
+)]
+pub trait AsChannelError {
+    /// The channel error this error stands for, if any.
+    fn as_channel_error(&self) -> Option<ChannelError>;
+}
+
+impl AsChannelError for ChannelError {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        Some(self.clone())
+    }
+}
+
+impl AsChannelError for Error {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        match self {
+            Error::Channel(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The channel error named by `text`, when it is the text of `Poisoned`.
+fn from_text(text: &str) -> Option<ChannelError> {
+    (text == ChannelError::Poisoned.to_string()).then_some(ChannelError::Poisoned)
+}
+
+impl AsChannelError for String {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        from_text(self)
+    }
+}
+
+impl AsChannelError for &str {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        from_text(self)
+    }
+}
+
+impl AsChannelError for Box<dyn std::error::Error> {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        in_chain(&**self)
+    }
+}
+
+impl AsChannelError for Box<dyn std::error::Error + Send + Sync> {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        in_chain(&**self)
+    }
+}
+
+impl AsChannelError for std::io::Error {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        match self.get_ref() {
+            Some(inner) => in_chain(inner),
+            None => None,
+        }
+    }
+}
+
+impl AsChannelError for std::convert::Infallible {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        None
+    }
+}
+
+impl AsChannelError for () {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        None
+    }
+}
+
+/// The channel error that `e` or one of its sources is, or whose text `e` has.
+pub(crate) fn in_chain(e: &(dyn std::error::Error + 'static)) -> Option<ChannelError> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<ChannelError>() {
+            return Some(c.clone());
+        }
+        if let Some(Error::Channel(c)) = e.downcast_ref::<Error>() {
+            return Some(c.clone());
+        }
+        next = e.source();
+    }
+    from_text(&e.to_string())
 }
 
 /// Why [`ChannelOut::try_write`](crate::ChannelOut::try_write) did not write: crossbeam's

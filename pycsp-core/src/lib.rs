@@ -40,11 +40,15 @@ pub use block::{Bytes, SharedBlock};
 pub use bytemuck;
 pub use channel::{shared_memory_usage, Channel, ChannelIn, ChannelOut, Usage};
 pub use error::{
-    ChannelError, Error, Failure, JoinError, TryReadError, TryWriteError, WriteTimeoutError,
+    AsChannelError, ChannelError, Error, Failure, JoinError, Outcome, Outcomes, TryReadError,
+    TryWriteError, WriteTimeoutError,
 };
 /// Placements from a Slurm allocation ([`slurm::Allocation`]).
 pub use process::slurm;
-pub use process::{replicate, Parallel, Placement, Process, ProcessSet, Sequence, Spawn, Spawned};
+pub use process::{
+    replicate, AsyncResult, Imap, Parallel, Placement, Pool, PoolFn, Process, ProcessSet, Sequence,
+    Spawn, Spawned,
+};
 /// `#[serde(with = "pycsp::serde_bytes")]` sends a `Vec<u8>` field as bytes, like [`Bytes`].
 pub use serde_bytes;
 pub use value::{SharedAtomicF64, SharedAtomicI64, SharedAtomicU64};

@@ -1,13 +1,16 @@
 //! What `#[process]` expands to calls. Not a public API.
 
-pub use crate::process::{child_entry, ProcessEntry, PROCESSES};
+pub use crate::process::{
+    child_entry, run_chunk, worker_entry, PoolFnEntry, ProcessEntry, POOL_FNS, POOL_WORKER,
+    PROCESSES,
+};
 pub use linkme;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{begin_returning, finish_returning};
-use crate::error::{ChannelError, Error};
+use crate::error::{in_chain, AsChannelError, ChannelError};
 use crate::runtime::{poison_own_ends, spread_peer_died};
 
 /// What a `#[process]` parameter or return type must be: it is serialized into another
@@ -35,54 +38,105 @@ pub fn encode_return<R: Serialize>(r: &R) -> Result<Vec<u8>, String> {
 }
 
 /// Wraps a return value so that method resolution picks what to do with it (autoref
-/// specialization): poison and crashes spread from `Result<_, ChannelError>` and
-/// `Result<_, Error>`.
+/// specialization): a `Result`'s error is looked at, any other value is not.
 pub struct Probe<'a, T>(pub &'a T);
+
+/// The error of a process's `Result`, if it returned `Err`.
+pub trait ViaResult<'a> {
+    type E;
+    fn __pycsp_err(&self) -> Option<&'a Self::E>;
+}
+
+impl<'a, T, E> ViaResult<'a> for Probe<'a, Result<T, E>> {
+    type E = E;
+    fn __pycsp_err(&self) -> Option<&'a E> {
+        self.0.as_ref().err()
+    }
+}
+
+/// Any other return value: no error (ends retire when dropped).
+pub trait ViaAny<'a> {
+    fn __pycsp_err(&self) -> Option<&'a NotAResult> {
+        None
+    }
+}
+
+impl<'a, T> ViaAny<'a> for &Probe<'a, T> {}
+
+/// The "error" of a return value that is not a `Result`.
+pub enum NotAResult {}
+
+impl AsChannelError for NotAResult {
+    fn as_channel_error(&self) -> Option<ChannelError> {
+        match *self {}
+    }
+}
+
+/// Wraps a process's error so that method resolution finds what it says about channels, in
+/// this order (see [`AsChannelError`]): the error type implements `AsChannelError`; it is a
+/// `std::error::Error` (its chain of sources is searched); it is
+/// `AsRef<dyn std::error::Error + Send + Sync>` (as `anyhow::Error`); else a compile error.
+pub struct ErrProbe<'a, E>(pub &'a E);
+
+pub trait ViaAsChannelError {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError>;
+}
+
+impl<E: AsChannelError> ViaAsChannelError for &&&ErrProbe<'_, E> {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError> {
+        self.0.as_channel_error()
+    }
+}
+
+pub trait ViaStdError {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError>;
+}
+
+impl<E: std::error::Error + 'static> ViaStdError for &&ErrProbe<'_, E> {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError> {
+        in_chain(self.0)
+    }
+}
+
+pub trait ViaDynError {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError>;
+}
+
+impl<E: AsRef<dyn std::error::Error + Send + Sync>> ViaDynError for &ErrProbe<'_, E> {
+    fn __pycsp_channel_error(&self) -> Option<ChannelError> {
+        in_chain(self.0.as_ref())
+    }
+}
+
+/// Any other error type: a compile error (the bound of the method fails), whose message
+/// asks for an implementation of [`AsChannelError`].
+pub trait ViaUnknown {
+    type E;
+    fn __pycsp_channel_error(&self) -> Option<ChannelError>
+    where
+        Self::E: AsChannelError;
+}
+
+impl<E> ViaUnknown for ErrProbe<'_, E> {
+    type E = E;
+    fn __pycsp_channel_error(&self) -> Option<ChannelError>
+    where
+        E: AsChannelError,
+    {
+        self.0.as_channel_error()
+    }
+}
 
 /// What a process that ends with channel error `e` does to all of its channel ends:
 /// `Poisoned` poisons them; `PeerDied` marks them as held by the process that died, so that
 /// its peers get `PeerDied` naming that process, not `Retired`.
-fn spread(e: &ChannelError) {
+pub fn spread(e: Option<ChannelError>) {
     match e {
-        ChannelError::Poisoned => poison_own_ends(),
-        ChannelError::PeerDied { pid, process, .. } => spread_peer_died(*pid, process),
+        Some(ChannelError::Poisoned) => poison_own_ends(),
+        Some(ChannelError::PeerDied { pid, process, .. }) => spread_peer_died(pid, &process),
         _ => {}
     }
 }
-
-/// A process that returns `Err(ChannelError::Poisoned)` poisons all of its channel ends; one
-/// that returns `Err(ChannelError::PeerDied { .. })` passes the crash on.
-pub trait ViaChannelResult {
-    fn __pycsp_propagate(&self);
-}
-
-impl<T> ViaChannelResult for Probe<'_, Result<T, ChannelError>> {
-    fn __pycsp_propagate(&self) {
-        if let Err(e) = self.0 {
-            spread(e);
-        }
-    }
-}
-
-/// Same for `Err(Error::Channel(..))`.
-pub trait ViaErrorResult {
-    fn __pycsp_propagate(&self);
-}
-
-impl<T> ViaErrorResult for Probe<'_, Result<T, Error>> {
-    fn __pycsp_propagate(&self) {
-        if let Err(Error::Channel(e)) = self.0 {
-            spread(e);
-        }
-    }
-}
-
-/// Any other return value: nothing to spread (ends retire when dropped).
-pub trait ViaAny {
-    fn __pycsp_propagate(&self) {}
-}
-
-impl<T> ViaAny for &Probe<'_, T> {}
 
 /// Put first in every process body: when it drops, the body's other locals are gone and the
 /// parameters are about to drop; their ends then retire only at [`retire_deferred`], after the

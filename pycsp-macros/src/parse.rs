@@ -16,54 +16,57 @@ pub(crate) struct ProcessFn {
 
 /// Parses the attribute arguments and the function, rejecting what cannot cross a process
 /// boundary.
-pub(crate) fn parse(attr: TokenStream, item: TokenStream) -> syn::Result<ProcessFn> {
+pub(crate) fn parse(attr: TokenStream, item: TokenStream, what: &str) -> syn::Result<ProcessFn> {
     if !attr.is_empty() {
         return Err(syn::Error::new_spanned(
             attr,
-            "#[process] takes no arguments",
+            format!("{what} takes no arguments"),
         ));
     }
     let func: ItemFn = syn::parse2(item)?;
-    validate(func)
+    validate(func, what)
 }
 
-pub(crate) fn validate(func: ItemFn) -> syn::Result<ProcessFn> {
+/// Checks `func` for the attribute `what` (`#[process]` or `#[pool_fn]`, named in messages).
+pub(crate) fn validate(func: ItemFn, what: &str) -> syn::Result<ProcessFn> {
     let sig = &func.sig;
     if let Some(t) = &sig.asyncness {
         return Err(syn::Error::new_spanned(
             t,
-            "a #[process] runs in its own OS process; it cannot be async",
+            format!("a {what} runs in its own OS process; it cannot be async"),
         ));
     }
     if let Some(t) = &sig.constness {
         return Err(syn::Error::new_spanned(
             t,
-            "a #[process] cannot be a const fn",
+            format!("a {what} cannot be a const fn"),
         ));
     }
     if let Some(t) = &sig.unsafety {
         return Err(syn::Error::new_spanned(
             t,
-            "a #[process] cannot be unsafe: its arguments cross a process boundary as data",
+            format!("a {what} cannot be unsafe: its arguments cross a process boundary as data"),
         ));
     }
     if let Some(abi) = &sig.abi {
         return Err(syn::Error::new_spanned(
             abi,
-            "a #[process] cannot have an extern ABI",
+            format!("a {what} cannot have an extern ABI"),
         ));
     }
     if let Some(v) = &sig.variadic {
         return Err(syn::Error::new_spanned(
             v,
-            "a #[process] cannot be variadic",
+            format!("a {what} cannot be variadic"),
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(syn::Error::new_spanned(
             &sig.generics,
-            "a #[process] cannot be generic: processes are started by name at run time, so \
-             their argument and return types must be concrete",
+            format!(
+                "a {what} cannot be generic: it is started by name at run time, so its \
+                 argument and return types must be concrete"
+            ),
         ));
     }
     let mut params = Vec::new();
@@ -72,12 +75,14 @@ pub(crate) fn validate(func: ItemFn) -> syn::Result<ProcessFn> {
             FnArg::Receiver(r) => {
                 return Err(syn::Error::new_spanned(
                     r,
-                    "a #[process] cannot take `self`: make it a free function and pass the \
-                     data it needs as arguments",
+                    format!(
+                        "a {what} cannot take `self`: make it a free function and pass the \
+                         data it needs as arguments"
+                    ),
                 ))
             }
             FnArg::Typed(pt) => {
-                check_owned(&pt.ty)?;
+                check_owned(&pt.ty, what)?;
                 params.push(((*pt.pat).clone(), (*pt.ty).clone()));
             }
         }
@@ -85,23 +90,27 @@ pub(crate) fn validate(func: ItemFn) -> syn::Result<ProcessFn> {
     let ret = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => {
-            check_owned(ty)?;
+            check_owned(ty, what)?;
             (**ty).clone()
         }
     };
     Ok(ProcessFn { func, params, ret })
 }
 
-/// Finds references, lifetimes and `impl Trait` inside a type.
-struct Borrowed(Option<syn::Error>);
+/// Finds references, lifetimes and `impl Trait` inside a type (for the attribute named by
+/// the second field).
+struct Borrowed<'w>(Option<syn::Error>, &'w str);
 
-impl<'ast> Visit<'ast> for Borrowed {
+impl<'ast> Visit<'ast> for Borrowed<'_> {
     fn visit_type_reference(&mut self, t: &'ast syn::TypeReference) {
         self.0.get_or_insert_with(|| {
             syn::Error::new_spanned(
                 t,
-                "a #[process] parameter or return value cannot be a reference: it is serialized \
+                format!(
+                    "a {} parameter or return value cannot be a reference: it is serialized \
                  into another address space; pass an owned value",
+                    self.1
+                ),
             )
         });
     }
@@ -109,8 +118,11 @@ impl<'ast> Visit<'ast> for Borrowed {
         self.0.get_or_insert_with(|| {
             syn::Error::new(
                 l.span(),
-                "a #[process] parameter or return value cannot borrow (it has a lifetime): it is \
+                format!(
+                    "a {} parameter or return value cannot borrow (it has a lifetime): it is \
                  serialized into another address space; pass an owned value",
+                    self.1
+                ),
             )
         });
     }
@@ -118,8 +130,11 @@ impl<'ast> Visit<'ast> for Borrowed {
         self.0.get_or_insert_with(|| {
             syn::Error::new_spanned(
                 t,
-                "a #[process] cannot use `impl Trait`: its types must be concrete to be \
+                format!(
+                    "a {} cannot use `impl Trait`: its types must be concrete to be \
                  serialized; name the type",
+                    self.1
+                ),
             )
         });
     }
@@ -127,15 +142,18 @@ impl<'ast> Visit<'ast> for Borrowed {
         self.0.get_or_insert_with(|| {
             syn::Error::new_spanned(
                 t,
-                "a #[process] cannot take or return a function pointer: it means nothing in \
+                format!(
+                    "a {} cannot take or return a function pointer: it means nothing in \
                  another address space",
+                    self.1
+                ),
             )
         });
     }
 }
 
-fn check_owned(ty: &Type) -> syn::Result<()> {
-    let mut v = Borrowed(None);
+pub(crate) fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
+    let mut v = Borrowed(None, what);
     v.visit_type(ty);
     match v.0 {
         Some(e) => Err(e),
@@ -148,8 +166,12 @@ mod tests {
     use super::*;
     use syn::parse_quote;
 
+    fn validate_process(f: ItemFn) -> syn::Result<ProcessFn> {
+        validate(f, "#[process]")
+    }
+
     fn err(f: ItemFn) -> String {
-        match validate(f) {
+        match validate(f, "#[process]") {
             Ok(_) => panic!("accepted"),
             Err(e) => e.to_string(),
         }
@@ -157,12 +179,12 @@ mod tests {
 
     #[test]
     fn owned_parameters_patterns_and_a_missing_return_type_are_accepted() {
-        let m = validate(parse_quote!(
+        let m = validate_process(parse_quote!(
             fn f() {}
         ))
         .unwrap();
         assert!(m.params.is_empty());
-        let m = validate(parse_quote!(
+        let m = validate_process(parse_quote!(
             fn f(mut a: u64, (b, c): (u8, String), v: Vec<u8>) -> Result<u64, E> {
                 a
             }
@@ -242,6 +264,7 @@ mod tests {
             quote::quote!(
                 fn f() {}
             ),
+            "#[process]",
         )
         .err()
         .unwrap();

@@ -15,9 +15,12 @@
 //! # Supervision
 //!
 //! The parent watches each child through its control socket. If a child dies without
-//! reporting (a signal, `abort`, `exit`), the parent poisons every channel whose ends it gave
-//! that child, so its peers wake up instead of hanging, and the combinator returns
-//! [`Error::ProcessFailed`] with the signal or exit code. A child watches its parent the same
+//! reporting (a signal, `abort`, `exit`, a panic), the parent marks every channel whose ends
+//! it gave that child as held by a dead process, so its peers wake up with
+//! [`ChannelError::PeerDied`](crate::ChannelError::PeerDied) naming it instead of hanging
+//! (they are not poisoned: a reader still reads what was written before the death), and the
+//! combinator returns [`Error::ProcessFailed`] with the signal or exit code, and how every
+//! other process of the set ended ([`Outcomes`]). A child watches its parent the same
 //! way and exits at once when the parent is gone, so killing the root of a network with
 //! `SIGKILL` takes the whole network down, and the shared memory with it.
 
@@ -26,6 +29,7 @@ mod control;
 mod launch;
 mod local;
 mod placed;
+mod pool;
 mod running;
 pub mod slurm;
 mod spawned;
@@ -36,13 +40,16 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::error::{Error, Outcomes};
 use crate::runtime::poison_keys;
 pub use child::child_entry;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
+pub use pool::{run_chunk, worker_entry, PoolFnEntry, POOL_FNS, POOL_WORKER};
+pub use pool::{AsyncResult, Calls, Imap, Pool, PoolFn};
+#[doc(hidden)]
 pub use running::Returned;
-use running::{Running, Watched};
+use running::{failed_outcome, Running, Watched};
 use table::display_name;
 pub use table::{ProcessEntry, PROCESSES};
 
@@ -95,9 +102,18 @@ impl<R> std::fmt::Debug for Process<R> {
 /// return type, or a tuple of up to eight of these (whose return types may differ).
 ///
 /// The output has the same shape: a tuple of processes gives a tuple of their return values.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a process or a set of processes",
+    label = "Parallel, Sequence and Spawn run processes: values made by calling #[process] functions",
+    note = "mark the function with `#[process]`: calling it then makes a `Process` instead of running it here",
+    note = "a set is a `Process`, a `Vec` or array of processes, or a tuple of up to eight sets"
+)]
 pub trait ProcessSet {
     /// The return values, in the shape of the set.
     type Output;
+    /// How each process ended, in the shape of the set: `Result<R, Error>` for each (see
+    /// [`Spawned::join_outcomes`]).
+    type Each;
     #[doc(hidden)]
     type Shape;
     #[doc(hidden)]
@@ -107,6 +123,17 @@ pub trait ProcessSet {
         shape: Self::Shape,
         from: &mut std::vec::IntoIter<Returned>,
     ) -> Result<Self::Output, Error>;
+    #[doc(hidden)]
+    fn each(
+        shape: Self::Shape,
+        from: &mut std::vec::IntoIter<Result<Returned, Error>>,
+    ) -> Self::Each;
+}
+
+fn next_each<R: DeserializeOwned>(
+    from: &mut std::vec::IntoIter<Result<Returned, Error>>,
+) -> Result<R, Error> {
+    from.next().expect("one result per process")?.decode()
 }
 
 fn next_returned(from: &mut std::vec::IntoIter<Returned>) -> Returned {
@@ -115,7 +142,11 @@ fn next_returned(from: &mut std::vec::IntoIter<Returned>) -> Returned {
 
 impl<R: DeserializeOwned> ProcessSet for Process<R> {
     type Output = R;
+    type Each = Result<R, Error>;
     type Shape = ();
+    fn each(_: (), from: &mut std::vec::IntoIter<Result<Returned, Error>>) -> Self::Each {
+        next_each(from)
+    }
     fn flatten(self, into: &mut Vec<ErasedProcess>) {
         into.push(self.inner);
     }
@@ -126,7 +157,11 @@ impl<R: DeserializeOwned> ProcessSet for Process<R> {
 
 impl<R: DeserializeOwned> ProcessSet for Vec<Process<R>> {
     type Output = Vec<R>;
+    type Each = Vec<Result<R, Error>>;
     type Shape = usize;
+    fn each(n: usize, from: &mut std::vec::IntoIter<Result<Returned, Error>>) -> Self::Each {
+        (0..n).map(|_| next_each(from)).collect()
+    }
     fn flatten(self, into: &mut Vec<ErasedProcess>) -> usize {
         let n = self.len();
         into.extend(self.into_iter().map(|p| p.inner));
@@ -139,7 +174,11 @@ impl<R: DeserializeOwned> ProcessSet for Vec<Process<R>> {
 
 impl<R: DeserializeOwned, const N: usize> ProcessSet for [Process<R>; N] {
     type Output = [R; N];
+    type Each = [Result<R, Error>; N];
     type Shape = ();
+    fn each(_: (), from: &mut std::vec::IntoIter<Result<Returned, Error>>) -> Self::Each {
+        std::array::from_fn(|_| next_each(from))
+    }
     fn flatten(self, into: &mut Vec<ErasedProcess>) {
         into.extend(self.into_iter().map(|p| p.inner));
     }
@@ -158,7 +197,15 @@ macro_rules! tuple_set {
     ($($t:ident $v:ident),+) => {
         impl<$($t: ProcessSet),+> ProcessSet for ($($t,)+) {
             type Output = ($($t::Output,)+);
+            type Each = ($($t::Each,)+);
             type Shape = ($($t::Shape,)+);
+            fn each(
+                shape: Self::Shape,
+                from: &mut std::vec::IntoIter<Result<Returned, Error>>,
+            ) -> Self::Each {
+                let ($($v,)+) = shape;
+                ($($t::each($v, from),)+)
+            }
             fn flatten(self, into: &mut Vec<ErasedProcess>) -> Self::Shape {
                 let ($($v,)+) = self;
                 ($($v.flatten(into),)+)
@@ -196,23 +243,64 @@ pub fn replicate<R>(n: usize, f: impl FnMut(usize) -> Process<R>) -> Vec<Process
 
 /// Runs every process of `set` in its own OS process, all at the same time, and waits for all
 /// of them. Returns their return values in the shape of `set`, or the first failure in the
-/// order given: which process failed and how (panic message, exit code or signal).
+/// order given: which process failed and how (panic message, exit code or signal), with how
+/// every process of the set ended, the values the others returned included
+/// ([`Error::outcomes`]; [`Spawned::join_outcomes`] gives them typed).
 #[allow(non_snake_case)]
 pub fn Parallel<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
     Spawn(set)?.join()
 }
 
 /// Runs the processes of `set` one after another, each in its own OS process, and returns
-/// their return values. Stops at the first failure; the processes after it do not run.
+/// their return values. Stops at the first failure; the processes after it do not run (the
+/// failure's [`Error::outcomes`] hold those that did).
 #[allow(non_snake_case)]
 pub fn Sequence<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
     let mut procs = Vec::new();
     let shape = set.flatten(&mut procs);
     let mut done = Vec::with_capacity(procs.len());
     for p in procs {
-        done.push(start(p)?.wait()?);
+        let r = start(p).and_then(Running::wait);
+        let failed = r.is_err();
+        done.push(r);
+        if failed {
+            break;
+        }
     }
-    S::unflatten(shape, &mut done.into_iter())
+    settle::<S>(shape, done)
+}
+
+/// The return values of a set of processes from how each ended, or the first failure with the
+/// outcomes of all.
+fn settle<S: ProcessSet>(
+    shape: S::Shape,
+    results: Vec<Result<Returned, Error>>,
+) -> Result<S::Output, Error> {
+    if results.iter().all(Result::is_ok) {
+        // Every process returned: no copy of the values is kept for an error's outcomes.
+        let ok: Vec<Returned> = results.into_iter().filter_map(Result::ok).collect();
+        return S::unflatten(shape, &mut ok.into_iter());
+    }
+    let outcomes: Vec<_> = results
+        .iter()
+        .map(|r| match r {
+            Ok(v) => v.outcome(),
+            Err(e) => failed_outcome(e),
+        })
+        .collect();
+    let first = results
+        .into_iter()
+        .find_map(Result::err)
+        .expect("one failed");
+    Err(with_outcomes(first, outcomes))
+}
+
+/// `e` with the outcomes of its set, when it is a process failure.
+fn with_outcomes(mut e: Error, all: Vec<crate::error::Outcome>) -> Error {
+    if let Error::ProcessFailed { outcomes, .. } = &mut e {
+        *outcomes = Outcomes::new(all);
+    }
+    e
 }
 
 /// Starts every process of `set` and returns at once with a handle to join them.
@@ -265,18 +353,33 @@ impl<S: ProcessSet> Spawned<S> {
         self.watched.iter().map(Watched::pid).collect()
     }
 
-    /// Waits for every process and returns their return values (see [`Parallel`]).
+    /// Waits for every process and returns their return values, or the first failure in
+    /// the order of the set with every process's outcome (see [`Parallel`]).
     pub fn join(mut self) -> Result<S::Output, Error> {
         let results: Vec<_> = std::mem::take(&mut self.watched)
             .into_iter()
             .map(Watched::join)
             .collect();
         let shape = self.shape.take().expect("shape is taken once");
-        let mut ok = Vec::with_capacity(results.len());
-        for r in results {
-            ok.push(r?);
-        }
-        S::unflatten(shape, &mut ok.into_iter())
+        settle::<S>(shape, results)
+    }
+
+    /// Waits for every process and returns how each ended, typed and in the shape of the
+    /// set: `Result<R, Error>` for each process, so that the values of those that returned
+    /// are there beside the failures of the others.
+    ///
+    /// ```ignore
+    /// let (counted, crashed) = Spawn((count(jobs.reader()), fragile(out.writer())))?
+    ///     .join_outcomes();
+    /// let counted: u64 = counted?; // the survivor's value, whatever the other one did
+    /// ```
+    pub fn join_outcomes(mut self) -> S::Each {
+        let results: Vec<_> = std::mem::take(&mut self.watched)
+            .into_iter()
+            .map(Watched::join)
+            .collect();
+        let shape = self.shape.take().expect("shape is taken once");
+        S::each(shape, &mut results.into_iter())
     }
 }
 

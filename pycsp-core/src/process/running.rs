@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::control::{self, Ctrl, Report, EXIT_PARENT_GONE};
 use super::table::display_name;
-use crate::error::{Error, Failure};
+use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
 use crate::runtime::{mark_peer_died, ChildLedger};
@@ -32,7 +32,28 @@ impl Returned {
             name: display_name(self.name).to_string(),
             pid: self.pid,
             failure: Failure::Broken(format!("its return value could not be decoded: {e}")),
+            outcomes: Outcomes::default(),
         })
+    }
+
+    /// This process's outcome, as an error's [`Outcomes`] keep it.
+    pub(crate) fn outcome(&self) -> Outcome {
+        Outcome::returned(
+            display_name(self.name).to_string(),
+            self.pid,
+            self.bytes.clone(),
+        )
+    }
+}
+
+/// The outcome of a process that did not return a value (its error is a `ProcessFailed`, or
+/// another error, kept as `Broken`).
+pub(crate) fn failed_outcome(e: &Error) -> Outcome {
+    match e {
+        Error::ProcessFailed {
+            name, pid, failure, ..
+        } => Outcome::failed(name.clone(), *pid, failure.clone()),
+        other => Outcome::failed(String::new(), 0, Failure::Broken(other.to_string())),
     }
 }
 
@@ -190,6 +211,7 @@ impl Watched {
                     name: display_name(self.name).to_string(),
                     pid: self.pid,
                     failure: Failure::Broken("its reaper thread panicked".into()),
+                    outcomes: Outcomes::default(),
                 })
             }),
             Reaper::Inline(r) => r.wait_watched(Some(&self.watch)),
@@ -260,6 +282,7 @@ impl Running {
             name: name.to_string(),
             pid,
             failure,
+            outcomes: Outcomes::default(),
         };
         match report {
             Some(Report::Returned(bytes)) => Ok(Returned {
