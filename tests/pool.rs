@@ -127,11 +127,21 @@ fn imap_reads_its_input_only_as_workers_need_it() {
     let pulled = Rc::new(Cell::new(0u64));
     let counter = pulled.clone();
     let endless = (0u64..).inspect(move |_| counter.set(counter.get() + 1));
+    // Ordered over an endless input: it returns, so it read only part of it (how much
+    // depends on timing: results that come before an earlier one is done wait in order,
+    // as in Python).
     let mut it = pool.imap(square, endless).unwrap();
     let first: Vec<u64> = it.by_ref().take(5).map(Result::unwrap).collect();
     assert_eq!(first, [0, 1, 4, 9, 16]);
-    // Five results, and at most two chunks of one item held by each of the two workers
-    // beyond them (plus the one item a fill may take ahead).
+    drop(it);
+    // Unordered, every answer is handed out as it comes: five results, and at most two
+    // chunks of one item held by each of the two workers beyond them (plus the one item a
+    // fill may take ahead).
+    pulled.set(0);
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| counter.set(counter.get() + 1));
+    let mut it = pool.imap_unordered(square, endless).unwrap();
+    assert_eq!(it.by_ref().take(5).count(), 5);
     assert!(pulled.get() <= 5 + 2 * 2 + 1, "pulled {}", pulled.get());
     drop(it);
     // The pool goes on after an abandoned imap (its answers still owed are dropped).
