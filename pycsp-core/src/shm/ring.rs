@@ -381,23 +381,7 @@ impl Chan {
         {
             return None;
         }
-        let slots_len = hdr
-            .ring_len
-            .checked_mul(std::mem::size_of::<Slot>() as u64)?;
-        if hdr.ring % SLOT_ALIGN != 0 {
-            return None;
-        }
-        let sp = arena.ptr(hdr.ring, slots_len).cast::<Slot>();
-        // SAFETY: `ring_len` slots lie inside the arena (checked by `ptr`), 128-byte aligned
-        // (checked above); slots are accessed through their atomic stamp and the claim
-        // protocol below.
-        let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
-        Some(Chan {
-            hdr,
-            slots,
-            offset,
-            gen,
-        })
+        Chan::attach_unheld(arena, offset, hdr, gen)
     }
 
     /// Holds the channel named by `key` once more, if it is still alive (a directory
@@ -505,7 +489,8 @@ impl Chan {
         arena.free_header(offset, &hdr.state.0.next_free);
     }
 
-    /// The channel at `offset`, known to be in generation `gen`, held by nobody (being freed).
+    /// The channel whose header `hdr` is at `offset` and in generation `gen` (checked by the
+    /// caller: held, or being freed by it), with its ring mapped.
     fn attach_unheld(
         arena: &'static Arena,
         offset: u64,
@@ -515,8 +500,13 @@ impl Chan {
         let slots_len = hdr
             .ring_len
             .checked_mul(std::mem::size_of::<Slot>() as u64)?;
+        if hdr.ring % SLOT_ALIGN != 0 {
+            return None;
+        }
         let sp = arena.ptr(hdr.ring, slots_len).cast::<Slot>();
-        // SAFETY: as in `attach`; nobody else uses the channel any more.
+        // SAFETY: `ring_len` slots lie inside the arena (checked by `ptr`), 128-byte aligned
+        // (checked above); slots are accessed through their atomic stamp and the claim
+        // protocol below.
         let slots = unsafe { std::slice::from_raw_parts(sp, hdr.ring_len as usize) };
         Some(Chan {
             hdr,
