@@ -79,6 +79,11 @@ impl Fifo {
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
         assert_eq!(n, 1, "the worker wrote its pid within a minute");
+        // The pid is there; read on until the worker closes its end (it does right after
+        // writing), blocking: a non-blocking read between its write and its close would fail
+        // with EAGAIN.
+        // SAFETY: fcntl on the descriptor just opened, changing only its flags.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_RDONLY) }, 0);
         // SAFETY: fd was just opened and is owned by nothing else.
         let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
         let mut s = String::new();
