@@ -893,24 +893,35 @@ impl<'p> Calls<'p> {
     /// As [`Pool::imap`].
     pub fn imap<F, A, I>(
         self,
-        _f: F,
+        f: F,
         items: I,
     ) -> Result<Imap<'p, F, impl Iterator<Item = (A,)>>, Error>
     where
         F: PoolFn<Args = (A,)>,
         I: IntoIterator<Item = A>,
     {
-        let items = items.into_iter();
-        let len = exact_len(&items);
-        let items = items.map(|a| (a,));
-        Imap::new(self.pool, items, self.chunksize.unwrap_or(1), true, len)
+        self.lazy(f, items, true)
     }
 
     /// As [`Pool::imap_unordered`].
     pub fn imap_unordered<F, A, I>(
         self,
+        f: F,
+        items: I,
+    ) -> Result<Imap<'p, F, impl Iterator<Item = (A,)>>, Error>
+    where
+        F: PoolFn<Args = (A,)>,
+        I: IntoIterator<Item = A>,
+    {
+        self.lazy(f, items, false)
+    }
+
+    /// `imap` (`ordered`) or `imap_unordered`: chunks of one item unless told otherwise.
+    fn lazy<F, A, I>(
+        self,
         _f: F,
         items: I,
+        ordered: bool,
     ) -> Result<Imap<'p, F, impl Iterator<Item = (A,)>>, Error>
     where
         F: PoolFn<Args = (A,)>,
@@ -919,7 +930,7 @@ impl<'p> Calls<'p> {
         let items = items.into_iter();
         let len = exact_len(&items);
         let items = items.map(|a| (a,));
-        Imap::new(self.pool, items, self.chunksize.unwrap_or(1), false, len)
+        Imap::new(self.pool, items, self.chunksize.unwrap_or(1), ordered, len)
     }
 
     /// As [`Pool::map_async`].
