@@ -423,3 +423,40 @@ fn kill_leaves_a_process_that_already_ended_alone() {
     p.kill(); // it was reaped: its pid is not signalled
     assert_eq!(p.join().unwrap(), 42);
 }
+
+/// A timeout too large to add to the clock (`Duration::MAX`) means "no deadline", as in
+/// crossbeam-channel: every operation and timer that takes a duration waits as if it had none,
+/// and none panics on the overflow.
+#[test]
+fn a_timeout_too_large_for_the_clock_means_no_deadline() {
+    let buffered = Channel::<u32>::buffered(1).unwrap();
+    let (out, inp) = (buffered.writer(), buffered.reader());
+    out.write_timeout(7, Duration::MAX).unwrap();
+    assert_eq!(inp.read_timeout(Duration::MAX), Ok(7));
+
+    // A rendezvous read with no deadline is completed by a writer in another thread.
+    let rendezvous = Channel::<u32>::new().unwrap();
+    let (out, inp) = (rendezvous.writer(), rendezvous.reader());
+    let writer = std::thread::spawn(move || out.write(9));
+    assert_eq!(inp.read_timeout(Duration::MAX), Ok(9));
+    writer.join().unwrap().unwrap();
+
+    // Timers and timeout guards that are never due: the ready channel is chosen.
+    let ready = Channel::<u32>::buffered(1).unwrap();
+    let (out, inp) = (ready.writer(), ready.reader());
+    out.write(3).unwrap();
+    let (late, every) = (pycsp::after(Duration::MAX), pycsp::tick(Duration::MAX));
+    let got = pycsp::select! {
+        recv(inp) -> v => v.unwrap(),
+        recv(late) -> _ => 100,
+        recv(every) -> _ => 200,
+    };
+    assert_eq!(got, 3);
+    out.write(4).unwrap();
+    let got = Alternation::new()
+        .input(&inp, |v| v)
+        .timeout(Duration::MAX, || 0)
+        .pri_select()
+        .unwrap();
+    assert_eq!(got.value, 4);
+}

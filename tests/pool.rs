@@ -182,6 +182,9 @@ fn map_async_returns_at_once_and_get_waits() {
     assert_eq!(r.get().unwrap(), (1..=100).collect::<Vec<u64>>());
     let r = pool.starmap_async(add, [(1, "a".to_string())]).unwrap();
     assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), ["a1"]);
+    // A timeout too large for the clock means no deadline (it panicked on the overflow).
+    let r = pool.starmap_async(add, [(2, "b".to_string())]).unwrap();
+    assert_eq!(r.get_timeout(Duration::MAX).unwrap(), ["b2"]);
 }
 
 #[test]

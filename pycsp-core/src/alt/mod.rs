@@ -454,7 +454,7 @@ fn run_guards<'a, R>(
             _ => None,
         })
         .min_by_key(|(after, _)| *after);
-    let deadline = timeout.map(|(after, _)| began + after);
+    let deadline = timeout.and_then(|(after, _)| began.checked_add(after));
     // The wait ends at the timeout or when the first timer is due, whichever comes first.
     let wake_at = guards
         .iter()
@@ -543,9 +543,11 @@ fn run_guards<'a, R>(
         events.dedup_by_key(|e| std::ptr::from_ref::<Event>(e) as usize);
         if events.is_empty() {
             // Only timeout and timer guards: sleep until the first is due.
-            if let Some(d) = wake_at {
-                std::thread::sleep(d.saturating_duration_since(Instant::now()));
-            }
+            // (None of them is ever due: sleep on; each round re-checks.)
+            let forever = Duration::from_secs(3600);
+            std::thread::sleep(
+                wake_at.map_or(forever, |d| d.saturating_duration_since(Instant::now())),
+            );
         } else {
             let id = me.id();
             wait_any(

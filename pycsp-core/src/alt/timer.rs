@@ -4,6 +4,8 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use crate::shm::wait::deadline_after;
+
 /// A timer of this thread, for [`Alternation::timer`] (and `recv(timer)` in [`select!`]):
 /// crossbeam's `after`, `tick`, `at` and `never` channels, without a channel. It is due at
 /// an instant; a select with a timer guard sleeps no longer than that, and the guard fires
@@ -24,7 +26,10 @@ pub struct Timer {
 
 /// A timer due once, `after` from now (crossbeam's `after`).
 pub fn after(after: Duration) -> Timer {
-    at(Instant::now() + after)
+    Timer {
+        next: Cell::new(deadline_after(after)),
+        period: None,
+    }
 }
 
 /// A timer due once, at `when` (crossbeam's `at`).
@@ -38,7 +43,7 @@ pub fn at(when: Instant) -> Timer {
 /// A timer due every `period`, first `period` from now (crossbeam's `tick`).
 pub fn tick(period: Duration) -> Timer {
     Timer {
-        next: Cell::new(Some(Instant::now() + period)),
+        next: Cell::new(deadline_after(period)),
         period: Some(period),
     }
 }
@@ -71,7 +76,7 @@ impl Timer {
             None => Fire::Never,
             Some(due) if due > now => Fire::Later,
             Some(due) => {
-                self.next.set(self.period.map(|p| now + p));
+                self.next.set(self.period.and_then(|p| now.checked_add(p)));
                 Fire::Now(due)
             }
         }

@@ -30,6 +30,7 @@ use crate::runtime::{self, Role};
 pub use crate::shm::arena::Usage;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::Chan;
+use crate::shm::wait::deadline_after;
 use end::End;
 pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
@@ -404,7 +405,7 @@ impl<T: DeserializeOwned> ChannelIn<T> {
 
     /// Like [`read`](Self::read), but fails with [`ChannelError::Timeout`] after `timeout`.
     pub fn read_timeout(&self, timeout: Duration) -> Result<T, ChannelError> {
-        self.recv(Some(Instant::now() + timeout))
+        self.recv(deadline_after(timeout))
     }
 
     /// The messages, read one by one until the channel retires: each is `Ok(message)`; the

@@ -40,6 +40,7 @@ use crate::block::keeping;
 use crate::error::{ChannelError, TryReadError, TryWriteError, WriteTimeoutError};
 use crate::message::{self, Context};
 use crate::net;
+use crate::shm::wait::deadline_after;
 
 /// How long [`ChannelOut::try_write`] on a rendezvous channel gives a reader that sleeps in a
 /// read to wake up and take the message: a futex wake-up takes 15-40 µs on an idle machine,
@@ -101,7 +102,7 @@ impl<T: Serialize> ChannelOut<T> {
     /// In a function that returns `pycsp::Error`, `?` turns the error into one, dropping
     /// the value; in one that returns [`ChannelError`], `.map_err(|e| e.error())?` does.
     pub fn write_timeout(&self, value: T, timeout: Duration) -> Result<(), WriteTimeoutError<T>> {
-        self.write_until(value, Instant::now().checked_add(timeout))
+        self.write_until(value, deadline_after(timeout))
     }
 
     /// [`write_timeout`](Self::write_timeout) with a deadline: crossbeam's `send_deadline`.

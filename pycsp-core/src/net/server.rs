@@ -30,6 +30,7 @@ use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::ring::{Chan, Taken};
+use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
 use crate::sys;
 
@@ -364,7 +365,7 @@ fn under(a: &str, prefix: &str) -> bool {
 /// most 20 a second, then a count of those left out) and kept (the last 256) for this
 /// function, so that a program can log or count them.
 pub fn next_connection_error(address: &str, timeout: Duration) -> Option<ChannelError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let mut errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let at = errors
@@ -373,7 +374,10 @@ pub fn next_connection_error(address: &str, timeout: Duration) -> Option<Channel
         if let Some(i) = at {
             return errors.remove(i);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        // No deadline: wait on, an hour at a time.
+        let left = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             return None;
         }

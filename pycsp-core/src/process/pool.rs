@@ -40,6 +40,7 @@ use super::{start, Process};
 use crate::alt::Alternation;
 use crate::channel::{Channel, ChannelIn, ChannelOut};
 use crate::error::{ChannelError, Error, Failure};
+use crate::shm::wait::deadline_after;
 
 /// The registered name of the pool's worker process.
 pub const POOL_WORKER: &str = "pycsp::pool::worker";
@@ -1038,10 +1039,13 @@ impl<R> AsyncResult<R> {
 
     /// Waits at most `timeout` for the call to finish; whether it has (Python's `wait`).
     pub fn wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut r = lock(&self.state.result);
         while r.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // No deadline: wait on, an hour at a time.
+            let left = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return false;
             }

@@ -202,6 +202,13 @@ impl Event {
     }
 }
 
+/// The deadline `timeout` from now, or `None` (no deadline) when `timeout` is too large for
+/// the clock, as crossbeam-channel takes `Duration::MAX`: every operation that takes a
+/// duration turns it into a deadline here, so none panics on the overflow.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Waits until `ready` returns `Some`, or until `deadline` passes (then `None`), sleeping on
 /// all of `events` at once: the one-event case is a blocking read or write, the many-event
 /// case is alternation over several channels.
