@@ -323,7 +323,8 @@ impl<'a, R> Alternation<'a, R> {
         self
     }
 
-    /// A timeout guard: fires if no other guard fired within `after`.
+    /// A timeout guard: fires if no other guard fired within `after`. A duration too large for
+    /// the clock (`Duration::MAX`) is never due, like a [`never`] timer.
     pub fn timeout(mut self, after: Duration, then: impl FnOnce() -> R + 'a) -> Self {
         self.guards.push(Guard::Timeout {
             after,
@@ -453,7 +454,9 @@ fn run_guards<'a, R>(
             Some(Guard::Timeout { after, .. }) => Some((*after, i)),
             _ => None,
         })
-        .min_by_key(|(after, _)| *after);
+        .min_by_key(|(after, _)| *after)
+        // A timeout too large for the clock is never due: a guard that can never fire.
+        .filter(|(after, _)| began.checked_add(*after).is_some());
     let deadline = timeout.and_then(|(after, _)| began.checked_add(after));
     // The wait ends at the timeout or when the first timer is due, whichever comes first.
     let wake_at = guards
