@@ -320,3 +320,33 @@ fn a_server_serves_two_writer_processes_and_a_heartbeat_until_both_retire() {
         "{beats} heartbeats of 5 ms in {took:?}"
     );
 }
+
+/// A `send` arm that another arm beats does not send its value: the shared memory the value
+/// carries is the caller's again, and freed when the value is dropped (it leaked: the
+/// encoding had already handed the block to a message that was never placed).
+#[test]
+fn an_unchosen_send_arm_gives_back_the_shared_memory_its_value_carries() {
+    let ready = Channel::<u32>::buffered(1).unwrap();
+    let nobody = Channel::<(SharedBlock, SharedArray<u64>)>::new().unwrap();
+    let (rtx, rrx, out) = (ready.writer(), ready.reader(), nobody.writer());
+    let round = |i: u32| {
+        rtx.write(i).unwrap();
+        let block = SharedBlock::zeroed(1 << 20).unwrap();
+        let array = SharedArray::<u64>::zeroed(1 << 17).unwrap();
+        let got = pycsp::select! {
+            recv(rrx) -> v => v.unwrap(),
+            send(out, (block, array)) -> _ => panic!("no reader: the send cannot be chosen"),
+        };
+        assert_eq!(got, i);
+    };
+    round(0);
+    let before = pycsp::shared_memory_usage().unwrap().allocated;
+    for i in 1..=40 {
+        round(i);
+    }
+    let grown = pycsp::shared_memory_usage().unwrap().allocated - before;
+    assert!(
+        grown < 8 << 20,
+        "40 rounds with 2 MiB each left unsent grew the arena by {grown} bytes"
+    );
+}

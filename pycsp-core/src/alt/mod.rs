@@ -86,7 +86,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::channel::{encoding, Carried, ChannelIn, ChannelOut};
+use crate::channel::{encoding_kept, Carried, ChannelIn, ChannelOut};
 use crate::error::ChannelError;
 use crate::message::{decode, encode, in_context, write_encoded};
 use crate::shm::arena::Arena;
@@ -285,7 +285,7 @@ impl<'a, R> Alternation<'a, R> {
     ) -> Self {
         let (chan, context) = (end.chan(), end.context());
         let held = Box::new(value);
-        let (bytes, carried) = encoding(|| in_context(context, || encode(&chan, &*held)));
+        let (bytes, carried) = encoding_kept(|| in_context(context, || encode(&chan, &*held)));
         self.guards.push(Guard::Output {
             chan,
             bytes,
@@ -310,7 +310,7 @@ impl<'a, R> Alternation<'a, R> {
     ) -> Self {
         let (chan, context) = (end.chan(), end.context());
         let held = Box::new(value);
-        let (bytes, carried) = encoding(|| in_context(context, || encode(&chan, &*held)));
+        let (bytes, carried) = encoding_kept(|| in_context(context, || encode(&chan, &*held)));
         self.guards.push(Guard::Output {
             chan,
             bytes,
@@ -324,7 +324,7 @@ impl<'a, R> Alternation<'a, R> {
     }
 
     /// A timeout guard: fires if no other guard fired within `after`. A duration too large for
-    /// the clock (`Duration::MAX`) is never due, like a [`never`] timer.
+    /// the clock (`Duration::MAX`) is never due, like a [`never()`](never) timer.
     pub fn timeout(mut self, after: Duration, then: impl FnOnce() -> R + 'a) -> Self {
         self.guards.push(Guard::Timeout {
             after,

@@ -7,6 +7,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fingerprint::{check_type, type_fingerprint};
+use crate::block::{keeping, Kept};
 use crate::message::{self, Context};
 use crate::net;
 use crate::runtime::{self, Role};
@@ -92,9 +93,10 @@ thread_local! {
 /// process's ledger while the message is encoded, written back if it is not sent).
 type CarriedEnd = (*const Cell<EndState>, Chan, Role);
 
-/// The ends a message carries (see `CARRYING`). Dropped without [`sent`](Self::sent), the
-/// ends stay this process's.
-pub(crate) struct Carried(Vec<CarriedEnd>);
+/// The ends a message carries (see `CARRYING`) and the handles of shared memory it carries
+/// ([`keeping`]). Dropped without [`sent`](Self::sent), they stay this process's: the value
+/// still owns them.
+pub(crate) struct Carried(Vec<CarriedEnd>, Option<Kept>);
 
 impl Carried {
     /// The message was placed: its ends now belong to whoever reads it.
@@ -108,6 +110,10 @@ impl Carried {
             // SAFETY: the caller guarantees the value, and so the end's state, is alive and
             // where it was when it was encoded.
             unsafe { (*state).set(EndState::Transferred) };
+        }
+        if let Some(kept) = self.1.take() {
+            // SAFETY: as above, the value its handles are in is alive and has not moved.
+            unsafe { kept.spend() };
         }
     }
 }
@@ -129,9 +135,22 @@ pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Carried) {
     let r = f();
     ENCODING.with(|e| e.set(outer));
     if CARRIED.with(Cell::get) == from {
-        return (r, Carried(Vec::new()));
+        return (r, Carried(Vec::new(), None));
     }
-    (r, Carried(carried_since(from)))
+    (r, Carried(carried_since(from), None))
+}
+
+/// As [`encoding`], and the handles of shared memory the value carries ([`SharedBlock`]s,
+/// pieces of shared arrays, shared atomics) are kept too ([`keeping`]): until
+/// [`Carried::sent`], the value still owns everything it carries, so a message that is not
+/// placed (a write handed back, an output guard not chosen) leaks nothing when the value is
+/// dropped or returned.
+///
+/// [`SharedBlock`]: crate::block::SharedBlock
+pub(crate) fn encoding_kept<R>(f: impl FnOnce() -> R) -> (R, Carried) {
+    let ((r, mut carried), kept) = keeping(|| encoding(f));
+    carried.1 = Some(kept);
+    (r, carried)
 }
 
 /// The ends listed since `CARRYING` had `from` of them (encodings nest, so they are the

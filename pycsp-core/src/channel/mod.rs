@@ -32,7 +32,7 @@ use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
 use crate::shm::ring::Chan;
 use crate::shm::wait::deadline_after;
 use end::End;
-pub(crate) use end::{begin_returning, encoding, finish_returning, Carried};
+pub(crate) use end::{begin_returning, encoding_kept, finish_returning, Carried};
 use fingerprint::{check_type, type_fingerprint};
 pub use ops::TryIter;
 
@@ -354,13 +354,10 @@ impl<T: Serialize> ChannelOut<T> {
         }
         // Shared memory it carries (blocks, arrays) is spent once placed, as ends are: the
         // encoding may take two passes, and a message not placed must not leak it.
-        let ((r, carried), kept) = crate::block::keeping(|| encoding(write));
+        let (r, carried) = encoding_kept(write);
         if r.as_ref().err().is_none_or(|e| e.placed) {
             // SAFETY: `value` is borrowed for this whole call.
-            unsafe {
-                carried.sent();
-                kept.spend();
-            }
+            unsafe { carried.sent() };
         }
         r.map_err(|e| net::client::remote_error(chan, e.error))
     }

@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{encoding, ChannelIn, ChannelOut};
-use crate::block::keeping;
+use super::{encoding_kept, ChannelIn, ChannelOut};
 use crate::error::{ChannelError, TryReadError, TryWriteError, WriteTimeoutError};
 use crate::message::{self, Context};
 use crate::net;
@@ -138,13 +137,10 @@ impl<T: Serialize> ChannelOut<T> {
         let r = if std::mem::needs_drop::<T>() {
             // A type with drop glue may hold channel ends or shared memory: keep them the
             // caller's until the message is placed.
-            let ((r, carried), kept) = keeping(|| encoding(write));
+            let (r, carried) = encoding_kept(write);
             if r.as_ref().err().is_none_or(|e| e.placed) {
                 // SAFETY: `value` is borrowed for this whole call: alive, and not moved.
-                unsafe {
-                    carried.sent();
-                    kept.spend();
-                }
+                unsafe { carried.sent() };
             }
             r
         } else {
