@@ -324,7 +324,7 @@ impl<'a, R> Alternation<'a, R> {
     }
 
     /// A timeout guard: fires if no other guard fired within `after`. A duration too large for
-    /// the clock (`Duration::MAX`) is never due, like a [`never()`](never) timer.
+    /// the clock (`Duration::MAX`) is never due, like a [`never()`](fn@never) timer.
     pub fn timeout(mut self, after: Duration, then: impl FnOnce() -> R + 'a) -> Self {
         self.guards.push(Guard::Timeout {
             after,
