@@ -356,10 +356,14 @@ impl<S: ProcessSet> Spawned<S> {
     /// Waits for every process and returns their return values, or the first failure in
     /// the order of the set with every process's outcome (see [`Parallel`]).
     pub fn join(mut self) -> Result<S::Output, Error> {
+        let deadlock = running::wait_all(&self.watched);
         let results: Vec<_> = std::mem::take(&mut self.watched)
             .into_iter()
             .map(Watched::join)
             .collect();
+        if let Some(e) = deadlock {
+            return Err(e);
+        }
         let shape = self.shape.take().expect("shape is taken once");
         settle::<S>(shape, results)
     }
@@ -374,6 +378,7 @@ impl<S: ProcessSet> Spawned<S> {
     /// let counted: u64 = counted?; // the survivor's value, whatever the other one did
     /// ```
     pub fn join_outcomes(mut self) -> S::Each {
+        running::wait_all(&self.watched);
         let results: Vec<_> = std::mem::take(&mut self.watched)
             .into_iter()
             .map(Watched::join)
@@ -387,6 +392,7 @@ impl<S: ProcessSet> Drop for Spawned<S> {
     fn drop(&mut self) {
         let watched = std::mem::take(&mut self.watched);
         if !std::thread::panicking() {
+            running::wait_all(&watched);
             for w in watched {
                 drop(w.join());
             }

@@ -12,6 +12,7 @@ use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
 use crate::runtime::{mark_peer_died, ChildLedger};
+use crate::shm::census;
 use crate::sys;
 
 /// How long the launcher of a placed process whose connection ended may take to exit before
@@ -135,6 +136,7 @@ impl Watched {
             .name("pycsp-reaper".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                let _internal = crate::shm::census::internal_thread(false);
                 let finish = Finish(their_watch);
                 let r = theirs.lock().ok().and_then(|mut r| r.take());
                 r.expect("the reaper takes its process once")
@@ -225,6 +227,63 @@ impl Watched {
             c.shutdown();
         }
         self.join()
+    }
+}
+
+/// Waits until every process of `watched` has finished, published in the network's census as
+/// a join of them (so that a network whose processes all wait for each other is seen as
+/// deadlocked, see `shm/census.rs`); the [`Error::Deadlock`] of a deadlock declared while it
+/// waited. The processes are then still to be joined.
+pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
+    let mut deadlock = None;
+    let mut parked: Option<census::Parked> = None;
+    // The deadlock count when this wait first parked.
+    let mut since: Option<u64> = None;
+    loop {
+        if let Some(s) = since {
+            if census::mode() == census::Mode::Fail && census::deadlocks() != s {
+                // A deadlock was declared while we waited (perhaps seen first by a child,
+                // which then ended): the processes end with its errors; report it.
+                let report = census::last_report().unwrap_or_else(|| "deadlock".into());
+                deadlock = Some(Error::Deadlock {
+                    report,
+                    picture: None,
+                });
+                since = None;
+                parked = None;
+            }
+        }
+        let Some(first) = watched.iter().find(|w| !w.finished()) else {
+            return deadlock;
+        };
+        if parked.is_none() {
+            // The one waited for first, then others for the report.
+            let items: Vec<census::Item<'_>> = std::iter::once(first)
+                .chain(
+                    watched
+                        .iter()
+                        .filter(|w| !w.finished() && w.pid() != first.pid()),
+                )
+                .take(census::WAIT_ITEMS)
+                .map(|w| census::Item {
+                    key: u64::from(w.pid()),
+                    write: false,
+                    name: "",
+                    word: None,
+                })
+                .collect();
+            parked = census::park(census::Kind::Join, &items, since);
+            since = since.or(parked.as_ref().map(census::Parked::since));
+        }
+        if first.wait_finished(Instant::now() + census::SLICE) {
+            // It ended: publish the others anew.
+            parked = None;
+            continue;
+        }
+        if let Some(p) = parked.as_mut() {
+            // A declared deadlock is taken up at the top of the loop.
+            let _ = p.tick();
+        }
     }
 }
 
