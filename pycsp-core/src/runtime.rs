@@ -36,6 +36,11 @@ static IN_CHILD: AtomicBool = AtomicBool::new(false);
 /// Environment variable through which a child learns its ledger's offset.
 pub(crate) const ENV_LEDGER: &str = "PYCSP_LEDGER";
 
+/// Whether this process was started by a combinator (it is not a network's root).
+pub(crate) fn in_child() -> bool {
+    IN_CHILD.load(Ordering::Relaxed)
+}
+
 /// This process was started by a combinator (called once, before its function runs), with
 /// the ledger its parent made for it, if any.
 pub(crate) fn enter_child(ledger: Option<u64>) {
@@ -442,6 +447,8 @@ fn alloc_table(arena: &Arena, len: u64) -> Option<u64> {
 pub(crate) struct ChildLedger {
     arena: &'static Arena,
     root: u64,
+    /// The ends the child was started with: (channel, is a writer).
+    ends: Vec<(u64, bool)>,
 }
 
 impl ChildLedger {
@@ -459,7 +466,7 @@ impl ChildLedger {
 
     /// A new ledger for a child that will receive the ends `transfers` (written off by this
     /// process while they were encoded).
-    pub(crate) fn new(transfers: &[(u64, Role)]) -> Option<ChildLedger> {
+    pub(crate) fn new(name: &str, transfers: &[(u64, Role)]) -> Option<ChildLedger> {
         let arena = Arena::get().ok()?;
         ensure_own_ledger(arena);
         let Some(root) = ChildLedger::make(arena) else {
@@ -475,7 +482,21 @@ impl ChildLedger {
         for &(key, role) in transfers {
             l.note(key, role, 1);
         }
-        Some(ChildLedger { arena, root })
+        census::name_child(arena, root, name);
+        Some(ChildLedger {
+            arena,
+            root,
+            ends: transfers
+                .iter()
+                .filter(|(_, r)| *r != Role::Handle)
+                .map(|&(k, r)| (k, r == Role::Writer))
+                .collect(),
+        })
+    }
+
+    /// The ends the child was started with: (channel key, is a writer).
+    pub(crate) fn started_with(&self) -> &[(u64, bool)] {
+        &self.ends
     }
 
     /// The offset the child finds its ledger at (see [`ENV_LEDGER`]).

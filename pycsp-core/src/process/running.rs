@@ -11,6 +11,7 @@ use super::table::display_name;
 use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
+use crate::observe::{self, Member};
 use crate::runtime::{mark_peer_died, ChildLedger};
 use crate::shm::census;
 use crate::sys;
@@ -111,6 +112,8 @@ pub(crate) struct Watched {
     pid: u32,
     /// Channels whose ends the child holds.
     pub(crate) ends: Vec<u64>,
+    /// The ends it was started with (channel, is a writer), for a picture of its set.
+    pub(crate) started_with: Vec<(u64, bool)>,
     /// A second handle on the control connection: ending it makes the child exit.
     stop: Option<Ctrl>,
     reaper: Reaper,
@@ -127,6 +130,11 @@ impl Watched {
     /// Starts watching `r`.
     pub(crate) fn new(r: Running) -> Watched {
         let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
+        let started_with = r
+            .ledger
+            .as_ref()
+            .map(|l| l.started_with().to_vec())
+            .unwrap_or_default();
         let stop = r.ctrl.try_clone().ok();
         let watch = Arc::new(Watch::default());
         let slot = Arc::new(Mutex::new(Some(r)));
@@ -153,6 +161,7 @@ impl Watched {
             name,
             pid,
             ends,
+            started_with,
             stop,
             reaper,
             watch,
@@ -245,10 +254,9 @@ pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
                 // A deadlock was declared while we waited (perhaps seen first by a child,
                 // which then ended): the processes end with its errors; report it.
                 let report = census::last_report().unwrap_or_else(|| "deadlock".into());
-                deadlock = Some(Error::Deadlock {
-                    report,
-                    picture: None,
-                });
+                let picture =
+                    observe::deadlock_picture().and_then(|p| observe::write_requested(&p));
+                deadlock = Some(Error::Deadlock { report, picture });
                 since = None;
                 parked = None;
             }
@@ -284,6 +292,16 @@ pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
             // A declared deadlock is taken up at the top of the loop.
             let _ = p.tick();
         }
+    }
+}
+
+/// A picture member for `w` (how it ended, if `result` says).
+pub(crate) fn member(w: &Watched) -> Member {
+    Member {
+        name: display_name(w.name).to_string(),
+        pid: w.pid,
+        ended: None,
+        ends: w.started_with.clone(),
     }
 }
 

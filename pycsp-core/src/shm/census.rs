@@ -166,7 +166,7 @@ struct WaitSlot {
 }
 
 /// What a parked thread waits for.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 #[repr(u32)]
 pub(crate) enum Kind {
     Read = 1,
@@ -300,6 +300,12 @@ pub(crate) fn own(arena: &Arena, root: u64, name: &str) {
         MINE.store(root, Ordering::SeqCst);
     }
     r.pid.store(pid, Ordering::SeqCst);
+}
+
+/// The ledger root `root` is a child's that runs the function `name` (written by its parent
+/// before the start, so that a picture names it from the first moment).
+pub(crate) fn name_child(arena: &Arena, root: u64, name: &str) {
+    write_name(&root_at(arena, root).record, name);
 }
 
 /// This process runs the function `name` (its record says so).
@@ -511,8 +517,7 @@ impl Parked {
 }
 
 /// Writes `report` into the arena and bumps the deadlock count.
-fn raise(arena: &Arena, c: &CensusHeader, report: &str) {
-    let bytes = report.as_bytes();
+fn raise(arena: &Arena, c: &CensusHeader, bytes: &[u8]) {
     if let Ok(b) = arena.alloc_block(bytes.len().max(1) as u64) {
         // SAFETY: the block is new and ours, `bytes.len()` long (checked by `ptr`); it is
         // published (`report`) only after it is written, and never written again.
@@ -528,7 +533,8 @@ fn raise(arena: &Arena, c: &CensusHeader, report: &str) {
     }
     c.deadlocks.fetch_add(1, Ordering::SeqCst);
     if mode() == Mode::Report {
-        eprintln!("pycsp: deadlock ({ENV_DEADLOCK}=report: the network keeps waiting)\n{report}");
+        let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[]));
+        eprintln!("pycsp: deadlock ({ENV_DEADLOCK}=report: the network keeps waiting)\n{text}");
     }
 }
 
@@ -542,6 +548,19 @@ pub(crate) fn deadlocks() -> u64 {
 
 /// The report of the last deadlock declared in this network.
 pub(crate) fn last_report() -> Option<String> {
+    let bytes = last_bytes()?;
+    let text = bytes.split(|&b| b == 0).next().unwrap_or(&[]);
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
+/// The processes of the network as they were when the last deadlock was declared.
+pub(crate) fn last_snapshot() -> Option<Vec<Proc>> {
+    let bytes = last_bytes()?;
+    let at = bytes.iter().position(|&b| b == 0)?;
+    rmp_serde::from_slice(&bytes[at + 1..]).ok()
+}
+
+fn last_bytes() -> Option<Vec<u8>> {
     let arena = Arena::get().ok()?;
     let c = census(arena)?;
     let at = c.report.load(Ordering::SeqCst);
@@ -552,15 +571,14 @@ pub(crate) fn last_report() -> Option<String> {
     let p = arena.ptr(at, len);
     // SAFETY: the report block was written before it was published and is never written
     // again; `len` bytes lie inside the arena (checked by `ptr`).
-    let bytes = unsafe { std::slice::from_raw_parts(p, len as usize) };
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    Some(unsafe { std::slice::from_raw_parts(p, len as usize) }.to_vec())
 }
 
 // ---------------------------------------------------------------------------------------
 // Scanning.
 
 /// A published wait, as a scan reads it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Wait {
     pub(crate) kind: Kind,
     /// (key or pid, is a write, name)
@@ -569,7 +587,7 @@ pub(crate) struct Wait {
 }
 
 /// A live process of the network, as a scan reads it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Proc {
     pub(crate) pid: u32,
     pub(crate) name: String,
@@ -582,8 +600,38 @@ pub(crate) struct Proc {
     pub(crate) holds: Vec<(u64, u32, u32)>,
 }
 
+impl Proc {
+    /// A process with nothing published (for a picture of a set as it was started).
+    pub(crate) fn new(pid: u32, name: &str) -> Proc {
+        Proc {
+            pid,
+            name: name.rsplit("::").next().unwrap_or(name).to_string(),
+            user_threads: 0,
+            parked: 0,
+            sockets: 0,
+            waits: Vec::new(),
+            holds: Vec::new(),
+        }
+    }
+}
+
 /// Every live process of the network (`None` if one has not written its record yet).
-pub(crate) fn processes(arena: &Arena) -> Option<Vec<Proc>> {
+fn processes(arena: &Arena) -> Option<Vec<Proc>> {
+    read_processes(arena, true)
+}
+
+/// Every process of the network now, those still starting included (pid 0), in the order
+/// they were listed (a parent before the children it starts).
+pub(crate) fn processes_now() -> Vec<Proc> {
+    Arena::get()
+        .ok()
+        .and_then(|a| read_processes(a, false))
+        .unwrap_or_default()
+}
+
+/// The processes of the network (`strict`: `None` if one has not written its record yet;
+/// else those are listed with pid 0).
+fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
     let c = census(arena)?;
     let mut out = Vec::new();
     for s in &c.slots {
@@ -597,15 +645,20 @@ pub(crate) fn processes(arena: &Arena) -> Option<Vec<Proc>> {
         }
         let r = &lr.record;
         let pid = r.pid.load(Ordering::SeqCst);
-        if pid == 0 {
-            return None; // starting
-        }
-        let Some((threads, start)) = proc_stat(pid) else {
-            continue; // ended
+        let threads = if pid == 0 {
+            if strict {
+                return None; // starting
+            }
+            0
+        } else {
+            let Some((threads, start)) = proc_stat(pid) else {
+                continue; // ended
+            };
+            if start != r.start_time.load(Ordering::Relaxed) {
+                continue; // the pid is another process's now
+            }
+            threads
         };
-        if start != r.start_time.load(Ordering::Relaxed) {
-            continue; // the pid is another process's now
-        }
         let mut waits = Vec::new();
         for w in &r.waits {
             if w.state.load(Ordering::SeqCst) != 2 {
@@ -675,7 +728,7 @@ fn channel_name(arena: &Arena, packed: u64) -> String {
 }
 
 /// Whether the network is deadlocked at epoch `e`: the report, if it is.
-fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<String> {
+fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<Vec<u8>> {
     if c.incomplete.load(Ordering::SeqCst) != 0 {
         return None;
     }
@@ -718,7 +771,15 @@ fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<String> {
     if c.epoch.load(Ordering::SeqCst) != e {
         return None;
     }
-    Some(report(&procs))
+    Some(report(&procs)).map(|text| {
+        // The report, then (after a NUL) the processes as MessagePack for a picture.
+        let mut bytes = text.into_bytes();
+        bytes.push(0);
+        if let Ok(snap) = rmp_serde::to_vec(&procs) {
+            bytes.extend(snap);
+        }
+        bytes
+    })
 }
 
 fn word_at(arena: &Arena, at: u64) -> &'static AtomicU32 {

@@ -696,6 +696,13 @@ impl Chan {
         self.flags()
     }
 
+    /// How many messages readers have taken from the ring so far (positions past, counted
+    /// over its laps): what a picture of the network calls "messages passed".
+    pub(crate) fn passed(&self) -> u64 {
+        let (index, lap) = self.positions(self.hdr.head.0.load(Ordering::SeqCst));
+        (lap / self.hdr.one_lap) * self.hdr.ring_len + index as u64
+    }
+
     /// Whether the ring probably holds a message (a hint for waiting; `try_pop` decides).
     pub(crate) fn looks_nonempty(&self) -> bool {
         self.hdr.head.0.load(Ordering::SeqCst) != self.hdr.tail.0.load(Ordering::SeqCst)
