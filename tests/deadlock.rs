@@ -39,6 +39,7 @@ fn producer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
     Ok(())
 }
 
+// ANCHOR: keeps_writer
 fn parent_keeps_a_writer() -> Result<String, Error> {
     let ch = Channel::<u64>::named("numbers")?;
     let kept = ch.writer(); // the mistake: never written to, never dropped
@@ -46,6 +47,7 @@ fn parent_keeps_a_writer() -> Result<String, Error> {
     drop(kept);
     r.map(|(_, sum)| format!("{sum:?}"))
 }
+// ANCHOR_END: keeps_writer
 
 // ---------------------------------------------------------------------------------------
 // A ring of rendezvous channels without a token: everyone reads first.
@@ -293,7 +295,12 @@ fn in_case(name: &str) {
         .expect("a known case");
     match f() {
         Ok(v) => println!("ok\n{v}"),
-        Err(Error::Deadlock { report, .. }) => println!("deadlock\n{report}"),
+        Err(Error::Deadlock { report, picture }) => {
+            println!("deadlock\n{report}");
+            if let Some(p) = picture {
+                println!("picture: {p}");
+            }
+        }
         Err(e) => println!("error\n{e}"),
     }
 }
@@ -371,6 +378,24 @@ fn main() {
         }
         let (out, took) = run_case(name, &[]);
         check(name, out.starts_with("ok\n"), &out, took);
+    }
+    // PYCSP_PICTURE: the deadlock error names the picture written, which shows the wait.
+    if wanted("picture") {
+        let path = std::env::temp_dir().join(format!("pycsp-deadlock-{}.dot", std::process::id()));
+        let path_s = path.display().to_string();
+        let (out, took) = run_case("parent_keeps_a_writer", &[("PYCSP_PICTURE", &path_s)]);
+        let dot = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let ok = out.contains(&format!("picture: {path_s}"))
+            && dot.contains("consumer\\npid")
+            && dot.contains("numbers\\nrendezvous")
+            && dot.contains("waits to read");
+        check(
+            "deadlock_error_names_its_picture",
+            ok,
+            &format!("{out}\n{dot}"),
+            took,
+        );
     }
     // PYCSP_DEADLOCK=report: the report goes to standard error once, and the network keeps
     // waiting (here until the run is killed at its deadline).
