@@ -199,20 +199,43 @@ fn relay(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> 
     }
 }
 
+/// Sums what comes on either channel, selecting, until both retired (a select that parks).
+#[process]
+fn merge(a: ChannelIn<u64>, b: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    let mut sum = 0;
+    loop {
+        match Alternation::new()
+            .input(&a, |v| v)
+            .input(&b, |v| v)
+            .fair_select()
+        {
+            Ok(c) => sum += c.value,
+            Err(ChannelError::Retired) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Many runs of a network that keeps parking and waking (rendezvous, a buffered channel, a
+/// select, processes waiting in Parallel): no deadlock is ever declared.
 fn busy_networks() -> Result<String, Error> {
     let runs: u64 = std::env::var("DEADLOCK_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(300);
     for _ in 0..runs {
         let a = Channel::<u64>::new()?;
         let b = Channel::<u64>::buffered(2)?;
-        let (_, _, sum) = Parallel((
+        let (c, d) = (Channel::<u64>::new()?, Channel::<u64>::buffered(1)?);
+        let (_, _, sum, _, merged) = Parallel((
             producer(a.writer(), 50),
             relay(a.reader(), b.writer()),
             consumer(b.reader()),
+            (producer(c.writer(), 20), producer(d.writer(), 30)),
+            merge(c.reader(), d.reader()),
         ))?;
         assert_eq!(sum, Ok((0..50).map(|x| x + 1).sum::<u64>()));
+        assert_eq!(merged, Ok((0..20).sum::<u64>() + (0..30).sum::<u64>()));
     }
     Ok(format!("{runs} runs"))
 }
