@@ -36,6 +36,12 @@ pub enum ChannelError {
     /// A `*_timeout` operation found nothing to do before its deadline.
     #[error("the operation timed out")]
     Timeout,
+    /// The operation waited in a deadlocked network: every process of the network was blocked
+    /// in a channel operation, a select or a join that no live process could complete
+    /// (`PYCSP_DEADLOCK=fail`, the default). The report of who waited on what is in the
+    /// [`Error::Deadlock`] of the `Parallel` that started the network.
+    #[error("the network is deadlocked: every process waits for another (the report is in the error of the Parallel that started them)")]
+    Deadlock,
     /// An end was opened with a message type other than the channel's.
     #[error("channel {channel:?} carries {found}, but an end for {expected} was asked for")]
     TypeMismatch {
@@ -268,6 +274,17 @@ pub enum Error {
         items: (usize, usize),
         /// How the worker ended.
         failure: Failure,
+    },
+    /// The network deadlocked while this combinator waited for its processes: every process
+    /// was blocked in a channel operation, a select or a join that no live process could
+    /// complete. `report` says who waited on what and who held the other ends; `picture`
+    /// names a file with a picture of the network, if one was written (`PYCSP_PICTURE`).
+    #[error("{report}{}", picture.as_ref().map(|p| format!("\n(a picture of the network: {p})")).unwrap_or_default())]
+    Deadlock {
+        /// Who waited on what, one line per process.
+        report: String,
+        /// The picture written for it, if any.
+        picture: Option<String>,
     },
     /// A [`Pool`](crate::Pool) call that cannot be made: the pool was terminated, or the
     /// function is not a pool function of this binary.

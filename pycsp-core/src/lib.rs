@@ -23,6 +23,7 @@ mod error;
 pub mod frame;
 mod message;
 pub mod net;
+pub mod observe;
 pub mod process;
 mod runtime;
 mod shm;
@@ -44,6 +45,7 @@ pub use error::{
     TryWriteError, WriteTimeoutError,
 };
 /// Placements from a Slurm allocation ([`slurm::Allocation`]).
+pub use observe::{network_picture, Picture};
 pub use process::slurm;
 pub use process::{
     replicate, AsyncResult, Imap, Parallel, Placement, Pool, PoolFn, Process, ProcessSet, Sequence,

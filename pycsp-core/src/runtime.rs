@@ -14,10 +14,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::shm::arena::Arena;
+use crate::shm::census::{
+    self, root_at, table_at, table_entries, Entry, LedgerRoot, TableHeader, LEDGER_MAGIC,
+};
 use crate::shm::ring::Chan;
 
 static CURRENT: OnceLock<&'static str> = OnceLock::new();
@@ -33,6 +36,11 @@ static IN_CHILD: AtomicBool = AtomicBool::new(false);
 /// Environment variable through which a child learns its ledger's offset.
 pub(crate) const ENV_LEDGER: &str = "PYCSP_LEDGER";
 
+/// Whether this process was started by a combinator (it is not a network's root).
+pub(crate) fn in_child() -> bool {
+    IN_CHILD.load(Ordering::Relaxed)
+}
+
 /// This process was started by a combinator (called once, before its function runs), with
 /// the ledger its parent made for it, if any.
 pub(crate) fn enter_child(ledger: Option<u64>) {
@@ -41,6 +49,7 @@ pub(crate) fn enter_child(ledger: Option<u64>) {
         let mut l = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
         if l.is_none() {
             *l = Some(Ledger::adopt(arena, root));
+            census::own(arena, root, current_name());
         }
     }
 }
@@ -48,6 +57,7 @@ pub(crate) fn enter_child(ledger: Option<u64>) {
 /// This process runs the `#[process]` function `name`.
 pub(crate) fn set_current(name: &'static str) {
     let _ = CURRENT.set(name);
+    census::rename(name);
 }
 
 /// How a process holds a channel.
@@ -276,30 +286,16 @@ fn note(key: u64, role: Role, delta: i32) {
     }
 }
 
-const LEDGER_MAGIC: u64 = u64::from_le_bytes(*b"PYCSPLG1");
-
-/// A ledger's root in shared memory: its magic and the offset of its table.
-#[repr(C)]
-struct LedgerRoot {
-    magic: u64,
-    table: AtomicU64,
-}
-
-/// A ledger table: its number of entries, then the entries.
-#[repr(C)]
-struct TableHeader {
-    len: u64,
-    _pad: u64,
-}
-
-/// One channel a process holds: its key (0 for a free entry) and how often it holds it in
-/// each role. Each change is one store: counts first, key last when an entry is taken; key
-/// 0 when all counts are back to 0.
-#[repr(C)]
-struct Entry {
-    key: AtomicU64,
-    counts: [AtomicU32; 3],
-    _pad: u32,
+/// This process is about to start a child: it has a ledger (and with it a record in the
+/// network's census, so that deadlock detection sees it), made now if need be.
+fn ensure_own_ledger(arena: &'static Arena) {
+    let mut l = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
+    if l.is_none() {
+        match Ledger::new(arena) {
+            Some(new) => *l = Some(new),
+            None => census::unlisted(arena),
+        }
+    }
 }
 
 const FIRST_ENTRIES: u64 = 32;
@@ -316,6 +312,7 @@ struct Ledger {
 impl Ledger {
     fn new(arena: &'static Arena) -> Option<Ledger> {
         let root = ChildLedger::make(arena)?;
+        census::own(arena, root, current_name());
         Some(Ledger {
             arena,
             root,
@@ -436,16 +433,6 @@ impl Ledger {
     }
 }
 
-fn root_at(arena: &Arena, root: u64) -> &'static LedgerRoot {
-    // SAFETY: `root` is a ledger root block inside the arena (checked by `ptr`); its fields
-    // other than the magic are atomic.
-    unsafe {
-        &*arena
-            .ptr(root, std::mem::size_of::<LedgerRoot>() as u64)
-            .cast::<LedgerRoot>()
-    }
-}
-
 fn alloc_table(arena: &Arena, len: u64) -> Option<u64> {
     let bytes = 16 + len * std::mem::size_of::<Entry>() as u64;
     let table = arena.alloc_block_zeroed(bytes).ok()?;
@@ -454,35 +441,14 @@ fn alloc_table(arena: &Arena, len: u64) -> Option<u64> {
     Some(table)
 }
 
-/// The entries of the table at `table` (its length checked against the arena).
-fn table_at(arena: &Arena, table: u64) -> Option<&'static [Entry]> {
-    // SAFETY: `table` is a ledger table inside the arena (checked by `ptr`); its length was
-    // written before it was published.
-    let len = unsafe { (*arena.ptr(table, 16).cast::<TableHeader>()).len };
-    let bytes = len.checked_mul(std::mem::size_of::<Entry>() as u64)?;
-    let p = arena.ptr(table.checked_add(16)?, bytes).cast::<Entry>();
-    // SAFETY: `len` entries lie inside the arena (checked by `ptr`); all their fields are
-    // atomic.
-    Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
-}
-
-fn table_entries(arena: &Arena, root: u64) -> Option<&'static [Entry]> {
-    let r = root_at(arena, root);
-    if r.magic != LEDGER_MAGIC {
-        return None;
-    }
-    match r.table.load(Ordering::Acquire) {
-        0 => Some(&[]),
-        t => table_at(arena, t),
-    }
-}
-
 /// The ledger of a child process, as its parent sees it: made before the child starts (with
 /// the ends its arguments carry), read when it ends, and then settled: every hold the child
 /// still had is let go (after marking its ends with the child's death, if it died).
 pub(crate) struct ChildLedger {
     arena: &'static Arena,
     root: u64,
+    /// The ends the child was started with: (channel, is a writer).
+    ends: Vec<(u64, bool)>,
 }
 
 impl ChildLedger {
@@ -494,14 +460,19 @@ impl ChildLedger {
         let r = arena.ptr(root, 8).cast::<u64>();
         // SAFETY: the block is new and ours; the magic is written before the ledger is used.
         unsafe { *r = LEDGER_MAGIC };
+        census::register(arena, root);
         Some(root)
     }
 
     /// A new ledger for a child that will receive the ends `transfers` (written off by this
     /// process while they were encoded).
-    pub(crate) fn new(transfers: &[(u64, Role)]) -> Option<ChildLedger> {
+    pub(crate) fn new(name: &str, transfers: &[(u64, Role)]) -> Option<ChildLedger> {
         let arena = Arena::get().ok()?;
-        let root = ChildLedger::make(arena)?;
+        ensure_own_ledger(arena);
+        let Some(root) = ChildLedger::make(arena) else {
+            census::unlisted(arena);
+            return None;
+        };
         let mut l = Ledger {
             arena,
             root,
@@ -511,7 +482,21 @@ impl ChildLedger {
         for &(key, role) in transfers {
             l.note(key, role, 1);
         }
-        Some(ChildLedger { arena, root })
+        census::name_child(arena, root, name);
+        Some(ChildLedger {
+            arena,
+            root,
+            ends: transfers
+                .iter()
+                .filter(|(_, r)| *r != Role::Handle)
+                .map(|&(k, r)| (k, r == Role::Writer))
+                .collect(),
+        })
+    }
+
+    /// The ends the child was started with: (channel key, is a writer).
+    pub(crate) fn started_with(&self) -> &[(u64, bool)] {
+        &self.ends
     }
 
     /// The offset the child finds its ledger at (see [`ENV_LEDGER`]).
@@ -533,6 +518,7 @@ impl ChildLedger {
     /// The child never started: frees the ledger, letting go of nothing (the caller lets
     /// go of the ends it was to receive).
     pub(crate) fn discard(self) {
+        census::unregister(self.arena, self.root);
         let root = root_at(self.arena, self.root);
         let table = root.table.swap(0, Ordering::AcqRel);
         if table != 0 {

@@ -90,8 +90,9 @@ use crate::channel::{encoding_kept, Carried, ChannelIn, ChannelOut};
 use crate::error::ChannelError;
 use crate::message::{decode, encode, in_context, write_encoded};
 use crate::shm::arena::Arena;
+use crate::shm::census::Kind;
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
-use crate::shm::wait::{wait_any, Event};
+use crate::shm::wait::{wait_parked, Event, Waiting};
 use crate::shm::waiter::{self, Outcome, Waiter};
 
 mod select;
@@ -525,6 +526,7 @@ fn run_guards<'a, R>(
         // for room, or a counterpart's offer, on their channel's event (see `shm/ring.rs`).
         let mut unposted: Vec<bool> = vec![false; guards.len()];
         let mut events: Vec<&'static Event> = Vec::new();
+        let mut deadlocked = false;
         // In policy order: a plain reader takes the first offer in the table, so the table's
         // order is the choice among our output guards on one channel.
         for &i in order {
@@ -553,19 +555,39 @@ fn run_guards<'a, R>(
             );
         } else {
             let id = me.id();
-            wait_any(
+            // What the census sees: each channel guard's side, in the guards' order.
+            let on: Vec<(u64, bool, &'static str, &Event)> = guards
+                .iter()
+                .filter_map(|g| match g {
+                    Some(Guard::Input { chan, .. }) => {
+                        Some((chan.key(), false, chan.name(), chan.events().0))
+                    }
+                    Some(Guard::Output { chan, .. }) => {
+                        Some((chan.key(), true, chan.name(), chan.events().1))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let waiting = Waiting {
+                kind: Kind::Select,
+                on: &on,
+            };
+            let woke = wait_parked(
                 &events,
                 wake_at,
+                Some(waiting),
                 || {
                     (me.is_selected()
                         || guards
                             .iter()
                             .zip(&unposted)
                             .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted)))
-                    .then_some(())
+                    .then_some(true)
                 },
                 || false,
+                || false,
             );
+            deadlocked = woke == Some(false);
         }
         let outcome = me.finish();
         for (chan, reads, word) in posted {
@@ -573,6 +595,9 @@ fn run_guards<'a, R>(
         }
         if let Outcome::Selected(i) = outcome {
             return complete_selected(arena, me, guards, i);
+        }
+        if deadlocked {
+            return Err(ChannelError::Deadlock);
         }
     }
 }

@@ -214,6 +214,7 @@ pub(crate) fn open_end(
     std::thread::Builder::new()
         .name("pycsp-pump".into())
         .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(true);
             let mut p = Pump { proxy, s, info };
             let handed = if p.info.writer {
                 p.pump_writes()

@@ -117,6 +117,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
                 .spawn(move || {
+                    let _internal = crate::shm::census::internal_thread(true);
                     accept_loop(&h, || {
                         let (s, _) = l.accept()?;
                         tune_tcp(&s)?;
@@ -134,7 +135,10 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .map_err(fail)?;
             std::thread::Builder::new()
                 .name("pycsp-listen".into())
-                .spawn(move || accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?)))))
+                .spawn(move || {
+                    let _internal = crate::shm::census::internal_thread(true);
+                    accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?))))
+                })
                 .map_err(fail)?;
         }
     }
@@ -159,7 +163,10 @@ fn accept_loop(host: &Arc<Host>, mut accept: impl FnMut() -> std::io::Result<Str
                 let startup = host.admit(s);
                 let _ = std::thread::Builder::new()
                     .name("pycsp-conn".into())
-                    .spawn(move || serve(startup));
+                    .spawn(move || {
+                        let _internal = crate::shm::census::internal_thread(true);
+                        serve(startup)
+                    });
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -764,6 +771,7 @@ impl Conn<'_> {
         let _ = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
+                let _internal = crate::shm::census::internal_thread(true);
                 if write_encoded_back(&chan, &bytes).is_ok() || !chan.is_rendezvous() {
                     chan.ack(taken);
                 }

@@ -218,13 +218,16 @@ fn watch_control(s: &Stream) {
     let _ = std::thread::Builder::new()
         .name("pycsp-watch-parent".into())
         .stack_size(32 << 10)
-        .spawn(move || loop {
-            if sys::wait_readable(fd, std::time::Duration::from_secs(3600)) {
-                if sys::socket_hung_up(fd) {
-                    sys::exit_now(EXIT_PARENT_GONE);
+        .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(false);
+            loop {
+                if sys::wait_readable(fd, std::time::Duration::from_secs(3600)) {
+                    if sys::socket_hung_up(fd) {
+                        sys::exit_now(EXIT_PARENT_GONE);
+                    }
+                    // The parent sends nothing more; do not spin on unexpected bytes.
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                 }
-                // The parent sends nothing more; do not spin on unexpected bytes.
-                std::thread::sleep(std::time::Duration::from_secs(1));
             }
         });
 }
@@ -275,6 +278,7 @@ fn watch_parent(ctrl: &UnixStream) {
         .name("pycsp-watch-parent".into())
         .stack_size(32 << 10)
         .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(false);
             let mut b = [0u8; 64];
             loop {
                 match watch.read(&mut b) {

@@ -51,7 +51,7 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     }
     // The ends the arguments carry are the child's from now on: written in its ledger, which
     // this process settles once the child has ended, however it ended.
-    let ledger = ChildLedger::new(&launch.transfers);
+    let ledger = ChildLedger::new(name, &launch.transfers);
     if let Some(l) = &ledger {
         cmd.env(ENV_LEDGER, l.offset().to_string());
     }

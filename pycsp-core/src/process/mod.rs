@@ -41,7 +41,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Outcomes};
-use crate::runtime::poison_keys;
+use crate::observe;
+use crate::runtime::{self, poison_keys};
 pub use child::child_entry;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
@@ -356,10 +357,18 @@ impl<S: ProcessSet> Spawned<S> {
     /// Waits for every process and returns their return values, or the first failure in
     /// the order of the set with every process's outcome (see [`Parallel`]).
     pub fn join(mut self) -> Result<S::Output, Error> {
+        let deadlock = running::wait_all(&self.watched);
+        let mut members: Vec<_> = self.watched.iter().map(running::member).collect();
         let results: Vec<_> = std::mem::take(&mut self.watched)
             .into_iter()
             .map(Watched::join)
             .collect();
+        if deadlock.is_none() {
+            picture_of_set(&mut members, &results);
+        }
+        if let Some(e) = deadlock {
+            return Err(e);
+        }
         let shape = self.shape.take().expect("shape is taken once");
         settle::<S>(shape, results)
     }
@@ -374,6 +383,7 @@ impl<S: ProcessSet> Spawned<S> {
     /// let counted: u64 = counted?; // the survivor's value, whatever the other one did
     /// ```
     pub fn join_outcomes(mut self) -> S::Each {
+        running::wait_all(&self.watched);
         let results: Vec<_> = std::mem::take(&mut self.watched)
             .into_iter()
             .map(Watched::join)
@@ -387,6 +397,7 @@ impl<S: ProcessSet> Drop for Spawned<S> {
     fn drop(&mut self) {
         let watched = std::mem::take(&mut self.watched);
         if !std::thread::panicking() {
+            running::wait_all(&watched);
             for w in watched {
                 drop(w.join());
             }
@@ -401,6 +412,18 @@ impl<S: ProcessSet> Drop for Spawned<S> {
             }
         }
     }
+}
+
+/// In the root process, with `PYCSP_PICTURE` set: writes the picture of a set of processes
+/// that ended (`results`), as it was started.
+fn picture_of_set(members: &mut [observe::Member], results: &[Result<Returned, Error>]) {
+    if runtime::in_child() || std::env::var_os(observe::ENV_PICTURE).is_none() {
+        return;
+    }
+    for (m, r) in members.iter_mut().zip(results) {
+        m.ended = Some(if r.is_ok() { "returned" } else { "failed" }.into());
+    }
+    observe::write_requested(&observe::set_picture(members, observe::detail()));
 }
 
 /// Starts `p`: as a local child, or through its placement's launcher.

@@ -124,6 +124,7 @@ fn watch_launcher(name: &'static str, child: &std::process::Child, ctrl: &Ctrl) 
         .name("pycsp-launcher".into())
         .stack_size(64 << 10)
         .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(false);
             // A pidfd becomes readable when its process exits.
             while !sys::wait_readable(pidfd.as_raw_fd(), Duration::from_secs(3600)) {}
             if !sys::wait_readable(conn.as_raw_fd(), LAUNCHER_GONE) {
@@ -205,6 +206,7 @@ fn call_back(
                 let spawned = std::thread::Builder::new()
                     .name("pycsp-call-back".into())
                     .spawn(move || {
+                        let _internal = crate::shm::census::internal_thread(false);
                         let r = authenticate(stream, k, ticket, limit);
                         done.store(true, Ordering::Release);
                         let _ = tx.send(r);

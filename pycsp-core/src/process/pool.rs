@@ -972,7 +972,10 @@ impl<'p> Calls<'p> {
         };
         std::thread::Builder::new()
             .name("pycsp-pool-async".into())
-            .spawn(run)
+            .spawn(move || {
+                let _internal = crate::shm::census::internal_thread(false);
+                run()
+            })
             .map_err(|e| Error::Pool(format!("cannot start the thread of map_async: {e}")))?;
         Ok(AsyncResult {
             state,

@@ -11,7 +11,9 @@ use super::table::display_name;
 use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
 use crate::net::LOSS_TIMEOUT;
+use crate::observe::{self, Member};
 use crate::runtime::{mark_peer_died, ChildLedger};
+use crate::shm::census;
 use crate::sys;
 
 /// How long the launcher of a placed process whose connection ended may take to exit before
@@ -110,6 +112,8 @@ pub(crate) struct Watched {
     pid: u32,
     /// Channels whose ends the child holds.
     pub(crate) ends: Vec<u64>,
+    /// The ends it was started with (channel, is a writer), for a picture of its set.
+    pub(crate) started_with: Vec<(u64, bool)>,
     /// A second handle on the control connection: ending it makes the child exit.
     stop: Option<Ctrl>,
     reaper: Reaper,
@@ -126,6 +130,11 @@ impl Watched {
     /// Starts watching `r`.
     pub(crate) fn new(r: Running) -> Watched {
         let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
+        let started_with = r
+            .ledger
+            .as_ref()
+            .map(|l| l.started_with().to_vec())
+            .unwrap_or_default();
         let stop = r.ctrl.try_clone().ok();
         let watch = Arc::new(Watch::default());
         let slot = Arc::new(Mutex::new(Some(r)));
@@ -135,6 +144,7 @@ impl Watched {
             .name("pycsp-reaper".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                let _internal = crate::shm::census::internal_thread(false);
                 let finish = Finish(their_watch);
                 let r = theirs.lock().ok().and_then(|mut r| r.take());
                 r.expect("the reaper takes its process once")
@@ -151,6 +161,7 @@ impl Watched {
             name,
             pid,
             ends,
+            started_with,
             stop,
             reaper,
             watch,
@@ -225,6 +236,72 @@ impl Watched {
             c.shutdown();
         }
         self.join()
+    }
+}
+
+/// Waits until every process of `watched` has finished, published in the network's census as
+/// a join of them (so that a network whose processes all wait for each other is seen as
+/// deadlocked, see `shm/census.rs`); the [`Error::Deadlock`] of a deadlock declared while it
+/// waited. The processes are then still to be joined.
+pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
+    let mut deadlock = None;
+    let mut parked: Option<census::Parked> = None;
+    // The deadlock count when this wait first parked.
+    let mut since: Option<u64> = None;
+    loop {
+        if let Some(s) = since {
+            if census::mode() == census::Mode::Fail && census::deadlocks() != s {
+                // A deadlock was declared while we waited (perhaps seen first by a child,
+                // which then ended): the processes end with its errors; report it.
+                let report = census::last_report().unwrap_or_else(|| "deadlock".into());
+                let picture =
+                    observe::deadlock_picture().and_then(|p| observe::write_requested(&p));
+                deadlock = Some(Error::Deadlock { report, picture });
+                since = None;
+                parked = None;
+            }
+        }
+        let Some(first) = watched.iter().find(|w| !w.finished()) else {
+            return deadlock;
+        };
+        if parked.is_none() {
+            // The one waited for first, then others for the report.
+            let items: Vec<census::Item<'_>> = std::iter::once(first)
+                .chain(
+                    watched
+                        .iter()
+                        .filter(|w| !w.finished() && w.pid() != first.pid()),
+                )
+                .take(census::WAIT_ITEMS)
+                .map(|w| census::Item {
+                    key: u64::from(w.pid()),
+                    write: false,
+                    name: "",
+                    word: None,
+                })
+                .collect();
+            parked = census::park(census::Kind::Join, &items, since);
+            since = since.or(parked.as_ref().map(census::Parked::since));
+        }
+        if first.wait_finished(Instant::now() + census::SLICE) {
+            // It ended: publish the others anew.
+            parked = None;
+            continue;
+        }
+        if let Some(p) = parked.as_mut() {
+            // A declared deadlock is taken up at the top of the loop.
+            let _ = p.tick();
+        }
+    }
+}
+
+/// A picture member for `w` (how it ended, if `result` says).
+pub(crate) fn member(w: &Watched) -> Member {
+    Member {
+        name: display_name(w.name).to_string(),
+        pid: w.pid,
+        ended: None,
+        ends: w.started_with.clone(),
     }
 }
 

@@ -75,6 +75,9 @@ struct ArenaHeader {
     dir_len: AtomicU64,
     dir_used: AtomicU64,
     dir_live: AtomicU64,
+    /// The census of the network's processes (`shm/census.rs`): offset of its block, 0 until
+    /// the first process registers.
+    census: AtomicU64,
 }
 
 /// One name of the directory. Read and written only under the directory's lock; `state` is
@@ -263,6 +266,18 @@ impl Arena {
     /// The descriptor children inherit.
     pub(crate) fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The word that holds the offset of the network's census block (see `shm/census.rs`).
+    pub(crate) fn census_word(&self) -> &AtomicU64 {
+        &self.header().census
+    }
+
+    /// The arena offset of `p`, if it points into the arena.
+    pub(crate) fn offset_of<T>(&self, p: *const T) -> Option<u64> {
+        let base = self.map.as_ptr() as usize;
+        let at = (p as usize).checked_sub(base)? as u64;
+        (at < self.size).then_some(at)
     }
 
     fn header_ptr(&self) -> *mut ArenaHeader {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
-use super::wait::Event;
+use super::census::Kind;
+use super::wait::{Event, Waiting};
 use super::waiter::{self, Claim, Handoff, Offer};
 use crate::error::ChannelError;
 
@@ -695,6 +696,13 @@ impl Chan {
         self.flags()
     }
 
+    /// How many messages readers have taken from the ring so far (positions past, counted
+    /// over its laps): what a picture of the network calls "messages passed".
+    pub(crate) fn passed(&self) -> u64 {
+        let (index, lap) = self.positions(self.hdr.head.0.load(Ordering::SeqCst));
+        (lap / self.hdr.one_lap) * self.hdr.ring_len + index as u64
+    }
+
     /// Whether the ring probably holds a message (a hint for waiting; `try_pop` decides).
     pub(crate) fn looks_nonempty(&self) -> bool {
         self.hdr.head.0.load(Ordering::SeqCst) != self.hdr.tail.0.load(Ordering::SeqCst)
@@ -1180,8 +1188,12 @@ impl Chan {
         // Rendezvous: wait until a reader has emptied our slot (at position lap + index).
         let slot = &self.slots[index];
         let pos = stamp - 1 + index as u64;
-        let taken = tx.wait_until(
+        let taken = tx.wait_until_parked(
             deadline,
+            Waiting {
+                kind: Kind::Write,
+                on: &[(self.key(), true, self.name(), tx)],
+            },
             || {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
                     return Some(Ok(()));
@@ -1189,6 +1201,7 @@ impl Chan {
                 self.write_refused(back).map(Err)
             },
             || self.hdr.head.0.load(Ordering::SeqCst) != pos,
+            || Err(ChannelError::Deadlock),
         );
         match taken {
             Some(Ok(())) => Ok(()),
@@ -1217,8 +1230,12 @@ impl Chan {
         let batch = (self.hdr.ring_len / 8).clamp(1, 64);
         let mut full_at: Option<u64> = None;
         let mut checks = 0u32;
-        let pushed = tx.wait_until(
+        let pushed = tx.wait_until_parked(
             deadline,
+            Waiting {
+                kind: Kind::Write,
+                on: &[(self.key(), true, self.name(), tx)],
+            },
             || {
                 // The state check comes first: a waiter must never sleep through it.
                 if let Some(e) = self.write_refused(back) {
@@ -1238,6 +1255,7 @@ impl Chan {
                 r.map(Ok)
             },
             || self.looks_writable_by_position(),
+            || Err(ChannelError::Deadlock),
         );
         pushed.unwrap_or(Err(ChannelError::Timeout))
     }
@@ -1326,8 +1344,12 @@ impl Chan {
             } else {
                 deadline
             };
-            let r = rx.wait_until(
+            let r = rx.wait_until_parked(
                 step,
+                Waiting {
+                    kind: Kind::Read,
+                    on: &[(self.key(), false, self.name(), rx)],
+                },
                 || {
                     let f = self.flags();
                     if f & POISONED != 0 {
@@ -1369,6 +1391,7 @@ impl Chan {
                     None
                 },
                 || self.looks_nonempty(),
+                || Err(ChannelError::Deadlock),
             );
             match r {
                 Some(r) => break Some(r),

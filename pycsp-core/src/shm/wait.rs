@@ -18,6 +18,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::arena::Arena;
+use super::census::{self, Item, Kind, Parked, Tick};
 use crate::sys;
 
 /// How long a waiter spins and yields before it sleeps in the kernel. A kernel wake-up costs
@@ -200,6 +201,44 @@ impl Event {
     ) -> Option<T> {
         wait_any(&[self], deadline, ready, busy)
     }
+
+    /// [`wait_until`](Self::wait_until) for a blocking operation that the census may see
+    /// (see [`wait_parked`]): with no deadline, the wait is published while it sleeps, and a
+    /// deadlock of the network ends it with `deadlocked()`.
+    pub(crate) fn wait_until_parked<T>(
+        &self,
+        deadline: Option<Instant>,
+        waiting: Waiting<'_>,
+        ready: impl FnMut() -> Option<T>,
+        busy: impl Fn() -> bool,
+        deadlocked: impl FnOnce() -> T,
+    ) -> Option<T> {
+        wait_parked(&[self], deadline, Some(waiting), ready, busy, deadlocked)
+    }
+}
+
+/// What a blocking operation waits on, for the census (`shm/census.rs`): a read or write of
+/// one channel, or a select over several; per channel its key, whether the wait is a write,
+/// its name and the event its side sleeps on.
+pub(crate) struct Waiting<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) on: &'a [(u64, bool, &'static str, &'a Event)],
+}
+
+impl Waiting<'_> {
+    fn park(&self, since: Option<u64>) -> Option<Parked> {
+        let items: Vec<Item<'_>> = self
+            .on
+            .iter()
+            .map(|&(key, write, name, e)| Item {
+                key,
+                write,
+                name,
+                word: Some(&e.seq),
+            })
+            .collect();
+        census::park(self.kind, &items, since)
+    }
 }
 
 /// The deadline `timeout` from now, or `None` (no deadline) when `timeout` is too large for
@@ -220,8 +259,26 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 pub(crate) fn wait_any<T>(
     events: &[&Event],
     deadline: Option<Instant>,
+    ready: impl FnMut() -> Option<T>,
+    busy: impl Fn() -> bool,
+) -> Option<T> {
+    wait_parked(events, deadline, None, ready, busy, || {
+        unreachable!("a wait the census does not see is never deadlocked")
+    })
+}
+
+/// [`wait_any`] for a blocking operation the census sees (`waiting`). With no deadline, once
+/// the waiter is about to sleep in the kernel it publishes what it waits on and sleeps in
+/// slices of [`census::SLICE`]; a slice that ends with nothing to do looks for a deadlock of
+/// the network, and one declared since the operation parked ends it with `deadlocked()`.
+/// Nothing of this runs before the waiter sleeps: the fast path is unchanged.
+pub(crate) fn wait_parked<T>(
+    events: &[&Event],
+    deadline: Option<Instant>,
+    waiting: Option<Waiting<'_>>,
     mut ready: impl FnMut() -> Option<T>,
     busy: impl Fn() -> bool,
+    deadlocked: impl FnOnce() -> T,
 ) -> Option<T> {
     if let Some(v) = ready() {
         return Some(v);
@@ -230,32 +287,39 @@ pub(crate) fn wait_any<T>(
     let mut round = 0u32;
     let fine = FINE_CHECKS.with(|c| c.get());
     let mut adapted = false;
+    // The published wait, kept over slices that end with nothing changed.
+    let mut parked: Option<Parked> = None;
+    let mut since: Option<u64> = None;
+    let mut resleep = false;
     loop {
         // Spin, then yield, for about SPIN_FOR (or until the deadline).
-        loop {
-            if round < fine {
-                std::hint::spin_loop();
-            } else {
-                if !adapted {
-                    adapted = true;
-                    adapt(fine, false);
+        // (Not after a slice that ended with nothing changed: then it sleeps again at once.)
+        if !resleep {
+            loop {
+                if round < fine {
+                    std::hint::spin_loop();
+                } else {
+                    if !adapted {
+                        adapted = true;
+                        adapt(fine, false);
+                    }
+                    std::thread::yield_now();
                 }
-                std::thread::yield_now();
-            }
-            round += 1;
-            if let Some(v) = ready() {
-                if !adapted {
-                    adapt(fine, true);
+                round += 1;
+                if let Some(v) = ready() {
+                    if !adapted {
+                        adapt(fine, true);
+                    }
+                    return Some(v);
                 }
-                return Some(v);
-            }
-            if round % 8 == 0 {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
-                    return None;
-                }
-                if now - *start.get_or_insert(now) >= SPIN_FOR {
-                    break;
+                if round % 8 == 0 {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return None;
+                    }
+                    if now - *start.get_or_insert(now) >= SPIN_FOR {
+                        break;
+                    }
                 }
             }
         }
@@ -282,6 +346,17 @@ pub(crate) fn wait_any<T>(
         if sleep.unwatched {
             timeout = Some(timeout.map_or(UNWATCHED_RECHECK, |t| t.min(UNWATCHED_RECHECK)));
         }
+        if let (None, Some(w)) = (deadline, &waiting) {
+            // Published as it is now: the words it sleeps on have not moved since.
+            if !parked.as_ref().is_some_and(Parked::unchanged) {
+                drop(parked.take());
+                parked = w.park(since);
+                since = since.or(parked.as_ref().map(Parked::since));
+            }
+            if parked.is_some() {
+                timeout = Some(timeout.map_or(census::SLICE, |t| t.min(census::SLICE)));
+            }
+        }
         sys::futex_waitv(&sleep.words, timeout);
         drop(sleep);
         if let Some(v) = ready() {
@@ -290,6 +365,19 @@ pub(crate) fn wait_any<T>(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return None;
         }
+        if let Some(p) = parked.as_mut() {
+            if p.tick() == Tick::Deadlocked {
+                drop(parked);
+                return Some(deadlocked());
+            }
+            if p.unchanged() {
+                // The slice ended and nothing moved: sleep again, still published.
+                resleep = true;
+                continue;
+            }
+            parked = None;
+        }
+        resleep = false;
         // Woken, but somebody else took what we were woken for: spin a little again.
         round = 4;
     }

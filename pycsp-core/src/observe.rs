@@ -1,0 +1,319 @@
+//! A picture of a running network, from what its processes already publish: the census
+//! records (name, pid, what each parked thread waits on), the ledgers (which process holds
+//! which ends) and the channel headers (name, kind, capacity, messages passed, sleepers).
+//!
+//! A [`Picture`] is Graphviz DOT text; [`Picture::svg`] lays it out and draws it in pure Rust
+//! (the `layout-rs` crate), so nothing needs to be installed. `PYCSP_PICTURE=path.svg` (or
+//! `path.dot`) makes the root process write the picture of a network when its `Parallel` ends
+//! and when it deadlocks (the deadlock error names the file); `PYCSP_PICTURE_DETAIL=structure`
+//! leaves out what changes from run to run (pids, states, counts), for pictures kept in a
+//! repository.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::shm::arena::Arena;
+use crate::shm::census::{self, Kind, Proc};
+use crate::shm::ring::Chan;
+
+/// Environment variable: where the root process writes the picture of its network (`.svg`
+/// or `.dot`), when its `Parallel` (or `Spawned::join`) ends and when the network deadlocks.
+pub const ENV_PICTURE: &str = "PYCSP_PICTURE";
+
+/// Environment variable: `structure` draws only what a program builds (process names,
+/// channel names, kinds and capacities, who writes and reads), the same on every run.
+pub const ENV_PICTURE_DETAIL: &str = "PYCSP_PICTURE_DETAIL";
+
+/// A picture of a process network, as Graphviz DOT; see [`network_picture`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Picture {
+    dot: String,
+}
+
+impl Picture {
+    /// The picture as Graphviz DOT text (`dot -Tsvg` draws it too).
+    pub fn dot(&self) -> &str {
+        &self.dot
+    }
+
+    /// The picture drawn as SVG (laid out in pure Rust; nothing to install).
+    pub fn svg(&self) -> String {
+        let mut parser = layout::gv::DotParser::new(&self.dot);
+        let Ok(graph) = parser.process() else {
+            return String::new();
+        };
+        let mut builder = layout::gv::GraphBuilder::new();
+        builder.visit_graph(&graph);
+        let mut vg = builder.get();
+        let mut svg = layout::backends::svg::SVGWriter::new();
+        vg.do_it(false, false, false, &mut svg);
+        svg.finalize()
+    }
+
+    /// Writes the picture to `path`: DOT if its name ends in `.dot`, else SVG.
+    pub fn write(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "dot") {
+            std::fs::write(path, &self.dot)
+        } else {
+            std::fs::write(path, self.svg())
+        }
+    }
+}
+
+/// A picture of this process's network as it is now: every process (name, pid, and whether
+/// it runs or what it waits on) and every channel its processes hold ends of (name, kind,
+/// capacity, messages passed, who is blocked on it), with an arrow from each writer to the
+/// channel and from the channel to each reader; an arrow a process is blocked on is red.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let picture = pycsp_core::network_picture();
+/// picture.write("network.svg")?;
+/// println!("{}", picture.dot());
+/// # Ok(())
+/// # }
+/// ```
+pub fn network_picture() -> Picture {
+    draw(&census::processes_now(), Detail::Full)
+}
+
+/// How much a picture shows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Detail {
+    /// Pids, states, counts.
+    Full,
+    /// What the program builds, the same on every run.
+    Structure,
+}
+
+/// The detail `PYCSP_PICTURE_DETAIL` asks for.
+pub(crate) fn detail() -> Detail {
+    match std::env::var(ENV_PICTURE_DETAIL).as_deref() {
+        Ok("structure") => Detail::Structure,
+        _ => Detail::Full,
+    }
+}
+
+/// The picture of the network as it was when the last deadlock was declared.
+pub(crate) fn deadlock_picture() -> Option<Picture> {
+    census::last_snapshot().map(|procs| draw(&procs, Detail::Full))
+}
+
+/// One process of a set that was started, for [`set_picture`]: its function, pid, how it
+/// ended (if it did), and the ends it was started with (channel key, is a writer).
+pub(crate) struct Member {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    pub(crate) ended: Option<String>,
+    pub(crate) ends: Vec<(u64, bool)>,
+}
+
+/// The picture of a set of processes as it was started: each process and the ends it was
+/// given (what a `Parallel` builds).
+pub(crate) fn set_picture(members: &[Member], detail: Detail) -> Picture {
+    let procs: Vec<Proc> = members
+        .iter()
+        .map(|m| {
+            let mut holds: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+            for &(k, w) in &m.ends {
+                let e = holds.entry(k).or_default();
+                if w {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            let mut p = Proc::new(m.pid, &m.name);
+            p.holds = holds.into_iter().map(|(k, (w, r))| (k, w, r)).collect();
+            p
+        })
+        .collect();
+    let states: Vec<Option<String>> = members.iter().map(|m| m.ended.clone()).collect();
+    draw_with(&procs, detail, &states)
+}
+
+/// Writes `picture` where `PYCSP_PICTURE` says, if it is set; the path written.
+pub(crate) fn write_requested(picture: &Picture) -> Option<String> {
+    let path = std::env::var(ENV_PICTURE).ok().filter(|p| !p.is_empty())?;
+    match picture.write(&path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("pycsp: could not write the picture of the network to {path}: {e}");
+            None
+        }
+    }
+}
+
+fn draw(procs: &[Proc], detail: Detail) -> Picture {
+    draw_with(procs, detail, &[])
+}
+
+/// What a channel looks like in a picture.
+struct ChanInfo {
+    name: String,
+    kind: String,
+    passed: Option<u64>,
+    held: Option<usize>,
+    sleepers: Option<(u32, u32)>,
+}
+
+fn chan_info(arena: Option<&'static Arena>, key: u64, fallback: &str) -> ChanInfo {
+    match arena.and_then(|a| Chan::attach(a, key)) {
+        Some(c) => {
+            let kind = match c.capacity() {
+                0 => "rendezvous".to_string(),
+                n => format!("buffered ({n})"),
+            };
+            let (rx, tx) = c.events();
+            ChanInfo {
+                name: c.name().to_string(),
+                kind,
+                passed: Some(c.passed()),
+                held: (!c.is_rendezvous()).then(|| c.len()),
+                sleepers: Some((rx.sleepers(), tx.sleepers())),
+            }
+        }
+        None => ChanInfo {
+            name: if fallback.is_empty() {
+                format!("channel {key:#x}")
+            } else {
+                fallback.to_string()
+            },
+            kind: String::new(),
+            passed: None,
+            held: None,
+            sleepers: None,
+        },
+    }
+}
+
+/// Quotes `s` for a DOT string.
+fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Picture {
+    let arena = Arena::get().ok();
+    let full = detail == Detail::Full;
+    // Channels in the order processes first hold them; their names from waits if freed.
+    let mut order: Vec<u64> = Vec::new();
+    let mut wait_names: BTreeMap<u64, String> = BTreeMap::new();
+    for p in procs {
+        for &(k, w, r) in &p.holds {
+            if (w > 0 || r > 0) && !order.contains(&k) {
+                order.push(k);
+            }
+        }
+        for wt in &p.waits {
+            if wt.kind != Kind::Join {
+                for (k, _, name) in &wt.items {
+                    wait_names.entry(*k).or_insert_with(|| name.clone());
+                    if !order.contains(k) {
+                        order.push(*k);
+                    }
+                }
+            }
+        }
+    }
+    let mut dot = String::from("digraph network {\n  rankdir=LR;\n");
+    let shown: Vec<usize> = (0..procs.len())
+        .filter(|&i| full || procs[i].holds.iter().any(|&(_, w, r)| w + r > 0))
+        .collect();
+    for &i in &shown {
+        let p = &procs[i];
+        let mut label = p.name.clone();
+        if full {
+            if p.pid != 0 {
+                let _ = write!(label, "\npid {}", p.pid);
+            }
+            let state = match ended.get(i).cloned().flatten() {
+                Some(s) => s,
+                None if p.pid == 0 => "starting".into(),
+                None if !p.waits.is_empty() && p.waits.len() as u32 == p.user_threads => {
+                    "blocked".into()
+                }
+                None if !p.waits.is_empty() => format!("{} threads parked", p.waits.len()),
+                None => "running".into(),
+            };
+            let _ = write!(label, "\n{state}");
+        }
+        let _ = writeln!(dot, "  p{i} [shape=box, label={}];", q(&label));
+    }
+    for (j, &k) in order.iter().enumerate() {
+        let info = chan_info(arena, k, wait_names.get(&k).map_or("", String::as_str));
+        let mut label = info.name.clone();
+        if !info.kind.is_empty() {
+            let _ = write!(label, "\n{}", info.kind);
+        }
+        if full {
+            if let Some(n) = info.passed {
+                let _ = write!(label, "\n{n} passed");
+            }
+            if let Some(h) = info.held.filter(|&h| h > 0) {
+                let _ = write!(label, ", {h} held");
+            }
+            if let Some((r, w)) = info.sleepers.filter(|&(r, w)| r + w > 0) {
+                let _ = write!(label, "\nasleep: {r} readers, {w} writers");
+            }
+        }
+        let _ = writeln!(dot, "  c{j} [shape=ellipse, label={}];", q(&label));
+    }
+    let blocked_on = |p: &Proc, k: u64, write: bool| {
+        p.waits.iter().any(|w| {
+            w.kind != Kind::Join && w.items.iter().any(|(key, wr, _)| *key == k && *wr == write)
+        })
+    };
+    for &i in &shown {
+        let p = &procs[i];
+        for (j, &k) in order.iter().enumerate() {
+            let (w, r) = p
+                .holds
+                .iter()
+                .filter(|h| h.0 == k)
+                .fold((0, 0), |(a, b), h| (a + h.1, b + h.2));
+            let waits_w = full && blocked_on(p, k, true);
+            let waits_r = full && blocked_on(p, k, false);
+            if w > 0 || waits_w {
+                let attr = if waits_w {
+                    " [color=red, label=\"waits to write\"]"
+                } else {
+                    ""
+                };
+                let _ = writeln!(dot, "  p{i} -> c{j}{attr};");
+            }
+            if r > 0 || waits_r {
+                let attr = if waits_r {
+                    " [color=red, label=\"waits to read\"]"
+                } else {
+                    ""
+                };
+                let _ = writeln!(dot, "  c{j} -> p{i}{attr};");
+            }
+        }
+        if full {
+            for wt in p.waits.iter().filter(|w| w.kind == Kind::Join) {
+                for (pid, _, _) in &wt.items {
+                    if let Some(c) = procs.iter().position(|o| u64::from(o.pid) == *pid) {
+                        let _ = writeln!(
+                            dot,
+                            "  p{i} -> p{c} [style=dashed, color=red, label=\"waits for\"];"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    dot.push_str("}\n");
+    Picture { dot }
+}

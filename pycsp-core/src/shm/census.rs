@@ -1,0 +1,878 @@
+//! The census of a network: one record per process, what each parked thread waits on, and
+//! deadlock detection across processes.
+//!
+//! Every process of a network has a **ledger** in the arena (its parent makes it before the
+//! start; see `runtime`). The ledger's root block also holds the process's **record**: its
+//! pid, name and start time, how many of its threads the library started (reapers, socket
+//! pumps and hosts, pool helpers: *internal* threads), and what each of its other (*user*)
+//! threads is parked on, if it is: a read or a write of a channel, a select over channels, a
+//! join of child processes. A record is written only on the slow path: when a thread is about
+//! to sleep in the kernel with no deadline (after spinning), and when it wakes. The census
+//! block (its offset in the arena header) lists the ledger roots of the network and keeps a
+//! **park epoch**, bumped on every park and unpark.
+//!
+//! A parked thread sleeps in slices of [`SLICE`]. When a slice ends with nothing to do and the
+//! epoch did not move during it, the thread scans the records: the network is deadlocked when
+//! every live process is blocked (all its user threads parked without a deadline, by
+//! `/proc/<pid>/stat`'s thread count less its internal threads) and no parked operation can
+//! be completed by another: no event a thread sleeps on moved since it went to sleep (a wake
+//! is in flight), no channel has a reader and a writer parked on it at once, no awaited child
+//! has ended, no process has socket channels (a peer outside the arena may wake it), and the
+//! epoch did not move during the scan. The first to find it writes a report into the arena
+//! (who waits on what, who holds the other ends, from the ledgers) and bumps the deadlock
+//! count; every operation that was parked before sees the count move within a slice and
+//! fails with `ChannelError::Deadlock` (`PYCSP_DEADLOCK=fail`, the default), or the report is
+//! printed once and the network keeps waiting (`report`), or nothing is scanned (`off`).
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use super::arena::Arena;
+
+/// How long a parked thread sleeps before it looks at the census.
+pub(crate) const SLICE: Duration = Duration::from_millis(40);
+
+/// Environment variable that sets what a deadlock does: `off`, `report` or `fail`.
+pub(crate) const ENV_DEADLOCK: &str = "PYCSP_DEADLOCK";
+
+/// What a deadlock does (see [`ENV_DEADLOCK`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    Off,
+    Report,
+    Fail,
+}
+
+/// This process's mode, from [`ENV_DEADLOCK`] (children inherit it).
+pub(crate) fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(ENV_DEADLOCK).as_deref() {
+        Ok("off") | Ok("0") => Mode::Off,
+        Ok("report") => Mode::Report,
+        _ => Mode::Fail,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The ledger's layout (written by `runtime`, read here for the holders of a channel).
+
+/// The magic of a ledger root block.
+pub(crate) const LEDGER_MAGIC: u64 = u64::from_le_bytes(*b"PYCSPLG1");
+
+/// A ledger's root block: its table of holds, and the process's record.
+#[repr(C)]
+pub(crate) struct LedgerRoot {
+    pub(crate) magic: u64,
+    pub(crate) table: AtomicU64,
+    pub(crate) record: Record,
+}
+
+/// The header of a ledger table; `len` entries follow.
+#[repr(C)]
+pub(crate) struct TableHeader {
+    pub(crate) len: u64,
+    pub(crate) _pad: u64,
+}
+
+/// One channel a process holds: the channel's key and its counts of handles, writers,
+/// readers (indexed by `runtime::Role`).
+#[repr(C)]
+pub(crate) struct Entry {
+    pub(crate) key: AtomicU64,
+    pub(crate) counts: [AtomicU32; 3],
+    pub(crate) _pad: u32,
+}
+
+/// The ledger root at `root`.
+pub(crate) fn root_at(arena: &Arena, root: u64) -> &'static LedgerRoot {
+    // SAFETY: `root` is a ledger root block inside the arena (checked by `ptr`); its fields
+    // other than the magic are atomic (the magic is written before the block is published).
+    unsafe {
+        &*arena
+            .ptr(root, std::mem::size_of::<LedgerRoot>() as u64)
+            .cast::<LedgerRoot>()
+    }
+}
+
+/// The entries of the ledger table at `table`.
+pub(crate) fn table_at(arena: &Arena, table: u64) -> Option<&'static [Entry]> {
+    // SAFETY: `table` is a ledger table inside the arena (checked by `ptr`); its length was
+    // written before it was published.
+    let len = unsafe { (*arena.ptr(table, 16).cast::<TableHeader>()).len };
+    let bytes = len.checked_mul(std::mem::size_of::<Entry>() as u64)?;
+    let p = arena.ptr(table.checked_add(16)?, bytes).cast::<Entry>();
+    // SAFETY: `len` entries lie inside the arena (checked by `ptr`); all their fields are
+    // atomic.
+    Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
+}
+
+/// The entries of the ledger whose root is `root`, if it is one.
+pub(crate) fn table_entries(arena: &Arena, root: u64) -> Option<&'static [Entry]> {
+    let r = root_at(arena, root);
+    if r.magic != LEDGER_MAGIC {
+        return None;
+    }
+    match r.table.load(Ordering::Acquire) {
+        0 => Some(&[]),
+        t => table_at(arena, t),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Records.
+
+/// Threads of one process that can publish what they wait on at once; more wait unpublished
+/// (their process then never counts as blocked).
+const WAIT_SLOTS: usize = 4;
+/// The most channels (or children) one published wait names; a select over more is not
+/// published.
+pub(crate) const WAIT_ITEMS: usize = 8;
+const NAME: usize = 48;
+
+/// What a process publishes about itself (inside its ledger root block).
+#[repr(C)]
+pub(crate) struct Record {
+    /// 0 until the process has started and written it.
+    pid: AtomicU32,
+    /// User threads parked with a published wait.
+    parked: AtomicU32,
+    /// Threads the library started in this process.
+    internal: AtomicU32,
+    /// Of those, socket hosts and pumps: a peer outside the arena may wake this process.
+    sockets: AtomicU32,
+    /// The process's start time (`/proc/<pid>/stat` field 22), against pid reuse.
+    start_time: AtomicU64,
+    name_len: AtomicU32,
+    name: [AtomicU8; NAME],
+    waits: [WaitSlot; WAIT_SLOTS],
+}
+
+/// One parked thread's wait.
+#[repr(C)]
+struct WaitSlot {
+    /// 0 free, 1 being written, 2 published.
+    state: AtomicU32,
+    kind: AtomicU32,
+    n: AtomicU32,
+    /// Bit i: item i is a write.
+    writes: AtomicU32,
+    /// Channel keys (or, for a join, pids).
+    items: [AtomicU64; WAIT_ITEMS],
+    /// Arena offset of the futex word the thread sleeps on for item i, and its value then.
+    words: [AtomicU64; WAIT_ITEMS],
+    seqs: [AtomicU32; WAIT_ITEMS],
+    /// Arena offset << 8 | length of each channel's name.
+    names: [AtomicU64; WAIT_ITEMS],
+}
+
+/// What a parked thread waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    Read = 1,
+    Write = 2,
+    Select = 3,
+    Join = 4,
+}
+
+impl Kind {
+    fn from(v: u32) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Read,
+            2 => Kind::Write,
+            3 => Kind::Select,
+            4 => Kind::Join,
+            _ => return None,
+        })
+    }
+}
+
+/// One thing a parked thread waits on: a side of a channel (its key, whether the wait is a
+/// write, its name, the futex word its side sleeps on), or a child process (`key` its pid).
+#[derive(Clone, Copy)]
+pub(crate) struct Item<'a> {
+    pub(crate) key: u64,
+    pub(crate) write: bool,
+    pub(crate) name: &'static str,
+    pub(crate) word: Option<&'a AtomicU32>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The census block.
+
+/// Ledger roots the census lists; processes beyond them make the census incomplete (and
+/// detection stops).
+const SLOTS: usize = 4096;
+
+#[repr(C)]
+struct CensusHeader {
+    epoch: AtomicU64,
+    deadlocks: AtomicU64,
+    /// The epoch last scanned, and the epoch whose deadlock was raised.
+    scanned: AtomicU64,
+    raised: AtomicU64,
+    /// Processes that could not be listed (no room): while non-zero nothing is detected.
+    incomplete: AtomicU64,
+    /// The last report: block offset and length.
+    report: AtomicU64,
+    report_len: AtomicU64,
+    slots: [AtomicU64; SLOTS],
+}
+
+fn census(arena: &Arena) -> Option<&'static CensusHeader> {
+    let word = arena.census_word();
+    let mut at = word.load(Ordering::Acquire);
+    if at == 0 {
+        let new = arena
+            .alloc_block_zeroed(std::mem::size_of::<CensusHeader>() as u64)
+            .ok()?;
+        match word.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => at = new,
+            Err(other) => {
+                arena.free_block(new);
+                at = other;
+            }
+        }
+    }
+    // SAFETY: the census block is inside the arena (checked by `ptr`), zeroed before it was
+    // published, and all its fields are atomic.
+    Some(unsafe {
+        &*arena
+            .ptr(at, std::mem::size_of::<CensusHeader>() as u64)
+            .cast::<CensusHeader>()
+    })
+}
+
+/// Lists the ledger root `root` (a new ledger) in the census.
+pub(crate) fn register(arena: &Arena, root: u64) {
+    let Some(c) = census(arena) else { return };
+    for s in &c.slots {
+        if s.compare_exchange(0, root, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    c.incomplete.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Takes the ledger root `root` off the census (before its block is freed).
+pub(crate) fn unregister(arena: &Arena, root: u64) {
+    let Some(c) = census(arena) else { return };
+    for s in &c.slots {
+        if s.compare_exchange(root, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// A process could not be given a ledger: the census cannot see it, so it never detects.
+pub(crate) fn unlisted(arena: &Arena) {
+    if let Some(c) = census(arena) {
+        c.incomplete.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// This process's ledger root, once it has one.
+static MINE: AtomicU64 = AtomicU64::new(0);
+
+/// Internal threads of this process: (all, socket ones), written to the record under this
+/// lock.
+static INTERNAL: Mutex<(u32, u32)> = Mutex::new((0, 0));
+
+thread_local! {
+    static IS_INTERNAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The ledger root `root` is this process's: writes its pid, start time and name.
+pub(crate) fn own(arena: &Arena, root: u64, name: &str) {
+    let r = &root_at(arena, root).record;
+    let pid = std::process::id();
+    r.start_time
+        .store(start_time(pid).unwrap_or(0), Ordering::Relaxed);
+    write_name(r, name);
+    {
+        let i = INTERNAL.lock().unwrap_or_else(|p| p.into_inner());
+        r.internal.store(i.0, Ordering::SeqCst);
+        r.sockets.store(i.1, Ordering::SeqCst);
+        MINE.store(root, Ordering::SeqCst);
+    }
+    r.pid.store(pid, Ordering::SeqCst);
+}
+
+/// The ledger root `root` is a child's that runs the function `name` (written by its parent
+/// before the start, so that a picture names it from the first moment).
+pub(crate) fn name_child(arena: &Arena, root: u64, name: &str) {
+    write_name(&root_at(arena, root).record, name);
+}
+
+/// This process runs the function `name` (its record says so).
+pub(crate) fn rename(name: &str) {
+    let root = MINE.load(Ordering::SeqCst);
+    if let (true, Ok(arena)) = (root != 0, Arena::get()) {
+        write_name(&root_at(arena, root).record, name);
+    }
+}
+
+fn write_name(r: &Record, name: &str) {
+    let short = name.rsplit("::").next().unwrap_or(name).as_bytes();
+    let n = short.len().min(NAME);
+    for (d, &b) in r.name.iter().zip(&short[..n]) {
+        d.store(b, Ordering::Relaxed);
+    }
+    r.name_len.store(n as u32, Ordering::Release);
+}
+
+fn read_name(r: &Record) -> String {
+    let n = (r.name_len.load(Ordering::Acquire) as usize).min(NAME);
+    let bytes: Vec<u8> = r.name[..n]
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    match String::from_utf8_lossy(&bytes).into_owned() {
+        s if s.is_empty() => "?".into(),
+        s => s,
+    }
+}
+
+/// Marks the calling thread as one the library started, for as long as the guard lives
+/// (`socket`: a socket host or pump, through which a peer outside the arena may wake this
+/// process).
+pub(crate) fn internal_thread(socket: bool) -> InternalThread {
+    IS_INTERNAL.with(|c| c.set(true));
+    count_internal(1, socket);
+    InternalThread { socket }
+}
+
+/// See [`internal_thread`].
+pub(crate) struct InternalThread {
+    socket: bool,
+}
+
+impl Drop for InternalThread {
+    fn drop(&mut self) {
+        count_internal(-1, self.socket);
+    }
+}
+
+fn count_internal(delta: i32, socket: bool) {
+    let mut i = INTERNAL.lock().unwrap_or_else(|p| p.into_inner());
+    i.0 = i.0.saturating_add_signed(delta);
+    if socket {
+        i.1 = i.1.saturating_add_signed(delta);
+    }
+    let root = MINE.load(Ordering::SeqCst);
+    if let (true, Ok(arena)) = (root != 0, Arena::get()) {
+        let r = &root_at(arena, root).record;
+        r.internal.store(i.0, Ordering::SeqCst);
+        r.sockets.store(i.1, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parking.
+
+/// A published wait of this thread; dropping it withdraws it.
+pub(crate) struct Parked {
+    arena: &'static Arena,
+    census: &'static CensusHeader,
+    slot: &'static WaitSlot,
+    record: &'static Record,
+    /// The deadlock count when the operation first parked.
+    since: u64,
+    /// The epoch at the end of the last slice.
+    seen: u64,
+    slices: u32,
+}
+
+/// The outcome of a slice that ended with nothing to do.
+#[derive(PartialEq, Eq, Debug)]
+pub(crate) enum Tick {
+    Wait,
+    Deadlocked,
+}
+
+/// Publishes that this thread parks on `items` (`kind`), with no deadline; `since` is the
+/// deadlock count of an earlier park of the same operation. `None` when nothing is published
+/// (detection off, an internal thread, no record, too many items or threads).
+pub(crate) fn park(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option<Parked> {
+    if items.len() > WAIT_ITEMS || IS_INTERNAL.with(std::cell::Cell::get) {
+        return None;
+    }
+    if mode() == Mode::Off {
+        return None;
+    }
+    let root = MINE.load(Ordering::Relaxed);
+    if root == 0 {
+        return None;
+    }
+    let arena = Arena::get().ok()?;
+    let census = census(arena)?;
+    let record = &root_at(arena, root).record;
+    let slot = record.waits.iter().find(|s| {
+        s.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    })?;
+    slot.kind.store(kind as u32, Ordering::Relaxed);
+    slot.n.store(items.len() as u32, Ordering::Relaxed);
+    let mut writes = 0;
+    for (i, it) in items.iter().enumerate() {
+        writes |= u32::from(it.write) << i;
+        slot.items[i].store(it.key, Ordering::Relaxed);
+        let word = it.word.and_then(|w| Some((arena.offset_of(w)?, w)));
+        slot.words[i].store(word.map_or(0, |(o, _)| o), Ordering::Relaxed);
+        slot.seqs[i].store(
+            word.map_or(0, |(_, w)| w.load(Ordering::SeqCst)),
+            Ordering::Relaxed,
+        );
+        let name = arena
+            .offset_of(it.name.as_ptr())
+            .filter(|_| it.name.len() < 256)
+            .map_or(0, |o| o << 8 | it.name.len() as u64);
+        slot.names[i].store(name, Ordering::Relaxed);
+    }
+    slot.writes.store(writes, Ordering::Relaxed);
+    slot.state.store(2, Ordering::SeqCst);
+    record.parked.fetch_add(1, Ordering::SeqCst);
+    let seen = census.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    Some(Parked {
+        arena,
+        census,
+        slot,
+        record,
+        since: since.unwrap_or_else(|| census.deadlocks.load(Ordering::SeqCst)),
+        seen,
+        slices: 0,
+    })
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.record.parked.fetch_sub(1, Ordering::SeqCst);
+        self.slot.state.store(0, Ordering::SeqCst);
+        self.census.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Parked {
+    /// The deadlock count when the operation first parked (for a park after a wake-up).
+    pub(crate) fn since(&self) -> u64 {
+        self.since
+    }
+
+    /// Whether every word this wait sleeps on still holds the value it had when published
+    /// (no wake-up came since).
+    pub(crate) fn unchanged(&self) -> bool {
+        let n = (self.slot.n.load(Ordering::Relaxed) as usize).min(WAIT_ITEMS);
+        (0..n).all(|i| match self.slot.words[i].load(Ordering::Relaxed) {
+            0 => true,
+            at => {
+                word_at(self.arena, at).load(Ordering::SeqCst)
+                    == self.slot.seqs[i].load(Ordering::Relaxed)
+            }
+        })
+    }
+
+    /// A slice ended with nothing to do: whether a deadlock was declared since this operation
+    /// parked (in `fail` mode), after scanning if the epoch stood still for a whole slice.
+    pub(crate) fn tick(&mut self) -> Tick {
+        let c = self.census;
+        if mode() == Mode::Fail && c.deadlocks.load(Ordering::SeqCst) != self.since {
+            return Tick::Deadlocked;
+        }
+        let e = c.epoch.load(Ordering::SeqCst);
+        self.slices = self.slices.wrapping_add(1);
+        if e != self.seen {
+            self.seen = e;
+            return Tick::Wait;
+        }
+        // The epoch stood still for a slice: scan, unless somebody scanned it already (a
+        // process whose threads changed moves no epoch: rescan now and then).
+        let prev = c.scanned.load(Ordering::SeqCst);
+        if prev == e && self.slices % 16 != 0 {
+            return Tick::Wait;
+        }
+        if c.scanned
+            .compare_exchange(prev, e, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            return Tick::Wait;
+        }
+        let Some(report) = scan(self.arena, c, e) else {
+            return Tick::Wait;
+        };
+        if c.raised.swap(e, Ordering::SeqCst) == e {
+            return Tick::Wait; // raised for this epoch already
+        }
+        raise(self.arena, c, &report);
+        if mode() == Mode::Fail {
+            Tick::Deadlocked
+        } else {
+            Tick::Wait
+        }
+    }
+}
+
+/// Writes `report` into the arena and bumps the deadlock count.
+fn raise(arena: &Arena, c: &CensusHeader, bytes: &[u8]) {
+    if let Ok(b) = arena.alloc_block(bytes.len().max(1) as u64) {
+        // SAFETY: the block is new and ours, `bytes.len()` long (checked by `ptr`); it is
+        // published (`report`) only after it is written, and never written again.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                arena.ptr(b, bytes.len() as u64),
+                bytes.len(),
+            );
+        }
+        c.report_len.store(bytes.len() as u64, Ordering::SeqCst);
+        c.report.store(b, Ordering::SeqCst);
+    }
+    c.deadlocks.fetch_add(1, Ordering::SeqCst);
+    if mode() == Mode::Report {
+        let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[]));
+        eprintln!("pycsp: deadlock ({ENV_DEADLOCK}=report: the network keeps waiting)\n{text}");
+    }
+}
+
+/// The deadlock count of the network now (to compare with a later [`last_report`]).
+pub(crate) fn deadlocks() -> u64 {
+    Arena::get()
+        .ok()
+        .and_then(census)
+        .map_or(0, |c| c.deadlocks.load(Ordering::SeqCst))
+}
+
+/// The report of the last deadlock declared in this network.
+pub(crate) fn last_report() -> Option<String> {
+    let bytes = last_bytes()?;
+    let text = bytes.split(|&b| b == 0).next().unwrap_or(&[]);
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
+/// The processes of the network as they were when the last deadlock was declared.
+pub(crate) fn last_snapshot() -> Option<Vec<Proc>> {
+    let bytes = last_bytes()?;
+    let at = bytes.iter().position(|&b| b == 0)?;
+    rmp_serde::from_slice(&bytes[at + 1..]).ok()
+}
+
+fn last_bytes() -> Option<Vec<u8>> {
+    let arena = Arena::get().ok()?;
+    let c = census(arena)?;
+    let at = c.report.load(Ordering::SeqCst);
+    let len = c.report_len.load(Ordering::SeqCst);
+    if at == 0 {
+        return None;
+    }
+    let p = arena.ptr(at, len);
+    // SAFETY: the report block was written before it was published and is never written
+    // again; `len` bytes lie inside the arena (checked by `ptr`).
+    Some(unsafe { std::slice::from_raw_parts(p, len as usize) }.to_vec())
+}
+
+// ---------------------------------------------------------------------------------------
+// Scanning.
+
+/// A published wait, as a scan reads it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Wait {
+    pub(crate) kind: Kind,
+    /// (key or pid, is a write, name)
+    pub(crate) items: Vec<(u64, bool, String)>,
+    words: Vec<(u64, u32)>,
+}
+
+/// A live process of the network, as a scan reads it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    /// Its user threads, and how many of them are parked.
+    pub(crate) user_threads: u32,
+    pub(crate) parked: u32,
+    pub(crate) sockets: u32,
+    pub(crate) waits: Vec<Wait>,
+    /// Channels it holds: (key, writers, readers).
+    pub(crate) holds: Vec<(u64, u32, u32)>,
+}
+
+impl Proc {
+    /// A process with nothing published (for a picture of a set as it was started).
+    pub(crate) fn new(pid: u32, name: &str) -> Proc {
+        Proc {
+            pid,
+            name: name.rsplit("::").next().unwrap_or(name).to_string(),
+            user_threads: 0,
+            parked: 0,
+            sockets: 0,
+            waits: Vec::new(),
+            holds: Vec::new(),
+        }
+    }
+}
+
+/// Every live process of the network (`None` if one has not written its record yet).
+fn processes(arena: &Arena) -> Option<Vec<Proc>> {
+    read_processes(arena, true)
+}
+
+/// Every process of the network now, those still starting included (pid 0), in the order
+/// they were listed (a parent before the children it starts).
+pub(crate) fn processes_now() -> Vec<Proc> {
+    Arena::get()
+        .ok()
+        .and_then(|a| read_processes(a, false))
+        .unwrap_or_default()
+}
+
+/// The processes of the network (`strict`: `None` if one has not written its record yet;
+/// else those are listed with pid 0).
+fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
+    let c = census(arena)?;
+    let mut out = Vec::new();
+    for s in &c.slots {
+        let root = s.load(Ordering::SeqCst);
+        if root == 0 {
+            continue;
+        }
+        let lr = root_at(arena, root);
+        if lr.magic != LEDGER_MAGIC {
+            continue;
+        }
+        let r = &lr.record;
+        let pid = r.pid.load(Ordering::SeqCst);
+        let threads = if pid == 0 {
+            if strict {
+                return None; // starting
+            }
+            0
+        } else {
+            let Some((threads, start)) = proc_stat(pid) else {
+                continue; // ended
+            };
+            if start != r.start_time.load(Ordering::Relaxed) {
+                continue; // the pid is another process's now
+            }
+            threads
+        };
+        let mut waits = Vec::new();
+        for w in &r.waits {
+            if w.state.load(Ordering::SeqCst) != 2 {
+                continue;
+            }
+            let Some(kind) = Kind::from(w.kind.load(Ordering::Relaxed)) else {
+                continue;
+            };
+            let n = (w.n.load(Ordering::Relaxed) as usize).min(WAIT_ITEMS);
+            let writes = w.writes.load(Ordering::Relaxed);
+            let items = (0..n)
+                .map(|i| {
+                    let name = channel_name(arena, w.names[i].load(Ordering::Relaxed));
+                    (
+                        w.items[i].load(Ordering::Relaxed),
+                        writes & (1 << i) != 0,
+                        name,
+                    )
+                })
+                .collect();
+            let words = (0..n)
+                .map(|i| {
+                    (
+                        w.words[i].load(Ordering::Relaxed),
+                        w.seqs[i].load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            if w.state.load(Ordering::SeqCst) == 2 {
+                waits.push(Wait { kind, items, words });
+            }
+        }
+        let holds = table_entries(arena, root)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|e| {
+                let k = e.key.load(Ordering::Acquire);
+                let w = e.counts[1].load(Ordering::Acquire);
+                let rd = e.counts[2].load(Ordering::Acquire);
+                (k != 0).then_some((k, w, rd))
+            })
+            .collect();
+        let internal = r.internal.load(Ordering::SeqCst);
+        out.push(Proc {
+            pid,
+            name: read_name(r),
+            user_threads: threads.saturating_sub(internal),
+            parked: r.parked.load(Ordering::SeqCst),
+            sockets: r.sockets.load(Ordering::SeqCst),
+            waits,
+            holds,
+        });
+    }
+    Some(out)
+}
+
+fn channel_name(arena: &Arena, packed: u64) -> String {
+    if packed == 0 {
+        return String::new();
+    }
+    let (at, len) = (packed >> 8, packed & 0xff);
+    let p = arena.ptr(at, len);
+    // SAFETY: the name lies inside the arena (checked by `ptr`), in the header of a channel
+    // its parked holder keeps alive; it is written before the channel is published.
+    let bytes = unsafe { std::slice::from_raw_parts(p, len as usize) };
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether the network is deadlocked at epoch `e`: the report, if it is.
+fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<Vec<u8>> {
+    if c.incomplete.load(Ordering::SeqCst) != 0 {
+        return None;
+    }
+    let procs = processes(arena)?;
+    if procs.is_empty() {
+        return None;
+    }
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    let mut sides: Vec<(u64, bool)> = Vec::new();
+    for p in &procs {
+        // Blocked: every user thread parked with a published wait; no socket channels.
+        if p.sockets != 0
+            || p.parked == 0
+            || p.parked != p.user_threads
+            || p.waits.len() != p.parked as usize
+        {
+            return None;
+        }
+        for w in &p.waits {
+            for (i, &(word, seq)) in w.words.iter().enumerate() {
+                if word != 0 && word_at(arena, word).load(Ordering::SeqCst) != seq {
+                    return None; // woken: a wake-up is in flight
+                }
+                let (key, write, _) = &w.items[i];
+                if w.kind == Kind::Join {
+                    // A child that ended (or is not a process of the census) can be joined.
+                    if !pids.contains(&(*key as u32)) {
+                        return None;
+                    }
+                } else {
+                    sides.push((*key, *write));
+                }
+            }
+        }
+    }
+    // A reader and a writer parked on one channel at once: one of them is being woken.
+    if sides.iter().any(|&(k, w)| sides.contains(&(k, !w))) {
+        return None;
+    }
+    if c.epoch.load(Ordering::SeqCst) != e {
+        return None;
+    }
+    Some(report(&procs)).map(|text| {
+        // The report, then (after a NUL) the processes as MessagePack for a picture.
+        let mut bytes = text.into_bytes();
+        bytes.push(0);
+        if let Ok(snap) = rmp_serde::to_vec(&procs) {
+            bytes.extend(snap);
+        }
+        bytes
+    })
+}
+
+fn word_at(arena: &Arena, at: u64) -> &'static AtomicU32 {
+    // SAFETY: `at` is the offset of a futex word inside a channel header in the arena
+    // (checked by `ptr`, 4-aligned as every event's first word); only accessed atomically.
+    unsafe { &*arena.ptr(at & !3, 4).cast::<AtomicU32>() }
+}
+
+/// Who waits on what, and who holds the other ends, in words.
+pub(crate) fn report(procs: &[Proc]) -> String {
+    let who = |p: &Proc| format!("`{}` (pid {})", p.name, p.pid);
+    let holders = |key: u64, writers: bool| -> String {
+        let hs: Vec<String> = procs
+            .iter()
+            .filter(|p| {
+                p.holds
+                    .iter()
+                    .any(|&(k, w, r)| k == key && if writers { w > 0 } else { r > 0 })
+            })
+            .map(|p| {
+                let state = match p.waits.first() {
+                    Some(w) => format!(", which {}", describe(w, procs)),
+                    None => String::new(),
+                };
+                format!("{}{state}", who(p))
+            })
+            .collect();
+        let side = if writers { "writer" } else { "reader" };
+        match hs.len() {
+            0 => format!("no live process holds a {side} end"),
+            1 => format!("its only {side} end is held by {}", hs[0]),
+            _ => format!("its {side} ends are held by {}", hs.join("; ")),
+        }
+    };
+    let mut lines = vec![format!(
+        "deadlock: every process of the network is blocked, and none can complete another's operation ({} processes):",
+        procs.len()
+    )];
+    for p in procs {
+        for w in &p.waits {
+            let mut line = format!("- {} {}", who(p), describe(w, procs));
+            if matches!(w.kind, Kind::Read | Kind::Write) {
+                let (key, write, _) = &w.items[0];
+                line.push_str(&format!("; {}", holders(*key, !write)));
+            }
+            lines.push(line);
+        }
+    }
+    lines.join("\n")
+}
+
+fn describe(w: &Wait, procs: &[Proc]) -> String {
+    let chan = |(_, _, name): &(u64, bool, String)| format!("`{name}`");
+    match w.kind {
+        Kind::Read => format!("waits to read {}", chan(&w.items[0])),
+        Kind::Write => format!("waits to write {}", chan(&w.items[0])),
+        Kind::Select => {
+            let gs: Vec<String> = w
+                .items
+                .iter()
+                .map(|it| format!("{} {}", if it.1 { "write" } else { "read" }, chan(it)))
+                .collect();
+            format!("waits in a select to {}", gs.join(" or "))
+        }
+        Kind::Join => {
+            let cs: Vec<String> = w
+                .items
+                .iter()
+                .map(
+                    |&(pid, _, _)| match procs.iter().find(|p| u64::from(p.pid) == pid) {
+                        Some(p) => format!("`{}` (pid {})", p.name, p.pid),
+                        None => format!("pid {pid}"),
+                    },
+                )
+                .collect();
+            format!("waits in Parallel for {}", cs.join(", "))
+        }
+    }
+}
+
+/// A process's thread count and start time, from `/proc/<pid>/stat`; `None` if it ended
+/// (a zombie has ended).
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields from 3 (state): state is f[0], num_threads field 20 is f[17], starttime 22 f[19].
+    if matches!(f.first(), Some(&"Z") | Some(&"X") | Some(&"x")) {
+        return None;
+    }
+    Some((f.get(17)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, s)| s)
+}

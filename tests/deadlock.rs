@@ -1,0 +1,457 @@
+//! Deadlock detection across processes: a network whose every process waits for another
+//! fails with `Error::Deadlock` naming who waits on what; a network that can progress never
+//! does.
+//!
+//! This test has its own `main` (`harness = false`): each case runs in a fresh run of this
+//! binary, on its main thread and nothing else, as a program's `main` runs a network. (A
+//! process with a thread that is not in a pycsp operation, such as libtest's main thread
+//! waiting for its test threads, is never blocked as a whole, so no deadlock is declared in
+//! it: see the book's "Seeing your network".) The outer run starts each case with a deadline
+//! and kills it when the deadline passes, so no case can hang the suite.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pycsp::prelude::*;
+use pycsp::Error;
+
+// ---------------------------------------------------------------------------------------
+// The parent that keeps a writer.
+
+#[process]
+fn consumer(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    let mut sum = 0;
+    loop {
+        match inp.read() {
+            Ok(v) => sum += v,
+            Err(ChannelError::Retired) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[process]
+fn producer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    for i in 0..n {
+        out.write(i)?;
+    }
+    Ok(())
+}
+
+// ANCHOR: keeps_writer
+fn parent_keeps_a_writer() -> Result<String, Error> {
+    let ch = Channel::<u64>::named("numbers")?;
+    let kept = ch.writer(); // the mistake: never written to, never dropped
+    let r = Parallel((producer(ch.writer(), 10), consumer(ch.reader())));
+    drop(kept);
+    r.map(|(_, sum)| format!("{sum:?}"))
+}
+// ANCHOR_END: keeps_writer
+
+// ---------------------------------------------------------------------------------------
+// A ring of rendezvous channels without a token: everyone reads first.
+
+#[process]
+fn ring_member(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    let v = inp.read()?;
+    out.write(v + 1)
+}
+
+fn ring_without_token() -> Result<String, Error> {
+    let chans: Vec<Channel<u64>> = (0..3)
+        .map(|i| Channel::named(&format!("ring{i}")))
+        .collect::<Result<_, _>>()?;
+    let members: Vec<_> = (0..3)
+        .map(|i| ring_member(chans[i].reader(), chans[(i + 1) % 3].writer()))
+        .collect();
+    drop(chans);
+    Parallel(members).map(|_| "ring ended".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Five philosophers without a butler: each takes the left fork, then the right one.
+
+const N: usize = 5;
+
+#[process]
+fn fork(
+    left_up: ChannelIn<()>,
+    left_down: ChannelIn<()>,
+    right_up: ChannelIn<()>,
+    right_down: ChannelIn<()>,
+) -> Result<(), ChannelError> {
+    loop {
+        let taken = Alternation::new()
+            .input(&left_up, |()| 0)
+            .input(&right_up, |()| 1)
+            .fair_select()?;
+        if taken.value == 0 {
+            left_down.read()?;
+        } else {
+            right_down.read()?;
+        }
+    }
+}
+
+#[process]
+fn philosopher(
+    left_up: ChannelOut<()>,
+    left_down: ChannelOut<()>,
+    right_up: ChannelOut<()>,
+    right_down: ChannelOut<()>,
+) -> Result<(), ChannelError> {
+    loop {
+        left_up.write(())?;
+        // Reaching for the right fork takes a while: long enough for everyone to hold a left
+        // one (this is what the butler prevents).
+        std::thread::sleep(Duration::from_millis(20));
+        right_up.write(())?;
+        left_down.write(())?;
+        right_down.write(())?;
+    }
+}
+
+fn philosophers_without_butler() -> Result<String, Error> {
+    // Per philosopher and side (L, R): a channel to pick the fork up and one to put it down.
+    let pair = |what: &str, i: usize, side: &str| Channel::<()>::named(&format!("{what}{i}{side}"));
+    let (mut lu, mut ld, mut ru, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..N {
+        lu.push(pair("up", i, "L")?);
+        ld.push(pair("down", i, "L")?);
+        ru.push(pair("up", i, "R")?);
+        rd.push(pair("down", i, "R")?);
+    }
+    let mut forks = Vec::new();
+    let mut phils = Vec::new();
+    for i in 0..N {
+        // Fork i is philosopher i's left fork and philosopher i+1's right one.
+        let k = (i + 1) % N;
+        forks.push(fork(
+            lu[i].reader(),
+            ld[i].reader(),
+            ru[k].reader(),
+            rd[k].reader(),
+        ));
+        phils.push(philosopher(
+            lu[i].writer(),
+            ld[i].writer(),
+            ru[i].writer(),
+            rd[i].writer(),
+        ));
+    }
+    drop((lu, ld, ru, rd));
+    Parallel((forks, phils)).map(|_| "the philosophers left".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// A cycle across three processes through buffered channels that are full.
+
+#[process]
+fn stuffer(inp: ChannelIn<u64>, out: ChannelOut<u64>, n: u64) -> Result<u64, ChannelError> {
+    for i in 0..n {
+        out.write(i)?; // one more than the buffer holds: blocks, and nobody reads yet
+    }
+    let mut sum = 0;
+    for _ in 0..n {
+        sum += inp.read()?;
+    }
+    Ok(sum)
+}
+
+fn full_buffered_cycle() -> Result<String, Error> {
+    let chans: Vec<Channel<u64>> = (0..3)
+        .map(|i| Channel::named_buffered(&format!("full{i}"), 4))
+        .collect::<Result<_, _>>()?;
+    let procs: Vec<_> = (0..3)
+        .map(|i| stuffer(chans[i].reader(), chans[(i + 1) % 3].writer(), 5))
+        .collect();
+    drop(chans);
+    Parallel(procs).map(|_| "the cycle ended".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// No false alarm.
+
+#[process]
+fn slow_producer(out: ChannelOut<u64>, ms: u64) -> Result<(), ChannelError> {
+    // Sleeping (not in a channel operation) while everyone else waits for it: not blocked.
+    std::thread::sleep(Duration::from_millis(ms));
+    out.write(7)?;
+    std::hint::black_box((0..50_000_000u64).fold(0u64, |a, x| a ^ x.wrapping_mul(31)));
+    out.write(8)
+}
+
+fn sleeper_is_not_blocked() -> Result<String, Error> {
+    let ch = Channel::<u64>::new()?;
+    let (_, sum) = Parallel((slow_producer(ch.writer(), 600), consumer(ch.reader())))?;
+    Ok(format!("{sum:?}"))
+}
+
+#[process]
+fn relay(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<(), ChannelError> {
+    loop {
+        match inp.read() {
+            Ok(v) => out.write(v + 1)?,
+            Err(ChannelError::Retired) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sums what comes on either channel, selecting, until both retired (a select that parks).
+#[process]
+fn merge(a: ChannelIn<u64>, b: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    let mut sum = 0;
+    loop {
+        match Alternation::new()
+            .input(&a, |v| v)
+            .input(&b, |v| v)
+            .fair_select()
+        {
+            Ok(c) => sum += c.value,
+            Err(ChannelError::Retired) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Many runs of a network that keeps parking and waking (rendezvous, a buffered channel, a
+/// select, processes waiting in Parallel): no deadlock is ever declared.
+fn busy_networks() -> Result<String, Error> {
+    let runs: u64 = std::env::var("DEADLOCK_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    for _ in 0..runs {
+        let a = Channel::<u64>::new()?;
+        let b = Channel::<u64>::buffered(2)?;
+        let (c, d) = (Channel::<u64>::new()?, Channel::<u64>::buffered(1)?);
+        let (_, _, sum, _, merged) = Parallel((
+            producer(a.writer(), 50),
+            relay(a.reader(), b.writer()),
+            consumer(b.reader()),
+            (producer(c.writer(), 20), producer(d.writer(), 30)),
+            merge(c.reader(), d.reader()),
+        ))?;
+        assert_eq!(sum, Ok((0..50).map(|x| x + 1).sum::<u64>()));
+        assert_eq!(merged, Ok((0..20).sum::<u64>() + (0..30).sum::<u64>()));
+    }
+    Ok(format!("{runs} runs"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver.
+
+type Case = (&'static str, fn() -> Result<String, Error>);
+
+const CASES: &[Case] = &[
+    ("parent_keeps_a_writer", parent_keeps_a_writer),
+    ("ring_without_token", ring_without_token),
+    ("philosophers_without_butler", philosophers_without_butler),
+    ("full_buffered_cycle", full_buffered_cycle),
+    ("sleeper_is_not_blocked", sleeper_is_not_blocked),
+    ("busy_networks", busy_networks),
+];
+
+/// Runs case `name` in a fresh run of this binary; its output: "deadlock" and the report,
+/// or "ok" and the value, or "error" and the error; and how long it took.
+fn run_case(name: &str, env: &[(&str, &str)]) -> (String, Duration) {
+    let (out, _, took) = run_case_within(name, env, Duration::from_secs(120));
+    (out, took)
+}
+
+/// [`run_case`] with a deadline of `limit` (then the run is killed and its output says
+/// "hung"), with its standard error.
+fn run_case_within(
+    name: &str,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (String, String, Duration) {
+    let start = Instant::now();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("DEADLOCK_CASE", name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Standard error is read on the side, so that a long one cannot block the child.
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = err_pipe.read_to_string(&mut e);
+        e
+    });
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err_reader.join().unwrap();
+            return (
+                format!("hung: no end within {limit:?}"),
+                err,
+                start.elapsed(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let err = err_reader.join().unwrap();
+    (out, err, start.elapsed())
+}
+
+fn in_case(name: &str) {
+    let (_, f) = CASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("a known case");
+    match f() {
+        Ok(v) => println!("ok\n{v}"),
+        Err(Error::Deadlock { report, picture }) => {
+            println!("deadlock\n{report}");
+            if let Some(p) = picture {
+                println!("picture: {p}");
+            }
+        }
+        Err(e) => println!("error\n{e}"),
+    }
+}
+
+fn main() {
+    if let Ok(name) = std::env::var("DEADLOCK_CASE") {
+        in_case(&name);
+        return;
+    }
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut check = |name: &str, ok: bool, out: &str, took: Duration| {
+        println!(
+            "test {name} ... {} ({took:.2?})",
+            if ok { "ok" } else { "FAILED" }
+        );
+        if !ok {
+            println!("{out}");
+            failed.push(name.to_string());
+        }
+    };
+    let wanted = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+
+    let deadlocks: &[(&str, &[&str])] = &[
+        (
+            "parent_keeps_a_writer",
+            &[
+                "`consumer` (pid",
+                "waits to read `numbers`",
+                "writer end",
+                "`main` (pid",
+                "waits in Parallel for",
+            ],
+        ),
+        (
+            "ring_without_token",
+            &[
+                "waits to read `ring0`",
+                "waits to read `ring1`",
+                "waits to read `ring2`",
+            ],
+        ),
+        (
+            "philosophers_without_butler",
+            &[
+                "`philosopher` (pid",
+                "waits to write `up",
+                "`fork` (pid",
+                "waits to read `down",
+            ],
+        ),
+        (
+            "full_buffered_cycle",
+            &[
+                "waits to write `full0`",
+                "waits to write `full1`",
+                "waits to write `full2`",
+            ],
+        ),
+    ];
+    for (name, expect) in deadlocks {
+        if !wanted(name) {
+            continue;
+        }
+        let (out, took) = run_case(name, &[]);
+        let ok = out.starts_with("deadlock\n") && expect.iter().all(|e| out.contains(e));
+        check(name, ok, &out, took);
+    }
+    for name in ["sleeper_is_not_blocked", "busy_networks"] {
+        if !wanted(name) {
+            continue;
+        }
+        let (out, took) = run_case(name, &[]);
+        check(name, out.starts_with("ok\n"), &out, took);
+    }
+    // PYCSP_PICTURE: the deadlock error names the picture written, which shows the wait.
+    if wanted("picture") {
+        let path = std::env::temp_dir().join(format!("pycsp-deadlock-{}.dot", std::process::id()));
+        let path_s = path.display().to_string();
+        let (out, took) = run_case("parent_keeps_a_writer", &[("PYCSP_PICTURE", &path_s)]);
+        let dot = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let ok = out.contains(&format!("picture: {path_s}"))
+            && dot.contains("consumer\\npid")
+            && dot.contains("numbers\\nrendezvous")
+            && dot.contains("waits to read");
+        check(
+            "deadlock_error_names_its_picture",
+            ok,
+            &format!("{out}\n{dot}"),
+            took,
+        );
+    }
+    // PYCSP_DEADLOCK=report: the report goes to standard error once, and the network keeps
+    // waiting (here until the run is killed at its deadline).
+    if wanted("report_mode") {
+        let (out, err, took) = run_case_within(
+            "parent_keeps_a_writer",
+            &[("PYCSP_DEADLOCK", "report")],
+            Duration::from_secs(3),
+        );
+        let ok = out.starts_with("hung")
+            && err.matches("waits to read `numbers`").count() == 1
+            && err.contains("PYCSP_DEADLOCK=report");
+        check(
+            "report_mode_says_it_once_and_keeps_waiting",
+            ok,
+            &format!("{out}\n{err}"),
+            took,
+        );
+    }
+    // PYCSP_DEADLOCK=off: nothing is scanned, nothing is said; the network waits.
+    if wanted("off_mode") {
+        let (out, err, took) = run_case_within(
+            "parent_keeps_a_writer",
+            &[("PYCSP_DEADLOCK", "off")],
+            Duration::from_secs(2),
+        );
+        let ok = out.starts_with("hung") && !err.contains("deadlock");
+        check("off_mode_never_scans", ok, &format!("{out}\n{err}"), took);
+    }
+    if failed.is_empty() {
+        println!("\ntest result: ok");
+    } else {
+        println!("\ntest result: FAILED: {failed:?}");
+        std::process::exit(1);
+    }
+}
