@@ -45,7 +45,7 @@ pub use error::{
     TryWriteError, WriteTimeoutError,
 };
 /// Placements from a Slurm allocation ([`slurm::Allocation`]).
-pub use observe::{network_picture, Picture};
+pub use observe::{network_picture, ChannelView, Network, Picture, ProcessView, Snapshot};
 pub use process::slurm;
 pub use process::{
     replicate, AsyncResult, Imap, Parallel, Placement, Pool, PoolFn, Process, ProcessSet, Sequence,

@@ -317,3 +317,210 @@ fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Pictur
     dot.push_str("}\n");
     Picture { dot }
 }
+
+// ---------------------------------------------------------------------------------------
+// Seeing a network from outside (`pycsp-top`).
+
+/// A running network seen from another process (what `pycsp-top` shows): its shared memory,
+/// mapped **read-only**, so looking never disturbs it. Attach with [`Network::attach`], then
+/// take [`Snapshot`]s as often as you like.
+pub struct Network {
+    arena: &'static Arena,
+    root: u32,
+}
+
+/// A process of a network, as a [`Snapshot`] saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessView {
+    /// Its pid (0 while it is starting).
+    pub pid: u32,
+    /// The function it runs (`main` for the root).
+    pub name: String,
+    /// `running`, or what it waits on when every one of its threads is parked in a channel
+    /// operation, a select or a join (`reads numbers`, `writes jobs`, `selects over 3
+    /// channels`, `joins 2 processes`), or how many of its threads are parked.
+    pub state: String,
+    /// Whether all its threads are parked (with no deadline) in pycsp operations.
+    pub blocked: bool,
+    /// CPU time it has used (user and system), from `/proc/<pid>/stat`.
+    pub cpu: std::time::Duration,
+    /// Messages it has read and written (each thread adds its count every 64 messages and
+    /// when it parks, so a busy thread's last few may not be in yet).
+    pub messages_in: u64,
+    /// See [`messages_in`](Self::messages_in).
+    pub messages_out: u64,
+}
+
+/// A channel of a network, as a [`Snapshot`] saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelView {
+    /// The channel's key (stable while it lives).
+    pub key: u64,
+    /// Its name (`#N` for an anonymous channel).
+    pub name: String,
+    /// Its buffer (0: rendezvous).
+    pub capacity: usize,
+    /// Messages in its buffer now.
+    pub occupancy: usize,
+    /// Messages that have passed through it so far (taken by readers).
+    pub passed: u64,
+    /// Readers asleep on it now (blocked in a read or a select).
+    pub blocked_readers: u32,
+    /// Writers asleep on it now (a full buffer, or a rendezvous write not yet taken).
+    pub blocked_writers: u32,
+    /// Writing and reading ends the processes of the network hold.
+    pub writers: u32,
+    /// See [`writers`](Self::writers).
+    pub readers: u32,
+}
+
+/// What a network looked like at one moment: see [`Network::snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Its live processes, a parent before the children it started.
+    pub processes: Vec<ProcessView>,
+    /// Every channel some process holds an end of, in the order processes first hold them.
+    pub channels: Vec<ChannelView>,
+}
+
+impl Network {
+    /// Attaches, read-only, to the network whose root process has pid `root_pid`: finds the
+    /// network's shared memory among the root's open files (`/proc/<pid>/fd`). Needs the
+    /// right to read the root's files (the same user, or root). Fails if that process has
+    /// no pycsp network (it has not made a channel or started a process yet).
+    pub fn attach(root_pid: u32) -> std::io::Result<Network> {
+        let dir = format!("/proc/{root_pid}/fd");
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Ok(target) = std::fs::read_link(&path) else {
+                continue;
+            };
+            if !target.to_string_lossy().starts_with("/memfd:pycsp-arena") {
+                continue;
+            }
+            let file = std::fs::File::open(&path)?;
+            return Ok(Network {
+                arena: Arena::observe(file)?,
+                root: root_pid,
+            });
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("process {root_pid} has no pycsp network (no shared memory among its files)"),
+        ))
+    }
+
+    /// The pid of the network's root process.
+    pub fn root(&self) -> u32 {
+        self.root
+    }
+
+    /// Whether the root process still runs.
+    pub fn is_alive(&self) -> bool {
+        proc_times(self.root).is_some()
+    }
+
+    /// The network now: every live process and every channel they hold.
+    pub fn snapshot(&self) -> Snapshot {
+        let procs = census::read_processes(self.arena, false).unwrap_or_default();
+        snapshot_of(self.arena, &procs)
+    }
+}
+
+/// The snapshot of `procs` in `arena`.
+fn snapshot_of(arena: &'static Arena, procs: &[Proc]) -> Snapshot {
+    let mut order: Vec<u64> = Vec::new();
+    let mut ends: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for p in procs {
+        for &(k, w, r) in &p.holds {
+            if w + r == 0 {
+                continue;
+            }
+            if !order.contains(&k) {
+                order.push(k);
+            }
+            let e = ends.entry(k).or_default();
+            e.0 += w;
+            e.1 += r;
+        }
+    }
+    let channels = order
+        .iter()
+        .filter_map(|&k| {
+            let c = Chan::attach(arena, k)?;
+            let (rx, tx) = c.events();
+            let (writers, readers) = ends.get(&k).copied().unwrap_or_default();
+            Some(ChannelView {
+                key: k,
+                name: c.name().to_string(),
+                capacity: c.capacity(),
+                occupancy: if c.is_rendezvous() { 0 } else { c.len() },
+                passed: c.passed(),
+                blocked_readers: rx.sleepers(),
+                blocked_writers: tx.sleepers(),
+                writers,
+                readers,
+            })
+        })
+        .collect();
+    let processes = procs
+        .iter()
+        .map(|p| {
+            let blocked = p.pid != 0 && p.user_threads > 0 && p.parked >= p.user_threads;
+            ProcessView {
+                pid: p.pid,
+                name: p.name.clone(),
+                state: state_of(p, blocked),
+                blocked,
+                cpu: proc_times(p.pid).unwrap_or_default(),
+                messages_in: p.msgs.0,
+                messages_out: p.msgs.1,
+            }
+        })
+        .collect();
+    Snapshot {
+        processes,
+        channels,
+    }
+}
+
+/// What a process is doing, in words.
+fn state_of(p: &Proc, blocked: bool) -> String {
+    if p.pid == 0 {
+        return "starting".into();
+    }
+    if !blocked {
+        return match p.waits.len() {
+            0 => "running".into(),
+            n => format!("running ({n} threads parked)"),
+        };
+    }
+    let one = |w: &census::Wait| match (w.kind, w.items.as_slice()) {
+        (Kind::Read, [(_, _, name), ..]) => format!("reads {name}"),
+        (Kind::Write, [(_, _, name), ..]) => format!("writes {name}"),
+        (Kind::Select, items) => format!("selects over {} channels", items.len()),
+        (Kind::Join, items) => format!("joins {} processes", items.len()),
+        (_, []) => "waits".into(),
+    };
+    let all: Vec<String> = p.waits.iter().map(one).collect();
+    if all.is_empty() {
+        "blocked".into()
+    } else {
+        all.join("; ")
+    }
+}
+
+/// The CPU time (user + system) process `pid` has used, if it runs.
+fn proc_times(pid: u32) -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(f.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    // Fields from 3 (state): utime is field 14 (f[11]), stime 15 (f[12]), in clock ticks.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_secs_f64(
+        ticks as f64 / crate::sys::clock_ticks_per_second() as f64,
+    ))
+}

@@ -325,3 +325,11 @@ pub(crate) fn kill_child(pid: u32) {
     // SAFETY: kill only sends a signal; the caller guarantees the pid is its unreaped child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
+
+/// Clock ticks per second of the times in `/proc/<pid>/stat` (`sysconf(_SC_CLK_TCK)`; 100 on
+/// Linux).
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions and touches no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}

@@ -90,7 +90,7 @@ use crate::channel::{encoding_kept, Carried, ChannelIn, ChannelOut};
 use crate::error::ChannelError;
 use crate::message::{decode, encode, in_context, write_encoded};
 use crate::shm::arena::Arena;
-use crate::shm::census::Kind;
+use crate::shm::census::{self, Kind};
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_parked, Event, Waiting};
 use crate::shm::waiter::{self, Outcome, Waiter};
@@ -154,6 +154,7 @@ impl<T> Held for T {}
 /// An output guard's message was placed (or taken): the ends its value carries are the
 /// reader's now. Then the value is dropped.
 fn sent(held: Box<dyn Held + '_>, carried: Carried) {
+    census::count_message(true);
     // SAFETY: `held` is the boxed value `carried` was encoded from; it has not moved (it is
     // boxed) and is alive until the end of this function.
     unsafe { carried.sent() };
@@ -243,6 +244,7 @@ impl<'a, R> Alternation<'a, R> {
         let context = end.context();
         let take: InputFn<'a, R> = Box::new(move |chan, msg| {
             let m = msg?;
+            census::count_message(false);
             in_context(context, || decode(chan, m)).map(then)
         });
         self.guards.push(Guard::Input {
@@ -264,9 +266,10 @@ impl<'a, R> Alternation<'a, R> {
     ) -> Self {
         let context = end.context();
         let take: InputFn<'a, R> = Box::new(move |chan, msg| {
-            Ok(then(
-                msg.and_then(|m| in_context(context, || decode(chan, m))),
-            ))
+            Ok(then(msg.and_then(|m| {
+                census::count_message(false);
+                in_context(context, || decode(chan, m))
+            })))
         });
         self.guards.push(Guard::Input {
             chan: end.chan(),

@@ -29,6 +29,7 @@ use crate::net::{self, Address};
 use crate::runtime::{self, Role};
 pub use crate::shm::arena::Usage;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
+use crate::shm::census;
 use crate::shm::ring::Chan;
 use crate::shm::wait::deadline_after;
 use end::End;
@@ -350,7 +351,11 @@ impl<T: Serialize> ChannelOut<T> {
         };
         if !std::mem::needs_drop::<T>() {
             // A type without drop glue holds no channel end: nothing to mark as sent.
-            return write().map_err(|e| net::client::remote_error(chan, e.error));
+            let r = write();
+            if r.is_ok() {
+                census::count_message(true);
+            }
+            return r.map_err(|e| net::client::remote_error(chan, e.error));
         }
         // Shared memory it carries (blocks, arrays) is spent once placed, as ends are: the
         // encoding may take two passes, and a message not placed must not leak it.
@@ -358,6 +363,9 @@ impl<T: Serialize> ChannelOut<T> {
         if r.as_ref().err().is_none_or(|e| e.placed) {
             // SAFETY: `value` is borrowed for this whole call.
             unsafe { carried.sent() };
+        }
+        if r.is_ok() {
+            census::count_message(true);
         }
         r.map_err(|e| net::client::remote_error(chan, e.error))
     }
@@ -437,6 +445,9 @@ impl<T: DeserializeOwned> ChannelIn<T> {
         } else {
             message::read_value(chan, deadline)
         };
+        if r.is_ok() {
+            census::count_message(false);
+        }
         r.map_err(|e| net::client::remote_error(chan, e))
     }
 

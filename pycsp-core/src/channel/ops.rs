@@ -39,6 +39,7 @@ use super::{encoding_kept, ChannelIn, ChannelOut};
 use crate::error::{ChannelError, TryReadError, TryWriteError, WriteTimeoutError};
 use crate::message::{self, Context};
 use crate::net;
+use crate::shm::census;
 use crate::shm::wait::deadline_after;
 
 /// How long [`ChannelOut::try_write`] on a rendezvous channel gives a reader that sleeps in a
@@ -147,7 +148,10 @@ impl<T: Serialize> ChannelOut<T> {
             write()
         };
         match r {
-            Ok(()) => Sent::Written,
+            Ok(()) => {
+                census::count_message(true);
+                Sent::Written
+            }
             Err(e) if e.placed => Sent::Uncertain(net::client::remote_error(chan, e.error)),
             Err(e) => Sent::Back(value, net::client::remote_error(chan, e.error)),
         }

@@ -200,21 +200,53 @@ impl Arena {
             .map_err(|_| io::Error::other("this process already has an arena"))
     }
 
-    fn map(fd: OwnedFd, size: u64, init: bool) -> io::Result<Arena> {
+    /// Maps, **read-only**, the arena of a network this process is not part of (an observer
+    /// such as `pycsp-top`): `file` is the network's memfd, opened through
+    /// `/proc/<pid>/fd/<n>`. Every access through the returned arena is a load: a store would
+    /// fault, so an observer cannot disturb the network it looks at. The mapping lives as long
+    /// as the process (an observer attaches once).
+    pub(crate) fn observe(file: File) -> io::Result<&'static Arena> {
+        let size = file.metadata()?.len();
+        if !(DATA_START + ALIGN..=ARENA_MAX).contains(&size) {
+            return Err(io::Error::other(format!(
+                "that is not a pycsp arena ({size} bytes)"
+            )));
+        }
         let map = MmapOptions::new()
             .len(size as usize)
-            .map_raw(fd.as_raw_fd())?;
+            .map_raw_read_only(file.as_raw_fd())?;
+        let arena = Arena::from_map(map, OwnedFd::from(file), size);
+        // SAFETY: the header lies at the start of the mapping, which is at least a page long;
+        // its magic, version and size are plain fields written before any child started.
+        let h = arena.header_ptr();
+        let (magic, version, hsize) = unsafe { ((*h).magic, (*h).version, (*h).size) };
+        if magic != MAGIC || version != VERSION || hsize != size {
+            return Err(io::Error::other(
+                "that is not a pycsp arena of this version (wrong magic, version or size)",
+            ));
+        }
+        Ok(Box::leak(Box::new(arena)))
+    }
+
+    fn from_map(map: MmapRaw, fd: OwnedFd, size: u64) -> Arena {
         let room = size - DATA_START;
         let max_class = (0..NCLASSES)
             .rev()
             .find(|&c| ALIGN << c <= room)
             .unwrap_or(0);
-        let arena = Arena {
+        Arena {
             map,
             fd,
             size,
             max_class,
-        };
+        }
+    }
+
+    fn map(fd: OwnedFd, size: u64, init: bool) -> io::Result<Arena> {
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(fd.as_raw_fd())?;
+        let arena = Arena::from_map(map, fd, size);
         let h = arena.header_ptr();
         if init {
             // SAFETY: the memfd was just created and is mapped only here; nobody else can see

@@ -145,6 +145,12 @@ pub(crate) struct Record {
     name_len: AtomicU32,
     name: [AtomicU8; NAME],
     waits: [WaitSlot; WAIT_SLOTS],
+    /// Messages this process's threads read and wrote through channel ends and alternations
+    /// (not counting its socket hosts and pumps). Each thread adds its own count every
+    /// [`COUNT_BATCH`] messages, when it parks and when it ends: a thread that is still
+    /// running may have up to that many per direction not in yet.
+    msgs_in: AtomicU64,
+    msgs_out: AtomicU64,
 }
 
 /// One parked thread's wait.
@@ -278,6 +284,60 @@ pub(crate) fn unlisted(arena: &Arena) {
 /// This process's ledger root, once it has one.
 static MINE: AtomicU64 = AtomicU64::new(0);
 
+// ---------------------------------------------------------------------------------------
+// Counting messages (for `pycsp-top`): a plain per-thread count on the fast path, added to
+// the record in batches.
+
+/// How many messages a thread counts before it adds them to its process's record.
+pub(crate) const COUNT_BATCH: u32 = 64;
+
+/// A thread's messages not yet added to its process's record: [read, written].
+struct Counts(std::cell::Cell<[u32; 2]>);
+
+impl Drop for Counts {
+    fn drop(&mut self) {
+        add_counts(self.0.replace([0, 0]));
+    }
+}
+
+thread_local! {
+    static COUNTS: Counts = const { Counts(std::cell::Cell::new([0, 0])) };
+}
+
+/// One message read (`out` false) or written by this thread.
+#[inline]
+pub(crate) fn count_message(out: bool) {
+    // A thread being torn down counts nothing more (its counts were added as it ended).
+    let _ = COUNTS.try_with(|c| {
+        let mut n = c.0.get();
+        n[usize::from(out)] += 1;
+        if n[usize::from(out)] >= COUNT_BATCH {
+            add_counts(n);
+            n = [0, 0];
+        }
+        c.0.set(n);
+    });
+}
+
+/// Adds this thread's counts to the record now (before it parks: a reader of the record
+/// sees what a blocked thread did).
+fn flush_counts() {
+    let _ = COUNTS.try_with(|c| add_counts(c.0.replace([0, 0])));
+}
+
+#[cold]
+fn add_counts(n: [u32; 2]) {
+    let root = MINE.load(Ordering::Relaxed);
+    if n == [0, 0] || root == 0 {
+        return;
+    }
+    if let Ok(arena) = Arena::get() {
+        let r = &root_at(arena, root).record;
+        r.msgs_in.fetch_add(u64::from(n[0]), Ordering::Relaxed);
+        r.msgs_out.fetch_add(u64::from(n[1]), Ordering::Relaxed);
+    }
+}
+
 /// Internal threads of this process: (all, socket ones), written to the record under this
 /// lock.
 static INTERNAL: Mutex<(u32, u32)> = Mutex::new((0, 0));
@@ -401,6 +461,7 @@ pub(crate) fn park(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option
     if items.len() > WAIT_ITEMS || IS_INTERNAL.with(std::cell::Cell::get) {
         return None;
     }
+    flush_counts();
     if mode() == Mode::Off {
         return None;
     }
@@ -598,6 +659,9 @@ pub(crate) struct Proc {
     pub(crate) waits: Vec<Wait>,
     /// Channels it holds: (key, writers, readers).
     pub(crate) holds: Vec<(u64, u32, u32)>,
+    /// Messages it read and wrote (see `Record::msgs_in`).
+    #[serde(default)]
+    pub(crate) msgs: (u64, u64),
 }
 
 impl Proc {
@@ -611,6 +675,7 @@ impl Proc {
             sockets: 0,
             waits: Vec::new(),
             holds: Vec::new(),
+            msgs: (0, 0),
         }
     }
 }
@@ -631,7 +696,7 @@ pub(crate) fn processes_now() -> Vec<Proc> {
 
 /// The processes of the network (`strict`: `None` if one has not written its record yet;
 /// else those are listed with pid 0).
-fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
+pub(crate) fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
     let c = census(arena)?;
     let mut out = Vec::new();
     for s in &c.slots {
@@ -710,6 +775,10 @@ fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
             sockets: r.sockets.load(Ordering::SeqCst),
             waits,
             holds,
+            msgs: (
+                r.msgs_in.load(Ordering::Relaxed),
+                r.msgs_out.load(Ordering::Relaxed),
+            ),
         });
     }
     Some(out)
