@@ -27,6 +27,7 @@ pub mod process;
 mod runtime;
 mod shm;
 mod sys;
+mod trace;
 pub mod value;
 
 #[doc(hidden)]
