@@ -327,3 +327,54 @@ fn a_process_killed_with_sigkill_leaves_every_line_of_the_trace_whole() {
         "the victim's writes are in the trace: {written}"
     );
 }
+
+/// An example built beside this test binary (`cargo test` builds the examples into
+/// target/<profile>/examples).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+/// The book's trace picture is drawn by these two commands (see "Seeing your network"):
+/// `PYCSP_TRACE=target/trace.json cargo run --release --example pipeline`, then
+/// `cargo run --example trace_svg -- target/trace.json book/src/trace-pipeline.svg`.
+#[test]
+fn the_books_trace_picture_is_drawn_from_a_real_run_of_the_pipeline_example() {
+    let trace = trace_path("pipeline");
+    let svg = trace.with_extension("svg");
+    let run = Command::new(example("pipeline"))
+        .env("PYCSP_TRACE", &trace)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let draw = Command::new(example("trace_svg"))
+        .arg(&trace)
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&trace);
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(draw.status.success(), "{draw:?}");
+    // Four stages and the root; three channels of ten messages each.
+    assert!(
+        String::from_utf8_lossy(&draw.stdout).ends_with(": 5 processes, 30 messages\n"),
+        "{draw:?}"
+    );
+    assert!(picture.starts_with("<svg") && picture.ends_with("</svg>\n"));
+    assert_eq!(
+        picture.matches("marker-end=").count(),
+        30,
+        "an arrow per message"
+    );
+    for stage in ["numbers", "square", "running_sum", "collect"] {
+        assert!(
+            picture.contains(&format!("pipeline::{stage} (")),
+            "a lane for {stage}"
+        );
+    }
+}
