@@ -42,8 +42,9 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The SVG of the trace `events`.
-fn render(events: &[Value]) -> String {
+/// The lanes of a trace: one per thread that has slices, a process's threads together, with
+/// their labels.
+fn lanes(events: &[Value]) -> Vec<((u64, u64), String)> {
     let mut procs: BTreeMap<u64, String> = BTreeMap::new();
     let mut threads: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for e in events.iter().filter(|e| e["ph"] == "M") {
@@ -58,96 +59,90 @@ fn render(events: &[Value]) -> String {
             _ => {}
         }
     }
-    // Lanes: the threads that have slices, in the order they first did something.
-    let mut lanes: Vec<(u64, u64)> = Vec::new();
-    let mut slices: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
-    slices.sort_by(|a, b| f(a, "ts").total_cmp(&f(b, "ts")));
-    for s in &slices {
-        if !lanes.contains(&ids(s)) {
-            lanes.push(ids(s));
-        }
-    }
-    // A process's threads together, processes in the order of their pids.
-    lanes.sort();
-    let t0 = slices.iter().map(|s| f(s, "ts")).fold(f64::MAX, f64::min);
-    let t1 = slices
-        .iter()
-        .map(|s| f(s, "ts") + f(s, "dur"))
-        .fold(f64::MIN, f64::max);
-    let span = (t1 - t0).max(1.0);
-    let (left, width, lane_h, top) = (230.0, 900.0, 34.0, 48.0);
-    let x = |ts: f64| left + (ts - t0) / span * width;
+    let mut keys: Vec<(u64, u64)> = events.iter().filter(|e| e["ph"] == "X").map(ids).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| {
+            let p = procs.get(&k.0).cloned().unwrap_or_default();
+            let label = match threads.get(&k) {
+                Some(t) if *t != p => format!("{p} / {t}"),
+                _ => p,
+            };
+            (k, format!("{label} ({})", k.1))
+        })
+        .collect()
+}
+
+const LEFT: f64 = 230.0;
+const WIDTH: f64 = 900.0;
+const LANE: f64 = 34.0;
+
+/// Draws the events between `t0` and `t1` (µs) as a panel whose top is at `top`; returns
+/// the panel's height.
+fn panel(
+    svg: &mut String,
+    events: &[Value],
+    lanes: &[((u64, u64), String)],
+    (t0, t1): (f64, f64),
+    top: f64,
+    title: &str,
+) -> f64 {
+    let span = (t1 - t0).max(0.001);
+    let x = |ts: f64| LEFT + ((ts - t0) / span).clamp(0.0, 1.0) * WIDTH;
+    let lanes_top = top + 28.0;
     let lane_y = |k: (u64, u64)| {
         lanes
             .iter()
-            .position(|l| *l == k)
-            .map(|i| top + i as f64 * lane_h)
+            .position(|l| l.0 == k)
+            .map(|i| lanes_top + i as f64 * LANE)
     };
-    let height = top + lanes.len() as f64 * lane_h + 40.0;
-    let mut svg = String::new();
+    let bottom = lanes_top + lanes.len() as f64 * LANE;
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
-        left + width + 20.0
+        r#"<text x="10" y="{}" font-size="14">{}</text>"#,
+        top + 16.0,
+        escape(title)
     );
-    svg.push_str(
-        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#c0392b"/></marker></defs>
-<rect width="100%" height="100%" fill="white"/>
-"##,
-    );
-    let flows_n = events.iter().filter(|e| e["ph"] == "s").count();
-    let _ = writeln!(
-        svg,
-        r#"<text x="10" y="20" font-size="14">{} processes, {} messages, {:.3} ms (CLOCK_MONOTONIC)</text>"#,
-        procs.len(),
-        flows_n,
-        span / 1000.0
-    );
-    // Lanes and their names.
-    for (i, k) in lanes.iter().enumerate() {
-        let y = top + i as f64 * lane_h;
-        let proc_name = procs.get(&k.0).cloned().unwrap_or_default();
-        let label = match threads.get(k) {
-            Some(t) if *t != proc_name => format!("{proc_name} / {t}"),
-            _ => proc_name,
-        };
+    for (i, (_, label)) in lanes.iter().enumerate() {
+        let y = lanes_top + i as f64 * LANE;
         let fill = if i % 2 == 0 { "#f4f6f8" } else { "#ffffff" };
         let _ = writeln!(
             svg,
-            r#"<rect x="0" y="{y}" width="{}" height="{lane_h}" fill="{fill}"/><text x="6" y="{}">{} ({})</text>"#,
-            left + width + 20.0,
-            y + lane_h / 2.0 + 4.0,
-            escape(&label),
-            k.1
+            r#"<rect x="0" y="{y}" width="{}" height="{LANE}" fill="{fill}"/><text x="6" y="{}">{}</text>"#,
+            LEFT + WIDTH + 20.0,
+            y + LANE / 2.0 + 4.0,
+            escape(label)
         );
     }
-    // Time axis: ticks at round fractions of the span.
+    // Time axis: ticks at round steps, at most ten.
     let step = [1.0, 2.0, 5.0]
         .iter()
-        .flat_map(|m| (0..9).map(move |p| m * 10f64.powi(p)))
-        .find(|s| span / s <= 10.0)
-        .unwrap_or(span);
-    let mut t = 0.0;
-    while t <= span {
-        let xx = x(t0 + t);
+        .flat_map(|m| (-3..9).map(move |p| m * 10f64.powi(p)))
+        .filter(|s| span / s <= 10.0)
+        .fold(f64::MAX, f64::min);
+    let mut since: f64 = 0.0;
+    while since <= span {
+        let xx = x(t0 + since);
+        let label = if step >= 1000.0 {
+            format!("+{} ms", since / 1000.0)
+        } else {
+            format!("+{since} µs")
+        };
         let _ = writeln!(
             svg,
-            r##"<line x1="{xx}" y1="{}" x2="{xx}" y2="{}" stroke="#ddd"/><text x="{xx}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
-            top - 4.0,
-            height - 36.0,
-            height - 22.0,
-            if step >= 1000.0 {
-                format!("{} ms", t / 1000.0)
-            } else {
-                format!("{t} µs")
-            }
+            r##"<line x1="{xx:.2}" y1="{lanes_top}" x2="{xx:.2}" y2="{bottom}" stroke="#ddd"/><text x="{xx:.2}" y="{}" text-anchor="middle" fill="#555">{label}</text>"##,
+            bottom + 14.0,
         );
-        t += step;
+        since += step;
     }
     // Slices, longest first so that a read inside a select stays visible.
-    let mut by_len = slices.clone();
-    by_len.sort_by(|a, b| f(b, "dur").total_cmp(&f(a, "dur")));
-    for s in by_len {
+    let mut slices: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && f(e, "ts") <= t1 && f(e, "ts") + f(e, "dur") >= t0)
+        .collect();
+    slices.sort_by(|a, b| f(b, "dur").total_cmp(&f(a, "dur")));
+    for s in slices {
         let Some(y) = lane_y(ids(s)) else { continue };
         let name = s["name"].as_str().unwrap_or("");
         let color = match name.split(' ').next() {
@@ -156,34 +151,40 @@ fn render(events: &[Value]) -> String {
             Some("select") => "#8e44ad",
             _ => "#95a5a6",
         };
-        let (x0, w) = (x(f(s, "ts")), (f(s, "dur") / span * width).max(1.5));
+        let x0 = x(f(s, "ts"));
+        let w = (x(f(s, "ts") + f(s, "dur")) - x0).max(1.5);
         let _ = writeln!(
             svg,
             r#"<rect x="{x0:.2}" y="{}" width="{w:.2}" height="{}" fill="{color}" fill-opacity="0.85"><title>{} {:.3} µs</title></rect>"#,
             y + 6.0,
-            lane_h - 12.0,
+            LANE - 12.0,
             escape(name),
             f(s, "dur")
         );
-        if w > 7.0 * name.len() as f64 {
+        if w > 7.0 * name.chars().count() as f64 {
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.2}" y="{}" fill="white">{}</text>"#,
                 x0 + 4.0,
-                y + lane_h / 2.0 + 4.0,
+                y + LANE / 2.0 + 4.0,
                 escape(name)
             );
         }
     }
     // Instants (retire, poison, a death seen): a tick.
     for e in events.iter().filter(|e| e["ph"] == "i") {
-        let Some(y) = lane_y(ids(e)) else { continue };
-        let xx = x(f(e, "ts"));
+        let (Some(y), ts) = (lane_y(ids(e)), f(e, "ts")) else {
+            continue;
+        };
+        if ts < t0 || ts > t1 {
+            continue;
+        }
+        let xx = x(ts);
         let _ = writeln!(
             svg,
             r##"<line x1="{xx:.2}" y1="{}" x2="{xx:.2}" y2="{}" stroke="#111" stroke-width="1.5"><title>{}</title></line>"##,
             y + 2.0,
-            y + lane_h - 2.0,
+            y + LANE - 2.0,
             escape(e["name"].as_str().unwrap_or(""))
         );
     }
@@ -205,15 +206,63 @@ fn render(events: &[Value]) -> String {
             svg,
             r##"<line x1="{:.2}" y1="{}" x2="{:.2}" y2="{}" stroke="#c0392b" stroke-width="1" marker-end="url(#arrow)"/>"##,
             x(f(s, "ts")),
-            ys + lane_h / 2.0,
+            ys + LANE / 2.0,
             x(f(e, "ts")),
-            yf + lane_h / 2.0
+            yf + LANE / 2.0
         );
+    }
+    bottom + 24.0 - top
+}
+
+/// The SVG of the trace `events`: the whole run, then the stretch in which messages moved.
+fn render(events: &[Value]) -> String {
+    let lanes = lanes(events);
+    let slices = events.iter().filter(|e| e["ph"] == "X");
+    let t0 = slices.clone().map(|s| f(s, "ts")).fold(f64::MAX, f64::min);
+    let t1 = slices
+        .map(|s| f(s, "ts") + f(s, "dur"))
+        .fold(f64::MIN, f64::max);
+    // Reads of messages: a first write may wait long for its reader to start.
+    let reads = events.iter().filter(|e| e["ph"] == "f");
+
+    let m0 = reads.clone().map(|e| f(e, "ts")).fold(f64::MAX, f64::min);
+    let m1 = reads.map(|e| f(e, "ts")).fold(f64::MIN, f64::max);
+    let messages = events.iter().filter(|e| e["ph"] == "s").count();
+    let processes = events
+        .iter()
+        .filter(|e| e["name"] == "process_name")
+        .count();
+    let panels = if messages > 0 { 2.0 } else { 1.0 };
+    let height = panels * (28.0 + lanes.len() as f64 * LANE + 24.0) + 30.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        LEFT + WIDTH + 20.0
+    );
+    svg.push_str(
+        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#c0392b"/></marker></defs>
+<rect width="100%" height="100%" fill="white"/>
+"##,
+    );
+    let whole = format!(
+        "The whole run: {processes} processes, {messages} messages, {:.3} ms",
+        (t1 - t0) / 1000.0
+    );
+    let mut top = 4.0;
+    top += panel(&mut svg, events, &lanes, (t0, t1), top, &whole);
+    if messages > 0 {
+        let pad = ((m1 - m0) * 0.1).max(1.0);
+        let zoom = format!(
+            "Zoomed in: the {:.1} µs from the first read of a message to the last (arrows from earlier writes start at the left edge)",
+            m1 - m0
+        );
+        top += panel(&mut svg, events, &lanes, (m0 - pad, m1 + pad), top, &zoom);
     }
     let _ = writeln!(
         svg,
-        r##"<text x="10" y="{}" fill="#555">bars: write (orange), read (blue), select (purple), join (grey); ticks: retire, poison; arrows: one per message, write to read</text>"##,
-        height - 6.0
+        r##"<text x="10" y="{}" fill="#555">bars: write (orange), read (blue), select (purple), join (grey); ticks: retire, poison, a death seen; arrows: one per message, write to read; time: CLOCK_MONOTONIC</text>"##,
+        top + 14.0
     );
     svg.push_str("</svg>\n");
     svg

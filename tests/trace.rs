@@ -329,7 +329,8 @@ fn a_process_killed_with_sigkill_leaves_every_line_of_the_trace_whole() {
 }
 
 /// An example built beside this test binary (`cargo test` builds the examples into
-/// target/<profile>/examples).
+/// target/<profile>/examples; `cargo test --test trace` alone does not: `cargo build
+/// --examples` first).
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
@@ -366,11 +367,8 @@ fn the_books_trace_picture_is_drawn_from_a_real_run_of_the_pipeline_example() {
         "{draw:?}"
     );
     assert!(picture.starts_with("<svg") && picture.ends_with("</svg>\n"));
-    assert_eq!(
-        picture.matches("marker-end=").count(),
-        30,
-        "an arrow per message"
-    );
+    // An arrow per message in each of the two panels (the whole run, and zoomed in).
+    assert_eq!(picture.matches("marker-end=").count(), 2 * 30);
     for stage in ["numbers", "square", "running_sum", "collect"] {
         assert!(
             picture.contains(&format!("pipeline::{stage} (")),

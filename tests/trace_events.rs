@@ -64,10 +64,12 @@ fn find<'a>(seen: &'a [Seen], what: &str) -> Vec<&'a Seen> {
         .collect()
 }
 
+// ANCHOR: child_subscriber
 /// Installs a subscriber in this child, reads until its writer dies, poisons `out`, retires
 /// `inp`, and returns what the subscriber saw.
 #[process]
 fn observer(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Vec<Seen> {
+    // A child does not run `main`: its subscriber is set up in its body.
     let rec = Recorder::default();
     let _guard = tracing::subscriber::set_default(rec.clone());
     while inp.read().is_ok() {}
@@ -75,6 +77,7 @@ fn observer(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Vec<Seen> {
     drop(inp);
     rec.take()
 }
+// ANCHOR_END: child_subscriber
 
 #[process]
 fn crasher(out: ChannelOut<u64>) {

@@ -195,18 +195,23 @@ fn put(line: &str) {
 /// Writes one event: `ph`, `name`, times, and `extra` fields (already JSON, starting with `,`).
 fn event(ph: &str, name: &str, ts: u64, dur: Option<u64>, extra: &str) {
     let mut line = String::with_capacity(192);
-    let (pid, tid) = ids(&mut line);
+    push_event(&mut line, ph, name, ts, dur, extra);
+    put(&line);
+}
+
+/// Appends one event's line to `line` (after the metadata lines of a thread's first event).
+fn push_event(line: &mut String, ph: &str, name: &str, ts: u64, dur: Option<u64>, extra: &str) {
+    let (pid, tid) = ids(line);
     let _ = write!(line, r#",{{"ph":"{ph}","cat":"pycsp","name":"#);
-    json_str(&mut line, name);
+    json_str(line, name);
     line.push_str(r#","ts":"#);
-    micros(&mut line, ts);
+    micros(line, ts);
     if let Some(d) = dur {
         line.push_str(r#","dur":"#);
-        micros(&mut line, d);
+        micros(line, d);
     }
     let _ = write!(line, r#","pid":{pid},"tid":{tid}{extra}}}"#);
     line.push('\n');
-    put(&line);
 }
 
 /// The id of a message that went through slot position `pos` of the channel with key `key`:
@@ -232,32 +237,33 @@ fn mix(mut z: u64) -> u64 {
 
 /// A write of message `id` on `channel` that began at `t0` ([`begin`]) and placed the message
 /// after that: a complete event for the write, and the start of the message's flow arrow
-/// (just after `t0`, so before any reader can have taken it).
+/// (just after `t0`, so before any reader can have taken it); both lines in one `write`.
 #[cold]
 #[inline(never)]
 pub(crate) fn wrote(channel: &str, id: u64, t0: u64) {
     let end = sys::monotonic_ns().max(t0 + 2);
+    let mut lines = String::with_capacity(384);
     let args = format!(r#","args":{{"channel":{}}}"#, json(channel));
-    event("X", &format!("write {channel}"), t0, Some(end - t0), &args);
-    flow("s", id, t0 + 1);
+    let name = format!("write {channel}");
+    push_event(&mut lines, "X", &name, t0, Some(end - t0), &args);
+    push_flow(&mut lines, "s", id, t0 + 1);
+    put(&lines);
 }
 
-/// A read that began at `t0` ([`begin`]) and took message `id` from `channel` just now: a
-/// complete event for the read, and the end of the message's flow arrow.
+/// A read that began at `t0` ([`begin`]; 0: just now) and took message `id` from `channel`
+/// just now: a complete event for the read, and the end of the message's flow arrow; both
+/// lines in one `write`.
 #[cold]
 #[inline(never)]
 pub(crate) fn took(channel: &str, id: u64, t0: u64) {
     let at = sys::monotonic_ns();
     let t0 = if t0 == 0 { at - 1 } else { t0.min(at - 1) };
+    let mut lines = String::with_capacity(384);
     let args = format!(r#","args":{{"channel":{}}}"#, json(channel));
-    event(
-        "X",
-        &format!("read {channel}"),
-        t0,
-        Some(at + 1 - t0),
-        &args,
-    );
-    flow("f", id, at);
+    let name = format!("read {channel}");
+    push_event(&mut lines, "X", &name, t0, Some(at + 1 - t0), &args);
+    push_flow(&mut lines, "f", id, at);
+    put(&lines);
 }
 
 /// The start of the flow arrow of message `id` at `ts`, for a write whose complete event
@@ -265,18 +271,16 @@ pub(crate) fn took(channel: &str, id: u64, t0: u64) {
 #[cold]
 #[inline(never)]
 pub(crate) fn sent(id: u64, ts: u64) {
-    flow("s", id, ts);
+    let mut line = String::with_capacity(192);
+    push_flow(&mut line, "s", id, ts);
+    put(&line);
 }
 
-fn flow(ph: &str, id: u64, ts: u64) {
+/// Appends the line of one end of message `id`'s flow arrow.
+fn push_flow(line: &mut String, ph: &str, id: u64, ts: u64) {
     let bp = if ph == "f" { r#","bp":"e""# } else { "" };
-    event(
-        ph,
-        "message",
-        ts,
-        None,
-        &format!(r#","id":"0x{id:016x}"{bp}"#),
-    );
+    let extra = format!(r#","id":"0x{id:016x}"{bp}"#);
+    push_event(line, ph, "message", ts, None, &extra);
 }
 
 /// An operation (`what`, e.g. `select`, `join producer`) that began at `t0` ([`begin`]) and
