@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use pycsp::prelude::*;
 use serde_json::Value;
@@ -144,21 +146,43 @@ fn traced_kill_root() {
     assert!(h.join().is_err(), "a killed process fails");
 }
 
+/// Runs `cmd` to its end, at most for a minute: a program that hangs is killed (with the
+/// processes of its network, which exit when their parent dies) and the test fails.
+fn output_within_a_minute(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} hung: killed after a minute");
+        }
+    }
+}
+
 /// Runs ignored test `name` of this binary as the root of a traced network; returns the
 /// trace's text and the `PID pid function` lines it printed.
 fn run_traced(name: &str, trace: &Path) -> (String, BTreeMap<u32, String>) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PYCSP_TRACE", trace)
-        .env("PYCSP_TEST_TRACED_ROOT", "1")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("PYCSP_TRACE", trace)
+    .env("PYCSP_TEST_TRACED_ROOT", "1");
+    let out = output_within_a_minute(cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -347,16 +371,13 @@ fn example(name: &str) -> PathBuf {
 fn the_books_trace_picture_is_drawn_from_a_real_run_of_the_pipeline_example() {
     let trace = trace_path("pipeline");
     let svg = trace.with_extension("svg");
-    let run = Command::new(example("pipeline"))
-        .env("PYCSP_TRACE", &trace)
-        .output()
-        .unwrap();
+    let mut run = Command::new(example("pipeline"));
+    run.env("PYCSP_TRACE", &trace);
+    let run = output_within_a_minute(run);
     assert!(run.status.success(), "{run:?}");
-    let draw = Command::new(example("trace_svg"))
-        .arg(&trace)
-        .arg(&svg)
-        .output()
-        .unwrap();
+    let mut draw = Command::new(example("trace_svg"));
+    draw.arg(&trace).arg(&svg);
+    let draw = output_within_a_minute(draw);
     let _ = std::fs::remove_file(&trace);
     let picture = std::fs::read_to_string(&svg).unwrap();
     let _ = std::fs::remove_file(&svg);

@@ -6,10 +6,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pycsp::prelude::*;
 use tracing::field::{Field, Visit};
 use tracing::{span, Event, Metadata, Subscriber};
+
+#[path = "common/watchdog.rs"]
+mod watchdog;
 
 /// One event as a subscriber saw it: target, level and fields (`message` included).
 type Seen = (String, String, BTreeMap<String, String>);
@@ -89,15 +93,19 @@ fn crasher(out: ChannelOut<u64>) {
 fn process_and_channel_events_reach_a_subscriber_in_the_root_and_in_a_child() {
     let rec = Recorder::default();
     tracing::subscriber::set_global_default(rec.clone()).unwrap();
-    let c = Channel::<u64>::named("events-c").unwrap();
-    let d = Channel::<u64>::named("events-d").unwrap();
-    let _keep = d.reader();
-    let h = Spawn((observer(c.reader(), d.writer()), crasher(c.writer()))).unwrap();
-    drop((c, d));
-    let pids = h.pids();
-    let (seen_child, crashed) = h.join_outcomes();
-    assert!(crashed.is_err());
-    let seen_child = seen_child.unwrap();
+    // A hang fails the test: the watchdog poisons the channels after a minute.
+    let (pids, seen_child, crashed) =
+        watchdog::within(Duration::from_secs(60), &["events-c", "events-d"], || {
+            let c = Channel::<u64>::named("events-c").unwrap();
+            let d = Channel::<u64>::named("events-d").unwrap();
+            let _keep = d.reader();
+            let h = Spawn((observer(c.reader(), d.writer()), crasher(c.writer()))).unwrap();
+            drop((c, d));
+            let pids = h.pids();
+            let (seen_child, crashed) = h.join_outcomes();
+            (pids, seen_child.unwrap(), crashed.is_err())
+        });
+    assert!(crashed);
     let seen_root = rec.take();
     let me = std::process::id().to_string();
     let (obs, cra) = (pids[0].to_string(), pids[1].to_string());
