@@ -8,7 +8,10 @@
 //! - [`alt`]: [`Alternation`] and the [`select!`] macro, with timers ([`after`], [`tick`]);
 //! - shared memory: [`SharedBlock`] (bytes), [`SharedArray`] (typed arrays that split into
 //!   pieces for workers), [`SharedAtomicU64`] and friends (`multiprocessing.Value`);
-//! - errors: [`ChannelError`], [`Error`], [`Failure`].
+//! - errors: [`ChannelError`], [`Error`], [`Failure`];
+//! - seeing a network run: [`tracing`](https://docs.rs/tracing) events (targets
+//!   `pycsp::process`, `pycsp::channel`) and a message trace of every process in Chrome's
+//!   trace-event JSON when `PYCSP_TRACE` names a file (the book's "Seeing your network").
 //!
 //! Shared-memory layout, the wait/wake protocol and the module map (which module owns what,
 //! and which it may use) are documented in one place, `pycsp-core/src/shm/LAYOUT.md`, the
@@ -28,6 +31,7 @@ pub mod process;
 mod runtime;
 mod shm;
 mod sys;
+mod trace;
 pub mod value;
 
 #[doc(hidden)]

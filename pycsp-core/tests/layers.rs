@@ -219,8 +219,8 @@ fn top_level_modules_form_layers() {
     }
     // The layers of the module map, bottom first: each may use only those before it.
     let order = [
-        "sys", "error", "frame", "shm", "observe", "message", "runtime", "block", "array", "value",
-        "net", "channel", "alt", "process", "private", "",
+        "sys", "error", "trace", "frame", "shm", "observe", "message", "runtime", "block", "array",
+        "value", "net", "channel", "alt", "process", "private", "",
     ];
     let rank = |m: &str| order.iter().position(|o| *o == m);
     for (from, tos) in &top {

@@ -94,6 +94,7 @@ use crate::shm::census::{self, Kind};
 use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::wait::{wait_parked, Event, Waiting};
 use crate::shm::waiter::{self, Outcome, Waiter};
+use crate::trace;
 
 mod select;
 mod timer;
@@ -389,6 +390,7 @@ impl<'a, R> Alternation<'a, R> {
     fn select(self, policy: Policy) -> Result<Chosen<R>, ChannelError> {
         let n = self.guards.len();
         assert!(n > 0, "an alternation needs at least one guard");
+        let t0 = trace::begin();
         let keys: Vec<u64> = self.guards.iter().map(fair_key).collect();
         let mut order: Vec<usize> = (0..n).collect();
         match policy {
@@ -408,6 +410,9 @@ impl<'a, R> Alternation<'a, R> {
         // `otherwise` guards come last, whatever the policy (a stable partition).
         order.sort_by_key(|&i| matches!(self.guards[i], Guard::Skip { last: true, .. }));
         let chosen = self.run(order);
+        if t0 != 0 {
+            trace::span("select", t0);
+        }
         if let (Policy::Fair, Ok(c)) = (policy, &chosen) {
             FAIR_LAST.with(|f| {
                 let mut f = f.borrow_mut();
@@ -522,6 +527,8 @@ fn run_guards<'a, R>(
             };
             me.set_key(i, key);
         }
+        // Before the round begins: a message a claimer takes from us is taken after this.
+        let round_t = trace::begin();
         me.begin();
         *waited = true;
         let mut posted: Vec<(Chan, bool, u64)> = Vec::new();
@@ -597,7 +604,7 @@ fn run_guards<'a, R>(
             chan.withdraw_offer(reads, word);
         }
         if let Outcome::Selected(i) = outcome {
-            return complete_selected(arena, me, guards, i);
+            return complete_selected(arena, me, guards, i, round_t);
         }
         if deadlocked {
             return Err(ChannelError::Deadlock);
@@ -648,6 +655,7 @@ fn complete_selected<R>(
     me: &Waiter,
     guards: &mut [Option<Guard<'_, R>>],
     i: usize,
+    round_t: u64,
 ) -> Result<Chosen<R>, ChannelError> {
     match guards[i].take() {
         Some(Guard::Input { chan, take, .. }) => {
@@ -668,7 +676,12 @@ fn complete_selected<R>(
                 mail = rx.wait_until(Some(grace), || me.mail().map(Ok), || false);
             }
             let msg = match mail {
-                Some(Ok((offset, len))) => Ok(Incoming::Block { offset, len }),
+                Some(Ok((offset, len))) => {
+                    if round_t != 0 {
+                        trace::took(chan.name(), me.message_id(i), round_t);
+                    }
+                    Ok(Incoming::Block { offset, len })
+                }
                 _ => Err(chan.peer_died()),
             };
             take(&chan, msg).map(|value| Chosen { index: i, value })
@@ -703,6 +716,9 @@ fn complete_selected<R>(
                 },
                 || false,
             );
+            if round_t != 0 {
+                trace::sent(me.message_id(i), round_t);
+            }
             then(done.expect("no deadline")).map(|value| Chosen { index: i, value })
         }
         _ => unreachable!("only channel guards are offered"),
@@ -794,6 +810,9 @@ fn try_guard<'a, R>(
                 if let Some(h) = chan.claim_offer(false, claim) {
                     // A selecting writer is committed to us: its staged block is ours.
                     chan.release_offer(h.word);
+                    if trace::on() {
+                        trace::took(chan.name(), waiter::message_id(h.word, h.round), 0);
+                    }
                     let msg = Incoming::Block {
                         offset: h.offset,
                         len: h.len,
@@ -842,7 +861,12 @@ fn try_guard<'a, R>(
                 if let Some(h) = chan.claim_offer(true, claim) {
                     // A selecting reader is committed to us: hand it the message.
                     *staged = None;
+                    // Before the reader can have the message.
+                    let t0 = trace::begin();
                     waiter::deliver(arena, h.word, offset, len);
+                    if t0 != 0 {
+                        trace::wrote(chan.name(), waiter::message_id(h.word, h.round), t0);
+                    }
                     chan.events().0.notify_all();
                     let Some(Guard::Output {
                         then,

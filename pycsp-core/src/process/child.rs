@@ -17,6 +17,7 @@ use crate::net::{self, key, Endpoint, Stream};
 use crate::runtime::{self, mark_own_ends_dead};
 use crate::shm::arena::{Arena, ENV_ARENA_FD};
 use crate::sys;
+use crate::trace;
 
 /// Runs before `main` (from a constructor `#[process]` emits). In a process started by a
 /// combinator it runs the requested process and exits; otherwise it returns at once.
@@ -29,6 +30,7 @@ pub fn child_entry() {
     if ENTERED.swap(true, Ordering::SeqCst) {
         return;
     }
+    trace::enter_child();
     let ctrl = std::env::var(ENV_CTRL_FD)
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok());
@@ -248,6 +250,7 @@ fn run_entry(name: &str, args: &[u8]) -> Report {
         previous(info);
     }));
     runtime::set_current(process);
+    trace::process_running(process);
     let result = catch_unwind(AssertUnwindSafe(|| (entry.run)(args)));
     // Let the retirements of socket ends dropped by the body reach their hosts.
     net::client::drain(net::LOSS_TIMEOUT);

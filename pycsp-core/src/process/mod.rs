@@ -43,6 +43,7 @@ use serde::Serialize;
 use crate::error::{Error, Outcomes};
 use crate::observe;
 use crate::runtime::{self, poison_keys};
+use crate::trace;
 pub use child::child_entry;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
@@ -428,8 +429,13 @@ fn picture_of_set(members: &mut [observe::Member], results: &[Result<Returned, E
 
 /// Starts `p`: as a local child, or through its placement's launcher.
 fn start(p: ErasedProcess) -> Result<Running, Error> {
-    match &p.placement {
+    // A root opens (and starts) its message trace before its first child can append to it.
+    trace::on();
+    let name = p.name;
+    let running = match &p.placement {
         None => local::start(p.name, p.args),
         Some(placement) => placed::start(p.name, placement, p.args),
-    }
+    }?;
+    trace::process_started(display_name(name), running.child.id());
+    Ok(running)
 }

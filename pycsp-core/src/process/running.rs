@@ -15,6 +15,7 @@ use crate::observe::{self, Member};
 use crate::runtime::{mark_peer_died, ChildLedger};
 use crate::shm::census;
 use crate::sys;
+use crate::trace;
 
 /// How long the launcher of a placed process whose connection ended may take to exit before
 /// the process counts as lost (its host or a link went away).
@@ -313,6 +314,21 @@ impl Running {
     /// Waits for the process and reaps it; with a `watch`, reaps it under its lock, so that a
     /// `kill` never signals a pid that was reaped (and may be another process's by then).
     fn wait_watched(mut self, watch: Option<&Watch>) -> Result<Returned, Error> {
+        let t0 = trace::begin();
+        let r = self.wait_reaped(watch);
+        let (name, pid) = (display_name(self.name), self.child.id());
+        match &r {
+            Ok(_) => trace::process_returned(name, pid),
+            Err(Error::ProcessFailed { failure, .. }) => trace::process_failed(name, pid, failure),
+            Err(e) => trace::process_failed(name, pid, e),
+        }
+        if t0 != 0 {
+            trace::span(&format!("join {name}"), t0);
+        }
+        r
+    }
+
+    fn wait_reaped(&mut self, watch: Option<&Watch>) -> Result<Returned, Error> {
         let report = control::receive(&mut self.ctrl, Kind::Report)
             .ok()
             .and_then(|b| rmp_serde::from_slice::<Report>(&b).ok());

@@ -593,8 +593,9 @@ fn raise(arena: &Arena, c: &CensusHeader, bytes: &[u8]) {
         c.report.store(b, Ordering::SeqCst);
     }
     c.deadlocks.fetch_add(1, Ordering::SeqCst);
+    let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[]));
+    crate::trace::deadlock(&text);
     if mode() == Mode::Report {
-        let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[]));
         eprintln!("pycsp: deadlock ({ENV_DEADLOCK}=report: the network keeps waiting)\n{text}");
     }
 }

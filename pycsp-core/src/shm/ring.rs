@@ -19,6 +19,7 @@ use super::census::Kind;
 use super::wait::{Event, Waiting};
 use super::waiter::{self, Claim, Handoff, Offer};
 use crate::error::ChannelError;
+use crate::trace;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPCH1");
 /// Bytes of a message that fit inline in a slot; longer messages travel in an arena block.
@@ -203,8 +204,9 @@ impl Took {
 pub(crate) enum Taken {
     /// A slot of the ring.
     Slot { index: usize, head: u64 },
-    /// A selecting writer's offer (its message came in a block it staged).
-    Offer { word: u64 },
+    /// A selecting writer's offer (its message came in a block it staged) in its round
+    /// `round`.
+    Offer { word: u64, round: u32 },
 }
 
 /// Why a write failed, and whether its message had already been placed in the ring (then a
@@ -601,6 +603,7 @@ impl Chan {
             s.flags.fetch_or(flag, Ordering::AcqRel);
             self.wake_everyone();
         }
+        trace::retired(self.name(), writer);
     }
 
     /// Records that process `pid` (`name`) died holding an end of this channel. Readers drain
@@ -627,10 +630,15 @@ impl Chan {
         let len = d.name_len.load(Ordering::Acquire) as usize;
         // SAFETY: `len` bytes of the name were written before `name_len` was published.
         let name = unsafe { &(&*d.name.get())[..len.min(MAX_DEAD_NAME)] };
+        let (pid, process) = (
+            d.pid.load(Ordering::Acquire),
+            String::from_utf8_lossy(name).into_owned(),
+        );
+        trace::peer_died(self.name(), &process, pid);
         ChannelError::PeerDied {
             channel: self.name().to_string(),
-            pid: d.pid.load(Ordering::Acquire),
-            process: String::from_utf8_lossy(name).into_owned(),
+            pid,
+            process,
         }
     }
 
@@ -657,8 +665,11 @@ impl Chan {
 
     /// Poisons the channel: every blocked and later operation fails with `Poisoned`.
     pub(crate) fn poison(&self) {
-        self.hdr.state.0.flags.fetch_or(POISONED, Ordering::AcqRel);
+        let before = self.hdr.state.0.flags.fetch_or(POISONED, Ordering::AcqRel);
         self.wake_everyone();
+        if before & POISONED == 0 {
+            trace::poisoned(self.name());
+        }
     }
 
     fn wake_everyone(&self) {
@@ -938,8 +949,19 @@ impl Chan {
     /// Tries to take a message out of the ring.
     pub(crate) fn try_pop(&self) -> Option<Incoming> {
         let mut buf = [0u8; INLINE];
-        self.try_pop_at(true, &mut buf)
-            .map(|(m, _)| m.into_incoming(&buf))
+        let (m, taken) = self.try_pop_at(true, &mut buf)?;
+        if trace::on() {
+            trace::took(self.name(), self.message_id(taken), 0);
+        }
+        Some(m.into_incoming(&buf))
+    }
+
+    /// The message trace's id of the message taken from `taken` (see `trace`).
+    fn message_id(&self, taken: Taken) -> u64 {
+        match taken {
+            Taken::Slot { head, .. } => trace::slot_message(self.key(), head),
+            Taken::Offer { word, round } => waiter::message_id(word, round),
+        }
     }
 
     /// Tries to take a message out of the ring; without `ack` the slot stays full (its writer
@@ -1034,7 +1056,7 @@ impl Chan {
         pos: u64,
         stamp: u64,
         why: ChannelError,
-    ) -> Result<(), WriteError> {
+    ) -> Result<u64, WriteError> {
         let slot = &self.slots[index];
         let withdrawn = || WriteError {
             error: why.clone(),
@@ -1063,7 +1085,7 @@ impl Chan {
         let mut spins = 0u32;
         loop {
             if slot.stamp.load(Ordering::Acquire) != stamp {
-                return Ok(());
+                return Ok(pos);
             }
             // The slot is still ours (its stamp cannot come back), so its `kind` is ours.
             if slot.kind.load(Ordering::Acquire) & SKIPPED != 0
@@ -1109,7 +1131,7 @@ impl Chan {
                     .stamp
                     .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release)
             }
-            Taken::Offer { word } => self.release_offer(word),
+            Taken::Offer { word, .. } => self.release_offer(word),
         }
     }
 
@@ -1152,22 +1174,33 @@ impl Chan {
         msg: &Outgoing<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), WriteError> {
-        self.write_as(msg, deadline, false)
+        let t0 = trace::begin();
+        let pos = self.write_as(msg, deadline, false)?;
+        if t0 != 0 {
+            trace::wrote(self.name(), trace::slot_message(self.key(), pos), t0);
+        }
+        Ok(())
     }
 
     /// Writes again a message that a reader gave back (a socket host puts back what a remote
     /// reader did not take): as [`write`](Self::write), also after every writer retired.
     pub(crate) fn write_back(&self, msg: &Outgoing<'_>) -> Result<(), WriteError> {
-        self.write_as(msg, None, true)
+        let t0 = trace::begin();
+        let pos = self.write_as(msg, None, true)?;
+        if t0 != 0 {
+            trace::wrote(self.name(), trace::slot_message(self.key(), pos), t0);
+        }
+        Ok(())
     }
 
+    /// The write; returns the position of the slot the message went through.
     #[inline(always)]
     fn write_as(
         &self,
         msg: &Outgoing<'_>,
         deadline: Option<Instant>,
         back: bool,
-    ) -> Result<(), WriteError> {
+    ) -> Result<u64, WriteError> {
         let not_placed = |error| WriteError {
             error,
             placed: false,
@@ -1182,12 +1215,13 @@ impl Chan {
             Some(e) => return Err(not_placed(e)),
         };
         self.hdr.rx.0.notify_one();
-        if self.hdr.capacity != 0 {
-            return Ok(());
-        }
-        // Rendezvous: wait until a reader has emptied our slot (at position lap + index).
-        let slot = &self.slots[index];
+        // The slot's position: its lap (the stamp less one) plus its index.
         let pos = stamp - 1 + index as u64;
+        if self.hdr.capacity != 0 {
+            return Ok(pos);
+        }
+        // Rendezvous: wait until a reader has emptied our slot.
+        let slot = &self.slots[index];
         let taken = tx.wait_until_parked(
             deadline,
             Waiting {
@@ -1204,7 +1238,7 @@ impl Chan {
             || Err(ChannelError::Deadlock),
         );
         match taken {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => Ok(pos),
             // The channel failed (poison, a dead peer, every reader retired) with the message
             // not taken: withdraw it, so that an error always means "not delivered".
             Some(Err(error)) => self.withdraw(index, pos, stamp, error),
@@ -1309,16 +1343,24 @@ impl Chan {
         ack: bool,
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
+        let t0 = trace::begin();
         // Fast path: not poisoned, and a message is there now.
         if self.flags() & POISONED == 0 {
             if let Some(m) = self.try_pop_at(ack, buf) {
                 if ack {
                     self.hdr.tx.0.notify_all();
                 }
+                if t0 != 0 {
+                    trace::took(self.name(), self.message_id(m.1), t0);
+                }
                 return Ok(m);
             }
         }
-        self.read_wait(deadline, claim_writers, claim, ack, buf)
+        let m = self.read_wait(deadline, claim_writers, claim, ack, buf)?;
+        if t0 != 0 {
+            trace::took(self.name(), self.message_id(m.1), t0);
+        }
+        Ok(m)
     }
 
     /// The slow path of [`read_at`](Self::read_at): waits for a message.
@@ -1380,7 +1422,13 @@ impl Chan {
                                 offset: h.offset,
                                 len: h.len,
                             };
-                            return Some(Ok((took, Taken::Offer { word: h.word })));
+                            return Some(Ok((
+                                took,
+                                Taken::Offer {
+                                    word: h.word,
+                                    round: h.round,
+                                },
+                            )));
                         }
                     }
                     if f & WRITERS_RETIRED != 0 {
@@ -1402,7 +1450,7 @@ impl Chan {
         };
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         if ack {
-            if let Taken::Offer { word } = msg.1 {
+            if let Taken::Offer { word, .. } = msg.1 {
                 self.release_offer(word);
             }
             self.hdr.tx.0.notify_all();

@@ -32,6 +32,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::arena::Arena;
+use crate::trace;
 
 /// What a claim attempt on an offer found.
 pub(crate) enum Claim {
@@ -48,6 +49,8 @@ pub(crate) enum Claim {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Handoff {
     pub(crate) word: u64,
+    /// The offering waiter's round (the full counter, of which the word holds 8 bits).
+    pub(crate) round: u32,
     pub(crate) offset: u64,
     pub(crate) len: u64,
 }
@@ -273,6 +276,12 @@ impl Waiter {
         })
     }
 
+    /// The message trace's id of a message handed over through our guard `guard` in this
+    /// round.
+    pub(crate) fn message_id(&self, guard: usize) -> u64 {
+        trace::offer_message(self.id(), self.gen.get(), guard as u64)
+    }
+
     /// Whether a counterpart has selected us in this round.
     pub(crate) fn is_selected(&self) -> bool {
         (self.rec.hdr.sel.load(Ordering::SeqCst) as u32) >= SELECTED
@@ -324,9 +333,20 @@ pub(crate) fn claim(arena: &'static Arena, offer: Offer) -> Claim {
         .sel
         .compare_exchange(cur, selected, Ordering::SeqCst, Ordering::SeqCst)
     {
-        Ok(_) => Claim::Won(Handoff { word, offset, len }),
+        Ok(_) => Claim::Won(Handoff {
+            word,
+            round: (cur >> 32) as u32,
+            offset,
+            len,
+        }),
         Err(_) => Claim::Busy,
     }
+}
+
+/// The message trace's id of the message handed over through offer `word` of round `round`
+/// (the claimer and the offering waiter both know them).
+pub(crate) fn message_id(word: u64, round: u32) -> u64 {
+    trace::offer_message(owner(word), round, word & ((1 << GUARD_BITS) - 1))
 }
 
 /// Tells the writer that made offer `word` that its message was taken.
