@@ -103,11 +103,13 @@ fn write_then_flush(
     told: ChannelOut<String>,
     n: u64,
 ) -> Result<String, ChannelError> {
+    // ANCHOR: flush
     for i in 0..n {
-        out.write(i)?;
+        out.write(i)?; // Ok: in the channel's buffer (part of it may be in this process)
     }
     // Nobody reads on the host yet: what is beyond its buffer stays unconfirmed.
     let early = out.flush(Duration::from_millis(300));
+    // ANCHOR_END: flush
     told.write(format!("{early:?}"))?;
     // Now the host reads: everything gets confirmed.
     let late = out.flush(PROMPT);

@@ -132,7 +132,7 @@ pub enum ChannelError {
     ///
     /// A buffered remote `write` returns `Ok` once the message is in the channel's buffer, whose
     /// part in the writing process holds the messages the host has not confirmed yet (at most
-    /// the channel's capacity). The host confirms messages in the order they were written: the
+    /// twice the channel's capacity: the writer's buffer and those on their way). The host confirms messages in the order they were written: the
     /// first `confirmed` messages written through this connection (this end and its clones)
     /// reached the host's channel; the `unconfirmed` ones written after them, with `Ok`, may
     /// or may not have (the host may have placed some before it was lost). Nothing is sent

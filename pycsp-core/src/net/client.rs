@@ -1,7 +1,10 @@
-//! The remote side of socket channels: an end is a private rendezvous channel (the *proxy*) in
-//! this process's shared memory plus a pump thread that carries its operations to the host.
+//! The remote side of socket channels: an end is a private channel (the *proxy*) in this
+//! process's shared memory plus a pump thread that carries its operations to the host.
 //!
-//! - Writing end: the user writes into the proxy; the pump takes the message without
+//! - Writing end of a buffered channel: the proxy is a buffered channel of the channel's
+//!   capacity; the pump streams its messages to the host in batches, with at most the capacity
+//!   sent and not confirmed (see [`Pump::pump_buffered`]); [`flush`] waits for confirmations.
+//! - Writing end of a rendezvous channel: the user writes into the proxy; the pump takes the message without
 //!   completing the rendezvous, sends `Write`, and completes it only on the host's `Done`, so
 //!   the user's `write` returns exactly when the host's channel accepted the message. An
 //!   `Error` answer or a lost connection fails the user's write with that error.
@@ -528,10 +531,11 @@ impl Pump {
     ///
     /// Every wake-up it takes all the messages waiting in the proxy (up to [`BATCH`] bytes)
     /// and sends them as `Write` frames in one system call, without waiting for the host; the
-    /// host answers each with `Done`, in order, several in one system call. A message's slot
-    /// in the proxy stays full until its `Done` came (`read_deferred`, acknowledged then), so
-    /// the proxy's capacity bounds what is unconfirmed and a full window blocks the writer as a
-    /// full buffer does.
+    /// host answers each with `Done`, in order, several in one system call. At most the
+    /// channel's capacity are sent and not confirmed (the window); while the window is full the
+    /// pump takes nothing more, the proxy fills up, and the writer blocks as on a full buffer.
+    /// So a remote writer is at most twice the capacity ahead of the host's channel: the
+    /// proxy's buffer and the window.
     fn pump_buffered(&mut self) -> bool {
         let Ok(arena) = Arena::get() else {
             return false;
@@ -729,13 +733,10 @@ impl Pump {
         wait: bool,
     ) -> Result<(), Stop> {
         if !inbox.has_frame(MAX_FRAME) {
-            if wait {
-                inbox.fill(&mut self.s).map_err(Stop::Lost)?;
-            } else if sys::wait_readable(self.s.as_raw_fd(), Duration::ZERO) {
-                inbox.fill(&mut self.s).map_err(Stop::Lost)?;
-            } else {
+            if !wait && !sys::wait_readable(self.s.as_raw_fd(), Duration::ZERO) {
                 return Ok(());
             }
+            inbox.fill(&mut self.s).map_err(Stop::Lost)?;
         }
         let mut done = 0u64;
         let mut failed = None;
