@@ -246,12 +246,26 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     at: usize,
+    /// The body of a long frame handed back by [`recycle`](Self::recycle), reused for the next
+    /// one: a stream of large messages does not map, fault in and unmap fresh memory for each.
+    spare: Vec<u8>,
 }
+
+/// A long frame's body is reserved whole up to this size (an authenticated peer's frame, which
+/// its writer announced and is sending); beyond it, it grows as its bytes arrive.
+const RESERVE_WHOLE: usize = 4 << 20;
 
 /// Bytes a [`FrameReader`] asks for in one read.
 const READ_AHEAD: usize = 64 << 10;
 
 impl FrameReader {
+    /// Hands back the body of a frame that is done with, for the next long frame.
+    pub(crate) fn recycle(&mut self, body: Vec<u8>) {
+        if body.capacity() > self.spare.capacity() && body.capacity() <= RESERVE_WHOLE {
+            self.spare = body;
+        }
+    }
+
     /// Whether bytes are buffered: a whole frame, part of one, or one that is malformed.
     pub(crate) fn buffered(&self) -> bool {
         self.at < self.buf.len()
@@ -318,7 +332,9 @@ impl FrameReader {
                     // rest of its body into the body itself.
                     let kind = Kind::from_byte(rest[4]).ok_or(FrameError::UnknownKind(rest[4]))?;
                     let want = len - 1;
-                    let mut body = Vec::with_capacity(want.min(PREALLOCATE.max(rest.len())));
+                    let mut body = std::mem::take(&mut self.spare);
+                    body.clear();
+                    body.reserve(want.min(RESERVE_WHOLE.max(rest.len())));
                     body.extend_from_slice(&rest[5..]);
                     self.buf.clear();
                     self.at = 0;
@@ -496,6 +512,48 @@ mod tests {
                 got: PREALLOCATE + 100,
                 want: bytes.len()
             })
+        );
+    }
+
+    #[test]
+    fn a_frame_reader_reads_small_and_long_frames_in_order_however_the_bytes_trickle_in() {
+        let frames: Vec<Frame> = (0..40u32)
+            .map(|i| {
+                let len = if i % 7 == 3 {
+                    READ_AHEAD + 3 * i as usize
+                } else {
+                    i as usize
+                };
+                Frame::new(Kind::Write, vec![i as u8; len])
+            })
+            .collect();
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        for step in [1, 5, 4093, READ_AHEAD, bytes.len()] {
+            let mut r = Trickle {
+                bytes: &bytes,
+                step,
+            };
+            let mut fr = FrameReader::default();
+            for f in &frames {
+                let got = fr.next(&mut r, MAX_FRAME).unwrap();
+                assert_eq!(&got, f, "step {step}");
+                fr.recycle(got.body);
+            }
+            assert_eq!(fr.next(&mut r, MAX_FRAME), Err(FrameError::Closed));
+        }
+        // Cut inside a long frame: truncated.
+        let mut r = Trickle {
+            bytes: &bytes[..bytes.len() - 1],
+            step: 4096,
+        };
+        let mut fr = FrameReader::default();
+        let mut last = Ok(Frame::empty(Kind::Done));
+        while last.is_ok() {
+            last = fr.next(&mut r, MAX_FRAME);
+        }
+        assert!(
+            matches!(last, Err(FrameError::Truncated { .. })),
+            "{last:?}"
         );
     }
 

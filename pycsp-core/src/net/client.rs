@@ -4,8 +4,9 @@
 //! - Writing end of a buffered channel: the proxy is a buffered channel of the channel's
 //!   capacity; the pump streams its messages to the host in batches, with at most the capacity
 //!   sent and not confirmed (see [`Pump::pump_buffered`]); [`flush`] waits for confirmations.
-//! - Writing end of a rendezvous channel: the user writes into the proxy; the pump takes the message without
-//!   completing the rendezvous, sends `Write`, and completes it only on the host's `Done`, so
+//! - Writing end of a rendezvous channel: the user writes into the proxy; the pump takes the
+//!   message without completing the rendezvous, sends `Write`, and completes it only on the
+//!   host's `Done`, so
 //!   the user's `write` returns exactly when the host's channel accepted the message. An
 //!   `Error` answer or a lost connection fails the user's write with that error.
 //! - Reading end: the pump sends `Read`, puts the `Message` into the proxy (waiting until the

@@ -642,7 +642,9 @@ impl Conn<'_> {
                             ),
                         });
                     }
-                    match self.write(s, &frame.body, &mut replies) {
+                    let r = self.write(s, &frame.body, &mut replies);
+                    inbox.recycle(frame.body);
+                    match r {
                         Some(r) => r,
                         None => return End::Lost("hung up during a write".into()),
                     }
