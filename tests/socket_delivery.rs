@@ -247,7 +247,8 @@ fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_co
             loop {
                 match w.write(written) {
                     Ok(()) => written += 1,
-                    Err(e) => return (written, e),
+                    // A flush after the loss says the same.
+                    Err(e) => return (written, e, w.flush(PROMPT)),
                 }
             }
         });
@@ -260,7 +261,8 @@ fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_co
         host.wait().unwrap();
         lines.join().unwrap();
         seen.extend(got.try_iter());
-        let (written, e) = writer.join().unwrap();
+        let (written, e, flushed) = writer.join().unwrap();
+        assert_eq!(flushed, Err(e.clone()), "{at}");
         eprintln!(
             "{at}: wrote {written}, the host's reader got {}: {e}",
             seen.len()

@@ -148,9 +148,17 @@ pub(crate) fn flush(chan: &Chan, deadline: std::time::Instant) -> Result<(), Cha
     }
     let mine = {
         let mut written = p.markers.lock().unwrap_or_else(|e| e.into_inner());
-        write_encoded(chan, &[], Some(deadline)).map_err(|e| remote_error(chan, e))?;
-        *written += 1;
-        *written
+        match write_encoded(chan, &[], Some(deadline)) {
+            Ok(()) => {
+                *written += 1;
+                *written
+            }
+            Err(e) => {
+                // `remote_error` counts the markers: not under their lock.
+                drop(written);
+                return Err(remote_error(chan, e));
+            }
+        }
     };
     let mut flow = p.flow.lock().unwrap_or_else(|e| e.into_inner());
     loop {
