@@ -224,25 +224,72 @@ fn main() {
         }
     }
 
-    eprintln!("pycsp, sockets (echo or sink placed by the launcher {{cmd}}):");
+    eprintln!("pycsp, sockets (echo, sink or writer placed by the launcher {{cmd}}):");
+    // (label, RTT / raw Unix socket RTT, remote writer / raw Unix socket one way), paired.
+    let mut socket_pairs: Vec<(&'static str, f64, f64)> = Vec::new();
+    let mut mib_tcp_over_raw = f64::NAN;
     for (socket, label) in [
         (pycsp_rows::Socket::Local, "local socket"),
         (pycsp_rows::Socket::Tcp, "TCP loopback"),
     ] {
-        rows.push(measure(
-            "sockets",
-            &format!("{label}: rendezvous channel pair (RTT)"),
-            "ns",
+        let (rt, uds_rt, rt_ratio) = stats::measure_pair(
+            (
+                "sockets",
+                &format!("{label}: rendezvous channel pair (RTT)"),
+                "ns",
+                || pycsp_rows::socket_round_trip(socket, 0, 2_000 * k),
+            ),
+            (
+                "peers",
+                &format!("Unix domain socket (RTT), paired with {label}"),
+                "ns",
+                || peers::uds_rtt(20_000 * k),
+            ),
             t,
-            || pycsp_rows::socket_round_trip(socket, 0, 2_000 * k),
-        ));
+        );
+        let (thr, uds_thr, thr_ratio) = stats::measure_pair(
+            (
+                "sockets",
+                &format!("{label}: buffered u64 one way, remote writer"),
+                "msg/s",
+                || pycsp_rows::socket_throughput_from_remote(socket, 200_000 * k),
+            ),
+            (
+                "peers",
+                &format!("Unix domain socket one way, paired with {label}"),
+                "msg/s",
+                || peers::uds_throughput(500_000 * k),
+            ),
+            t,
+        );
+        rows.extend([rt, uds_rt, thr, uds_thr]);
+        socket_pairs.push((label, rt_ratio, thr_ratio));
         rows.push(measure(
             "sockets",
-            &format!("{label}: buffered u64 one way"),
+            &format!("{label}: buffered u64 one way, remote reader"),
             "msg/s",
             t,
             || pycsp_rows::socket_throughput(socket, 50_000 * k),
         ));
+        if let pycsp_rows::Socket::Tcp = socket {
+            let (mib, raw_mib, ratio) = stats::measure_pair(
+                (
+                    "sockets",
+                    "TCP loopback: 1 MiB messages, remote writer",
+                    "GB/s",
+                    || pycsp_rows::socket_bandwidth_from_remote(socket, 1 << 20, 256 << 20),
+                ),
+                (
+                    "limit",
+                    "raw TCP loopback stream, 1 MiB writes",
+                    "GB/s",
+                    || raw::tcp_stream(1 << 20, 256 << 20),
+                ),
+                t,
+            );
+            rows.extend([mib, raw_mib]);
+            mib_tcp_over_raw = ratio;
+        }
     }
 
     eprintln!("peers:");
@@ -292,6 +339,52 @@ fn main() {
         t,
         || peers::uds_throughput(500_000 * k),
     ));
+    rows.push(measure(
+        "peers",
+        "ipc-channel 1 MiB, two processes one way",
+        "GB/s",
+        t,
+        || peers::ipc_channel_bytes(1 << 20, 256 << 20),
+    ));
+    let want_connection = stats::ONLY
+        .get()
+        .is_none_or(|o| "Python multiprocessing.connection".contains(o.as_str()));
+    match want_connection
+        .then(|| peers::python_connection(t.min(5), 2_000 * k))
+        .flatten()
+    {
+        Some(py) => {
+            for (key, name, unit) in [
+                (
+                    "conn_rtt_ns",
+                    "Python multiprocessing.connection over TCP (RTT)",
+                    "ns",
+                ),
+                (
+                    "conn_msgs_per_s",
+                    "Python multiprocessing.connection over TCP one way",
+                    "msg/s",
+                ),
+            ] {
+                if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
+                    let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+                    rows.push(Row {
+                        group: "peers",
+                        name: name.into(),
+                        unit,
+                        median: f(0),
+                        min: f(1),
+                        max: f(2),
+                        trials: t.min(5),
+                    });
+                }
+            }
+        }
+        None if want_connection => {
+            eprintln!("  (python3 not available: Python connection rows skipped)")
+        }
+        None => {}
+    }
     let want_python = stats::ONLY
         .get()
         .is_none_or(|o| "Python multiprocessing".contains(o.as_str()));
@@ -376,7 +469,8 @@ fn main() {
     let p1 = get("primes < 1e6, 1 worker");
     let pn = get(&format!("primes < 1e6, {cores} workers"));
     let efficiency = p1 / pn / cores as f64;
-    let targets = [
+    let ipc_one_way = get("ipc-channel u64, two processes one way");
+    let mut targets = vec![
         Target {
             what: "rendezvous RTT / raw spin RTT (paired)",
             value: rv_over_spin,
@@ -432,6 +526,47 @@ fn main() {
             met: get("spawn and join") <= 2.0,
         },
     ];
+    for (label, rt_ratio, thr_ratio) in socket_pairs {
+        let (rt_what, thr_what, ipc_what) = match label {
+            "local socket" => (
+                "local socket RTT / raw Unix socket (paired)",
+                "local socket remote writer / raw Unix (paired)",
+                "local socket remote writer / ipc-channel",
+            ),
+            _ => (
+                "TCP RTT / raw Unix socket RTT (paired)",
+                "TCP remote writer / raw Unix one way (paired)",
+                "TCP remote writer / ipc-channel one way",
+            ),
+        };
+        let vs_ipc = get(&format!("{label}: buffered u64 one way, remote writer")) / ipc_one_way;
+        targets.extend([
+            Target {
+                what: rt_what,
+                value: rt_ratio,
+                goal: "<= 1",
+                met: rt_ratio <= 1.0,
+            },
+            Target {
+                what: thr_what,
+                value: thr_ratio,
+                goal: ">= 1",
+                met: thr_ratio >= 1.0,
+            },
+            Target {
+                what: ipc_what,
+                value: vs_ipc,
+                goal: ">= 3",
+                met: vs_ipc >= 3.0,
+            },
+        ]);
+    }
+    targets.push(Target {
+        what: "TCP 1 MiB / raw TCP 1 MiB writes (paired)",
+        value: mib_tcp_over_raw,
+        goal: ">= 0.5",
+        met: mib_tcp_over_raw >= 0.5,
+    });
 
     rows.retain(|r| r.trials > 0);
     let table = table(&rows, &targets);

@@ -184,6 +184,121 @@ pub fn python(trials: usize, iters: u64) -> Option<serde_json::Map<String, serde
     serde_json::from_slice(&out.stdout).ok()
 }
 
+const PYTHON_CONNECTION: &str = r#"
+import json, sys, time, multiprocessing as mp
+from multiprocessing.connection import Listener, Client
+
+KEY = b"pycsp-bench"
+
+def echo(addr):
+    c = Client(addr, authkey=KEY)
+    while True:
+        v = c.recv()
+        if v is None: break
+        c.send(v)
+    c.close()
+
+def sink(addr, n):
+    c = Client(addr, authkey=KEY)
+    for _ in range(n): c.recv()
+    c.send(n)
+    c.close()
+
+def median(f, trials):
+    v = sorted(f() for _ in range(trials))
+    return [v[len(v)//2], v[0], v[-1]]
+
+if __name__ == "__main__":
+    trials, iters = int(sys.argv[1]), int(sys.argv[2])
+    out = {}
+    with Listener(("127.0.0.1", 0), authkey=KEY) as l:
+        p = mp.Process(target=echo, args=(l.address,)); p.start()
+        c = l.accept()
+        for i in range(iters // 10): c.send(i); c.recv()
+        def rtt():
+            t = time.perf_counter()
+            for i in range(iters): c.send(i); c.recv()
+            return (time.perf_counter() - t) / iters * 1e9
+        out["conn_rtt_ns"] = median(rtt, trials)
+        c.send(None); p.join(); c.close()
+        def thr():
+            n = iters * 5
+            p = mp.Process(target=sink, args=(l.address, n)); p.start()
+            c = l.accept()
+            t = time.perf_counter()
+            for i in range(n): c.send(i)
+            c.recv()
+            r = n / (time.perf_counter() - t)
+            p.join(); c.close()
+            return r
+        out["conn_msgs_per_s"] = median(thr, trials)
+    print(json.dumps(out))
+"#;
+
+/// Python's `multiprocessing.connection` `Listener`/`Client` over TCP loopback (with an
+/// authkey, as a Python user reaches another host): round trip and one way, [median, min,
+/// max], if python3 runs.
+pub fn python_connection(
+    trials: usize,
+    iters: u64,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let dir = std::env::temp_dir().join(format!("pycsp-bench-conn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = dir.join("conn_bench.py");
+    std::fs::write(&script, PYTHON_CONNECTION).ok()?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(trials.to_string())
+        .arg(iters.to_string())
+        .output()
+        .ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if !out.status.success() {
+        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// ipc-channel's byte channel between two processes: GB/s of `size`-byte messages one way.
+pub fn ipc_channel_bytes(size: usize, total: usize) -> f64 {
+    use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
+    type Boot = (IpcBytesSender, IpcReceiver<u64>);
+    let (server, name) = IpcOneShotServer::<Boot>::new().expect("ipc-channel server");
+    let n = (total / size).max(4);
+    // SAFETY: as in `ipc_channel`: the child uses ipc-channel and exits with _exit, never
+    // returning into the caller.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let boot = IpcSender::<Boot>::connect(name).expect("connect");
+        let (tx, rx) = ipc::bytes_channel().unwrap();
+        let (done_tx, done_rx) = ipc::channel::<u64>().unwrap();
+        boot.send((tx, done_rx)).unwrap();
+        let mut got = 0u64;
+        for _ in 0..n {
+            match rx.recv() {
+                Ok(b) => got += b.len() as u64,
+                Err(_) => break,
+            }
+        }
+        done_tx.send(got).ok();
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let (_, (tx, done)) = server.accept().expect("accept");
+    let msg = vec![7u8; size];
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(&msg).unwrap();
+    }
+    let got = done.recv().unwrap();
+    let rate = got as f64 / start.elapsed().as_secs_f64() / 1e9;
+    reap(pid);
+    rate
+}
+
 const PYTHON_POOL: &str = r#"
 import json, sys, time, multiprocessing as mp
 

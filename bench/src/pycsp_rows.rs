@@ -314,8 +314,8 @@ pub fn socket_round_trip(socket: Socket, capacity: usize, iters: u64) -> f64 {
     ns
 }
 
-/// One-way u64 messages per second on a buffered socket channel of 1024, read by a process
-/// placed by the launcher `{cmd}`.
+/// One-way u64 messages per second on a buffered socket channel of 1024 hosted here, read by
+/// a process placed by the launcher `{cmd}` (a remote reader).
 pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
     let c = Channel::<u64>::named_buffered(&socket_address(socket, "thr"), 1024).unwrap();
     let w = c.writer();
@@ -327,6 +327,53 @@ pub fn socket_throughput(socket: Socket, n: u64) -> f64 {
     drop((w, c));
     std::hint::black_box(h.join().unwrap().unwrap());
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One-way u64 messages per second written by a process placed by the launcher `{cmd}` (a
+/// remote writer, as on another host) into a buffered socket channel of 1024 hosted here and
+/// read here; timed from the first message read to the last (the placed process's start is
+/// not counted).
+pub fn socket_throughput_from_remote(socket: Socket, n: u64) -> f64 {
+    let c = Channel::<u64>::named_buffered(&socket_address(socket, "thr-in"), 1024).unwrap();
+    let r = c.reader();
+    let h = Spawn(many_writer(c.writer(), n).on(Placement::launcher("{cmd}"))).unwrap();
+    r.read().unwrap();
+    let start = Instant::now();
+    for _ in 1..n {
+        r.read().unwrap();
+    }
+    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    drop((r, c));
+    h.join().unwrap().unwrap();
+    rate
+}
+
+#[process]
+fn byte_writer(out: ChannelOut<ByteBuf>, size: usize, n: usize) -> Result<(), ChannelError> {
+    let msg = ByteBuf::from(vec![7u8; size]);
+    for _ in 0..n {
+        out.write_ref(&msg)?;
+    }
+    Ok(())
+}
+
+/// GB/s of messages of `size` bytes written by a process placed by `{cmd}` into a buffered
+/// socket channel of 8 hosted and read here; timed from the first message read to the last.
+pub fn socket_bandwidth_from_remote(socket: Socket, size: usize, total: usize) -> f64 {
+    let c = Channel::<ByteBuf>::named_buffered(&socket_address(socket, "bw-in"), 8).unwrap();
+    let r = c.reader();
+    let n = (total / size).max(4);
+    let h = Spawn(byte_writer(c.writer(), size, n).on(Placement::launcher("{cmd}"))).unwrap();
+    r.read().unwrap();
+    let start = Instant::now();
+    let mut bytes = 0;
+    for _ in 1..n {
+        bytes += r.read().unwrap().len();
+    }
+    let rate = bytes as f64 / start.elapsed().as_secs_f64() / 1e9;
+    drop((r, c));
+    h.join().unwrap().unwrap();
+    rate
 }
 
 /// The value the array farm stores in element `i` (as `examples/array_farm.rs`).

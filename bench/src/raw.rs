@@ -83,6 +83,41 @@ fn reap(pid: libc::pid_t) {
     unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
+/// GB/s of a raw TCP loopback stream of `size`-byte writes to another process, which reads
+/// everything and answers one byte at the end: the socket limit for large messages.
+pub fn tcp_stream(size: usize, total: usize) -> f64 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = (total / size).max(4);
+    let mut buf = vec![0u8; 1 << 20];
+    let pid = fork_child(|| {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let mut got = 0;
+        while got < n * size {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => got += k,
+            }
+        }
+        let _ = s.write_all(&[1]);
+    });
+    let (mut s, _) = l.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    let msg = vec![7u8; size];
+    let start = Instant::now();
+    for _ in 0..n {
+        s.write_all(&msg).unwrap();
+    }
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    let rate = (n * size) as f64 / start.elapsed().as_secs_f64() / 1e9;
+    reap(pid);
+    rate
+}
+
 /// Round-trip time in ns of a ping-pong on one shared word; `sleep` uses futex wait/wake.
 pub fn ping_pong(iters: u32, sleep: bool) -> f64 {
     let shared = Shared::new();

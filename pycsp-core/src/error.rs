@@ -133,6 +133,31 @@ pub enum ChannelError {
         /// What happened.
         reason: String,
     },
+    /// The connection of a buffered remote writing end was lost (its host died, vanished or
+    /// the link went down) while messages it had accepted were not yet confirmed by the host.
+    ///
+    /// A buffered remote `write` returns `Ok` once the message is in the channel's buffer, whose
+    /// part in the writing process holds the messages the host has not confirmed yet (at most
+    /// twice the channel's capacity: the writer's buffer and those on their way). The host confirms messages in the order they were written: the
+    /// first `confirmed` messages written through this connection (this end and its clones)
+    /// reached the host's channel; the `unconfirmed` ones written after them, with `Ok`, may
+    /// or may not have (the host may have placed some before it was lost). Nothing is sent
+    /// twice. A writer that must know uses `flush` before relying on its messages.
+    #[error(
+        "socket channel {address:?}: {reason}; the host confirmed the first {confirmed} \
+         messages written through this connection, the {unconfirmed} written after them \
+         were not confirmed"
+    )]
+    ConnectionLost {
+        /// The channel's address.
+        address: String,
+        /// What happened.
+        reason: String,
+        /// Messages the host confirmed, counted from the connection's first.
+        confirmed: u64,
+        /// Messages accepted by `write` after those, not confirmed.
+        unconfirmed: u64,
+    },
     /// The peers of a socket channel do not share the same key.
     #[error("socket channel {address:?}: {reason}")]
     Auth {

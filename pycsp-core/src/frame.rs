@@ -235,6 +235,127 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
     }
 }
 
+/// Reads frames from a stream through a buffer: one system call brings in every small frame
+/// that has arrived (a stream of `Write` frames, or of their `Done` answers), and a frame
+/// longer than the buffer is read into its own body as [`read_frame`] reads it (its memory
+/// growing as its bytes arrive).
+///
+/// Whoever uses one must ask it, not the socket, whether a frame is waiting
+/// ([`buffered`](Self::buffered)): the frames it holds are no longer in the socket.
+#[derive(Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    at: usize,
+    /// The body of a long frame handed back by [`recycle`](Self::recycle), reused for the next
+    /// one: a stream of large messages does not map, fault in and unmap fresh memory for each.
+    spare: Vec<u8>,
+}
+
+/// A long frame's body is reserved whole up to this size (an authenticated peer's frame, which
+/// its writer announced and is sending); beyond it, it grows as its bytes arrive.
+const RESERVE_WHOLE: usize = 4 << 20;
+
+/// Bytes a [`FrameReader`] asks for in one read.
+const READ_AHEAD: usize = 64 << 10;
+
+impl FrameReader {
+    /// Hands back the body of a frame that is done with, for the next long frame.
+    pub(crate) fn recycle(&mut self, body: Vec<u8>) {
+        if body.capacity() > self.spare.capacity() && body.capacity() <= RESERVE_WHOLE {
+            self.spare = body;
+        }
+    }
+
+    /// Whether bytes are buffered: a whole frame, part of one, or one that is malformed.
+    pub(crate) fn buffered(&self) -> bool {
+        self.at < self.buf.len()
+    }
+
+    /// Whether a whole frame (or a malformed one) is buffered.
+    pub(crate) fn has_frame(&self, max: usize) -> bool {
+        !matches!(parse(&self.buf[self.at..], max), Ok(None))
+    }
+
+    /// The next buffered frame, if a whole one is there.
+    pub(crate) fn parse(&mut self, max: usize) -> Result<Option<Frame>, FrameError> {
+        let r = parse(&self.buf[self.at..], max)?;
+        Ok(r.map(|(f, n)| {
+            self.at += n;
+            if self.at == self.buf.len() {
+                self.buf.clear();
+                self.at = 0;
+            }
+            f
+        }))
+    }
+
+    /// Reads what has arrived, waiting for at least one byte.
+    pub(crate) fn fill(&mut self, r: &mut impl Read) -> Result<(), FrameError> {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_AHEAD, 0);
+        let got = loop {
+            match r.read(&mut self.buf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                got => break got,
+            }
+        };
+        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+        match got {
+            Ok(0) if old == 0 => Err(FrameError::Closed),
+            Ok(0) => {
+                let want = match self.buf.get(..4) {
+                    Some(l) => 4 + u32::from_le_bytes(l.try_into().unwrap()) as usize,
+                    None => 5,
+                };
+                Err(FrameError::Truncated { got: old, want })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// The next frame of at most `max` bytes, waiting for it.
+    pub(crate) fn next(&mut self, r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
+        loop {
+            if let Some(f) = self.parse(max)? {
+                return Ok(f);
+            }
+            let rest = &self.buf[self.at..];
+            if rest.len() >= 5 {
+                let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                if len > READ_AHEAD {
+                    // A long frame (its length and kind were checked by `parse`): read the
+                    // rest of its body into the body itself.
+                    let kind = Kind::from_byte(rest[4]).ok_or(FrameError::UnknownKind(rest[4]))?;
+                    let want = len - 1;
+                    let mut body = std::mem::take(&mut self.spare);
+                    body.clear();
+                    body.reserve(want.min(RESERVE_WHOLE.max(rest.len())));
+                    body.extend_from_slice(&rest[5..]);
+                    self.buf.clear();
+                    self.at = 0;
+                    let have = body.len();
+                    r.take((want - have) as u64)
+                        .read_to_end(&mut body)
+                        .map_err(io_error)?;
+                    if body.len() < want {
+                        return Err(FrameError::Truncated {
+                            got: 5 + body.len(),
+                            want: 4 + len,
+                        });
+                    }
+                    return Ok(Frame { kind, body });
+                }
+            }
+            self.fill(r)?;
+        }
+    }
+}
+
 /// Bodies up to this size are copied behind their header and go out in one write (one
 /// segment); larger ones are written after it without a copy.
 const ONE_WRITE: usize = 64 << 10;
@@ -391,6 +512,48 @@ mod tests {
                 got: PREALLOCATE + 100,
                 want: bytes.len()
             })
+        );
+    }
+
+    #[test]
+    fn a_frame_reader_reads_small_and_long_frames_in_order_however_the_bytes_trickle_in() {
+        let frames: Vec<Frame> = (0..40u32)
+            .map(|i| {
+                let len = if i % 7 == 3 {
+                    READ_AHEAD + 3 * i as usize
+                } else {
+                    i as usize
+                };
+                Frame::new(Kind::Write, vec![i as u8; len])
+            })
+            .collect();
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        for step in [1, 5, 4093, READ_AHEAD, bytes.len()] {
+            let mut r = Trickle {
+                bytes: &bytes,
+                step,
+            };
+            let mut fr = FrameReader::default();
+            for f in &frames {
+                let got = fr.next(&mut r, MAX_FRAME).unwrap();
+                assert_eq!(&got, f, "step {step}");
+                fr.recycle(got.body);
+            }
+            assert_eq!(fr.next(&mut r, MAX_FRAME), Err(FrameError::Closed));
+        }
+        // Cut inside a long frame: truncated.
+        let mut r = Trickle {
+            bytes: &bytes[..bytes.len() - 1],
+            step: 4096,
+        };
+        let mut fr = FrameReader::default();
+        let mut last = Ok(Frame::empty(Kind::Done));
+        while last.is_ok() {
+            last = fr.next(&mut r, MAX_FRAME);
+        }
+        assert!(
+            matches!(last, Err(FrameError::Truncated { .. })),
+            "{last:?}"
         );
     }
 

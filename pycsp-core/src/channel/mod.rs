@@ -338,6 +338,25 @@ impl<T: Serialize> ChannelOut<T> {
         self.send(value, None)
     }
 
+    /// Waits until every message written so far through this end (and its clones) is
+    /// confirmed by the host of its socket channel, or until `timeout` has passed
+    /// ([`ChannelError::Timeout`]; the messages stay on their way).
+    ///
+    /// A `write` to a buffered channel returns once the message is in the channel's buffer.
+    /// For a channel reached over a socket, part of that buffer (up to the channel's capacity)
+    /// is in the writing process: messages the host has not confirmed yet. `flush` returns
+    /// `Ok` once the host's channel holds them all; if the connection is lost first it fails
+    /// with [`ChannelError::ConnectionLost`], which says how many the host confirmed and how
+    /// many it did not. On a channel in shared memory, and on a rendezvous channel (whose
+    /// writes return once a reader took the message), there is nothing to wait for: `Ok` at
+    /// once. The book's sockets chapter has the whole delivery contract.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ChannelError> {
+        if !self.end.socket {
+            return Ok(());
+        }
+        net::client::flush(&self.end.chan, Instant::now() + timeout)
+    }
+
     fn send(&self, value: &T, deadline: Option<Instant>) -> Result<(), ChannelError> {
         let chan = &self.end.chan;
         let write = || {

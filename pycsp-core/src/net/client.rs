@@ -1,8 +1,12 @@
-//! The remote side of socket channels: an end is a private rendezvous channel (the *proxy*) in
-//! this process's shared memory plus a pump thread that carries its operations to the host.
+//! The remote side of socket channels: an end is a private channel (the *proxy*) in this
+//! process's shared memory plus a pump thread that carries its operations to the host.
 //!
-//! - Writing end: the user writes into the proxy; the pump takes the message without
-//!   completing the rendezvous, sends `Write`, and completes it only on the host's `Done`, so
+//! - Writing end of a buffered channel: the proxy is a buffered channel of the channel's
+//!   capacity; the pump streams its messages to the host in batches, with at most the capacity
+//!   sent and not confirmed (see [`Pump::pump_buffered`]); [`flush`] waits for confirmations.
+//! - Writing end of a rendezvous channel: the user writes into the proxy; the pump takes the
+//!   message without completing the rendezvous, sends `Write`, and completes it only on the
+//!   host's `Done`, so
 //!   the user's `write` returns exactly when the host's channel accepted the message. An
 //!   `Error` answer or a lost connection fails the user's write with that error.
 //! - Reading end: the pump sends `Read`, puts the `Message` into the proxy (waiting until the
@@ -12,27 +16,38 @@
 //! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
 //! works unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
 use super::stream::{step_failed, Address, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
 use crate::frame::{
-    read_frame, write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME, MAX_MESSAGE,
+    read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
+    MAX_MESSAGE,
 };
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
-use crate::shm::ring::{Chan, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
 
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
+
+/// The largest window of a buffered remote writing end (its proxy's capacity), whatever the
+/// channel's capacity: a channel of a larger capacity has its messages beyond this many wait in
+/// the writer until the host confirms earlier ones.
+const MAX_WINDOW: u64 = 1 << 16;
+
+/// How many bytes of messages a buffered writing end's pump sends in one system call, at most
+/// (a message longer than this goes alone, without a copy).
+const BATCH: usize = 64 << 10;
 
 /// What this process knows of one remote end.
 pub(crate) struct Proxy {
@@ -45,6 +60,27 @@ pub(crate) struct Proxy {
     finished_cv: Condvar,
     /// The error that ended the pump, reported to the user in place of `Retired`.
     error: Mutex<Option<ChannelError>>,
+    /// What the host confirmed of a buffered writing end's messages (see [`Flow`]).
+    flow: Mutex<Flow>,
+    flow_cv: Condvar,
+    /// Flush markers written into the proxy, in order (held while one is written).
+    markers: Mutex<u64>,
+}
+
+/// The window of a buffered writing end: messages the pump took from the proxy and sent, not
+/// yet confirmed by the host, and the flushes waiting for them.
+#[derive(Default)]
+struct Flow {
+    /// Messages the host confirmed, from the connection's first.
+    confirmed: u64,
+    /// Messages taken from the proxy and not confirmed (sent, or about to be).
+    outstanding: u64,
+    /// Flush markers the pump took from the proxy.
+    markers_seen: u64,
+    /// Flush markers whose messages before them are all confirmed.
+    flushed: u64,
+    /// The connection was lost: `outstanding` is final.
+    lost: bool,
 }
 
 impl Proxy {
@@ -64,6 +100,89 @@ impl Proxy {
                 .0;
         }
         *done
+    }
+}
+
+impl Proxy {
+    /// `e` as reported now: a lost connection of a buffered writer counts what the host did
+    /// not confirm, those taken by the pump and those still in the proxy, written by `Ok`
+    /// writes before this report.
+    fn counted(&self, chan: &Chan, e: ChannelError) -> ChannelError {
+        match e {
+            ChannelError::ConnectionLost {
+                address,
+                reason,
+                confirmed,
+                ..
+            } => {
+                let markers = *self.markers.lock().unwrap_or_else(|p| p.into_inner());
+                let flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+                let waiting = (chan.len() as u64).saturating_sub(markers - flow.markers_seen);
+                ChannelError::ConnectionLost {
+                    address,
+                    reason,
+                    confirmed,
+                    unconfirmed: flow.outstanding + waiting,
+                }
+            }
+            e => e,
+        }
+    }
+}
+
+/// Waits until the host confirmed every message written so far through the buffered remote
+/// writing end `chan` (and its clones), or until `deadline` ([`ChannelError::Timeout`]); a
+/// lost connection fails with [`ChannelError::ConnectionLost`] counting what was not
+/// confirmed. Nothing to wait for on a local channel or a rendezvous one (its writes return
+/// once a reader took the message).
+///
+/// A flush is a marker in the proxy's ring behind the messages written before it (an empty
+/// message: no message of any type encodes to 0 bytes of MessagePack); the pump counts it done
+/// when every message it took before the marker is confirmed.
+pub(crate) fn flush(chan: &Chan, deadline: std::time::Instant) -> Result<(), ChannelError> {
+    let Some(p) = proxy_of(chan) else {
+        return Ok(());
+    };
+    if !p.writer || chan.is_rendezvous() {
+        return Ok(());
+    }
+    let mine = {
+        let mut written = p.markers.lock().unwrap_or_else(|e| e.into_inner());
+        match write_encoded(chan, &[], Some(deadline)) {
+            Ok(()) => {
+                *written += 1;
+                *written
+            }
+            Err(e) => {
+                // `remote_error` counts the markers: not under their lock.
+                drop(written);
+                return Err(remote_error(chan, e));
+            }
+        }
+    };
+    let mut flow = p.flow.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if flow.flushed >= mine {
+            return Ok(());
+        }
+        if flow.lost
+            || p.finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            drop(flow);
+            return Err(remote_error(chan, ChannelError::Retired));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(ChannelError::Timeout);
+        }
+        flow = p
+            .flow_cv
+            .wait_timeout(flow, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
@@ -190,9 +309,17 @@ pub(crate) fn open_end(
 ) -> Result<Chan, ChannelError> {
     let mut body = open_body(addr, type_name, fp, writer);
     body.token = token;
-    let (s, _) = connect(addr, &body)?;
+    let (s, opened) = connect(addr, &body)?;
     let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
-    let proxy = Chan::create(arena, &addr.full, type_name, fp, 0, false).map_err(|_| {
+    // A writing end of a buffered channel has a buffered proxy of the channel's capacity: its
+    // messages not yet confirmed by the host (the window) are this part of the channel's
+    // buffer. Every other proxy is a rendezvous: an operation completes when the host's does.
+    let capacity = if writer {
+        usize::try_from(opened.capacity.min(MAX_WINDOW)).unwrap_or(0)
+    } else {
+        0
+    };
+    let proxy = Chan::create(arena, &addr.full, type_name, fp, capacity, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
     })?;
     // The creator's hold is the pump's (let go when it ends); the user's end holds it too.
@@ -206,6 +333,9 @@ pub(crate) fn open_end(
         finished: Mutex::new(None),
         finished_cv: Condvar::new(),
         error: Mutex::new(None),
+        flow: Mutex::new(Flow::default()),
+        flow_cv: Condvar::new(),
+        markers: Mutex::new(0),
     });
     PROXIES
         .lock()
@@ -216,7 +346,9 @@ pub(crate) fn open_end(
         .spawn(move || {
             let _internal = crate::shm::census::internal_thread(true);
             let mut p = Pump { proxy, s, info };
-            let handed = if p.info.writer {
+            let handed = if p.info.writer && !p.proxy.is_rendezvous() {
+                p.pump_buffered()
+            } else if p.info.writer {
                 p.pump_writes()
             } else {
                 p.pump_reads()
@@ -248,7 +380,7 @@ pub(crate) fn remote_error(chan: &Chan, e: ChannelError) -> ChannelError {
     if matches!(e, ChannelError::Retired | ChannelError::PeerDied { .. }) {
         if let Some(p) = proxy_of(chan) {
             if let Some(err) = p.error.lock().unwrap_or_else(|x| x.into_inner()).clone() {
-                return err;
+                return p.counted(chan, err);
             }
         }
     }
@@ -376,6 +508,316 @@ impl Pump {
                 Err(_) => return self.leave(),
             }
         }
+    }
+
+    /// Updates the window under its lock and wakes flushes waiting on it.
+    fn flow(&self, f: impl FnOnce(&mut Flow)) {
+        let mut flow = self.info.flow.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut flow);
+        self.info.flow_cv.notify_all();
+    }
+
+    /// The connection was lost with the window as it is: the user's next operation (and its
+    /// flushes) fail with [`ChannelError::ConnectionLost`], counting what was not confirmed.
+    fn lost_window(&self, e: &FrameError) {
+        let confirmed = self
+            .info
+            .flow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .confirmed;
+        self.fail(ChannelError::ConnectionLost {
+            address: self.info.address.full.clone(),
+            reason: format!("connection to the host lost: {e}"),
+            confirmed,
+            unconfirmed: 0,
+        });
+        self.proxy.retire_side(false);
+        self.flow(|f| f.lost = true);
+    }
+
+    /// The pump of a writing end of a buffered channel; returns whether it handed the end
+    /// over.
+    ///
+    /// Every wake-up it takes all the messages waiting in the proxy (up to [`BATCH`] bytes)
+    /// and sends them as `Write` frames in one system call, without waiting for the host; the
+    /// host answers each with `Done`, in order, several in one system call. At most the
+    /// channel's capacity are sent and not confirmed (the window); while the window is full the
+    /// pump takes nothing more, the proxy fills up, and the writer blocks as on a full buffer.
+    /// So a remote writer is at most twice the capacity ahead of the host's channel: the
+    /// proxy's buffer and the window.
+    fn pump_buffered(&mut self) -> bool {
+        let Ok(arena) = Arena::get() else {
+            return false;
+        };
+        // Messages sent and not confirmed, at most `limit` (the channel's capacity).
+        let mut window = 0u64;
+        let limit = self.proxy.capacity() as u64;
+        // Flush markers waiting for the messages before them: how many confirmations each
+        // needs.
+        let mut markers: VecDeque<u64> = VecDeque::new();
+        let mut taken = 0u64;
+        let mut out: Vec<u8> = Vec::with_capacity(BATCH + 256);
+        let mut inbox = FrameReader::default();
+        loop {
+            out.clear();
+            let mut gathered = 0usize;
+            let mut stop = None;
+            loop {
+                // Wait for a message only when nothing waits for a confirmation.
+                let deadline = if window == 0 && out.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
+                if window >= limit {
+                    break;
+                }
+                match self
+                    .proxy
+                    .read_deferred(deadline, |w| waiter::claim(arena, w))
+                {
+                    Ok((msg, t)) => {
+                        if message_len(&msg) == 0 {
+                            // A flush marker: done once what was taken before it is confirmed.
+                            self.proxy.ack(t);
+                            self.flow(|f| {
+                                f.markers_seen += 1;
+                                if f.confirmed >= taken {
+                                    f.flushed += 1;
+                                } else {
+                                    markers.push_back(taken);
+                                }
+                            });
+                            continue;
+                        }
+                        // The slot is free again: the message is in `out`, then on its way.
+                        self.proxy.ack(t);
+                        taken += 1;
+                        gathered += 1;
+                        window += 1;
+                        self.flow(|f| f.outstanding += 1);
+                        if let Err(e) = self.append(&mut out, msg, arena) {
+                            match e {
+                                Stop::Lost(e) => self.lost_window(&e),
+                                Stop::Failed(e) => {
+                                    self.fail(e);
+                                    self.proxy.retire_side(false);
+                                }
+                            }
+                            return false;
+                        }
+                        if out.len() >= BATCH {
+                            break;
+                        }
+                    }
+                    Err(ChannelError::Timeout) => break,
+                    Err(e) => {
+                        stop = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = self.s.write_all(&out).map_err(crate::frame::io_error) {
+                    self.lost_window(&e);
+                    return false;
+                }
+            }
+            match stop {
+                None => {}
+                Some(ChannelError::Poisoned) => {
+                    // Poison is immediate: what the proxy still held is dropped, as a
+                    // poisoned channel's buffer is.
+                    let _ = write_frames(&mut self.s, &[Kind::Poison, Kind::Retire]);
+                    let _ = self.settle(&mut inbox, &mut window, &mut markers, 2);
+                    return false;
+                }
+                // The process is dying: dropping the connection tells the host so.
+                Some(ChannelError::PeerDied { .. }) => return false,
+                // Every user end retired (or moved) and the proxy is empty: once the host
+                // confirmed the rest, retire or hand over.
+                Some(_) => {
+                    let handoff = *self.info.handoff.lock().unwrap_or_else(|p| p.into_inner());
+                    let f = match handoff {
+                        Some(t) => Frame::new(Kind::Handoff, t.to_le_bytes().to_vec()),
+                        None => Frame::empty(Kind::Retire),
+                    };
+                    if let Err(e) = write_frame(&mut self.s, &f) {
+                        self.lost_window(&e);
+                        return false;
+                    }
+                    return match self.settle(&mut inbox, &mut window, &mut markers, 1) {
+                        Ok(()) => handoff.is_some(),
+                        Err(Stop::Lost(e)) => {
+                            self.lost_window(&e);
+                            false
+                        }
+                        Err(Stop::Failed(e)) => {
+                            self.fail(e);
+                            false
+                        }
+                    };
+                }
+            }
+            if window == 0 {
+                continue;
+            }
+            // Confirmations: wait for one if nothing new was sent, else take what is there.
+            let r = self.confirmations(&mut inbox, &mut window, &mut markers, gathered == 0);
+            match r {
+                Ok(()) => {}
+                Err(Stop::Lost(e)) => {
+                    self.lost_window(&e);
+                    return false;
+                }
+                Err(Stop::Failed(e)) => {
+                    if e == ChannelError::Poisoned {
+                        self.proxy.poison();
+                    } else {
+                        self.fail(e);
+                        self.proxy.retire_side(false);
+                    }
+                    // The writes sent after the refused one are refused too; then retire.
+                    let _ = write_frame(&mut self.s, &Frame::empty(Kind::Retire));
+                    let rest = window + 1;
+                    let _ = self.s.set_deadline(Some(LOSS_TIMEOUT));
+                    for _ in 0..rest {
+                        if inbox.next(&mut self.s, MAX_FRAME).is_err() {
+                            break;
+                        }
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Appends message `msg` to `out` as a `Write` frame; one longer than [`BATCH`] is sent
+    /// at once (after what `out` holds) straight from its block, without a copy.
+    fn append(&mut self, out: &mut Vec<u8>, msg: Incoming, arena: &Arena) -> Result<(), Stop> {
+        let len = message_len(&msg);
+        if len > MAX_MESSAGE {
+            // `message` refuses these in the user's write; never sent whole.
+            if let Incoming::Block { offset, .. } = msg {
+                arena.free_block(offset);
+            }
+            return Err(Stop::Failed(ChannelError::TooLarge {
+                channel: self.info.address.full.clone(),
+                len: len as u64,
+                max: MAX_MESSAGE as u64,
+            }));
+        }
+        out.extend_from_slice(&((len + 1) as u32).to_le_bytes());
+        out.push(Kind::Write as u8);
+        match msg {
+            Incoming::Inline { buf, len } => out.extend_from_slice(&buf[..len]),
+            Incoming::Block { offset, len } => {
+                // SAFETY: a block taken out of the ring is this reader's until it frees it,
+                // and holds `len` bytes.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
+                let r = if bytes.len() <= BATCH {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                } else {
+                    let r = self.s.write_all(out).and_then(|()| self.s.write_all(bytes));
+                    out.clear();
+                    r
+                };
+                arena.free_block(offset);
+                r.map_err(|e| Stop::Lost(crate::frame::io_error(e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the host's answers to the writes in `window` (waiting for one if `wait`, else
+    /// only what has arrived) and confirms them: each `Done` empties the oldest slot of the
+    /// window, which lets a blocked writer go on.
+    fn confirmations(
+        &mut self,
+        inbox: &mut FrameReader,
+        window: &mut u64,
+        markers: &mut VecDeque<u64>,
+        wait: bool,
+    ) -> Result<(), Stop> {
+        if !inbox.has_frame(MAX_FRAME) {
+            if !wait && !sys::wait_readable(self.s.as_raw_fd(), Duration::ZERO) {
+                return Ok(());
+            }
+            inbox.fill(&mut self.s).map_err(Stop::Lost)?;
+        }
+        let mut done = 0u64;
+        let mut failed = None;
+        while *window > 0 {
+            match inbox.parse(MAX_FRAME) {
+                Ok(Some(f)) if f.kind == Kind::Done => {
+                    *window -= 1;
+                    done += 1;
+                }
+                Ok(Some(f)) => {
+                    *window -= 1;
+                    failed = Some(if f.kind == Kind::Error {
+                        ErrorBody::decode(&f.body).into_error(&self.info.address.full)
+                    } else {
+                        ChannelError::Protocol {
+                            address: self.info.address.full.clone(),
+                            reason: format!("expected Done, got {:?}", f.kind),
+                        }
+                    });
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(ChannelError::Protocol {
+                        address: self.info.address.full.clone(),
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            self.flow(|f| {
+                f.confirmed += done;
+                f.outstanding -= done;
+                while markers.front().is_some_and(|&m| m <= f.confirmed) {
+                    markers.pop_front();
+                    f.flushed += 1;
+                }
+            });
+        }
+        failed.map_or(Ok(()), |e| Err(Stop::Failed(e)))
+    }
+
+    /// Waits (at most [`LOSS_TIMEOUT`] for each answer) for the answers to every write of
+    /// `window` and then `more` answers, which must be `Done`.
+    fn settle(
+        &mut self,
+        inbox: &mut FrameReader,
+        window: &mut u64,
+        markers: &mut VecDeque<u64>,
+        more: usize,
+    ) -> Result<(), Stop> {
+        let _ = self.s.set_deadline(Some(LOSS_TIMEOUT));
+        while *window > 0 {
+            self.confirmations(inbox, window, markers, true)?;
+        }
+        for _ in 0..more {
+            let f = inbox.next(&mut self.s, MAX_FRAME).map_err(Stop::Lost)?;
+            if f.kind != Kind::Done {
+                return Err(Stop::Failed(if f.kind == Kind::Error {
+                    ErrorBody::decode(&f.body).into_error(&self.info.address.full)
+                } else {
+                    ChannelError::Protocol {
+                        address: self.info.address.full.clone(),
+                        reason: format!("expected Done, got {:?}", f.kind),
+                    }
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the user's side of a reading proxy retired or poisoned it.
@@ -510,6 +952,9 @@ pub(crate) fn failed_end(
         finished: Mutex::new(Some(false)),
         finished_cv: Condvar::new(),
         error: Mutex::new(Some(e)),
+        flow: Mutex::new(Flow::default()),
+        flow_cv: Condvar::new(),
+        markers: Mutex::new(0),
     });
     PROXIES
         .lock()
@@ -520,4 +965,20 @@ pub(crate) fn failed_end(
     proxy.retire_side(!writer);
     runtime::release(proxy, Role::Handle);
     Ok(proxy)
+}
+
+/// Why a buffered writer's pump stops.
+enum Stop {
+    /// The connection failed.
+    Lost(FrameError),
+    /// The host refused a write, or broke the protocol.
+    Failed(ChannelError),
+}
+
+/// The bytes of a message taken out of a ring.
+fn message_len(m: &Incoming) -> usize {
+    match m {
+        Incoming::Inline { len, .. } => *len,
+        Incoming::Block { len, .. } => *len as usize,
+    }
 }

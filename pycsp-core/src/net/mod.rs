@@ -10,11 +10,15 @@
 //!   were not started by the same `Parallel` connect to it.
 //!
 //! In the host, and in every process of the host's network, the channel is an ordinary
-//! shared-memory channel. Elsewhere, an end of it is a *proxy*: a private rendezvous channel in
-//! the process's own shared memory, and a pump thread that carries each operation over the
-//! connection and completes it only when the host confirms it. So a remote `write` returns
-//! once the host's channel took the message (for a rendezvous channel: once a reader took it),
-//! a remote reader acknowledges each message it took and gives back one it did not take, and
+//! shared-memory channel. Elsewhere, an end of it is a *proxy*: a private channel in the
+//! process's own shared memory, and a pump thread that carries its operations over the
+//! connection. A remote `write` on a rendezvous channel returns once a reader took the message;
+//! on a buffered channel once the message is in the channel's buffer, whose part in the
+//! writing process (the proxy, of the channel's capacity, and at most as many messages sent and
+//! not yet confirmed) the pump streams to the host in batches; a lost connection then fails
+//! the writer with [`ChannelError::ConnectionLost`](crate::ChannelError::ConnectionLost),
+//! which counts what the host confirmed, and `ChannelOut::flush` waits for the confirmations.
+//! A remote reader acknowledges each message it took and gives back one it did not take, and
 //! ends, alternation, retire and poison behave as for a local channel.
 //!
 //! Every connection starts with a mutual HMAC-SHA256 challenge-response on a shared key (like

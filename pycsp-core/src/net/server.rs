@@ -13,6 +13,7 @@
 //! deadline ([`handshake_timeout`]); the accept loop backs off when descriptors run out.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,7 +26,7 @@ use super::stream::{
     Stream, ENV_MAX_STARTUPS,
 };
 use crate::error::ChannelError;
-use crate::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
+use crate::frame::{read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME};
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
@@ -607,16 +608,40 @@ impl Conn<'_> {
         s.shutdown();
     }
 
+    /// Serves the connection's frames. Frames are read through a buffer, so that a stream of
+    /// `Write` frames costs one system call per batch; the answers (`Done`, `Error`) are
+    /// gathered in `replies`, in order, and sent in one system call whenever the connection
+    /// would wait: for the peer's next frame, for room in the channel, or before any frame but
+    /// `Write`.
     fn serve_frames(&self, s: &mut Stream) -> End {
         let mut next: Option<Frame> = None;
+        let mut inbox = FrameReader::default();
+        let mut replies: Vec<u8> = Vec::new();
+        let send = |s: &mut Stream, replies: &mut Vec<u8>| {
+            let r = s.write_all(replies);
+            replies.clear();
+            r
+        };
         loop {
             let frame = match next.take() {
                 Some(f) => f,
-                None => match read_frame(s, MAX_FRAME) {
-                    Ok(f) => f,
+                None => match inbox.parse(MAX_FRAME) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        if send(s, &mut replies).is_err() {
+                            return End::Lost("hung up before its answer".into());
+                        }
+                        match inbox.next(s, MAX_FRAME) {
+                            Ok(f) => f,
+                            Err(e) => return self.frame_error(e),
+                        }
+                    }
                     Err(e) => return self.frame_error(e),
                 },
             };
+            if frame.kind != Kind::Write && send(s, &mut replies).is_err() {
+                return End::Lost("hung up before its answer".into());
+            }
             let reply = match (frame.kind, self.writer) {
                 (Kind::Write, true) => {
                     if let Err(reason) = (self.validate)(self.chan, &frame.body) {
@@ -628,12 +653,14 @@ impl Conn<'_> {
                             ),
                         });
                     }
-                    match self.write(s, &frame.body) {
+                    let r = self.write(s, &frame.body, &mut replies);
+                    inbox.recycle(frame.body);
+                    match r {
                         Some(r) => r,
                         None => return End::Lost("hung up during a write".into()),
                     }
                 }
-                (Kind::Read, false) => match self.read(s) {
+                (Kind::Read, false) => match self.read(s, &inbox) {
                     Outcome::Got(bytes, taken) => {
                         // The message's slot stays taken, and its writer (on a rendezvous
                         // channel) waiting, until the peer acknowledges it.
@@ -641,7 +668,7 @@ impl Conn<'_> {
                             self.put_back(bytes, taken);
                             return End::Lost("hung up before a message reached it".into());
                         }
-                        match read_frame(s, MAX_FRAME) {
+                        match inbox.next(s, MAX_FRAME) {
                             Ok(f) if f.kind == Kind::Ack => {
                                 self.chan.ack(taken);
                                 continue;
@@ -690,12 +717,9 @@ impl Conn<'_> {
                     )))
                 }
             };
-            let f = match reply {
-                Ok(()) => Frame::empty(Kind::Done),
-                Err(e) => ErrorBody::from_error(&e).frame(),
-            };
-            if write_frame(s, &f).is_err() {
-                return End::Lost("hung up before its answer".into());
+            match reply {
+                Ok(()) => replies.extend_from_slice(&[1, 0, 0, 0, Kind::Done as u8]),
+                Err(e) => replies.extend_from_slice(&ErrorBody::from_error(&e).frame().encode()),
             }
         }
     }
@@ -716,8 +740,25 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes for the peer; `None` if the peer hung up before the message was placed.
-    fn write(&self, s: &Stream, body: &[u8]) -> Option<Result<(), ChannelError>> {
+    /// Writes for the peer; `None` if the peer hung up before the message was placed. The
+    /// answers gathered in `replies` go out first if the write has to wait.
+    fn write(
+        &self,
+        s: &mut Stream,
+        body: &[u8],
+        replies: &mut Vec<u8>,
+    ) -> Option<Result<(), ChannelError>> {
+        if !self.chan.is_rendezvous() {
+            match write_encoded(&self.chan, body, Some(Instant::now())) {
+                Err(ChannelError::Timeout) => {}
+                r => return Some(r),
+            }
+        }
+        if !replies.is_empty() {
+            let r = s.write_all(replies);
+            replies.clear();
+            r.ok()?;
+        }
         loop {
             match write_encoded(&self.chan, body, Some(Instant::now() + TICK)) {
                 Err(ChannelError::Timeout) => {
@@ -730,7 +771,7 @@ impl Conn<'_> {
         }
     }
 
-    fn read(&self, s: &Stream) -> Outcome {
+    fn read(&self, s: &Stream, inbox: &FrameReader) -> Outcome {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
@@ -749,7 +790,7 @@ impl Conn<'_> {
                     }
                 }
                 Err(ChannelError::Timeout) => {
-                    if sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
+                    if inbox.buffered() || sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
                         // The peer sent something while its read was pending (it retires,
                         // poisons or hands over), or it hung up: the frame loop finds out.
                         return Outcome::Interrupted;

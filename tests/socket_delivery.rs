@@ -1,0 +1,297 @@
+//! The delivery contract of buffered socket channels: a remote writer's messages travel in
+//! batches with a window of unconfirmed ones (at most the channel's capacity), arrive in order,
+//! `flush` waits for the host's confirmation, and a writer whose connection is lost learns how
+//! many of its messages the host confirmed and how many it did not.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pycsp::net::{ENV_KEY, ENV_KEY_FILE};
+use pycsp::prelude::*;
+
+mod common;
+
+/// How long a test waits for something that should happen at once.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn tcp(name: &str) -> String {
+    format!("tcp://127.0.0.1:{}/{name}", common::free_port())
+}
+
+fn local(name: &str) -> String {
+    format!(
+        "local://{}/{name}",
+        common::unique(&format!("pycsp-delivery-{}", std::process::id()))
+    )
+}
+
+#[process]
+fn count_up(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    for i in 0..n {
+        out.write(i)?;
+    }
+    Ok(())
+}
+
+/// Reads until the channel retires; every value must be the next one.
+fn read_in_order(r: &ChannelIn<u64>) -> u64 {
+    let mut next = 0;
+    loop {
+        match r.read() {
+            Ok(v) => {
+                assert_eq!(v, next, "out of order");
+                next += 1;
+            }
+            Err(ChannelError::Retired) => return next,
+            Err(e) => panic!("after {next} messages: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_remote_buffered_writer_streams_in_batches_and_every_message_arrives_once_in_order() {
+    for at in [tcp("stream"), local("stream")] {
+        let c = Channel::<u64>::named_buffered(&at, 64).unwrap();
+        let r = c.reader();
+        let n = 20_000;
+        let h = Spawn(count_up(c.writer(), n).on(Placement::launcher("{cmd}"))).unwrap();
+        drop(c);
+        // The writer's end retires once its process returns: after every message it wrote.
+        assert_eq!(read_in_order(&r), n, "{at}");
+        h.join().unwrap().unwrap();
+    }
+}
+
+/// The bytes of message `i` of a stream of mixed sizes: small ones that share a system call,
+/// and ones longer than a batch, sent on their own straight from their block.
+fn mixed(i: u32) -> Vec<u8> {
+    let len = if i % 4 == 0 {
+        200_000
+    } else {
+        (i % 50) as usize
+    };
+    vec![i as u8; len]
+}
+
+#[process]
+fn write_mixed(out: ChannelOut<Vec<u8>>, n: u32) -> Result<(), ChannelError> {
+    for i in 0..n {
+        out.write(mixed(i))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn small_and_large_messages_keep_their_order_when_batched() {
+    let c = Channel::<Vec<u8>>::named_buffered(&tcp("mixed"), 16).unwrap();
+    let r = c.reader();
+    let n = 400;
+    let h = Spawn(write_mixed(c.writer(), n).on(Placement::launcher("{cmd}"))).unwrap();
+    drop(c);
+    for i in 0..n {
+        assert_eq!(r.read().unwrap(), mixed(i), "message {i}");
+    }
+    assert_eq!(r.read(), Err(ChannelError::Retired));
+    h.join().unwrap().unwrap();
+}
+
+#[process]
+fn write_then_flush(
+    out: ChannelOut<u64>,
+    told: ChannelOut<String>,
+    n: u64,
+) -> Result<String, ChannelError> {
+    // ANCHOR: flush
+    for i in 0..n {
+        out.write(i)?; // Ok: in the channel's buffer (part of it may be in this process)
+    }
+    // Nobody reads on the host yet: what is beyond its buffer stays unconfirmed.
+    let early = out.flush(Duration::from_millis(300));
+    // ANCHOR_END: flush
+    told.write(format!("{early:?}"))?;
+    // Now the host reads: everything gets confirmed.
+    let late = out.flush(PROMPT);
+    Ok(format!("{late:?}"))
+}
+
+#[test]
+fn flush_waits_until_the_host_confirmed_every_message_and_times_out_while_it_cannot() {
+    let capacity = 4;
+    let c = Channel::<u64>::named_buffered(&tcp("flushed"), capacity).unwrap();
+    let told = Channel::<String>::named_buffered(&tcp("told"), 1).unwrap();
+    let (r, said) = (c.reader(), told.reader());
+    // Twice the capacity: the host's buffer holds 4, the writer's window the other 4.
+    let n = 2 * capacity as u64;
+    let h = Spawn(write_then_flush(c.writer(), told.writer(), n).on(Placement::launcher("{cmd}")))
+        .unwrap();
+    drop((c, told));
+    assert_eq!(said.read().unwrap(), "Err(Timeout)");
+    for i in 0..n {
+        assert_eq!(r.read().unwrap(), i);
+    }
+    assert_eq!(h.join().unwrap().unwrap(), "Ok(())");
+}
+
+#[test]
+fn flush_returns_at_once_on_a_shared_memory_or_rendezvous_end() {
+    let c = Channel::<u64>::buffered(4).unwrap();
+    c.writer().write(1).unwrap();
+    assert_eq!(c.writer().flush(Duration::ZERO), Ok(()));
+    let c = Channel::<u64>::named(&tcp("rv")).unwrap();
+    assert_eq!(c.writer().flush(Duration::ZERO), Ok(()));
+}
+
+#[process]
+fn write_too_large(out: ChannelOut<Vec<u8>>) -> Result<String, ChannelError> {
+    let max = pycsp::net::frame::MAX_MESSAGE;
+    // MessagePack: a 5-byte header, then one byte per zero: one byte over the limit.
+    let e = out.write(vec![0u8; max - 4]);
+    let after = out.write(vec![1, 2, 3]);
+    let flushed = out.flush(PROMPT);
+    Ok(format!("{e:?} {after:?} {flushed:?}"))
+}
+
+#[test]
+fn an_over_size_message_to_a_buffered_remote_channel_is_refused_before_anything_is_sent() {
+    let hosted = Channel::<Vec<u8>>::named_buffered(&tcp("big"), 4).unwrap();
+    let r = hosted.reader();
+    // A remote end: the process is placed by a launcher, as on another host.
+    let said = Spawn(write_too_large(hosted.writer()).on(Placement::launcher("{cmd}")))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let max = pycsp::net::frame::MAX_MESSAGE;
+    assert_eq!(
+        said,
+        format!(
+            "Err(TooLarge {{ channel: {:?}, len: {}, max: {max} }}) Ok(()) Ok(())",
+            hosted.name(),
+            max + 1
+        )
+    );
+    assert_eq!(r.read().unwrap(), vec![1, 2, 3]);
+    drop(hosted);
+    assert_eq!(
+        r.read(),
+        Err(ChannelError::Retired),
+        "only the message that fits"
+    );
+}
+
+// ---- A host killed in the middle of a stream ----
+
+/// This test binary again, as a separate program, running only `separate_host` with `at`.
+fn program(at: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--ignored", "--exact", "separate_host", "--nocapture"])
+        .env("PYCSP_TEST_AT", at)
+        .env_remove(ENV_KEY)
+        .env_remove(ENV_KEY_FILE)
+        .stdin(Stdio::null());
+    c
+}
+
+/// The capacity of the channel the separate host hosts.
+const HOSTED: usize = 32;
+
+/// The separate program: hosts `AT` (buffered, [`HOSTED`]), prints `READY`, then `GOT v` for
+/// each message it reads, until it is killed.
+#[test]
+#[ignore = "a separate program, started by the test below"]
+fn separate_host() {
+    let Ok(at) = std::env::var("PYCSP_TEST_AT") else {
+        panic!("run by other tests, with PYCSP_TEST_AT");
+    };
+    let hosted = Channel::<u64>::named_buffered(&at, HOSTED).unwrap();
+    let r = hosted.reader();
+    println!("READY");
+    while let Ok(v) = r.read() {
+        println!("GOT {v}");
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_confirmed() {
+    for at in [tcp("doomed"), local("doomed")] {
+        let (var, key) = pycsp::net::key_env().unwrap();
+        let mut host = program(&at)
+            .env(var, key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // What the host's reader got, line by line, as it read them.
+        let (got_tx, got) = mpsc::channel::<u64>();
+        let out = host.stdout.take().unwrap();
+        let (ready_tx, ready) = mpsc::channel();
+        let lines = std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let l = l.unwrap();
+                if l == "READY" {
+                    ready_tx.send(()).unwrap();
+                } else if let Some(v) = l.strip_prefix("GOT ") {
+                    let _ = got_tx.send(v.parse().unwrap());
+                }
+            }
+        });
+        ready.recv_timeout(PROMPT).expect("the host is ready");
+        let a = at.clone();
+        let writer = std::thread::spawn(move || {
+            let w = Channel::<u64>::open(&a).unwrap().writer();
+            let mut written = 0u64;
+            loop {
+                match w.write(written) {
+                    Ok(()) => written += 1,
+                    // A flush after the loss says the same.
+                    Err(e) => return (written, e, w.flush(PROMPT)),
+                }
+            }
+        });
+        // Mid-stream: once the host's reader has seen 500 messages.
+        let mut seen = Vec::new();
+        while seen.len() < 500 {
+            seen.push(got.recv_timeout(PROMPT).expect("messages reach the host"));
+        }
+        host.kill().unwrap(); // SIGKILL
+        host.wait().unwrap();
+        lines.join().unwrap();
+        seen.extend(got.try_iter());
+        let (written, e, flushed) = writer.join().unwrap();
+        assert_eq!(flushed, Err(e.clone()), "{at}");
+        eprintln!(
+            "{at}: wrote {written}, the host's reader got {}: {e}",
+            seen.len()
+        );
+        let ChannelError::ConnectionLost {
+            confirmed,
+            unconfirmed,
+            ..
+        } = e
+        else {
+            panic!("{at}: {e:?}");
+        };
+        // Every `Ok` write is counted once: confirmed, or not.
+        assert_eq!(confirmed + unconfirmed, written, "{at}");
+        // The writer's part of the buffer (the proxy, of the channel's capacity) and the
+        // window (as many in flight): at most twice the capacity were not confirmed.
+        assert!(
+            unconfirmed <= 2 * HOSTED as u64,
+            "{at}: {unconfirmed} unconfirmed"
+        );
+        // The host's reader got a prefix of the stream, in order, nothing twice.
+        assert!(seen.iter().copied().eq(0..seen.len() as u64), "{at}");
+        assert!(seen.len() as u64 <= written, "{at}");
+        // What the host confirmed and its reader did not get was in its buffer (or in its
+        // reader's hands) when it was killed: it died with the host.
+        assert!(
+            confirmed <= seen.len() as u64 + HOSTED as u64 + 1,
+            "{at}: confirmed {confirmed}, read {}",
+            seen.len()
+        );
+    }
+}
