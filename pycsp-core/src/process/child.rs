@@ -24,6 +24,8 @@ use crate::sys;
 pub fn child_entry() {
     static ENTERED: AtomicBool = AtomicBool::new(false);
     let Some(name) = std::env::var_os(ENV_CHILD) else {
+        // The root of a network: the one moment it surely runs one thread.
+        super::forkserver::prepare(child_entry);
         return;
     };
     if ENTERED.swap(true, Ordering::SeqCst) {

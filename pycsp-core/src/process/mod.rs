@@ -26,6 +26,7 @@
 
 mod child;
 mod control;
+mod forkserver;
 mod launch;
 mod local;
 mod placed;
@@ -43,6 +44,8 @@ use serde::Serialize;
 use crate::error::{Error, Outcomes};
 use crate::runtime::poison_keys;
 pub use child::child_entry;
+#[doc(hidden)]
+pub use forkserver::server_pid as fork_server_pid;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
 pub use pool::{run_chunk, worker_entry, PoolFnEntry, POOL_FNS, POOL_WORKER};

@@ -1,0 +1,319 @@
+//! The fork server: starting a local child by forking a single-threaded copy of this program
+//! instead of executing the binary again.
+//!
+//! # Design
+//!
+//! Executing the binary again costs the `exec`, the dynamic loader and the program's start
+//! (0.5-2 ms); a `fork` costs about 0.1 ms. But forking a process that runs other threads is
+//! unsound (a lock another thread held stays locked in the child forever), and the root of a
+//! network usually runs threads (reapers, socket hosts, the test harness). So the root forks
+//! a **fork server** at the one moment it surely runs one thread: in the constructor that
+//! `#[process]` registers, before `main`. The server never starts a thread; it waits on a
+//! `SOCK_SEQPACKET` socket pair for requests, and for each forks a copy of itself with
+//! `clone(CLONE_PARENT)`: the new process is a child of the **root**, not of the server, so
+//! the root waits for it, reaps it, kills it and watches it by pidfd exactly as an executed
+//! child. The copy then runs as an executed child does from its constructor
+//! (`child_entry`), with what the request carried:
+//!
+//! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
+//!   working directory, standard output and error as the parent has them now, and the key's
+//!   descriptor if there is one; standard input is `/dev/null`;
+//! - bytes (MessagePack): the process's name, its ledger's offset, and the parent's
+//!   environment now (without `PYCSP_AUTHKEY`, as for an executed child).
+//!
+//! The server answers with the new process's pid (or an `errno`). A server that is gone (it
+//! was killed, or a request failed) is not used again: that start and every later one
+//! execute the binary, as with `PYCSP_START=exec`, which turns the fork server off.
+//!
+//! # Why it is safe
+//!
+//! Every process it forks is a copy of a process that has only ever run one thread (the
+//! server), so no lock is held by a thread that is not there. It is forked before `main`,
+//! before Rust's runtime and the program made any thread, and the server checks
+//! `/proc/self/task` first: with another thread (a constructor of some other library made
+//! one) there is no server. What the copy does not share with an executed child: the signal
+//! dispositions and mask, resource limits and umask are those the program had before `main`
+//! (an executed child resets handlers to their defaults but inherits the mask, limits and
+//! umask of the parent's thread at the start). The server ends when the root does (its socket
+//! reaches end of file; `PR_SET_PDEATHSIG` as well).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::control::{ENV_CHILD, ENV_CTRL_FD};
+use crate::net::key;
+use crate::runtime::ENV_LEDGER;
+use crate::shm::arena::ENV_ARENA_FD;
+use crate::sys;
+
+/// How processes start: `exec` executes the binary again for every process; anything else (or
+/// nothing) uses the fork server when there is one.
+pub(crate) const ENV_START: &str = "PYCSP_START";
+
+/// The largest request (mostly the environment) sent to the server; a larger one starts the
+/// process by `exec`.
+const MAX_REQUEST: usize = 128 << 10;
+
+/// How long the parent waits for the server's answer before it gives the server up.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The root's connection to its fork server.
+struct Server {
+    sock: OwnedFd,
+    pid: u32,
+}
+
+static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
+
+/// What the server needs besides descriptors to start a child.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    name: String,
+    ledger: Option<u64>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    key: bool,
+}
+
+/// Starts the fork server, if this is the root of a network, it runs one thread and
+/// `PYCSP_START` is not `exec`. Called from the constructors `#[process]` registers, before
+/// `main`; only the first call does anything. A process the server forks runs `child_entry`
+/// once its environment names what it was given, as an executed child's does.
+pub(crate) fn prepare(child_entry: fn()) {
+    static PREPARED: AtomicBool = AtomicBool::new(false);
+    if PREPARED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if std::env::var_os(ENV_START).is_some_and(|v| v == "exec") || !sys::single_threaded() {
+        return;
+    }
+    let Ok((mine, theirs)) = sys::seqpacket_pair() else {
+        return;
+    };
+    // SAFETY: this process runs one thread (checked above, and constructors run before
+    // `main` starts any).
+    match unsafe { sys::fork() } {
+        Ok(Some(pid)) => {
+            drop(theirs);
+            let _ = SERVER.set(Mutex::new(Some(Server { sock: mine, pid })));
+        }
+        Ok(None) => {
+            drop(mine);
+            serve(theirs, child_entry)
+        }
+        Err(_) => {}
+    }
+}
+
+/// The pid of this process's fork server, if it has one in use.
+#[doc(hidden)]
+pub fn server_pid() -> Option<u32> {
+    let m = SERVER.get()?;
+    let s = m.lock().unwrap_or_else(|e| e.into_inner());
+    s.as_ref().map(|s| s.pid)
+}
+
+/// What a start through the fork server gives to the new process.
+pub(crate) struct Start<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ctrl: RawFd,
+    pub(crate) arena: RawFd,
+    pub(crate) key: Option<RawFd>,
+    pub(crate) ledger: Option<u64>,
+}
+
+/// Starts a process through the fork server: its pid, or `None` if there is no server (none
+/// was made, it is gone, or this request is too large for it), and the caller executes the
+/// binary instead.
+pub(crate) fn start(s: &Start<'_>) -> Option<u32> {
+    let m = SERVER.get()?;
+    let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let server = guard.as_ref()?;
+    let env = std::env::vars_os()
+        .filter(|(k, _)| k != key::ENV_KEY)
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let req = Request {
+        name: s.name.to_string(),
+        ledger: s.ledger,
+        env,
+        key: s.key.is_some(),
+    };
+    let bytes = rmp_serde::to_vec(&req).ok()?;
+    if bytes.len() > MAX_REQUEST {
+        return None;
+    }
+    let cwd = std::fs::File::open(".").ok()?;
+    let mut fds = vec![s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
+    fds.extend(s.key);
+    let answer = sys::send_with_fds(server.sock.as_raw_fd(), &bytes, &fds)
+        .ok()
+        .filter(|()| sys::wait_readable(server.sock.as_raw_fd(), ANSWER_TIMEOUT))
+        .and_then(|()| {
+            let mut b = [0u8; 4];
+            match sys::recv_with_fds(server.sock.as_raw_fd(), &mut b) {
+                Ok((4, _)) => Some(i32::from_le_bytes(b)),
+                _ => None,
+            }
+        });
+    match answer {
+        Some(pid) if pid > 0 => Some(pid as u32),
+        // The server could not fork (no memory, too many processes): as `exec` would fail.
+        Some(_) => None,
+        None => {
+            // The server is gone or stuck: never use it again, and reap it once it has ended.
+            if let Some(server) = guard.take() {
+                sys::kill_child(server.pid);
+                let _ = sys::reap(server.pid, false);
+            }
+            None
+        }
+    }
+}
+
+/// The server's loop: one request, one forked process, until the root is gone.
+fn serve(sock: OwnedFd, child_entry: fn()) -> ! {
+    sys::die_with_parent(c"pycsp-forksrv");
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
+            Ok((0, _)) | Err(_) => sys::exit_now(0),
+            Ok(r) => r,
+        };
+        let req = rmp_serde::from_slice::<Request>(&buf[..n]).ok();
+        let answer: i32 = match req {
+            Some(req) if fds.len() == 5 + usize::from(req.key) => {
+                // SAFETY: the server runs one thread: it was forked from a single-threaded
+                // process and never starts one.
+                match unsafe { sys::fork_sibling() } {
+                    Ok(Some(pid)) => pid as i32,
+                    Ok(None) => {
+                        drop(sock);
+                        become_child(req, fds, child_entry)
+                    }
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
+            _ => -libc::EINVAL,
+        };
+        drop(fds);
+        if sys::send_with_fds(sock.as_raw_fd(), &answer.to_le_bytes(), &[]).is_err() {
+            sys::exit_now(0);
+        }
+    }
+}
+
+/// In a process the server forked: take on the parent's standard streams, working directory
+/// and environment, then run as an executed child does.
+fn become_child(req: Request, fds: Vec<OwnedFd>, child_entry: fn()) -> ! {
+    let mut fds = fds.into_iter();
+    let (ctrl, arena, cwd, out, err) = (
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+    );
+    let key = fds.next();
+    let stdin = std::fs::File::open("/dev/null");
+    let ok = sys::dup_onto(out.as_raw_fd(), 1).is_ok()
+        && sys::dup_onto(err.as_raw_fd(), 2).is_ok()
+        && stdin.is_ok_and(|f| sys::dup_onto(f.as_raw_fd(), 0).is_ok())
+        && sys::change_dir(cwd.as_raw_fd()).is_ok();
+    if !ok {
+        sys::exit_now(121);
+    }
+    drop((cwd, out, err));
+    // Sound: this process runs one thread.
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for (k, v) in &req.env {
+        std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    }
+    std::env::set_var(ENV_CHILD, &req.name);
+    std::env::set_var(ENV_CTRL_FD, ctrl.into_raw_fd().to_string());
+    std::env::set_var(ENV_ARENA_FD, arena.into_raw_fd().to_string());
+    if let Some(k) = key {
+        std::env::set_var(key::ENV_KEY_FD, k.into_raw_fd().to_string());
+    }
+    if let Some(l) = req.ledger {
+        std::env::set_var(ENV_LEDGER, l.to_string());
+    }
+    child_entry();
+    sys::exit_now(121)
+}
+
+/// A local child: executed by `std::process::Command`, or forked by the fork server (a child
+/// of this process all the same, known by its pid).
+pub(crate) enum Child {
+    Exec(std::process::Child),
+    Forked {
+        pid: u32,
+        status: Option<ExitStatus>,
+    },
+}
+
+impl From<std::process::Child> for Child {
+    fn from(c: std::process::Child) -> Child {
+        Child::Exec(c)
+    }
+}
+
+impl Child {
+    pub(crate) fn id(&self) -> u32 {
+        match self {
+            Child::Exec(c) => c.id(),
+            Child::Forked { pid, .. } => *pid,
+        }
+    }
+
+    /// Waits for the child to end and reaps it.
+    pub(crate) fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Child::Exec(c) => c.wait(),
+            Child::Forked { pid, status } => {
+                if let Some(s) = status {
+                    return Ok(*s);
+                }
+                let raw = sys::reap(*pid, false)?.expect("a blocking wait returns a status");
+                let s = ExitStatus::from_raw(raw);
+                *status = Some(s);
+                Ok(s)
+            }
+        }
+    }
+
+    /// Reaps the child if it has ended.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            Child::Exec(c) => c.try_wait(),
+            Child::Forked { pid, status } => {
+                if status.is_none() {
+                    *status = sys::reap(*pid, true)?.map(ExitStatus::from_raw);
+                }
+                Ok(*status)
+            }
+        }
+    }
+
+    /// Kills the child with SIGKILL, unless it was reaped.
+    pub(crate) fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Child::Exec(c) => c.kill(),
+            Child::Forked { pid, status } => {
+                if status.is_none() {
+                    sys::kill_child(*pid);
+                }
+                Ok(())
+            }
+        }
+    }
+}
