@@ -80,6 +80,28 @@ fn a_forked_child_killed_by_a_signal_is_reported_with_its_name_and_signal() {
     }
 }
 
+/// Run by the test below in a copy of this binary started with `PYCSP_TEST_REMOVED` set:
+/// the fork server has it (it was made before `main`), the parent removes it.
+#[test]
+#[ignore = "run by a_variable_the_parent_removed_after_main_is_not_in_the_child"]
+fn with_a_variable_removed() {
+    assert_eq!(
+        std::env::var("PYCSP_TEST_REMOVED").as_deref(),
+        Ok("before-main")
+    );
+    std::env::remove_var("PYCSP_TEST_REMOVED");
+    let (value, _, _) = Parallel(what_it_sees("PYCSP_TEST_REMOVED".into())).unwrap();
+    assert_eq!(value, None);
+}
+
+#[test]
+fn a_variable_the_parent_removed_after_main_is_not_in_the_child() {
+    run_ignored(
+        "with_a_variable_removed",
+        &[("PYCSP_TEST_REMOVED", "before-main")],
+    );
+}
+
 /// Run by the test below in a copy of this binary started with `PYCSP_START=exec`.
 #[test]
 #[ignore = "run by start_exec_turns_the_fork_server_off with PYCSP_START=exec"]

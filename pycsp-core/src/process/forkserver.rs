@@ -17,9 +17,10 @@
 //!
 //! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
 //!   working directory, standard output and error as the parent has them now, and the key's
-//!   descriptor if there is one; standard input is `/dev/null`;
+//!   descriptor if there is one; standard input is `/dev/null` (which the server opened);
 //! - bytes (MessagePack): the process's name, its ledger's offset, and the parent's
-//!   environment now (without `PYCSP_AUTHKEY`, as for an executed child).
+//!   environment now (without `PYCSP_AUTHKEY`, as for an executed child); the copy changes
+//!   only the variables that differ from its own (the program's before `main`).
 //!
 //! The server answers with the new process's pid (or an `errno`). A server that is gone (it
 //! was killed, or a request failed) is not used again: that start and every later one
@@ -38,7 +39,7 @@
 //! reaches end of file; `PR_SET_PDEATHSIG` as well).
 
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -48,10 +49,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::control::{ENV_CHILD, ENV_CTRL_FD};
 use crate::net::key;
-use crate::runtime::ENV_LEDGER;
-use crate::shm::arena::ENV_ARENA_FD;
 use crate::sys;
 
 /// How processes start: `exec` executes the binary again for every process; anything else (or
@@ -82,11 +80,21 @@ struct Request {
     key: bool,
 }
 
+/// What a process the server forked was given, for [`prepare`]'s `run`.
+pub(crate) struct Forked {
+    pub(crate) name: String,
+    pub(crate) ctrl: OwnedFd,
+    pub(crate) arena: OwnedFd,
+    pub(crate) key: Option<OwnedFd>,
+    pub(crate) ledger: Option<u64>,
+}
+
 /// Starts the fork server, if this is the root of a network, it runs one thread and
 /// `PYCSP_START` is not `exec`. Called from the constructors `#[process]` registers, before
-/// `main`; only the first call does anything. A process the server forks runs `child_entry`
-/// once its environment names what it was given, as an executed child's does.
-pub(crate) fn prepare(child_entry: fn()) {
+/// `main`; only the first call does anything. A process the server forks calls `run` once
+/// it took on the parent's streams, working directory and environment: `run` does what an
+/// executed child does from its constructor, with the descriptors it was given.
+pub(crate) fn prepare(run: fn(Forked) -> !) {
     static PREPARED: AtomicBool = AtomicBool::new(false);
     if PREPARED.swap(true, Ordering::SeqCst) {
         return;
@@ -94,6 +102,9 @@ pub(crate) fn prepare(child_entry: fn()) {
     if std::env::var_os(ENV_START).is_some_and(|v| v == "exec") || !sys::single_threaded() {
         return;
     }
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
     let Ok((mine, theirs)) = sys::seqpacket_pair() else {
         return;
     };
@@ -106,7 +117,7 @@ pub(crate) fn prepare(child_entry: fn()) {
         }
         Ok(None) => {
             drop(mine);
-            serve(theirs, child_entry)
+            serve(theirs, null.into(), run)
         }
         Err(_) => {}
     }
@@ -179,7 +190,7 @@ pub(crate) fn start(s: &Start<'_>) -> Option<u32> {
 }
 
 /// The server's loop: one request, one forked process, until the root is gone.
-fn serve(sock: OwnedFd, child_entry: fn()) -> ! {
+fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
     sys::die_with_parent(c"pycsp-forksrv");
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
@@ -196,7 +207,7 @@ fn serve(sock: OwnedFd, child_entry: fn()) -> ! {
                     Ok(Some(pid)) => pid as i32,
                     Ok(None) => {
                         drop(sock);
-                        become_child(req, fds, child_entry)
+                        become_child(req, fds, &null, run)
                     }
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 }
@@ -212,43 +223,43 @@ fn serve(sock: OwnedFd, child_entry: fn()) -> ! {
 
 /// In a process the server forked: take on the parent's standard streams, working directory
 /// and environment, then run as an executed child does.
-fn become_child(req: Request, fds: Vec<OwnedFd>, child_entry: fn()) -> ! {
+fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
     let mut fds = fds.into_iter();
-    let (ctrl, arena, cwd, out, err) = (
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-    );
-    let key = fds.next();
-    let stdin = std::fs::File::open("/dev/null");
+    let mut next = || fds.next().expect("the request's descriptors were counted");
+    let (ctrl, arena, cwd, out, err) = (next(), next(), next(), next(), next());
+    let key = req.key.then(next);
     let ok = sys::dup_onto(out.as_raw_fd(), 1).is_ok()
         && sys::dup_onto(err.as_raw_fd(), 2).is_ok()
-        && stdin.is_ok_and(|f| sys::dup_onto(f.as_raw_fd(), 0).is_ok())
+        && sys::dup_onto(null.as_raw_fd(), 0).is_ok()
         && sys::change_dir(cwd.as_raw_fd()).is_ok();
     if !ok {
         sys::exit_now(121);
     }
     drop((cwd, out, err));
-    // Sound: this process runs one thread.
-    for (k, _) in std::env::vars_os() {
-        std::env::remove_var(k);
+    // The environment the server has is the parent's from before `main`: change what differs
+    // (usually nothing). Sound: this process runs one thread.
+    let wanted: std::collections::HashMap<&OsStr, &OsStr> = req
+        .env
+        .iter()
+        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
+        .collect();
+    for (k, v) in std::env::vars_os() {
+        if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
+            std::env::remove_var(&k);
+        }
     }
-    for (k, v) in &req.env {
-        std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    for (k, v) in &wanted {
+        if std::env::var_os(k).as_deref() != Some(*v) {
+            std::env::set_var(k, v);
+        }
     }
-    std::env::set_var(ENV_CHILD, &req.name);
-    std::env::set_var(ENV_CTRL_FD, ctrl.into_raw_fd().to_string());
-    std::env::set_var(ENV_ARENA_FD, arena.into_raw_fd().to_string());
-    if let Some(k) = key {
-        std::env::set_var(key::ENV_KEY_FD, k.into_raw_fd().to_string());
-    }
-    if let Some(l) = req.ledger {
-        std::env::set_var(ENV_LEDGER, l.to_string());
-    }
-    child_entry();
-    sys::exit_now(121)
+    run(Forked {
+        name: req.name,
+        ctrl,
+        arena,
+        key,
+        ledger: req.ledger,
+    })
 }
 
 /// A local child: executed by `std::process::Command`, or forked by the fork server (a child
