@@ -23,8 +23,12 @@
 //!   only the variables that differ from its own (the program's before `main`).
 //!
 //! The server answers with the new process's pid (or an `errno`). A server that is gone (it
-//! was killed, or a request failed) is not used again: that start and every later one
-//! execute the binary, as with `PYCSP_START=exec`, which turns the fork server off.
+//! was killed, or did not answer) is not used again: every later start executes the binary,
+//! as with `PYCSP_START=exec`, which turns the fork server off. The start that finds it gone
+//! executes the binary too if the request was not delivered; if it was, the server may have
+//! forked a process holding the control socket before it ended, so that start fails with
+//! [`Error::Spawn`](crate::Error::Spawn) naming the process and saying so (a second process
+//! must never read the same arguments).
 //!
 //! # Why it is safe
 //!
@@ -140,13 +144,27 @@ pub(crate) struct Start<'a> {
     pub(crate) ledger: Option<u64>,
 }
 
-/// Starts a process through the fork server: its pid, or `None` if there is no server (none
-/// was made, it is gone, or this request is too large for it), and the caller executes the
-/// binary instead.
-pub(crate) fn start(s: &Start<'_>) -> Option<u32> {
-    let m = SERVER.get()?;
+/// How a start through the fork server went.
+pub(crate) enum Started {
+    /// The server forked the process: its pid.
+    Forked(u32),
+    /// Nothing was forked (there is no server, it is gone, it could not fork, or the request
+    /// is too large for it): start the process by executing the binary.
+    Exec,
+    /// The server took the request and then ended or went silent: it may have forked a
+    /// process that holds the control socket, so this start fails (later ones execute).
+    Lost(String),
+}
+
+/// Starts a process through the fork server.
+pub(crate) fn start(s: &Start<'_>) -> Started {
+    let Some(m) = SERVER.get() else {
+        return Started::Exec;
+    };
     let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
-    let server = guard.as_ref()?;
+    let Some(server) = guard.as_ref() else {
+        return Started::Exec;
+    };
     let env = std::env::vars_os()
         .filter(|(k, _)| k != key::ENV_KEY)
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -157,36 +175,39 @@ pub(crate) fn start(s: &Start<'_>) -> Option<u32> {
         env,
         key: s.key.is_some(),
     };
-    let bytes = rmp_serde::to_vec(&req).ok()?;
+    let (Ok(bytes), Ok(cwd)) = (rmp_serde::to_vec(&req), std::fs::File::open(".")) else {
+        return Started::Exec;
+    };
     if bytes.len() > MAX_REQUEST {
-        return None;
+        return Started::Exec;
     }
-    let cwd = std::fs::File::open(".").ok()?;
     let mut fds = vec![s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
     fds.extend(s.key);
-    let answer = sys::send_with_fds(server.sock.as_raw_fd(), &bytes, &fds)
-        .ok()
-        .filter(|()| sys::wait_readable(server.sock.as_raw_fd(), ANSWER_TIMEOUT))
-        .and_then(|()| {
+    let sock = server.sock.as_raw_fd();
+    let outcome = match sys::send_with_fds(sock, &bytes, &fds) {
+        // Not sent: the server is gone (it reads every request whole, or none of it).
+        Err(_) => Started::Exec,
+        Ok(()) if !sys::wait_readable(sock, ANSWER_TIMEOUT) => Started::Lost(format!(
+            "the fork server did not answer within {ANSWER_TIMEOUT:?}"
+        )),
+        Ok(()) => {
             let mut b = [0u8; 4];
-            match sys::recv_with_fds(server.sock.as_raw_fd(), &mut b) {
-                Ok((4, _)) => Some(i32::from_le_bytes(b)),
-                _ => None,
+            match sys::recv_with_fds(sock, &mut b) {
+                Ok((4, _)) => match i32::from_le_bytes(b) {
+                    pid if pid > 0 => return Started::Forked(pid as u32),
+                    // It could not fork (no memory, too many processes): as `exec` may.
+                    _ => return Started::Exec,
+                },
+                _ => Started::Lost("the fork server ended while starting it".into()),
             }
-        });
-    match answer {
-        Some(pid) if pid > 0 => Some(pid as u32),
-        // The server could not fork (no memory, too many processes): as `exec` would fail.
-        Some(_) => None,
-        None => {
-            // The server is gone or stuck: never use it again, and reap it once it has ended.
-            if let Some(server) = guard.take() {
-                sys::kill_child(server.pid);
-                let _ = sys::reap(server.pid, false);
-            }
-            None
         }
+    };
+    // The server is gone or stuck: never use it again, and reap it.
+    if let Some(server) = guard.take() {
+        sys::kill_child(server.pid);
+        let _ = sys::reap(server.pid, false);
     }
+    outcome
 }
 
 /// The server's loop: one request, one forked process, until the root is gone.

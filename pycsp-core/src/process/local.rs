@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use super::control::{self, Ctrl, ENV_CHILD, ENV_CTRL_FD};
-use super::forkserver::{self, Child};
+use super::forkserver::{self, Child, Started};
 use super::launch::{spawn_error, ErasedArgs, Launch};
 use super::running::Running;
 use crate::error::Error;
@@ -49,17 +49,21 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         key: key_fd,
         ledger: ledger.as_ref().map(ChildLedger::offset),
     });
-    let child = match forked {
-        Some(pid) => Child::Forked { pid, status: None },
-        None => match exec(name, ctrl_fd, arena_fd, key_fd, ledger.as_ref()) {
-            Ok(c) => Child::Exec(c),
-            Err(e) => {
-                if let Some(l) = ledger {
-                    l.discard();
-                }
-                return Err(fail(e.to_string()));
+    let started = match forked {
+        Started::Forked(pid) => Ok(Child::Forked { pid, status: None }),
+        Started::Exec => exec(name, ctrl_fd, arena_fd, key_fd, ledger.as_ref())
+            .map(Child::Exec)
+            .map_err(|e| e.to_string()),
+        Started::Lost(why) => Err(why),
+    };
+    let child = match started {
+        Ok(c) => c,
+        Err(why) => {
+            if let Some(l) = ledger {
+                l.discard();
             }
-        },
+            return Err(fail(why));
+        }
     };
     drop(child_end);
     drop(key_theirs);
