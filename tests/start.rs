@@ -18,6 +18,14 @@ fn parent_pid() -> u32 {
 }
 
 #[process]
+fn its_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[process]
 fn what_it_sees(var: String) -> (Option<String>, String, u64) {
     let cwd = std::env::current_dir().unwrap();
     let ino = std::fs::metadata(".").unwrap().ino();
@@ -62,6 +70,13 @@ fn a_child_sees_the_environment_and_working_directory_the_parent_has_when_it_sta
     assert_eq!(ino, std::fs::metadata(&dir).unwrap().ino(), "{cwd}");
     std::env::remove_var(&var);
     let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn a_child_has_the_name_of_the_program() {
+    // The main thread's name (the harness names the test's thread after the test).
+    let program = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(Parallel(its_name()).unwrap(), program.trim());
 }
 
 #[test]

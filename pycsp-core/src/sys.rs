@@ -539,12 +539,16 @@ pub(crate) fn change_dir(dir: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Asks for `SIGKILL` when the parent of this process ends, and names this thread `name`.
-pub(crate) fn die_with_parent(name: &std::ffi::CStr) {
-    // SAFETY: prctl with these options takes an integer or a NUL-terminated string of at most
-    // 16 bytes (longer ones are cut), and changes only this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-    }
+/// Asks for `SIGKILL` when the parent of this process ends.
+pub(crate) fn die_with_parent() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+}
+
+/// Names this thread `name` (what `ps` shows for a single-threaded process; at most 15 bytes
+/// are kept).
+pub(crate) fn set_thread_name(name: &std::ffi::CStr) {
+    // SAFETY: prctl with PR_SET_NAME reads a NUL-terminated string (it keeps at most 16 bytes
+    // with the NUL) and changes only this thread's name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }

@@ -212,7 +212,23 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
 
 /// The server's loop: one request, one forked process, until the root is gone.
 fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
-    sys::die_with_parent(c"pycsp-forksrv");
+    sys::die_with_parent();
+    // The processes it forks take the program's name back.
+    let name = std::fs::read("/proc/self/comm")
+        .ok()
+        .and_then(|mut n| {
+            n.retain(|&b| b != b'\n' && b != 0);
+            std::ffi::CString::new(n).ok()
+        })
+        .unwrap_or_default();
+    sys::set_thread_name(c"pycsp-forksrv");
+    // Hold none of the root's standard streams (a pipe the root writes to reaches end of file
+    // when the root ends, not when the server does) and no directory: every request brings
+    // its own.
+    for fd in 0..3 {
+        let _ = sys::dup_onto(null.as_raw_fd(), fd);
+    }
+    let _ = std::env::set_current_dir("/");
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
@@ -228,6 +244,7 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
                     Ok(Some(pid)) => pid as i32,
                     Ok(None) => {
                         drop(sock);
+                        sys::set_thread_name(&name);
                         become_child(req, fds, &null, run)
                     }
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
