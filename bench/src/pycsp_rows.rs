@@ -157,7 +157,7 @@ pub fn commstime(n: u64) -> f64 {
     ns.unwrap() / 1000.0
 }
 
-fn is_prime(n: u64) -> bool {
+pub fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }
@@ -191,9 +191,14 @@ fn prime_worker(jobs: ChannelIn<(u64, u64)>) -> Result<u64, ChannelError> {
         .sum()
 }
 
-/// Seconds to count the primes below 1,000,000 with `workers` worker processes.
-pub fn primes(workers: usize) -> f64 {
-    let jobs = Channel::<(u64, u64)>::buffered(64).unwrap();
+/// Seconds to count the primes below 1,000,000 with `workers` worker processes, fed by one
+/// farmer over a job channel of `capacity` (0: rendezvous, PyCSP's default `Channel()`).
+pub fn primes(workers: usize, capacity: usize) -> f64 {
+    let jobs = if capacity == 0 {
+        Channel::<(u64, u64)>::new().unwrap()
+    } else {
+        Channel::<(u64, u64)>::buffered(capacity).unwrap()
+    };
     let start = Instant::now();
     let (_, counts) = Parallel((
         farmer(jobs.writer(), 1_000_000, 2_000),
@@ -208,6 +213,16 @@ pub fn primes(workers: usize) -> f64 {
 
 #[process]
 fn trivial() {}
+
+/// Milliseconds per process to start and join `n` trivial processes one after another, each
+/// with its own `Parallel` (comparable with a raw `fork` + `waitpid`).
+pub fn start_join(n: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        Parallel(trivial()).unwrap();
+    }
+    start.elapsed().as_secs_f64() * 1e3 / n as f64
+}
 
 /// Milliseconds per process to start and join `n` trivial processes with one `Parallel`.
 pub fn spawn(n: usize) -> f64 {

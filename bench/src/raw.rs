@@ -222,3 +222,75 @@ pub fn memcpy(size: usize, total: usize) -> f64 {
     }
     (n * size) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
+
+/// Set in the environment of a copy of the bench binary that must exit at once (the
+/// fork + exec row).
+pub const EXIT_AT_ONCE: &str = "PYCSP_BENCH_EXIT_AT_ONCE";
+
+/// Milliseconds per process to `fork` this process and reap the child with `waitpid`; the
+/// child `_exit`s at once. The floor under starting and joining a process.
+pub fn fork_wait(n: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: the child calls only `_exit`, which is async-signal-safe, so forking this
+        // multi-threaded process is sound.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waitpid writes the status of our child into `status`.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    start.elapsed().as_secs_f64() * 1e3 / n as f64
+}
+
+/// Milliseconds per process to start this binary again (`fork` + `exec` of
+/// `/proc/self/exe`, which exits at the top of `main`) and wait for it: what executing a
+/// child costs before any of pycsp's work.
+pub fn fork_exec_wait(n: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        let st = std::process::Command::new("/proc/self/exe")
+            .env(EXIT_AT_ONCE, "1")
+            .env("PYCSP_START", "exec")
+            .status()
+            .expect("start the bench binary");
+        assert!(st.success());
+    }
+    start.elapsed().as_secs_f64() * 1e3 / n as f64
+}
+
+/// Seconds for `procs` forked processes, with no communication, to count the primes below
+/// `limit` in chunks of `chunk`, process `i` taking chunks `i`, `i + procs`, ...: the
+/// machine's own parallel limit for the primes farm (the same work, split ahead of time).
+pub fn primes_limit(procs: usize, limit: u64, chunk: u64) -> f64 {
+    let start = Instant::now();
+    let mut pids = Vec::new();
+    for i in 0..procs as u64 {
+        // SAFETY: the child only computes and calls `_exit`: no lock, no allocation.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut count = 0u64;
+            let mut lo = i * chunk;
+            while lo < limit {
+                count += (lo..(lo + chunk).min(limit))
+                    .filter(|&n| crate::pycsp_rows::is_prime(n))
+                    .count() as u64;
+                lo += procs as u64 * chunk;
+            }
+            // SAFETY: see above.
+            unsafe { libc::_exit((count % 200) as i32) };
+        }
+        assert!(pid > 0, "fork failed");
+        pids.push(pid);
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status of our child into `status`.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    start.elapsed().as_secs_f64()
+}

@@ -351,3 +351,230 @@ pub(crate) fn thread_id() -> u32 {
     // SAFETY: gettid has no arguments and cannot fail.
     unsafe { libc::gettid() as u32 }
 }
+
+/// A connected pair of Unix `SOCK_SEQPACKET` sockets (message boundaries kept, close-on-exec).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into the array it is given.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The most descriptors one [`send_with_fds`] message carries.
+pub(crate) const MAX_PASSED_FDS: usize = 8;
+
+/// Sends `data` as one message on the seqpacket socket `sock`, with copies of `fds`
+/// (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_PASSED_FDS);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cbuf = [0u64; 8]; // room for CMSG_SPACE(8 * 4), 8-byte aligned
+                              // SAFETY: msghdr is plain data; an all-zero one is valid and is filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let bytes = std::mem::size_of_val(fds);
+        // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes; the control buffer holds
+        // CMSG_SPACE(8 * 4) = 48 bytes, at least what one header and `fds` need; CMSG_FIRSTHDR
+        // of a msghdr whose control buffer is that large points at its start.
+        unsafe {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(bytes as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov` and `cbuf`, which outlive the call.
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return if r as usize == data.len() {
+                Ok(())
+            } else {
+                Err(io::Error::other("a message was sent in part"))
+            };
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message from the seqpacket socket `sock` into `buf`, with the descriptors it
+/// carries (close-on-exec). `Ok((0, []))` means the peer closed the connection; a message
+/// larger than `buf` is an error.
+pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; an all-zero one is valid and is filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, which outlive the call.
+        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR/NXTHDR walk it within
+    // `msg_controllen`; each SCM_RIGHTS payload holds descriptors now owned by this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::other("a message larger than the buffer"));
+    }
+    Ok((n, fds))
+}
+
+/// Whether this process runs one thread only (the entries of `/proc/self/task`).
+pub(crate) fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
+}
+
+/// `fork()`: `Some(pid)` in the parent, `None` in the child.
+///
+/// # Safety
+/// The calling process must run one thread only: the child is a copy of this one thread, and
+/// any lock another thread held would stay locked in it forever.
+pub(crate) unsafe fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: the caller guarantees that this process is single-threaded.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Forks this process into a **sibling**: `clone(CLONE_PARENT | SIGCHLD)`, so that the new
+/// process is a child of this process's parent, which waits for it and is sent its SIGCHLD.
+/// `Some(pid)` in the caller, `None` in the new process.
+///
+/// # Safety
+/// As [`fork`]: the calling process must run one thread only. The call bypasses the C
+/// library's `fork` (which has no such flag), so its atfork handlers do not run and its
+/// cached thread id in the new process is the caller's: the new process must not rely on
+/// either (glibc's `raise` and `abort` ask the kernel for the thread id; Rust's locks do not
+/// use it).
+pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone with a null stack behaves as fork (the new process gets a copy of the
+    // stack); the caller guarantees that this process is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Waits for the child `pid` to end and reaps it (with `nohang`, only if it has ended):
+/// its raw wait status.
+pub(crate) fn reap(pid: u32, nohang: bool) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into the int it is given.
+        let r = unsafe {
+            libc::waitpid(
+                pid as libc::pid_t,
+                &mut status,
+                if nohang { libc::WNOHANG } else { 0 },
+            )
+        };
+        match r {
+            0 => return Ok(None),
+            r if r > 0 => return Ok(Some(status)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Makes `from` this process's descriptor `to` (`dup2`); `from` stays open.
+pub(crate) fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only changes this process's descriptor table.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the directory open as `dir` the working directory (`fchdir`).
+pub(crate) fn change_dir(dir: RawFd) -> io::Result<()> {
+    // SAFETY: fchdir takes a descriptor and changes only the working directory.
+    if unsafe { libc::fchdir(dir) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks for `SIGKILL` when the parent of this process ends.
+pub(crate) fn die_with_parent() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+}
+
+/// Names this thread `name` (what `ps` shows for a single-threaded process; at most 15 bytes
+/// are kept).
+pub(crate) fn set_thread_name(name: &std::ffi::CStr) {
+    // SAFETY: prctl with PR_SET_NAME reads a NUL-terminated string (it keeps at most 16 bytes
+    // with the NUL) and changes only this thread's name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}

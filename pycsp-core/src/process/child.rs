@@ -2,7 +2,7 @@
 //! receive its arguments over the control connection, run it, and report how it ended.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::control::{
     self, Ctrl, Report, ENV_CHILD, ENV_CONTROL, ENV_CTRL_FD, ENV_TICKET, EXIT_PARENT_GONE,
 };
+use super::forkserver::Forked;
 use super::placed::SECRETS_TAG;
 use super::table::{display_name, PROCESSES};
 use crate::frame::{self, Frame, Kind};
@@ -25,6 +26,8 @@ use crate::trace;
 pub fn child_entry() {
     static ENTERED: AtomicBool = AtomicBool::new(false);
     let Some(name) = std::env::var_os(ENV_CHILD) else {
+        // The root of a network: the one moment it surely runs one thread.
+        super::forkserver::prepare(run_forked);
         return;
     };
     if ENTERED.swap(true, Ordering::SeqCst) {
@@ -58,11 +61,11 @@ pub fn child_entry() {
     let name = name.to_string_lossy();
     let code = match (ctrl, arena_fd, control, ticket) {
         (Some(ctrl), Some(arena), _, _) => {
-            if let Some(fd) = key_fd {
-                inherit_key(fd);
+            let key = key_fd.and_then(|fd| sys::inherited_fd(fd).ok());
+            match sys::inherited_fd(ctrl) {
+                Ok(ctrl) => run_local(&name, ctrl, arena, key, ledger),
+                Err(_) => 122,
             }
-            forget_key_variable();
-            run_child(&name, ctrl, arena, ledger)
         }
         (_, _, Some(control), Some(_)) => match read_secrets() {
             Ok(ticket) => {
@@ -80,11 +83,36 @@ pub fn child_entry() {
     std::process::exit(code)
 }
 
+/// Runs a process the fork server forked (see [`forkserver`](super::forkserver)) as
+/// [`child_entry`] runs an executed one, with the descriptors it was given.
+fn run_forked(f: Forked) -> ! {
+    static ENTERED: AtomicBool = AtomicBool::new(false);
+    if ENTERED.swap(true, Ordering::SeqCst) {
+        sys::exit_now(121);
+    }
+    sys::ignore_sigpipe();
+    let code = run_local(&f.name, f.ctrl, f.arena.into_raw_fd(), f.key, f.ledger);
+    std::process::exit(code)
+}
+
+/// A local child: load the key, map the network's shared memory, receive the arguments, run
+/// the process and report how it ended; the exit code.
+fn run_local(
+    name: &str,
+    ctrl: OwnedFd,
+    arena: RawFd,
+    key: Option<OwnedFd>,
+    ledger: Option<u64>,
+) -> i32 {
+    if let Some(fd) = key {
+        inherit_key(fd);
+    }
+    forget_key_variable();
+    run_child(name, ctrl, arena, ledger)
+}
+
 /// Reads the key the parent wrote into descriptor `fd` and makes it this process's key.
-fn inherit_key(fd: RawFd) {
-    let Ok(fd) = sys::inherited_fd(fd) else {
-        return;
-    };
+fn inherit_key(fd: OwnedFd) {
     let mut text = String::new();
     if UnixStream::from(fd).read_to_string(&mut text).is_ok() {
         if let Err(e) = key::inherit_text(&text) {
@@ -140,12 +168,9 @@ fn read_secrets() -> Result<u64, String> {
     Ok(ticket)
 }
 
-fn run_child(name: &str, ctrl_fd: RawFd, arena_fd: RawFd, ledger: Option<u64>) -> i32 {
-    let Ok(fd) = sys::inherited_fd(ctrl_fd) else {
-        return 122;
-    };
-    let mut ctrl = Ctrl::Pair(UnixStream::from(fd));
-    let report = match Arena::inherit(arena_fd) {
+fn run_child(name: &str, ctrl: OwnedFd, arena: RawFd, ledger: Option<u64>) -> i32 {
+    let mut ctrl = Ctrl::Pair(UnixStream::from(ctrl));
+    let report = match Arena::inherit(arena) {
         Err(e) => Report::Broken(format!("cannot map the network's shared memory: {e}")),
         Ok(()) => match control::receive(&mut ctrl, Kind::Args) {
             Err(_) => return 123, // the parent is gone

@@ -1,5 +1,6 @@
-//! Starting a process as a local child: re-execute this binary, handing it the network's
-//! shared memory and one end of a control socket pair.
+//! Starting a process as a local child: through the fork server (see
+//! [`forkserver`](super::forkserver)) or by executing this binary again, handing it the
+//! network's shared memory and one end of a control socket pair.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -8,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use super::control::{self, Ctrl, ENV_CHILD, ENV_CTRL_FD};
+use super::forkserver::{self, Child, Started};
 use super::launch::{spawn_error, ErasedArgs, Launch};
 use super::running::Running;
 use crate::error::Error;
@@ -37,42 +39,30 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         }
         Err(_) => (None, None), // the child loads it as this process did, and says why not
     };
-    let mut cmd = Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
-        cmd.arg0(arg0);
-    }
-    cmd.env(ENV_CHILD, name)
-        .env(ENV_CTRL_FD, ctrl_fd.to_string())
-        .env(ENV_ARENA_FD, arena_fd.to_string())
-        .env_remove(key::ENV_KEY)
-        .stdin(Stdio::null());
-    if let Some(fd) = key_fd {
-        cmd.env(key::ENV_KEY_FD, fd.to_string());
-    }
     // The ends the arguments carry are the child's from now on: written in its ledger, which
     // this process settles once the child has ended, however it ended.
     let ledger = ChildLedger::new(name, &launch.transfers);
-    if let Some(l) = &ledger {
-        cmd.env(ENV_LEDGER, l.offset().to_string());
-    }
-    // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
-    // is async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::clear_cloexec(ctrl_fd)?;
-            if let Some(fd) = key_fd {
-                sys::clear_cloexec(fd)?;
-            }
-            sys::clear_cloexec(arena_fd)
-        });
-    }
-    let child = match cmd.spawn() {
+    let forked = forkserver::start(&forkserver::Start {
+        name,
+        ctrl: ctrl_fd,
+        arena: arena_fd,
+        key: key_fd,
+        ledger: ledger.as_ref().map(ChildLedger::offset),
+    });
+    let started = match forked {
+        Started::Forked(pid) => Ok(Child::Forked { pid, status: None }),
+        Started::Exec => exec(name, ctrl_fd, arena_fd, key_fd, ledger.as_ref())
+            .map(Child::Exec)
+            .map_err(|e| e.to_string()),
+        Started::Lost(why) => Err(why),
+    };
+    let child = match started {
         Ok(c) => c,
-        Err(e) => {
+        Err(why) => {
             if let Some(l) = ledger {
                 l.discard();
             }
-            return Err(fail(e.to_string()));
+            return Err(fail(why));
         }
     };
     drop(child_end);
@@ -88,4 +78,42 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         ends: launch.keys(),
         ledger,
     })
+}
+
+/// Starts process `name` by executing this binary again (`/proc/self/exe`), with the
+/// descriptors it inherits named in its environment.
+fn exec(
+    name: &'static str,
+    ctrl_fd: RawFd,
+    arena_fd: RawFd,
+    key_fd: Option<RawFd>,
+    ledger: Option<&ChildLedger>,
+) -> std::io::Result<std::process::Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(ENV_CHILD, name)
+        .env(ENV_CTRL_FD, ctrl_fd.to_string())
+        .env(ENV_ARENA_FD, arena_fd.to_string())
+        .env_remove(key::ENV_KEY)
+        .stdin(Stdio::null());
+    if let Some(fd) = key_fd {
+        cmd.env(key::ENV_KEY_FD, fd.to_string());
+    }
+    if let Some(l) = ledger {
+        cmd.env(ENV_LEDGER, l.offset().to_string());
+    }
+    // SAFETY: the closure runs in the child between fork and exec; it only calls fcntl, which
+    // is async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::clear_cloexec(ctrl_fd)?;
+            if let Some(fd) = key_fd {
+                sys::clear_cloexec(fd)?;
+            }
+            sys::clear_cloexec(arena_fd)
+        });
+    }
+    cmd.spawn()
 }

@@ -4,13 +4,16 @@
 //!
 //! Calling a `#[process]` function runs nothing: it returns a [`Process`] holding the
 //! function's registered name and its arguments. [`Parallel`], [`Sequence`] and [`Spawn`] start
-//! each process by **re-executing the current binary** (`/proc/self/exe`) with the process's
-//! name in the environment, an inherited control socket, and the network's shared memory. In
-//! the child, a constructor that `#[process]` registers runs before `main`, finds the function
-//! by name, reads its serialized arguments from the control socket, runs it, and writes back
-//! its serialized return value (or its panic message). This works the same in `cargo run`,
-//! integration tests and doc tests, and is safe when the parent runs other threads (the child
-//! starts from a fresh `exec`, not from a copy of a multi-threaded address space).
+//! each process as a copy of the current binary with the process's name in its environment,
+//! a control socket, and the network's shared memory: forked by the root's **fork server**
+//! (a single-threaded copy of the program made before `main`; see `forkserver.rs`), or by
+//! **re-executing the binary** (`/proc/self/exe`) where there is no server
+//! (`PYCSP_START=exec`, a nested start). In the child, the constructor that `#[process]`
+//! registers finds the function by name, reads its serialized arguments from the control
+//! socket, runs it, and writes back its serialized return value (or its panic message). This
+//! works the same in `cargo run`, integration tests and doc tests, and is safe when the parent
+//! runs other threads (the child is a copy of a process that never ran another thread, or a
+//! fresh `exec`).
 //!
 //! # Supervision
 //!
@@ -26,6 +29,7 @@
 
 mod child;
 mod control;
+mod forkserver;
 mod launch;
 mod local;
 mod placed;
@@ -45,6 +49,8 @@ use crate::observe;
 use crate::runtime::{self, poison_keys};
 use crate::trace;
 pub use child::child_entry;
+#[doc(hidden)]
+pub use forkserver::server_pid as fork_server_pid;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
 pub use pool::{run_chunk, worker_entry, PoolFnEntry, POOL_FNS, POOL_WORKER};

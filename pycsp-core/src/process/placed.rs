@@ -94,7 +94,7 @@ pub(crate) fn start(
     watch_launcher(name, &child, &ctrl);
     Ok(Running {
         name,
-        child,
+        child: child.into(),
         ctrl,
         placed: true,
         ends: launch.keys(),

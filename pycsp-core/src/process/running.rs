@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::control::{self, Ctrl, Report, EXIT_PARENT_GONE};
+use super::forkserver::Child;
 use super::table::display_name;
 use crate::error::{Error, Failure, Outcome, Outcomes};
 use crate::frame::Kind;
@@ -63,7 +64,7 @@ pub(crate) fn failed_outcome(e: &Error) -> Outcome {
 /// A child process that was started and has not been waited for.
 pub(crate) struct Running {
     pub(crate) name: &'static str,
-    pub(crate) child: std::process::Child,
+    pub(crate) child: Child,
     pub(crate) ctrl: Ctrl,
     /// Placed by a launcher: `child` is the launcher, and a lost connection means a lost
     /// process.

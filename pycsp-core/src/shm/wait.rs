@@ -138,14 +138,17 @@ impl Event {
         }
     }
 
-    /// Wakes every sleeper. Call as [`notify_one`](Self::notify_one).
+    /// Wakes every sleeper. Call as [`notify_one`](Self::notify_one). Returns whether
+    /// somebody had announced sleep (and was woken).
     #[inline]
-    pub(crate) fn notify_all(&self) {
+    pub(crate) fn notify_all(&self) -> bool {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, i32::MAX);
             self.ring_watchers();
+            return true;
         }
+        false
     }
 
     /// Rings the bells of the threads watching this event. A watcher announces itself in

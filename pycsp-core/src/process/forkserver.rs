@@ -1,0 +1,368 @@
+//! The fork server: starting a local child by forking a single-threaded copy of this program
+//! instead of executing the binary again.
+//!
+//! # Design
+//!
+//! Executing the binary again costs the `exec`, the dynamic loader and the program's start
+//! (0.5-2 ms); a `fork` costs about 0.1 ms. But forking a process that runs other threads is
+//! unsound (a lock another thread held stays locked in the child forever), and the root of a
+//! network usually runs threads (reapers, socket hosts, the test harness). So the root forks
+//! a **fork server** at the one moment it surely runs one thread: in the constructor that
+//! `#[process]` registers, before `main`. The server never starts a thread; it waits on a
+//! `SOCK_SEQPACKET` socket pair for requests, and for each forks a copy of itself with
+//! `clone(CLONE_PARENT)`: the new process is a child of the **root**, not of the server, so
+//! the root waits for it, reaps it, kills it and watches it by pidfd exactly as an executed
+//! child. The copy then runs as an executed child does from its constructor
+//! (`child_entry`), with what the request carried:
+//!
+//! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
+//!   working directory, standard output and error as the parent has them now, and the key's
+//!   descriptor if there is one; standard input is `/dev/null` (which the server opened);
+//! - bytes (MessagePack): the process's name, its ledger's offset, and the parent's
+//!   environment now (without `PYCSP_AUTHKEY`, as for an executed child); the copy changes
+//!   only the variables that differ from its own (the program's before `main`).
+//!
+//! The server answers with the new process's pid (or an `errno`). A server that is gone (it
+//! was killed, or did not answer) is not used again: every later start executes the binary,
+//! as with `PYCSP_START=exec`, which turns the fork server off. The start that finds it gone
+//! executes the binary too if the request was not delivered; if it was, the server may have
+//! forked a process holding the control socket before it ended, so that start fails with
+//! [`Error::Spawn`](crate::Error::Spawn) naming the process and saying so (a second process
+//! must never read the same arguments).
+//!
+//! # Why it is safe
+//!
+//! Every process it forks is a copy of a process that has only ever run one thread (the
+//! server), so no lock is held by a thread that is not there. It is forked before `main`,
+//! before Rust's runtime and the program made any thread, and the server checks
+//! `/proc/self/task` first: with another thread (a constructor of some other library made
+//! one) there is no server. What the copy does not share with an executed child: the signal
+//! dispositions and mask, resource limits and umask are those the program had before `main`
+//! (an executed child resets handlers to their defaults but inherits the mask, limits and
+//! umask of the parent's thread at the start). The server ends when the root does (its socket
+//! reaches end of file; `PR_SET_PDEATHSIG` as well).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::key;
+use crate::sys;
+
+/// How processes start: `exec` executes the binary again for every process; anything else (or
+/// nothing) uses the fork server when there is one.
+pub(crate) const ENV_START: &str = "PYCSP_START";
+
+/// The largest request (mostly the environment) sent to the server; a larger one starts the
+/// process by `exec`.
+const MAX_REQUEST: usize = 128 << 10;
+
+/// How long the parent waits for the server's answer before it gives the server up.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The root's connection to its fork server.
+struct Server {
+    sock: OwnedFd,
+    pid: u32,
+}
+
+static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
+
+/// What the server needs besides descriptors to start a child.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    name: String,
+    ledger: Option<u64>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    key: bool,
+}
+
+/// What a process the server forked was given, for [`prepare`]'s `run`.
+pub(crate) struct Forked {
+    pub(crate) name: String,
+    pub(crate) ctrl: OwnedFd,
+    pub(crate) arena: OwnedFd,
+    pub(crate) key: Option<OwnedFd>,
+    pub(crate) ledger: Option<u64>,
+}
+
+/// Starts the fork server, if this is the root of a network, it runs one thread and
+/// `PYCSP_START` is not `exec`. Called from the constructors `#[process]` registers, before
+/// `main`; only the first call does anything. A process the server forks calls `run` once
+/// it took on the parent's streams, working directory and environment: `run` does what an
+/// executed child does from its constructor, with the descriptors it was given.
+pub(crate) fn prepare(run: fn(Forked) -> !) {
+    static PREPARED: AtomicBool = AtomicBool::new(false);
+    if PREPARED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if std::env::var_os(ENV_START).is_some_and(|v| v == "exec") || !sys::single_threaded() {
+        return;
+    }
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    let Ok((mine, theirs)) = sys::seqpacket_pair() else {
+        return;
+    };
+    // SAFETY: this process runs one thread (checked above, and constructors run before
+    // `main` starts any).
+    match unsafe { sys::fork() } {
+        Ok(Some(pid)) => {
+            drop(theirs);
+            let _ = SERVER.set(Mutex::new(Some(Server { sock: mine, pid })));
+        }
+        Ok(None) => {
+            drop(mine);
+            serve(theirs, null.into(), run)
+        }
+        Err(_) => {}
+    }
+}
+
+/// The pid of this process's fork server, if it has one in use.
+#[doc(hidden)]
+pub fn server_pid() -> Option<u32> {
+    let m = SERVER.get()?;
+    let s = m.lock().unwrap_or_else(|e| e.into_inner());
+    s.as_ref().map(|s| s.pid)
+}
+
+/// What a start through the fork server gives to the new process.
+pub(crate) struct Start<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ctrl: RawFd,
+    pub(crate) arena: RawFd,
+    pub(crate) key: Option<RawFd>,
+    pub(crate) ledger: Option<u64>,
+}
+
+/// How a start through the fork server went.
+pub(crate) enum Started {
+    /// The server forked the process: its pid.
+    Forked(u32),
+    /// Nothing was forked (there is no server, it is gone, it could not fork, or the request
+    /// is too large for it): start the process by executing the binary.
+    Exec,
+    /// The server took the request and then ended or went silent: it may have forked a
+    /// process that holds the control socket, so this start fails (later ones execute).
+    Lost(String),
+}
+
+/// Starts a process through the fork server.
+pub(crate) fn start(s: &Start<'_>) -> Started {
+    let Some(m) = SERVER.get() else {
+        return Started::Exec;
+    };
+    let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = guard.as_ref() else {
+        return Started::Exec;
+    };
+    let env = std::env::vars_os()
+        .filter(|(k, _)| k != key::ENV_KEY)
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let req = Request {
+        name: s.name.to_string(),
+        ledger: s.ledger,
+        env,
+        key: s.key.is_some(),
+    };
+    let (Ok(bytes), Ok(cwd)) = (rmp_serde::to_vec(&req), std::fs::File::open(".")) else {
+        return Started::Exec;
+    };
+    if bytes.len() > MAX_REQUEST {
+        return Started::Exec;
+    }
+    let mut fds = vec![s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
+    fds.extend(s.key);
+    let sock = server.sock.as_raw_fd();
+    let outcome = match sys::send_with_fds(sock, &bytes, &fds) {
+        // Not sent: the server is gone (it reads every request whole, or none of it).
+        Err(_) => Started::Exec,
+        Ok(()) if !sys::wait_readable(sock, ANSWER_TIMEOUT) => Started::Lost(format!(
+            "the fork server did not answer within {ANSWER_TIMEOUT:?}"
+        )),
+        Ok(()) => {
+            let mut b = [0u8; 4];
+            match sys::recv_with_fds(sock, &mut b) {
+                Ok((4, _)) => match i32::from_le_bytes(b) {
+                    pid if pid > 0 => return Started::Forked(pid as u32),
+                    // It could not fork (no memory, too many processes): as `exec` may.
+                    _ => return Started::Exec,
+                },
+                _ => Started::Lost("the fork server ended while starting it".into()),
+            }
+        }
+    };
+    // The server is gone or stuck: never use it again, and reap it.
+    if let Some(server) = guard.take() {
+        sys::kill_child(server.pid);
+        let _ = sys::reap(server.pid, false);
+    }
+    outcome
+}
+
+/// The server's loop: one request, one forked process, until the root is gone.
+fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
+    sys::die_with_parent();
+    // The processes it forks take the program's name back.
+    let name = std::fs::read("/proc/self/comm")
+        .ok()
+        .and_then(|mut n| {
+            n.retain(|&b| b != b'\n' && b != 0);
+            std::ffi::CString::new(n).ok()
+        })
+        .unwrap_or_default();
+    sys::set_thread_name(c"pycsp-forksrv");
+    // Hold none of the root's standard streams (a pipe the root writes to reaches end of file
+    // when the root ends, not when the server does) and no directory: every request brings
+    // its own.
+    for fd in 0..3 {
+        let _ = sys::dup_onto(null.as_raw_fd(), fd);
+    }
+    let _ = std::env::set_current_dir("/");
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
+            Ok((0, _)) | Err(_) => sys::exit_now(0),
+            Ok(r) => r,
+        };
+        let req = rmp_serde::from_slice::<Request>(&buf[..n]).ok();
+        let answer: i32 = match req {
+            Some(req) if fds.len() == 5 + usize::from(req.key) => {
+                // SAFETY: the server runs one thread: it was forked from a single-threaded
+                // process and never starts one.
+                match unsafe { sys::fork_sibling() } {
+                    Ok(Some(pid)) => pid as i32,
+                    Ok(None) => {
+                        drop(sock);
+                        sys::set_thread_name(&name);
+                        become_child(req, fds, &null, run)
+                    }
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
+            _ => -libc::EINVAL,
+        };
+        drop(fds);
+        if sys::send_with_fds(sock.as_raw_fd(), &answer.to_le_bytes(), &[]).is_err() {
+            sys::exit_now(0);
+        }
+    }
+}
+
+/// In a process the server forked: take on the parent's standard streams, working directory
+/// and environment, then run as an executed child does.
+fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().expect("the request's descriptors were counted");
+    let (ctrl, arena, cwd, out, err) = (next(), next(), next(), next(), next());
+    let key = req.key.then(next);
+    let ok = sys::dup_onto(out.as_raw_fd(), 1).is_ok()
+        && sys::dup_onto(err.as_raw_fd(), 2).is_ok()
+        && sys::dup_onto(null.as_raw_fd(), 0).is_ok()
+        && sys::change_dir(cwd.as_raw_fd()).is_ok();
+    if !ok {
+        sys::exit_now(121);
+    }
+    drop((cwd, out, err));
+    // The environment the server has is the parent's from before `main`: change what differs
+    // (usually nothing). Sound: this process runs one thread.
+    let wanted: std::collections::HashMap<&OsStr, &OsStr> = req
+        .env
+        .iter()
+        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
+        .collect();
+    for (k, v) in std::env::vars_os() {
+        if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
+            std::env::remove_var(&k);
+        }
+    }
+    for (k, v) in &wanted {
+        if std::env::var_os(k).as_deref() != Some(*v) {
+            std::env::set_var(k, v);
+        }
+    }
+    run(Forked {
+        name: req.name,
+        ctrl,
+        arena,
+        key,
+        ledger: req.ledger,
+    })
+}
+
+/// A local child: executed by `std::process::Command`, or forked by the fork server (a child
+/// of this process all the same, known by its pid).
+pub(crate) enum Child {
+    Exec(std::process::Child),
+    Forked {
+        pid: u32,
+        status: Option<ExitStatus>,
+    },
+}
+
+impl From<std::process::Child> for Child {
+    fn from(c: std::process::Child) -> Child {
+        Child::Exec(c)
+    }
+}
+
+impl Child {
+    pub(crate) fn id(&self) -> u32 {
+        match self {
+            Child::Exec(c) => c.id(),
+            Child::Forked { pid, .. } => *pid,
+        }
+    }
+
+    /// Waits for the child to end and reaps it.
+    pub(crate) fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Child::Exec(c) => c.wait(),
+            Child::Forked { pid, status } => {
+                if let Some(s) = status {
+                    return Ok(*s);
+                }
+                let raw = sys::reap(*pid, false)?.expect("a blocking wait returns a status");
+                let s = ExitStatus::from_raw(raw);
+                *status = Some(s);
+                Ok(s)
+            }
+        }
+    }
+
+    /// Reaps the child if it has ended.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            Child::Exec(c) => c.try_wait(),
+            Child::Forked { pid, status } => {
+                if status.is_none() {
+                    *status = sys::reap(*pid, true)?.map(ExitStatus::from_raw);
+                }
+                Ok(*status)
+            }
+        }
+    }
+
+    /// Kills the child with SIGKILL, unless it was reaped.
+    pub(crate) fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Child::Exec(c) => c.kill(),
+            Child::Forked { pid, status } => {
+                if status.is_none() {
+                    sys::kill_child(*pid);
+                }
+                Ok(())
+            }
+        }
+    }
+}

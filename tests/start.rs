@@ -1,0 +1,184 @@
+//! How a process starts: through the fork server the root forks before `main`, or by
+//! executing the binary again (`PYCSP_START=exec`, or when the server is gone). Either way the
+//! child is a child of the root, sees the parent's environment, working directory and
+//! standard streams as they are when it starts, and a failure names it.
+
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use pycsp::prelude::*;
+use pycsp::{Error, Failure};
+
+#[process]
+fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+#[process]
+fn its_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[process]
+fn what_it_sees(var: String) -> (Option<String>, String, u64) {
+    let cwd = std::env::current_dir().unwrap();
+    let ino = std::fs::metadata(".").unwrap().ino();
+    (std::env::var(var).ok(), cwd.display().to_string(), ino)
+}
+
+#[process]
+fn read_stdin() -> usize {
+    use std::io::Read;
+    let mut s = Vec::new();
+    std::io::stdin().read_to_end(&mut s).unwrap();
+    s.len()
+}
+
+#[process]
+fn dies_by_signal() {
+    // SAFETY: raising a signal against this very process.
+    unsafe { libc::raise(libc::SIGKILL) };
+}
+
+#[test]
+fn a_root_has_a_fork_server_and_its_children_are_children_of_the_root() {
+    let server = pycsp::__private::fork_server_pid();
+    assert!(server.is_some(), "the root made no fork server");
+    let parents = Parallel(replicate(3, |_| parent_pid())).unwrap();
+    assert_eq!(parents, vec![std::process::id(); 3]);
+}
+
+#[test]
+fn a_child_sees_the_environment_and_working_directory_the_parent_has_when_it_starts() {
+    let var = format!("PYCSP_TEST_START_{}", std::process::id());
+    // Set after main started, long after the fork server was made.
+    std::env::set_var(&var, "set-after-main");
+    let dir = std::env::temp_dir().join(format!("pycsp-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = std::env::current_dir().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    let seen = Parallel(what_it_sees(var.clone()));
+    std::env::set_current_dir(before).unwrap();
+    let (value, cwd, ino) = seen.unwrap();
+    assert_eq!(value.as_deref(), Some("set-after-main"));
+    assert_eq!(ino, std::fs::metadata(&dir).unwrap().ino(), "{cwd}");
+    std::env::remove_var(&var);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn a_child_has_the_name_of_the_program() {
+    // The main thread's name (the harness names the test's thread after the test).
+    let program = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(Parallel(its_name()).unwrap(), program.trim());
+}
+
+#[test]
+fn a_child_reads_end_of_file_on_standard_input() {
+    assert_eq!(Parallel(read_stdin()).unwrap(), 0);
+}
+
+#[test]
+fn a_forked_child_killed_by_a_signal_is_reported_with_its_name_and_signal() {
+    match Parallel(dies_by_signal()) {
+        Err(Error::ProcessFailed { name, failure, .. }) => {
+            assert!(name.ends_with("dies_by_signal"), "{name}");
+            assert_eq!(failure, Failure::Signaled(libc::SIGKILL));
+        }
+        other => panic!("expected ProcessFailed, got {other:?}"),
+    }
+}
+
+/// Run by the test below in a copy of this binary started with `PYCSP_TEST_REMOVED` set:
+/// the fork server has it (it was made before `main`), the parent removes it.
+#[test]
+#[ignore = "run by a_variable_the_parent_removed_after_main_is_not_in_the_child"]
+fn with_a_variable_removed() {
+    assert_eq!(
+        std::env::var("PYCSP_TEST_REMOVED").as_deref(),
+        Ok("before-main")
+    );
+    std::env::remove_var("PYCSP_TEST_REMOVED");
+    let (value, _, _) = Parallel(what_it_sees("PYCSP_TEST_REMOVED".into())).unwrap();
+    assert_eq!(value, None);
+}
+
+#[test]
+fn a_variable_the_parent_removed_after_main_is_not_in_the_child() {
+    run_ignored(
+        "with_a_variable_removed",
+        &[("PYCSP_TEST_REMOVED", "before-main")],
+    );
+}
+
+/// Run by the test below in a copy of this binary started with `PYCSP_START=exec`.
+#[test]
+#[ignore = "run by start_exec_turns_the_fork_server_off with PYCSP_START=exec"]
+fn in_exec_mode() {
+    assert_eq!(std::env::var("PYCSP_START").as_deref(), Ok("exec"));
+    assert_eq!(pycsp::__private::fork_server_pid(), None);
+    let parents = Parallel(replicate(2, |_| parent_pid())).unwrap();
+    assert_eq!(parents, vec![std::process::id(); 2]);
+}
+
+/// Run by the test below in a copy of this binary (the server it kills is that copy's).
+#[test]
+#[ignore = "run by after_the_fork_server_is_killed_processes_still_start_by_exec"]
+fn with_the_fork_server_killed() {
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        let Some(server) = pycsp::__private::fork_server_pid() else {
+            panic!("the root made no fork server");
+        };
+        // SAFETY: sending a signal to our own child, the fork server (not yet reaped: only
+        // the next start that finds it gone reaps it).
+        unsafe { libc::kill(server as libc::pid_t, libc::SIGKILL) };
+        // Wait until it is dead (without reaping it: the next start does).
+        // SAFETY: waitid fills the siginfo it is given; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                server as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(r, 0);
+        for _ in 0..3 {
+            assert_eq!(Parallel(parent_pid()).unwrap(), std::process::id());
+        }
+        assert_eq!(pycsp::__private::fork_server_pid(), None);
+    });
+}
+
+#[test]
+fn after_the_fork_server_is_killed_processes_still_start_by_exec() {
+    run_ignored("with_the_fork_server_killed", &[]);
+}
+
+#[test]
+fn start_exec_turns_the_fork_server_off() {
+    run_ignored("in_exec_mode", &[("PYCSP_START", "exec")]);
+}
+
+/// Runs the ignored test `name` alone in a copy of this binary, with `env`; it must pass.
+fn run_ignored(name: &str, env: &[(&str, &str)]) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", name, "--nocapture"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
