@@ -274,3 +274,49 @@ fn selecting_writers_beyond_a_full_offer_table_sleep_without_cpu_while_idle() {
         "a writer used {worst:?} of CPU in {idle:?} of waiting (48 writers, 32 offers)"
     );
 }
+
+/// A select whose other guards ended (an input guard whose writers retired, an output guard
+/// whose readers retired: guards that will never fire) sleeps until its live guard is ready;
+/// it spun at full speed before, its wait returning at once because the ended guards "looked
+/// ready".
+#[test]
+fn a_select_with_ended_guards_sleeps_until_a_live_one_is_ready() {
+    let _timing = common::timing();
+    for capacity in [1, 0] {
+        select_with_ended_guards(capacity);
+    }
+}
+
+fn select_with_ended_guards(capacity: usize) {
+    let ended_in = Channel::<u32>::buffered(capacity).unwrap();
+    let ended_out = Channel::<u32>::buffered(capacity).unwrap();
+    let live = Channel::<u32>::buffered(1).unwrap();
+    let (ended_rx, ended_tx) = (ended_in.reader(), ended_out.writer());
+    ended_in.writer().retire();
+    ended_out.reader().retire();
+    let tx = live.writer();
+    let rx = live.reader();
+    let writer = std::thread::spawn(move || {
+        // The stimulus comes later: the select waits meanwhile.
+        std::thread::sleep(Duration::from_millis(400));
+        tx.write(7)
+    });
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let got = Alternation::new()
+        .input(&ended_rx, |v| v)
+        .output(&ended_tx, 1, || 0)
+        .input(&rx, |v| v)
+        .alt_select()
+        .unwrap();
+    let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
+    writer.join().unwrap().unwrap();
+    assert_eq!((got.index, got.value), (2, 7));
+    assert!(
+        wall >= Duration::from_millis(300),
+        "the select waited for the writer"
+    );
+    assert!(
+        cpu < wall / 4,
+        "capacity {capacity}: the select used {cpu:?} of CPU while it waited {wall:?}: it spins"
+    );
+}

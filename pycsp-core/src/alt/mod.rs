@@ -745,15 +745,24 @@ fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
 /// An `unposted` rendezvous guard (its offer table was full) also looks for room to offer,
 /// and an unposted output guard for readers' offers (nobody can claim it meanwhile).
 fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64, unposted: bool) -> bool {
+    // A retired channel makes its guard ready only if the guard reports it: a guard that does
+    // not never fires again (`retired`), so waking for it would only spin.
+    let ended = |flags: u32, retired: u32, reports: bool| {
+        flags & (POISONED | PEER_DIED) != 0 || (reports && flags & retired != 0)
+    };
     match g {
-        Some(Guard::Input { chan, .. }) => {
-            chan.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
+        Some(Guard::Input { chan, reports, .. }) => {
+            ended(chan.state_flags(), WRITERS_RETIRED, *reports)
                 || chan.looks_nonempty()
                 || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
                 || (unposted && chan.offer_room(true))
         }
-        Some(Guard::Output { chan, .. }) => {
-            chan.state_flags() & (POISONED | READERS_RETIRED | PEER_DIED) != 0
+        Some(Guard::Output { chan, reports, .. }) => {
+            let flags = chan.state_flags();
+            if !*reports && flags & (POISONED | PEER_DIED | READERS_RETIRED) == READERS_RETIRED {
+                return false; // nobody will ever read what it would write
+            }
+            ended(flags, READERS_RETIRED, *reports)
                 || (!chan.is_rendezvous() && chan.looks_writable())
                 || (unposted && (chan.offer_room(false) || chan.has_offers_from_others(true, me)))
         }
