@@ -91,6 +91,8 @@ fn run_forked(f: Forked) -> ! {
         sys::exit_now(121);
     }
     sys::ignore_sigpipe();
+    // A child, not a root: its message trace appends to the root's file.
+    trace::enter_child();
     let code = run_local(&f.name, f.ctrl, f.arena.into_raw_fd(), f.key, f.ledger);
     std::process::exit(code)
 }
