@@ -565,8 +565,9 @@ fn run_guards<'a, R>(
             );
         } else {
             let id = me.id();
-            // What the census sees: each channel guard's side, in the guards' order.
-            let on: Vec<(u64, bool, &'static str, &Event)> = guards
+            // What the census sees: each channel guard's side, in the guards' order (this is
+            // the wait phase already: the names are looked up now).
+            let sides: Vec<(u64, bool, &'static str, &Event)> = guards
                 .iter()
                 .filter_map(|g| match g {
                     Some(Guard::Input { chan, .. }) => {
@@ -577,6 +578,12 @@ fn run_guards<'a, R>(
                     }
                     _ => None,
                 })
+                .collect();
+            let names: Vec<_> = sides.iter().map(|s| move || s.2).collect();
+            let on: Vec<(u64, bool, &dyn Fn() -> &'static str, &Event)> = sides
+                .iter()
+                .zip(&names)
+                .map(|(s, n)| (s.0, s.1, n as &dyn Fn() -> &'static str, s.3))
                 .collect();
             let waiting = Waiting {
                 kind: Kind::Select,

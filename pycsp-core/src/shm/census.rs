@@ -717,10 +717,14 @@ pub(crate) fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
             }
             0
         } else {
+            let recorded = r.start_time.load(Ordering::Relaxed);
+            if recorded == 0 && strict {
+                return None; // its start time is unknown: it cannot be told from another
+            }
             let Some((threads, start)) = proc_stat(pid) else {
                 continue; // ended
             };
-            if start != r.start_time.load(Ordering::Relaxed) {
+            if start != recorded {
                 continue; // the pid is another process's now
             }
             threads
@@ -945,4 +949,42 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
 
 fn start_time(pid: u32) -> Option<u64> {
     proc_stat(pid).map(|(_, s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_threads_and_a_start_time_in_proc() {
+        let (threads, start) = proc_stat(std::process::id()).expect("/proc/self/stat");
+        assert!(threads >= 1);
+        assert!(start > 0);
+    }
+
+    #[test]
+    fn the_report_names_who_holds_the_other_end_and_what_it_waits_for() {
+        let mut root = Proc::new(100, "main");
+        root.holds = vec![(7, 1, 0)];
+        root.waits = vec![Wait {
+            kind: Kind::Join,
+            items: vec![(101, false, String::new())],
+            words: vec![(0, 0)],
+        }];
+        let mut consumer = Proc::new(101, "demo::consumer");
+        consumer.holds = vec![(7, 0, 1)];
+        consumer.waits = vec![Wait {
+            kind: Kind::Read,
+            items: vec![(7, false, "numbers".into())],
+            words: vec![(0, 0)],
+        }];
+        let text = report(&[root, consumer]);
+        assert!(
+            text.contains(
+                "- `consumer` (pid 101) waits to read `numbers`; its only writer end is held by \
+                 `main` (pid 100), which waits in Parallel for `consumer` (pid 101)"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -1226,7 +1226,7 @@ impl Chan {
             deadline,
             Waiting {
                 kind: Kind::Write,
-                on: &[(self.key(), true, self.name(), tx)],
+                on: &[(self.key(), true, &|| self.name(), tx)],
             },
             || {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
@@ -1268,7 +1268,7 @@ impl Chan {
             deadline,
             Waiting {
                 kind: Kind::Write,
-                on: &[(self.key(), true, self.name(), tx)],
+                on: &[(self.key(), true, &|| self.name(), tx)],
             },
             || {
                 // The state check comes first: a waiter must never sleep through it.
@@ -1390,7 +1390,7 @@ impl Chan {
                 step,
                 Waiting {
                     kind: Kind::Read,
-                    on: &[(self.key(), false, self.name(), rx)],
+                    on: &[(self.key(), false, &|| self.name(), rx)],
                 },
                 || {
                     let f = self.flags();

@@ -222,10 +222,11 @@ impl Event {
 
 /// What a blocking operation waits on, for the census (`shm/census.rs`): a read or write of
 /// one channel, or a select over several; per channel its key, whether the wait is a write,
-/// its name and the event its side sleeps on.
+/// its name (looked up only if the wait is published: never on the fast path) and the event
+/// its side sleeps on.
 pub(crate) struct Waiting<'a> {
     pub(crate) kind: Kind,
-    pub(crate) on: &'a [(u64, bool, &'static str, &'a Event)],
+    pub(crate) on: &'a [(u64, bool, &'a dyn Fn() -> &'static str, &'a Event)],
 }
 
 impl Waiting<'_> {
@@ -236,7 +237,7 @@ impl Waiting<'_> {
             .map(|&(key, write, name, e)| Item {
                 key,
                 write,
-                name,
+                name: name(),
                 word: Some(&e.seq),
             })
             .collect();
