@@ -598,7 +598,10 @@ fn run_guards<'a, R>(
                         || guards
                             .iter()
                             .zip(&unposted)
-                            .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted)))
+                            .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted))
+                        // The last channel guard retired: the select ends (see the try phase).
+                        || (channel_guards > 0
+                            && guards.iter().all(|g| looks_retired(g.as_ref()))))
                     .then_some(true)
                 },
                 || false,
