@@ -66,7 +66,14 @@ thread_local! {
 /// Whether this process writes a message trace (one relaxed load once that is known).
 #[inline(always)]
 pub(crate) fn on() -> bool {
-    STATE.load(Ordering::Relaxed) != OFF && sink().is_some()
+    STATE.load(Ordering::Relaxed) != OFF && on_slow()
+}
+
+/// [`on`] while the state is unknown (the first operation opens the trace, or not) or on.
+#[cold]
+#[inline(never)]
+fn on_slow() -> bool {
+    sink().is_some()
 }
 
 /// The timestamp (ns of `CLOCK_MONOTONIC`) of the start of an operation, or 0 when no trace is
