@@ -512,14 +512,7 @@ fn state_of(p: &Proc, blocked: bool) -> String {
 
 /// The CPU time (user + system) process `pid` has used, if it runs.
 fn proc_times(pid: u32) -> Option<std::time::Duration> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(f.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    // Fields from 3 (state): utime is field 14 (f[11]), stime 15 (f[12]), in clock ticks.
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let ticks = census::cpu_ticks(pid)?;
     Some(std::time::Duration::from_secs_f64(
         ticks as f64 / crate::sys::clock_ticks_per_second() as f64,
     ))

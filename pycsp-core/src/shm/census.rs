@@ -929,17 +929,35 @@ fn describe(w: &Wait, procs: &[Proc]) -> String {
     }
 }
 
-/// A process's thread count and start time, from `/proc/<pid>/stat`; `None` if it ended
-/// (a zombie has ended).
-fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+/// The fields of `/proc/<pid>/stat` from field 3 (the state) on, if the process runs (a
+/// zombie has ended): field N is at index N - 3.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields from 3 (state): state is f[0], num_threads field 20 is f[17], starttime 22 f[19].
-    if matches!(f.first(), Some(&"Z") | Some(&"X") | Some(&"x")) {
+    let mut f = rest.split_whitespace();
+    if matches!(f.next(), Some("Z" | "X" | "x") | None) {
         return None;
     }
-    Some((f.get(17)?.parse().ok()?, f.get(19)?.parse().ok()?))
+    // The state is not a number: index 0 holds 0 in its place.
+    Some(
+        std::iter::once(0)
+            .chain(f.map(|v| v.parse().unwrap_or(0)))
+            .collect(),
+    )
+}
+
+/// A process's thread count and start time, from `/proc/<pid>/stat`; `None` if it ended.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    // num_threads is field 20, starttime field 22.
+    let f = stat_fields(pid)?;
+    Some((u32::try_from(*f.get(17)?).ok()?, *f.get(19)?))
+}
+
+/// The CPU time (user + system, fields 14 and 15) process `pid` has used, in clock ticks;
+/// `None` if it ended.
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    Some(f.get(11)? + f.get(12)?)
 }
 
 fn start_time(pid: u32) -> Option<u64> {
