@@ -33,10 +33,16 @@ pub fn measure(
     summary(group, name, unit, (0..n).map(|_| trial()).collect())
 }
 
-/// Whether `--only` lets the row `name` be measured.
+/// Whether `--only` lets the row `name` be measured: rows whose name contains its text, or
+/// is exactly its text when it is given as `=text`.
 pub fn wanted(name: &str) -> bool {
-    ONLY.get()
-        .is_none_or(|o| name.contains(o.as_str()) || name.contains("spinning"))
+    ONLY.get().is_none_or(|o| {
+        let hit = match o.strip_prefix('=') {
+            Some(exact) => name == exact,
+            None => name.contains(o.as_str()),
+        };
+        hit || name.contains("spinning")
+    })
 }
 
 /// The row of the values of its trials (none: not measured), printed as it is made.
