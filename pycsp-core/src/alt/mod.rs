@@ -588,6 +588,7 @@ fn run_guards<'a, R>(
             let waiting = Waiting {
                 kind: Kind::Select,
                 on: &on,
+                hand_over: false,
             };
             let woke = wait_parked(
                 &events,

@@ -1231,6 +1231,7 @@ impl Chan {
             Waiting {
                 kind: Kind::Write,
                 on: &[(self.key(), true, &|| self.name(), tx)],
+                hand_over: true,
             },
             || {
                 if slot.stamp.load(Ordering::Acquire) != stamp {
@@ -1273,6 +1274,7 @@ impl Chan {
             Waiting {
                 kind: Kind::Write,
                 on: &[(self.key(), true, &|| self.name(), tx)],
+                hand_over: false,
             },
             || {
                 // The state check comes first: a waiter must never sleep through it.
@@ -1396,6 +1398,7 @@ impl Chan {
                 Waiting {
                     kind: Kind::Read,
                     on: &[(self.key(), false, &|| self.name(), rx)],
+                    hand_over: false,
                 },
                 || {
                     let f = self.flags();

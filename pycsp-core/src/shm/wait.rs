@@ -54,6 +54,57 @@ fn adapt(limit: u32, paid_off: bool) {
     }
 }
 
+/// A yield that gives the CPU back later than this lost it to a process that kept it for (the
+/// rest of) a time slice, not to a peer that answered: a peer that communicates gives the CPU
+/// back within microseconds.
+const LONG_YIELD: Duration = Duration::from_micros(100);
+
+/// How many waits in a row skip the yielding phase after a yield lost the CPU (see
+/// [`may_yield`]).
+const YIELD_SKIPS: u32 = 256;
+
+thread_local! {
+    /// How many of this thread's next waits skip the yielding phase.
+    static SKIP_YIELDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a wait may yield its CPU between spinning and sleeping (else it sleeps after
+/// spinning).
+///
+/// Yielding hands the CPU to a peer that shares it, which is what a waiter wants when that
+/// peer is the one it waits for (four processes of a pipeline on two cores): the peer answers
+/// and gives the CPU back within microseconds. But when the process it yields to computes, the
+/// yield gives it the rest of its time slice (up to milliseconds), and the waiter, still
+/// runnable, does not look at its condition in that time even once it holds: nobody wakes a
+/// thread that did not sleep. A farmer waiting for a worker to take a job on a rendezvous
+/// channel, beside a computing worker, then hands out the next job a time slice late, and the
+/// other worker waits for it (pycsp-bench's rendezvous farm ran at half its parallel limit).
+/// Sleeping instead makes the taker's notify a wake-up, which the kernel schedules at once.
+/// So a thread whose yield came back later than [`LONG_YIELD`] sleeps at once, and its next
+/// [`YIELD_SKIPS`] waits sleep after spinning, without yielding: a futex wake-up costs
+/// microseconds more than a yield that pays off, a yield that does not costs milliseconds.
+fn may_yield() -> bool {
+    SKIP_YIELDS.with(|c| match c.get() {
+        0 => true,
+        left => {
+            c.set(left - 1);
+            false
+        }
+    })
+}
+
+/// Yields the CPU (see [`may_yield`]); returns whether it came back so late that the waiter
+/// should sleep.
+fn yield_cpu() -> bool {
+    let before = Instant::now();
+    std::thread::yield_now();
+    if before.elapsed() < LONG_YIELD {
+        return false;
+    }
+    SKIP_YIELDS.with(|c| c.set(YIELD_SKIPS));
+    true
+}
+
 /// The most futex words one `futex_waitv` takes (the kernel's `FUTEX_WAITV_MAX`).
 const WAITV_MAX: usize = 128;
 
@@ -227,6 +278,10 @@ impl Event {
 pub(crate) struct Waiting<'a> {
     pub(crate) kind: Kind,
     pub(crate) on: &'a [(u64, bool, &'a dyn Fn() -> &'static str, &'a Event)],
+    /// A rendezvous writer whose message is in the ring, waiting for a reader to take it:
+    /// the taker goes on with its own work, so a yield may lose the CPU to it (see
+    /// [`may_yield`]).
+    pub(crate) hand_over: bool,
 }
 
 impl Waiting<'_> {
@@ -291,6 +346,9 @@ pub(crate) fn wait_parked<T>(
     let mut round = 0u32;
     let fine = FINE_CHECKS.with(|c| c.get());
     let mut adapted = false;
+    let hand_over = waiting.as_ref().is_some_and(|w| w.hand_over);
+    // Whether this wait may yield (asked once, when it first would).
+    let mut yields: Option<bool> = None;
     // The published wait, kept over slices that end with nothing changed.
     let mut parked: Option<Parked> = None;
     let mut since: Option<u64> = None;
@@ -300,6 +358,7 @@ pub(crate) fn wait_parked<T>(
         // (Not after a slice that ended with nothing changed: then it sleeps again at once.)
         if !resleep {
             loop {
+                let mut lost_cpu = false;
                 if round < fine {
                     std::hint::spin_loop();
                 } else {
@@ -307,7 +366,19 @@ pub(crate) fn wait_parked<T>(
                         adapted = true;
                         adapt(fine, false);
                     }
-                    std::thread::yield_now();
+                    if !*yields.get_or_insert_with(|| !hand_over || may_yield()) {
+                        // Yielding has lately cost this thread whole time slices: sleep.
+                        if let Some(v) = ready() {
+                            return Some(v);
+                        }
+                        break;
+                    }
+                    lost_cpu = if hand_over {
+                        yield_cpu()
+                    } else {
+                        std::thread::yield_now();
+                        false
+                    };
                 }
                 round += 1;
                 if let Some(v) = ready() {
@@ -315,6 +386,10 @@ pub(crate) fn wait_parked<T>(
                         adapt(fine, true);
                     }
                     return Some(v);
+                }
+                if lost_cpu {
+                    yields = Some(false);
+                    break;
                 }
                 if round % 8 == 0 {
                     let now = Instant::now();
