@@ -49,6 +49,15 @@ fn parent_keeps_a_writer() -> Result<String, Error> {
 }
 // ANCHOR_END: keeps_writer
 
+/// The same mistake with the consumer run by `Sequence`: the root waits in its join.
+fn sequence_keeps_a_writer() -> Result<String, Error> {
+    let ch = Channel::<u64>::named("numbers")?;
+    let kept = ch.writer();
+    let r = Sequence(consumer(ch.reader()));
+    drop(kept);
+    r.map(|sum| format!("{sum:?}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // A ring of rendezvous channels without a token: everyone reads first.
 
@@ -247,6 +256,7 @@ type Case = (&'static str, fn() -> Result<String, Error>);
 
 const CASES: &[Case] = &[
     ("parent_keeps_a_writer", parent_keeps_a_writer),
+    ("sequence_keeps_a_writer", sequence_keeps_a_writer),
     ("ring_without_token", ring_without_token),
     ("philosophers_without_butler", philosophers_without_butler),
     ("full_buffered_cycle", full_buffered_cycle),
@@ -359,6 +369,15 @@ fn main() {
                 "writer end",
                 "`main` (pid",
                 "waits in Parallel for",
+            ],
+        ),
+        (
+            "sequence_keeps_a_writer",
+            &[
+                "`consumer` (pid",
+                "waits to read `numbers`",
+                "`main` (pid",
+                "waits in Sequence for `consumer`",
             ],
         ),
         (

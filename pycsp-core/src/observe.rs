@@ -216,7 +216,7 @@ fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Pictur
             }
         }
         for wt in &p.waits {
-            if wt.kind != Kind::Join {
+            if !wt.kind.joins() {
                 for (k, _, name) in &wt.items {
                     wait_names.entry(*k).or_insert_with(|| name.clone());
                     if !order.contains(k) {
@@ -271,7 +271,7 @@ fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Pictur
     }
     let blocked_on = |p: &Proc, k: u64, write: bool| {
         p.waits.iter().any(|w| {
-            w.kind != Kind::Join && w.items.iter().any(|(key, wr, _)| *key == k && *wr == write)
+            !w.kind.joins() && w.items.iter().any(|(key, wr, _)| *key == k && *wr == write)
         })
     };
     for &i in &shown {
@@ -302,7 +302,7 @@ fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Pictur
             }
         }
         if full {
-            for wt in p.waits.iter().filter(|w| w.kind == Kind::Join) {
+            for wt in p.waits.iter().filter(|w| w.kind.joins()) {
                 for (pid, _, _) in &wt.items {
                     if let Some(c) = procs.iter().position(|o| u64::from(o.pid) == *pid) {
                         let _ = writeln!(
@@ -499,7 +499,7 @@ fn state_of(p: &Proc, blocked: bool) -> String {
         (Kind::Read, [(_, _, name), ..]) => format!("reads {name}"),
         (Kind::Write, [(_, _, name), ..]) => format!("writes {name}"),
         (Kind::Select, items) => format!("selects over {} channels", items.len()),
-        (Kind::Join, items) => format!("joins {} processes", items.len()),
+        (Kind::Join | Kind::Sequence, items) => format!("joins {} processes", items.len()),
         (_, []) => "waits".into(),
     };
     let all: Vec<String> = p.waits.iter().map(one).collect();

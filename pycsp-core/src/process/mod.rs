@@ -47,6 +47,7 @@ use serde::Serialize;
 use crate::error::{Error, Outcomes};
 use crate::observe;
 use crate::runtime::{self, poison_keys};
+use crate::shm::census;
 use crate::trace;
 pub use child::child_entry;
 #[doc(hidden)]
@@ -268,7 +269,18 @@ pub fn Sequence<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
     let shape = set.flatten(&mut procs);
     let mut done = Vec::with_capacity(procs.len());
     for p in procs {
-        let r = start(p).and_then(Running::wait);
+        // Joined as `Parallel` joins: published in the census while it waits, so that a
+        // process that can never end is a deadlock, not a hang.
+        let r = start(p).and_then(|r| {
+            let w = Watched::new(r);
+            match running::wait_all_as(census::Kind::Sequence, std::slice::from_ref(&w)) {
+                Some(deadlock) => {
+                    drop(w.join());
+                    Err(deadlock)
+                }
+                None => w.join(),
+            }
+        });
         let failed = r.is_err();
         done.push(r);
         if failed {

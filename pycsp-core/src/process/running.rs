@@ -246,6 +246,11 @@ impl Watched {
 /// deadlocked, see `shm/census.rs`); the [`Error::Deadlock`] of a deadlock declared while it
 /// waited. The processes are then still to be joined.
 pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
+    wait_all_as(census::Kind::Join, watched)
+}
+
+/// [`wait_all`], published as a wait of `kind` (`Join`: `Parallel` or a `Spawned`; `Sequence`).
+pub(crate) fn wait_all_as(kind: census::Kind, watched: &[Watched]) -> Option<Error> {
     let mut deadlock = None;
     let mut parked: Option<census::Parked> = None;
     // The deadlock count when this wait first parked.
@@ -282,7 +287,7 @@ pub(crate) fn wait_all(watched: &[Watched]) -> Option<Error> {
                     word: None,
                 })
                 .collect();
-            parked = census::park(census::Kind::Join, &items, since);
+            parked = census::park(kind, &items, since);
             since = since.or(parked.as_ref().map(census::Parked::since));
         }
         if first.wait_finished(Instant::now() + census::SLICE) {
@@ -308,10 +313,6 @@ pub(crate) fn member(w: &Watched) -> Member {
 }
 
 impl Running {
-    pub(crate) fn wait(self) -> Result<Returned, Error> {
-        self.wait_watched(None)
-    }
-
     /// Waits for the process and reaps it; with a `watch`, reaps it under its lock, so that a
     /// `kill` never signals a pid that was reaped (and may be another process's by then).
     fn wait_watched(mut self, watch: Option<&Watch>) -> Result<Returned, Error> {

@@ -178,7 +178,10 @@ pub(crate) enum Kind {
     Read = 1,
     Write = 2,
     Select = 3,
+    /// `Parallel` or a `Spawned`'s join.
     Join = 4,
+    /// `Sequence`'s join of its current process.
+    Sequence = 5,
 }
 
 impl Kind {
@@ -188,8 +191,14 @@ impl Kind {
             2 => Kind::Write,
             3 => Kind::Select,
             4 => Kind::Join,
+            5 => Kind::Sequence,
             _ => return None,
         })
+    }
+
+    /// Whether the wait is for processes to end (its items are pids).
+    pub(crate) fn joins(self) -> bool {
+        matches!(self, Kind::Join | Kind::Sequence)
     }
 }
 
@@ -822,7 +831,7 @@ fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<Vec<u8>> {
                     return None; // woken: a wake-up is in flight
                 }
                 let (key, write, _) = &w.items[i];
-                if w.kind == Kind::Join {
+                if w.kind.joins() {
                     // A child that ended (or is not a process of the census) can be joined.
                     if !pids.contains(&(*key as u32)) {
                         return None;
@@ -913,7 +922,7 @@ fn describe(w: &Wait, procs: &[Proc]) -> String {
                 .collect();
             format!("waits in a select to {}", gs.join(" or "))
         }
-        Kind::Join => {
+        Kind::Join | Kind::Sequence => {
             let cs: Vec<String> = w
                 .items
                 .iter()
@@ -924,7 +933,12 @@ fn describe(w: &Wait, procs: &[Proc]) -> String {
                     },
                 )
                 .collect();
-            format!("waits in Parallel for {}", cs.join(", "))
+            let combinator = if w.kind == Kind::Join {
+                "Parallel"
+            } else {
+                "Sequence"
+            };
+            format!("waits in {combinator} for {}", cs.join(", "))
         }
     }
 }
