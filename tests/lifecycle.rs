@@ -240,3 +240,68 @@ fn a_large_zeroed_block_costs_no_memory_until_written_and_a_reused_one_is_zero()
     let clean = SharedBlock::zeroed(64 << 10).unwrap();
     assert!(clean.iter().all(|&b| b == 0));
 }
+
+/// One select that waits (nothing is ever written to `quiet`) until its timeout guard fires:
+/// the select parks, so its thread needs a waiter record in shared memory.
+fn select_that_waits(quiet: &ChannelIn<u64>) -> Result<(), ChannelError> {
+    let chosen = Alternation::new()
+        .input(quiet, |_| 0)
+        .timeout(std::time::Duration::from_millis(1), || 1)
+        .pri_select()?;
+    assert_eq!(chosen.value, 1, "nothing is written to the quiet channel");
+    Ok(())
+}
+
+#[process]
+fn waits_in_a_select(quiet: ChannelIn<u64>) -> Result<(), ChannelError> {
+    select_that_waits(&quiet)
+}
+
+#[process]
+fn selects_then_hangs(quiet: ChannelIn<u64>, ready: ChannelOut<u8>) -> Result<(), ChannelError> {
+    select_that_waits(&quiet)?;
+    ready.write(1)?;
+    quiet.read()?; // never comes: the test kills this process
+    Ok(())
+}
+
+#[test]
+fn processes_and_threads_that_select_and_end_keep_shared_memory_flat() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let quiet = Channel::<u64>::new().unwrap();
+    let _writer = quiet.writer(); // never writes: every select times out
+    let round = || {
+        Parallel(waits_in_a_select(quiet.reader()))
+            .unwrap()
+            .unwrap();
+        let r = quiet.reader();
+        std::thread::spawn(move || select_that_waits(&r))
+            .join()
+            .unwrap()
+            .unwrap();
+        // Killed after its select: its parent takes the record back when it reaps it. (Its
+        // channels are marked with its death: each round makes its own.)
+        let (doomed, ready) = (
+            Channel::<u64>::new().unwrap(),
+            Channel::<u8>::new().unwrap(),
+        );
+        let killed = Spawn(selects_then_hangs(doomed.reader(), ready.writer())).unwrap();
+        ready.reader().read().unwrap();
+        killed.kill();
+        assert!(killed.join().is_err());
+    };
+    for _ in 0..20 {
+        round();
+    }
+    let before = usage();
+    for _ in 0..300 {
+        round();
+    }
+    let after = usage();
+    // Each ended (or killed) process's and thread's waiter record is used again by the next
+    // one (a record takes about 3 KiB: 900 of them would be about 3 MiB).
+    assert!(
+        after.allocated <= before.allocated + (128 << 10),
+        "shared memory grew from {before:?} to {after:?}"
+    );
+}

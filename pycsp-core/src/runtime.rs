@@ -22,6 +22,7 @@ use crate::shm::census::{
     self, root_at, table_at, table_entries, Entry, LedgerRoot, TableHeader, LEDGER_MAGIC,
 };
 use crate::shm::ring::Chan;
+use crate::shm::waiter;
 
 static CURRENT: OnceLock<&'static str> = OnceLock::new();
 
@@ -553,6 +554,7 @@ impl ChildLedger {
                 }
             }
         }
+        waiter::reclaim(self.arena, self.root);
         self.discard();
     }
 }

@@ -24,7 +24,7 @@ const ARENA_GRAIN: u64 = 2 << 20;
 /// `M` or `G` suffix, powers of 1024), instead of the size derived from the memory limits.
 pub(crate) const ENV_ARENA_SIZE: &str = "PYCSP_ARENA_SIZE";
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPAR2");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER_SIZE: u64 = 4096;
 /// Entries of a new directory; it doubles when more than half are taken.
 const DIR_FIRST_LEN: u64 = 1024;
@@ -78,6 +78,12 @@ struct ArenaHeader {
     /// The census of the network's processes (`shm/census.rs`): offset of its block, 0 until
     /// the first process registers.
     census: AtomicU64,
+    /// Every waiter record ever made (`shm/waiter.rs`), linked through their `all_next`: a
+    /// list that only grows (records are never anything else), walked when a process is
+    /// settled to take back its records.
+    waiters: AtomicU64,
+    /// Free waiter records of the smallest size: a tagged Treiber stack.
+    free_waiters: AtomicU64,
 }
 
 /// One name of the directory. Read and written only under the directory's lock; `state` is
@@ -489,6 +495,49 @@ impl Arena {
                 Err(c) => cur = c,
             }
         }
+    }
+
+    /// Takes a waiter record of `len` bytes (the smallest size) off the free records (`next_of`
+    /// finds the link field inside a record), or makes a new one; returns its offset and
+    /// whether it is new. Records are never used for anything else, so a stale offset of one
+    /// still points at a record.
+    pub(crate) fn alloc_waiter(
+        &self,
+        len: u64,
+        next_of: impl Fn(u64) -> &'static AtomicU64,
+    ) -> Result<(u64, bool), ArenaError> {
+        let head = &self.header().free_waiters;
+        let mut cur = head.load(Ordering::Acquire);
+        loop {
+            if cur & TAG_OFFSET_MASK == 0 {
+                return self.alloc_static(len).map(|off| (off, true));
+            }
+            let off = (cur & TAG_OFFSET_MASK) * ALIGN;
+            let next = next_of(off).load(Ordering::Acquire);
+            let new = (next & TAG_OFFSET_MASK) | ((cur >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT);
+            match head.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok((off, false)),
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Returns the waiter record at `offset` (256-byte aligned, of the smallest size) to the
+    /// free records.
+    pub(crate) fn free_waiter(&self, offset: u64, next: &AtomicU64) {
+        push(&self.header().free_waiters, offset, next);
+    }
+
+    /// Adds a new waiter record (at `offset`, linked through `next`) to the list of all.
+    pub(crate) fn list_waiter(&self, offset: u64, next: &AtomicU64) {
+        // Only ever pushed, never popped: no ABA, so the tag is only along for `push`.
+        push(&self.header().waiters, offset, next);
+    }
+
+    /// The offset of the first of all waiter records (0: none), see
+    /// [`list_waiter`](Self::list_waiter).
+    pub(crate) fn first_waiter(&self) -> u64 {
+        (self.header().waiters.load(Ordering::Acquire) & TAG_OFFSET_MASK) * ALIGN
     }
 
     /// Returns the channel header at `offset` (256-byte aligned) to the free headers.

@@ -293,6 +293,12 @@ pub(crate) fn unlisted(arena: &Arena) {
 /// This process's ledger root, once it has one.
 static MINE: AtomicU64 = AtomicU64::new(0);
 
+/// This process's ledger root (0 until it has one): what names it in the arena while it
+/// lives and until its parent settled it.
+pub(crate) fn mine() -> u64 {
+    MINE.load(Ordering::SeqCst)
+}
+
 // ---------------------------------------------------------------------------------------
 // Counting messages (for `pycsp-top`): a plain per-thread count on the fast path, added to
 // the record in batches.

@@ -17,6 +17,10 @@
 //! its thread's largest select so far (it is reallocated, larger, when a select has more
 //! guards), so an alternation takes any number of guards.
 //!
+//! A record is a record for ever (a stale offer word may still name it), but not a thread's
+//! for ever: when its thread ends, or its process dies, it is made idle and given back to the
+//! arena's free records, and the next thread that needs one takes it (see `LAYOUT.md`).
+//!
 //! Messages change hands through the record, never through the channel's ring, so that the
 //! two parties a CAS paired are the two that communicate (as Go's `sudog` carries the value):
 //!
@@ -32,6 +36,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::arena::Arena;
+use super::census;
 use crate::trace;
 
 /// What a claim attempt on an offer found.
@@ -91,6 +96,13 @@ struct RecHeader {
     /// 0: nothing yet; blocks never start at offset 0).
     mail_off: AtomicU64,
     mail_len: AtomicU64,
+    /// The ledger root of the process whose thread uses the record; 0: free (or the process
+    /// has no ledger, and the record is never taken back).
+    owner: AtomicU64,
+    /// The next of all records (see `Arena::list_waiter`), offset / 256.
+    all_next: AtomicU64,
+    /// The next free record while this one is free, offset / 256.
+    free_next: AtomicU64,
 }
 
 const HEADER: u64 = std::mem::size_of::<RecHeader>() as u64;
@@ -169,6 +181,74 @@ pub(crate) struct Waiter {
 
 thread_local! {
     static WAITER: Cell<Option<&'static Waiter>> = const { Cell::new(None) };
+    /// Gives this thread's record back when the thread ends (set with the record).
+    static GIVE_BACK: GiveBack = const { GiveBack };
+}
+
+/// Gives a thread's waiter record back to the free records when the thread ends. (A process's
+/// main thread ends with its process: its parent takes its records back when it settles the
+/// process, see [`reclaim`].)
+struct GiveBack;
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if let Some(w) = WAITER.with(|c| c.take()) {
+            give_back(w.rec, census::mine(), false);
+        }
+    }
+}
+
+/// Gives record `rec`, used by the process with ledger root `owner`, back to the free
+/// records, unless somebody else did (its owner is then 0 already). Only records of the
+/// smallest size are used again; a larger one stays idle (a thread's select with more than
+/// [`MIN_GUARDS`] guards). Call only when no thread uses it any more: its thread ended
+/// between rounds, or its process died (`dead`), perhaps in the middle of a round.
+fn give_back(rec: Rec, owner: u64, dead: bool) {
+    if owner == 0
+        || rec
+            .hdr
+            .owner
+            .compare_exchange(owner, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+    {
+        return;
+    }
+    // Made idle, a record is never selected again: a claimer only selects a waiting round.
+    let mut cur = rec.hdr.sel.load(Ordering::SeqCst);
+    loop {
+        let state = cur as u32;
+        if dead && state >= SELECTED && state != IDLE {
+            // A claimer selected the dead process's round and may still deliver to it or
+            // release its guard: the record is never used again (it stays idle).
+            return;
+        }
+        match rec.hdr.sel.compare_exchange(
+            cur,
+            cur | u64::from(IDLE),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => break,
+            Err(c) => cur = c,
+        }
+    }
+    if rec.cap == MIN_GUARDS {
+        rec.arena.free_waiter(rec.offset, &rec.hdr.free_next);
+    }
+}
+
+/// Takes back the waiter records of the process with ledger root `owner`, which has ended
+/// (its parent settles it): they are free for other threads, of any process, from now on.
+pub(crate) fn reclaim(arena: &'static Arena, owner: u64) {
+    let mut offset = arena.first_waiter();
+    while offset != 0 {
+        let rec = Rec::at(arena, offset);
+        let next = rec.hdr.all_next.load(Ordering::Acquire) * REC_GRAIN;
+        if rec.hdr.owner.load(Ordering::SeqCst) == owner {
+            give_back(rec, owner, true);
+        }
+        offset = next;
+    }
 }
 
 impl Waiter {
@@ -187,16 +267,35 @@ impl Waiter {
         }
         let cap = guards.clamp(MIN_GUARDS, OFFERABLE).next_power_of_two();
         let size = HEADER + 3 * 8 * cap as u64;
-        let offset = arena.alloc_static(size).map_err(|_| {
+        let full = |_| {
             crate::error::ChannelError::SharedMemory("the network's shared memory is full".into())
-        })?;
+        };
+        let (offset, new) = if cap == MIN_GUARDS {
+            arena
+                .alloc_waiter(size, |off| &Rec::at(arena, off).hdr.free_next)
+                .map_err(full)?
+        } else {
+            (arena.alloc_static(size).map_err(full)?, true)
+        };
         debug_assert_eq!(offset % REC_GRAIN, 0);
-        // SAFETY: the `size` bytes at `offset` were just allocated for this record (zeroed,
-        // 256-byte aligned) and are only ever accessed through atomics.
+        // SAFETY: the `size` bytes at `offset` are a record of `cap` guards that is ours: just
+        // allocated (zeroed, 256-byte aligned), or taken off the free records, which hold
+        // only records of this size. Records are only ever accessed through atomics.
         let hdr: &'static RecHeader = unsafe { &*arena.ptr(offset, size).cast::<RecHeader>() };
+        // A record used before goes on from its last round, so that its generation bits keep
+        // filtering old offer words (the key check decides, see the module documentation).
+        let gen = if new {
+            hdr.cap.store(cap as u32, Ordering::Relaxed);
+            hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
+            old.map_or(0, |o| o.gen.get())
+        } else {
+            (hdr.sel.load(Ordering::SeqCst) >> 32) as u32
+        };
         hdr.pid.store(std::process::id(), Ordering::Relaxed);
-        hdr.cap.store(cap as u32, Ordering::Relaxed);
-        hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
+        hdr.owner.store(census::mine(), Ordering::SeqCst);
+        if new {
+            arena.list_waiter(offset, &hdr.all_next);
+        }
         let w: &'static Waiter = Box::leak(Box::new(Waiter {
             rec: Rec {
                 arena,
@@ -204,12 +303,14 @@ impl Waiter {
                 hdr,
                 cap,
             },
-            gen: Cell::new(old.map_or(0, |o| o.gen.get())),
+            gen: Cell::new(gen),
         }));
         if let Some(o) = old {
-            o.rec.hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
+            give_back(o.rec, census::mine(), false);
         }
         WAITER.with(|c| c.set(Some(w)));
+        // Registers the thread's give-back at its end (a no-op after the first time).
+        GIVE_BACK.with(|_| {});
         Ok(w)
     }
 
