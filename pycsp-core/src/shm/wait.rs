@@ -342,6 +342,10 @@ pub(crate) fn wait_parked<T>(
     if let Some(v) = ready() {
         return Some(v);
     }
+    // A deadline already passed makes this a try: the one look above was it.
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
     let mut start: Option<Instant> = None;
     let mut round = 0u32;
     let fine = FINE_CHECKS.with(|c| c.get());
@@ -569,6 +573,28 @@ mod tests {
             assert!(r.is_some());
         }
         assert_eq!(window(), MAX_FINE_CHECKS);
+    }
+
+    #[test]
+    fn a_wait_whose_deadline_has_passed_checks_once_and_neither_spins_nor_yields() {
+        // SAFETY: an all-zero Event is a valid one (atomics), as in a fresh channel header.
+        let e: Event = unsafe { std::mem::zeroed() };
+        let window = window();
+        for deadline in [Instant::now(), Instant::now() - Duration::from_millis(1)] {
+            let mut checks = 0;
+            let r = e.wait_until(
+                Some(deadline),
+                || {
+                    checks += 1;
+                    None::<()>
+                },
+                || false,
+            );
+            assert!(r.is_none());
+            // One look (a try): no spinning, no yield, and nothing learnt about spinning.
+            assert_eq!(checks, 1);
+        }
+        assert_eq!(self::window(), window);
     }
 
     #[test]
