@@ -289,16 +289,18 @@ fn socket_ring_without_token() -> Result<String, Error> {
         .map(|i| ring_member(chans[i].reader(), chans[(i + 1) % 3].writer()).on(here()))
         .collect();
     drop(chans);
-    Parallel(members).map(|_| "ring ended".into())
+    Parallel(members).map(|r| format!("ring ended: {r:?}"))
 }
 
-/// A cycle of two placed processes through full buffered socket channels.
+/// A cycle of two placed processes through full buffered socket channels. A remote writer
+/// is up to twice the capacity ahead of the host's buffer (its proxy and its window of
+/// unconfirmed messages): 20 messages fill all three.
 fn socket_full_buffered_cycle() -> Result<String, Error> {
     let chans: Vec<Channel<u64>> = (0..2)
         .map(|i| Channel::named_buffered(&tcp(&format!("full{i}")), 4))
         .collect::<Result<_, _>>()?;
     let procs: Vec<_> = (0..2)
-        .map(|i| stuffer(chans[i].reader(), chans[(i + 1) % 2].writer(), 5).on(here()))
+        .map(|i| stuffer(chans[i].reader(), chans[(i + 1) % 2].writer(), 20).on(here()))
         .collect();
     drop(chans);
     Parallel(procs).map(|_| "the cycle ended".into())
@@ -310,7 +312,7 @@ fn socket_busy_networks() -> Result<String, Error> {
     let runs: u64 = std::env::var("DEADLOCK_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(100);
     for _ in 0..runs {
         let a = Channel::<u64>::named(&tcp("a"))?;
         let b = Channel::<u64>::named_buffered(&local("b"), 2)?;

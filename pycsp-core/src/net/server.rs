@@ -30,6 +30,7 @@ use crate::frame::{read_frame, write_frame, Frame, FrameError, FrameReader, Kind
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
+use crate::shm::census::{self, Item};
 use crate::shm::ring::{Chan, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
@@ -56,6 +57,26 @@ struct Host {
 }
 
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
+
+/// The listeners' waits for connections, published for the census (`shm/census.rs`) while
+/// only processes of this network know the key: then no other program can connect.
+static LISTENING: Mutex<Vec<census::Parked>> = Mutex::new(Vec::new());
+
+/// The key was handed out ([`key::key_env`]): other programs may connect; the listeners are
+/// no longer idle for the census.
+pub(crate) fn key_exported() {
+    LISTENING.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+/// A listener thread waits for connections from now on.
+fn listening() {
+    let mut l = LISTENING.lock().unwrap_or_else(|p| p.into_inner());
+    if key::private() {
+        if let Some(p) = census::park_remote(0, false, 1, "", None, (0, 0)) {
+            l.push(p);
+        }
+    }
+}
 
 fn conn_error(addr: &str, reason: String) -> ChannelError {
     ChannelError::Connection {
@@ -119,6 +140,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
+                    listening();
                     accept_loop(&h, || {
                         let (s, _) = l.accept()?;
                         tune_tcp(&s)?;
@@ -138,6 +160,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
+                    listening();
                     accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?))))
                 })
                 .map_err(fail)?;
@@ -485,6 +508,7 @@ fn serve(mut startup: Startup) {
     if open.probe {
         let opened = OpenedBody {
             capacity: chan.capacity() as u64,
+            pid: std::process::id(),
         };
         let _ = write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened)));
         return;
@@ -510,6 +534,7 @@ fn serve(mut startup: Startup) {
     }
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
+        pid: std::process::id(),
     };
     if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
         || s.set_deadline(None).is_err()
@@ -517,6 +542,8 @@ fn serve(mut startup: Startup) {
         runtime::release(chan, Role::end(writer));
         return;
     }
+    // The connection's bytes from here on, as the peer's pump counts them.
+    super::stream::reset_bytes();
     let who = format!("{} on {peer}", open.process);
     let conn = Conn {
         host: &host,
@@ -631,6 +658,7 @@ impl Conn<'_> {
                         if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
+                        super::stream::await_readable(s, self.pid, self.writer, &self.chan);
                         match inbox.next(s, MAX_FRAME) {
                             Ok(f) => f,
                             Err(e) => return self.frame_error(e),
@@ -667,6 +695,9 @@ impl Conn<'_> {
                         if write_frame(s, &Frame::new(Kind::Message, bytes.clone())).is_err() {
                             self.put_back(bytes, taken);
                             return End::Lost("hung up before a message reached it".into());
+                        }
+                        if !inbox.has_frame(MAX_FRAME) {
+                            super::stream::await_readable(s, self.pid, self.writer, &self.chan);
                         }
                         match inbox.next(s, MAX_FRAME) {
                             Ok(f) if f.kind == Kind::Ack => {
@@ -759,12 +790,18 @@ impl Conn<'_> {
             replies.clear();
             r.ok()?;
         }
+        let mut parked: Option<census::Parked> = None;
         loop {
             match write_encoded(&self.chan, body, Some(Instant::now() + TICK)) {
                 Err(ChannelError::Timeout) => {
                     if sys::socket_hung_up(s.as_raw_fd()) {
                         return None;
                     }
+                    if parked.as_ref().is_some_and(census::Parked::deadlocked) {
+                        // The remote writer is part of a deadlock: its write fails with it.
+                        return Some(Err(ChannelError::Deadlock));
+                    }
+                    self.publish(&mut parked, true);
                 }
                 r => return Some(r),
             }
@@ -775,6 +812,7 @@ impl Conn<'_> {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
+        let mut parked: Option<census::Parked> = None;
         loop {
             match self
                 .chan
@@ -795,10 +833,54 @@ impl Conn<'_> {
                         // poisons or hands over), or it hung up: the frame loop finds out.
                         return Outcome::Interrupted;
                     }
+                    if parked.as_ref().is_some_and(census::Parked::deadlocked) {
+                        // The remote reader is part of a deadlock: its read fails with it.
+                        return Outcome::Failed(ChannelError::Deadlock);
+                    }
+                    self.publish(&mut parked, false);
                 }
                 Err(e) => return Outcome::Failed(e),
             }
         }
+    }
+
+    /// This thread waits (in steps of [`TICK`]) to read (`write` false) or write the channel
+    /// for the peer: published for the census as the peer's operation, with the futex word
+    /// its side sleeps on as it is now (published anew when it moved: the next step sees
+    /// what moved it).
+    fn publish(&self, parked: &mut Option<census::Parked>, write: bool) {
+        if parked.as_ref().is_some_and(census::Parked::unchanged) {
+            return;
+        }
+        // Published anew: since the deadlock count when it was first published.
+        let since = parked.as_ref().map(census::Parked::since);
+        *parked = None;
+        let (sent, got) = super::stream::bytes();
+        let item = |key| Item {
+            key,
+            write: false,
+            name: "",
+            word: None,
+        };
+        *parked = census::park_socket(
+            if write {
+                census::Kind::Write
+            } else {
+                census::Kind::Read
+            },
+            &[
+                Item {
+                    key: self.chan.key(),
+                    write,
+                    name: self.chan.name(),
+                    word: Some(self.chan.side_word(write)),
+                },
+                item(u64::from(self.pid)),
+                item(sent),
+                item(got),
+            ],
+            since,
+        );
     }
 
     /// Puts a message the peer did not take back into the channel, from another thread (on a

@@ -125,6 +125,12 @@ fn my_bell() -> Option<(u32, &'static AtomicU32)> {
 }
 
 impl Event {
+    /// The futex word its sleepers sleep on (for a wait published on a sleeper's behalf, see
+    /// `census::park_socket`).
+    pub(crate) fn word(&self) -> &AtomicU32 {
+        &self.seq
+    }
+
     /// Wakes one sleeper, if any announced itself. Call after publishing the change with a
     /// `SeqCst` read-modify-write (the CAS on `head`, `tail`, a flag or a selection word): that
     /// orders the publication before this `SeqCst` load without a separate fence, as in
