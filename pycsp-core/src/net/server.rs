@@ -555,6 +555,7 @@ fn serve(mut startup: Startup) {
         who,
         pid: open.pid,
         handed: open.token.is_some(),
+        since: std::cell::Cell::new(None),
     };
     conn.run(s);
 }
@@ -580,6 +581,9 @@ struct Conn<'a> {
     /// a crash, as in shared memory. Otherwise the peer is a client that opened the address
     /// itself, and its loss retires its end.
     handed: bool,
+    /// The deadlock count when this connection's operation first waited, until one completes:
+    /// after a deadlock the operations the peer sent before it learnt fail too.
+    since: std::cell::Cell<Option<u64>>,
 }
 
 /// How a connection ends.
@@ -803,7 +807,12 @@ impl Conn<'_> {
                     }
                     self.publish(&mut parked, true);
                 }
-                r => return Some(r),
+                r => {
+                    if r.is_ok() {
+                        self.since.set(None);
+                    }
+                    return Some(r);
+                }
             }
         }
     }
@@ -852,9 +861,10 @@ impl Conn<'_> {
         if parked.as_ref().is_some_and(census::Parked::unchanged) {
             return;
         }
-        // Published anew: since the deadlock count when it was first published.
-        let since = parked.as_ref().map(census::Parked::since);
+        // Published anew: since the deadlock count when the connection's operation first
+        // waited.
         *parked = None;
+        let since = self.since.get();
         let (sent, got) = super::stream::bytes();
         let item = |key| Item {
             key,
@@ -881,6 +891,9 @@ impl Conn<'_> {
             ],
             since,
         );
+        if let Some(p) = parked {
+            self.since.set(Some(p.since()));
+        }
     }
 
     /// Puts a message the peer did not take back into the channel, from another thread (on a
