@@ -306,6 +306,17 @@ fn socket_full_buffered_cycle() -> Result<String, Error> {
     Parallel(procs).map(|_| "the cycle ended".into())
 }
 
+/// A placed writer that sleeps, then computes, while the root's reader waits for it over
+/// TCP: not blocked.
+fn socket_sleeper_is_not_blocked() -> Result<String, Error> {
+    let ch = Channel::<u64>::named(&tcp("slow"))?;
+    let (_, sum) = Parallel((
+        slow_producer(ch.writer(), 600).on(here()),
+        consumer(ch.reader()),
+    ))?;
+    Ok(format!("{sum:?}"))
+}
+
 /// Many runs of a network that parks and wakes through socket channels (placed processes,
 /// rendezvous and buffered, a select): no deadlock is ever declared.
 fn socket_busy_networks() -> Result<String, Error> {
@@ -349,6 +360,7 @@ const CASES: &[Case] = &[
     ("local_parent_keeps_a_writer", local_parent_keeps_a_writer),
     ("socket_ring_without_token", socket_ring_without_token),
     ("socket_full_buffered_cycle", socket_full_buffered_cycle),
+    ("socket_sleeper_is_not_blocked", socket_sleeper_is_not_blocked),
     ("socket_busy_networks", socket_busy_networks),
 ];
 
@@ -522,6 +534,7 @@ fn main() {
     for name in [
         "sleeper_is_not_blocked",
         "busy_networks",
+        "socket_sleeper_is_not_blocked",
         "socket_busy_networks",
     ] {
         if !wanted(name) {

@@ -17,10 +17,14 @@
 //! `/proc/<pid>/stat`'s thread count less its internal threads) and no parked operation can
 //! be completed by another: no event a thread sleeps on moved since it went to sleep (a wake
 //! is in flight), no channel has a reader and a writer parked on it at once, no awaited child
-//! has ended, no process has socket channels (a peer outside the arena may wake it), and the
-//! epoch did not move during the scan. The first to find it writes a report into the arena
-//! (who waits on what, who holds the other ends, from the ledgers) and bumps the deadlock
-//! count; every operation that was parked before sees the count move within a slice and
+//! has ended, and the epoch did not move during the scan. Socket threads (hosts and pumps)
+//! publish their waits too ([`park_socket`], [`park_remote`]), naming the pid at the other
+//! end of their connection and the bytes sent and received on it: the scan follows those
+//! pids to the other networks on this host (their arenas, through `/proc/<pid>/fd`) and
+//! asks the same of their processes, and that every connection be idle; a peer that is not a
+//! pycsp process of this host (another host's) keeps the network alive. The first to find it
+//! writes a report into every network of the deadlock (who waits on what, who holds the
+//! other ends, from the ledgers) and bumps their deadlock counts; every operation that was parked before sees the count move within a slice and
 //! fails with `ChannelError::Deadlock` (`PYCSP_DEADLOCK=fail`, the default), or the report is
 //! printed once and the network keeps waiting (`report`), or nothing is scanned (`off`).
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -1141,11 +1145,18 @@ pub(crate) fn report(procs: &[Proc]) -> String {
             .collect();
         if let Some((host, address)) = host {
             for p in procs.iter().filter(|p| p.net.0 != net) {
-                let remote = p.waits.iter().any(|w| {
-                    w.kind == Kind::Remote
-                        && w.items[0].0 == u64::from(host)
-                        && w.items[0].1 == writers
-                        && w.items[0].2 == address
+                // Its pump waits on the connection to the host (a reading end's pump may wait
+                // for its user to take a message: a write of its proxy).
+                let remote = p.waits.iter().any(|w| match (w.kind, w.connection()) {
+                    (Kind::Remote, _) => {
+                        w.items[0].0 == u64::from(host)
+                            && w.items[0].1 == writers
+                            && w.items[0].2 == address
+                    }
+                    (Kind::Write, Some((peer, _, _))) => {
+                        peer == host && !writers && w.items[0].2 == address
+                    }
+                    _ => false,
                 });
                 if remote {
                     hs.push(format!("{} over the socket{}", who(p), state(p)));
