@@ -335,7 +335,10 @@ fn socket_busy_networks() -> Result<String, Error> {
             producer(a.writer(), 50).on(here()),
             relay(a.reader(), b.writer()),
             consumer(b.reader()).on(here()),
-            (producer(c.writer(), 20), producer(d.writer(), 30).on(here())),
+            (
+                producer(c.writer(), 20),
+                producer(d.writer(), 30).on(here()),
+            ),
             merge(c.reader(), d.reader()).on(here()),
         ))?;
         assert_eq!(sum, Ok((0..50).map(|x| x + 1).sum::<u64>()));
@@ -360,7 +363,10 @@ const CASES: &[Case] = &[
     ("local_parent_keeps_a_writer", local_parent_keeps_a_writer),
     ("socket_ring_without_token", socket_ring_without_token),
     ("socket_full_buffered_cycle", socket_full_buffered_cycle),
-    ("socket_sleeper_is_not_blocked", socket_sleeper_is_not_blocked),
+    (
+        "socket_sleeper_is_not_blocked",
+        socket_sleeper_is_not_blocked,
+    ),
     ("socket_busy_networks", socket_busy_networks),
 ];
 
@@ -517,7 +523,12 @@ fn main() {
         ),
         (
             "socket_full_buffered_cycle",
-            &["`stuffer` (pid", "waits to write `tcp://", "/full0`", "/full1`"],
+            &[
+                "`stuffer` (pid",
+                "waits to write `tcp://",
+                "/full0`",
+                "/full1`",
+            ],
         ),
     ];
     for (name, expect) in deadlocks.iter().chain(through_sockets) {

@@ -501,7 +501,9 @@ fn state_of(p: &Proc, blocked: bool) -> String {
         (Kind::Select, items) => format!("selects over {} channels", items.len()),
         (Kind::Join, items) => format!("joins {} processes", items.len()),
         (Kind::Remote, [(0, _, _), ..]) => "listens".into(),
-        (Kind::Remote, [(peer, _, name), ..]) => format!("waits on its socket to pid {peer} ({name})"),
+        (Kind::Remote, [(peer, _, name), ..]) => {
+            format!("waits on its socket to pid {peer} ({name})")
+        }
         (_, []) => "waits".into(),
     };
     let all: Vec<String> = p.waits.iter().map(one).collect();

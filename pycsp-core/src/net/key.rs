@@ -159,8 +159,24 @@ pub fn key_env() -> Result<(&'static str, std::ffi::OsString), String> {
     use std::os::unix::ffi::OsStringExt;
     EXPORTED.store(true, std::sync::atomic::Ordering::SeqCst);
     // Programs outside the network may connect now: listeners keep it alive.
-    super::server::key_exported();
+    LISTENING.lock().unwrap_or_else(|p| p.into_inner()).clear();
     key().map(|k| (ENV_KEY, std::ffi::OsString::from_vec(k.to_vec())))
+}
+
+/// The listeners' waits for connections, published for the census (`shm/census.rs`) while
+/// only processes of this network know the key: then no other program can connect.
+static LISTENING: std::sync::Mutex<Vec<crate::shm::census::Parked>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A listener thread waits for connections from now on (published while the key is
+/// [`private`]).
+pub(crate) fn listening() {
+    let mut l = LISTENING.lock().unwrap_or_else(|p| p.into_inner());
+    if private() {
+        if let Some(p) = crate::shm::census::park_remote(0, false, 1, "", None, (0, 0)) {
+            l.push(p);
+        }
+    }
 }
 
 /// Whether [`key_env`] handed the key out.

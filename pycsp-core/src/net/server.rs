@@ -58,26 +58,6 @@ struct Host {
 
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
 
-/// The listeners' waits for connections, published for the census (`shm/census.rs`) while
-/// only processes of this network know the key: then no other program can connect.
-static LISTENING: Mutex<Vec<census::Parked>> = Mutex::new(Vec::new());
-
-/// The key was handed out ([`key::key_env`]): other programs may connect; the listeners are
-/// no longer idle for the census.
-pub(crate) fn key_exported() {
-    LISTENING.lock().unwrap_or_else(|p| p.into_inner()).clear();
-}
-
-/// A listener thread waits for connections from now on.
-fn listening() {
-    let mut l = LISTENING.lock().unwrap_or_else(|p| p.into_inner());
-    if key::private() {
-        if let Some(p) = census::park_remote(0, false, 1, "", None, (0, 0)) {
-            l.push(p);
-        }
-    }
-}
-
 fn conn_error(addr: &str, reason: String) -> ChannelError {
     ChannelError::Connection {
         address: addr.to_string(),
@@ -140,7 +120,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
-                    listening();
+                    key::listening();
                     accept_loop(&h, || {
                         let (s, _) = l.accept()?;
                         tune_tcp(&s)?;
@@ -160,7 +140,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
-                    listening();
+                    key::listening();
                     accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?))))
                 })
                 .map_err(fail)?;

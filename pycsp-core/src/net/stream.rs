@@ -303,12 +303,7 @@ pub(crate) fn idle(
 
 /// Waits until `s` is readable (a frame came, or the peer hung up); once the wait lasts, it
 /// is published as [`idle`].
-pub(crate) fn await_readable(
-    s: &Stream,
-    peer: u32,
-    writer: bool,
-    chan: &crate::shm::ring::Chan,
-) {
+pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::shm::ring::Chan) {
     if crate::sys::wait_readable(s.as_raw_fd(), PUBLISH_AFTER) {
         return;
     }

@@ -211,7 +211,11 @@ impl Arena {
                 "that is not a pycsp arena ({size} bytes)"
             )));
         }
-        Ok(Box::leak(Box::new(Arena::map(OwnedFd::from(file), size, false)?)))
+        Ok(Box::leak(Box::new(Arena::map(
+            OwnedFd::from(file),
+            size,
+            false,
+        )?)))
     }
 
     /// Maps, **read-only**, the arena of a network this process is not part of (an observer

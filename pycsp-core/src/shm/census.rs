@@ -999,9 +999,10 @@ fn scan(arena: &'static Arena, c: &CensusHeader, e: u64) -> Option<(Vec<u8>, Vec
     // The networks scanned: (arena, census, epoch when read).
     let mut nets: Vec<Net> = vec![(arena, census(arena)?, e)];
     loop {
-        let missing = procs.iter().flat_map(|p| p.waits.iter().flat_map(reached)).find(|pid| {
-            !procs.iter().any(|p| p.pid == *pid)
-        });
+        let missing = procs
+            .iter()
+            .flat_map(|p| p.waits.iter().flat_map(reached))
+            .find(|pid| !procs.iter().any(|p| p.pid == *pid));
         let Some(pid) = missing else { break };
         // A process that is not a pycsp network's on this host (another host's, through a
         // launcher), or not in its network's census (starting, or ended): it may act.
@@ -1185,11 +1186,8 @@ pub(crate) fn report(procs: &[Proc]) -> String {
                 let pump = p.waits.iter().find(|x| {
                     x.kind == Kind::Remote && x.socket && x.items.get(1).map(|i| i.0) == Some(*key)
                 });
-                let host = pump.and_then(|x| {
-                    procs
-                        .iter()
-                        .find(|h| u64::from(h.pid) == x.items[0].0)
-                });
+                let host =
+                    pump.and_then(|x| procs.iter().find(|h| u64::from(h.pid) == x.items[0].0));
                 match host {
                     Some(h) => {
                         line.push_str(&format!(" (a socket channel hosted by {}", who(h)));
@@ -1201,7 +1199,11 @@ pub(crate) fn report(procs: &[Proc]) -> String {
                         match served {
                             Some(x) => line.push_str(&format!(
                                 ", which waits on its behalf to {} it); {}",
-                                if x.kind == Kind::Write { "write" } else { "read" },
+                                if x.kind == Kind::Write {
+                                    "write"
+                                } else {
+                                    "read"
+                                },
                                 holders(h.net.0, x.items[0].0, !write, Some((h.pid, name)))
                             )),
                             None => line.push_str(&format!(
@@ -1237,7 +1239,10 @@ fn describe(w: &Wait, procs: &[Proc]) -> String {
         }
         Kind::Remote => match w.items[0].0 {
             0 => "waits for connections".into(),
-            peer => format!("waits on its connection to pid {peer} for {}", chan(&w.items[0])),
+            peer => format!(
+                "waits on its connection to pid {peer} for {}",
+                chan(&w.items[0])
+            ),
         },
         Kind::Join => {
             let cs: Vec<String> = w
@@ -1309,6 +1314,7 @@ mod tests {
             kind: Kind::Join,
             items: vec![(101, false, String::new())],
             words: vec![(0, 0)],
+            socket: false,
         }];
         let mut consumer = Proc::new(101, "demo::consumer");
         consumer.holds = vec![(7, 0, 1)];
@@ -1316,6 +1322,7 @@ mod tests {
             kind: Kind::Read,
             items: vec![(7, false, "numbers".into())],
             words: vec![(0, 0)],
+            socket: false,
         }];
         let text = report(&[root, consumer]);
         assert!(
