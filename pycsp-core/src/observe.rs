@@ -96,7 +96,13 @@ pub(crate) fn detail() -> Detail {
 
 /// The picture of the network as it was when the last deadlock was declared.
 pub(crate) fn deadlock_picture() -> Option<Picture> {
-    census::last_snapshot().map(|procs| draw(&procs, Detail::Full))
+    // A deadlock through socket channels lists the processes of other networks too, whose
+    // channel keys are theirs: the picture shows this network's (the report names them all).
+    let own = Arena::get().map_or(0, |a| a.network());
+    census::last_snapshot().map(|mut procs| {
+        procs.retain(|p| p.net.0 == 0 || p.net.0 == own);
+        draw(&procs, Detail::Full)
+    })
 }
 
 /// One process of a set that was started, for [`set_picture`]: its function, pid, how it
