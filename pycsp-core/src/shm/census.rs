@@ -1307,6 +1307,71 @@ mod tests {
     }
 
     #[test]
+    fn a_report_through_a_socket_names_the_host_and_the_remote_end_across_networks() {
+        // `main` (network 1) hosts `numbers` (key 7 there) and keeps a writer; `consumer`
+        // (network 2) reads it through its proxy (key 3 there), its pump idle on the
+        // connection, `main`'s thread serving it waiting to read on its behalf.
+        let at = "tcp://127.0.0.1:9/numbers";
+        let mut main = Proc::new(100, "main");
+        main.net = (1, 0);
+        main.holds = vec![(7, 1, 1)];
+        main.waits = vec![
+            Wait {
+                kind: Kind::Join,
+                items: vec![(101, false, String::new())],
+                words: vec![(0, 0)],
+                socket: false,
+            },
+            Wait {
+                kind: Kind::Read,
+                items: vec![
+                    (7, false, at.into()),
+                    (101, false, String::new()),
+                    (60, false, String::new()),
+                    (105, false, String::new()),
+                ],
+                words: vec![(0, 0); 4],
+                socket: true,
+            },
+        ];
+        let mut consumer = Proc::new(101, "consumer");
+        consumer.net = (2, 0);
+        consumer.holds = vec![(3, 0, 1)];
+        consumer.waits = vec![
+            Wait {
+                kind: Kind::Read,
+                items: vec![(3, false, at.into())],
+                words: vec![(0, 0)],
+                socket: false,
+            },
+            Wait {
+                kind: Kind::Remote,
+                items: vec![
+                    (100, false, at.into()),
+                    (3, false, String::new()),
+                    (105, false, String::new()),
+                    (60, false, String::new()),
+                ],
+                words: vec![(0, 0); 4],
+                socket: true,
+            },
+        ];
+        assert_eq!(consumer.waits[1].connection(), Some((100, 105, 60)));
+        assert_eq!(main.waits[1].connection(), Some((101, 60, 105)));
+        let text = report(&[main, consumer]);
+        assert!(
+            text.contains(&format!(
+                "- `consumer` (pid 101) waits to read `{at}` (a socket channel hosted by \
+                 `main` (pid 100), which waits on its behalf to read it); its only writer end \
+                 is held by `main` (pid 100), which waits in Parallel for `consumer` (pid 101)"
+            )),
+            "{text}"
+        );
+        // The socket threads' waits are not lines of their own.
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
     fn the_report_names_who_holds_the_other_end_and_what_it_waits_for() {
         let mut root = Proc::new(100, "main");
         root.holds = vec![(7, 1, 0)];
