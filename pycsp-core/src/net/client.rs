@@ -896,11 +896,13 @@ impl Pump {
 
     /// Puts a message from the host into the (rendezvous) proxy of a reading end and waits
     /// until the user took it, published for the census as this end's write of the proxy, on
-    /// the connection to the host (which waits for the `Ack`). Published before the write
-    /// (a few atomic operations per message on this thread, next to a socket round trip):
-    /// a rendezvous write that timed out and is written again would spin until a reader
-    /// comes (see the report of the branch `sockdl`).
+    /// the connection to the host (which waits for the `Ack`). Published before the write,
+    /// unless the user already sleeps waiting for it (then the write is taken at once): a
+    /// rendezvous write that timed out and is written again may spin until a reader comes.
     fn hand_to_user(&self, body: &[u8]) -> Result<(), ChannelError> {
+        if self.host == 0 || self.proxy.reader_asleep() {
+            return write_encoded(&self.proxy, body, None);
+        }
         let (sent, got) = stream::bytes();
         let item = |key| Item {
             key,
@@ -922,8 +924,7 @@ impl Pump {
                 item(got),
             ],
             None,
-        )
-        .filter(|_| self.host != 0);
+        );
         write_encoded(&self.proxy, body, None)
     }
 

@@ -131,6 +131,11 @@ impl Event {
         &self.seq
     }
 
+    /// Whether a thread announced that it sleeps on this event.
+    pub(crate) fn has_sleepers(&self) -> bool {
+        self.sleepers.load(Ordering::SeqCst) > 0
+    }
+
     /// Wakes one sleeper, if any announced itself. Call after publishing the change with a
     /// `SeqCst` read-modify-write (the CAS on `head`, `tail`, a flag or a selection word): that
     /// orders the publication before this `SeqCst` load without a separate fence, as in
