@@ -210,6 +210,7 @@ fn q(s: &str) -> String {
 }
 
 fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Picture {
+    let procs = &users_only(procs);
     let arena = Arena::get().ok();
     let full = detail == Detail::Full;
     // Channels in the order processes first hold them; their names from waits if freed.
@@ -433,8 +434,20 @@ impl Network {
     }
 }
 
+/// `procs` with only their user threads' waits: a socket thread's wait (see
+/// `census::park_socket`) is its peer's operation or an idle connection, not a channel this
+/// process waits on.
+fn users_only(procs: &[Proc]) -> Vec<Proc> {
+    let mut procs = procs.to_vec();
+    for p in &mut procs {
+        p.waits.retain(|w| !w.socket);
+    }
+    procs
+}
+
 /// The snapshot of `procs` in `arena`.
 fn snapshot_of(arena: &'static Arena, procs: &[Proc]) -> Snapshot {
+    let procs = &users_only(procs);
     let mut order: Vec<u64> = Vec::new();
     let mut ends: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
     for p in procs {
@@ -506,11 +519,8 @@ fn state_of(p: &Proc, blocked: bool) -> String {
         (Kind::Write, [(_, _, name), ..]) => format!("writes {name}"),
         (Kind::Select, items) => format!("selects over {} channels", items.len()),
         (Kind::Join, items) => format!("joins {} processes", items.len()),
-        (Kind::Remote, [(0, _, _), ..]) => "listens".into(),
-        (Kind::Remote, [(peer, _, name), ..]) => {
-            format!("waits on its socket to pid {peer} ({name})")
-        }
-        (_, []) => "waits".into(),
+        // Socket threads' waits are left out (`users_only`).
+        (Kind::Remote, _) | (_, []) => "waits".into(),
     };
     let all: Vec<String> = p.waits.iter().map(one).collect();
     if all.is_empty() {
