@@ -307,8 +307,21 @@ pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::
     if crate::sys::wait_readable(s.as_raw_fd(), PUBLISH_AFTER) {
         return;
     }
+    // The read that follows keeps the stream's deadline, if it has one: this wait ends by
+    // then too (the read then fails with it).
+    let limit = match s {
+        Stream::Tcp(t) => t.read_timeout(),
+        Stream::Unix(u) => u.read_timeout(),
+    }
+    .ok()
+    .flatten()
+    .map(|d| std::time::Instant::now() + d);
     let _idle = idle(peer, writer, chan, None);
-    while !crate::sys::wait_readable(s.as_raw_fd(), crate::shm::census::SLICE) {}
+    while !crate::sys::wait_readable(s.as_raw_fd(), crate::shm::census::SLICE) {
+        if limit.is_some_and(|l| std::time::Instant::now() >= l) {
+            return;
+        }
+    }
 }
 
 impl Read for Stream {
