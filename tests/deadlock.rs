@@ -250,6 +250,113 @@ fn busy_networks() -> Result<String, Error> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Deadlocks through socket channels within one host: processes placed by the trivial
+// launcher `{cmd}` (each its own process network, with its own shared memory) reach
+// channels hosted by the root over TCP loopback or a local socket.
+
+mod common;
+
+fn tcp(name: &str) -> String {
+    format!("tcp://127.0.0.1:{}/{name}", common::free_port())
+}
+
+fn local(name: &str) -> String {
+    format!(
+        "local://{}/{name}",
+        common::unique(&format!("pycsp-deadlock-{}", std::process::id()))
+    )
+}
+
+fn here() -> Placement {
+    Placement::launcher("{cmd}")
+}
+
+/// The root hosts `numbers` and keeps a writer; the consumer, placed, reads it remotely.
+fn socket_parent_keeps_a_writer(at: &str) -> Result<String, Error> {
+    let ch = Channel::<u64>::named(at)?;
+    let kept = ch.writer(); // the mistake: never written to, never dropped
+    let r = Parallel((producer(ch.writer(), 10), consumer(ch.reader()).on(here())));
+    drop(kept);
+    r.map(|(_, sum)| format!("{sum:?}"))
+}
+
+fn tcp_parent_keeps_a_writer() -> Result<String, Error> {
+    socket_parent_keeps_a_writer(&tcp("numbers"))
+}
+
+fn local_parent_keeps_a_writer() -> Result<String, Error> {
+    socket_parent_keeps_a_writer(&local("numbers"))
+}
+
+/// A ring of three placed processes through rendezvous socket channels, everyone reading
+/// first.
+fn socket_ring_without_token() -> Result<String, Error> {
+    let chans: Vec<Channel<u64>> = (0..3)
+        .map(|i| Channel::named(&tcp(&format!("ring{i}"))))
+        .collect::<Result<_, _>>()?;
+    let members: Vec<_> = (0..3)
+        .map(|i| ring_member(chans[i].reader(), chans[(i + 1) % 3].writer()).on(here()))
+        .collect();
+    drop(chans);
+    Parallel(members).map(|r| format!("ring ended: {r:?}"))
+}
+
+/// A cycle of two placed processes through full buffered socket channels. A remote writer
+/// is up to twice the capacity ahead of the host's buffer (its proxy and its window of
+/// unconfirmed messages): 20 messages fill all three.
+fn socket_full_buffered_cycle() -> Result<String, Error> {
+    let chans: Vec<Channel<u64>> = (0..2)
+        .map(|i| Channel::named_buffered(&tcp(&format!("full{i}")), 4))
+        .collect::<Result<_, _>>()?;
+    let procs: Vec<_> = (0..2)
+        .map(|i| stuffer(chans[i].reader(), chans[(i + 1) % 2].writer(), 20).on(here()))
+        .collect();
+    drop(chans);
+    Parallel(procs).map(|_| "the cycle ended".into())
+}
+
+/// A placed writer that sleeps, then computes, while the root's reader waits for it over
+/// TCP: not blocked.
+fn socket_sleeper_is_not_blocked() -> Result<String, Error> {
+    let ch = Channel::<u64>::named(&tcp("slow"))?;
+    let (_, sum) = Parallel((
+        slow_producer(ch.writer(), 600).on(here()),
+        consumer(ch.reader()),
+    ))?;
+    Ok(format!("{sum:?}"))
+}
+
+/// Many runs of a network that parks and wakes through socket channels (placed processes,
+/// rendezvous and buffered, a select): no deadlock is ever declared.
+fn socket_busy_networks() -> Result<String, Error> {
+    let runs: u64 = std::env::var("DEADLOCK_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for _ in 0..runs {
+        let a = Channel::<u64>::named(&tcp("a"))?;
+        let b = Channel::<u64>::named_buffered(&local("b"), 2)?;
+        let (c, d) = (
+            Channel::<u64>::named(&tcp("c"))?,
+            Channel::<u64>::named_buffered(&tcp("d"), 1)?,
+        );
+        let (_, _, sum, _, merged) = Parallel((
+            producer(a.writer(), 50).on(here()),
+            relay(a.reader(), b.writer()),
+            consumer(b.reader()).on(here()),
+            (
+                producer(c.writer(), 20),
+                producer(d.writer(), 30).on(here()),
+            ),
+            merge(c.reader(), d.reader()).on(here()),
+        ))?;
+        assert_eq!(sum, Ok((0..50).map(|x| x + 1).sum::<u64>()));
+        assert_eq!(merged, Ok((0..20).sum::<u64>() + (0..30).sum::<u64>()));
+    }
+    Ok(format!("{runs} runs"))
+}
+
+// ---------------------------------------------------------------------------------------
 // The driver.
 
 type Case = (&'static str, fn() -> Result<String, Error>);
@@ -262,6 +369,15 @@ const CASES: &[Case] = &[
     ("full_buffered_cycle", full_buffered_cycle),
     ("sleeper_is_not_blocked", sleeper_is_not_blocked),
     ("busy_networks", busy_networks),
+    ("tcp_parent_keeps_a_writer", tcp_parent_keeps_a_writer),
+    ("local_parent_keeps_a_writer", local_parent_keeps_a_writer),
+    ("socket_ring_without_token", socket_ring_without_token),
+    ("socket_full_buffered_cycle", socket_full_buffered_cycle),
+    (
+        "socket_sleeper_is_not_blocked",
+        socket_sleeper_is_not_blocked,
+    ),
+    ("socket_busy_networks", socket_busy_networks),
 ];
 
 /// Runs case `name` in a fresh run of this binary; its output: "deadlock" and the report,
@@ -406,15 +522,51 @@ fn main() {
             ],
         ),
     ];
-    for (name, expect) in deadlocks {
+    let through_sockets: &[(&str, &[&str])] = &[
+        (
+            "tcp_parent_keeps_a_writer",
+            &[
+                "`consumer` (pid",
+                "waits to read `tcp://127.0.0.1:",
+                "`main` (pid",
+                "waits in Parallel for",
+            ],
+        ),
+        (
+            "local_parent_keeps_a_writer",
+            &["`consumer` (pid", "waits to read `local://", "`main` (pid"],
+        ),
+        (
+            "socket_ring_without_token",
+            &["`ring_member` (pid", "/ring0`", "/ring1`", "/ring2`"],
+        ),
+        (
+            "socket_full_buffered_cycle",
+            &[
+                "`stuffer` (pid",
+                "waits to write `tcp://",
+                "/full0`",
+                "/full1`",
+            ],
+        ),
+    ];
+    for (name, expect) in deadlocks.iter().chain(through_sockets) {
         if !wanted(name) {
             continue;
         }
-        let (out, took) = run_case(name, &[]);
+        // A deadlock is declared within a quarter of a second of the network blocking: a
+        // run still going after 30 s (processes placed by a launcher start within a second or
+        // two) hung.
+        let (out, _, took) = run_case_within(name, &[], Duration::from_secs(30));
         let ok = out.starts_with("deadlock\n") && expect.iter().all(|e| out.contains(e));
         check(name, ok, &out, took);
     }
-    for name in ["sleeper_is_not_blocked", "busy_networks"] {
+    for name in [
+        "sleeper_is_not_blocked",
+        "busy_networks",
+        "socket_sleeper_is_not_blocked",
+        "socket_busy_networks",
+    ] {
         if !wanted(name) {
             continue;
         }

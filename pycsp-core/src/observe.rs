@@ -96,7 +96,13 @@ pub(crate) fn detail() -> Detail {
 
 /// The picture of the network as it was when the last deadlock was declared.
 pub(crate) fn deadlock_picture() -> Option<Picture> {
-    census::last_snapshot().map(|procs| draw(&procs, Detail::Full))
+    // A deadlock through socket channels lists the processes of other networks too, whose
+    // channel keys are theirs: the picture shows this network's (the report names them all).
+    let own = Arena::get().map_or(0, |a| a.network());
+    census::last_snapshot().map(|mut procs| {
+        procs.retain(|p| p.net.0 == 0 || p.net.0 == own);
+        draw(&procs, Detail::Full)
+    })
 }
 
 /// One process of a set that was started, for [`set_picture`]: its function, pid, how it
@@ -204,6 +210,7 @@ fn q(s: &str) -> String {
 }
 
 fn draw_with(procs: &[Proc], detail: Detail, ended: &[Option<String>]) -> Picture {
+    let procs = &users_only(procs);
     let arena = Arena::get().ok();
     let full = detail == Detail::Full;
     // Channels in the order processes first hold them; their names from waits if freed.
@@ -427,8 +434,20 @@ impl Network {
     }
 }
 
+/// `procs` with only their user threads' waits: a socket thread's wait (see
+/// `census::park_socket`) is its peer's operation or an idle connection, not a channel this
+/// process waits on.
+fn users_only(procs: &[Proc]) -> Vec<Proc> {
+    let mut procs = procs.to_vec();
+    for p in &mut procs {
+        p.waits.retain(|w| !w.socket);
+    }
+    procs
+}
+
 /// The snapshot of `procs` in `arena`.
 fn snapshot_of(arena: &'static Arena, procs: &[Proc]) -> Snapshot {
+    let procs = &users_only(procs);
     let mut order: Vec<u64> = Vec::new();
     let mut ends: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
     for p in procs {
@@ -500,7 +519,8 @@ fn state_of(p: &Proc, blocked: bool) -> String {
         (Kind::Write, [(_, _, name), ..]) => format!("writes {name}"),
         (Kind::Select, items) => format!("selects over {} channels", items.len()),
         (Kind::Join | Kind::Sequence, items) => format!("joins {} processes", items.len()),
-        (_, []) => "waits".into(),
+        // Socket threads' waits are left out (`users_only`).
+        (Kind::Remote, _) | (_, []) => "waits".into(),
     };
     let all: Vec<String> = p.waits.iter().map(one).collect();
     if all.is_empty() {

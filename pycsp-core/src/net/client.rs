@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
-use super::stream::{step_failed, Address, Stream, LOSS_TIMEOUT};
+use super::stream::{self, step_failed, Address, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
 use crate::frame::{
     read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
@@ -33,6 +33,7 @@ use crate::frame::{
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
+use crate::shm::census::{self, Item};
 use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
@@ -310,6 +311,7 @@ pub(crate) fn open_end(
     let mut body = open_body(addr, type_name, fp, writer);
     body.token = token;
     let (s, opened) = connect(addr, &body)?;
+    let host = opened.pid;
     let arena = Arena::get().map_err(|e| ChannelError::SharedMemory(e.to_string()))?;
     // A writing end of a buffered channel has a buffered proxy of the channel's capacity: its
     // messages not yet confirmed by the host (the window) are this part of the channel's
@@ -345,7 +347,14 @@ pub(crate) fn open_end(
         .name("pycsp-pump".into())
         .spawn(move || {
             let _internal = crate::shm::census::internal_thread(true);
-            let mut p = Pump { proxy, s, info };
+            // The connection's bytes from here on, as the host counts them after `Opened`.
+            stream::reset_bytes();
+            let mut p = Pump {
+                proxy,
+                s,
+                info,
+                host,
+            };
             let handed = if p.info.writer && !p.proxy.is_rendezvous() {
                 p.pump_buffered()
             } else if p.info.writer {
@@ -410,6 +419,8 @@ struct Pump {
     proxy: Chan,
     s: Stream,
     info: Arc<Proxy>,
+    /// The host's pid (0 if it did not say): the peer the census follows.
+    host: u32,
 }
 
 impl Pump {
@@ -427,7 +438,37 @@ impl Pump {
     /// Sends `frame` and reads the answer.
     fn request(&mut self, frame: &Frame) -> Result<Frame, FrameError> {
         write_frame(&mut self.s, frame)?;
+        stream::await_readable(&self.s, self.host, self.info.writer, &self.proxy);
         read_frame(&mut self.s, MAX_FRAME)
+    }
+
+    /// Takes the next message the user wrote into the proxy (`deadline` as
+    /// `read_deferred`'s); a wait that lasts is published for the census as idle (every
+    /// request answered).
+    fn next_message(
+        &self,
+        deadline: Option<Instant>,
+        arena: &'static Arena,
+    ) -> Result<(Incoming, crate::shm::ring::Taken), ChannelError> {
+        let claim = |w| waiter::claim(arena, w);
+        if deadline.is_some() {
+            return self.proxy.read_deferred(deadline, claim);
+        }
+        match self
+            .proxy
+            .read_deferred(Some(Instant::now() + stream::PUBLISH_AFTER), claim)
+        {
+            Err(ChannelError::Timeout) => {
+                let _idle = stream::idle(
+                    self.host,
+                    self.info.writer,
+                    &self.proxy,
+                    Some(self.proxy.side_word(false)),
+                );
+                self.proxy.read_deferred(None, claim)
+            }
+            r => r,
+        }
     }
 
     /// Ends the end on the host: hands it over if asked to, else retires it. Returns whether a
@@ -452,7 +493,7 @@ impl Pump {
             return false;
         };
         loop {
-            match self.proxy.read_deferred(None, |w| waiter::claim(arena, w)) {
+            match self.next_message(None, arena) {
                 Ok((msg, taken)) => {
                     let bytes = match take_encoded(msg) {
                         // `message` refuses these in the user's write; never sent whole.
@@ -573,10 +614,7 @@ impl Pump {
                 if window >= limit {
                     break;
                 }
-                match self
-                    .proxy
-                    .read_deferred(deadline, |w| waiter::claim(arena, w))
-                {
+                match self.next_message(deadline, arena) {
                     Ok((msg, t)) => {
                         if message_len(&msg) == 0 {
                             // A flush marker: done once what was taken before it is confirmed.
@@ -746,6 +784,7 @@ impl Pump {
             if !wait && !sys::wait_readable(self.s.as_raw_fd(), Duration::ZERO) {
                 return Ok(());
             }
+            stream::await_readable(&self.s, self.host, self.info.writer, &self.proxy);
             inbox.fill(&mut self.s).map_err(Stop::Lost)?;
         }
         let mut done = 0u64;
@@ -855,6 +894,40 @@ impl Pump {
         handoff.is_some()
     }
 
+    /// Puts a message from the host into the (rendezvous) proxy of a reading end and waits
+    /// until the user took it, published for the census as this end's write of the proxy, on
+    /// the connection to the host (which waits for the `Ack`). Published before the write,
+    /// unless the user already sleeps waiting for it (then the write is taken at once): a
+    /// rendezvous write that timed out and is written again may spin until a reader comes.
+    fn hand_to_user(&self, body: &[u8]) -> Result<(), ChannelError> {
+        if self.host == 0 || self.proxy.reader_asleep() {
+            return write_encoded(&self.proxy, body, None);
+        }
+        let (sent, got) = stream::bytes();
+        let item = |key| Item {
+            key,
+            write: false,
+            name: "",
+            word: None,
+        };
+        let _waiting = census::park_socket(
+            census::Kind::Write,
+            &[
+                Item {
+                    key: self.proxy.key(),
+                    write: true,
+                    name: self.proxy.name(),
+                    word: Some(self.proxy.side_word(true)),
+                },
+                item(u64::from(self.host)),
+                item(sent),
+                item(got),
+            ],
+            None,
+        );
+        write_encoded(&self.proxy, body, None)
+    }
+
     /// The pump of a reading end; returns whether it handed the end over.
     fn pump_reads(&mut self) -> bool {
         // Whether the next `Read` already went out, in one write with the last `Ack`.
@@ -870,12 +943,20 @@ impl Pump {
                     return false;
                 }
             }
-            // Wait for the answer, watching for the user leaving meanwhile.
-            while !sys::wait_readable(self.s.as_raw_fd(), TICK) {
+            // Wait for the answer, watching for the user leaving meanwhile; a wait that lasts
+            // is published for the census.
+            let mut idle = None;
+            let mut step = stream::PUBLISH_AFTER;
+            while !sys::wait_readable(self.s.as_raw_fd(), step) {
                 if self.user_left() {
                     return self.user_gone();
                 }
+                if step != TICK {
+                    step = TICK;
+                    idle = stream::idle(self.host, false, &self.proxy, None);
+                }
             }
+            drop(idle);
             let f = match read_frame(&mut self.s, MAX_FRAME) {
                 Ok(f) => f,
                 Err(e) => {
@@ -885,7 +966,7 @@ impl Pump {
                 }
             };
             match f.kind {
-                Kind::Message => match write_encoded(&self.proxy, &f.body, None) {
+                Kind::Message => match self.hand_to_user(&f.body) {
                     Ok(()) => {
                         // The next Read goes with the Ack, in one system call, so that the
                         // host finds it at once instead of blocking for it.

@@ -157,7 +157,35 @@ pub(crate) fn generated() -> bool {
 /// the key could not be loaded (an unreadable or empty key file).
 pub fn key_env() -> Result<(&'static str, std::ffi::OsString), String> {
     use std::os::unix::ffi::OsStringExt;
+    EXPORTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Programs outside the network may connect now: listeners keep it alive.
+    LISTENING.lock().unwrap_or_else(|p| p.into_inner()).clear();
     key().map(|k| (ENV_KEY, std::ffi::OsString::from_vec(k.to_vec())))
+}
+
+/// The listeners' waits for connections, published for the census (`shm/census.rs`) while
+/// only processes of this network know the key: then no other program can connect.
+static LISTENING: std::sync::Mutex<Vec<crate::shm::census::Parked>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A listener thread waits for connections from now on (published while the key is
+/// [`private`]).
+pub(crate) fn listening() {
+    let mut l = LISTENING.lock().unwrap_or_else(|p| p.into_inner());
+    if private() {
+        if let Some(p) = crate::shm::census::park_remote(0, false, 1, "", None, (0, 0)) {
+            l.push(p);
+        }
+    }
+}
+
+/// Whether [`key_env`] handed the key out.
+static EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether only processes of this network know the key (it was made up by its root and never
+/// handed out by [`key_env`]): then nobody else can connect to its listeners.
+pub(crate) fn private() -> bool {
+    generated() && !EXPORTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 fn mac(key: &[u8], label: &[u8], nonce: &[u8]) -> Hmac<Sha256> {

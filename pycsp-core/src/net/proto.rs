@@ -58,6 +58,10 @@ pub struct OpenBody {
 pub struct OpenedBody {
     /// The channel's capacity (0: rendezvous).
     pub capacity: u64,
+    /// The host's pid (optional, default 0: unknown); on one host, the deadlock census
+    /// follows the connection to the host's network.
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// `Error`.

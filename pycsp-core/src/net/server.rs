@@ -30,6 +30,7 @@ use crate::frame::{read_frame, write_frame, Frame, FrameError, FrameReader, Kind
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
+use crate::shm::census::{self, Item};
 use crate::shm::ring::{Chan, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
@@ -119,6 +120,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
+                    key::listening();
                     accept_loop(&h, || {
                         let (s, _) = l.accept()?;
                         tune_tcp(&s)?;
@@ -138,6 +140,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .name("pycsp-listen".into())
                 .spawn(move || {
                     let _internal = crate::shm::census::internal_thread(true);
+                    key::listening();
                     accept_loop(&h, || Ok(Stream::Unix(local_to_unix(l.accept()?))))
                 })
                 .map_err(fail)?;
@@ -485,6 +488,7 @@ fn serve(mut startup: Startup) {
     if open.probe {
         let opened = OpenedBody {
             capacity: chan.capacity() as u64,
+            pid: std::process::id(),
         };
         let _ = write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened)));
         return;
@@ -510,6 +514,7 @@ fn serve(mut startup: Startup) {
     }
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
+        pid: std::process::id(),
     };
     if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
         || s.set_deadline(None).is_err()
@@ -517,6 +522,8 @@ fn serve(mut startup: Startup) {
         runtime::release(chan, Role::end(writer));
         return;
     }
+    // The connection's bytes from here on, as the peer's pump counts them.
+    super::stream::reset_bytes();
     let who = format!("{} on {peer}", open.process);
     let conn = Conn {
         host: &host,
@@ -528,6 +535,7 @@ fn serve(mut startup: Startup) {
         who,
         pid: open.pid,
         handed: open.token.is_some(),
+        since: std::cell::Cell::new(None),
     };
     conn.run(s);
 }
@@ -553,6 +561,9 @@ struct Conn<'a> {
     /// a crash, as in shared memory. Otherwise the peer is a client that opened the address
     /// itself, and its loss retires its end.
     handed: bool,
+    /// The deadlock count when this connection's operation first waited, until one completes:
+    /// after a deadlock the operations the peer sent before it learnt fail too.
+    since: std::cell::Cell<Option<u64>>,
 }
 
 /// How a connection ends.
@@ -631,6 +642,7 @@ impl Conn<'_> {
                         if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
+                        super::stream::await_readable(s, self.pid, self.writer, &self.chan);
                         match inbox.next(s, MAX_FRAME) {
                             Ok(f) => f,
                             Err(e) => return self.frame_error(e),
@@ -667,6 +679,9 @@ impl Conn<'_> {
                         if write_frame(s, &Frame::new(Kind::Message, bytes.clone())).is_err() {
                             self.put_back(bytes, taken);
                             return End::Lost("hung up before a message reached it".into());
+                        }
+                        if !inbox.has_frame(MAX_FRAME) {
+                            super::stream::await_readable(s, self.pid, self.writer, &self.chan);
                         }
                         match inbox.next(s, MAX_FRAME) {
                             Ok(f) if f.kind == Kind::Ack => {
@@ -759,14 +774,25 @@ impl Conn<'_> {
             replies.clear();
             r.ok()?;
         }
+        let mut parked: Option<census::Parked> = None;
         loop {
             match write_encoded(&self.chan, body, Some(Instant::now() + TICK)) {
                 Err(ChannelError::Timeout) => {
                     if sys::socket_hung_up(s.as_raw_fd()) {
                         return None;
                     }
+                    if parked.as_ref().is_some_and(census::Parked::deadlocked) {
+                        // The remote writer is part of a deadlock: its write fails with it.
+                        return Some(Err(ChannelError::Deadlock));
+                    }
+                    self.publish(&mut parked, true);
                 }
-                r => return Some(r),
+                r => {
+                    if r.is_ok() {
+                        self.since.set(None);
+                    }
+                    return Some(r);
+                }
             }
         }
     }
@@ -775,6 +801,7 @@ impl Conn<'_> {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
+        let mut parked: Option<census::Parked> = None;
         loop {
             match self
                 .chan
@@ -795,9 +822,57 @@ impl Conn<'_> {
                         // poisons or hands over), or it hung up: the frame loop finds out.
                         return Outcome::Interrupted;
                     }
+                    if parked.as_ref().is_some_and(census::Parked::deadlocked) {
+                        // The remote reader is part of a deadlock: its read fails with it.
+                        return Outcome::Failed(ChannelError::Deadlock);
+                    }
+                    self.publish(&mut parked, false);
                 }
                 Err(e) => return Outcome::Failed(e),
             }
+        }
+    }
+
+    /// This thread waits (in steps of [`TICK`]) to read (`write` false) or write the channel
+    /// for the peer: published for the census as the peer's operation, with the futex word
+    /// its side sleeps on as it is now (published anew when it moved: the next step sees
+    /// what moved it).
+    fn publish(&self, parked: &mut Option<census::Parked>, write: bool) {
+        if parked.as_ref().is_some_and(census::Parked::unchanged) {
+            return;
+        }
+        // Published anew: since the deadlock count when the connection's operation first
+        // waited.
+        *parked = None;
+        let since = self.since.get();
+        let (sent, got) = super::stream::bytes();
+        let item = |key| Item {
+            key,
+            write: false,
+            name: "",
+            word: None,
+        };
+        *parked = census::park_socket(
+            if write {
+                census::Kind::Write
+            } else {
+                census::Kind::Read
+            },
+            &[
+                Item {
+                    key: self.chan.key(),
+                    write,
+                    name: self.chan.name(),
+                    word: Some(self.chan.side_word(write)),
+                },
+                item(u64::from(self.pid)),
+                item(sent),
+                item(got),
+            ],
+            since,
+        );
+        if let Some(p) = parked {
+            self.since.set(Some(p.since()));
         }
     }
 

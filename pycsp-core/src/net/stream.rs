@@ -264,21 +264,91 @@ impl AsRawFd for Stream {
     }
 }
 
+thread_local! {
+    /// Bytes this thread sent and received through streams (since [`reset_bytes`]): a socket
+    /// host or pump thread serves one connection, so these are its connection's, for the
+    /// census to tell an idle connection from one with bytes in flight.
+    static BYTES: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Bytes this thread sent and received through streams since it last called [`reset_bytes`].
+pub(crate) fn bytes() -> (u64, u64) {
+    BYTES.with(std::cell::Cell::get)
+}
+
+/// Counts this thread's bytes from now on (a connection's serving starts).
+pub(crate) fn reset_bytes() {
+    BYTES.with(|b| b.set((0, 0)));
+}
+
+/// How long a socket thread waits before it publishes its wait for the deadlock census
+/// (`shm/census.rs`): a wait that ends sooner costs nothing.
+pub(crate) const PUBLISH_AFTER: Duration = Duration::from_millis(5);
+
+/// This socket thread waits on its connection to `peer`, of a `writer` (or reading) end, (0 if unknown: then nothing is
+/// published, and its process is never judged blocked) for channel `chan` (its key and name;
+/// `word`: the proxy's futex word the thread sleeps on meanwhile, if any), having sent and
+/// received what [`bytes`] says: published for the census while the guard lives.
+pub(crate) fn idle(
+    peer: u32,
+    writer: bool,
+    chan: &crate::shm::ring::Chan,
+    word: Option<&std::sync::atomic::AtomicU32>,
+) -> Option<crate::shm::census::Parked> {
+    if peer == 0 {
+        return None;
+    }
+    crate::shm::census::park_remote(peer, writer, chan.key(), chan.name(), word, bytes())
+}
+
+/// Waits until `s` is readable (a frame came, or the peer hung up); once the wait lasts, it
+/// is published as [`idle`].
+pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::shm::ring::Chan) {
+    if crate::sys::wait_readable(s.as_raw_fd(), PUBLISH_AFTER) {
+        return;
+    }
+    // The read that follows keeps the stream's deadline, if it has one: this wait ends by
+    // then too (the read then fails with it).
+    let limit = match s {
+        Stream::Tcp(t) => t.read_timeout(),
+        Stream::Unix(u) => u.read_timeout(),
+    }
+    .ok()
+    .flatten()
+    .map(|d| std::time::Instant::now() + d);
+    let _idle = idle(peer, writer, chan, None);
+    while !crate::sys::wait_readable(s.as_raw_fd(), crate::shm::census::SLICE) {
+        if limit.is_some_and(|l| std::time::Instant::now() >= l) {
+            return;
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
+        let n = match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
-        }
+        }?;
+        BYTES.with(|b| {
+            let (o, i) = b.get();
+            b.set((o, i.wrapping_add(n as u64)));
+        });
+        Ok(n)
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
+        let n = match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
-        }
+        }?;
+        BYTES.with(|b| {
+            let (o, i) = b.get();
+            b.set((o.wrapping_add(n as u64), i));
+        });
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {

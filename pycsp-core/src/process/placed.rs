@@ -120,11 +120,27 @@ fn watch_launcher(name: &'static str, child: &std::process::Child, ctrl: &Ctrl) 
     let (Some(pidfd), Ok(Ctrl::Net(conn))) = (pidfd(child.id()), ctrl.try_clone()) else {
         return; // no pidfd (a kernel before 5.3): the process is watched by its connection only
     };
+    let pid = child.id();
     let spawned = std::thread::Builder::new()
         .name("pycsp-launcher".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            let _internal = crate::shm::census::internal_thread(false);
+            // For the deadlock census, this thread waits for the placed process (with the
+            // launcher `{cmd}` on this host, the launcher's pid is the process's): a scan
+            // finds its network through it, and counts this process blocked only if that one
+            // is too, even before it opened its socket ends (another host's pid is no pycsp
+            // process here: then nothing is declared).
+            let _internal = crate::shm::census::internal_thread(true);
+            let _waits = crate::shm::census::park_socket(
+                crate::shm::census::Kind::Join,
+                &[crate::shm::census::Item {
+                    key: u64::from(pid),
+                    write: false,
+                    name: "",
+                    word: None,
+                }],
+                None,
+            );
             // A pidfd becomes readable when its process exits.
             while !sys::wait_readable(pidfd.as_raw_fd(), Duration::from_secs(3600)) {}
             if !sys::wait_readable(conn.as_raw_fd(), LAUNCHER_GONE) {

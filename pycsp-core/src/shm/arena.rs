@@ -206,6 +206,24 @@ impl Arena {
             .map_err(|_| io::Error::other("this process already has an arena"))
     }
 
+    /// Maps, read-write, the arena of another network on this host that this process's
+    /// network reaches through socket channels (`file`: its memfd, opened through
+    /// `/proc/<pid>/fd/<n>`): the census scans its records, and writes into it a deadlock
+    /// that spans both. The mapping lives as long as the process.
+    pub(crate) fn attach_other(file: File) -> io::Result<&'static Arena> {
+        let size = file.metadata()?.len();
+        if !(DATA_START + ALIGN..=ARENA_MAX).contains(&size) {
+            return Err(io::Error::other(format!(
+                "that is not a pycsp arena ({size} bytes)"
+            )));
+        }
+        Ok(Box::leak(Box::new(Arena::map(
+            OwnedFd::from(file),
+            size,
+            false,
+        )?)))
+    }
+
     /// Maps, **read-only**, the arena of a network this process is not part of (an observer
     /// such as `pycsp-top`): `file` is the network's memfd, opened through
     /// `/proc/<pid>/fd/<n>`. Every access through the returned arena is a load: a store would

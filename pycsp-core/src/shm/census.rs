@@ -17,10 +17,14 @@
 //! `/proc/<pid>/stat`'s thread count less its internal threads) and no parked operation can
 //! be completed by another: no event a thread sleeps on moved since it went to sleep (a wake
 //! is in flight), no channel has a reader and a writer parked on it at once, no awaited child
-//! has ended, no process has socket channels (a peer outside the arena may wake it), and the
-//! epoch did not move during the scan. The first to find it writes a report into the arena
-//! (who waits on what, who holds the other ends, from the ledgers) and bumps the deadlock
-//! count; every operation that was parked before sees the count move within a slice and
+//! has ended, and the epoch did not move during the scan. Socket threads (hosts and pumps)
+//! publish their waits too ([`park_socket`], [`park_remote`]), naming the pid at the other
+//! end of their connection and the bytes sent and received on it: the scan follows those
+//! pids to the other networks on this host (their arenas, through `/proc/<pid>/fd`) and
+//! asks the same of their processes, and that every connection be idle; a peer that is not a
+//! pycsp process of this host (another host's) keeps the network alive. The first to find it
+//! writes a report into every network of the deadlock (who waits on what, who holds the
+//! other ends, from the ledgers) and bumps their deadlock counts; every operation that was parked before sees the count move within a slice and
 //! fails with `ChannelError::Deadlock` (`PYCSP_DEADLOCK=fail`, the default), or the report is
 //! printed once and the network keeps waiting (`report`), or nothing is scanned (`off`).
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -123,7 +127,7 @@ pub(crate) fn table_entries(arena: &Arena, root: u64) -> Option<&'static [Entry]
 
 /// Threads of one process that can publish what they wait on at once; more wait unpublished
 /// (their process then never counts as blocked).
-const WAIT_SLOTS: usize = 4;
+const WAIT_SLOTS: usize = 16;
 /// The most channels (or children) one published wait names; a select over more is not
 /// published.
 pub(crate) const WAIT_ITEMS: usize = 8;
@@ -181,7 +185,11 @@ pub(crate) enum Kind {
     /// `Parallel` or a `Spawned`'s join.
     Join = 4,
     /// `Sequence`'s join of its current process.
-    Sequence = 5,
+    Sequence = 6,
+    /// A socket thread waits on its connection, with nothing in flight: items `[peer pid
+    /// (with the channel's name), channel key (or, for a listener, 1 if only processes of
+    /// this network know the key), bytes sent, bytes received]`; a listener's peer is 0.
+    Remote = 5,
 }
 
 impl Kind {
@@ -191,7 +199,8 @@ impl Kind {
             2 => Kind::Write,
             3 => Kind::Select,
             4 => Kind::Join,
-            5 => Kind::Sequence,
+            5 => Kind::Remote,
+            6 => Kind::Sequence,
             _ => return None,
         })
     }
@@ -232,6 +241,21 @@ struct CensusHeader {
     report: AtomicU64,
     report_len: AtomicU64,
     slots: [AtomicU64; SLOTS],
+}
+
+/// The census block of `arena` if it has one (never allocates: `arena` may be another
+/// network's, mapped read-only).
+fn census_ro(arena: &Arena) -> Option<&'static CensusHeader> {
+    let at = arena.census_word().load(Ordering::Acquire);
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: as in `census`.
+    Some(unsafe {
+        &*arena
+            .ptr(at, std::mem::size_of::<CensusHeader>() as u64)
+            .cast::<CensusHeader>()
+    })
 }
 
 fn census(arena: &Arena) -> Option<&'static CensusHeader> {
@@ -438,6 +462,12 @@ fn count_internal(delta: i32, socket: bool) {
         let r = &root_at(arena, root).record;
         r.internal.store(i.0, Ordering::SeqCst);
         r.sockets.store(i.1, Ordering::SeqCst);
+        if socket {
+            // A socket thread came or went: a scan must look again.
+            if let Some(c) = census(arena) {
+                c.epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -455,6 +485,8 @@ pub(crate) struct Parked {
     /// The epoch at the end of the last slice.
     seen: u64,
     slices: u32,
+    /// Counted in the record's `parked` (a user thread's wait; not a socket thread's).
+    user: bool,
 }
 
 /// The outcome of a slice that ended with nothing to do.
@@ -468,11 +500,65 @@ pub(crate) enum Tick {
 /// deadlock count of an earlier park of the same operation. `None` when nothing is published
 /// (detection off, an internal thread, no record, too many items or threads).
 pub(crate) fn park(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option<Parked> {
-    if items.len() > WAIT_ITEMS || IS_INTERNAL.with(std::cell::Cell::get) {
+    if IS_INTERNAL.with(std::cell::Cell::get) {
         return None;
     }
     flush_counts();
-    if mode() == Mode::Off {
+    publish(kind, items, since, true)
+}
+
+/// Bit of a published wait's `writes`: the wait is a socket thread's (see [`park_socket`]).
+const BY_SOCKET: u32 = 1 << 31;
+
+/// Publishes what a socket host or pump thread waits on (it counts as blocked while it is):
+/// a wait on its connection ([`Kind::Remote`], see there), or a read or write of a hosted
+/// channel on behalf of a remote end (`items`: the channel, then `[peer pid, bytes sent,
+/// bytes received]` as keys); `since` as for [`park`]. Only on the slow path, like [`park`].
+pub(crate) fn park_socket(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option<Parked> {
+    publish(kind, items, since, false)
+}
+
+/// A socket thread's [`Kind::Remote`] wait: on the connection to `peer` (0: a listener, for
+/// anyone) of a `writer` (or reading) end of the channel `key` named `name` (`word`: the
+/// futex word it sleeps on meanwhile, if any), having sent and received `bytes` on it.
+pub(crate) fn park_remote(
+    peer: u32,
+    writer: bool,
+    key: u64,
+    name: &'static str,
+    word: Option<&AtomicU32>,
+    bytes: (u64, u64),
+) -> Option<Parked> {
+    let item = |key| Item {
+        key,
+        write: false,
+        name: "",
+        word: None,
+    };
+    park_socket(
+        Kind::Remote,
+        &[
+            Item {
+                key: u64::from(peer),
+                write: writer,
+                name,
+                word: None,
+            },
+            Item {
+                key,
+                write: false,
+                name: "",
+                word,
+            },
+            item(bytes.0),
+            item(bytes.1),
+        ],
+        None,
+    )
+}
+
+fn publish(kind: Kind, items: &[Item<'_>], since: Option<u64>, user: bool) -> Option<Parked> {
+    if items.len() > WAIT_ITEMS || mode() == Mode::Off {
         return None;
     }
     let root = MINE.load(Ordering::Relaxed);
@@ -505,9 +591,14 @@ pub(crate) fn park(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option
             .map_or(0, |o| o << 8 | it.name.len() as u64);
         slot.names[i].store(name, Ordering::Relaxed);
     }
+    if !user {
+        writes |= BY_SOCKET;
+    }
     slot.writes.store(writes, Ordering::Relaxed);
     slot.state.store(2, Ordering::SeqCst);
-    record.parked.fetch_add(1, Ordering::SeqCst);
+    if user {
+        record.parked.fetch_add(1, Ordering::SeqCst);
+    }
     let seen = census.epoch.fetch_add(1, Ordering::SeqCst) + 1;
     Some(Parked {
         arena,
@@ -517,18 +608,27 @@ pub(crate) fn park(kind: Kind, items: &[Item<'_>], since: Option<u64>) -> Option
         since: since.unwrap_or_else(|| census.deadlocks.load(Ordering::SeqCst)),
         seen,
         slices: 0,
+        user,
     })
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        self.record.parked.fetch_sub(1, Ordering::SeqCst);
+        if self.user {
+            self.record.parked.fetch_sub(1, Ordering::SeqCst);
+        }
         self.slot.state.store(0, Ordering::SeqCst);
         self.census.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl Parked {
+    /// Whether a deadlock was declared (in `fail` mode) since this wait was published: a
+    /// socket host that waits on behalf of a remote end ends its wait with it.
+    pub(crate) fn deadlocked(&self) -> bool {
+        mode() == Mode::Fail && self.census.deadlocks.load(Ordering::SeqCst) != self.since
+    }
+
     /// The deadlock count when the operation first parked (for a park after a wake-up).
     pub(crate) fn since(&self) -> u64 {
         self.since
@@ -562,8 +662,10 @@ impl Parked {
         }
         // The epoch stood still for a slice: scan, unless somebody scanned it already (a
         // process whose threads changed moves no epoch: rescan now and then).
+        // A network joined to others through sockets rescans every slice: they move without
+        // its epoch moving.
         let prev = c.scanned.load(Ordering::SeqCst);
-        if prev == e && self.slices % 16 != 0 {
+        if prev == e && self.slices % 16 != 0 && !FEDERATED.load(Ordering::Relaxed) {
             return Tick::Wait;
         }
         if c.scanned
@@ -572,13 +674,20 @@ impl Parked {
         {
             return Tick::Wait;
         }
-        let Some(report) = scan(self.arena, c, e) else {
+        let Some((report, nets)) = scan(self.arena, c, e) else {
             return Tick::Wait;
         };
         if c.raised.swap(e, Ordering::SeqCst) == e {
             return Tick::Wait; // raised for this epoch already
         }
         raise(self.arena, c, &report);
+        // The other networks of the deadlock (through socket channels) learn it too, unless
+        // one of their own raised it for the epoch read.
+        for &(a, oc, oe) in &nets[1..] {
+            if oc.raised.swap(oe, Ordering::SeqCst) != oe {
+                raise(a, oc, &report);
+            }
+        }
         if mode() == Mode::Fail {
             Tick::Deadlocked
         } else {
@@ -634,7 +743,11 @@ pub(crate) fn last_snapshot() -> Option<Vec<Proc>> {
 
 fn last_bytes() -> Option<Vec<u8>> {
     let arena = Arena::get().ok()?;
-    let c = census(arena)?;
+    report_bytes(arena, census(arena)?)
+}
+
+/// The last report written into `arena`.
+fn report_bytes(arena: &Arena, c: &CensusHeader) -> Option<Vec<u8>> {
     let at = c.report.load(Ordering::SeqCst);
     let len = c.report_len.load(Ordering::SeqCst);
     if at == 0 {
@@ -656,6 +769,21 @@ pub(crate) struct Wait {
     /// (key or pid, is a write, name)
     pub(crate) items: Vec<(u64, bool, String)>,
     words: Vec<(u64, u32)>,
+    /// A socket thread's wait (see [`park_socket`]).
+    #[serde(default)]
+    pub(crate) socket: bool,
+}
+
+impl Wait {
+    /// A socket thread's connection: (peer pid, bytes sent, bytes received).
+    fn connection(&self) -> Option<(u32, u64, u64)> {
+        if !self.socket {
+            return None;
+        }
+        let at = if self.kind == Kind::Remote { 0 } else { 1 };
+        let key = |i: usize| self.items.get(i).map(|it| it.0);
+        Some((key(at)? as u32, key(2)?, key(3)?))
+    }
 }
 
 /// A live process of the network, as a scan reads it.
@@ -673,6 +801,9 @@ pub(crate) struct Proc {
     /// Messages it read and wrote (see `Record::msgs_in`).
     #[serde(default)]
     pub(crate) msgs: (u64, u64),
+    /// Its network (the arena's random number) and that network's epoch when it was read.
+    #[serde(default)]
+    pub(crate) net: (u64, u64),
 }
 
 impl Proc {
@@ -687,6 +818,7 @@ impl Proc {
             waits: Vec::new(),
             holds: Vec::new(),
             msgs: (0, 0),
+            net: (0, 0),
         }
     }
 }
@@ -708,7 +840,8 @@ pub(crate) fn processes_now() -> Vec<Proc> {
 /// The processes of the network (`strict`: `None` if one has not written its record yet;
 /// else those are listed with pid 0).
 pub(crate) fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
-    let c = census(arena)?;
+    let c = census_ro(arena)?;
+    let net = (arena.network(), c.epoch.load(Ordering::SeqCst));
     let mut out = Vec::new();
     for s in &c.slots {
         let root = s.load(Ordering::SeqCst);
@@ -768,7 +901,13 @@ pub(crate) fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
                 })
                 .collect();
             if w.state.load(Ordering::SeqCst) == 2 {
-                waits.push(Wait { kind, items, words });
+                let socket = writes & BY_SOCKET != 0;
+                waits.push(Wait {
+                    kind,
+                    items,
+                    words,
+                    socket,
+                });
             }
         }
         let holds = table_entries(arena, root)
@@ -794,6 +933,7 @@ pub(crate) fn read_processes(arena: &Arena, strict: bool) -> Option<Vec<Proc>> {
                 r.msgs_in.load(Ordering::Relaxed),
                 r.msgs_out.load(Ordering::Relaxed),
             ),
+            net,
         });
     }
     Some(out)
@@ -811,30 +951,139 @@ fn channel_name(arena: &Arena, packed: u64) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether the last scan of this process reached other networks (through socket channels).
+static FEDERATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Other networks on this host whose arenas this process mapped to scan them:
+/// (inode of the arena, the arena).
+static NETS: Mutex<Vec<(u64, &'static Arena)>> = Mutex::new(Vec::new());
+
+/// The arena of the process `pid` on this host, if it runs a pycsp network: its memfd,
+/// through `/proc/<pid>/fd`, mapped read-only once per network.
+fn arena_of(pid: u32) -> Option<&'static Arena> {
+    use std::os::unix::fs::MetadataExt;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().starts_with("/memfd:pycsp-arena") {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fd.path())
+            .ok()?;
+        let ino = file.metadata().ok()?.ino();
+        let mut nets = NETS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&(_, a)) = nets.iter().find(|(i, _)| *i == ino) {
+            return Some(a);
+        }
+        let a = Arena::attach_other(file).ok()?;
+        nets.push((ino, a));
+        return Some(a);
+    }
+    None
+}
+
+/// The processes a wait depends on outside its own network: the peer of a socket thread's
+/// connection, the children of a join.
+fn reached(w: &Wait) -> Vec<u32> {
+    match (w.kind, w.connection()) {
+        (Kind::Join | Kind::Sequence, _) => w.items.iter().map(|it| it.0 as u32).collect(),
+        (_, Some((peer, _, _))) if peer != 0 => vec![peer],
+        _ => Vec::new(),
+    }
+}
+
 /// Whether the network is deadlocked at epoch `e`: the report, if it is.
-fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<Vec<u8>> {
+///
+/// The network's processes, and through socket channels those of other networks on this
+/// host (their arenas found through `/proc/<pid>/fd`, read-only): every one blocked (its user
+/// threads parked, its socket threads each waiting on a connection whose peer is blocked too,
+/// or serving a blocked operation), every connection idle (each side received what the
+/// other sent), nothing that can complete another's operation, and no epoch moved.
+fn scan(arena: &'static Arena, c: &CensusHeader, e: u64) -> Option<(Vec<u8>, Vec<Net>)> {
     if c.incomplete.load(Ordering::SeqCst) != 0 {
         return None;
     }
-    let procs = processes(arena)?;
+    let mut procs = processes(arena)?;
     if procs.is_empty() {
         return None;
     }
+    // The networks scanned: (arena, census, epoch when read).
+    let mut nets: Vec<Net> = vec![(arena, census(arena)?, e)];
+    loop {
+        let missing = procs
+            .iter()
+            .flat_map(|p| p.waits.iter().flat_map(reached))
+            .find(|pid| !procs.iter().any(|p| p.pid == *pid));
+        let Some(pid) = missing else { break };
+        // A process that is not a pycsp network's on this host (another host's, through a
+        // launcher), or not in its network's census (starting, or ended): it may act.
+        let other = arena_of(pid)?;
+        if nets.iter().any(|(a, _, _)| a.network() == other.network()) {
+            return None;
+        }
+        let oc = census_ro(other)?;
+        if oc.incomplete.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let oe = oc.epoch.load(Ordering::SeqCst);
+        let more = read_processes(other, true)?;
+        if !more.iter().any(|p| p.pid == pid) {
+            return None;
+        }
+        nets.push((other, oc, oe));
+        procs.extend(more);
+    }
+    FEDERATED.store(nets.len() > 1, Ordering::Relaxed);
+    let arena_for = |p: &Proc| {
+        nets.iter()
+            .find(|(a, _, _)| a.network() == p.net.0)
+            .map(|&(a, _, _)| a)
+    };
     let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let mut sides: Vec<(u64, bool)> = Vec::new();
+    // Channel sides waited on: (network, key, is a write).
+    let mut sides: Vec<(u64, u64, bool)> = Vec::new();
+    // Connections waited on: (process, peer, sent, received), each to be matched once.
+    let mut conns: Vec<(u32, u32, u64, u64)> = Vec::new();
     for p in &procs {
-        // Blocked: every user thread parked with a published wait; no socket channels.
-        if p.sockets != 0
-            || p.parked == 0
+        // Blocked: every user thread parked with a published wait, every socket thread
+        // waiting with a published wait.
+        let user = p.waits.iter().filter(|w| !w.socket).count();
+        let socket = p.waits.len() - user;
+        if p.parked == 0
             || p.parked != p.user_threads
-            || p.waits.len() != p.parked as usize
+            || user != p.parked as usize
+            || socket != p.sockets as usize
         {
             return None;
         }
+        let a = arena_for(p)?;
         for w in &p.waits {
+            if let Some((peer, sent, got)) = w.connection() {
+                if peer == 0 {
+                    // A listener: anyone who knows the key may connect, unless only
+                    // processes of this network know it.
+                    if w.items.get(1).map(|it| it.0) != Some(1) {
+                        return None;
+                    }
+                } else {
+                    conns.push((p.pid, peer, sent, got));
+                }
+            }
+            let channels = match (w.kind, w.socket) {
+                (Kind::Remote, _) => 0,
+                (_, true) => 1,
+                _ => w.items.len(),
+            };
             for (i, &(word, seq)) in w.words.iter().enumerate() {
-                if word != 0 && word_at(arena, word).load(Ordering::SeqCst) != seq {
+                if word != 0 && word_at(a, word).load(Ordering::SeqCst) != seq {
                     return None; // woken: a wake-up is in flight
+                }
+                if i >= channels {
+                    continue;
                 }
                 let (key, write, _) = &w.items[i];
                 if w.kind.joins() {
@@ -843,28 +1092,45 @@ fn scan(arena: &Arena, c: &CensusHeader, e: u64) -> Option<Vec<u8>> {
                         return None;
                     }
                 } else {
-                    sides.push((*key, *write));
+                    sides.push((p.net.0, *key, *write));
                 }
             }
         }
     }
     // A reader and a writer parked on one channel at once: one of them is being woken.
-    if sides.iter().any(|&(k, w)| sides.contains(&(k, !w))) {
+    if sides.iter().any(|&(n, k, w)| sides.contains(&(n, k, !w))) {
         return None;
     }
-    if c.epoch.load(Ordering::SeqCst) != e {
-        return None;
-    }
-    Some(report(&procs)).map(|text| {
-        // The report, then (after a NUL) the processes as MessagePack for a picture.
-        let mut bytes = text.into_bytes();
-        bytes.push(0);
-        if let Ok(snap) = rmp_serde::to_vec(&procs) {
-            bytes.extend(snap);
+    // Every connection idle: its peer waits on it too, having received all that was sent,
+    // and sent all that was received. Bytes in flight are progress.
+    let mut matched = vec![false; conns.len()];
+    for i in 0..conns.len() {
+        if matched[i] {
+            continue;
         }
-        bytes
-    })
+        let (me, peer, sent, got) = conns[i];
+        let partner = (0..conns.len())
+            .find(|&j| !matched[j] && j != i && conns[j] == (peer, me, got, sent))?;
+        matched[i] = true;
+        matched[partner] = true;
+    }
+    if nets
+        .iter()
+        .any(|(_, c, e)| c.epoch.load(Ordering::SeqCst) != *e)
+    {
+        return None;
+    }
+    // The report, then (after a NUL) the processes as MessagePack for a picture.
+    let mut bytes = report(&procs).into_bytes();
+    bytes.push(0);
+    if let Ok(snap) = rmp_serde::to_vec(&procs) {
+        bytes.extend(snap);
+    }
+    Some((bytes, nets))
 }
+
+/// A network a scan read: its arena, its census, its epoch then.
+type Net = (&'static Arena, &'static CensusHeader, u64);
 
 fn word_at(arena: &Arena, at: u64) -> &'static AtomicU32 {
     // SAFETY: `at` is the offset of a futex word inside a channel header in the arena
@@ -875,22 +1141,44 @@ fn word_at(arena: &Arena, at: u64) -> &'static AtomicU32 {
 /// Who waits on what, and who holds the other ends, in words.
 pub(crate) fn report(procs: &[Proc]) -> String {
     let who = |p: &Proc| format!("`{}` (pid {})", p.name, p.pid);
-    let holders = |key: u64, writers: bool| -> String {
-        let hs: Vec<String> = procs
+    let state = |p: &Proc| match p.waits.iter().find(|w| !w.socket) {
+        Some(w) => format!(", which {}", describe(w, procs)),
+        None => String::new(),
+    };
+    // Who holds the `writers` (or reader) ends of channel `key` of network `net`: its
+    // processes, and (if it is a socket channel hosted there by `host`, at `address`) the
+    // processes of other networks whose socket ends of it wait on their connections.
+    let holders = |net: u64, key: u64, writers: bool, host: Option<(u32, &str)>| -> String {
+        let mut hs: Vec<String> = procs
             .iter()
             .filter(|p| {
-                p.holds
-                    .iter()
-                    .any(|&(k, w, r)| k == key && if writers { w > 0 } else { r > 0 })
+                p.net.0 == net
+                    && p.holds
+                        .iter()
+                        .any(|&(k, w, r)| k == key && if writers { w > 0 } else { r > 0 })
             })
-            .map(|p| {
-                let state = match p.waits.first() {
-                    Some(w) => format!(", which {}", describe(w, procs)),
-                    None => String::new(),
-                };
-                format!("{}{state}", who(p))
-            })
+            .map(|p| format!("{}{}", who(p), state(p)))
             .collect();
+        if let Some((host, address)) = host {
+            for p in procs.iter().filter(|p| p.net.0 != net) {
+                // Its pump waits on the connection to the host (a reading end's pump may wait
+                // for its user to take a message: a write of its proxy).
+                let remote = p.waits.iter().any(|w| match (w.kind, w.connection()) {
+                    (Kind::Remote, _) => {
+                        w.items[0].0 == u64::from(host)
+                            && w.items[0].1 == writers
+                            && w.items[0].2 == address
+                    }
+                    (Kind::Write, Some((peer, _, _))) => {
+                        peer == host && !writers && w.items[0].2 == address
+                    }
+                    _ => false,
+                });
+                if remote {
+                    hs.push(format!("{} over the socket{}", who(p), state(p)));
+                }
+            }
+        }
         let side = if writers { "writer" } else { "reader" };
         match hs.len() {
             0 => format!("no live process holds a {side} end"),
@@ -903,11 +1191,47 @@ pub(crate) fn report(procs: &[Proc]) -> String {
         procs.len()
     )];
     for p in procs {
-        for w in &p.waits {
+        // A socket thread's wait is its peer's operation, or an idle connection: not a line.
+        for w in p.waits.iter().filter(|w| !w.socket) {
             let mut line = format!("- {} {}", who(p), describe(w, procs));
             if matches!(w.kind, Kind::Read | Kind::Write) {
-                let (key, write, _) = &w.items[0];
-                line.push_str(&format!("; {}", holders(*key, !write)));
+                let (key, write, name) = &w.items[0];
+                // A socket end: its pump waits on the connection to the host, whose thread
+                // serving it waits on the host's channel.
+                let pump = p.waits.iter().find(|x| {
+                    x.kind == Kind::Remote && x.socket && x.items.get(1).map(|i| i.0) == Some(*key)
+                });
+                let host =
+                    pump.and_then(|x| procs.iter().find(|h| u64::from(h.pid) == x.items[0].0));
+                match host {
+                    Some(h) => {
+                        line.push_str(&format!(" (a socket channel hosted by {}", who(h)));
+                        let served = h.waits.iter().find(|x| {
+                            x.socket
+                                && matches!(x.kind, Kind::Read | Kind::Write)
+                                && x.items.get(1).map(|i| i.0) == Some(u64::from(p.pid))
+                        });
+                        match served {
+                            Some(x) => line.push_str(&format!(
+                                ", which waits on its behalf to {} it); {}",
+                                if x.kind == Kind::Write {
+                                    "write"
+                                } else {
+                                    "read"
+                                },
+                                holders(h.net.0, x.items[0].0, !write, Some((h.pid, name)))
+                            )),
+                            None => line.push_str(&format!(
+                                "); {}",
+                                holders(h.net.0, 0, !write, Some((h.pid, name)))
+                            )),
+                        }
+                    }
+                    None => {
+                        let address = name.contains("://").then_some((p.pid, name.as_str()));
+                        line.push_str(&format!("; {}", holders(p.net.0, *key, !write, address)));
+                    }
+                }
             }
             lines.push(line);
         }
@@ -928,6 +1252,13 @@ fn describe(w: &Wait, procs: &[Proc]) -> String {
                 .collect();
             format!("waits in a select to {}", gs.join(" or "))
         }
+        Kind::Remote => match w.items[0].0 {
+            0 => "waits for connections".into(),
+            peer => format!(
+                "waits on its connection to pid {peer} for {}",
+                chan(&w.items[0])
+            ),
+        },
         Kind::Join | Kind::Sequence => {
             let cs: Vec<String> = w
                 .items
@@ -996,6 +1327,71 @@ mod tests {
     }
 
     #[test]
+    fn a_report_through_a_socket_names_the_host_and_the_remote_end_across_networks() {
+        // `main` (network 1) hosts `numbers` (key 7 there) and keeps a writer; `consumer`
+        // (network 2) reads it through its proxy (key 3 there), its pump idle on the
+        // connection, `main`'s thread serving it waiting to read on its behalf.
+        let at = "tcp://127.0.0.1:9/numbers";
+        let mut main = Proc::new(100, "main");
+        main.net = (1, 0);
+        main.holds = vec![(7, 1, 1)];
+        main.waits = vec![
+            Wait {
+                kind: Kind::Join,
+                items: vec![(101, false, String::new())],
+                words: vec![(0, 0)],
+                socket: false,
+            },
+            Wait {
+                kind: Kind::Read,
+                items: vec![
+                    (7, false, at.into()),
+                    (101, false, String::new()),
+                    (60, false, String::new()),
+                    (105, false, String::new()),
+                ],
+                words: vec![(0, 0); 4],
+                socket: true,
+            },
+        ];
+        let mut consumer = Proc::new(101, "consumer");
+        consumer.net = (2, 0);
+        consumer.holds = vec![(3, 0, 1)];
+        consumer.waits = vec![
+            Wait {
+                kind: Kind::Read,
+                items: vec![(3, false, at.into())],
+                words: vec![(0, 0)],
+                socket: false,
+            },
+            Wait {
+                kind: Kind::Remote,
+                items: vec![
+                    (100, false, at.into()),
+                    (3, false, String::new()),
+                    (105, false, String::new()),
+                    (60, false, String::new()),
+                ],
+                words: vec![(0, 0); 4],
+                socket: true,
+            },
+        ];
+        assert_eq!(consumer.waits[1].connection(), Some((100, 105, 60)));
+        assert_eq!(main.waits[1].connection(), Some((101, 60, 105)));
+        let text = report(&[main, consumer]);
+        assert!(
+            text.contains(&format!(
+                "- `consumer` (pid 101) waits to read `{at}` (a socket channel hosted by \
+                 `main` (pid 100), which waits on its behalf to read it); its only writer end \
+                 is held by `main` (pid 100), which waits in Parallel for `consumer` (pid 101)"
+            )),
+            "{text}"
+        );
+        // The socket threads' waits are not lines of their own.
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
     fn the_report_names_who_holds_the_other_end_and_what_it_waits_for() {
         let mut root = Proc::new(100, "main");
         root.holds = vec![(7, 1, 0)];
@@ -1003,6 +1399,7 @@ mod tests {
             kind: Kind::Join,
             items: vec![(101, false, String::new())],
             words: vec![(0, 0)],
+            socket: false,
         }];
         let mut consumer = Proc::new(101, "demo::consumer");
         consumer.holds = vec![(7, 0, 1)];
@@ -1010,6 +1407,7 @@ mod tests {
             kind: Kind::Read,
             items: vec![(7, false, "numbers".into())],
             words: vec![(0, 0)],
+            socket: false,
         }];
         let text = report(&[root, consumer]);
         assert!(

@@ -545,6 +545,22 @@ impl Chan {
         header_len() as usize + std::mem::size_of_val(self.slots)
     }
 
+    /// Whether a reader sleeps waiting for a message (a socket pump about to hand one to its
+    /// user publishes its wait only when none does).
+    pub(crate) fn reader_asleep(&self) -> bool {
+        self.hdr.rx.0.has_sleepers()
+    }
+
+    /// The futex word a reader (`write` false) or a writer of this channel sleeps on: for a
+    /// socket host that publishes its wait on behalf of a remote end (never the fast path).
+    pub(crate) fn side_word(&self, write: bool) -> &AtomicU32 {
+        if write {
+            self.hdr.tx.0.word()
+        } else {
+            self.hdr.rx.0.word()
+        }
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         let h = self.hdr;
         std::str::from_utf8(&h.name[..h.name_len as usize]).unwrap_or("<invalid name>")

@@ -176,6 +176,17 @@ fn my_bell() -> Option<(u32, &'static AtomicU32)> {
 }
 
 impl Event {
+    /// The futex word its sleepers sleep on (for a wait published on a sleeper's behalf, see
+    /// `census::park_socket`).
+    pub(crate) fn word(&self) -> &AtomicU32 {
+        &self.seq
+    }
+
+    /// Whether a thread announced that it sleeps on this event.
+    pub(crate) fn has_sleepers(&self) -> bool {
+        self.sleepers.load(Ordering::SeqCst) > 0
+    }
+
     /// Wakes one sleeper, if any announced itself. Call after publishing the change with a
     /// `SeqCst` read-modify-write (the CAS on `head`, `tail`, a flag or a selection word): that
     /// orders the publication before this `SeqCst` load without a separate fence, as in
