@@ -1523,6 +1523,7 @@ impl Chan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn arena() -> &'static Arena {
         Arena::get().unwrap()
@@ -1599,6 +1600,59 @@ mod tests {
             assert_eq!(pop(), None);
             assert!(chan.looks_writable());
         }
+    }
+
+    fn thread_cpu() -> Duration {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+        // SAFETY: getrusage fills the struct it is given.
+        let ru = unsafe {
+            libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+            ru.assume_init()
+        };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
+    #[test]
+    fn a_writer_waiting_for_a_slot_a_reader_holds_unacknowledged_does_not_spin() {
+        // A full ring whose reader took a message without acknowledging it yet (a socket
+        // host's reader waiting for its remote end's confirmation): `head` says there is room,
+        // the slot is not empty. The writer waits for the acknowledgement asleep.
+        let chan = Chan::create(arena(), "held-slot", "u8", 2, 2, false).unwrap();
+        let buf = [7u8; INLINE];
+        while chan
+            .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
+            .is_some()
+        {}
+        let (_, taken) = chan
+            .read_deferred(None, |_| Claim::Busy)
+            .expect("a message is there");
+        let wait = Duration::from_millis(300);
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        let r = chan.write(
+            &Outgoing::Inline { buf: &buf, len: 1 },
+            Some(Instant::now() + wait),
+        );
+        let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
+        assert!(matches!(
+            r,
+            Err(WriteError {
+                error: ChannelError::Timeout,
+                placed: false
+            })
+        ));
+        assert!(wall >= wait);
+        assert!(
+            cpu < wait / 10,
+            "used {cpu:?} of CPU in {wall:?} waiting for an acknowledged slot"
+        );
+        chan.ack(taken);
+        assert!(chan
+            .write(
+                &Outgoing::Inline { buf: &buf, len: 1 },
+                Some(Instant::now())
+            )
+            .is_ok());
     }
 
     #[test]

@@ -105,6 +105,13 @@ fn yield_cpu() -> bool {
     true
 }
 
+/// How long a waiter keeps yielding while a peer is in the middle of making it ready (see
+/// [`wait_any`]'s `busy`) before it sleeps in short steps of [`BUSY_RECHECK`] instead: a
+/// peer that publishes what it claimed does so within microseconds, one that holds it (a
+/// socket host's reader waiting for its remote end) may take a round trip or longer.
+const BUSY_YIELD_FOR: Duration = Duration::from_micros(200);
+const BUSY_RECHECK: Duration = Duration::from_millis(1);
+
 /// The most futex words one `futex_waitv` takes (the kernel's `FUTEX_WAITV_MAX`).
 const WAITV_MAX: usize = 128;
 
@@ -368,6 +375,8 @@ pub(crate) fn wait_parked<T>(
     let mut parked: Option<Parked> = None;
     let mut since: Option<u64> = None;
     let mut resleep = false;
+    // Since when `busy` has said a peer is making us ready (see below).
+    let mut busy_since: Option<Instant> = None;
     loop {
         // Spin, then yield, for about SPIN_FOR (or until the deadline).
         // (Not after a slice that ended with nothing changed: then it sleeps again at once.)
@@ -422,10 +431,21 @@ pub(crate) fn wait_parked<T>(
         if let Some(v) = ready() {
             return Some(v);
         }
+        // A peer in the middle of making us ready may have looked for sleepers before we
+        // announced ourselves: yield until it is done, for a while; a peer that stays busy
+        // (a reader holding a slot until its remote end confirms) is waited for asleep, in
+        // short sleeps that do not count on its notify.
+        let mut busy_recheck = false;
         if busy() {
-            drop(sleep);
-            std::thread::yield_now();
-            continue;
+            let since = *busy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < BUSY_YIELD_FOR {
+                drop(sleep);
+                std::thread::yield_now();
+                continue;
+            }
+            busy_recheck = true;
+        } else {
+            busy_since = None;
         }
         let mut timeout = match deadline {
             None => None,
@@ -439,6 +459,9 @@ pub(crate) fn wait_parked<T>(
         };
         if sleep.unwatched {
             timeout = Some(timeout.map_or(UNWATCHED_RECHECK, |t| t.min(UNWATCHED_RECHECK)));
+        }
+        if busy_recheck {
+            timeout = Some(timeout.map_or(BUSY_RECHECK, |t| t.min(BUSY_RECHECK)));
         }
         if let (None, Some(w)) = (deadline, &waiting) {
             // Published as it is now: the words it sleeps on have not moved since.
