@@ -46,6 +46,28 @@ fn dies_by_signal() {
     unsafe { libc::raise(libc::SIGKILL) };
 }
 
+/// The names of the threads this process runs.
+#[process]
+fn its_threads() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_forked_child_runs_no_thread_but_its_own() {
+    // It ends with the root by the parent-death signal and is stopped by a signal: no thread
+    // watches its control connection (starting one costs the start about a tenth of a ms).
+    let threads = Parallel(vec![its_threads()]).unwrap().remove(0);
+    assert_eq!(threads.len(), 1, "threads of a forked child: {threads:?}");
+}
+
 #[test]
 fn a_root_has_a_fork_server_and_its_children_are_children_of_the_root() {
     let server = pycsp::__private::fork_server_pid();

@@ -63,7 +63,7 @@ pub fn child_entry() {
         (Some(ctrl), Some(arena), _, _) => {
             let key = key_fd.and_then(|fd| sys::inherited_fd(fd).ok());
             match sys::inherited_fd(ctrl) {
-                Ok(ctrl) => run_local(&name, ctrl, arena, key, ledger),
+                Ok(ctrl) => run_local(&name, ctrl, arena, key, ledger, false),
                 Err(_) => 122,
             }
         }
@@ -93,24 +93,35 @@ fn run_forked(f: Forked) -> ! {
     sys::ignore_sigpipe();
     // A child, not a root: its message trace appends to the root's file.
     trace::enter_child();
-    let code = run_local(&f.name, f.ctrl, f.arena.into_raw_fd(), f.key, f.ledger);
+    let code = run_local(
+        &f.name,
+        f.ctrl,
+        f.arena.into_raw_fd(),
+        f.key,
+        f.ledger,
+        true,
+    );
     std::process::exit(code)
 }
 
 /// A local child: load the key, map the network's shared memory, receive the arguments, run
-/// the process and report how it ended; the exit code.
+/// the process and report how it ended; the exit code. A `forked` child ends with its parent
+/// by the parent-death signal the fork server asked for, and is stopped by a signal (see
+/// [`Watched::stop`](super::running::Watched::stop)): it runs no thread to watch its control
+/// connection.
 fn run_local(
     name: &str,
     ctrl: OwnedFd,
     arena: RawFd,
     key: Option<OwnedFd>,
     ledger: Option<u64>,
+    forked: bool,
 ) -> i32 {
     if let Some(fd) = key {
         inherit_key(fd);
     }
     forget_key_variable();
-    run_child(name, ctrl, arena, ledger)
+    run_child(name, ctrl, arena, ledger, forked)
 }
 
 /// Reads the key the parent wrote into descriptor `fd` and makes it this process's key.
@@ -170,15 +181,16 @@ fn read_secrets() -> Result<u64, String> {
     Ok(ticket)
 }
 
-fn run_child(name: &str, ctrl: OwnedFd, arena: RawFd, ledger: Option<u64>) -> i32 {
+fn run_child(name: &str, ctrl: OwnedFd, arena: RawFd, ledger: Option<u64>, forked: bool) -> i32 {
     let mut ctrl = Ctrl::Pair(UnixStream::from(ctrl));
     let report = match Arena::inherit(arena) {
         Err(e) => Report::Broken(format!("cannot map the network's shared memory: {e}")),
         Ok(()) => match control::receive(&mut ctrl, Kind::Args) {
             Err(_) => return 123, // the parent is gone
             Ok(args) => {
-                if let Ctrl::Pair(pair) = &ctrl {
-                    watch_parent(pair);
+                match &ctrl {
+                    Ctrl::Pair(pair) if !forked => watch_parent(pair),
+                    _ => {}
                 }
                 // The ends in the arguments are in the ledger the parent made.
                 runtime::enter_child(ledger);

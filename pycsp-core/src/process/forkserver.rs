@@ -22,6 +22,12 @@
 //!   environment now (without `PYCSP_AUTHKEY`, as for an executed child); the copy changes
 //!   only the variables that differ from its own (the program's before `main`).
 //!
+//! The copy asks for `SIGKILL` when the root ends (`PR_SET_PDEATHSIG` is not inherited; the
+//! copy's parent is the root's main thread, which forked the server before `main`) and checks
+//! that the root is still its parent after asking; it runs no thread to watch its control
+//! connection, as an executed child does, and the root stops it by `SIGKILL` instead
+//! (`Stopper` in `running.rs`).
+//!
 //! The server answers with the new process's pid (or an `errno`). A server that is gone (it
 //! was killed, or did not answer) is not used again: every later start executes the binary,
 //! as with `PYCSP_START=exec`, which turns the fork server off. The start that finds it gone
@@ -213,6 +219,8 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
 /// The server's loop: one request, one forked process, until the root is gone.
 fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
     sys::die_with_parent();
+    // The root: the parent of the server and of every process it forks.
+    let root = std::os::unix::process::parent_id();
     // The processes it forks take the program's name back.
     let name = std::fs::read("/proc/self/comm")
         .ok()
@@ -243,6 +251,13 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
                 match unsafe { sys::fork_sibling() } {
                     Ok(Some(pid)) => pid as i32,
                     Ok(None) => {
+                        // The parent-death signal is not inherited: ask for it again (the
+                        // root's ending then kills this process, with no thread to watch
+                        // it), then check that the root did not end before it was asked.
+                        sys::die_with_parent();
+                        if std::os::unix::process::parent_id() != root {
+                            sys::exit_now(super::control::EXIT_PARENT_GONE);
+                        }
                         drop(sock);
                         sys::set_thread_name(&name);
                         become_child(req, fds, &null, run)

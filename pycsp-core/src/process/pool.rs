@@ -33,8 +33,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::control::Ctrl;
-use super::running::Watched;
+use super::running::{Stopper, Watched};
 use super::table::{display_name, PROCESSES};
 use super::{start, Process};
 use crate::alt::Alternation;
@@ -210,7 +209,7 @@ struct Shared {
     terminating: AtomicBool,
     /// Second handles on the workers' control connections, by slot: ending one makes its
     /// worker exit at once, from any thread.
-    stops: Mutex<Vec<Option<Ctrl>>>,
+    stops: Mutex<Vec<Option<Stopper>>>,
     /// The thread that holds the core (a token of it), to refuse a call that would wait for
     /// itself.
     owner: AtomicUsize,
@@ -246,17 +245,17 @@ fn start_worker(slot: usize, shared: &Shared) -> Result<Worker, Error> {
     let p = Process::<WorkerEnd>::__new(POOL_WORKER, (jobs.reader(), answers.writer()));
     let running = start(p.inner)?;
     let pid = running.child.id();
-    let stop = running.ctrl.try_clone().ok();
+    let watched = Watched::new(running);
     let mut stops = lock(&shared.stops);
     if stops.len() <= slot {
         stops.resize_with(slot + 1, || None);
     }
-    stops[slot] = stop;
+    stops[slot] = Some(watched.stopper());
     Ok(Worker {
         pid,
         jobs: jobs.writer(),
         answers: answers.reader(),
-        watched: Watched::new(running),
+        watched,
         held: VecDeque::new(),
     })
 }
@@ -803,7 +802,7 @@ impl Drop for Pool {
         self.shared.terminating.store(true, Ordering::SeqCst);
         // Stop every worker at once: a call running in the background sees them go and ends.
         for c in lock(&self.shared.stops).iter().flatten() {
-            c.shutdown();
+            c.stop();
         }
         let workers: Vec<Worker> = {
             let mut core = lock(&self.core);
@@ -811,7 +810,7 @@ impl Drop for Pool {
         };
         // Workers started by a background call after the first round of stops.
         for c in lock(&self.shared.stops).iter().flatten() {
-            c.shutdown();
+            c.stop();
         }
         for w in workers {
             drop(w.watched.join());

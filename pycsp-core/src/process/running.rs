@@ -116,8 +116,8 @@ pub(crate) struct Watched {
     pub(crate) ends: Vec<u64>,
     /// The ends it was started with (channel, is a writer), for a picture of its set.
     pub(crate) started_with: Vec<(u64, bool)>,
-    /// A second handle on the control connection: ending it makes the child exit.
-    stop: Option<Ctrl>,
+    /// Stops the child at once.
+    stop: Stopper,
     reaper: Reaper,
     watch: Arc<Watch>,
 }
@@ -137,8 +137,15 @@ impl Watched {
             .as_ref()
             .map(|l| l.started_with().to_vec())
             .unwrap_or_default();
-        let stop = r.ctrl.try_clone().ok();
+        let forked = matches!(r.child, Child::Forked { .. });
+        let ctrl = r.ctrl.try_clone().ok();
         let watch = Arc::new(Watch::default());
+        let stop = Stopper {
+            ctrl,
+            pid,
+            forked,
+            watch: watch.clone(),
+        };
         let slot = Arc::new(Mutex::new(Some(r)));
         let theirs = slot.clone();
         let their_watch = watch.clone();
@@ -231,13 +238,49 @@ impl Watched {
         }
     }
 
-    /// Ends the process's control connection, which makes it exit at once (a child exits
-    /// when its parent's connection ends), then waits for it as [`join`](Self::join) does.
+    /// Stops the process at once (see [`Stopper::stop`]), then waits for it as
+    /// [`join`](Self::join) does.
     pub(crate) fn stop(self) -> Result<Returned, Error> {
-        if let Some(c) = &self.stop {
+        self.stop.stop();
+        self.join()
+    }
+
+    /// A handle that stops the process at once, kept apart from this one.
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper {
+            ctrl: self.stop.ctrl.as_ref().and_then(|c| c.try_clone().ok()),
+            pid: self.pid,
+            forked: self.stop.forked,
+            watch: self.watch.clone(),
+        }
+    }
+}
+
+/// Stops a watched process at once: see [`stop`](Self::stop).
+pub(crate) struct Stopper {
+    /// A second handle on the control connection.
+    ctrl: Option<Ctrl>,
+    pid: u32,
+    /// Forked by the fork server: the process watches no connection, it is killed.
+    forked: bool,
+    watch: Arc<Watch>,
+}
+
+impl Stopper {
+    /// Ends the process's control connection, which makes an executed or placed process exit
+    /// at once (it exits when its parent's connection ends); a process the fork server forked
+    /// runs no thread to watch the connection and is killed with SIGKILL instead, unless it
+    /// was reaped (its pid may then be another process's).
+    pub(crate) fn stop(&self) {
+        if let Some(c) = &self.ctrl {
             c.shutdown();
         }
-        self.join()
+        if self.forked {
+            let reaped = Watch::lock(&self.watch.reaped);
+            if !*reaped {
+                sys::kill_child(self.pid);
+            }
+        }
     }
 }
 
