@@ -1255,7 +1255,13 @@ impl Chan {
                 }
                 self.write_refused(back).map(Err)
             },
-            || self.hdr.head.0.load(Ordering::SeqCst) != pos,
+            // Busy while a reader has claimed our slot (moved `head` past it) and not yet
+            // emptied it; not when `head` waits behind us (at a withdrawn message that no
+            // reader has skipped yet).
+            || {
+                let head = self.hdr.head.0.load(Ordering::SeqCst);
+                head != pos && self.distance(pos, head) <= self.hdr.ring_len
+            },
             || Err(ChannelError::Deadlock),
         );
         match taken {
@@ -1618,7 +1624,7 @@ mod tests {
         // A full ring whose reader took a message without acknowledging it yet (a socket
         // host's reader waiting for its remote end's confirmation): `head` says there is room,
         // the slot is not empty. The writer waits for the acknowledgement asleep.
-        let chan = Chan::create(arena(), "held-slot", "u8", 2, 2, false).unwrap();
+        let chan = Chan::create(arena(), "held-slot", "u8", 1, 2, false).unwrap();
         let buf = [7u8; INLINE];
         while chan
             .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
@@ -1653,6 +1659,42 @@ mod tests {
                 Some(Instant::now())
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_rendezvous_write_behind_a_withdrawn_one_times_out_asleep() {
+        // A rendezvous write that timed out is withdrawn but keeps its slot until a reader
+        // skips it: `head` stays there. A second write lands in the next slot and must still
+        // time out (it once yielded for ever, never looking at its deadline).
+        let chan = Chan::create(arena(), "behind-withdrawn", "u8", 1, 0, false).unwrap();
+        let buf = [1u8; INLINE];
+        let msg = Outgoing::Inline { buf: &buf, len: 1 };
+        let first = chan.write(&msg, Some(Instant::now() + Duration::from_millis(20)));
+        assert!(
+            matches!(
+                first,
+                Err(WriteError {
+                    error: ChannelError::Timeout,
+                    placed: false
+                })
+            ),
+            "{:?}",
+            first.map_err(|e| (e.error, e.placed))
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let buf = [2u8; INLINE];
+            let msg = Outgoing::Inline { buf: &buf, len: 1 };
+            let (wall, cpu) = (Instant::now(), thread_cpu());
+            let r = chan.write(&msg, Some(Instant::now() + Duration::from_millis(300)));
+            let _ = tx.send((r.map_err(|e| e.error), wall.elapsed(), thread_cpu() - cpu));
+        });
+        let (r, wall, cpu) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the second write never timed out");
+        assert_eq!(r, Err(ChannelError::Timeout));
+        assert!(wall >= Duration::from_millis(300));
+        assert!(cpu < wall / 10, "used {cpu:?} of CPU in {wall:?}");
     }
 
     #[test]
