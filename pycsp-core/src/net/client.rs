@@ -33,7 +33,7 @@ use crate::frame::{
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
-use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -571,6 +571,15 @@ impl Pump {
                     Some(Instant::now())
                 };
                 if window >= limit {
+                    break;
+                }
+                // Only what is there now: an empty proxy with nothing to report is not waited
+                // on at all, since even a wait that ends at once spins and yields first (and a
+                // yield on a busy machine can cost a time slice on every round trip).
+                if deadline.is_some()
+                    && !self.proxy.looks_nonempty()
+                    && self.proxy.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) == 0
+                {
                     break;
                 }
                 match self
