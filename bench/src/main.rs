@@ -625,8 +625,11 @@ fn main() {
         };
         let vs_ipc = get(&format!("{label}: buffered u64 one way, remote writer")) / ipc_one_way;
         targets.extend([
-            // A rendezvous pair crosses the socket three times per round trip (see the
-            // book's sockets chapter), the raw socket twice: bounded near 1.5x, not 1x.
+            // Both pairs cross the socket twice per round trip on their critical path, as
+            // the raw socket does (a remote reader's next Read travels with its Ack; the
+            // rendezvous Done overlaps the next Message); what the raw socket does not pay
+            // is the hand-offs between threads: user, proxy ring, pump, socket, the host's
+            // connection thread, ring, user (see the book's performance chapter).
             Target {
                 what: rt_what,
                 value: rt_ratio,
