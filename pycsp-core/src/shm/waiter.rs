@@ -284,11 +284,28 @@ impl Waiter {
         let hdr: &'static RecHeader = unsafe { &*arena.ptr(offset, size).cast::<RecHeader>() };
         // A record used before goes on from its last round, so that its generation bits keep
         // filtering old offer words (the key check decides, see the module documentation).
+        let rec = Rec {
+            arena,
+            offset,
+            hdr,
+            cap,
+        };
         let gen = if new {
             hdr.cap.store(cap as u32, Ordering::Relaxed);
             hdr.sel.store(u64::from(IDLE), Ordering::SeqCst);
             old.map_or(0, |o| o.gen.get())
         } else {
+            // A process that died in a select left its offer words in channels' tables; their
+            // generation bits match one round in 256, so no guard may keep its old key (nor
+            // its staged message): a guard this thread never sets then waits on nothing.
+            for table in [KEY, OUT_OFF, OUT_LEN] {
+                for g in 0..cap {
+                    if let Some(w) = rec.table(table, g) {
+                        w.store(0, Ordering::SeqCst);
+                    }
+                }
+            }
+            hdr.mail_off.store(0, Ordering::SeqCst);
             (hdr.sel.load(Ordering::SeqCst) >> 32) as u32
         };
         hdr.pid.store(std::process::id(), Ordering::Relaxed);
@@ -297,12 +314,7 @@ impl Waiter {
             arena.list_waiter(offset, &hdr.all_next);
         }
         let w: &'static Waiter = Box::leak(Box::new(Waiter {
-            rec: Rec {
-                arena,
-                offset,
-                hdr,
-                cap,
-            },
+            rec,
             gen: Cell::new(gen),
         }));
         if let Some(o) = old {
@@ -464,4 +476,43 @@ pub(crate) fn deliver(arena: &'static Arena, word: u64, offset: u64, len: u64) {
     let rec = record(arena, word);
     rec.hdr.mail_len.store(len, Ordering::SeqCst);
     rec.hdr.mail_off.store(offset, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_processs_offer_never_selects_the_thread_that_reuses_its_record() {
+        let arena = Arena::get().unwrap();
+        // A process's thread waits in a select whose guard 4 reads channel `key`, and dies
+        // there: its offer word stays in that channel's table.
+        let key = 0x1000 | 1;
+        let dead = Waiter::current(arena, 5).unwrap();
+        dead.set_key(4, key);
+        dead.begin();
+        let word = dead.offer(4).unwrap();
+        // Its parent settles it: the record is given back...
+        let fake_root = 0x4242_0000;
+        dead.rec.hdr.owner.store(fake_root, Ordering::SeqCst);
+        WAITER.with(|c| c.set(None));
+        reclaim(arena, fake_root);
+        // ...and this thread takes it for selects of fewer guards.
+        let next = Waiter::current(arena, 3).unwrap();
+        assert_eq!(next.rec.offset, dead.rec.offset, "the record is used again");
+        for round in 0..600 {
+            for g in 0..3 {
+                next.set_key(g, 0x2000 | 1);
+            }
+            next.begin();
+            // A writer on `key` finds the dead offer (its generation bits match every 256
+            // rounds): it must never select guard 4 of a round that has no guard 4.
+            let claimed = claim(arena, Offer { word, key });
+            assert!(
+                matches!(claimed, Claim::Stale),
+                "round {round}: an old offer selected the new owner"
+            );
+            assert!(matches!(next.finish(), Outcome::Aborted));
+        }
+    }
 }
