@@ -184,12 +184,12 @@ pub(crate) enum Kind {
     Select = 3,
     /// `Parallel` or a `Spawned`'s join.
     Join = 4,
-    /// `Sequence`'s join of its current process.
-    Sequence = 6,
     /// A socket thread waits on its connection, with nothing in flight: items `[peer pid
     /// (with the channel's name), channel key (or, for a listener, 1 if only processes of
     /// this network know the key), bytes sent, bytes received]`; a listener's peer is 0.
     Remote = 5,
+    /// `Sequence`'s join of its current process.
+    Sequence = 6,
 }
 
 impl Kind {
