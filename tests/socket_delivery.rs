@@ -1,7 +1,9 @@
 //! The delivery contract of buffered socket channels: a remote writer's messages travel in
 //! batches with a window of unconfirmed ones (at most the channel's capacity), arrive in order,
 //! `flush` waits for the host's confirmation, and a writer whose connection is lost learns how
-//! many of its messages the host confirmed and how many it did not.
+//! many of its messages the host confirmed and how many it did not; a remote reader asks for
+//! messages ahead while it keeps up, one while it works on each, and gives back what it did
+//! not read.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -62,6 +64,108 @@ fn a_remote_buffered_writer_streams_in_batches_and_every_message_arrives_once_in
         assert_eq!(read_in_order(&r), n, "{at}");
         h.join().unwrap().unwrap();
     }
+}
+
+#[process]
+fn read_all_in_order(input: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    Ok(read_in_order(&input))
+}
+
+#[test]
+fn a_remote_reader_streams_and_every_message_arrives_once_in_order() {
+    for at in [tcp("rstream"), local("rstream")] {
+        let c = Channel::<u64>::named_buffered(&at, 64).unwrap();
+        let w = c.writer();
+        let n = 20_000;
+        let h = Spawn(read_all_in_order(c.reader()).on(Placement::launcher("{cmd}"))).unwrap();
+        drop(c);
+        for i in 0..n {
+            w.write(i).unwrap();
+        }
+        drop(w);
+        assert_eq!(h.join().unwrap().unwrap(), n, "{at}");
+    }
+}
+
+#[process]
+fn read_some(input: ChannelIn<u64>, n: usize) -> Result<Vec<u64>, ChannelError> {
+    (0..n).map(|_| input.read()).collect()
+}
+
+#[test]
+fn a_remote_reader_that_leaves_gives_back_what_it_asked_for_ahead() {
+    for at in [tcp("rleave"), local("rleave")] {
+        let c = Channel::<u64>::named_buffered(&at, 64).unwrap();
+        let (w, r) = (c.writer(), c.reader());
+        let n = 10_000;
+        // Written while the placed reader reads fast (its window grows), then leaves.
+        let writer = std::thread::spawn(move || {
+            for i in 0..n {
+                w.write(i).unwrap();
+            }
+        });
+        let h = Spawn(read_some(c.reader(), 500).on(Placement::launcher("{cmd}"))).unwrap();
+        let mut seen = h.join().unwrap().unwrap();
+        drop(c);
+        assert_eq!(seen.len(), 500);
+        // Everything else, including what it had asked for and not read, is read here.
+        loop {
+            match r.read_timeout(PROMPT) {
+                Ok(v) => seen.push(v),
+                Err(ChannelError::Retired) => break,
+                Err(e) => panic!("{at}: after {} messages: {e}", seen.len()),
+            }
+        }
+        writer.join().unwrap();
+        seen.sort();
+        let twice: Vec<u64> = seen
+            .windows(2)
+            .filter(|p| p[0] == p[1])
+            .map(|p| p[0])
+            .collect();
+        seen.dedup();
+        let lost: Vec<u64> = (0..n).filter(|i| seen.binary_search(i).is_err()).collect();
+        assert_eq!(
+            (twice, lost),
+            (vec![], vec![]),
+            "{at}: every message exactly once"
+        );
+    }
+}
+
+#[process]
+fn take_one_then_wait(
+    jobs: ChannelIn<u64>,
+    took: ChannelOut<u64>,
+    gate: ChannelIn<()>,
+) -> Result<u64, ChannelError> {
+    took.write(jobs.read()?)?;
+    gate.read()?;
+    jobs.read()
+}
+
+#[test]
+fn a_remote_reader_that_works_on_each_message_asks_for_one_ahead() {
+    let c = Channel::<u64>::named_buffered(&tcp("jobs"), 16).unwrap();
+    let took = Channel::<u64>::named(&tcp("took")).unwrap();
+    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let (w, r) = (c.writer(), c.reader());
+    for i in 0..16 {
+        w.write(i).unwrap();
+    }
+    let h = Spawn(
+        take_one_then_wait(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    // It works on its first job: it holds at most one more, the rest are for other readers.
+    let mut here: Vec<u64> = (0..14).map(|_| r.read_timeout(PROMPT).unwrap()).collect();
+    gate.writer().write(()).unwrap();
+    let second = h.join().unwrap().unwrap();
+    here.extend([first, second]);
+    here.sort();
+    assert_eq!(here, (0..16).collect::<Vec<_>>());
 }
 
 /// The bytes of message `i` of a stream of mixed sizes: small ones that share a system call,

@@ -40,6 +40,7 @@ const DONE: u8 = 0x21;
 const READ: u8 = 0x30;
 const MESSAGE: u8 = 0x31;
 const ACK: u8 = 0x32;
+const NACK: u8 = 0x33;
 const RETIRE: u8 = 0x41;
 const ERROR: u8 = 0x7f;
 
@@ -447,6 +448,95 @@ fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
     assert_eq!(r.recv().unwrap().0, ERROR);
     assert!(r.closed_by_host());
     assert_eq!(host_reader.read_timeout(PROMPT), Ok(11));
+}
+
+/// Reads the next frame, a `Message` of a u64.
+fn message_u64(r: &mut Raw) -> u64 {
+    let (kind, body) = r.recv().expect("a Message");
+    assert_eq!(kind, MESSAGE, "{}", error_text(&body));
+    rmp_serde::from_slice(&body).unwrap()
+}
+
+#[test]
+fn a_reader_asks_for_messages_ahead_within_the_window_and_acknowledges_them_in_order() {
+    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/ahead"), 4).unwrap();
+    let (w, host_reader) = (ch.writer(), ch.reader());
+    for v in 0..4 {
+        w.write(v).unwrap();
+    }
+    let mut r = Raw::open_u64(port, "ahead", false);
+    // Three reads ahead, in one write: three messages, in order, none acknowledged yet.
+    r.0.write_all(&[1, 0, 0, 0, READ].repeat(3)).unwrap();
+    assert_eq!([0, 1, 2].map(|_| message_u64(&mut r)), [0, 1, 2]);
+    // Their slots stay taken until acknowledged: the channel (capacity 4) is full.
+    assert!(matches!(w.try_write(4), Err(TryWriteError::Full(4))));
+    r.send(ACK, &[]);
+    r.send(ACK, &[]);
+    // Two slots are free again.
+    w.write_timeout(4, PROMPT).unwrap();
+    w.write_timeout(5, PROMPT).unwrap();
+    // Message 2 (not acknowledged) goes back when the reader gives back what it holds, though
+    // the channel is full.
+    r.send(NACK, &[]);
+    let mut rest: Vec<u64> = (0..4)
+        .map(|_| host_reader.read_timeout(PROMPT).unwrap())
+        .collect();
+    rest.sort();
+    assert_eq!(rest, [2, 3, 4, 5]);
+}
+
+#[test]
+fn a_message_given_back_to_a_full_channel_is_read_again() {
+    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/full"), 1).unwrap();
+    let (w, host_reader) = (ch.writer(), ch.reader());
+    w.write(9).unwrap();
+    let mut r = Raw::open_u64(port, "full", false);
+    r.send(READ, &[]);
+    assert_eq!(message_u64(&mut r), 9);
+    // Given back while its slot is the whole channel.
+    r.send(NACK, &[]);
+    assert_eq!(host_reader.read_timeout(PROMPT), Ok(9));
+}
+
+#[test]
+fn a_read_beyond_the_window_is_a_protocol_error_and_what_the_reader_held_goes_back() {
+    let port = common::free_port();
+    let at = format!("tcp://127.0.0.1:{port}/window");
+    let ch = Channel::<u64>::named_buffered(&at, 2).unwrap();
+    let (w, host_reader) = (ch.writer(), ch.reader());
+    w.write(7).unwrap();
+    w.write(8).unwrap();
+    let mut r = Raw::open_u64(port, "window", false);
+    r.0.write_all(&[1, 0, 0, 0, READ].repeat(2)).unwrap();
+    assert_eq!([0, 1].map(|_| message_u64(&mut r)), [7, 8]);
+    // A third read while two messages are held: beyond the capacity of 2.
+    r.send(READ, &[]);
+    let (kind, body) = r.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "protocol"));
+    assert!(r.closed_by_host());
+    let mut back = [0, 1].map(|_| host_reader.read_timeout(PROMPT).unwrap());
+    back.sort();
+    assert_eq!(back, [7, 8]);
+}
+
+#[test]
+fn a_reader_that_hangs_up_holding_messages_gives_every_one_back() {
+    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/held"), 8).unwrap();
+    let (w, host_reader) = (ch.writer(), ch.reader());
+    for v in 0..5 {
+        w.write(v).unwrap();
+    }
+    let mut r = Raw::open_u64(port, "held", false);
+    r.0.write_all(&[1, 0, 0, 0, READ].repeat(5)).unwrap();
+    assert_eq!([0; 5].map(|_| message_u64(&mut r)), [0, 1, 2, 3, 4]);
+    r.send(ACK, &[]);
+    drop(r);
+    let mut back = [0; 4].map(|_| host_reader.read_timeout(PROMPT).unwrap());
+    back.sort();
+    assert_eq!(back, [1, 2, 3, 4]);
 }
 
 #[test]

@@ -358,7 +358,16 @@ impl FrameReader {
 
 /// Bodies up to this size are copied behind their header and go out in one write (one
 /// segment); larger ones are written after it without a copy.
-const ONE_WRITE: usize = 64 << 10;
+pub(crate) const ONE_WRITE: usize = 64 << 10;
+
+/// Appends a frame of `kind` with `body` (at most [`MAX_FRAME`] bytes, checked by whoever
+/// made it) to `out`, to be written with others in one system call.
+pub(crate) fn append_frame(out: &mut Vec<u8>, kind: Kind, body: &[u8]) {
+    debug_assert!(body.len() < MAX_FRAME);
+    out.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(body);
+}
 
 /// Writes one frame. A body longer than a frame length can say (`u32::MAX - 1` bytes) is
 /// refused with [`FrameError::TooLarge`] before anything is written.

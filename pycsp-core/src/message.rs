@@ -116,9 +116,14 @@ pub(crate) fn write_encoded(
     write(chan, &Encoded(bytes), deadline).map_err(|e| e.error)
 }
 
-/// Writes again an encoded message that a reader gave back (see [`Chan::write_back`]).
-pub(crate) fn write_encoded_back(chan: &Chan, bytes: &[u8]) -> Result<(), ChannelError> {
-    write_as(chan, &Encoded(bytes), None, true).map_err(|e| e.error)
+/// Writes again an encoded message that a reader gave back (see [`Chan::write_back`]), by
+/// `deadline` as [`write_encoded`]'s.
+pub(crate) fn write_encoded_back(
+    chan: &Chan,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), ChannelError> {
+    write_as(chan, &Encoded(bytes), deadline, true).map_err(|e| e.error)
 }
 
 /// Encodes `value` into a buffer of its own (for a message that is written later).
@@ -150,7 +155,7 @@ fn write_as<E: Encoding>(
             len: inline.len,
         };
         return if back {
-            chan.write_back(&slot)
+            chan.write_back(&slot, deadline)
         } else {
             chan.write(&slot, deadline)
         };
@@ -202,7 +207,7 @@ fn write_block<E: Encoding>(
     }
     let block = Outgoing::Block { offset, len };
     if back {
-        chan.write_back(&block)
+        chan.write_back(&block, deadline)
     } else {
         chan.write(&block, deadline)
     }

@@ -9,9 +9,15 @@
 //!   host's `Done`, so
 //!   the user's `write` returns exactly when the host's channel accepted the message. An
 //!   `Error` answer or a lost connection fails the user's write with that error.
-//! - Reading end: the pump sends `Read`, puts the `Message` into the proxy (waiting until the
-//!   user takes it), then sends `Ack`; if the user retires or poisons instead, it sends `Nack`
-//!   and the host puts the message back. The pump holds at most one message at a time.
+//! - Reading end of a rendezvous channel: the pump sends `Read`, puts the `Message` into the
+//!   (rendezvous) proxy, waiting until the user takes it, then sends `Ack`; if the user
+//!   retires or poisons instead, it sends `Nack` and the host puts the message back. The pump
+//!   holds at most one message at a time.
+//! - Reading end of a buffered channel: the proxy is buffered, and the pump asks for messages
+//!   ahead: as many as cover twice the round trip at the rate the user takes them (one while
+//!   the user works on each longer than a round trip), at most the channel's capacity and
+//!   [`READ_WINDOW`]; it acknowledges each message the user took, in order, and gives back
+//!   (`Nack`) those the user did not take when it leaves (see [`Pump::pump_reads_ahead`]).
 //!
 //! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
 //! works unchanged.
@@ -23,12 +29,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::key::{self, HandshakeError};
-use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
+use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{self, step_failed, Address, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
 use crate::frame::{
-    read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
-    MAX_MESSAGE,
+    append_frame, read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind,
+    MAX_FRAME, MAX_MESSAGE,
 };
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
@@ -316,10 +322,12 @@ pub(crate) fn open_end(
     // A writing end of a buffered channel has a buffered proxy of the channel's capacity: its
     // messages not yet confirmed by the host (the window) are this part of the channel's
     // buffer. Every other proxy is a rendezvous: an operation completes when the host's does.
+    // A reading end of a buffered channel has a buffered proxy too: the messages it asked
+    // for ahead (at most READ_WINDOW, see `Pump::pump_reads_ahead`) wait there for the user.
     let capacity = if writer {
         usize::try_from(opened.capacity.min(MAX_WINDOW)).unwrap_or(0)
     } else {
-        0
+        usize::try_from(opened.capacity.min(READ_WINDOW as u64)).unwrap_or(0)
     };
     let proxy = Chan::create(arena, &addr.full, type_name, fp, capacity, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
@@ -359,6 +367,8 @@ pub(crate) fn open_end(
                 p.pump_buffered()
             } else if p.info.writer {
                 p.pump_writes()
+            } else if !p.proxy.is_rendezvous() {
+                p.pump_reads_ahead()
             } else {
                 p.pump_reads()
             };
@@ -1009,6 +1019,323 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+/// How far ahead a reading end of a buffered channel asks: enough messages to cover twice the
+/// round trip to the host at the rate the user takes them, within `1..=max`.
+///
+/// A user that takes messages faster than they cross the connection (a stream) gets a window
+/// that doubles with every round trip up to the proxy's capacity; one that takes a message
+/// and works on it longer than a round trip (a worker of a farm) asks for one ahead, as a
+/// local reader has none: it does not hold jobs that another worker could start.
+struct ReadAhead {
+    /// The shortest time seen from asking (with nothing asked before) to the answer.
+    round_trip: Option<Duration>,
+    /// When the user's takes were last counted (none yet: the time before its first read is
+    /// not a time between takes), and the time between takes then (smoothed).
+    counted: Option<Instant>,
+    between: Option<Duration>,
+    max: u64,
+}
+
+impl ReadAhead {
+    fn new(max: u64) -> ReadAhead {
+        ReadAhead {
+            round_trip: None,
+            counted: None,
+            between: None,
+            max,
+        }
+    }
+
+    /// The user took `n` more messages since the last count.
+    fn took(&mut self, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        let Some(counted) = self.counted.replace(now) else {
+            return;
+        };
+        let sample = (now - counted) / u32::try_from(n).unwrap_or(u32::MAX);
+        self.between = Some(match self.between {
+            None => sample,
+            Some(b) => (b * 3 + sample) / 4,
+        });
+    }
+
+    /// An answer came `rtt` after a request made while nothing was asked.
+    fn answered(&mut self, rtt: Duration) {
+        self.round_trip = Some(self.round_trip.map_or(rtt, |r| r.min(rtt)));
+    }
+
+    fn window(&self) -> u64 {
+        match (self.round_trip, self.between) {
+            (Some(rtt), Some(between)) => {
+                let want = (rtt.as_nanos() * 2).div_ceil(between.as_nanos().max(1));
+                u64::try_from(want).unwrap_or(u64::MAX).clamp(1, self.max)
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// What ended the reading of a buffered reading end's pump.
+enum ReadStop {
+    /// The user retired, poisoned or moved the end.
+    UserLeft,
+    /// The host answered with this error (its channel poisoned, retired, ...).
+    Host(ChannelError),
+    /// The connection failed.
+    Lost(FrameError),
+}
+
+impl Pump {
+    /// The pump of a reading end of a buffered channel; returns whether it handed the end over.
+    ///
+    /// It keeps up to [`ReadAhead::window`] messages asked for and not acknowledged: the
+    /// host's answers go into the (buffered) proxy at once, where the user reads them at
+    /// shared-memory speed; the pump acknowledges those the user took, in order, and asks for
+    /// as many again, in one system call. It waits for the host while it has asked for
+    /// messages not come yet, else for the user to take one. The messages not acknowledged
+    /// stay taken in the host's channel (they count in its capacity) and go back to it if the
+    /// user leaves without them (`Nack`) or the connection ends.
+    fn pump_reads_ahead(&mut self) -> bool {
+        let mut ahead = ReadAhead::new(self.proxy.capacity() as u64);
+        // Requests sent, messages received (put into the proxy), acknowledgements sent.
+        let (mut asked, mut got, mut acked) = (0u64, 0u64, 0u64);
+        // When requests went out while none was outstanding (the round trip's start).
+        let mut asked_at: Option<Instant> = None;
+        let mut inbox = FrameReader::default();
+        let mut out: Vec<u8> = Vec::new();
+        let stop = loop {
+            if self.user_left() {
+                break ReadStop::UserLeft;
+            }
+            // What the user took: acknowledge it; ask for as many as the window allows.
+            let taken = got - (self.proxy.len() as u64).min(got - acked);
+            let now = Instant::now();
+            ahead.took(taken - acked, now);
+            out.clear();
+            for _ in acked..taken {
+                append_frame(&mut out, Kind::Ack, &[]);
+            }
+            acked = taken;
+            let window = ahead.window();
+            if asked == got && asked - acked < window {
+                asked_at = Some(now);
+            }
+            while asked - acked < window {
+                append_frame(&mut out, Kind::Read, &[]);
+                asked += 1;
+            }
+            if !out.is_empty() {
+                if let Err(e) = self.s.write_all(&out).map_err(crate::frame::io_error) {
+                    break ReadStop::Lost(e);
+                }
+            }
+            if asked == got {
+                // Everything asked for is in the proxy: wait for the user to take one.
+                self.await_take(got - acked);
+                continue;
+            }
+            // Wait for the host's answers, watching for the user leaving.
+            if !inbox.has_frame(MAX_FRAME) && !self.await_host(&inbox) {
+                if self.user_left() {
+                    break ReadStop::UserLeft;
+                }
+                continue;
+            }
+            match self.receive(&mut inbox, &mut got, asked) {
+                Ok(()) => {
+                    if let Some(at) = asked_at.take() {
+                        ahead.answered(at.elapsed());
+                    }
+                }
+                Err(stop) => break stop,
+            }
+        };
+        self.stop_reading(stop, &mut inbox, asked, got, acked)
+    }
+
+    /// Waits until the user took one of the `holding` messages in the proxy, or left; a wait
+    /// that lasts is published for the census as this end's write of the proxy, on the
+    /// connection to the host (as [`hand_to_user`](Self::hand_to_user)).
+    fn await_take(&self, holding: u64) {
+        let fewer = usize::try_from(holding).unwrap_or(usize::MAX);
+        if self
+            .proxy
+            .wait_fewer_than(fewer, Instant::now() + stream::PUBLISH_AFTER)
+        {
+            return;
+        }
+        let (sent, got) = stream::bytes();
+        let item = |key| Item {
+            key,
+            write: false,
+            name: "",
+            word: None,
+        };
+        let _waiting = (self.host != 0).then(|| {
+            census::park_socket(
+                census::Kind::Write,
+                &[
+                    Item {
+                        key: self.proxy.key(),
+                        write: true,
+                        name: self.proxy.name(),
+                        word: Some(self.proxy.side_word(true)),
+                    },
+                    item(u64::from(self.host)),
+                    item(sent),
+                    item(got),
+                ],
+                None,
+            )
+        });
+        while !self.proxy.wait_fewer_than(fewer, Instant::now() + TICK) {}
+    }
+
+    /// Waits until a frame can be read from the host; `false` if the user left meanwhile.
+    /// A wait that lasts is published for the census as idle.
+    fn await_host(&self, inbox: &FrameReader) -> bool {
+        if inbox.buffered() {
+            // Part of a frame: the rest is on its way.
+            return true;
+        }
+        let mut idle = None;
+        let mut step = stream::PUBLISH_AFTER;
+        while !sys::wait_readable(self.s.as_raw_fd(), step) {
+            if self.user_left() {
+                return false;
+            }
+            if step != TICK {
+                step = TICK;
+                idle = stream::idle(self.host, false, &self.proxy, None);
+            }
+        }
+        drop(idle);
+        true
+    }
+
+    /// Receives the frames the host sent (at least one): messages go into the proxy, in order.
+    fn receive(
+        &mut self,
+        inbox: &mut FrameReader,
+        got: &mut u64,
+        asked: u64,
+    ) -> Result<(), ReadStop> {
+        let mut first = true;
+        loop {
+            let f = if first {
+                first = false;
+                inbox.next(&mut self.s, MAX_FRAME).map_err(ReadStop::Lost)?
+            } else {
+                match inbox.parse(MAX_FRAME).map_err(ReadStop::Lost)? {
+                    Some(f) => f,
+                    None => return Ok(()),
+                }
+            };
+            match f.kind {
+                Kind::Message if *got < asked => {
+                    // There is room: the proxy's capacity is the window's largest, and the
+                    // user's side only leaves (then the message goes back with the rest).
+                    match write_encoded(&self.proxy, &f.body, Some(Instant::now())) {
+                        Ok(()) => *got += 1,
+                        Err(_) => return Err(ReadStop::UserLeft),
+                    }
+                    inbox.recycle(f.body);
+                }
+                Kind::Error => {
+                    let e = ErrorBody::decode(&f.body).into_error(&self.info.address.full);
+                    return Err(ReadStop::Host(e));
+                }
+                k => {
+                    return Err(ReadStop::Host(ChannelError::Protocol {
+                        address: self.info.address.full.clone(),
+                        reason: format!("expected Message, got {k:?}"),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Ends a buffered reading end's pump: gives back to the host what the user did not take,
+    /// lets the user read what is in the proxy when the host's channel ended, and retires or
+    /// hands over the end. Returns whether a hand-over was confirmed.
+    fn stop_reading(
+        &mut self,
+        stop: ReadStop,
+        inbox: &mut FrameReader,
+        asked: u64,
+        got: u64,
+        mut acked: u64,
+    ) -> bool {
+        match stop {
+            ReadStop::UserLeft => {}
+            ReadStop::Lost(e) => {
+                // The messages in the proxy stay readable; then the user learns why it ended.
+                self.fail(self.lost(&e));
+                self.proxy.retire_side(true);
+                return false;
+            }
+            ReadStop::Host(ChannelError::Poisoned) => {
+                // Poison is immediate: what the proxy holds is dropped with it.
+                self.proxy.poison();
+            }
+            ReadStop::Host(e) => {
+                // The user reads what the proxy holds, then gets the host's error (`Retired`
+                // as itself): acknowledged as it goes, as before.
+                if e != ChannelError::Retired {
+                    self.fail(e);
+                }
+                self.proxy.retire_side(true);
+                while !self.user_left() && acked < got {
+                    self.await_take(got - acked);
+                    let taken = got - (self.proxy.len() as u64).min(got - acked);
+                    let mut out = Vec::new();
+                    for _ in acked..taken {
+                        append_frame(&mut out, Kind::Ack, &[]);
+                    }
+                    acked = taken;
+                    if self.s.write_all(&out).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        // Acknowledge what the user took; give back the rest (in the proxy, or on its way).
+        let taken = got - (self.proxy.len() as u64).min(got - acked);
+        let mut frames = Vec::new();
+        for _ in acked..taken {
+            append_frame(&mut frames, Kind::Ack, &[]);
+        }
+        if asked > taken {
+            append_frame(&mut frames, Kind::Nack, &[]);
+        }
+        let mut answers = 1;
+        if self.proxy.state_flags() & POISONED != 0 {
+            append_frame(&mut frames, Kind::Poison, &[]);
+            answers += 1;
+        }
+        let handoff = *self.info.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        match handoff {
+            Some(t) => append_frame(&mut frames, Kind::Handoff, &t.to_le_bytes()),
+            None => append_frame(&mut frames, Kind::Retire, &[]),
+        }
+        if self.s.write_all(&frames).is_err() {
+            return false;
+        }
+        // Messages and errors that crossed these frames are skipped: the host put them back.
+        let _ = self.s.set_deadline(Some(LOSS_TIMEOUT));
+        while answers > 0 {
+            match inbox.next(&mut self.s, MAX_FRAME) {
+                Ok(f) if f.kind == Kind::Done => answers -= 1,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        handoff.is_some()
     }
 }
 

@@ -13,7 +13,8 @@
 //!                                     <-   Done  |  Error
 //! reader:  Read                       ->
 //!                                     <-   Message <message>  |  Error
-//!          Ack | Nack                 ->   (Nack: the host puts the message back)
+//!          Ack | Nack                 ->   (Nack: the host puts back every message
+//!                                           not acknowledged)
 //! either:  Poison                     ->   <- Done
 //!          Retire                     ->   <- Done, then both close
 //!          Handoff <u64 token>        ->   <- Done, then both close
@@ -23,6 +24,12 @@
 //! `too_large`, `protocol`, `auth`, `other`.
 
 use serde::{Deserialize, Serialize};
+
+/// How many messages of a buffered channel a remote reader may ask for ahead: its `Read`s not
+/// answered plus the messages sent to it and not acknowledged (`Ack`, in order) stay within
+/// the channel's capacity and this, and within one on a rendezvous channel. The host refuses
+/// a `Read` beyond it as a protocol error.
+pub const READ_WINDOW: usize = 64;
 
 use crate::error::ChannelError;
 use crate::frame::{Frame, Kind};

@@ -20,13 +20,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::key;
-use super::proto::{encode, ErrorBody, OpenBody, OpenedBody};
+use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{
     handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
     Stream, ENV_MAX_STARTUPS,
 };
 use crate::error::ChannelError;
-use crate::frame::{read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME};
+use crate::frame::{
+    append_frame, read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
+    ONE_WRITE,
+};
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
@@ -624,10 +627,32 @@ impl Conn<'_> {
     /// gathered in `replies`, in order, and sent in one system call whenever the connection
     /// would wait: for the peer's next frame, for room in the channel, or before any frame but
     /// `Write`.
+    ///
+    /// A reader's `Read`s are credits: the host answers each with one message, and may hold
+    /// up to [`read_window`](Self::read_window) messages sent and not acknowledged plus reads
+    /// not answered yet. A message's slot stays taken (its writer, on a rendezvous channel,
+    /// waiting) until its `Ack`; whatever the peer did not acknowledge when the connection
+    /// ends, or when it sends `Nack`, goes back to the channel.
     fn serve_frames(&self, s: &mut Stream) -> End {
+        let mut held = VecDeque::new();
+        let end = self.serve_frames_holding(s, &mut held);
+        self.put_back(held.into_iter().collect());
+        end
+    }
+
+    /// How many messages a reader may ask for ahead (see [`serve_frames`](Self::serve_frames)):
+    /// one on a rendezvous channel (a writer returns when the remote user took its message),
+    /// up to [`READ_WINDOW`] of a buffered channel's capacity.
+    fn read_window(&self) -> usize {
+        self.chan.capacity().clamp(1, READ_WINDOW)
+    }
+
+    fn serve_frames_holding(&self, s: &mut Stream, held: &mut VecDeque<(Vec<u8>, Taken)>) -> End {
         let mut next: Option<Frame> = None;
         let mut inbox = FrameReader::default();
         let mut replies: Vec<u8> = Vec::new();
+        // A reader's `Read`s not answered yet.
+        let mut credits = 0usize;
         let send = |s: &mut Stream, replies: &mut Vec<u8>| {
             let r = s.write_all(replies);
             replies.clear();
@@ -638,6 +663,13 @@ impl Conn<'_> {
                 Some(f) => f,
                 None => match inbox.parse(MAX_FRAME) {
                     Ok(Some(f)) => f,
+                    Ok(None) if credits > 0 => {
+                        // Every frame that came is handled: answer the reads.
+                        match self.answer_reads(s, &inbox, &mut credits, held, &mut replies) {
+                            Ok(()) => continue,
+                            Err(end) => return end,
+                        }
+                    }
                     Ok(None) => {
                         if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
@@ -672,38 +704,30 @@ impl Conn<'_> {
                         None => return End::Lost("hung up during a write".into()),
                     }
                 }
-                (Kind::Read, false) => match self.read(s, &inbox) {
-                    Outcome::Got(bytes, taken) => {
-                        // The message's slot stays taken, and its writer (on a rendezvous
-                        // channel) waiting, until the peer acknowledges it.
-                        if write_frame(s, &Frame::new(Kind::Message, bytes.clone())).is_err() {
-                            self.put_back(bytes, taken);
-                            return End::Lost("hung up before a message reached it".into());
-                        }
-                        if !inbox.has_frame(MAX_FRAME) {
-                            super::stream::await_readable(s, self.pid, self.writer, &self.chan);
-                        }
-                        match inbox.next(s, MAX_FRAME) {
-                            Ok(f) if f.kind == Kind::Ack => {
-                                self.chan.ack(taken);
-                                continue;
-                            }
-                            Ok(f) => {
-                                self.put_back(bytes, taken);
-                                if f.kind != Kind::Nack {
-                                    next = Some(f);
-                                }
-                                continue;
-                            }
-                            Err(e) => {
-                                self.put_back(bytes, taken);
-                                return self.frame_error(e);
-                            }
-                        }
+                (Kind::Read, false) => {
+                    if credits + held.len() >= self.read_window() {
+                        return End::Broken(self.protocol(format!(
+                            "a Read beyond the window of {} messages",
+                            self.read_window()
+                        )));
                     }
-                    Outcome::Failed(e) => Err(e),
-                    Outcome::Interrupted => continue,
+                    credits += 1;
+                    continue;
+                }
+                (Kind::Ack, false) => match held.pop_front() {
+                    Some((_, taken)) => {
+                        self.chan.ack(taken);
+                        continue;
+                    }
+                    None => return End::Broken(self.protocol("an Ack without a message".into())),
                 },
+                (Kind::Nack, false) => {
+                    // The peer gives back every message it did not acknowledge (and asks for
+                    // no more).
+                    credits = 0;
+                    self.put_back(held.drain(..).collect());
+                    continue;
+                }
                 (Kind::Poison, _) => {
                     self.chan.poison();
                     Ok(())
@@ -881,18 +905,109 @@ impl Conn<'_> {
     /// `taken` from: the writer of a rendezvous channel returns once another reader took its
     /// message. If no reader can take it any more (every reader retired, poison, a dead peer),
     /// that writer's write fails as the channel says; a buffered channel's slot is emptied.
-    fn put_back(&self, bytes: Vec<u8>, taken: Taken) {
+    /// On a buffered channel whose ring is full (of the slots given back, maybe), the slot is
+    /// emptied first and the message written again after.
+    ///
+    /// Several messages go back in the order they were taken, one after another.
+    fn put_back(&self, messages: Vec<(Vec<u8>, Taken)>) {
+        if messages.is_empty() {
+            return;
+        }
         let chan = self.chan;
         runtime::hold(&chan, Role::Writer);
         let _ = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
                 let _internal = crate::shm::census::internal_thread(true);
-                if write_encoded_back(&chan, &bytes).is_ok() || !chan.is_rendezvous() {
-                    chan.ack(taken);
+                for (bytes, taken) in messages {
+                    if chan.is_rendezvous() {
+                        if write_encoded_back(&chan, &bytes, None).is_ok() {
+                            chan.ack(taken);
+                        }
+                    } else if let Err(ChannelError::Timeout) =
+                        write_encoded_back(&chan, &bytes, Some(Instant::now()))
+                    {
+                        // The ring is full (the slots given back may be all of it): free the
+                        // slot first, then write the message again (waiting for room, as any
+                        // writer; this process holds a writing end meanwhile).
+                        chan.ack(taken);
+                        let _ = write_encoded_back(&chan, &bytes, None);
+                    } else {
+                        chan.ack(taken);
+                    }
                 }
                 runtime::release(chan, Role::Writer);
             });
+    }
+
+    /// Answers the reader's outstanding `Read`s (`credits`): waits for a message (returning
+    /// early when the peer sends a frame), then takes those there now, up to `credits`, and
+    /// sends them, after the `replies` gathered, in one system call (a message longer than
+    /// [`ONE_WRITE`] on its own, without a copy). A read that fails is answered with its
+    /// `Error`, and the reader asks for nothing more.
+    fn answer_reads(
+        &self,
+        s: &mut Stream,
+        inbox: &FrameReader,
+        credits: &mut usize,
+        held: &mut VecDeque<(Vec<u8>, Taken)>,
+        replies: &mut Vec<u8>,
+    ) -> Result<(), End> {
+        fn lost<E>(_: E) -> End {
+            End::Lost("hung up before a message reached it".into())
+        }
+        if !replies.is_empty() {
+            s.write_all(replies)
+                .map_err(|_| End::Lost("hung up before its answer".into()))?;
+            replies.clear();
+        }
+        let (bytes, taken) = match self.read(s, inbox) {
+            Outcome::Got(bytes, taken) => (bytes, taken),
+            Outcome::Failed(e) => {
+                *credits = 0;
+                return s
+                    .write_all(&ErrorBody::from_error(&e).frame().encode())
+                    .map_err(lost);
+            }
+            Outcome::Interrupted => return Ok(()),
+        };
+        let mut next = Some((bytes, taken));
+        while let Some((bytes, taken)) = next.take() {
+            *credits -= 1;
+            if bytes.len() > ONE_WRITE {
+                s.write_all(replies).map_err(lost)?;
+                replies.clear();
+                let f = Frame::new(Kind::Message, bytes);
+                let r = write_frame(s, &f);
+                // Held before anything else: if it did not reach the peer, it goes back.
+                held.push_back((f.body, taken));
+                r.map_err(lost)?;
+            } else {
+                append_frame(replies, Kind::Message, &bytes);
+                held.push_back((bytes, taken));
+            }
+            if *credits == 0 || replies.len() >= ONE_WRITE {
+                break;
+            }
+            // Those there now, without waiting.
+            let Ok(arena) = Arena::get() else { break };
+            if let Ok((m, taken)) = self
+                .chan
+                .read_deferred(Some(Instant::now()), |w| waiter::claim(arena, w))
+            {
+                match take_encoded(m) {
+                    Ok(b) => next = Some((b, taken)),
+                    Err(e) => {
+                        self.chan.ack(taken);
+                        *credits = 0;
+                        replies.extend_from_slice(&ErrorBody::from_error(&e).frame().encode());
+                    }
+                }
+            }
+        }
+        s.write_all(replies).map_err(lost)?;
+        replies.clear();
+        Ok(())
     }
 }
 

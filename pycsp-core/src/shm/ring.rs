@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
 use super::census::Kind;
-use super::wait::{Event, Waiting};
+use super::wait::{self, Event, Waiting};
 use super::waiter::{self, Claim, Handoff, Offer};
 use crate::error::ChannelError;
 use crate::trace;
@@ -1204,9 +1204,13 @@ impl Chan {
 
     /// Writes again a message that a reader gave back (a socket host puts back what a remote
     /// reader did not take): as [`write`](Self::write), also after every writer retired.
-    pub(crate) fn write_back(&self, msg: &Outgoing<'_>) -> Result<(), WriteError> {
+    pub(crate) fn write_back(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(), WriteError> {
         let t0 = trace::begin();
-        let pos = self.write_as(msg, None, true)?;
+        let pos = self.write_as(msg, deadline, true)?;
         if t0 != 0 {
             trace::wrote(self.name(), trace::slot_message(self.key(), pos), t0);
         }
@@ -1500,6 +1504,20 @@ impl Chan {
         if self.hdr.tx.0.notify_all() && self.hdr.capacity == 0 {
             std::thread::yield_now();
         }
+    }
+
+    /// Waits until fewer than `n` messages are in this buffered channel's ring (a reader took
+    /// one), its readers retired, it was poisoned, or `deadline`; returns whether one of those
+    /// happened (for a socket pump that put messages in for its user: never the fast path).
+    pub(crate) fn wait_fewer_than(&self, n: usize, deadline: Instant) -> bool {
+        let done = || self.len() < n || self.flags() & (READERS_RETIRED | POISONED) != 0;
+        wait::wait_any(
+            &[&self.hdr.tx.0],
+            Some(deadline),
+            || done().then_some(()),
+            || false,
+        )
+        .is_some()
     }
 
     /// How many messages a buffered channel's ring holds now, those being written or read
