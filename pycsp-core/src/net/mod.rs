@@ -73,6 +73,7 @@ pub(crate) mod stream;
 
 pub use crate::frame;
 pub use key::{key_env, ENV_KEY, ENV_KEY_FILE};
+pub use proto::READ_WINDOW;
 pub use server::next_connection_error;
 pub use stream::{
     handshake_timeout, max_startups, ENV_HANDSHAKE_TIMEOUT, ENV_MAX_STARTUPS, HANDSHAKE_TIMEOUT,
