@@ -263,8 +263,9 @@ fn main() {
 
     eprintln!("pycsp, sockets (echo, sink or writer placed by the launcher {{cmd}}):");
     // (label, rendezvous RTT / raw Unix socket RTT, buffered(16) RTT / raw Unix socket RTT,
-    // remote writer / raw Unix socket one way), paired.
-    let mut socket_pairs: Vec<(&'static str, f64, f64, f64)> = Vec::new();
+    // remote writer / raw Unix socket one way, remote reader / raw Unix socket one way),
+    // paired.
+    let mut socket_pairs: Vec<(&'static str, f64, f64, f64, f64)> = Vec::new();
     let mut mib_tcp_over_raw = f64::NAN;
     for (socket, label) in [
         (pycsp_rows::Socket::Local, "local socket"),
@@ -315,15 +316,23 @@ fn main() {
             ),
             t,
         );
-        rows.extend([rt, uds_rt, brt, buds_rt, thr, uds_thr]);
-        socket_pairs.push((label, rt_ratio, brt_ratio, thr_ratio));
-        rows.push(measure(
-            "sockets",
-            &format!("{label}: buffered u64 one way, remote reader"),
-            "msg/s",
+        let (rthr, ruds_thr, rthr_ratio) = stats::measure_pair(
+            (
+                "sockets",
+                &format!("{label}: buffered u64 one way, remote reader"),
+                "msg/s",
+                || pycsp_rows::socket_throughput(socket, 200_000 * k),
+            ),
+            (
+                "peers",
+                &format!("Unix domain socket one way, paired with {label} reader"),
+                "msg/s",
+                || peers::uds_throughput(500_000 * k),
+            ),
             t,
-            || pycsp_rows::socket_throughput(socket, 50_000 * k),
-        ));
+        );
+        rows.extend([rt, uds_rt, brt, buds_rt, thr, uds_thr, rthr, ruds_thr]);
+        socket_pairs.push((label, rt_ratio, brt_ratio, thr_ratio, rthr_ratio));
         if let pycsp_rows::Socket::Tcp = socket {
             let (mib, raw_mib, ratio) = stats::measure_pair(
                 (
@@ -608,19 +617,21 @@ fn main() {
             met: get("spawn and join") <= 2.0,
         },
     ];
-    for (label, rt_ratio, brt_ratio, thr_ratio) in socket_pairs {
-        let (rt_what, brt_what, thr_what, ipc_what) = match label {
+    for (label, rt_ratio, brt_ratio, thr_ratio, rthr_ratio) in socket_pairs {
+        let (rt_what, brt_what, thr_what, ipc_what, rthr_what) = match label {
             "local socket" => (
                 "local socket RTT / raw Unix socket (paired)",
                 "local buffered(16) RTT / raw Unix (paired)",
                 "local socket remote writer / raw Unix (paired)",
                 "local socket remote writer / ipc-channel",
+                "local socket remote reader / raw Unix (paired)",
             ),
             _ => (
                 "TCP RTT / raw Unix socket RTT (paired)",
                 "TCP buffered(16) RTT / raw Unix (paired)",
                 "TCP remote writer / raw Unix one way (paired)",
                 "TCP remote writer / ipc-channel one way",
+                "TCP remote reader / raw Unix one way (paired)",
             ),
         };
         let vs_ipc = get(&format!("{label}: buffered u64 one way, remote writer")) / ipc_one_way;
@@ -653,6 +664,12 @@ fn main() {
                 value: vs_ipc,
                 goal: ">= 3",
                 met: vs_ipc >= 3.0,
+            },
+            Target {
+                what: rthr_what,
+                value: rthr_ratio,
+                goal: ">= 1",
+                met: rthr_ratio >= 1.0,
             },
         ]);
     }
