@@ -1080,6 +1080,16 @@ impl ReadAhead {
     }
 }
 
+/// How a buffered reading end's pump's wait for the host ended.
+enum HostWait {
+    /// A frame (or part of one) is there.
+    Ready,
+    /// The user retired, poisoned or moved the end.
+    UserLeft,
+    /// Nothing came for a moment, and the pump has takes to acknowledge.
+    Idle,
+}
+
 /// What ended the reading of a buffered reading end's pump.
 enum ReadStop {
     /// The user retired, poisoned or moved the end.
@@ -1108,30 +1118,39 @@ impl Pump {
         let mut asked_at: Option<Instant> = None;
         let mut inbox = FrameReader::default();
         let mut out: Vec<u8> = Vec::new();
+        // The user's takes counted so far; whether the connection was idle with takes not
+        // acknowledged.
+        let (mut counted, mut flush) = (0u64, false);
         let stop = loop {
             if self.user_left() {
                 break ReadStop::UserLeft;
             }
-            // What the user took: acknowledge it; ask for as many as the window allows.
             let taken = got - (self.proxy.len() as u64).min(got - acked);
             let now = Instant::now();
-            ahead.took(taken - acked, now);
-            out.clear();
-            for _ in acked..taken {
-                append_frame(&mut out, Kind::Ack, &[]);
-            }
-            acked = taken;
+            ahead.took(taken - counted, now);
+            counted = taken;
             let window = ahead.window();
-            if asked == got && asked - acked < window {
-                asked_at = Some(now);
-            }
-            while asked - acked < window {
-                append_frame(&mut out, Kind::Read, &[]);
-                asked += 1;
-            }
-            if !out.is_empty() {
-                if let Err(e) = self.s.write_all(&out).map_err(crate::frame::io_error) {
-                    break ReadStop::Lost(e);
+            // Acknowledge what the user took and ask for as many again: in batches of half
+            // the window (each batch is a system call here and a wake-up at the host), at once
+            // when nothing is on its way or the host had nothing to send for a while.
+            if asked == got || flush || (taken - acked) * 2 >= window {
+                flush = false;
+                out.clear();
+                for _ in acked..taken {
+                    append_frame(&mut out, Kind::Ack, &[]);
+                }
+                acked = taken;
+                if asked == got && asked - acked < window {
+                    asked_at = Some(now);
+                }
+                while asked - acked < window {
+                    append_frame(&mut out, Kind::Read, &[]);
+                    asked += 1;
+                }
+                if !out.is_empty() {
+                    if let Err(e) = self.s.write_all(&out).map_err(crate::frame::io_error) {
+                        break ReadStop::Lost(e);
+                    }
                 }
             }
             if asked == got {
@@ -1140,11 +1159,15 @@ impl Pump {
                 continue;
             }
             // Wait for the host's answers, watching for the user leaving.
-            if !inbox.has_frame(MAX_FRAME) && !self.await_host(&inbox) {
-                if self.user_left() {
-                    break ReadStop::UserLeft;
+            if !inbox.has_frame(MAX_FRAME) {
+                match self.await_host(&inbox, acked < taken) {
+                    HostWait::Ready => {}
+                    HostWait::UserLeft => break ReadStop::UserLeft,
+                    HostWait::Idle => {
+                        flush = true;
+                        continue;
+                    }
                 }
-                continue;
             }
             match self.receive(&mut inbox, &mut got, asked) {
                 Ok(()) => {
@@ -1196,18 +1219,22 @@ impl Pump {
         while !self.proxy.wait_fewer_than(fewer, Instant::now() + TICK) {}
     }
 
-    /// Waits until a frame can be read from the host; `false` if the user left meanwhile.
+    /// Waits until a frame can be read from the host, or the user left; with `unacknowledged`
+    /// takes, only until the connection has been idle for a moment (then they go out).
     /// A wait that lasts is published for the census as idle.
-    fn await_host(&self, inbox: &FrameReader) -> bool {
+    fn await_host(&self, inbox: &FrameReader, unacknowledged: bool) -> HostWait {
         if inbox.buffered() {
             // Part of a frame: the rest is on its way.
-            return true;
+            return HostWait::Ready;
         }
         let mut idle = None;
         let mut step = stream::PUBLISH_AFTER;
         while !sys::wait_readable(self.s.as_raw_fd(), step) {
             if self.user_left() {
-                return false;
+                return HostWait::UserLeft;
+            }
+            if unacknowledged {
+                return HostWait::Idle;
             }
             if step != TICK {
                 step = TICK;
@@ -1215,7 +1242,7 @@ impl Pump {
             }
         }
         drop(idle);
-        true
+        HostWait::Ready
     }
 
     /// Receives the frames the host sent (at least one): messages go into the proxy, in order.
