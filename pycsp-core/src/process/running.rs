@@ -124,13 +124,26 @@ pub(crate) struct Watched {
 
 enum Reaper {
     Thread(std::thread::JoinHandle<Result<Returned, Error>>),
-    /// No thread could be started: the process is waited for when it is joined.
+    /// The joining thread watches the process ([`Watched::joined_now`]), or no thread could
+    /// be started: the process is waited for when it is joined.
     Inline(Box<Running>),
 }
 
 impl Watched {
-    /// Starts watching `r`.
+    /// Starts watching `r` with a reaper thread of its own.
     pub(crate) fn new(r: Running) -> Watched {
+        Watched::with_reaper(r, true)
+    }
+
+    /// Watches `r` from the thread that joins it, which waits for it at once and for nothing
+    /// else (a set of one process, or one of a `Sequence`): that thread sees the process end
+    /// as soon as a reaper thread would (it waits on the process's exit, and peers are marked
+    /// when it is seen), without the thread's start and the hand-off from it.
+    pub(crate) fn joined_now(r: Running) -> Watched {
+        Watched::with_reaper(r, false)
+    }
+
+    fn with_reaper(r: Running, thread: bool) -> Watched {
         let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
         let started_with = r
             .ledger
@@ -146,6 +159,17 @@ impl Watched {
             forked,
             watch: watch.clone(),
         };
+        if !thread {
+            return Watched {
+                name,
+                pid,
+                ends,
+                started_with,
+                stop,
+                reaper: Reaper::Inline(Box::new(r)),
+                watch,
+            };
+        }
         let slot = Arc::new(Mutex::new(Some(r)));
         let theirs = slot.clone();
         let their_watch = watch.clone();
