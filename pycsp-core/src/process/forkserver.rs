@@ -81,12 +81,28 @@ struct Server {
 
 static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
 
+/// A process's environment as a request carries it: pairs of bytes, without `PYCSP_AUTHKEY`.
+type Env = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The environment the server has (this process's before `main`), as [`env_now`] gives it:
+/// a request whose environment is the same carries none.
+static SERVER_ENV: OnceLock<Env> = OnceLock::new();
+
+/// This process's environment now, as a request carries it.
+fn env_now() -> Env {
+    std::env::vars_os()
+        .filter(|(k, _)| k != key::ENV_KEY)
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 /// What the server needs besides descriptors to start a child.
 #[derive(Serialize, Deserialize)]
 struct Request {
     name: String,
     ledger: Option<u64>,
-    env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The parent's environment, if it is not the server's.
+    env: Option<Env>,
     key: bool,
 }
 
@@ -123,6 +139,7 @@ pub(crate) fn prepare(run: fn(Forked) -> !) {
     match unsafe { sys::fork() } {
         Ok(Some(pid)) => {
             drop(theirs);
+            let _ = SERVER_ENV.set(env_now());
             let _ = SERVER.set(Mutex::new(Some(Server { sock: mine, pid })));
         }
         Ok(None) => {
@@ -171,10 +188,8 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     let Some(server) = guard.as_ref() else {
         return Started::Exec;
     };
-    let env = std::env::vars_os()
-        .filter(|(k, _)| k != key::ENV_KEY)
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
+    // Usually the same as the server's: then the child keeps the one it has.
+    let env = Some(env_now()).filter(|e| SERVER_ENV.get() != Some(e));
     let req = Request {
         name: s.name.to_string(),
         ledger: s.ledger,
@@ -290,20 +305,25 @@ fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked)
     }
     drop((cwd, out, err));
     // The environment the server has is the parent's from before `main`: change what differs
-    // (usually nothing). Sound: this process runs one thread.
-    let wanted: std::collections::HashMap<&OsStr, &OsStr> = req
-        .env
-        .iter()
-        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
-        .collect();
-    for (k, v) in std::env::vars_os() {
-        if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
-            std::env::remove_var(&k);
-        }
-    }
-    for (k, v) in &wanted {
-        if std::env::var_os(k).as_deref() != Some(*v) {
-            std::env::set_var(k, v);
+    // (a request carries the parent's only if something does). Sound: this process runs one
+    // thread.
+    match &req.env {
+        None => std::env::remove_var(key::ENV_KEY),
+        Some(env) => {
+            let wanted: std::collections::HashMap<&OsStr, &OsStr> = env
+                .iter()
+                .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
+                .collect();
+            for (k, v) in std::env::vars_os() {
+                if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
+                    std::env::remove_var(&k);
+                }
+            }
+            for (k, v) in &wanted {
+                if std::env::var_os(k).as_deref() != Some(*v) {
+                    std::env::set_var(k, v);
+                }
+            }
         }
     }
     run(Forked {
