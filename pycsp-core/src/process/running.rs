@@ -109,6 +109,8 @@ impl Drop for Finish {
 /// A started process watched by a thread of its own, its reaper: the thread reads the child's
 /// report, marks the channels of the child's ends the moment it dies without one, and reaps
 /// it. So the peers of a process that dies learn of it at once, whether or not anyone joins.
+/// A process that is joined at once and alone is watched by its joining thread instead
+/// ([`Watched::joined_now`]).
 pub(crate) struct Watched {
     name: &'static str,
     pid: u32,
