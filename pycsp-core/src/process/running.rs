@@ -140,9 +140,12 @@ impl Watched {
     /// Watches `r` from the thread that joins it, which waits for it at once and for nothing
     /// else (a set of one process, or one of a `Sequence`): that thread sees the process end
     /// as soon as a reaper thread would (it waits on the process's exit, and peers are marked
-    /// when it is seen), without the thread's start and the hand-off from it.
+    /// when it is seen), without the thread's start and the hand-off from it. Only a local
+    /// child: a placed process's launcher may live on after its connection was lost, which
+    /// only a reaper notices (it reads the connection first).
     pub(crate) fn joined_now(r: Running) -> Watched {
-        Watched::with_reaper(r, false)
+        let thread = r.placed;
+        Watched::with_reaper(r, thread)
     }
 
     fn with_reaper(r: Running, thread: bool) -> Watched {
