@@ -63,7 +63,7 @@ pub fn child_entry() {
         (Some(ctrl), Some(arena), _, _) => {
             let key = key_fd.and_then(|fd| sys::inherited_fd(fd).ok());
             match sys::inherited_fd(ctrl) {
-                Ok(ctrl) => run_local(&name, ctrl, arena, key, ledger, false),
+                Ok(ctrl) => run_local(&name, ctrl, arena, key, ledger),
                 Err(_) => 122,
             }
         }
@@ -93,44 +93,41 @@ fn run_forked(f: Forked) -> ! {
     sys::ignore_sigpipe();
     // A child, not a root: its message trace appends to the root's file.
     trace::enter_child();
-    let code = run_local(
-        &f.name,
-        f.ctrl,
-        f.arena.into_raw_fd(),
-        f.key,
-        f.ledger,
-        true,
-    );
+    if let Some(text) = &f.key {
+        take_key(text);
+    }
+    forget_key_variable();
+    let code = run_child(&f.name, f.ctrl, f.arena.into_raw_fd(), f.ledger, true);
     std::process::exit(code)
 }
 
-/// A local child: load the key, map the network's shared memory, receive the arguments, run
-/// the process and report how it ended; the exit code. A `forked` child ends with its parent
-/// by the parent-death signal the fork server asked for, and is stopped by a signal (see
-/// [`Watched::stop`](super::running::Watched::stop)): it runs no thread to watch its control
-/// connection.
+/// An executed local child: load the key, then run as [`run_child`] does; the exit code.
 fn run_local(
     name: &str,
     ctrl: OwnedFd,
     arena: RawFd,
     key: Option<OwnedFd>,
     ledger: Option<u64>,
-    forked: bool,
 ) -> i32 {
     if let Some(fd) = key {
         inherit_key(fd);
     }
     forget_key_variable();
-    run_child(name, ctrl, arena, ledger, forked)
+    run_child(name, ctrl, arena, ledger, false)
 }
 
 /// Reads the key the parent wrote into descriptor `fd` and makes it this process's key.
 fn inherit_key(fd: OwnedFd) {
     let mut text = String::new();
     if UnixStream::from(fd).read_to_string(&mut text).is_ok() {
-        if let Err(e) = key::inherit_text(&text) {
-            eprintln!("pycsp: {e}");
-        }
+        take_key(&text);
+    }
+}
+
+/// Makes the key the parent handed over (as [`key::for_child`] gives it) this process's key.
+fn take_key(text: &str) {
+    if let Err(e) = key::inherit_text(text) {
+        eprintln!("pycsp: {e}");
     }
 }
 
@@ -181,6 +178,11 @@ fn read_secrets() -> Result<u64, String> {
     Ok(ticket)
 }
 
+/// A local child: map the network's shared memory, receive the arguments, run the process and
+/// report how it ended; the exit code. A `forked` child ends with its parent by the
+/// parent-death signal the fork server asked for, and is stopped by a signal (see
+/// [`Watched::stop`](super::running::Watched::stop)): it runs no thread to watch its control
+/// connection.
 fn run_child(name: &str, ctrl: OwnedFd, arena: RawFd, ledger: Option<u64>, forked: bool) -> i32 {
     let mut ctrl = Ctrl::Pair(UnixStream::from(ctrl));
     let report = match Arena::inherit(arena) {

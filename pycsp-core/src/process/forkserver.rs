@@ -16,11 +16,14 @@
 //! (`child_entry`), with what the request carried:
 //!
 //! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
-//!   working directory, standard output and error as the parent has them now, and the key's
-//!   descriptor if there is one; standard input is `/dev/null` (which the server opened);
-//! - bytes (MessagePack): the process's name, its ledger's offset, and the parent's
-//!   environment now (without `PYCSP_AUTHKEY`, as for an executed child); the copy changes
-//!   only the variables that differ from its own (the program's before `main`).
+//!   working directory, standard output and error as the parent has them now; standard input
+//!   is `/dev/null` (which the server opened);
+//! - bytes (MessagePack): the process's name, its ledger's offset, the key if the parent has
+//!   one (an executed child reads it from a socket of its own; here the request is that
+//!   socket), and the parent's environment now (without `PYCSP_AUTHKEY`, as for an executed
+//!   child) if it is not the one the server has: the parent compares the two (the server's
+//!   is the parent's own before `main`), and usually they are the same; the copy changes
+//!   only the variables that differ from its own.
 //!
 //! The copy asks for `SIGKILL` when the root ends (`PR_SET_PDEATHSIG` is not inherited; the
 //! copy's parent is the root's main thread, which forked the server before `main`) and checks
@@ -81,13 +84,30 @@ struct Server {
 
 static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
 
+/// A process's environment as a request carries it: pairs of bytes, without `PYCSP_AUTHKEY`.
+type Env = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The environment the server has (this process's before `main`), as [`env_now`] gives it:
+/// a request whose environment is the same carries none.
+static SERVER_ENV: OnceLock<Env> = OnceLock::new();
+
+/// This process's environment now, as a request carries it.
+fn env_now() -> Env {
+    std::env::vars_os()
+        .filter(|(k, _)| k != key::ENV_KEY)
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 /// What the server needs besides descriptors to start a child.
 #[derive(Serialize, Deserialize)]
 struct Request {
     name: String,
     ledger: Option<u64>,
-    env: Vec<(Vec<u8>, Vec<u8>)>,
-    key: bool,
+    /// The parent's environment, if it is not the server's.
+    env: Option<Env>,
+    /// The key as [`key::for_child`] gives it, if the parent has one.
+    key: Option<String>,
 }
 
 /// What a process the server forked was given, for [`prepare`]'s `run`.
@@ -95,7 +115,7 @@ pub(crate) struct Forked {
     pub(crate) name: String,
     pub(crate) ctrl: OwnedFd,
     pub(crate) arena: OwnedFd,
-    pub(crate) key: Option<OwnedFd>,
+    pub(crate) key: Option<String>,
     pub(crate) ledger: Option<u64>,
 }
 
@@ -123,6 +143,7 @@ pub(crate) fn prepare(run: fn(Forked) -> !) {
     match unsafe { sys::fork() } {
         Ok(Some(pid)) => {
             drop(theirs);
+            let _ = SERVER_ENV.set(env_now());
             let _ = SERVER.set(Mutex::new(Some(Server { sock: mine, pid })));
         }
         Ok(None) => {
@@ -146,7 +167,7 @@ pub(crate) struct Start<'a> {
     pub(crate) name: &'a str,
     pub(crate) ctrl: RawFd,
     pub(crate) arena: RawFd,
-    pub(crate) key: Option<RawFd>,
+    pub(crate) key: Option<&'a str>,
     pub(crate) ledger: Option<u64>,
 }
 
@@ -171,15 +192,13 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     let Some(server) = guard.as_ref() else {
         return Started::Exec;
     };
-    let env = std::env::vars_os()
-        .filter(|(k, _)| k != key::ENV_KEY)
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
+    // Usually the same as the server's: then the child keeps the one it has.
+    let env = Some(env_now()).filter(|e| SERVER_ENV.get() != Some(e));
     let req = Request {
         name: s.name.to_string(),
         ledger: s.ledger,
         env,
-        key: s.key.is_some(),
+        key: s.key.map(str::to_string),
     };
     let (Ok(bytes), Ok(cwd)) = (rmp_serde::to_vec(&req), std::fs::File::open(".")) else {
         return Started::Exec;
@@ -187,8 +206,7 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     if bytes.len() > MAX_REQUEST {
         return Started::Exec;
     }
-    let mut fds = vec![s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
-    fds.extend(s.key);
+    let fds = [s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
     let sock = server.sock.as_raw_fd();
     let outcome = match sys::send_with_fds(sock, &bytes, &fds) {
         // Not sent: the server is gone (it reads every request whole, or none of it).
@@ -245,7 +263,7 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
         };
         let req = rmp_serde::from_slice::<Request>(&buf[..n]).ok();
         let answer: i32 = match req {
-            Some(req) if fds.len() == 5 + usize::from(req.key) => {
+            Some(req) if fds.len() == 5 => {
                 // SAFETY: the server runs one thread: it was forked from a single-threaded
                 // process and never starts one.
                 match unsafe { sys::fork_sibling() } {
@@ -280,7 +298,6 @@ fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked)
     let mut fds = fds.into_iter();
     let mut next = || fds.next().expect("the request's descriptors were counted");
     let (ctrl, arena, cwd, out, err) = (next(), next(), next(), next(), next());
-    let key = req.key.then(next);
     let ok = sys::dup_onto(out.as_raw_fd(), 1).is_ok()
         && sys::dup_onto(err.as_raw_fd(), 2).is_ok()
         && sys::dup_onto(null.as_raw_fd(), 0).is_ok()
@@ -290,27 +307,32 @@ fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked)
     }
     drop((cwd, out, err));
     // The environment the server has is the parent's from before `main`: change what differs
-    // (usually nothing). Sound: this process runs one thread.
-    let wanted: std::collections::HashMap<&OsStr, &OsStr> = req
-        .env
-        .iter()
-        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
-        .collect();
-    for (k, v) in std::env::vars_os() {
-        if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
-            std::env::remove_var(&k);
-        }
-    }
-    for (k, v) in &wanted {
-        if std::env::var_os(k).as_deref() != Some(*v) {
-            std::env::set_var(k, v);
+    // (a request carries the parent's only if something does). Sound: this process runs one
+    // thread.
+    match &req.env {
+        None => std::env::remove_var(key::ENV_KEY),
+        Some(env) => {
+            let wanted: std::collections::HashMap<&OsStr, &OsStr> = env
+                .iter()
+                .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v)))
+                .collect();
+            for (k, v) in std::env::vars_os() {
+                if wanted.get(k.as_os_str()) != Some(&v.as_os_str()) {
+                    std::env::remove_var(&k);
+                }
+            }
+            for (k, v) in &wanted {
+                if std::env::var_os(k).as_deref() != Some(*v) {
+                    std::env::set_var(k, v);
+                }
+            }
         }
     }
     run(Forked {
         name: req.name,
         ctrl,
         arena,
-        key,
+        key: req.key,
         ledger: req.ledger,
     })
 }

@@ -27,18 +27,11 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     let (parent_end, child_end) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
     let ctrl_fd: RawFd = child_end.as_raw_fd();
     let arena_fd: RawFd = arena.fd();
-    // The key goes through a descriptor of its own, never the environment: the child reads it
-    // before its process's code runs, and programs that code starts do not see it.
-    let (key_theirs, key_fd) = match key::for_child() {
-        Ok(text) => {
-            let (mut mine, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
-            mine.write_all(text.as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
-            let fd = theirs.as_raw_fd();
-            (Some(theirs), Some(fd))
-        }
-        Err(_) => (None, None), // the child loads it as this process did, and says why not
-    };
+    // The key goes in the fork server's request, or through a descriptor of its own, never
+    // the environment: the child takes it before its process's code runs, and programs that
+    // code starts do not see it. Without one, the child loads it as this process did, and
+    // says why not.
+    let key = key::for_child().ok();
     // The ends the arguments carry are the child's from now on: written in its ledger, which
     // this process settles once the child has ended, however it ended.
     let ledger = ChildLedger::new(name, &launch.transfers);
@@ -46,12 +39,12 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         name,
         ctrl: ctrl_fd,
         arena: arena_fd,
-        key: key_fd,
+        key: key.as_deref(),
         ledger: ledger.as_ref().map(ChildLedger::offset),
     });
     let started = match forked {
         Started::Forked(pid) => Ok(Child::Forked { pid, status: None }),
-        Started::Exec => exec(name, ctrl_fd, arena_fd, key_fd, ledger.as_ref())
+        Started::Exec => exec(name, ctrl_fd, arena_fd, key.as_deref(), ledger.as_ref())
             .map(Child::Exec)
             .map_err(|e| e.to_string()),
         Started::Lost(why) => Err(why),
@@ -66,7 +59,6 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         }
     };
     drop(child_end);
-    drop(key_theirs);
     // If the child died at once, writing fails; `wait` then reports how it died.
     let mut ctrl = Ctrl::Pair(parent_end);
     let _ = control::send(&mut ctrl, Kind::Args, args);
@@ -86,9 +78,20 @@ fn exec(
     name: &'static str,
     ctrl_fd: RawFd,
     arena_fd: RawFd,
-    key_fd: Option<RawFd>,
+    key: Option<&str>,
     ledger: Option<&ChildLedger>,
 ) -> std::io::Result<std::process::Child> {
+    // The child reads the key from its end of a socket pair (which holds it whole), then sees
+    // end of file: this end is closed when this function returns.
+    let key_theirs = match key {
+        Some(text) => {
+            let (mut mine, theirs) = UnixStream::pair()?;
+            mine.write_all(text.as_bytes())?;
+            Some(theirs)
+        }
+        None => None,
+    };
+    let key_fd = key_theirs.as_ref().map(AsRawFd::as_raw_fd);
     let mut cmd = Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);

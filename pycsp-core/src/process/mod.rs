@@ -257,7 +257,8 @@ pub fn replicate<R>(n: usize, f: impl FnMut(usize) -> Process<R>) -> Vec<Process
 /// ([`Error::outcomes`]; [`Spawned::join_outcomes`] gives them typed).
 #[allow(non_snake_case)]
 pub fn Parallel<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
-    Spawn(set)?.join()
+    // Joined at once: a single process is watched by this thread itself.
+    spawn(set, true)?.join()
 }
 
 /// Runs the processes of `set` one after another, each in its own OS process, and returns
@@ -272,7 +273,8 @@ pub fn Sequence<S: ProcessSet>(set: S) -> Result<S::Output, Error> {
         // Joined as `Parallel` joins: published in the census while it waits, so that a
         // process that can never end is a deadlock, not a hang.
         let r = start(p).and_then(|r| {
-            let w = Watched::new(r);
+            // Waited for at once and alone: this thread watches it.
+            let w = Watched::joined_now(r);
             match running::wait_all_as(census::Kind::Sequence, std::slice::from_ref(&w)) {
                 Some(deadlock) => {
                     drop(w.join());
@@ -335,11 +337,19 @@ fn with_outcomes(mut e: Error, all: Vec<crate::error::Outcome>) -> Error {
 /// [`ChannelError::PeerDied`]: crate::ChannelError::PeerDied
 #[allow(non_snake_case)]
 pub fn Spawn<S: ProcessSet>(set: S) -> Result<Spawned<S>, Error> {
+    spawn(set, false)
+}
+
+/// [`Spawn`]; with `joined_now` (the caller joins at once), a set of one process is watched
+/// by the joining thread instead of a reaper thread (see [`Watched::joined_now`]).
+fn spawn<S: ProcessSet>(set: S, joined_now: bool) -> Result<Spawned<S>, Error> {
     let mut procs = Vec::new();
     let shape = set.flatten(&mut procs);
+    let alone = joined_now && procs.len() == 1;
     let mut watched: Vec<Watched> = Vec::with_capacity(procs.len());
     for p in procs {
         match start(p) {
+            Ok(r) if alone => watched.push(Watched::joined_now(r)),
             Ok(r) => watched.push(Watched::new(r)),
             Err(e) => {
                 for w in &watched {

@@ -109,6 +109,8 @@ impl Drop for Finish {
 /// A started process watched by a thread of its own, its reaper: the thread reads the child's
 /// report, marks the channels of the child's ends the moment it dies without one, and reaps
 /// it. So the peers of a process that dies learn of it at once, whether or not anyone joins.
+/// A process that is joined at once and alone is watched by its joining thread instead
+/// ([`Watched::joined_now`]).
 pub(crate) struct Watched {
     name: &'static str,
     pid: u32,
@@ -124,13 +126,29 @@ pub(crate) struct Watched {
 
 enum Reaper {
     Thread(std::thread::JoinHandle<Result<Returned, Error>>),
-    /// No thread could be started: the process is waited for when it is joined.
+    /// The joining thread watches the process ([`Watched::joined_now`]), or no thread could
+    /// be started: the process is waited for when it is joined.
     Inline(Box<Running>),
 }
 
 impl Watched {
-    /// Starts watching `r`.
+    /// Starts watching `r` with a reaper thread of its own.
     pub(crate) fn new(r: Running) -> Watched {
+        Watched::with_reaper(r, true)
+    }
+
+    /// Watches `r` from the thread that joins it, which waits for it at once and for nothing
+    /// else (a set of one process, or one of a `Sequence`): that thread sees the process end
+    /// as soon as a reaper thread would (it waits on the process's exit, and peers are marked
+    /// when it is seen), without the thread's start and the hand-off from it. Only a local
+    /// child: a placed process's launcher may live on after its connection was lost, which
+    /// only a reaper notices (it reads the connection first).
+    pub(crate) fn joined_now(r: Running) -> Watched {
+        let thread = r.placed;
+        Watched::with_reaper(r, thread)
+    }
+
+    fn with_reaper(r: Running, thread: bool) -> Watched {
         let (name, pid, ends) = (r.name, r.child.id(), r.ends.clone());
         let started_with = r
             .ledger
@@ -146,6 +164,17 @@ impl Watched {
             forked,
             watch: watch.clone(),
         };
+        if !thread {
+            return Watched {
+                name,
+                pid,
+                ends,
+                started_with,
+                stop,
+                reaper: Reaper::Inline(Box::new(r)),
+                watch,
+            };
+        }
         let slot = Arc::new(Mutex::new(Some(r)));
         let theirs = slot.clone();
         let their_watch = watch.clone();
