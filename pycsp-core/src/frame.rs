@@ -263,8 +263,11 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
 /// ([`buffered`](Self::buffered)): the frames it holds are no longer in the socket.
 #[derive(Default)]
 pub(crate) struct FrameReader {
+    /// Bytes read and not yet parsed are `buf[at..end]`; the rest of `buf` is room for the
+    /// next read (initialised once, not cleared for each read).
     buf: Vec<u8>,
     at: usize,
+    end: usize,
     /// The body of a long frame handed back by [`recycle`](Self::recycle), reused for the next
     /// one: a stream of large messages does not map, fault in and unmap fresh memory for each.
     spare: Vec<u8>,
@@ -287,22 +290,22 @@ impl FrameReader {
 
     /// Whether bytes are buffered: a whole frame, part of one, or one that is malformed.
     pub(crate) fn buffered(&self) -> bool {
-        self.at < self.buf.len()
+        self.at < self.end
     }
 
     /// Whether a whole frame (or a malformed one) is buffered.
     pub(crate) fn has_frame(&self, max: usize) -> bool {
-        !matches!(parse(&self.buf[self.at..], max), Ok(None))
+        !matches!(parse(&self.buf[self.at..self.end], max), Ok(None))
     }
 
     /// The next buffered frame, if a whole one is there.
     pub(crate) fn parse(&mut self, max: usize) -> Result<Option<Frame>, FrameError> {
-        let r = parse(&self.buf[self.at..], max)?;
+        let r = parse(&self.buf[self.at..self.end], max)?;
         Ok(r.map(|(f, n)| {
             self.at += n;
-            if self.at == self.buf.len() {
-                self.buf.clear();
+            if self.at == self.end {
                 self.at = 0;
+                self.end = 0;
             }
             f
         }))
@@ -311,22 +314,25 @@ impl FrameReader {
     /// Reads what has arrived, waiting for at least one byte.
     pub(crate) fn fill(&mut self, r: &mut impl Read) -> Result<(), FrameError> {
         if self.at > 0 {
-            self.buf.drain(..self.at);
+            self.buf.copy_within(self.at..self.end, 0);
+            self.end -= self.at;
             self.at = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_AHEAD, 0);
+        let old = self.end;
+        if self.buf.len() < old + READ_AHEAD {
+            self.buf.resize(old + READ_AHEAD, 0);
+        }
         let got = loop {
-            match r.read(&mut self.buf[old..]) {
+            match r.read(&mut self.buf[old..old + READ_AHEAD]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 got => break got,
             }
         };
-        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+        self.end = old + *got.as_ref().unwrap_or(&0);
         match got {
             Ok(0) if old == 0 => Err(FrameError::Closed),
             Ok(0) => {
-                let want = match self.buf.get(..4) {
+                let want = match self.buf[..self.end].get(..4) {
                     Some(l) => 4 + u32::from_le_bytes(l.try_into().unwrap()) as usize,
                     None => 5,
                 };
@@ -343,7 +349,7 @@ impl FrameReader {
     /// [`read_long_body`](Self::read_long_body). A frame that is malformed or too long is left
     /// to [`parse`](Self::parse) and [`next`](Self::next), which refuse it.
     pub(crate) fn long_head(&self, max: usize) -> Option<(Kind, usize)> {
-        let rest = &self.buf[self.at..];
+        let rest = &self.buf[self.at..self.end];
         let head: [u8; 4] = rest.get(..4)?.try_into().ok()?;
         let len = u32::from_le_bytes(head) as usize;
         if len <= READ_AHEAD || len > max || rest.len() >= 4 + len {
@@ -361,15 +367,15 @@ impl FrameReader {
         r: &mut impl Read,
         dst: &mut [u8],
     ) -> Result<(), FrameError> {
-        let rest = &self.buf[self.at..];
+        let rest = &self.buf[self.at..self.end];
         assert!(
             rest.len() >= 5 && rest.len() - 5 < dst.len(),
             "a long frame's head is buffered, not all of its body"
         );
         let have = rest.len() - 5;
         dst[..have].copy_from_slice(&rest[5..]);
-        self.buf.clear();
         self.at = 0;
+        self.end = 0;
         read_exactly(r, dst, have)
     }
 
@@ -379,7 +385,7 @@ impl FrameReader {
             if let Some(f) = self.parse(max)? {
                 return Ok(f);
             }
-            let rest = &self.buf[self.at..];
+            let rest = &self.buf[self.at..self.end];
             if rest.len() >= 5 {
                 let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
                 if len > READ_AHEAD {
@@ -391,8 +397,8 @@ impl FrameReader {
                     body.clear();
                     body.reserve(want.min(RESERVE_WHOLE.max(rest.len())));
                     body.extend_from_slice(&rest[5..]);
-                    self.buf.clear();
                     self.at = 0;
+                    self.end = 0;
                     let have = body.len();
                     r.take((want - have) as u64)
                         .read_to_end(&mut body)
