@@ -644,19 +644,17 @@ impl Conn<'_> {
                 None => match inbox.parse(MAX_FRAME) {
                     Ok(Some(f)) => f,
                     Ok(None) => {
-                        // The peer streams (its next bytes are here already): its answers
+                        // The peer streams (its next frame is here already): its answers
                         // wait for a few more, at most half its window, and go out together.
-                        let here = !replies.is_empty()
-                            && replies.len() < defer
-                            && (inbox.long_head(MAX_FRAME).is_some()
-                                || sys::wait_readable(s.as_raw_fd(), Duration::ZERO));
-                        if !here && send(s, &mut replies).is_err() {
+                        let streaming = replies.is_empty()
+                            || replies.len() < defer
+                                && (inbox.long_head(MAX_FRAME).is_some()
+                                    || sys::wait_readable(s.as_raw_fd(), Duration::ZERO));
+                        if !streaming && send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
                         if inbox.long_head(MAX_FRAME).is_none() {
-                            if !here {
-                                super::stream::await_readable(s, self.pid, self.writer, &self.chan);
-                            }
+                            super::stream::await_readable(s, self.pid, self.writer, &self.chan);
                             if let Err(e) = inbox.fill(s) {
                                 return self.frame_error(e);
                             }
