@@ -623,16 +623,11 @@ impl Conn<'_> {
     /// `Write` frames costs one system call per batch; the answers (`Done`, `Error`) are
     /// gathered in `replies`, in order, and sent in one system call whenever the connection
     /// would wait: for the peer's next frame, for room in the channel, or before any frame but
-    /// `Write`; and, while the peer's next frames keep arriving, once half its window of
-    /// answers is gathered (so that a stream of long messages is not answered one by one).
+    /// `Write`.
     fn serve_frames(&self, s: &mut Stream) -> End {
         let mut next: Option<Frame> = None;
         let mut inbox = FrameReader::default();
         let mut replies: Vec<u8> = Vec::new();
-        // Bytes of answers (5 for each `Done`) that may wait while the peer streams: half
-        // the window of a buffered writer (its channel's capacity), up to 16 answers; none on
-        // a rendezvous channel, whose writer waits for each.
-        let defer = 5 * (self.chan.capacity() / 2).min(16);
         let send = |s: &mut Stream, replies: &mut Vec<u8>| {
             let r = s.write_all(replies);
             replies.clear();
@@ -644,13 +639,7 @@ impl Conn<'_> {
                 None => match inbox.parse(MAX_FRAME) {
                     Ok(Some(f)) => f,
                     Ok(None) => {
-                        // The peer streams (its next frame is here already): its answers
-                        // wait for a few more, at most half its window, and go out together.
-                        let streaming = replies.is_empty()
-                            || replies.len() < defer
-                                && (inbox.long_head(MAX_FRAME).is_some()
-                                    || sys::wait_readable(s.as_raw_fd(), Duration::ZERO));
-                        if !streaming && send(s, &mut replies).is_err() {
+                        if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
                         if inbox.long_head(MAX_FRAME).is_none() {
