@@ -153,6 +153,26 @@ impl Raw {
         r
     }
 
+    /// Authenticates and opens an end of `channel` carrying `Vec<u8>` (fingerprint 0: the
+    /// host checks only that every message decodes as its type).
+    fn open_bytes(port: u16, channel: &str, writer: bool) -> Raw {
+        let mut r = Raw::connect(port);
+        assert_eq!(r.handshake(&key()).0, PROOF);
+        let open = Open {
+            channel,
+            type_name: "alloc::vec::Vec<u8>",
+            fingerprint: 0,
+            writer,
+            token: None,
+            process: "a hand-written client",
+            pid: 4343,
+        };
+        r.send(OPEN, &rmp_serde::to_vec_named(&open).unwrap());
+        let (kind, body) = r.recv().expect("an answer to Open");
+        assert_eq!(kind, OPENED, "{}", error_text(&body));
+        r
+    }
+
     fn write_u64(&mut self, v: u64) -> (u8, Vec<u8>) {
         self.send(WRITE, &rmp_serde::to_vec(&v).unwrap());
         self.recv().expect("an answer to Write")
@@ -621,4 +641,118 @@ fn a_peer_that_sends_a_shared_memory_offset_is_refused_and_nothing_is_touched() 
         matches!(r.read_timeout(PROMPT), Err(ChannelError::Retired)),
         "nothing was delivered"
     );
+}
+
+// ---- Long messages: a host reads their bodies straight into shared memory ----
+
+/// A `Write` frame of `bytes` (a `Vec<u8>`, MessagePack), as the wire format lays it out.
+fn write_frame_of(bytes: &[u8]) -> Vec<u8> {
+    let body = rmp_serde::to_vec(bytes).unwrap();
+    let mut f = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    f.push(WRITE);
+    f.extend_from_slice(&body);
+    f
+}
+
+/// Message `i` of the long-message tests: `len` bytes that differ from message to message
+/// and along the message (each below 128: one MessagePack byte each).
+fn long_message(i: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|k| ((k / 4093) as u8 ^ i) & 0x7f).collect()
+}
+
+#[test]
+fn long_messages_that_trickle_in_or_share_a_write_with_short_ones_arrive_whole_in_order() {
+    let port = common::free_port();
+    let ch =
+        Channel::<Vec<u8>>::named_buffered(&format!("tcp://127.0.0.1:{port}/long"), 8).unwrap();
+    let reader = ch.reader();
+    let mut w = Raw::open_bytes(port, "long", true);
+    let sent = [
+        long_message(1, 3 << 20),
+        vec![9, 8, 7],
+        long_message(2, 200_000),
+        long_message(3, 65_536 + 1),
+        vec![],
+        long_message(4, 1 << 20),
+        // Longer than a host reads straight into shared memory: read as it arrives.
+        long_message(8, 5 << 20),
+    ];
+    // The first in pieces of every size, the pauses letting each reach the host on its own.
+    let first = write_frame_of(&sent[0]);
+    let mut at = 0;
+    for piece in [1, 4, 1, 70_000, 3, 65_536, 1 << 20, usize::MAX] {
+        let end = at + piece.min(first.len() - at);
+        w.0.write_all(&first[at..end]).unwrap();
+        at = end;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(at, first.len());
+    // The others back to back in one write: short frames right behind long ones.
+    let rest: Vec<u8> = sent[1..].iter().flat_map(|m| write_frame_of(m)).collect();
+    w.0.write_all(&rest).unwrap();
+    for i in 0..sent.len() {
+        let (kind, body) = w.recv().expect("an answer to each Write");
+        assert_eq!(kind, DONE, "message {i}: {}", error_text(&body));
+    }
+    for (i, want) in sent.iter().enumerate() {
+        assert_eq!(&reader.read().unwrap(), want, "message {i}");
+    }
+}
+
+#[test]
+fn a_long_message_that_is_not_the_channels_type_is_refused_and_never_reaches_a_reader() {
+    let port = common::free_port();
+    let at = format!("tcp://127.0.0.1:{port}");
+    let ch = Channel::<Vec<u8>>::named_buffered(&format!("{at}/long-bad"), 8).unwrap();
+    let reader = ch.reader();
+    // A good writer first: the channel keeps a writer when the bad one's end retires.
+    let mut good = Raw::open_bytes(port, "long-bad", true);
+    let mut bad = Raw::open_bytes(port, "long-bad", true);
+    // 300 000 numbers, the last of which is not a u8.
+    let mut numbers = vec![7u16; 300_000];
+    numbers[299_999] = 300;
+    bad.send(WRITE, &rmp_serde::to_vec(&numbers).unwrap());
+    let (kind, body) = bad.recv().expect("an Error frame before the close");
+    assert_eq!(kind, ERROR);
+    let (code, message) = error_fields(&body);
+    assert_eq!(code, "protocol", "{message}");
+    assert!(message.contains("not a"), "{message}");
+    assert!(bad.closed_by_host());
+    assert!(matches!(
+        pycsp::net::next_connection_error(&at, PROMPT),
+        Some(ChannelError::Protocol { .. })
+    ));
+    // The next message the reader gets is the one the good writer sends after.
+    let after = long_message(5, 100_000);
+    good.0.write_all(&write_frame_of(&after)).unwrap();
+    assert_eq!(good.recv().unwrap().0, DONE);
+    assert_eq!(reader.read_timeout(PROMPT), Ok(after));
+}
+
+#[test]
+fn a_client_cut_off_inside_a_long_message_is_retired_after_every_acknowledged_message() {
+    let port = common::free_port();
+    let at = format!("tcp://127.0.0.1:{port}");
+    let ch = Channel::<Vec<u8>>::named_buffered(&format!("{at}/long-cut"), 8).unwrap();
+    let reader = ch.reader();
+    let mut good = Raw::open_bytes(port, "long-cut", true);
+    let kept = long_message(6, 500_000);
+    good.0.write_all(&write_frame_of(&kept)).unwrap();
+    assert_eq!(good.recv().unwrap().0, DONE);
+    // A Write announcing 1 MiB, 300 000 bytes of it sent, then the connection closes.
+    let mut cut = Raw::open_bytes(port, "long-cut", true);
+    let frame = write_frame_of(&long_message(7, 1 << 20));
+    cut.0.write_all(&frame[..300_000]).unwrap();
+    drop(cut);
+    match pycsp::net::next_connection_error(&at, PROMPT) {
+        Some(ChannelError::Connection { reason, .. }) => {
+            assert!(reason.contains("middle of a frame"), "{reason}");
+            assert!(reason.contains("pid 4343"), "{reason}");
+        }
+        other => panic!("expected the host to record a lost connection, got {other:?}"),
+    }
+    assert_eq!(reader.read_timeout(PROMPT), Ok(kept));
+    good.send(RETIRE, &[]);
+    assert_eq!(good.recv().unwrap().0, DONE);
+    assert_eq!(reader.read_timeout(PROMPT), Err(ChannelError::Retired));
 }

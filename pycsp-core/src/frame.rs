@@ -226,6 +226,25 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
     Ok(Frame { kind, body })
 }
 
+/// Fills `dst[got..]` from `r`, each read asking for all that is missing; a stream that ends
+/// first is a truncated frame (of `dst.len()` body bytes).
+fn read_exactly(r: &mut impl Read, dst: &mut [u8], mut got: usize) -> Result<(), FrameError> {
+    while got < dst.len() {
+        match r.read(&mut dst[got..]) {
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    got: 5 + got,
+                    want: 5 + dst.len(),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn io_error(e: io::Error) -> FrameError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
@@ -244,8 +263,11 @@ pub(crate) fn io_error(e: io::Error) -> FrameError {
 /// ([`buffered`](Self::buffered)): the frames it holds are no longer in the socket.
 #[derive(Default)]
 pub(crate) struct FrameReader {
+    /// Bytes read and not yet parsed are `buf[at..end]`; the rest of `buf` is room for the
+    /// next read (initialised once, not cleared for each read).
     buf: Vec<u8>,
     at: usize,
+    end: usize,
     /// The body of a long frame handed back by [`recycle`](Self::recycle), reused for the next
     /// one: a stream of large messages does not map, fault in and unmap fresh memory for each.
     spare: Vec<u8>,
@@ -268,22 +290,22 @@ impl FrameReader {
 
     /// Whether bytes are buffered: a whole frame, part of one, or one that is malformed.
     pub(crate) fn buffered(&self) -> bool {
-        self.at < self.buf.len()
+        self.at < self.end
     }
 
     /// Whether a whole frame (or a malformed one) is buffered.
     pub(crate) fn has_frame(&self, max: usize) -> bool {
-        !matches!(parse(&self.buf[self.at..], max), Ok(None))
+        !matches!(parse(&self.buf[self.at..self.end], max), Ok(None))
     }
 
     /// The next buffered frame, if a whole one is there.
     pub(crate) fn parse(&mut self, max: usize) -> Result<Option<Frame>, FrameError> {
-        let r = parse(&self.buf[self.at..], max)?;
+        let r = parse(&self.buf[self.at..self.end], max)?;
         Ok(r.map(|(f, n)| {
             self.at += n;
-            if self.at == self.buf.len() {
-                self.buf.clear();
+            if self.at == self.end {
                 self.at = 0;
+                self.end = 0;
             }
             f
         }))
@@ -292,22 +314,25 @@ impl FrameReader {
     /// Reads what has arrived, waiting for at least one byte.
     pub(crate) fn fill(&mut self, r: &mut impl Read) -> Result<(), FrameError> {
         if self.at > 0 {
-            self.buf.drain(..self.at);
+            self.buf.copy_within(self.at..self.end, 0);
+            self.end -= self.at;
             self.at = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_AHEAD, 0);
+        let old = self.end;
+        if self.buf.len() < old + READ_AHEAD {
+            self.buf.resize(old + READ_AHEAD, 0);
+        }
         let got = loop {
-            match r.read(&mut self.buf[old..]) {
+            match r.read(&mut self.buf[old..old + READ_AHEAD]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 got => break got,
             }
         };
-        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+        self.end = old + *got.as_ref().unwrap_or(&0);
         match got {
             Ok(0) if old == 0 => Err(FrameError::Closed),
             Ok(0) => {
-                let want = match self.buf.get(..4) {
+                let want = match self.buf[..self.end].get(..4) {
                     Some(l) => 4 + u32::from_le_bytes(l.try_into().unwrap()) as usize,
                     None => 5,
                 };
@@ -318,13 +343,49 @@ impl FrameReader {
         }
     }
 
+    /// The kind and body length of the long frame (longer than a read ahead, of at most `max`
+    /// bytes) whose head is buffered and whose body is not all buffered yet, if one is: its
+    /// body can be read straight into memory of its own with
+    /// [`read_long_body`](Self::read_long_body). A frame that is malformed or too long is left
+    /// to [`parse`](Self::parse) and [`next`](Self::next), which refuse it.
+    pub(crate) fn long_head(&self, max: usize) -> Option<(Kind, usize)> {
+        let rest = &self.buf[self.at..self.end];
+        let head: [u8; 4] = rest.get(..4)?.try_into().ok()?;
+        let len = u32::from_le_bytes(head) as usize;
+        if len <= READ_AHEAD || len > max || rest.len() >= 4 + len {
+            return None;
+        }
+        Some((Kind::from_byte(*rest.get(4)?)?, len - 1))
+    }
+
+    /// Reads the body of the long frame [`long_head`](Self::long_head) announced into `dst`,
+    /// which must be exactly as long as the body: what is buffered of it, then the rest
+    /// straight from `r` (each read asks for all that is missing). The frame is consumed,
+    /// also when this fails.
+    pub(crate) fn read_long_body(
+        &mut self,
+        r: &mut impl Read,
+        dst: &mut [u8],
+    ) -> Result<(), FrameError> {
+        let rest = &self.buf[self.at..self.end];
+        assert!(
+            rest.len() >= 5 && rest.len() - 5 < dst.len(),
+            "a long frame's head is buffered, not all of its body"
+        );
+        let have = rest.len() - 5;
+        dst[..have].copy_from_slice(&rest[5..]);
+        self.at = 0;
+        self.end = 0;
+        read_exactly(r, dst, have)
+    }
+
     /// The next frame of at most `max` bytes, waiting for it.
     pub(crate) fn next(&mut self, r: &mut impl Read, max: usize) -> Result<Frame, FrameError> {
         loop {
             if let Some(f) = self.parse(max)? {
                 return Ok(f);
             }
-            let rest = &self.buf[self.at..];
+            let rest = &self.buf[self.at..self.end];
             if rest.len() >= 5 {
                 let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
                 if len > READ_AHEAD {
@@ -336,8 +397,8 @@ impl FrameReader {
                     body.clear();
                     body.reserve(want.min(RESERVE_WHOLE.max(rest.len())));
                     body.extend_from_slice(&rest[5..]);
-                    self.buf.clear();
                     self.at = 0;
+                    self.end = 0;
                     let have = body.len();
                     r.take((want - have) as u64)
                         .read_to_end(&mut body)
@@ -389,8 +450,25 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> 
     let mut head = [0u8; 5];
     head[..4].copy_from_slice(&(len as u32).to_le_bytes());
     head[4] = frame.kind as u8;
-    w.write_all(&head).map_err(io_error)?;
-    w.write_all(&frame.body).map_err(io_error)
+    write_all_two(w, &head, &frame.body).map_err(io_error)
+}
+
+/// Writes `a` then `b` as one stream of bytes, in as few system calls as the stream takes
+/// (`writev`): a frame's head and its long body leave together, without a copy and without a
+/// segment of their own for the head.
+pub(crate) fn write_all_two(w: &mut impl Write, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let mut bufs = [io::IoSlice::new(a), io::IoSlice::new(b)];
+    let mut bufs = &mut bufs[..];
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes several frames without bodies in one write (one system call, one segment).
@@ -564,6 +642,83 @@ mod tests {
             matches!(last, Err(FrameError::Truncated { .. })),
             "{last:?}"
         );
+    }
+
+    #[test]
+    fn a_long_frames_body_is_read_into_memory_of_its_own_and_the_next_frame_stays_whole() {
+        let long = Frame::new(Kind::Write, (0..READ_AHEAD * 3).map(|i| i as u8).collect());
+        let short = Frame::new(Kind::Write, vec![1, 2, 3]);
+        let bytes: Vec<u8> = [long.encode(), short.encode()].concat();
+        for step in [1, 4093, READ_AHEAD, bytes.len()] {
+            let mut r = Trickle {
+                bytes: &bytes,
+                step,
+            };
+            let mut fr = FrameReader::default();
+            // The head arrives, a fill at a time.
+            while fr.long_head(MAX_FRAME).is_none() {
+                assert_eq!(fr.parse(MAX_FRAME), Ok(None), "step {step}");
+                fr.fill(&mut r).unwrap();
+            }
+            assert_eq!(
+                fr.long_head(MAX_FRAME),
+                Some((Kind::Write, long.body.len())),
+                "step {step}"
+            );
+            let mut body = vec![0u8; long.body.len()];
+            fr.read_long_body(&mut r, &mut body).unwrap();
+            assert_eq!(body, long.body, "step {step}");
+            assert_eq!(fr.next(&mut r, MAX_FRAME), Ok(short.clone()), "step {step}");
+        }
+        // Too long for the limit, or short: not a long frame to read straight.
+        let mut fr = FrameReader::default();
+        fr.fill(&mut &bytes[..10]).unwrap();
+        assert_eq!(fr.long_head(READ_AHEAD), None);
+        assert!(fr.parse(READ_AHEAD).is_err());
+        // Cut inside the body: truncated.
+        let mut r = Trickle {
+            bytes: &bytes[..READ_AHEAD + 100],
+            step: 4096,
+        };
+        let mut fr = FrameReader::default();
+        fr.fill(&mut r).unwrap();
+        let mut body = vec![0u8; long.body.len()];
+        assert!(matches!(
+            fr.read_long_body(&mut r, &mut body),
+            Err(FrameError::Truncated { .. })
+        ));
+    }
+
+    /// A writer that takes at most `step` bytes per call, with or without `writev`.
+    struct Sink {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn two_buffers_written_together_arrive_whole_in_order_however_the_writes_are_cut() {
+        let (a, b): (Vec<u8>, Vec<u8>) = ((0..100u8).collect(), (100..=255u8).collect());
+        for step in [1, 3, 99, 100, 101, 1000] {
+            for (x, y) in [(&a[..], &b[..]), (&[][..], &b[..]), (&a[..], &[][..])] {
+                let mut w = Sink {
+                    got: Vec::new(),
+                    step,
+                };
+                write_all_two(&mut w, x, y).unwrap();
+                assert_eq!(w.got, [x, y].concat(), "step {step}");
+            }
+        }
     }
 
     #[test]

@@ -742,7 +742,8 @@ impl Pump {
     }
 
     /// Appends message `msg` to `out` as a `Write` frame; one longer than [`BATCH`] is sent
-    /// at once (after what `out` holds) straight from its block, without a copy.
+    /// at once, what `out` holds and the message straight from its block in one `writev`,
+    /// without a copy.
     fn append(&mut self, out: &mut Vec<u8>, msg: Incoming, arena: &Arena) -> Result<(), Stop> {
         let len = message_len(&msg);
         if len > MAX_MESSAGE {
@@ -769,7 +770,7 @@ impl Pump {
                     out.extend_from_slice(bytes);
                     Ok(())
                 } else {
-                    let r = self.s.write_all(out).and_then(|()| self.s.write_all(bytes));
+                    let r = crate::frame::write_all_two(&mut self.s, out, bytes);
                     out.clear();
                     r
                 };

@@ -34,7 +34,7 @@ use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census::{self, Item};
-use crate::shm::ring::{Chan, Taken};
+use crate::shm::ring::{Chan, Outgoing, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
 use crate::sys;
@@ -674,7 +674,27 @@ impl Conn<'_> {
                         if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
-                        super::stream::await_readable(s, self.pid, self.writer, &self.chan);
+                        if inbox.long_head(MAX_FRAME).is_none() {
+                            super::stream::await_readable(s, self.pid, self.writer, &self.chan);
+                            if let Err(e) = inbox.fill(s) {
+                                return self.frame_error(e);
+                            }
+                        }
+                        match inbox.long_head(MAX_FRAME) {
+                            Some((Kind::Write, len)) if self.writer && len <= STRAIGHT_MAX => {
+                                match self.write_long(s, &mut inbox, len, &mut replies) {
+                                    Long::Answer(r) => {
+                                        answer(&mut replies, r);
+                                        continue;
+                                    }
+                                    Long::End(end) => return end,
+                                    // No block for it: read as any frame, and written (or
+                                    // refused) as any message.
+                                    Long::NoBlock => {}
+                                }
+                            }
+                            _ => {}
+                        }
                         match inbox.next(s, MAX_FRAME) {
                             Ok(f) => f,
                             Err(e) => return self.frame_error(e),
@@ -689,13 +709,7 @@ impl Conn<'_> {
             let reply = match (frame.kind, self.writer) {
                 (Kind::Write, true) => {
                     if let Err(reason) = (self.validate)(self.chan, &frame.body) {
-                        return End::Broken(ChannelError::Protocol {
-                            address: self.full.clone(),
-                            reason: format!(
-                                "a message that is not a {}: {reason}",
-                                self.chan.type_name()
-                            ),
-                        });
+                        return self.not_a_message(reason);
                     }
                     let r = self.write(s, &frame.body, &mut replies);
                     inbox.recycle(frame.body);
@@ -756,11 +770,72 @@ impl Conn<'_> {
                     )))
                 }
             };
-            match reply {
-                Ok(()) => replies.extend_from_slice(&[1, 0, 0, 0, Kind::Done as u8]),
-                Err(e) => replies.extend_from_slice(&ErrorBody::from_error(&e).frame().encode()),
+            answer(&mut replies, reply);
+        }
+    }
+
+    /// Writes for the peer the message of the long `Write` frame (of `len` body bytes) whose
+    /// head `inbox` holds: its body is read from the socket straight into a block of shared
+    /// memory, checked there, and the block is placed in the channel as it is (no copy of the
+    /// message in this process). `NoBlock` (nothing read, nothing changed) if no block can
+    /// be had for it now.
+    fn write_long(
+        &self,
+        s: &mut Stream,
+        inbox: &mut FrameReader,
+        len: usize,
+        replies: &mut Vec<u8>,
+    ) -> Long {
+        let Ok(arena) = Arena::get() else {
+            return Long::NoBlock;
+        };
+        let Ok(offset) = arena.alloc_block(len as u64) else {
+            return Long::NoBlock;
+        };
+        {
+            // SAFETY: the block was just allocated for this connection and is `len` bytes long
+            // (`ptr` checks the range); nobody else touches it until its offset is placed in
+            // the ring below, and this slice is gone by then.
+            let body =
+                unsafe { std::slice::from_raw_parts_mut(arena.ptr(offset, len as u64), len) };
+            if let Err(e) = inbox.read_long_body(s, body) {
+                arena.free_block(offset);
+                return Long::End(self.frame_error(e));
+            }
+            if let Err(reason) = (self.validate)(self.chan, body) {
+                arena.free_block(offset);
+                return Long::End(self.not_a_message(reason));
             }
         }
+        let msg = Outgoing::Block {
+            offset,
+            len: len as u64,
+        };
+        // Once placed, the block is the channel's (its reader frees it).
+        let mut placed = false;
+        let r = self.put(s, replies, |deadline| {
+            let r = self.chan.write(&msg, deadline);
+            placed = r.as_ref().map_or_else(|e| e.placed, |()| true);
+            r.map_err(|e| e.error)
+        });
+        if !placed {
+            arena.free_block(offset);
+        }
+        match r {
+            Some(r) => Long::Answer(r),
+            None => Long::End(End::Lost("hung up during a write".into())),
+        }
+    }
+
+    /// A peer's message that does not decode as the channel's type.
+    fn not_a_message(&self, reason: String) -> End {
+        End::Broken(ChannelError::Protocol {
+            address: self.full.clone(),
+            reason: format!(
+                "a message that is not a {}: {reason}",
+                self.chan.type_name()
+            ),
+        })
     }
 
     fn protocol(&self, reason: String) -> ChannelError {
@@ -779,16 +854,31 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes for the peer; `None` if the peer hung up before the message was placed. The
-    /// answers gathered in `replies` go out first if the write has to wait.
+    /// Writes `body` for the peer; `None` if the peer hung up before the message was placed.
+    /// The answers gathered in `replies` go out first if the write has to wait.
     fn write(
         &self,
         s: &mut Stream,
         body: &[u8],
         replies: &mut Vec<u8>,
     ) -> Option<Result<(), ChannelError>> {
+        self.put(s, replies, |deadline| {
+            write_encoded(&self.chan, body, deadline)
+        })
+    }
+
+    /// Writes a message for the peer with `attempt` (a write into the channel with the
+    /// deadline it is given), as often as it takes: `None` if the peer hung up before the
+    /// message was placed. The answers gathered in `replies` go out first if the write has to
+    /// wait.
+    fn put(
+        &self,
+        s: &mut Stream,
+        replies: &mut Vec<u8>,
+        mut attempt: impl FnMut(Option<Instant>) -> Result<(), ChannelError>,
+    ) -> Option<Result<(), ChannelError>> {
         if !self.chan.is_rendezvous() {
-            match write_encoded(&self.chan, body, Some(Instant::now())) {
+            match attempt(Some(Instant::now())) {
                 Err(ChannelError::Timeout) => {}
                 r => return Some(r),
             }
@@ -800,7 +890,7 @@ impl Conn<'_> {
         }
         let mut parked: Option<census::Parked> = None;
         loop {
-            match write_encoded(&self.chan, body, Some(Instant::now() + TICK)) {
+            match attempt(Some(Instant::now() + TICK)) {
                 Err(ChannelError::Timeout) => {
                     if sys::socket_hung_up(s.as_raw_fd()) {
                         return None;
@@ -1010,6 +1100,29 @@ impl Conn<'_> {
         Ok(())
     }
 }
+
+/// Adds the answer to a `Write` to the answers waiting to go out.
+fn answer(replies: &mut Vec<u8>, r: Result<(), ChannelError>) {
+    match r {
+        Ok(()) => replies.extend_from_slice(&[1, 0, 0, 0, Kind::Done as u8]),
+        Err(e) => replies.extend_from_slice(&ErrorBody::from_error(&e).frame().encode()),
+    }
+}
+
+/// How a long `Write` read straight into shared memory went.
+enum Long {
+    /// The answer to send.
+    Answer(Result<(), ChannelError>),
+    /// The connection ends.
+    End(End),
+    /// No block could be had: nothing was read.
+    NoBlock,
+}
+
+/// The longest message body a host reads straight into a block of shared memory, reserved
+/// whole when its frame's head arrives (longer ones are read as their bytes arrive, as
+/// [`FrameReader`] reads them, and then copied into a block).
+const STRAIGHT_MAX: usize = 4 << 20;
 
 enum Outcome {
     /// A message, and the slot it was taken from (to acknowledge once the peer took it).

@@ -350,6 +350,17 @@ impl Write for Stream {
         });
         Ok(n)
     }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }?;
+        BYTES.with(|b| {
+            let (o, i) = b.get();
+            b.set((o.wrapping_add(n as u64), i));
+        });
+        Ok(n)
+    }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
