@@ -133,6 +133,34 @@ fn a_remote_reader_that_leaves_gives_back_what_it_asked_for_ahead() {
     }
 }
 
+/// Opens `at` as a client, reads with nothing to read (so its read waits at the host), then
+/// retires its end: how long the retirement took, in milliseconds.
+#[process]
+fn leave_while_waiting(at: String) -> Result<u64, ChannelError> {
+    let r = Channel::<u64>::open(&at)?.reader();
+    assert_eq!(
+        r.read_timeout(Duration::from_millis(100)),
+        Err(ChannelError::Timeout)
+    );
+    let t = std::time::Instant::now();
+    drop(r);
+    Ok(t.elapsed().as_millis() as u64)
+}
+
+#[test]
+fn a_remote_reader_that_leaves_while_its_read_waits_at_the_host_retires_at_once() {
+    for capacity in [0, 4] {
+        let at = tcp(&format!("waiting-{capacity}"));
+        let c = Channel::<u64>::named_buffered(&at, capacity).unwrap();
+        let _held = c.writer();
+        let ms = Parallel(leave_while_waiting(at).on(Placement::launcher("{cmd}")))
+            .unwrap()
+            .unwrap();
+        // Its retirement reaches the host, which answers: well within LOSS_TIMEOUT (5 s).
+        assert!(ms < 2_000, "capacity {capacity}: {ms} ms");
+    }
+}
+
 #[process]
 fn take_one_then_wait(
     jobs: ChannelIn<u64>,

@@ -663,8 +663,14 @@ impl Conn<'_> {
                 Some(f) => f,
                 None => match inbox.parse(MAX_FRAME) {
                     Ok(Some(f)) => f,
-                    Ok(None) if credits > 0 => {
-                        // Every frame that came is handled: answer the reads.
+                    Ok(None)
+                        if credits > 0
+                            && !inbox.buffered()
+                            && !sys::wait_readable(s.as_raw_fd(), Duration::ZERO) =>
+                    {
+                        // Every frame that came is handled (a read interrupted by the peer's
+                        // next frame comes back here, and that frame is read first, below):
+                        // answer the reads.
                         match self.answer_reads(s, &inbox, &mut credits, held, &mut replies) {
                             Ok(()) => continue,
                             Err(end) => return end,
