@@ -1133,8 +1133,13 @@ impl Pump {
             let window = ahead.window();
             // Acknowledge what the user took and ask for as many again: in batches of half
             // the window (each batch is a system call here and a wake-up at the host), at once
-            // when nothing is on its way or the host had nothing to send for a while.
-            if asked == got || flush || (taken - acked) * 2 >= window {
+            // when the host had nothing to send for a while, or when nothing is on its way and
+            // the user has taken everything (or the window is one message).
+            let untaken = got - taken;
+            if flush
+                || (taken - acked) * 2 >= window
+                || (asked == got && (window < 2 || untaken == 0))
+            {
                 flush = false;
                 out.clear();
                 for _ in acked..taken {
@@ -1155,8 +1160,14 @@ impl Pump {
                 }
             }
             if asked == got {
-                // Everything asked for is in the proxy: wait for the user to take one.
-                self.await_take(got - acked);
+                // Everything asked for is in the proxy: wait for the user to take one (with a
+                // window of one), or half the window's worth with what it took before.
+                let need = if window < 2 {
+                    1
+                } else {
+                    (window / 2).saturating_sub(taken - acked).max(1)
+                };
+                self.await_take(untaken.saturating_sub(need) + 1);
                 continue;
             }
             // Wait for the host's answers, watching for the user leaving.
@@ -1182,11 +1193,11 @@ impl Pump {
         self.stop_reading(stop, &mut inbox, asked, got, acked)
     }
 
-    /// Waits until the user took one of the `holding` messages in the proxy, or left; a wait
-    /// that lasts is published for the census as this end's write of the proxy, on the
-    /// connection to the host (as [`hand_to_user`](Self::hand_to_user)).
-    fn await_take(&self, holding: u64) {
-        let fewer = usize::try_from(holding).unwrap_or(usize::MAX);
+    /// Waits until fewer than `fewer` messages are in the proxy (the user took some), or the
+    /// user left; a wait that lasts is published for the census as this end's write of the
+    /// proxy, on the connection to the host (as [`hand_to_user`](Self::hand_to_user)).
+    fn await_take(&self, fewer: u64) {
+        let fewer = usize::try_from(fewer).unwrap_or(usize::MAX);
         if self
             .proxy
             .wait_fewer_than(fewer, Instant::now() + stream::PUBLISH_AFTER)
