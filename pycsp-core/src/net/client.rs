@@ -914,6 +914,17 @@ impl Pump {
         if self.host == 0 || self.proxy.reader_asleep() {
             return write_encoded(&self.proxy, body, None);
         }
+        let _waiting = self.park_handing();
+        write_encoded(&self.proxy, body, None)
+    }
+
+    /// Publishes for the census that this pump of a reading end waits for its user to take
+    /// from the proxy: this end's write of the proxy, on the connection to the host (which
+    /// waits for the `Ack`); nothing if the host's pid is unknown.
+    fn park_handing(&self) -> Option<census::Parked> {
+        if self.host == 0 {
+            return None;
+        }
         let (sent, got) = stream::bytes();
         let item = |key| Item {
             key,
@@ -921,7 +932,7 @@ impl Pump {
             name: "",
             word: None,
         };
-        let _waiting = census::park_socket(
+        census::park_socket(
             census::Kind::Write,
             &[
                 Item {
@@ -935,8 +946,7 @@ impl Pump {
                 item(got),
             ],
             None,
-        );
-        write_encoded(&self.proxy, body, None)
+        )
     }
 
     /// The pump of a reading end; returns whether it handed the end over.
@@ -1195,7 +1205,7 @@ impl Pump {
 
     /// Waits until fewer than `fewer` messages are in the proxy (the user took some), or the
     /// user left; a wait that lasts is published for the census as this end's write of the
-    /// proxy, on the connection to the host (as [`hand_to_user`](Self::hand_to_user)).
+    /// proxy, on the connection to the host ([`park_handing`](Self::park_handing)).
     fn await_take(&self, fewer: u64) {
         let fewer = usize::try_from(fewer).unwrap_or(usize::MAX);
         if self
@@ -1204,30 +1214,7 @@ impl Pump {
         {
             return;
         }
-        let (sent, got) = stream::bytes();
-        let item = |key| Item {
-            key,
-            write: false,
-            name: "",
-            word: None,
-        };
-        let _waiting = (self.host != 0).then(|| {
-            census::park_socket(
-                census::Kind::Write,
-                &[
-                    Item {
-                        key: self.proxy.key(),
-                        write: true,
-                        name: self.proxy.name(),
-                        word: Some(self.proxy.side_word(true)),
-                    },
-                    item(u64::from(self.host)),
-                    item(sent),
-                    item(got),
-                ],
-                None,
-            )
-        });
+        let _waiting = self.park_handing();
         while !self.proxy.wait_fewer_than(fewer, Instant::now() + TICK) {}
     }
 
