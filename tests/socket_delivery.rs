@@ -162,6 +162,51 @@ fn a_remote_reader_that_leaves_while_its_read_waits_at_the_host_retires_at_once(
 }
 
 #[process]
+fn read_then_die(input: ChannelIn<u64>, n: usize) -> Result<(), ChannelError> {
+    for _ in 0..n {
+        input.read()?;
+    }
+    // Killed holding what it asked for ahead (and perhaps some it took and did not
+    // acknowledge yet).
+    std::process::abort();
+}
+
+#[test]
+fn a_remote_reader_that_dies_holding_messages_asked_ahead_loses_none() {
+    for at in [tcp("die"), local("die")] {
+        let c = Channel::<u64>::named_buffered(&at, 64).unwrap();
+        let (w, r) = (c.writer(), c.reader());
+        let n = 5_000;
+        // Counts the writes that returned Ok: each is in the channel's buffer.
+        let writer = std::thread::spawn(move || (0..n).take_while(|&i| w.write(i).is_ok()).count());
+        let h = Spawn(read_then_die(c.reader(), 1_000).on(Placement::launcher("{cmd}"))).unwrap();
+        assert!(h.join().is_err(), "{at}: the reader died");
+        drop(c);
+        let written = writer.join().unwrap() as u64;
+        // Every message written after those it read is read here (those it read may come
+        // again: it may not have acknowledged the last ones), then the dead peer's error.
+        let mut here = Vec::new();
+        let end = loop {
+            match r.read_timeout(PROMPT) {
+                Ok(v) => here.push(v),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(end, ChannelError::PeerDied { .. }), "{at}: {end}");
+        here.sort();
+        here.dedup();
+        let lost: Vec<u64> = (1_000..written)
+            .filter(|i| here.binary_search(i).is_err())
+            .collect();
+        assert_eq!(
+            lost,
+            vec![],
+            "{at}: {written} written, nothing acknowledged is lost"
+        );
+    }
+}
+
+#[process]
 fn take_one_then_wait(
     jobs: ChannelIn<u64>,
     took: ChannelOut<u64>,

@@ -996,44 +996,60 @@ impl Conn<'_> {
         }
     }
 
-    /// Puts a message the peer did not take back into the channel, from another thread (on a
-    /// rendezvous channel this waits for a reader), and only then empties the slot it was
-    /// `taken` from: the writer of a rendezvous channel returns once another reader took its
-    /// message. If no reader can take it any more (every reader retired, poison, a dead peer),
-    /// that writer's write fails as the channel says; a buffered channel's slot is emptied.
-    /// On a buffered channel whose ring is full (of the slots given back, maybe), the slot is
-    /// emptied first and the message written again after.
+    /// Puts the messages the peer did not take back into the channel, in the order they were
+    /// taken, holding a writing end meanwhile (so that the channel's writers do not all
+    /// retire in between).
     ///
-    /// Several messages go back in the order they were taken, one after another.
+    /// On a rendezvous channel each goes back from another thread (it waits for a reader),
+    /// and only then is the slot it was `taken` from emptied: its writer returns once another
+    /// reader took it; if no reader can take it any more (every reader retired, poison), that
+    /// writer's write fails as the channel says.
+    ///
+    /// On a buffered channel each slot is emptied first (a slot kept taken while a message
+    /// waits for room could be the room it waits for), then the message is written again,
+    /// now where there is room, so that a peer's death marked next finds them in the channel
+    /// (readers read the buffer before they learn of it); what finds the ring full waits for
+    /// room in another thread.
     fn put_back(&self, messages: Vec<(Vec<u8>, Taken)>) {
         if messages.is_empty() {
             return;
         }
         let chan = self.chan;
         runtime::hold(&chan, Role::Writer);
-        let _ = std::thread::Builder::new()
+        let mut rest: Vec<(Vec<u8>, Option<Taken>)> = Vec::new();
+        for (bytes, taken) in messages {
+            if chan.is_rendezvous() {
+                rest.push((bytes, Some(taken)));
+                continue;
+            }
+            chan.ack(taken);
+            if !rest.is_empty() {
+                rest.push((bytes, None));
+            } else if let Err(ChannelError::Timeout) =
+                write_encoded_back(&chan, &bytes, Some(Instant::now()))
+            {
+                rest.push((bytes, None));
+            }
+        }
+        if rest.is_empty() {
+            runtime::release(chan, Role::Writer);
+            return;
+        }
+        let spawned = std::thread::Builder::new()
             .name("pycsp-put-back".into())
             .spawn(move || {
                 let _internal = crate::shm::census::internal_thread(true);
-                for (bytes, taken) in messages {
-                    if chan.is_rendezvous() {
-                        if write_encoded_back(&chan, &bytes, None).is_ok() {
-                            chan.ack(taken);
-                        }
-                    } else if let Err(ChannelError::Timeout) =
-                        write_encoded_back(&chan, &bytes, Some(Instant::now()))
-                    {
-                        // The ring is full (the slots given back may be all of it): free the
-                        // slot first, then write the message again (waiting for room, as any
-                        // writer; this process holds a writing end meanwhile).
-                        chan.ack(taken);
-                        let _ = write_encoded_back(&chan, &bytes, None);
-                    } else {
+                for (bytes, taken) in rest {
+                    let r = write_encoded_back(&chan, &bytes, None);
+                    if let (Ok(()), Some(taken)) = (r, taken) {
                         chan.ack(taken);
                     }
                 }
                 runtime::release(chan, Role::Writer);
             });
+        if spawned.is_err() {
+            runtime::release(chan, Role::Writer);
+        }
     }
 
     /// Answers the reader's outstanding `Read`s (`credits`): waits for a message (returning

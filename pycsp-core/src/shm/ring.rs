@@ -36,6 +36,11 @@ pub(crate) const PEER_DIED: u32 = 8;
 /// How long a reader of a channel whose peer died waits for a claimed slot to be published
 /// before it takes the slot for one the dead writer never finished.
 const DEAD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a reader of a channel whose peer died, finding it empty, waits while slots are
+/// still taken and not emptied (a socket host puts back what a dead remote reader had asked
+/// for ahead once it sees the connection closed, within its 100 ms steps) before it reports
+/// the death: a reader that died mid-read holds its slot for ever.
+const HELD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 const MAX_DEAD_NAME: usize = 96;
 /// How long `try_push`/`try_pop` spin on a slot another process is filling or emptying before
 /// they give up and let the caller's wait loop retry.
@@ -1044,11 +1049,30 @@ impl Chan {
                 // the slot the next message lands in. (Sleepers check `tail` before sleeping;
                 // a dead writer's slot is skipped by `read`.)
                 return None;
+            } else if stamp.wrapping_add(self.hdr.one_lap) == lap + 1 {
+                // Still full from the lap before: its reader has not emptied it yet (a socket
+                // host keeps a message it sent to a remote reader taken until its `Ack`, or
+                // a reader died mid-read). Nothing to take now: the caller's wait loop polls
+                // again, and keeps its deadline.
+                return None;
             } else {
                 std::hint::spin_loop();
                 head = head_a.load(Ordering::Relaxed);
             }
         }
+    }
+
+    /// Whether a slot of this buffered ring is still full though no message waits in it
+    /// (`head` is at `tail`): a reader took it without emptying it (a socket host's reader
+    /// until its remote end acknowledges), or died reading it. A full stamp is a lap plus one.
+    #[cold]
+    fn holds_taken_slots(&self) -> bool {
+        let one_lap = self.hdr.one_lap;
+        !self.is_rendezvous()
+            && self
+                .slots
+                .iter()
+                .any(|s| s.stamp.load(Ordering::Acquire) & (one_lap - 1) == 1)
     }
 
     /// A reader claimed the slot at `head` and found its message withdrawn: it takes nothing.
@@ -1166,7 +1190,10 @@ impl Chan {
     ///
     /// Retirement is final: once every writer has retired, a writer that joins later is
     /// refused (its readers may already have seen `Retired`), except for a message given back
-    /// (`back`), which was written before.
+    /// (`back`), which was written before. A message given back is taken after a peer died
+    /// too, while readers remain: it was in the channel's buffer, and readers read what the
+    /// buffer holds before they learn of the death (a socket host gives back what a dead
+    /// remote reader had asked for ahead, perhaps after its death was marked).
     #[inline]
     fn write_refused(&self, back: bool) -> Option<ChannelError> {
         let f = self.flags();
@@ -1175,7 +1202,7 @@ impl Chan {
         }
         if f & POISONED != 0 {
             Some(ChannelError::Poisoned)
-        } else if f & PEER_DIED != 0 {
+        } else if f & PEER_DIED != 0 && !(back && f & READERS_RETIRED == 0) {
             Some(self.peer_died())
         } else if f & READERS_RETIRED != 0 || !back {
             Some(ChannelError::Retired)
@@ -1409,6 +1436,7 @@ impl Chan {
         let rx = &self.hdr.rx.0;
         let claims = claim_writers && self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
+        let mut held_since: Option<Instant> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
             // short steps so that such a slot is found and skipped.
@@ -1436,6 +1464,13 @@ impl Chan {
                     }
                     if f & PEER_DIED != 0 {
                         if !self.looks_nonempty() {
+                            // Drained, unless messages taken and not emptied may come back.
+                            if self.holds_taken_slots()
+                                && held_since.get_or_insert_with(Instant::now).elapsed()
+                                    < HELD_SLOT_GRACE
+                            {
+                                return None;
+                            }
                             return Some(Err(self.peer_died()));
                         }
                         let head = self.hdr.head.0.load(Ordering::SeqCst);
@@ -1677,6 +1712,34 @@ mod tests {
                 Some(Instant::now())
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_reader_that_finds_the_next_slot_held_from_the_lap_before_keeps_its_deadline() {
+        // Every message was read, the last one without acknowledgement (a socket host's
+        // reader waiting for its remote end): `head` has come round to that slot, still full
+        // from the lap before. Another reader has nothing to take: it must time out (it once
+        // spun for ever, taking the slot for one a reader of this lap had just emptied).
+        let chan = Chan::create(arena(), "held-lap", "u8", 1, 1, false).unwrap();
+        let buf = [7u8; INLINE];
+        assert!(chan
+            .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
+            .is_some());
+        let (_, taken) = chan
+            .read_deferred(None, |_| Claim::Busy)
+            .expect("a message is there");
+        let wait = Duration::from_millis(100);
+        let wall = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let r = chan.read(Some(Instant::now() + wait), true, |_| Claim::Busy);
+            let _ = tx.send(matches!(r, Err(ChannelError::Timeout)));
+        });
+        let timed_out = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(timed_out, Ok(true), "the read kept its deadline");
+        reader.join().unwrap();
+        assert!(wall.elapsed() >= wait);
+        chan.ack(taken);
     }
 
     #[test]
