@@ -45,6 +45,10 @@ pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often a message given back to a full buffered channel looks whether anything readable
+/// is left to make room for it (see `Conn::put_back`).
+const PUT_BACK_STEP: Duration = Duration::from_millis(10);
+
 struct Hosted {
     chan: Chan,
     validate: Validate,
@@ -1005,11 +1009,12 @@ impl Conn<'_> {
     /// reader took it; if no reader can take it any more (every reader retired, poison), that
     /// writer's write fails as the channel says.
     ///
-    /// On a buffered channel each slot is emptied first (a slot kept taken while a message
-    /// waits for room could be the room it waits for), then the message is written again,
-    /// now where there is room, so that a peer's death marked next finds them in the channel
-    /// (readers read the buffer before they learn of it); what finds the ring full waits for
-    /// room in another thread.
+    /// On a buffered channel each goes back now where there is room, then its slot is
+    /// emptied, so that a peer's death marked next finds them in the channel (readers read
+    /// the buffer before they learn of it); what finds the ring full waits for room in
+    /// another thread with its slot still taken (readers that find a dead peer's channel
+    /// empty wait while slots are taken), unless nothing readable is left to free room: then
+    /// its own slot is emptied first.
     fn put_back(&self, messages: Vec<(Vec<u8>, Taken)>) {
         if messages.is_empty() {
             return;
@@ -1022,13 +1027,16 @@ impl Conn<'_> {
                 rest.push((bytes, Some(taken)));
                 continue;
             }
-            chan.ack(taken);
             if !rest.is_empty() {
-                rest.push((bytes, None));
+                rest.push((bytes, Some(taken)));
             } else if let Err(ChannelError::Timeout) =
                 write_encoded_back(&chan, &bytes, Some(Instant::now()))
             {
-                rest.push((bytes, None));
+                // Full: it waits for room with its slot still taken, so that readers do not
+                // take the channel for drained meanwhile.
+                rest.push((bytes, Some(taken)));
+            } else {
+                chan.ack(taken);
             }
         }
         if rest.is_empty() {
@@ -1040,9 +1048,29 @@ impl Conn<'_> {
             .spawn(move || {
                 let _internal = crate::shm::census::internal_thread(true);
                 for (bytes, taken) in rest {
-                    let r = write_encoded_back(&chan, &bytes, None);
-                    if let (Ok(()), Some(taken)) = (r, taken) {
-                        chan.ack(taken);
+                    let Some(taken) = taken else { continue };
+                    if chan.is_rendezvous() {
+                        if write_encoded_back(&chan, &bytes, None).is_ok() {
+                            chan.ack(taken);
+                        }
+                        continue;
+                    }
+                    loop {
+                        let step = Some(Instant::now() + PUT_BACK_STEP);
+                        match write_encoded_back(&chan, &bytes, step) {
+                            Err(ChannelError::Timeout) if !chan.looks_nonempty() => {
+                                // Nothing to read frees a slot: the ring is full of slots
+                                // taken and not emptied, ours among them. Empty ours first.
+                                chan.ack(taken);
+                                let _ = write_encoded_back(&chan, &bytes, None);
+                                break;
+                            }
+                            Err(ChannelError::Timeout) => {}
+                            _ => {
+                                chan.ack(taken);
+                                break;
+                            }
+                        }
                     }
                 }
                 runtime::release(chan, Role::Writer);

@@ -996,6 +996,7 @@ impl Chan {
     fn try_pop_at(&self, ack: bool, buf: &mut [u8; INLINE]) -> Option<(Took, Taken)> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
+        let mut spins = 0u32;
         loop {
             let (index, lap) = self.positions(head);
             let slot = &self.slots[index];
@@ -1049,13 +1050,16 @@ impl Chan {
                 // the slot the next message lands in. (Sleepers check `tail` before sleeping;
                 // a dead writer's slot is skipped by `read`.)
                 return None;
-            } else if stamp.wrapping_add(self.hdr.one_lap) == lap + 1 {
-                // Still full from the lap before: its reader has not emptied it yet (a socket
-                // host keeps a message it sent to a remote reader taken until its `Ack`, or
-                // a reader died mid-read). Nothing to take now: the caller's wait loop polls
-                // again, and keeps its deadline.
-                return None;
             } else {
+                // Another reader took this slot and moved `head`, or the slot is still full
+                // from the lap before: its reader has not emptied it yet (a socket host keeps
+                // a message it sent to a remote reader taken until its `Ack`; a reader may
+                // have died mid-read). Spin a little, then let the caller's wait loop poll
+                // again: it keeps its deadline.
+                spins += 1;
+                if spins > IN_PROGRESS_SPINS {
+                    return None;
+                }
                 std::hint::spin_loop();
                 head = head_a.load(Ordering::Relaxed);
             }
