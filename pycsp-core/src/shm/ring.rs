@@ -996,7 +996,6 @@ impl Chan {
     fn try_pop_at(&self, ack: bool, buf: &mut [u8; INLINE]) -> Option<(Took, Taken)> {
         let head_a = &self.hdr.head.0;
         let mut head = head_a.load(Ordering::Relaxed);
-        let mut spins = 0u32;
         loop {
             let (index, lap) = self.positions(head);
             let slot = &self.slots[index];
@@ -1051,19 +1050,28 @@ impl Chan {
                 // a dead writer's slot is skipped by `read`.)
                 return None;
             } else {
-                // Another reader took this slot and moved `head`, or the slot is still full
-                // from the lap before: its reader has not emptied it yet (a socket host keeps
-                // a message it sent to a remote reader taken until its `Ack`; a reader may
-                // have died mid-read). Spin a little, then let the caller's wait loop poll
-                // again: it keeps its deadline.
-                spins += 1;
-                if spins > IN_PROGRESS_SPINS {
-                    return None;
-                }
-                std::hint::spin_loop();
-                head = head_a.load(Ordering::Relaxed);
+                head = self.head_moved(head)?;
             }
         }
+    }
+
+    /// The slot at `head` is neither full for its lap nor empty: another reader took it and
+    /// moved `head`, or it is still full from the lap before, its reader not done with it (a
+    /// socket host keeps a message it sent to a remote reader taken until its `Ack`; a reader
+    /// may have died mid-read). Spins a little for `head` to move on (the new `head`), then
+    /// lets the caller's wait loop poll again (`None`): it keeps its deadline. Out of line,
+    /// so that the fast path carries no spin count.
+    #[cold]
+    #[inline(never)]
+    fn head_moved(&self, head: u64) -> Option<u64> {
+        for _ in 0..IN_PROGRESS_SPINS {
+            std::hint::spin_loop();
+            let now = self.hdr.head.0.load(Ordering::Relaxed);
+            if now != head {
+                return Some(now);
+            }
+        }
+        None
     }
 
     /// Whether a slot of this buffered ring is still full though no message waits in it
