@@ -39,7 +39,7 @@ use crate::frame::{
 use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
-use crate::shm::census::{self, Item};
+use crate::shm::census;
 use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
@@ -925,28 +925,7 @@ impl Pump {
         if self.host == 0 {
             return None;
         }
-        let (sent, got) = stream::bytes();
-        let item = |key| Item {
-            key,
-            write: false,
-            name: "",
-            word: None,
-        };
-        census::park_socket(
-            census::Kind::Write,
-            &[
-                Item {
-                    key: self.proxy.key(),
-                    write: true,
-                    name: self.proxy.name(),
-                    word: Some(self.proxy.side_word(true)),
-                },
-                item(u64::from(self.host)),
-                item(sent),
-                item(got),
-            ],
-            None,
-        )
+        stream::park_for_peer(census::Kind::Write, &self.proxy, true, self.host, None)
     }
 
     /// The pump of a reading end; returns whether it handed the end over.

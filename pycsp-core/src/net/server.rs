@@ -33,7 +33,7 @@ use crate::frame::{
 use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
-use crate::shm::census::{self, Item};
+use crate::shm::census;
 use crate::shm::ring::{Chan, Outgoing, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
@@ -969,32 +969,12 @@ impl Conn<'_> {
         // waited.
         *parked = None;
         let since = self.since.get();
-        let (sent, got) = super::stream::bytes();
-        let item = |key| Item {
-            key,
-            write: false,
-            name: "",
-            word: None,
+        let kind = if write {
+            census::Kind::Write
+        } else {
+            census::Kind::Read
         };
-        *parked = census::park_socket(
-            if write {
-                census::Kind::Write
-            } else {
-                census::Kind::Read
-            },
-            &[
-                Item {
-                    key: self.chan.key(),
-                    write,
-                    name: self.chan.name(),
-                    word: Some(self.chan.side_word(write)),
-                },
-                item(u64::from(self.pid)),
-                item(sent),
-                item(got),
-            ],
-            since,
-        );
+        *parked = super::stream::park_for_peer(kind, &self.chan, write, self.pid, since);
         if let Some(p) = parked {
             self.since.set(Some(p.since()));
         }

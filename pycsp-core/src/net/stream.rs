@@ -301,6 +301,42 @@ pub(crate) fn idle(
     crate::shm::census::park_remote(peer, writer, chan.key(), chan.name(), word, bytes())
 }
 
+/// This socket thread waits in a `kind` operation on the `write` (or read) side of `chan` for
+/// the peer `peer` of its connection, having sent and received what [`bytes`] says: published
+/// for the census while the guard lives (`since`: the deadlock count when the operation first
+/// waited, if it waited before).
+pub(crate) fn park_for_peer(
+    kind: crate::shm::census::Kind,
+    chan: &crate::shm::ring::Chan,
+    write: bool,
+    peer: u32,
+    since: Option<u64>,
+) -> Option<crate::shm::census::Parked> {
+    use crate::shm::census::Item;
+    let (sent, got) = bytes();
+    let item = |key| Item {
+        key,
+        write: false,
+        name: "",
+        word: None,
+    };
+    crate::shm::census::park_socket(
+        kind,
+        &[
+            Item {
+                key: chan.key(),
+                write,
+                name: chan.name(),
+                word: Some(chan.side_word(write)),
+            },
+            item(u64::from(peer)),
+            item(sent),
+            item(got),
+        ],
+        since,
+    )
+}
+
 /// Waits until `s` is readable (a frame came, or the peer hung up); once the wait lasts, it
 /// is published as [`idle`].
 pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::shm::ring::Chan) {
