@@ -383,7 +383,12 @@ const CASES: &[Case] = &[
 /// Runs case `name` in a fresh run of this binary; its output: "deadlock" and the report,
 /// or "ok" and the value, or "error" and the error; and how long it took.
 fn run_case(name: &str, env: &[(&str, &str)]) -> (String, Duration) {
-    let (out, _, took) = run_case_within(name, env, Duration::from_secs(120));
+    let (out, err, took) = run_case_within(name, env, Duration::from_secs(120));
+    if out.trim().is_empty() {
+        // It ended without saying anything (a panic, a signal): what it said on standard
+        // error is what a failure can show.
+        return (format!("no output; its standard error:\n{err}"), took);
+    }
     (out, took)
 }
 
