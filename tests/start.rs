@@ -41,6 +41,18 @@ fn read_stdin() -> usize {
 }
 
 #[process]
+fn own_pid() -> u32 {
+    std::process::id()
+}
+
+/// Prints with C's stdio, which buffers it (standard output is a pipe), and returns.
+#[process]
+fn prints_with_c_stdio() {
+    // SAFETY: a NUL-terminated format without conversions.
+    unsafe { libc::printf(c"printed by C stdio in a forked child".as_ptr()) };
+}
+
+#[process]
 fn dies_by_signal() {
     // SAFETY: raising a signal against this very process.
     unsafe { libc::raise(libc::SIGKILL) };
@@ -189,8 +201,116 @@ fn start_exec_turns_the_fork_server_off() {
     run_ignored("in_exec_mode", &[("PYCSP_START", "exec")]);
 }
 
+/// Whether `pid` is a child of this process that has not been reaped (a zombie or alive).
+fn unreaped_child(pid: u32) -> bool {
+    // SAFETY: waitid fills the siginfo it is given; WNOHANG | WNOWAIT neither waits nor reaps.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
+    }
+}
+
+/// Kills our child `pid` and waits until it is dead, without reaping it.
+fn kill_unreaped(pid: u32) {
+    // SAFETY: a signal to our own unreaped child; waitid with WNOWAIT leaves it waitable.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+        assert_eq!(r, 0);
+    }
+}
+
+/// Run by the test below in a copy of this binary (no other test there takes the spare).
+#[test]
+#[ignore = "run by a_start_takes_the_process_the_fork_server_forked_ahead"]
+fn with_a_spare() {
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        use pycsp::__private::fork_server_spare_pid as spare_pid;
+        assert_eq!(spare_pid(), None, "a spare before any start");
+        Parallel(own_pid()).unwrap();
+        let spare = spare_pid().expect("no spare after a start");
+        let comm = std::fs::read_to_string(format!("/proc/{spare}/comm")).unwrap();
+        assert_eq!(comm.trim(), "pycsp-spare");
+        assert!(
+            unreaped_child(spare),
+            "the spare is not a child of the root"
+        );
+        // The next start is that process, and the server forks another.
+        assert_eq!(Parallel(own_pid()).unwrap(), spare);
+        let next = spare_pid().expect("no spare after the second start");
+        assert_ne!(next, spare);
+        // A spare that was killed: the next start forks at once, and reaps the dead spare.
+        kill_unreaped(next);
+        let started = Parallel(own_pid()).unwrap();
+        assert_ne!(started, next);
+        assert!(
+            !unreaped_child(next),
+            "the killed spare {next} was not reaped"
+        );
+        assert!(spare_pid().is_some());
+    });
+}
+
+#[test]
+fn a_start_takes_the_process_the_fork_server_forked_ahead() {
+    run_ignored("with_a_spare", &[]);
+}
+
+/// Run by the test below in a copy of this binary (the server it kills is that copy's).
+#[test]
+#[ignore = "run by a_spare_is_reaped_with_a_fork_server_that_is_given_up"]
+fn with_a_spare_and_the_server_killed() {
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        Parallel(own_pid()).unwrap();
+        let spare = pycsp::__private::fork_server_spare_pid().expect("no spare");
+        let server = pycsp::__private::fork_server_pid().expect("no fork server");
+        kill_unreaped(server);
+        assert_eq!(Parallel(parent_pid()).unwrap(), std::process::id());
+        assert_eq!(pycsp::__private::fork_server_pid(), None);
+        assert!(!unreaped_child(spare), "the spare {spare} was not reaped");
+        assert!(
+            !unreaped_child(server),
+            "the server {server} was not reaped"
+        );
+    });
+}
+
+#[test]
+fn a_spare_is_reaped_with_a_fork_server_that_is_given_up() {
+    run_ignored("with_a_spare_and_the_server_killed", &[]);
+}
+
+/// Run by the test below in a copy of this binary, whose standard output it reads.
+#[test]
+#[ignore = "run by what_a_forked_child_prints_with_c_stdio_is_flushed_when_it_ends"]
+fn with_c_stdio() {
+    Parallel(prints_with_c_stdio()).unwrap();
+}
+
+#[test]
+fn what_a_forked_child_prints_with_c_stdio_is_flushed_when_it_ends() {
+    // A forked child ends with `_exit`, as Python's forked children do, after flushing.
+    let out = run_ignored("with_c_stdio", &[]);
+    assert!(
+        out.contains("printed by C stdio in a forked child"),
+        "{out}"
+    );
+}
+
 /// Runs the ignored test `name` alone in a copy of this binary, with `env`; it must pass.
-fn run_ignored(name: &str, env: &[(&str, &str)]) {
+/// Its standard output.
+fn run_ignored(name: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", name, "--nocapture"])
         .envs(env.iter().copied())
@@ -203,4 +323,5 @@ fn run_ignored(name: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("1 passed"), "{text}");
+    text.into_owned()
 }

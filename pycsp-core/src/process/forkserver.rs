@@ -31,6 +31,21 @@
 //! connection, as an executed child does, and the root stops it by `SIGKILL` instead
 //! (`Stopper` in `running.rs`).
 //!
+//! **A process forked ahead.** Forking (about 0.1 ms here) and the new process's first steps
+//! on another CPU were half of a start. So once a request has been answered, the server forks
+//! the next request's process at once, a **spare**: a copy, child of the root as every other,
+//! named `pycsp-spare`, that asks for the parent-death signal, does the work every process
+//! does first (its start time for the census), and then waits on a socket pair of its own.
+//! The next request is handed to it whole (bytes and descriptors) and the server answers
+//! with its pid; only without a spare (the first start, or the spare died) does the server
+//! fork while the parent waits. After each answer the server says which process is the
+//! spare now (a notice, pid 0 when it could not fork one), so the root knows every process
+//! it must reap: a spare the server could not hand a request to (it was killed) is killed
+//! and reaped by the next start; one left when the server is given up is killed and reaped
+//! with it. An unused spare ends with the root (parent-death signal) or with the server (its
+//! socket reaches end of file). So a root that has started a process has one more child than
+//! it started, idle, until it ends.
+//!
 //! The server answers with the new process's pid (or an `errno`). A server that is gone (it
 //! was killed, or did not answer) is not used again: every later start executes the binary,
 //! as with `PYCSP_START=exec`, which turns the fork server off. The start that finds it gone
@@ -80,6 +95,24 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 struct Server {
     sock: OwnedFd,
     pid: u32,
+    /// The server's spare, as its last notice said; a child of this process to reap if the
+    /// server does not use it.
+    spare: Option<u32>,
+    /// A notice is on its way (one follows every answer that started a process).
+    notice_due: bool,
+}
+
+/// What the server sends the root: a tag byte, then an `i32` (little-endian).
+const MESSAGE: usize = 5;
+/// The answer to a request: the new process's pid, or `-errno`.
+const ANSWER: u8 = b'A';
+/// The spare the server has now, sent after each answer that started a process: its pid, or
+/// 0 when it could not fork one.
+const NOTICE: u8 = b'S';
+
+fn message(tag: u8, value: i32) -> [u8; MESSAGE] {
+    let v = value.to_le_bytes();
+    [tag, v[0], v[1], v[2], v[3]]
 }
 
 static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
@@ -144,7 +177,12 @@ pub(crate) fn prepare(run: fn(Forked) -> !) {
         Ok(Some(pid)) => {
             drop(theirs);
             let _ = SERVER_ENV.set(env_now());
-            let _ = SERVER.set(Mutex::new(Some(Server { sock: mine, pid })));
+            let _ = SERVER.set(Mutex::new(Some(Server {
+                sock: mine,
+                pid,
+                spare: None,
+                notice_due: false,
+            })));
         }
         Ok(None) => {
             drop(mine);
@@ -160,6 +198,69 @@ pub fn server_pid() -> Option<u32> {
     let m = SERVER.get()?;
     let s = m.lock().unwrap_or_else(|e| e.into_inner());
     s.as_ref().map(|s| s.pid)
+}
+
+/// The pid of the fork server's spare (the process the next start uses), once the server
+/// said which it is (waiting up to [`ANSWER_TIMEOUT`] for that notice).
+#[doc(hidden)]
+pub fn spare_pid() -> Option<u32> {
+    let m = SERVER.get()?;
+    let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let server = guard.as_mut()?;
+    if server.notice_due {
+        let _ = server.read_until(ANSWER_TIMEOUT, NOTICE);
+    }
+    server.spare
+}
+
+impl Server {
+    /// Reads the server's messages until one tagged `want` (notices on the way update
+    /// [`spare`](Server::spare)): its value, or `None` if the server ended, sent something
+    /// else or sent nothing within `timeout`.
+    fn read_until(&mut self, timeout: Duration, want: u8) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !sys::wait_readable(self.sock.as_raw_fd(), left) {
+                return None;
+            }
+            let mut b = [0u8; MESSAGE];
+            let (tag, value) = match sys::recv_with_fds(self.sock.as_raw_fd(), &mut b) {
+                Ok((MESSAGE, _)) => (b[0], i32::from_le_bytes([b[1], b[2], b[3], b[4]])),
+                _ => return None,
+            };
+            if tag == NOTICE {
+                self.notice_due = false;
+                self.spare = u32::try_from(value).ok().filter(|&p| p > 0);
+            }
+            if tag == want {
+                return Some(value);
+            }
+            if tag != NOTICE {
+                return None;
+            }
+        }
+    }
+
+    /// Kills and reaps the spare the server last named (a child of this process the server
+    /// will not use).
+    fn reap_spare(&mut self) {
+        if let Some(pid) = self.spare.take() {
+            sys::kill_child(pid);
+            let _ = sys::reap(pid, false);
+        }
+    }
+
+    /// Gives the server up: kills and reaps it and its spare (reading first any notice it
+    /// sent about one).
+    fn give_up(mut self) {
+        while sys::wait_readable(self.sock.as_raw_fd(), Duration::ZERO)
+            && self.read_until(Duration::ZERO, NOTICE).is_some()
+        {}
+        sys::kill_child(self.pid);
+        let _ = sys::reap(self.pid, false);
+        self.reap_spare();
+    }
 }
 
 /// What a start through the fork server gives to the new process.
@@ -189,7 +290,7 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
         return Started::Exec;
     };
     let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(server) = guard.as_ref() else {
+    let Some(server) = guard.as_mut() else {
         return Started::Exec;
     };
     // Usually the same as the server's: then the child keeps the one it has.
@@ -211,25 +312,32 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     let outcome = match sys::send_with_fds(sock, &bytes, &fds) {
         // Not sent: the server is gone (it reads every request whole, or none of it).
         Err(_) => Started::Exec,
-        Ok(()) if !sys::wait_readable(sock, ANSWER_TIMEOUT) => Started::Lost(format!(
-            "the fork server did not answer within {ANSWER_TIMEOUT:?}"
-        )),
-        Ok(()) => {
-            let mut b = [0u8; 4];
-            match sys::recv_with_fds(sock, &mut b) {
-                Ok((4, _)) => match i32::from_le_bytes(b) {
-                    pid if pid > 0 => return Started::Forked(pid as u32),
-                    // It could not fork (no memory, too many processes): as `exec` may.
-                    _ => return Started::Exec,
-                },
-                _ => Started::Lost("the fork server ended while starting it".into()),
+        Ok(()) => match server.read_until(ANSWER_TIMEOUT, ANSWER) {
+            Some(answer) => {
+                // The spare the server had when it read this request is the new process,
+                // or the server could not hand it the request and killed it: reap it.
+                if server.spare.is_some_and(|s| answer != s as i32) {
+                    server.reap_spare();
+                }
+                server.spare = None;
+                if answer > 0 {
+                    server.notice_due = true;
+                    return Started::Forked(answer as u32);
+                }
+                // It could not fork (no memory, too many processes): as `exec` may.
+                return Started::Exec;
             }
-        }
+            None if sys::socket_hung_up(sock) => {
+                Started::Lost("the fork server ended while starting it".into())
+            }
+            None => Started::Lost(format!(
+                "the fork server did not answer within {ANSWER_TIMEOUT:?}"
+            )),
+        },
     };
-    // The server is gone or stuck: never use it again, and reap it.
+    // The server is gone or stuck: never use it again, and reap it and its spare.
     if let Some(server) = guard.take() {
-        sys::kill_child(server.pid);
-        let _ = sys::reap(server.pid, false);
+        server.give_up();
     }
     outcome
 }
@@ -256,6 +364,7 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
     }
     let _ = std::env::set_current_dir("/");
     let mut buf = vec![0u8; MAX_REQUEST];
+    let mut spare: Option<Spare> = None;
     loop {
         let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
             Ok((0, _)) | Err(_) => sys::exit_now(0),
@@ -264,32 +373,107 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
         let req = rmp_serde::from_slice::<Request>(&buf[..n]).ok();
         let answer: i32 = match req {
             Some(req) if fds.len() == 5 => {
-                // SAFETY: the server runs one thread: it was forked from a single-threaded
-                // process and never starts one.
-                match unsafe { sys::fork_sibling() } {
-                    Ok(Some(pid)) => pid as i32,
-                    Ok(None) => {
-                        // The parent-death signal is not inherited: ask for it again (the
-                        // root's ending then kills this process, with no thread to watch
-                        // it), then check that the root did not end before it was asked.
-                        sys::die_with_parent();
-                        if std::os::unix::process::parent_id() != root {
-                            sys::exit_now(super::control::EXIT_PARENT_GONE);
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                match spare.take().and_then(|s| s.hand(&buf[..n], &raw)) {
+                    Some(pid) => pid as i32,
+                    // SAFETY: the server runs one thread: it was forked from a
+                    // single-threaded process and never starts one.
+                    None => match unsafe { sys::fork_sibling() } {
+                        Ok(Some(pid)) => pid as i32,
+                        Ok(None) => {
+                            become_copy(root);
+                            drop(sock);
+                            sys::set_thread_name(&name);
+                            become_child(req, fds, &null, run)
                         }
-                        drop(sock);
-                        sys::set_thread_name(&name);
-                        become_child(req, fds, &null, run)
-                    }
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                        Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                    },
                 }
             }
             _ => -libc::EINVAL,
         };
         drop(fds);
-        if sys::send_with_fds(sock.as_raw_fd(), &answer.to_le_bytes(), &[]).is_err() {
+        if sys::send_with_fds(sock.as_raw_fd(), &message(ANSWER, answer), &[]).is_err() {
+            sys::exit_now(0);
+        }
+        if answer <= 0 {
+            continue;
+        }
+        // The next request's process, forked now that this one is answered.
+        let forked = match sys::seqpacket_pair() {
+            // SAFETY: as above, the server runs one thread.
+            Ok((mine, theirs)) => match unsafe { sys::fork_sibling() } {
+                Ok(Some(pid)) => Some(Spare { pid, sock: mine }),
+                Ok(None) => {
+                    become_copy(root);
+                    drop((sock, mine));
+                    sys::set_thread_name(c"pycsp-spare");
+                    wait_as_spare(theirs, &name, &null, run)
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let pid = forked.as_ref().map_or(0, |s| s.pid as i32);
+        spare = forked;
+        if sys::send_with_fds(sock.as_raw_fd(), &message(NOTICE, pid), &[]).is_err() {
             sys::exit_now(0);
         }
     }
+}
+
+/// What a process the server forked does first: the parent-death signal is not inherited, so
+/// it asks for it again (the root's ending then kills it, with no thread to watch it), then
+/// checks that the root did not end before it asked.
+fn become_copy(root: u32) {
+    sys::die_with_parent();
+    if std::os::unix::process::parent_id() != root {
+        sys::exit_now(super::control::EXIT_PARENT_GONE);
+    }
+}
+
+/// A process the server forked ahead of the request it will run, as the server holds it.
+struct Spare {
+    pid: u32,
+    /// The server's end of the spare's socket pair.
+    sock: OwnedFd,
+}
+
+impl Spare {
+    /// Hands the spare the request `bytes` with its descriptors: the spare's pid, or `None`
+    /// if it could not take it (it was killed), when it is killed for certain (the root
+    /// reaps it).
+    fn hand(self, bytes: &[u8], fds: &[RawFd]) -> Option<u32> {
+        match sys::send_with_fds(self.sock.as_raw_fd(), bytes, fds) {
+            Ok(()) => Some(self.pid),
+            Err(_) => {
+                sys::kill_child(self.pid);
+                None
+            }
+        }
+    }
+}
+
+/// A spare's life: the work every process does first, then a wait for the request the server
+/// hands it (until the server ends: then it exits, and the root reaps it), then the life of a
+/// process the server forked for that request.
+fn wait_as_spare(sock: OwnedFd, name: &std::ffi::CStr, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
+    crate::shm::census::note_start_time();
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
+        Ok((n, fds)) if n > 0 => (n, fds),
+        _ => sys::exit_now(0),
+    };
+    drop(sock);
+    let Some(req) = rmp_serde::from_slice::<Request>(&buf[..n]).ok() else {
+        sys::exit_now(121);
+    };
+    if fds.len() != 5 {
+        sys::exit_now(121);
+    }
+    drop(buf);
+    sys::set_thread_name(name);
+    become_child(req, fds, null, run)
 }
 
 /// In a process the server forked: take on the parent's standard streams, working directory
