@@ -9,11 +9,27 @@
 //! network usually runs threads (reapers, socket hosts, the test harness). So the root forks
 //! a **fork server** at the one moment it surely runs one thread: in the constructor that
 //! `#[process]` registers, before `main`. The server never starts a thread; it waits on a
-//! `SOCK_SEQPACKET` socket pair for requests, and for each forks a copy of itself with
-//! `clone(CLONE_PARENT)`: the new process is a child of the **root**, not of the server, so
-//! the root waits for it, reaps it, kills it and watches it by pidfd exactly as an executed
-//! child. The copy then runs as an executed child does from its constructor
-//! (`child_entry`), with what the request carried:
+//! `SOCK_SEQPACKET` socket pair for the root's requests, and for each forks a copy of itself
+//! with `clone(CLONE_PARENT)`: the new process is a child of the **root**, not of the server,
+//! so the root waits for it, reaps it, kills it and watches it by pidfd exactly as an
+//! executed child.
+//!
+//! The copy is forked **ahead** of the start that uses it, a **spare** (forking, about 0.1 ms
+//! here, and a new process's first steps on another CPU were half of a start): it asks for
+//! the parent-death signal (`PR_SET_PDEATHSIG` is not inherited; its parent is the root's
+//! main thread, which forked the server before `main`) and checks that the root is still its
+//! parent, does the work every process does first (its start time for the census), names
+//! itself `pycsp-spare` and waits on a socket pair of its own, whose other end the server
+//! sends the root with the spare's pid (a notice) and then closes. A start then hands its
+//! request straight to the spare: it knows the pid before it sends, so the process it starts
+//! is known even if the send fails half-way or the server dies; and it asks the server for
+//! the next spare, whose notice it reads at the next start (waiting for it if the server is
+//! still forking). So a root that has started a process holds one idle child more than it
+//! started, until it ends: the spare ends with the root (parent-death signal), or when the
+//! root closes its end (then the root reaps it).
+//!
+//! The spare then runs as an executed child does from its constructor (`child_entry`), with
+//! what the request carried:
 //!
 //! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
 //!   working directory, standard output and error as the parent has them now; standard input
@@ -25,34 +41,15 @@
 //!   is the parent's own before `main`), and usually they are the same; the copy changes
 //!   only the variables that differ from its own.
 //!
-//! The copy asks for `SIGKILL` when the root ends (`PR_SET_PDEATHSIG` is not inherited; the
-//! copy's parent is the root's main thread, which forked the server before `main`) and checks
-//! that the root is still its parent after asking; it runs no thread to watch its control
-//! connection, as an executed child does, and the root stops it by `SIGKILL` instead
-//! (`Stopper` in `running.rs`).
+//! It runs no thread to watch its control connection, as an executed child does, and the root
+//! stops it by `SIGKILL` instead (`Stopper` in `running.rs`). It ends as Python's forked
+//! children do: it flushes its streams and calls `_exit` (the exit handlers of the libraries
+//! loaded before `main` are the root's).
 //!
-//! **A process forked ahead.** Forking (about 0.1 ms here) and the new process's first steps
-//! on another CPU were half of a start. So once a request has been answered, the server forks
-//! the next request's process at once, a **spare**: a copy, child of the root as every other,
-//! named `pycsp-spare`, that asks for the parent-death signal, does the work every process
-//! does first (its start time for the census), and then waits on a socket pair of its own.
-//! The next request is handed to it whole (bytes and descriptors) and the server answers
-//! with its pid; only without a spare (the first start, or the spare died) does the server
-//! fork while the parent waits. After each answer the server says which process is the
-//! spare now (a notice, pid 0 when it could not fork one), so the root knows every process
-//! it must reap: a spare the server could not hand a request to (it was killed) is killed
-//! and reaped by the next start; one left when the server is given up is killed and reaped
-//! with it. An unused spare ends with the root (parent-death signal) or with the server (its
-//! socket reaches end of file). So a root that has started a process has one more child than
-//! it started, idle, until it ends.
-//!
-//! The server answers with the new process's pid (or an `errno`). A server that is gone (it
-//! was killed, or did not answer) is not used again: every later start executes the binary,
-//! as with `PYCSP_START=exec`, which turns the fork server off. The start that finds it gone
-//! executes the binary too if the request was not delivered; if it was, the server may have
-//! forked a process holding the control socket before it ended, so that start fails with
-//! [`Error::Spawn`](crate::Error::Spawn) naming the process and saying so (a second process
-//! must never read the same arguments).
+//! A server that is gone (it was killed, or sent no notice in time) is not used again: every
+//! later start executes the binary, as with `PYCSP_START=exec`, which turns the fork server
+//! off. A spare that cannot take its request (it was killed) is reaped, and the start asks
+//! the server for another.
 //!
 //! # Why it is safe
 //!
@@ -66,7 +63,7 @@
 //! umask of the parent's thread at the start). The server ends when the root does (its socket
 //! reaches end of file; `PR_SET_PDEATHSIG` as well).
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
@@ -84,35 +81,94 @@ use crate::sys;
 /// nothing) uses the fork server when there is one.
 pub(crate) const ENV_START: &str = "PYCSP_START";
 
-/// The largest request (mostly the environment) sent to the server; a larger one starts the
+/// The largest request (mostly the environment) handed to a spare; a larger one starts the
 /// process by `exec`.
 const MAX_REQUEST: usize = 128 << 10;
 
-/// How long the parent waits for the server's answer before it gives the server up.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a start waits for the server's notice of a spare before it gives the server up.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the root asks the server: fork a spare.
+const FORK: u8 = b'F';
+
+/// The server's notice of a spare: its pid (little-endian `i32`; 0 when it could not fork
+/// one), with the root's end of the spare's socket pair.
+const NOTICE: usize = 4;
 
 /// The root's connection to its fork server.
 struct Server {
     sock: OwnedFd,
     pid: u32,
-    /// The server's spare, as its last notice said; a child of this process to reap if the
-    /// server does not use it.
-    spare: Option<u32>,
-    /// A notice is on its way (one follows every answer that started a process).
-    notice_due: bool,
+    /// A spare the server forked (a child of this process): its pid and its socket.
+    spare: Option<(u32, OwnedFd)>,
+    /// A spare was asked for and its notice not read yet.
+    asked: bool,
 }
 
-/// What the server sends the root: a tag byte, then an `i32` (little-endian).
-const MESSAGE: usize = 5;
-/// The answer to a request: the new process's pid, or `-errno`.
-const ANSWER: u8 = b'A';
-/// The spare the server has now, sent after each answer that started a process: its pid, or
-/// 0 when it could not fork one.
-const NOTICE: u8 = b'S';
+impl Server {
+    /// The spare to hand the next request to: the one held, or the one asked for (asking for
+    /// one if none was), its notice waited for up to [`NOTICE_TIMEOUT`]. `Err` when the
+    /// server is gone or silent; `Ok(None)` when it could not fork.
+    fn take_spare(&mut self) -> Result<Option<(u32, OwnedFd)>, ()> {
+        if let Some(s) = self.spare.take() {
+            return Ok(Some(s));
+        }
+        if !self.asked {
+            self.ask()?;
+        }
+        self.read_notice(NOTICE_TIMEOUT)
+    }
 
-fn message(tag: u8, value: i32) -> [u8; MESSAGE] {
-    let v = value.to_le_bytes();
-    [tag, v[0], v[1], v[2], v[3]]
+    /// Asks the server for a spare.
+    fn ask(&mut self) -> Result<(), ()> {
+        sys::send_with_fds(self.sock.as_raw_fd(), &[FORK], &[]).map_err(|_| ())?;
+        self.asked = true;
+        Ok(())
+    }
+
+    /// Reads the notice of the spare asked for, waiting up to `timeout`.
+    fn read_notice(&mut self, timeout: Duration) -> Result<Option<(u32, OwnedFd)>, ()> {
+        if !sys::wait_readable(self.sock.as_raw_fd(), timeout) {
+            return Err(());
+        }
+        let mut b = [0u8; NOTICE];
+        let (n, mut fds) = sys::recv_with_fds(self.sock.as_raw_fd(), &mut b).map_err(|_| ())?;
+        if n != NOTICE {
+            return Err(());
+        }
+        self.asked = false;
+        match (i32::from_le_bytes(b), fds.pop()) {
+            (pid, Some(fd)) if pid > 0 && fds.is_empty() => Ok(Some((pid as u32, fd))),
+            (pid, _) if pid > 0 => {
+                // A spare without its socket: it waits for nothing; reap it.
+                reap_spare(pid as u32);
+                Err(())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Gives the server up: kills and reaps it and the spares it forked.
+    fn give_up(mut self) {
+        if self.asked {
+            if let Ok(Some((pid, sock))) = self.read_notice(Duration::ZERO) {
+                drop(sock);
+                reap_spare(pid);
+            }
+        }
+        if let Some((pid, sock)) = self.spare.take() {
+            drop(sock);
+            reap_spare(pid);
+        }
+        sys::kill_child(self.pid);
+        let _ = sys::reap(self.pid, false);
+    }
+}
+
+/// Kills and reaps the spare `pid`, a child of this process that will not be used.
+fn reap_spare(pid: u32) {
+    sys::kill_child(pid);
+    let _ = sys::reap(pid, false);
 }
 
 static SERVER: OnceLock<Mutex<Option<Server>>> = OnceLock::new();
@@ -132,7 +188,7 @@ fn env_now() -> Env {
         .collect()
 }
 
-/// What the server needs besides descriptors to start a child.
+/// What a spare needs besides descriptors to become a child.
 #[derive(Serialize, Deserialize)]
 struct Request {
     name: String,
@@ -181,7 +237,7 @@ pub(crate) fn prepare(run: fn(Forked) -> !) {
                 sock: mine,
                 pid,
                 spare: None,
-                notice_due: false,
+                asked: false,
             })));
         }
         Ok(None) => {
@@ -200,67 +256,17 @@ pub fn server_pid() -> Option<u32> {
     s.as_ref().map(|s| s.pid)
 }
 
-/// The pid of the fork server's spare (the process the next start uses), once the server
-/// said which it is (waiting up to [`ANSWER_TIMEOUT`] for that notice).
+/// The pid of the spare the next start uses, if the server forked one (reading the notice of
+/// one asked for, up to [`NOTICE_TIMEOUT`]).
 #[doc(hidden)]
 pub fn spare_pid() -> Option<u32> {
     let m = SERVER.get()?;
     let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
     let server = guard.as_mut()?;
-    if server.notice_due {
-        let _ = server.read_until(ANSWER_TIMEOUT, NOTICE);
+    if server.spare.is_none() && server.asked {
+        server.spare = server.read_notice(NOTICE_TIMEOUT).ok().flatten();
     }
-    server.spare
-}
-
-impl Server {
-    /// Reads the server's messages until one tagged `want` (notices on the way update
-    /// [`spare`](Server::spare)): its value, or `None` if the server ended, sent something
-    /// else or sent nothing within `timeout`.
-    fn read_until(&mut self, timeout: Duration, want: u8) -> Option<i32> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if !sys::wait_readable(self.sock.as_raw_fd(), left) {
-                return None;
-            }
-            let mut b = [0u8; MESSAGE];
-            let (tag, value) = match sys::recv_with_fds(self.sock.as_raw_fd(), &mut b) {
-                Ok((MESSAGE, _)) => (b[0], i32::from_le_bytes([b[1], b[2], b[3], b[4]])),
-                _ => return None,
-            };
-            if tag == NOTICE {
-                self.notice_due = false;
-                self.spare = u32::try_from(value).ok().filter(|&p| p > 0);
-            }
-            if tag == want {
-                return Some(value);
-            }
-            if tag != NOTICE {
-                return None;
-            }
-        }
-    }
-
-    /// Kills and reaps the spare the server last named (a child of this process the server
-    /// will not use).
-    fn reap_spare(&mut self) {
-        if let Some(pid) = self.spare.take() {
-            sys::kill_child(pid);
-            let _ = sys::reap(pid, false);
-        }
-    }
-
-    /// Gives the server up: kills and reaps it and its spare (reading first any notice it
-    /// sent about one).
-    fn give_up(mut self) {
-        while sys::wait_readable(self.sock.as_raw_fd(), Duration::ZERO)
-            && self.read_until(Duration::ZERO, NOTICE).is_some()
-        {}
-        sys::kill_child(self.pid);
-        let _ = sys::reap(self.pid, false);
-        self.reap_spare();
-    }
+    server.spare.as_ref().map(|s| s.0)
 }
 
 /// What a start through the fork server gives to the new process.
@@ -274,17 +280,14 @@ pub(crate) struct Start<'a> {
 
 /// How a start through the fork server went.
 pub(crate) enum Started {
-    /// The server forked the process: its pid.
+    /// A spare took the request: its pid.
     Forked(u32),
-    /// Nothing was forked (there is no server, it is gone, it could not fork, or the request
+    /// Nothing was started (there is no server, it is gone, it could not fork, or the request
     /// is too large for it): start the process by executing the binary.
     Exec,
-    /// The server took the request and then ended or went silent: it may have forked a
-    /// process that holds the control socket, so this start fails (later ones execute).
-    Lost(String),
 }
 
-/// Starts a process through the fork server.
+/// Starts a process through the fork server: hands the request to a spare.
 pub(crate) fn start(s: &Start<'_>) -> Started {
     let Some(m) = SERVER.get() else {
         return Started::Exec;
@@ -308,41 +311,40 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
         return Started::Exec;
     }
     let fds = [s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
-    let sock = server.sock.as_raw_fd();
-    let outcome = match sys::send_with_fds(sock, &bytes, &fds) {
-        // Not sent: the server is gone (it reads every request whole, or none of it).
-        Err(_) => Started::Exec,
-        Ok(()) => match server.read_until(ANSWER_TIMEOUT, ANSWER) {
-            Some(answer) => {
-                // The spare the server had when it read this request is the new process,
-                // or the server could not hand it the request and killed it: reap it.
-                if server.spare.is_some_and(|s| answer != s as i32) {
-                    server.reap_spare();
-                }
-                server.spare = None;
-                if answer > 0 {
-                    server.notice_due = true;
-                    return Started::Forked(answer as u32);
-                }
-                // It could not fork (no memory, too many processes): as `exec` may.
-                return Started::Exec;
+    // A spare that was killed cannot take it: reap it and take another, once.
+    for _ in 0..2 {
+        let (pid, sock) = match server.take_spare() {
+            Ok(Some(spare)) => spare,
+            // It could not fork (no memory, too many processes): as `exec` may.
+            Ok(None) => return Started::Exec,
+            Err(()) => break,
+        };
+        // The next spare is asked for first: the server, woken now, forks it on a CPU this
+        // one's request is not waiting for (asked after the request, it was woken on the
+        // CPU the spare had just been woken on, and the two took turns).
+        let asked = server.asked || server.ask().is_ok();
+        let handed = sys::send_with_fds(sock.as_raw_fd(), &bytes, &fds).is_ok();
+        drop(sock);
+        if !handed {
+            reap_spare(pid);
+            continue;
+        }
+        // The process is `pid` from here on, whatever the server does.
+        if !asked {
+            if let Some(server) = guard.take() {
+                server.give_up();
             }
-            None if sys::socket_hung_up(sock) => {
-                Started::Lost("the fork server ended while starting it".into())
-            }
-            None => Started::Lost(format!(
-                "the fork server did not answer within {ANSWER_TIMEOUT:?}"
-            )),
-        },
-    };
-    // The server is gone or stuck: never use it again, and reap it and its spare.
+        }
+        return Started::Forked(pid);
+    }
+    // The server is gone or stuck: never use it again, and reap it and its spares.
     if let Some(server) = guard.take() {
         server.give_up();
     }
-    outcome
+    Started::Exec
 }
 
-/// The server's loop: one request, one forked process, until the root is gone.
+/// The server's loop: a spare for each request, until the root is gone.
 fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
     sys::die_with_parent();
     // The root: the parent of the server and of every process it forks.
@@ -363,101 +365,44 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
         let _ = sys::dup_onto(null.as_raw_fd(), fd);
     }
     let _ = std::env::set_current_dir("/");
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut spare: Option<Spare> = None;
     loop {
-        let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
-            Ok((0, _)) | Err(_) => sys::exit_now(0),
-            Ok(r) => r,
-        };
-        let req = rmp_serde::from_slice::<Request>(&buf[..n]).ok();
-        let answer: i32 = match req {
-            Some(req) if fds.len() == 5 => {
-                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                match spare.take().and_then(|s| s.hand(&buf[..n], &raw)) {
-                    Some(pid) => pid as i32,
-                    // SAFETY: the server runs one thread: it was forked from a
-                    // single-threaded process and never starts one.
-                    None => match unsafe { sys::fork_sibling() } {
-                        Ok(Some(pid)) => pid as i32,
-                        Ok(None) => {
-                            become_copy(root);
-                            drop(sock);
-                            sys::set_thread_name(&name);
-                            become_child(req, fds, &null, run)
-                        }
-                        Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                    },
-                }
-            }
-            _ => -libc::EINVAL,
-        };
-        drop(fds);
-        if sys::send_with_fds(sock.as_raw_fd(), &message(ANSWER, answer), &[]).is_err() {
-            sys::exit_now(0);
+        let mut b = [0u8; 1];
+        match sys::recv_with_fds(sock.as_raw_fd(), &mut b) {
+            Ok((1, _)) if b[0] == FORK => {}
+            _ => sys::exit_now(0),
         }
-        if answer <= 0 {
-            continue;
-        }
-        // The next request's process, forked now that this one is answered.
-        let forked = match sys::seqpacket_pair() {
-            // SAFETY: as above, the server runs one thread.
-            Ok((mine, theirs)) => match unsafe { sys::fork_sibling() } {
-                Ok(Some(pid)) => Some(Spare { pid, sock: mine }),
+        let (pid, root_end) = match sys::seqpacket_pair() {
+            // SAFETY: the server runs one thread: it was forked from a single-threaded
+            // process and never starts one.
+            Ok((root_end, spare_end)) => match unsafe { sys::fork_sibling() } {
+                Ok(Some(pid)) => (pid as i32, Some(root_end)),
                 Ok(None) => {
-                    become_copy(root);
-                    drop((sock, mine));
-                    sys::set_thread_name(c"pycsp-spare");
-                    wait_as_spare(theirs, &name, &null, run)
+                    drop((sock, root_end));
+                    wait_as_spare(root, spare_end, &name, &null, run)
                 }
-                Err(_) => None,
+                Err(_) => (0, None),
             },
-            Err(_) => None,
+            Err(_) => (0, None),
         };
-        let pid = forked.as_ref().map_or(0, |s| s.pid as i32);
-        spare = forked;
-        if sys::send_with_fds(sock.as_raw_fd(), &message(NOTICE, pid), &[]).is_err() {
+        let fds: Vec<RawFd> = root_end.iter().map(AsRawFd::as_raw_fd).collect();
+        if sys::send_with_fds(sock.as_raw_fd(), &pid.to_le_bytes(), &fds).is_err() {
             sys::exit_now(0);
         }
     }
 }
 
-/// What a process the server forked does first: the parent-death signal is not inherited, so
-/// it asks for it again (the root's ending then kills it, with no thread to watch it), then
-/// checks that the root did not end before it asked.
-fn become_copy(root: u32) {
+/// A spare's life: the work every process does first, then a wait for the request the root
+/// hands it (until the root closes its end: then it exits, and the root reaps it), then the
+/// life of a process forked for that request.
+fn wait_as_spare(root: u32, sock: OwnedFd, name: &CStr, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
+    // The parent-death signal is not inherited: ask for it again (the root's ending then
+    // kills this process, with no thread to watch it), then check that the root did not end
+    // before it was asked.
     sys::die_with_parent();
     if std::os::unix::process::parent_id() != root {
         sys::exit_now(super::control::EXIT_PARENT_GONE);
     }
-}
-
-/// A process the server forked ahead of the request it will run, as the server holds it.
-struct Spare {
-    pid: u32,
-    /// The server's end of the spare's socket pair.
-    sock: OwnedFd,
-}
-
-impl Spare {
-    /// Hands the spare the request `bytes` with its descriptors: the spare's pid, or `None`
-    /// if it could not take it (it was killed), when it is killed for certain (the root
-    /// reaps it).
-    fn hand(self, bytes: &[u8], fds: &[RawFd]) -> Option<u32> {
-        match sys::send_with_fds(self.sock.as_raw_fd(), bytes, fds) {
-            Ok(()) => Some(self.pid),
-            Err(_) => {
-                sys::kill_child(self.pid);
-                None
-            }
-        }
-    }
-}
-
-/// A spare's life: the work every process does first, then a wait for the request the server
-/// hands it (until the server ends: then it exits, and the root reaps it), then the life of a
-/// process the server forked for that request.
-fn wait_as_spare(sock: OwnedFd, name: &std::ffi::CStr, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
+    sys::set_thread_name(c"pycsp-spare");
     crate::shm::census::note_start_time();
     let mut buf = vec![0u8; MAX_REQUEST];
     let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
@@ -476,7 +421,7 @@ fn wait_as_spare(sock: OwnedFd, name: &std::ffi::CStr, null: &OwnedFd, run: fn(F
     become_child(req, fds, null, run)
 }
 
-/// In a process the server forked: take on the parent's standard streams, working directory
+/// In a spare handed its request: take on the parent's standard streams, working directory
 /// and environment, then run as an executed child does.
 fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
     let mut fds = fds.into_iter();

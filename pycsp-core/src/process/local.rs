@@ -47,7 +47,6 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
         Started::Exec => exec(name, ctrl_fd, arena_fd, key.as_deref(), ledger.as_ref())
             .map(Child::Exec)
             .map_err(|e| e.to_string()),
-        Started::Lost(why) => Err(why),
     };
     let child = match started {
         Ok(c) => c,
