@@ -304,7 +304,6 @@ fn with_c_stdio() {
 
 #[test]
 fn what_a_forked_child_prints_with_c_stdio_is_flushed_when_it_ends() {
-    // A forked child ends with `_exit`, as Python's forked children do, after flushing.
     let out = run_ignored("with_c_stdio", &[]);
     assert!(
         out.contains("printed by C stdio in a forked child"),

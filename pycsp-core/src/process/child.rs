@@ -98,15 +98,7 @@ fn run_forked(f: Forked) -> ! {
     }
     forget_key_variable();
     let code = run_child(&f.name, f.ctrl, f.arena.into_raw_fd(), f.ledger, true);
-    // As Python's `multiprocessing` ends a forked child (`os._exit` after flushing its
-    // streams): the exit handlers and destructors of the libraries the root loaded before
-    // `main` are the root's, not this copy's to run (and running them cost the start about
-    // 25 µs: a dozen page faults in code no process used until then).
-    let _ = std::io::stdout().flush();
-    // SAFETY: fflush(NULL) flushes every C stdio stream of this process; it takes no pointer
-    // of ours.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
-    sys::exit_now(code)
+    std::process::exit(code)
 }
 
 /// An executed local child: load the key, then run as [`run_child`] does; the exit code.

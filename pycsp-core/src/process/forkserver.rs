@@ -42,9 +42,9 @@
 //!   only the variables that differ from its own.
 //!
 //! It runs no thread to watch its control connection, as an executed child does, and the root
-//! stops it by `SIGKILL` instead (`Stopper` in `running.rs`). It ends as Python's forked
-//! children do: it flushes its streams and calls `_exit` (the exit handlers of the libraries
-//! loaded before `main` are the root's).
+//! stops it by `SIGKILL` instead (`Stopper` in `running.rs`). It ends with `exit`, as an
+//! executed child does (its thread-local destructors run; one gives the thread's waiter
+//! record back).
 //!
 //! A server that is gone (it was killed, or sent no notice in time) is not used again: every
 //! later start executes the binary, as with `PYCSP_START=exec`, which turns the fork server
