@@ -240,8 +240,19 @@ fn with_a_spare() {
         assert_eq!(spare_pid(), None, "a spare before any start");
         Parallel(own_pid()).unwrap();
         let spare = spare_pid().expect("no spare after a start");
-        let comm = std::fs::read_to_string(format!("/proc/{spare}/comm")).unwrap();
-        assert_eq!(comm.trim(), "pycsp-spare");
+        // It names itself once it runs (the notice comes as soon as it is forked).
+        let named = |pid: u32| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+            comm.trim() == "pycsp-spare"
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !named(spare) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(
+            named(spare),
+            "the spare {spare} did not name itself pycsp-spare"
+        );
         assert!(
             unreaped_child(spare),
             "the spare is not a child of the root"
