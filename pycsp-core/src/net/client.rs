@@ -1243,12 +1243,8 @@ impl Pump {
             };
             match f.kind {
                 Kind::Message if *got < asked => {
-                    // There is room: the proxy's capacity is the window's largest, and the
-                    // user's side only leaves (then the message goes back with the rest).
-                    match write_encoded(&self.proxy, &f.body, Some(Instant::now())) {
-                        Ok(()) => *got += 1,
-                        Err(_) => return Err(ReadStop::UserLeft),
-                    }
+                    put_in_proxy(&self.proxy, &f.body)?;
+                    *got += 1;
                     inbox.recycle(f.body);
                 }
                 Kind::Error => {
@@ -1393,5 +1389,55 @@ fn message_len(m: &Incoming) -> usize {
     match m {
         Incoming::Inline { len, .. } => *len,
         Incoming::Block { len, .. } => *len as usize,
+    }
+}
+
+/// Puts a message the host sent into the (buffered) proxy of a reading end. There is room
+/// (the proxy's capacity is the window's largest), but its slot may still be in the hands of
+/// the user's read of the message before (the proxy no longer counts that one, so the pump
+/// acknowledged it and the host sent this one): then it waits for that read to end, which
+/// it does at once unless the thread was preempted. `Err(UserLeft)` only if the user's side
+/// left (then the message goes back with the rest).
+fn put_in_proxy(proxy: &Chan, body: &[u8]) -> Result<(), ReadStop> {
+    loop {
+        match write_encoded(proxy, body, Some(Instant::now() + TICK)) {
+            Ok(()) => return Ok(()),
+            Err(ChannelError::Timeout)
+                if proxy.state_flags() & (READERS_RETIRED | POISONED) == 0 => {}
+            Err(_) => return Err(ReadStop::UserLeft),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::waiter::Claim;
+
+    #[test]
+    fn a_message_for_the_proxy_waits_for_the_users_read_of_its_slot_to_end() {
+        // The user of a buffered(1) proxy took its message (the proxy counts none, so the
+        // pump acknowledged it and the host sent the next) but its read has not freed the
+        // slot yet (preempted between the two): the next message must wait for that read to
+        // end. It once took the user for gone, left the proxy open and ended its pump: the
+        // user then waited for ever.
+        let arena = Arena::get().unwrap();
+        let proxy = Chan::create(arena, "proxy-slot-in-use", "u64", 1, 1, false).unwrap();
+        write_encoded(&proxy, &[1], None).unwrap();
+        let (_, taken) = proxy
+            .read_deferred(None, |_| Claim::Busy)
+            .expect("a message is there");
+        assert_eq!(proxy.len(), 0);
+        let user = std::thread::spawn(move || {
+            // The user's read, still copying its message out.
+            std::thread::sleep(Duration::from_millis(50));
+            proxy.ack(taken);
+        });
+        assert!(
+            put_in_proxy(&proxy, &[2]).is_ok(),
+            "the user was taken for gone"
+        );
+        user.join().unwrap();
+        assert_eq!(proxy.len(), 1);
     }
 }
