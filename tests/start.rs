@@ -169,21 +169,8 @@ fn with_the_fork_server_killed() {
         let Some(server) = pycsp::__private::fork_server_pid() else {
             panic!("the root made no fork server");
         };
-        // SAFETY: sending a signal to our own child, the fork server (not yet reaped: only
-        // the next start that finds it gone reaps it).
-        unsafe { libc::kill(server as libc::pid_t, libc::SIGKILL) };
-        // Wait until it is dead (without reaping it: the next start does).
-        // SAFETY: waitid fills the siginfo it is given; WNOWAIT leaves the child waitable.
-        let r = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                server as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        assert_eq!(r, 0);
+        // Dead, not reaped: the next start that finds it gone reaps it.
+        kill_unreaped(server);
         for _ in 0..3 {
             assert_eq!(Parallel(parent_pid()).unwrap(), std::process::id());
         }
