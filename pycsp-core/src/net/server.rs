@@ -1040,8 +1040,9 @@ impl Conn<'_> {
                         match write_encoded_back(&chan, &bytes, step) {
                             Err(ChannelError::Timeout) if !chan.looks_nonempty() => {
                                 // Nothing to read frees a slot: the ring is full of slots
-                                // taken and not emptied, ours among them. Empty ours first.
-                                chan.ack(taken);
+                                // taken and not emptied, ours among them. Empty ours first
+                                // (readers wait for the copy meanwhile).
+                                let _giving_back = chan.empty_for_give_back(taken);
                                 let _ = write_encoded_back(&chan, &bytes, None);
                                 break;
                             }

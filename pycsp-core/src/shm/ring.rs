@@ -63,7 +63,10 @@ struct State {
     flags: AtomicU32,
     writers: AtomicU32,
     readers: AtomicU32,
-    _pad: u32,
+    /// Messages given back whose taken slot was emptied before their copy was written (see
+    /// [`Chan::empty_for_give_back`]): readers that find a dead peer's channel drained wait
+    /// for them as for slots still taken.
+    giving_back: AtomicU32,
     /// `generation << 32 | holders`: every `Channel` handle and every end in every process
     /// (also one travelling in a message or to a child), a socket host and a proxy's pump
     /// hold the channel once; the last to let go frees it, and the generation changes, so a
@@ -222,6 +225,19 @@ pub(crate) struct WriteError {
 }
 
 /// A channel mapped in this process. Cheap to copy; valid while its holder holds it (see
+/// A message being given back after its slot was emptied (see [`Chan::empty_for_give_back`]):
+/// dropping the guard, once the copy is written (or can never be), ends it.
+pub(crate) struct GivingBack<'a>(&'a Chan);
+
+impl Drop for GivingBack<'_> {
+    fn drop(&mut self) {
+        let st = &self.0.hdr.state.0;
+        st.giving_back.fetch_sub(1, Ordering::SeqCst);
+        // A reader waiting for it rechecks.
+        self.0.hdr.rx.0.notify_all();
+    }
+}
+
 /// [`Chan::hold`]): the channel's memory is reused once its last holder lets go.
 #[derive(Clone, Copy)]
 pub(crate) struct Chan {
@@ -347,6 +363,7 @@ impl Chan {
             st.flags.store(0, Ordering::Relaxed);
             st.writers.store(0, Ordering::Relaxed);
             st.readers.store(0, Ordering::Relaxed);
+            st.giving_back.store(0, Ordering::Relaxed);
             h.dead.0.pid.store(0, Ordering::Relaxed);
             h.dead.0.name_len.store(0, Ordering::Relaxed);
             h.head.0.store(0, Ordering::Relaxed);
@@ -1087,6 +1104,13 @@ impl Chan {
                 .any(|s| s.stamp.load(Ordering::Acquire) & (one_lap - 1) == 1)
     }
 
+    /// Whether messages given back may still come: slots are taken and not emptied, or a
+    /// message whose slot was emptied is being written back.
+    #[cold]
+    fn more_may_come_back(&self) -> bool {
+        self.hdr.state.0.giving_back.load(Ordering::SeqCst) != 0 || self.holds_taken_slots()
+    }
+
     /// A reader claimed the slot at `head` and found its message withdrawn: it takes nothing.
     /// The slot is emptied by whichever of the reader and the leaving writer comes second.
     #[cold]
@@ -1196,6 +1220,18 @@ impl Chan {
     pub(crate) fn ack(&self, t: Taken) {
         self.ack_slot(t);
         self.hdr.tx.0.notify_all();
+    }
+
+    /// Empties the taken slot `t` whose message goes back into the channel next (a socket
+    /// host gives back what a remote reader did not take, and the ring is full of taken
+    /// slots, this one among them): until the guard is dropped, after the copy is written,
+    /// readers that find a dead peer's channel drained wait for it, as they wait while slots
+    /// are taken (emptied first, the message was in no slot for a moment, and such a reader
+    /// reported the death without it).
+    pub(crate) fn empty_for_give_back(&self, t: Taken) -> GivingBack<'_> {
+        self.hdr.state.0.giving_back.fetch_add(1, Ordering::SeqCst);
+        self.ack(t);
+        GivingBack(self)
     }
 
     /// Why this channel refuses writes now, if it does (poison, a dead peer, no readers).
@@ -1476,8 +1512,8 @@ impl Chan {
                     }
                     if f & PEER_DIED != 0 {
                         if !self.looks_nonempty() {
-                            // Drained, unless messages taken and not emptied may come back.
-                            if self.holds_taken_slots()
+                            // Drained, unless messages given back may still come.
+                            if self.more_may_come_back()
                                 && held_since.get_or_insert_with(Instant::now).elapsed()
                                     < HELD_SLOT_GRACE
                             {
@@ -1724,6 +1760,45 @@ mod tests {
                 Some(Instant::now())
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_reader_of_a_dead_peers_channel_waits_for_a_message_given_back_after_its_slot_was_emptied()
+    {
+        // A socket host gives back a message a dead remote reader had asked for, into a ring
+        // full of taken slots: it empties the message's own slot first, then writes the copy.
+        // A reader that finds the channel drained in between must wait for it (it once
+        // reported the death at once: the message was lost).
+        let chan = Chan::create(arena(), "give-back-emptied", "u8", 1, 1, false).unwrap();
+        let buf = [9u8; INLINE];
+        let msg = Outgoing::Inline { buf: &buf, len: 1 };
+        assert!(chan.try_push(&msg).is_some());
+        let (_, taken) = chan
+            .read_deferred(None, |_| Claim::Busy)
+            .expect("a message is there");
+        chan.mark_peer_died(12345, "remote_reader");
+        let giving_back = chan.empty_for_give_back(taken);
+        let early = chan.read(
+            Some(Instant::now() + Duration::from_millis(50)),
+            true,
+            |_| Claim::Busy,
+        );
+        assert!(
+            matches!(early, Err(ChannelError::Timeout)),
+            "the reader did not wait for the message given back"
+        );
+        chan.write_back(&msg, None).map_err(|e| e.error).unwrap();
+        drop(giving_back);
+        match chan.read(Some(Instant::now() + Duration::from_secs(5)), true, |_| {
+            Claim::Busy
+        }) {
+            Ok(Incoming::Inline { buf, len }) => assert_eq!(&buf[..len], &[9]),
+            _ => panic!("the message given back was not read"),
+        }
+        assert!(matches!(
+            chan.read(Some(Instant::now()), true, |_| Claim::Busy),
+            Err(ChannelError::PeerDied { .. })
+        ));
     }
 
     #[test]
