@@ -251,17 +251,33 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     r > 0 && p.revents != 0
 }
 
-/// Waits up to `timeout` for the child process `pid` (not yet reaped, so the pid is still
-/// ours) to exit; whether it did. Uses a pidfd, which becomes readable when the process exits.
-pub(crate) fn wait_child_exit(pid: u32, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return false;
+/// A descriptor that refers to a process (`pidfd_open`): it becomes readable when the process
+/// exits, and keeps referring to that process even after it was reaped.
+pub(crate) struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// A pidfd of `pid`, which must be a child of this process not yet reaped (so that the pid
+    /// is still ours).
+    pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
     }
-    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    wait_readable(fd.as_raw_fd(), timeout)
+
+    /// Waits up to `timeout` for the process to exit; whether it did.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
+        wait_readable(self.0.as_raw_fd(), timeout)
+    }
+}
+
+/// Waits up to `timeout` for the child process `pid` (not yet reaped, so the pid is still
+/// ours) to exit; whether it did.
+pub(crate) fn wait_child_exit(pid: u32, timeout: Duration) -> bool {
+    Pidfd::open(pid).is_ok_and(|p| p.wait_exit(timeout))
 }
 
 /// Shuts a socket down both ways, from any thread: its owner's blocked read returns at once.
@@ -377,6 +393,16 @@ pub(crate) const MAX_PASSED_FDS: usize = 8;
 /// Sends `data` as one message on the seqpacket socket `sock`, with copies of `fds`
 /// (`SCM_RIGHTS`).
 pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if sendmsg_with_fds(sock, data, fds)? == data.len() {
+        Ok(())
+    } else {
+        Err(io::Error::other("a message was sent in part"))
+    }
+}
+
+/// One `sendmsg` of `data` on `sock` with copies of `fds` (retried if interrupted before it
+/// sent anything): how many bytes it sent.
+fn sendmsg_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     assert!(fds.len() <= MAX_PASSED_FDS);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -410,17 +436,34 @@ pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Resu
         // SAFETY: `msg` points at `iov` and `cbuf`, which outlive the call.
         let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
         if r >= 0 {
-            return if r as usize == data.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other("a message was sent in part"))
-            };
+            return Ok(r as usize);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
     }
+}
+
+/// Sends all of `data` on the stream socket `sock`, with copies of `fds` (`SCM_RIGHTS`)
+/// attached to its first byte: what one `sendmsg` did not take (it was interrupted) is written
+/// after it.
+pub(crate) fn send_all_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let first = sendmsg_with_fds(sock, data, fds)?;
+    let mut rest = &data[first.min(data.len())..];
+    while !rest.is_empty() {
+        // SAFETY: the pointer and length describe `rest`, which is valid for reads.
+        let r = unsafe { libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if r > 0 {
+            rest = &rest[r as usize..];
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if r == 0 || e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Receives one message from the seqpacket socket `sock` into `buf`, with the descriptors it

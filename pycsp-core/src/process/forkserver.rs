@@ -19,21 +19,27 @@
 //! the parent-death signal (`PR_SET_PDEATHSIG` is not inherited; its parent is the root's
 //! main thread, which forked the server before `main`) and checks that the root is still its
 //! parent, does the work every process does first (its start time for the census), names
-//! itself `pycsp-spare` and waits on a socket pair of its own, whose other end the server
-//! sends the root with the spare's pid (a notice) and then closes. A start then hands its
-//! request straight to the spare: it knows the pid before it sends, so the process it starts
-//! is known even if the send fails half-way or the server dies; and it asks the server for
-//! the next spare, whose notice it reads at the next start (waiting for it if the server is
-//! still forking). So a root that has started a process holds one idle child more than it
-//! started, until it ends: the spare ends with the root (parent-death signal), or when the
-//! root closes its end (then the root reaps it).
+//! itself `pycsp-spare` and waits on a stream socket pair of its own, whose other end the
+//! server sends the root with the spare's pid (a notice) and then closes. A start then hands
+//! its request straight to the spare: it knows the pid before it sends, so the process it
+//! starts is known even if the send fails half-way or the server dies. That connection is
+//! then the process's **control connection**: the arguments follow the request on it, and the
+//! report comes back on it (an executed child gets a socket pair of its own instead). Once the
+//! process has its arguments, the start asks the server for the next spare, whose notice it
+//! reads at the next start (waiting for it if the server is still forking): asked before, the
+//! server was woken on the root's CPU and forked there while the root still had the request
+//! and the arguments to send (`perf sched`: the root waited up to 0.2 ms for its CPU). So a
+//! root that has started a process holds one idle child more than it started, until it ends:
+//! the spare ends with the root (parent-death signal), or when the root closes its end (then
+//! the root reaps it).
 //!
 //! The spare then runs as an executed child does from its constructor (`child_entry`), with
-//! what the request carried:
+//! what the request carried: its length (a little-endian `u32`, at most 128 KiB; a larger
+//! request starts the process by `exec`), then
 //!
-//! - descriptors (`SCM_RIGHTS`): the control socket, the network's shared memory, the
-//!   working directory, standard output and error as the parent has them now; standard input
-//!   is `/dev/null` (which the server opened);
+//! - descriptors (`SCM_RIGHTS`, with the length's first byte): the network's shared memory,
+//!   the working directory, standard output and error as the parent has them now; standard
+//!   input is `/dev/null` (which the server opened);
 //! - bytes (MessagePack): the process's name, its ledger's offset, the key if the parent has
 //!   one (an executed child reads it from a socket of its own; here the request is that
 //!   socket), and the parent's environment now (without `PYCSP_AUTHKEY`, as for an executed
@@ -64,8 +70,10 @@
 //! reaches end of file; `PR_SET_PDEATHSIG` as well).
 
 use std::ffi::{CStr, OsStr};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +93,9 @@ pub(crate) const ENV_START: &str = "PYCSP_START";
 /// process by `exec`.
 const MAX_REQUEST: usize = 128 << 10;
 
+/// A request's length, before it on the spare's connection (little-endian `u32`).
+const REQUEST_LEN: usize = 4;
+
 /// How long a start waits for the server's notice of a spare before it gives the server up.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,7 +103,7 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
 const FORK: u8 = b'F';
 
 /// The server's notice of a spare: its pid (little-endian `i32`; 0 when it could not fork
-/// one), with the root's end of the spare's socket pair.
+/// one), with the root's end of the spare's connection (a stream socket pair).
 const NOTICE: usize = 4;
 
 /// The root's connection to its fork server.
@@ -272,7 +283,6 @@ pub fn spare_pid() -> Option<u32> {
 /// What a start through the fork server gives to the new process.
 pub(crate) struct Start<'a> {
     pub(crate) name: &'a str,
-    pub(crate) ctrl: RawFd,
     pub(crate) arena: RawFd,
     pub(crate) key: Option<&'a str>,
     pub(crate) ledger: Option<u64>,
@@ -280,8 +290,9 @@ pub(crate) struct Start<'a> {
 
 /// How a start through the fork server went.
 pub(crate) enum Started {
-    /// A spare took the request: its pid.
-    Forked(u32),
+    /// A spare took the request: its pid, and the control connection to it (the spare's
+    /// connection, on which the request went).
+    Forked(u32, UnixStream),
     /// Nothing was started (there is no server, it is gone, it could not fork, or the request
     /// is too large for it): start the process by executing the binary.
     Exec,
@@ -310,7 +321,10 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     if bytes.len() > MAX_REQUEST {
         return Started::Exec;
     }
-    let fds = [s.ctrl, s.arena, cwd.as_raw_fd(), 1, 2];
+    let mut framed = Vec::with_capacity(REQUEST_LEN + bytes.len());
+    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&bytes);
+    let fds = [s.arena, cwd.as_raw_fd(), 1, 2];
     // A spare that was killed cannot take it: reap it and take another, once.
     for _ in 0..2 {
         let (pid, sock) = match server.take_spare() {
@@ -319,29 +333,37 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
             Ok(None) => return Started::Exec,
             Err(()) => break,
         };
-        // The next spare is asked for first: the server, woken now, forks it on a CPU this
-        // one's request is not waiting for (asked after the request, it was woken on the
-        // CPU the spare had just been woken on, and the two took turns).
-        let asked = server.asked || server.ask().is_ok();
-        let handed = sys::send_with_fds(sock.as_raw_fd(), &bytes, &fds).is_ok();
-        drop(sock);
-        if !handed {
+        if sys::send_all_with_fds(sock.as_raw_fd(), &framed, &fds).is_err() {
+            drop(sock);
             reap_spare(pid);
             continue;
         }
         // The process is `pid` from here on, whatever the server does.
-        if !asked {
-            if let Some(server) = guard.take() {
-                server.give_up();
-            }
-        }
-        return Started::Forked(pid);
+        return Started::Forked(pid, UnixStream::from(sock));
     }
     // The server is gone or stuck: never use it again, and reap it and its spares.
     if let Some(server) = guard.take() {
         server.give_up();
     }
     Started::Exec
+}
+
+/// Asks the server for the next spare, unless one is held or asked for: called once a start
+/// has handed the new process all it needs, so that the fork does not delay that.
+pub(crate) fn ask_ahead() {
+    let Some(m) = SERVER.get() else {
+        return;
+    };
+    let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = guard.as_mut() else {
+        return;
+    };
+    if server.spare.is_some() || server.asked || server.ask().is_ok() {
+        return;
+    }
+    if let Some(server) = guard.take() {
+        server.give_up();
+    }
 }
 
 /// The server's loop: a spare for each request, until the root is gone.
@@ -371,14 +393,14 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
             Ok((1, _)) if b[0] == FORK => {}
             _ => sys::exit_now(0),
         }
-        let (pid, root_end) = match sys::seqpacket_pair() {
+        let (pid, root_end) = match UnixStream::pair() {
             // SAFETY: the server runs one thread: it was forked from a single-threaded
             // process and never starts one.
             Ok((root_end, spare_end)) => match unsafe { sys::fork_sibling() } {
                 Ok(Some(pid)) => (pid as i32, Some(root_end)),
                 Ok(None) => {
                     drop((sock, root_end));
-                    wait_as_spare(root, spare_end, &name, &null, run)
+                    wait_as_spare(root, spare_end.into(), &name, &null, run)
                 }
                 Err(_) => (0, None),
             },
@@ -393,7 +415,7 @@ fn serve(sock: OwnedFd, null: OwnedFd, run: fn(Forked) -> !) -> ! {
 
 /// A spare's life: the work every process does first, then a wait for the request the root
 /// hands it (until the root closes its end: then it exits, and the root reaps it), then the
-/// life of a process forked for that request.
+/// life of a process forked for that request, with `sock` as its control connection.
 fn wait_as_spare(root: u32, sock: OwnedFd, name: &CStr, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
     // The parent-death signal is not inherited: ask for it again (the root's ending then
     // kills this process, with no thread to watch it), then check that the root did not end
@@ -404,29 +426,44 @@ fn wait_as_spare(root: u32, sock: OwnedFd, name: &CStr, null: &OwnedFd, run: fn(
     }
     sys::set_thread_name(c"pycsp-spare");
     crate::shm::census::note_start_time();
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut buf) {
+    // The length (the descriptors come with its first byte), then the request.
+    let mut len = [0u8; REQUEST_LEN];
+    let (n, fds) = match sys::recv_with_fds(sock.as_raw_fd(), &mut len) {
         Ok((n, fds)) if n > 0 => (n, fds),
         _ => sys::exit_now(0),
     };
-    drop(sock);
-    let Some(req) = rmp_serde::from_slice::<Request>(&buf[..n]).ok() else {
-        sys::exit_now(121);
-    };
-    if fds.len() != 5 {
+    let mut stream = UnixStream::from(sock);
+    if stream.read_exact(&mut len[n..]).is_err() {
         sys::exit_now(121);
     }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_REQUEST || fds.len() != 4 {
+        sys::exit_now(121);
+    }
+    let mut buf = vec![0u8; len];
+    if stream.read_exact(&mut buf).is_err() {
+        sys::exit_now(121);
+    }
+    let Some(req) = rmp_serde::from_slice::<Request>(&buf).ok() else {
+        sys::exit_now(121);
+    };
     drop(buf);
     sys::set_thread_name(name);
-    become_child(req, fds, null, run)
+    become_child(req, stream.into(), fds, null, run)
 }
 
 /// In a spare handed its request: take on the parent's standard streams, working directory
 /// and environment, then run as an executed child does.
-fn become_child(req: Request, fds: Vec<OwnedFd>, null: &OwnedFd, run: fn(Forked) -> !) -> ! {
+fn become_child(
+    req: Request,
+    ctrl: OwnedFd,
+    fds: Vec<OwnedFd>,
+    null: &OwnedFd,
+    run: fn(Forked) -> !,
+) -> ! {
     let mut fds = fds.into_iter();
     let mut next = || fds.next().expect("the request's descriptors were counted");
-    let (ctrl, arena, cwd, out, err) = (next(), next(), next(), next(), next());
+    let (arena, cwd, out, err) = (next(), next(), next(), next());
     let ok = sys::dup_onto(out.as_raw_fd(), 1).is_ok()
         && sys::dup_onto(err.as_raw_fd(), 2).is_ok()
         && sys::dup_onto(null.as_raw_fd(), 0).is_ok()

@@ -24,8 +24,6 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     let arena = Arena::get().map_err(|e| spawn_error(name, format!("shared memory: {e}")))?;
     let (launch, args) = Launch::encode(name, args)?;
     let fail = |reason: String| launch.fail(reason);
-    let (parent_end, child_end) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
-    let ctrl_fd: RawFd = child_end.as_raw_fd();
     let arena_fd: RawFd = arena.fd();
     // The key goes in the fork server's request, or through a descriptor of its own, never
     // the environment: the child takes it before its process's code runs, and programs that
@@ -37,30 +35,38 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     let ledger = ChildLedger::new(name, &launch.transfers);
     let forked = forkserver::start(&forkserver::Start {
         name,
-        ctrl: ctrl_fd,
         arena: arena_fd,
         key: key.as_deref(),
         ledger: ledger.as_ref().map(ChildLedger::offset),
     });
     let started = match forked {
-        Started::Forked(pid) => Ok(Child::Forked { pid, status: None }),
-        Started::Exec => exec(name, ctrl_fd, arena_fd, key.as_deref(), ledger.as_ref())
-            .map(Child::Exec)
-            .map_err(|e| e.to_string()),
+        Started::Forked(pid, ctrl) => Ok((Child::Forked { pid, status: None }, ctrl)),
+        Started::Exec => UnixStream::pair().and_then(|(parent_end, child_end)| {
+            let c = exec(
+                name,
+                child_end.as_raw_fd(),
+                arena_fd,
+                key.as_deref(),
+                ledger.as_ref(),
+            )?;
+            Ok((Child::Exec(c), parent_end))
+        }),
     };
-    let child = match started {
+    let (child, parent_end) = match started {
         Ok(c) => c,
-        Err(why) => {
+        Err(e) => {
             if let Some(l) = ledger {
                 l.discard();
             }
-            return Err(fail(why));
+            return Err(fail(e.to_string()));
         }
     };
-    drop(child_end);
     // If the child died at once, writing fails; `wait` then reports how it died.
     let mut ctrl = Ctrl::Pair(parent_end);
     let _ = control::send(&mut ctrl, Kind::Args, args);
+    if matches!(child, Child::Forked { .. }) {
+        forkserver::ask_ahead();
+    }
     Ok(Running {
         name,
         child,

@@ -127,8 +127,9 @@ pub(crate) struct Watched {
 enum Reaper {
     Thread(std::thread::JoinHandle<Result<Returned, Error>>),
     /// The joining thread watches the process ([`Watched::joined_now`]), or no thread could
-    /// be started: the process is waited for when it is joined.
-    Inline(Box<Running>),
+    /// be started: the process is waited for when it is joined; its exit is watched by a
+    /// pidfd opened once (none if it could not be opened: then one for each wait).
+    Inline(Box<Running>, Option<sys::Pidfd>),
 }
 
 impl Watched {
@@ -171,7 +172,7 @@ impl Watched {
                 ends,
                 started_with,
                 stop,
-                reaper: Reaper::Inline(Box::new(r)),
+                reaper: Reaper::Inline(Box::new(r), sys::Pidfd::open(pid).ok()),
                 watch,
             };
         }
@@ -192,7 +193,10 @@ impl Watched {
             Ok(h) => Reaper::Thread(h),
             Err(_) => {
                 let r = slot.lock().ok().and_then(|mut r| r.take());
-                Reaper::Inline(Box::new(r.expect("no thread took the process")))
+                Reaper::Inline(
+                    Box::new(r.expect("no thread took the process")),
+                    sys::Pidfd::open(pid).ok(),
+                )
             }
         };
         Watched {
@@ -211,7 +215,7 @@ impl Watched {
     pub(crate) fn finished(&self) -> bool {
         match &self.reaper {
             Reaper::Thread(_) => *Watch::lock(&self.watch.done),
-            Reaper::Inline(_) => sys::wait_child_exit(self.pid, Duration::ZERO),
+            Reaper::Inline(_, pidfd) => self.wait_exit(pidfd.as_ref(), Duration::ZERO),
         }
     }
 
@@ -232,9 +236,19 @@ impl Watched {
                 }
                 true
             }
-            Reaper::Inline(_) => {
-                sys::wait_child_exit(self.pid, deadline.saturating_duration_since(Instant::now()))
-            }
+            Reaper::Inline(_, pidfd) => self.wait_exit(
+                pidfd.as_ref(),
+                deadline.saturating_duration_since(Instant::now()),
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the process (watched inline) to exit, by `pidfd` if it has
+    /// one.
+    fn wait_exit(&self, pidfd: Option<&sys::Pidfd>, timeout: Duration) -> bool {
+        match pidfd {
+            Some(p) => p.wait_exit(timeout),
+            None => sys::wait_child_exit(self.pid, timeout),
         }
     }
 
@@ -263,7 +277,7 @@ impl Watched {
                     outcomes: Outcomes::default(),
                 })
             }),
-            Reaper::Inline(r) => r.wait_watched(Some(&self.watch)),
+            Reaper::Inline(r, _) => r.wait_watched(Some(&self.watch)),
         }
     }
 
