@@ -248,7 +248,7 @@ fn with_a_spare() {
         assert_eq!(Parallel(own_pid()).unwrap(), spare);
         let next = spare_pid().expect("no spare after the second start");
         assert_ne!(next, spare);
-        // A spare that was killed: the next start forks at once, and reaps the dead spare.
+        // A spare that was killed: the next start reaps it and takes another.
         kill_unreaped(next);
         let started = Parallel(own_pid()).unwrap();
         assert_ne!(started, next);

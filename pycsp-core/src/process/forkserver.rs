@@ -21,17 +21,21 @@
 //! parent, does the work every process does first (its start time for the census), names
 //! itself `pycsp-spare` and waits on a stream socket pair of its own, whose other end the
 //! server sends the root with the spare's pid (a notice) and then closes. A start then hands
-//! its request straight to the spare: it knows the pid before it sends, so the process it
-//! starts is known even if the send fails half-way or the server dies. That connection is
+//! its request straight to the oldest spare: it knows the pid before it sends, so the process
+//! it starts is known even if the send fails half-way or the server dies. That connection is
 //! then the process's **control connection**: the arguments follow the request on it, and the
-//! report comes back on it (an executed child gets a socket pair of its own instead). Once the
-//! process has its arguments, the start asks the server for the next spare, whose notice it
-//! reads at the next start (waiting for it if the server is still forking): asked before, the
-//! server was woken on the root's CPU and forked there while the root still had the request
-//! and the arguments to send (`perf sched`: the root waited up to 0.2 ms for its CPU). So a
-//! root that has started a process holds one idle child more than it started, until it ends:
-//! the spare ends with the root (parent-death signal), or when the root closes its end (then
-//! the root reaps it).
+//! report comes back on it (an executed child gets a socket pair of its own instead).
+//!
+//! Once the process has its arguments, the start asks the server for spares until two are
+//! held or asked for ([`SPARES`]), reading the notices already sent; a start that finds none
+//! held waits for the next notice. Both choices come from `perf sched` on 2 vCPUs: asked
+//! before the request, the server was woken on the root's CPU and forked there while the root
+//! still had the request and the arguments to send (the root waited up to 0.2 ms for its
+//! CPU); with one spare, the server, woken on the CPU where the new process then ran, often
+//! forked only after that process had ended, and the next start waited for the fork. So a
+//! root that has started a process holds two idle children more than it started, until it
+//! ends: a spare ends with the root (parent-death signal), or when the root closes its end
+//! (then the root reaps it).
 //!
 //! The spare then runs as an executed child does from its constructor (`child_entry`), with
 //! what the request carried: its length (a little-endian `u32`, at most 128 KiB; a larger
@@ -69,6 +73,7 @@
 //! umask of the parent's thread at the start). The server ends when the root does (its socket
 //! reaches end of file; `PR_SET_PDEATHSIG` as well).
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, OsStr};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -106,25 +111,31 @@ const FORK: u8 = b'F';
 /// one), with the root's end of the spare's connection (a stream socket pair).
 const NOTICE: usize = 4;
 
+/// How many spares a root that has started a process keeps: with two, the one a start takes
+/// was forked a whole start earlier, so the fork is off the start's path even when the server
+/// only got a CPU once the previous process had ended (2 vCPUs: the server, woken on the CPU
+/// where the new process ran, waited for it).
+const SPARES: usize = 2;
+
 /// The root's connection to its fork server.
 struct Server {
     sock: OwnedFd,
     pid: u32,
-    /// A spare the server forked (a child of this process): its pid and its socket.
-    spare: Option<(u32, OwnedFd)>,
-    /// A spare was asked for and its notice not read yet.
-    asked: bool,
+    /// Spares the server forked (children of this process), oldest first: pids and sockets.
+    spares: VecDeque<(u32, OwnedFd)>,
+    /// Spares asked for whose notices were not read yet.
+    asked: usize,
 }
 
 impl Server {
-    /// The spare to hand the next request to: the one held, or the one asked for (asking for
-    /// one if none was), its notice waited for up to [`NOTICE_TIMEOUT`]. `Err` when the
+    /// The spare to hand the next request to: the oldest held, or the next asked for (asking
+    /// for one if none was), its notice waited for up to [`NOTICE_TIMEOUT`]. `Err` when the
     /// server is gone or silent; `Ok(None)` when it could not fork.
     fn take_spare(&mut self) -> Result<Option<(u32, OwnedFd)>, ()> {
-        if let Some(s) = self.spare.take() {
+        if let Some(s) = self.spares.pop_front() {
             return Ok(Some(s));
         }
-        if !self.asked {
+        if self.asked == 0 {
             self.ask()?;
         }
         self.read_notice(NOTICE_TIMEOUT)
@@ -133,11 +144,25 @@ impl Server {
     /// Asks the server for a spare.
     fn ask(&mut self) -> Result<(), ()> {
         sys::send_with_fds(self.sock.as_raw_fd(), &[FORK], &[]).map_err(|_| ())?;
-        self.asked = true;
+        self.asked += 1;
         Ok(())
     }
 
-    /// Reads the notice of the spare asked for, waiting up to `timeout`.
+    /// Asks for as many spares as make [`SPARES`] with those held and asked for, after reading
+    /// the notices already sent.
+    fn fill(&mut self) -> Result<(), ()> {
+        while self.asked > 0 && sys::wait_readable(self.sock.as_raw_fd(), Duration::ZERO) {
+            if let Some(s) = self.read_notice(Duration::ZERO)? {
+                self.spares.push_back(s);
+            }
+        }
+        while self.spares.len() + self.asked < SPARES {
+            self.ask()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the notice of the next spare asked for, waiting up to `timeout`.
     fn read_notice(&mut self, timeout: Duration) -> Result<Option<(u32, OwnedFd)>, ()> {
         if !sys::wait_readable(self.sock.as_raw_fd(), timeout) {
             return Err(());
@@ -147,7 +172,7 @@ impl Server {
         if n != NOTICE {
             return Err(());
         }
-        self.asked = false;
+        self.asked -= 1;
         match (i32::from_le_bytes(b), fds.pop()) {
             (pid, Some(fd)) if pid > 0 && fds.is_empty() => Ok(Some((pid as u32, fd))),
             (pid, _) if pid > 0 => {
@@ -161,13 +186,14 @@ impl Server {
 
     /// Gives the server up: kills and reaps it and the spares it forked.
     fn give_up(mut self) {
-        if self.asked {
-            if let Ok(Some((pid, sock))) = self.read_notice(Duration::ZERO) {
-                drop(sock);
-                reap_spare(pid);
+        while self.asked > 0 {
+            match self.read_notice(Duration::ZERO) {
+                Ok(Some(s)) => self.spares.push_back(s),
+                Ok(None) => {}
+                Err(()) => break,
             }
         }
-        if let Some((pid, sock)) = self.spare.take() {
+        for (pid, sock) in self.spares.drain(..) {
             drop(sock);
             reap_spare(pid);
         }
@@ -247,8 +273,8 @@ pub(crate) fn prepare(run: fn(Forked) -> !) {
             let _ = SERVER.set(Mutex::new(Some(Server {
                 sock: mine,
                 pid,
-                spare: None,
-                asked: false,
+                spares: VecDeque::new(),
+                asked: 0,
             })));
         }
         Ok(None) => {
@@ -274,10 +300,11 @@ pub fn spare_pid() -> Option<u32> {
     let m = SERVER.get()?;
     let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
     let server = guard.as_mut()?;
-    if server.spare.is_none() && server.asked {
-        server.spare = server.read_notice(NOTICE_TIMEOUT).ok().flatten();
+    if server.spares.is_empty() && server.asked > 0 {
+        let s = server.read_notice(NOTICE_TIMEOUT).ok().flatten();
+        server.spares.extend(s);
     }
-    server.spare.as_ref().map(|s| s.0)
+    server.spares.front().map(|s| s.0)
 }
 
 /// What a start through the fork server gives to the new process.
@@ -348,8 +375,8 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     Started::Exec
 }
 
-/// Asks the server for the next spare, unless one is held or asked for: called once a start
-/// has handed the new process all it needs, so that the fork does not delay that.
+/// Asks the server for the spares that make [`SPARES`]: called once a start has handed the
+/// new process all it needs, so that the fork does not delay that.
 pub(crate) fn ask_ahead() {
     let Some(m) = SERVER.get() else {
         return;
@@ -358,7 +385,7 @@ pub(crate) fn ask_ahead() {
     let Some(server) = guard.as_mut() else {
         return;
     };
-    if server.spare.is_some() || server.asked || server.ask().is_ok() {
+    if server.fill().is_ok() {
         return;
     }
     if let Some(server) = guard.take() {
