@@ -45,6 +45,16 @@ fn own_pid() -> u32 {
     std::process::id()
 }
 
+/// The length and a checksum of the bytes it was given.
+#[process]
+fn sums(bytes: Vec<u8>) -> (usize, u64) {
+    let sum = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| (i as u64 + 1) * u64::from(b));
+    (bytes.len(), sum.fold(0u64, u64::wrapping_add))
+}
+
 /// Prints with C's stdio, which buffers it (standard output is a pipe), and returns.
 #[process]
 fn prints_with_c_stdio() {
@@ -325,4 +335,25 @@ fn run_ignored(name: &str, env: &[(&str, &str)]) -> String {
     );
     assert!(text.contains("1 passed"), "{text}");
     text.into_owned()
+}
+
+#[test]
+fn a_process_gets_its_arguments_whole_whether_they_go_with_the_start_or_after_it() {
+    // Up to 64 KiB of arguments go in the same message as a forked start's request; larger
+    // ones are sent after it. Sizes around that bound, and far beyond it.
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        for len in [0, 1, (64 << 10) - 16, 64 << 10, (64 << 10) + 16, 3 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let sum = bytes
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (i as u64 + 1) * u64::from(b));
+            let want = (len, sum.fold(0u64, u64::wrapping_add));
+            assert_eq!(
+                Parallel(sums(bytes)).unwrap(),
+                want,
+                "{len} bytes of arguments"
+            );
+        }
+    });
 }

@@ -23,8 +23,9 @@
 //! server sends the root with the spare's pid (a notice) and then closes. A start then hands
 //! its request straight to the oldest spare: it knows the pid before it sends, so the process
 //! it starts is known even if the send fails half-way or the server dies. That connection is
-//! then the process's **control connection**: the arguments follow the request on it, and the
-//! report comes back on it (an executed child gets a socket pair of its own instead).
+//! then the process's **control connection**: the arguments follow the request on it (up to
+//! 64 KiB of them in the same `sendmsg`, so the process does not wait for another send), and
+//! the report comes back on it (an executed child gets a socket pair of its own instead).
 //!
 //! Once the process has its arguments, the start asks the server for spares until two are
 //! held or asked for ([`SPARES`]), reading the notices already sent; a start that finds none
@@ -313,6 +314,9 @@ pub(crate) struct Start<'a> {
     pub(crate) arena: RawFd,
     pub(crate) key: Option<&'a str>,
     pub(crate) ledger: Option<u64>,
+    /// The process's arguments as their control frame's bytes, sent right after the request
+    /// (one `sendmsg`), or `None`: the caller sends them.
+    pub(crate) args: Option<&'a [u8]>,
 }
 
 /// How a start through the fork server went.
@@ -348,9 +352,11 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     if bytes.len() > MAX_REQUEST {
         return Started::Exec;
     }
-    let mut framed = Vec::with_capacity(REQUEST_LEN + bytes.len());
+    let args = s.args.unwrap_or_default();
+    let mut framed = Vec::with_capacity(REQUEST_LEN + bytes.len() + args.len());
     framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     framed.extend_from_slice(&bytes);
+    framed.extend_from_slice(args);
     let fds = [s.arena, cwd.as_raw_fd(), 1, 2];
     // A spare that was killed cannot take it: reap it and take another, once.
     for _ in 0..2 {

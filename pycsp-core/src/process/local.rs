@@ -13,11 +13,14 @@ use super::forkserver::{self, Child, Started};
 use super::launch::{spawn_error, ErasedArgs, Launch};
 use super::running::Running;
 use crate::error::Error;
-use crate::frame::Kind;
+use crate::frame::{Frame, Kind};
 use crate::net::key;
 use crate::runtime::{ChildLedger, ENV_LEDGER};
 use crate::shm::arena::{Arena, ENV_ARENA_FD};
 use crate::sys;
+
+/// The largest arguments (bytes) that go with a fork server's request.
+const INLINE_ARGS: usize = 64 << 10;
 
 /// Starts process `name` with `args` as a child of this process.
 pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Running, Error> {
@@ -33,14 +36,23 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     // The ends the arguments carry are the child's from now on: written in its ledger, which
     // this process settles once the child has ended, however it ended.
     let ledger = ChildLedger::new(name, &launch.transfers);
+    // Small arguments go with a fork server's request, in the same `sendmsg`: the new process
+    // then finds them there instead of waiting for this thread's next send.
+    let args_frame =
+        (args.len() <= INLINE_ARGS).then(|| Frame::new(Kind::Args, args.clone()).encode());
     let forked = forkserver::start(&forkserver::Start {
         name,
         arena: arena_fd,
         key: key.as_deref(),
         ledger: ledger.as_ref().map(ChildLedger::offset),
+        args: args_frame.as_deref(),
     });
+    let mut args_sent = false;
     let started = match forked {
-        Started::Forked(pid, ctrl) => Ok((Child::Forked { pid, status: None }, ctrl)),
+        Started::Forked(pid, ctrl) => {
+            args_sent = args_frame.is_some();
+            Ok((Child::Forked { pid, status: None }, ctrl))
+        }
         Started::Exec => UnixStream::pair().and_then(|(parent_end, child_end)| {
             let c = exec(
                 name,
@@ -63,7 +75,9 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     };
     // If the child died at once, writing fails; `wait` then reports how it died.
     let mut ctrl = Ctrl::Pair(parent_end);
-    let _ = control::send(&mut ctrl, Kind::Args, args);
+    if !args_sent {
+        let _ = control::send(&mut ctrl, Kind::Args, args);
+    }
     if matches!(child, Child::Forked { .. }) {
         forkserver::ask_ahead();
     }
