@@ -275,6 +275,43 @@ fn a_start_takes_the_process_the_fork_server_forked_ahead() {
     run_ignored("with_a_spare", &[]);
 }
 
+/// Run by the test below in a copy of this binary (the spares it kills are that copy's).
+#[test]
+#[ignore = "run by when_every_spare_was_killed_a_start_still_forks"]
+fn with_every_spare_killed() {
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        use pycsp::__private::{fork_server_pid, fork_server_spare_pids};
+        Parallel(own_pid()).unwrap();
+        let spares = fork_server_spare_pids();
+        assert_eq!(spares.len(), 2, "two spares after a start: {spares:?}");
+        let server = fork_server_pid().expect("no fork server");
+        for &pid in &spares {
+            kill_unreaped(pid);
+        }
+        // The start reaps the dead spares and takes one the server forks for it: the server
+        // stays in use.
+        let started = Parallel(own_pid()).unwrap();
+        assert!(!spares.contains(&started), "{started} was killed");
+        assert_eq!(fork_server_pid(), Some(server), "the server was given up");
+        for pid in spares {
+            assert!(
+                !unreaped_child(pid),
+                "the killed spare {pid} was not reaped"
+            );
+        }
+        assert_eq!(
+            fork_server_spare_pids().len(),
+            2,
+            "the spares were not made up again"
+        );
+    });
+}
+
+#[test]
+fn when_every_spare_was_killed_a_start_still_forks() {
+    run_ignored("with_every_spare_killed", &[]);
+}
+
 /// Run by the test below in a copy of this binary (the server it kills is that copy's).
 #[test]
 #[ignore = "run by the_spare_of_a_killed_fork_server_still_starts_and_later_starts_execute"]

@@ -1,8 +1,8 @@
 //! What `#[process]` expands to calls. Not a public API.
 
 pub use crate::process::{
-    child_entry, fork_server_pid, fork_server_spare_pid, run_chunk, worker_entry, PoolFnEntry,
-    ProcessEntry, POOL_FNS, POOL_WORKER, PROCESSES,
+    child_entry, fork_server_pid, fork_server_spare_pid, fork_server_spare_pids, run_chunk,
+    worker_entry, PoolFnEntry, ProcessEntry, POOL_FNS, POOL_WORKER, PROCESSES,
 };
 pub use linkme;
 

@@ -308,6 +308,26 @@ pub fn spare_pid() -> Option<u32> {
     server.spares.front().map(|s| s.0)
 }
 
+/// The pids of all the spares the server forked, oldest first (reading the notices of those
+/// asked for, each up to [`NOTICE_TIMEOUT`]).
+#[doc(hidden)]
+pub fn spare_pids() -> Vec<u32> {
+    let Some(m) = SERVER.get() else {
+        return Vec::new();
+    };
+    let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = guard.as_mut() else {
+        return Vec::new();
+    };
+    while server.asked > 0 {
+        match server.read_notice(NOTICE_TIMEOUT) {
+            Ok(s) => server.spares.extend(s),
+            Err(()) => break,
+        }
+    }
+    server.spares.iter().map(|s| s.0).collect()
+}
+
 /// What a start through the fork server gives to the new process.
 pub(crate) struct Start<'a> {
     pub(crate) name: &'a str,
@@ -358,8 +378,9 @@ pub(crate) fn start(s: &Start<'_>) -> Started {
     framed.extend_from_slice(&bytes);
     framed.extend_from_slice(args);
     let fds = [s.arena, cwd.as_raw_fd(), 1, 2];
-    // A spare that was killed cannot take it: reap it and take another, once.
-    for _ in 0..2 {
+    // A spare that was killed cannot take it: reap it and take another (the held ones, then
+    // one the server forks now).
+    for _ in 0..=SPARES {
         let (pid, sock) = match server.take_spare() {
             Ok(Some(spare)) => spare,
             // It could not fork (no memory, too many processes): as `exec` may.

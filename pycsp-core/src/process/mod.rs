@@ -54,6 +54,7 @@ pub use child::child_entry;
 pub use forkserver::server_pid as fork_server_pid;
 #[doc(hidden)]
 pub use forkserver::spare_pid as fork_server_spare_pid;
+pub use forkserver::spare_pids as fork_server_spare_pids;
 pub use launch::{ErasedProcess, Placement};
 #[doc(hidden)]
 pub use pool::{run_chunk, worker_entry, PoolFnEntry, POOL_FNS, POOL_WORKER};
