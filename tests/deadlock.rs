@@ -356,6 +356,56 @@ fn socket_busy_networks() -> Result<String, Error> {
     Ok(format!("{runs} runs"))
 }
 
+#[process]
+fn take_one_then_wait_for(
+    jobs: ChannelIn<u64>,
+    took: ChannelOut<u64>,
+    done: ChannelIn<()>,
+) -> Result<u64, ChannelError> {
+    took.write(jobs.read()?)?;
+    done.read()?; // the mistake: the root reads on only after this process read its jobs
+    jobs.read()
+}
+
+/// Reads the jobs once `took` says the placed reader took one, then says it is done.
+#[process]
+fn read_the_rest(
+    jobs: ChannelIn<u64>,
+    took: ChannelIn<u64>,
+    done: ChannelOut<()>,
+) -> Result<String, ChannelError> {
+    took.read()?;
+    let mut n = 0;
+    let end = loop {
+        match jobs.read() {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    done.write(())?;
+    Ok(format!("read {n}, then {end}"))
+}
+
+/// A placed reader takes one job of a buffered channel and waits for a reader of the root's
+/// network to finish reading the jobs before it reads on, while its host holds a message it
+/// asked for ahead (it may come back, so the other reader does not see the channel's end):
+/// each waits for the other.
+fn socket_reader_waits_for_a_remote_reader_that_waits_for_it() -> Result<String, Error> {
+    let jobs = Channel::<u64>::named_buffered(&tcp("jobs"), 16)?;
+    let took = Channel::<u64>::named(&tcp("took"))?;
+    let done = Channel::<()>::named(&tcp("done"))?;
+    let w = jobs.writer();
+    for i in 0..16 {
+        w.write(i)?;
+    }
+    let procs = (
+        read_the_rest(jobs.reader(), took.reader(), done.writer()),
+        take_one_then_wait_for(jobs.reader(), took.writer(), done.reader()).on(here()),
+    );
+    drop((w, jobs, took, done));
+    Parallel(procs).map(|r| format!("{r:?}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // The driver.
 
@@ -378,6 +428,10 @@ const CASES: &[Case] = &[
         socket_sleeper_is_not_blocked,
     ),
     ("socket_busy_networks", socket_busy_networks),
+    (
+        "socket_reader_waits_for_a_remote_reader_that_waits_for_it",
+        socket_reader_waits_for_a_remote_reader_that_waits_for_it,
+    ),
 ];
 
 /// Runs case `name` in a fresh run of this binary; its output: "deadlock" and the report,
@@ -552,6 +606,15 @@ fn main() {
                 "waits to write `tcp://",
                 "/full0`",
                 "/full1`",
+            ],
+        ),
+        (
+            "socket_reader_waits_for_a_remote_reader_that_waits_for_it",
+            &[
+                "`read_the_rest` (pid",
+                "waits to read `tcp://127.0.0.1:",
+                "/jobs`; no live process holds a writer end, but messages asked for ahead may still come back from `take_one_then_wait_for` (pid",
+                "/done`",
             ],
         ),
     ];

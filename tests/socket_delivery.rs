@@ -472,3 +472,192 @@ fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_co
         );
     }
 }
+
+#[process]
+fn take_one_then_die(
+    jobs: ChannelIn<u64>,
+    took: ChannelOut<u64>,
+    gate: ChannelIn<()>,
+) -> Result<(), ChannelError> {
+    took.write(jobs.read()?)?;
+    gate.read()?;
+    // Dies holding the message it asked for ahead (its host gives it back).
+    std::process::abort();
+}
+
+#[test]
+fn a_reader_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
+    let c = Channel::<u64>::named_buffered(&tcp("held"), 16).unwrap();
+    let took = Channel::<u64>::named(&tcp("took")).unwrap();
+    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let (w, r) = (c.writer(), c.reader());
+    for i in 0..16 {
+        w.write(i).unwrap();
+    }
+    let h = Spawn(
+        take_one_then_die(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    // Every writer retires: what is left is the 14 messages here and the one it holds.
+    drop((w, c));
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => tx.send(v).unwrap(),
+            Err(e) => return e,
+        }
+    });
+    let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
+    // Now it dies: the message it held comes back, and the reader here must get it before
+    // it learns that the channel retired. (The gate's write may fail: it may die before its
+    // side acknowledged taking that message.)
+    let _ = gate.writer().write(());
+    assert!(h.join().is_err(), "it died");
+    let end = reader.join().unwrap();
+    here.extend(rx.try_iter());
+    here.push(first);
+    here.sort();
+    assert_eq!(here, (0..16).collect::<Vec<_>>(), "then {end}");
+}
+
+#[test]
+fn a_reader_sees_the_end_once_a_remote_reader_took_the_messages_it_held() {
+    let c = Channel::<u64>::named_buffered(&tcp("held-taken"), 16).unwrap();
+    let took = Channel::<u64>::named(&tcp("took")).unwrap();
+    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let (w, r) = (c.writer(), c.reader());
+    for i in 0..16 {
+        w.write(i).unwrap();
+    }
+    let h = Spawn(
+        take_one_then_wait(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    drop((w, c));
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => tx.send(v).unwrap(),
+            Err(e) => return e,
+        }
+    });
+    let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
+    // It reads the message it held: the reader here learns that the channel retired (woken
+    // by that read's acknowledgement, well before its own deadline).
+    gate.writer().write(()).unwrap();
+    let second = h.join().unwrap().unwrap();
+    let end = reader.join().unwrap();
+    assert!(matches!(end, ChannelError::Retired), "{end}");
+    here.extend(rx.try_iter());
+    here.extend([first, second]);
+    here.sort();
+    assert_eq!(here, (0..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_select_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
+    // As `a_reader_does_not_see_the_end_...`, with the local reader's reads in `select!`.
+    let c = Channel::<u64>::named_buffered(&tcp("held-sel"), 16).unwrap();
+    let took = Channel::<u64>::named(&tcp("took")).unwrap();
+    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let (w, r) = (c.writer(), c.reader());
+    for i in 0..16 {
+        w.write(i).unwrap();
+    }
+    let h = Spawn(
+        take_one_then_die(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    drop((w, c));
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || loop {
+        let got = select! {
+            recv(r) -> v => v,
+            default(PROMPT) => Err(ChannelError::Timeout),
+        };
+        match got {
+            Ok(v) => tx.send(v).unwrap(),
+            Err(e) => return e,
+        }
+    });
+    let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
+    let _ = gate.writer().write(());
+    assert!(h.join().is_err(), "it died");
+    let end = reader.join().unwrap();
+    here.extend(rx.try_iter());
+    here.push(first);
+    here.sort();
+    assert_eq!(here, (0..16).collect::<Vec<_>>(), "then {end}");
+}
+
+/// Writes what it reads to `seen` until the channel ends; that end.
+#[process]
+fn forward_until_the_end(jobs: ChannelIn<u64>, seen: ChannelOut<u64>) -> ChannelError {
+    loop {
+        match jobs.read() {
+            Ok(v) => {
+                if let Err(e) = seen.write(v) {
+                    return e;
+                }
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+#[test]
+fn a_remote_reader_does_not_see_the_end_while_another_holds_messages_it_may_give_back() {
+    // As `a_reader_does_not_see_the_end_...`, with the other reader remote too: its host
+    // waits as the local reader does.
+    let c = Channel::<u64>::named_buffered(&tcp("held-remote"), 16).unwrap();
+    let took = Channel::<u64>::named(&tcp("took")).unwrap();
+    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let seen = Channel::<u64>::named(&tcp("seen")).unwrap();
+    let w = c.writer();
+    for i in 0..16 {
+        w.write(i).unwrap();
+    }
+    let dies = Spawn(
+        take_one_then_die(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    drop(w);
+    let other =
+        Spawn(forward_until_the_end(c.reader(), seen.writer()).on(Placement::launcher("{cmd}")))
+            .unwrap();
+    drop(c);
+    let seen = seen.reader();
+    let mut here: Vec<u64> = (0..14)
+        .map(|_| seen.read_timeout(PROMPT).unwrap())
+        .collect();
+    let _ = gate.writer().write(());
+    assert!(dies.join().is_err(), "it died");
+    let end = loop {
+        match seen.read_timeout(PROMPT) {
+            Ok(v) => here.push(v),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, ChannelError::Retired), "{end}");
+    // Then the end: the channel retired, and a process holding an end of it died (as
+    // either, depending on whether the death was marked when it looked).
+    let its_end = other.join().unwrap();
+    assert!(
+        matches!(
+            its_end,
+            ChannelError::Retired | ChannelError::PeerDied { .. }
+        ),
+        "{its_end}"
+    );
+    here.push(first);
+    here.sort();
+    assert_eq!(here, (0..16).collect::<Vec<_>>());
+}

@@ -506,6 +506,18 @@ fn run_guards<'a, R>(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(fire_timeout(guards, timeout));
         }
+        // A guard waiting for messages given back on a channel whose peer died waits until
+        // its grace ends at most (see `try_guard`).
+        let wake_at = guards
+            .iter()
+            .filter_map(|g| match g {
+                Some(Guard::Input { chan, .. }) if chan.state_flags() & PEER_DIED != 0 => {
+                    chan.give_back_grace()
+                }
+                _ => None,
+            })
+            .chain(wake_at)
+            .min();
         // Wait phase: stage the messages of rendezvous output guards where a claimer can
         // take them, say what each guard waits on, post offers on rendezvous channels and
         // sleep on every channel.
@@ -742,9 +754,10 @@ fn looks_retired<R>(g: Option<&Guard<'_, R>>) -> bool {
     match g {
         Some(Guard::Input { reports: true, .. } | Guard::Output { reports: true, .. }) => false,
         Some(Guard::Input { chan, .. }) => {
-            chan.state_flags() & WRITERS_RETIRED != 0
-                && !chan.looks_nonempty()
-                && !(chan.is_rendezvous() && chan.has_offers(false))
+            // Not while a message taken and not emptied may come back (see `try_guard`).
+            let may_get_more =
+                || (chan.is_rendezvous() && chan.has_offers(false)) || chan.more_may_come_back();
+            chan.state_flags() & WRITERS_RETIRED != 0 && !chan.looks_nonempty() && !may_get_more()
         }
         Some(Guard::Output { chan, .. }) => chan.state_flags() & READERS_RETIRED != 0,
         _ => true,
@@ -763,7 +776,18 @@ fn looks_ready<R>(g: Option<&Guard<'_, R>>, me: u64, unposted: bool) -> bool {
     };
     match g {
         Some(Guard::Input { chan, reports, .. }) => {
-            ended(chan.state_flags(), WRITERS_RETIRED, *reports)
+            let f = chan.state_flags();
+            // Ended, unless taken messages may still come back (see `try_guard`).
+            let for_good = || {
+                if f & POISONED != 0 {
+                    true
+                } else if f & PEER_DIED != 0 {
+                    chan.give_back_grace().is_none()
+                } else {
+                    !chan.more_may_come_back()
+                }
+            };
+            (ended(f, WRITERS_RETIRED, *reports) && for_good())
                 || chan.looks_nonempty()
                 || (chan.is_rendezvous() && chan.has_offers_from_others(false, me))
                 || (unposted && chan.offer_room(true))
@@ -823,7 +847,12 @@ fn try_guard<'a, R>(
             }
             if f & PEER_DIED != 0 {
                 // Everything published was read; a slot the dead writer never published is
-                // not waited for here (plain reads skip it after a grace period).
+                // not waited for here (plain reads skip it after a grace period). Messages
+                // given back may still come for a while, as for a plain read (the wait phase
+                // wakes when that grace ends).
+                if chan.give_back_grace().is_some() {
+                    return Step::NotReady;
+                }
                 return Step::Done(ended(arena, guards, i, chan.peer_died()));
             }
             if chan.is_rendezvous() {
@@ -841,6 +870,12 @@ fn try_guard<'a, R>(
                 }
             }
             if f & WRITERS_RETIRED != 0 {
+                // Not while a message taken and not emptied may come back (a remote reader's
+                // host gives back what that reader asked for ahead and did not get): as a
+                // plain read, the guard waits for it.
+                if chan.more_may_come_back() {
+                    return Step::NotReady;
+                }
                 return retired(arena, guards, i, reports);
             }
             Step::NotReady

@@ -40,7 +40,7 @@ use crate::message::{take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
-use crate::shm::ring::{Chan, Incoming, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{Chan, Incoming, Reader, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -462,12 +462,13 @@ impl Pump {
     ) -> Result<(Incoming, crate::shm::ring::Taken), ChannelError> {
         let claim = |w| waiter::claim(arena, w);
         if deadline.is_some() {
-            return self.proxy.read_deferred(deadline, claim);
+            return self.proxy.read_deferred(deadline, Reader::Pump, claim);
         }
-        match self
-            .proxy
-            .read_deferred(Some(Instant::now() + stream::PUBLISH_AFTER), claim)
-        {
+        match self.proxy.read_deferred(
+            Some(Instant::now() + stream::PUBLISH_AFTER),
+            Reader::Pump,
+            claim,
+        ) {
             Err(ChannelError::Timeout) => {
                 let _idle = stream::idle(
                     self.host,
@@ -475,7 +476,7 @@ impl Pump {
                     &self.proxy,
                     Some(self.proxy.side_word(false)),
                 );
-                self.proxy.read_deferred(None, claim)
+                self.proxy.read_deferred(None, Reader::Pump, claim)
             }
             r => r,
         }
@@ -1425,7 +1426,7 @@ mod tests {
         let proxy = Chan::create(arena, "proxy-slot-in-use", "u64", 1, 1, false).unwrap();
         write_encoded(&proxy, &[1], None).unwrap();
         let (_, taken) = proxy
-            .read_deferred(None, |_| Claim::Busy)
+            .read_deferred(None, Reader::Pump, |_| Claim::Busy)
             .expect("a message is there");
         assert_eq!(proxy.len(), 0);
         let user = std::thread::spawn(move || {

@@ -34,7 +34,7 @@ use crate::message::{take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
-use crate::shm::ring::{Chan, Outgoing, Taken};
+use crate::shm::ring::{Chan, Outgoing, Reader, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
 use crate::sys;
@@ -921,7 +921,8 @@ impl Conn<'_> {
         }
     }
 
-    fn read(&self, s: &Stream, inbox: &FrameReader) -> Outcome {
+    /// Reads a message for the peer, which holds `held` messages not acknowledged.
+    fn read(&self, s: &Stream, inbox: &FrameReader, held: usize) -> Outcome {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
@@ -929,8 +930,9 @@ impl Conn<'_> {
         loop {
             match self
                 .chan
-                .read_deferred(Some(Instant::now() + TICK), |w| waiter::claim(arena, w))
-            {
+                .read_deferred(Some(Instant::now() + TICK), Reader::Host { held }, |w| {
+                    waiter::claim(arena, w)
+                }) {
                 Ok((m, taken)) => {
                     return match take_encoded(m) {
                         Ok(b) => Outcome::Got(b, taken),
@@ -1082,7 +1084,7 @@ impl Conn<'_> {
                 .map_err(|_| End::Lost("hung up before its answer".into()))?;
             replies.clear();
         }
-        let (bytes, taken) = match self.read(s, inbox) {
+        let (bytes, taken) = match self.read(s, inbox, held.len()) {
             Outcome::Got(bytes, taken) => (bytes, taken),
             Outcome::Failed(e) => {
                 *credits = 0;
@@ -1112,10 +1114,11 @@ impl Conn<'_> {
             }
             // Those there now, without waiting.
             let Ok(arena) = Arena::get() else { break };
-            if let Ok((m, taken)) = self
-                .chan
-                .read_deferred(Some(Instant::now()), |w| waiter::claim(arena, w))
-            {
+            if let Ok((m, taken)) = self.chan.read_deferred(
+                Some(Instant::now()),
+                Reader::Host { held: held.len() },
+                |w| waiter::claim(arena, w),
+            ) {
                 match take_encoded(m) {
                     Ok(b) => next = Some((b, taken)),
                     Err(e) => {

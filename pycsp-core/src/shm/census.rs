@@ -1162,10 +1162,30 @@ pub(crate) fn report(procs: &[Proc]) -> String {
         Some(w) => format!(", which {}", describe(w, procs)),
         None => String::new(),
     };
+    // The processes of networks other than `net` (the host's) whose socket ends (`writers`:
+    // writing ends) of the channel at `address` wait on their connections, but `but`.
+    let remote_ends = |net: u64, address: &str, writers: bool, but: u32| -> Vec<String> {
+        procs
+            .iter()
+            .filter(|p| p.net.0 != net && p.pid != but)
+            .filter(|p| {
+                // Its pump waits on the connection to the host (a reading end's pump may wait
+                // for its user to take a message: a write of its proxy).
+                p.waits.iter().any(|w| match (w.kind, w.connection()) {
+                    (Kind::Remote, _) => w.items[0].1 == writers && w.items[0].2 == address,
+                    (Kind::Write, Some(_)) => !writers && w.items[0].2 == address,
+                    _ => false,
+                })
+            })
+            .map(|p| format!("{} over the socket{}", who(p), state(p)))
+            .collect()
+    };
     // Who holds the `writers` (or reader) ends of channel `key` of network `net`: its
-    // processes, and (if it is a socket channel hosted there by `host`, at `address`) the
+    // processes, and (if it is a socket channel hosted there, at `address`) the
     // processes of other networks whose socket ends of it wait on their connections.
-    let holders = |net: u64, key: u64, writers: bool, host: Option<(u32, &str)>| -> String {
+    // (For a reader, `me`, that finds no writer end: the remote readers that may give back
+    // messages it waits for.)
+    let holders = |net: u64, key: u64, writers: bool, address: Option<&str>, me: u32| -> String {
         let mut hs: Vec<String> = procs
             .iter()
             .filter(|p| {
@@ -1176,29 +1196,27 @@ pub(crate) fn report(procs: &[Proc]) -> String {
             })
             .map(|p| format!("{}{}", who(p), state(p)))
             .collect();
-        if let Some((host, address)) = host {
-            for p in procs.iter().filter(|p| p.net.0 != net) {
-                // Its pump waits on the connection to the host (a reading end's pump may wait
-                // for its user to take a message: a write of its proxy).
-                let remote = p.waits.iter().any(|w| match (w.kind, w.connection()) {
-                    (Kind::Remote, _) => {
-                        w.items[0].0 == u64::from(host)
-                            && w.items[0].1 == writers
-                            && w.items[0].2 == address
-                    }
-                    (Kind::Write, Some((peer, _, _))) => {
-                        peer == host && !writers && w.items[0].2 == address
-                    }
-                    _ => false,
-                });
-                if remote {
-                    hs.push(format!("{} over the socket{}", who(p), state(p)));
-                }
-            }
+        if let Some(address) = address {
+            hs.extend(remote_ends(net, address, writers, 0));
         }
         let side = if writers { "writer" } else { "reader" };
         match hs.len() {
-            0 => format!("no live process holds a {side} end"),
+            0 => {
+                // A reader of a retired socket channel waits while remote readers hold
+                // messages they asked for ahead (they may come back: see `shm/ring.rs`).
+                let back = match address {
+                    Some(address) if writers => remote_ends(net, address, false, me),
+                    _ => Vec::new(),
+                };
+                if back.is_empty() {
+                    format!("no live process holds a {side} end")
+                } else {
+                    format!(
+                        "no live process holds a writer end, but messages asked for ahead may still come back from {}",
+                        back.join(" and ")
+                    )
+                }
+            }
             1 => format!("its only {side} end is held by {}", hs[0]),
             _ => format!("its {side} ends are held by {}", hs.join("; ")),
         }
@@ -1236,17 +1254,20 @@ pub(crate) fn report(procs: &[Proc]) -> String {
                                 } else {
                                     "read"
                                 },
-                                holders(h.net.0, x.items[0].0, !write, Some((h.pid, name)))
+                                holders(h.net.0, x.items[0].0, !write, Some(name), p.pid)
                             )),
                             None => line.push_str(&format!(
                                 "); {}",
-                                holders(h.net.0, 0, !write, Some((h.pid, name)))
+                                holders(h.net.0, 0, !write, Some(name), p.pid)
                             )),
                         }
                     }
                     None => {
-                        let address = name.contains("://").then_some((p.pid, name.as_str()));
-                        line.push_str(&format!("; {}", holders(p.net.0, *key, !write, address)));
+                        let address = name.contains("://").then_some(name.as_str());
+                        line.push_str(&format!(
+                            "; {}",
+                            holders(p.net.0, *key, !write, address, p.pid)
+                        ));
                     }
                 }
             }

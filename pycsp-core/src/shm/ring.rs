@@ -12,14 +12,14 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
 use super::census::Kind;
 use super::wait::{self, Event, Waiting};
 use super::waiter::{self, Claim, Handoff, Offer};
 use crate::error::ChannelError;
-use crate::trace;
+use crate::{sys, trace};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PYCSPCH1");
 /// Bytes of a message that fit inline in a slot; longer messages travel in an arena block.
@@ -36,10 +36,11 @@ pub(crate) const PEER_DIED: u32 = 8;
 /// How long a reader of a channel whose peer died waits for a claimed slot to be published
 /// before it takes the slot for one the dead writer never finished.
 const DEAD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a reader of a channel whose peer died, finding it empty, waits while slots are
-/// still taken and not emptied (a socket host puts back what a dead remote reader had asked
-/// for ahead once it sees the connection closed, within its 100 ms steps) before it reports
-/// the death: a reader that died mid-read holds its slot for ever.
+/// How long after a peer's death was marked a reader of the channel, finding it empty, waits
+/// while slots are still taken and not emptied (a socket host puts back what a dead remote
+/// reader had asked for ahead once it sees the connection closed, within its 100 ms steps,
+/// and the death may be marked first from elsewhere) before it reports the death: a reader
+/// that died mid-read holds its slot for ever. Plain reads and selects wait alike.
 const HELD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 const MAX_DEAD_NAME: usize = 96;
 /// How long `try_push`/`try_pop` spin on a slot another process is filling or emptying before
@@ -84,6 +85,9 @@ const HOLDERS: u64 = 0xffff_ffff;
 struct Dead {
     pid: AtomicU32,
     name_len: AtomicU32,
+    /// When the death was first marked: ns of `CLOCK_MONOTONIC` (one clock for every process
+    /// of the host), 0 before.
+    at: AtomicU64,
     name: UnsafeCell<[u8; MAX_DEAD_NAME]>,
 }
 
@@ -205,6 +209,21 @@ impl Took {
             Took::Block { offset, len } => Incoming::Block { offset, len },
         }
     }
+}
+
+/// Who reads, for what a read does with the slot it takes and which taken slots keep it from
+/// seeing the end of a channel whose writers retired (their messages may come back: see
+/// `read_wait`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reader {
+    /// Empties the slot it takes at once (a user's read); waits while any slot is taken.
+    Plain,
+    /// Keeps the slot taken until [`Chan::ack`] (a socket host reading for its remote end,
+    /// which holds `held` slots taken now); waits while slots beyond those are taken.
+    Host { held: usize },
+    /// Keeps the slot taken until [`Chan::ack`]; the only reader of its ring (a socket
+    /// pump reading its proxy), so no slot taken keeps it waiting.
+    Pump,
 }
 
 /// Where a message was taken from, for a deferred acknowledgement.
@@ -366,6 +385,7 @@ impl Chan {
             st.giving_back.store(0, Ordering::Relaxed);
             h.dead.0.pid.store(0, Ordering::Relaxed);
             h.dead.0.name_len.store(0, Ordering::Relaxed);
+            h.dead.0.at.store(0, Ordering::Relaxed);
             h.head.0.store(0, Ordering::Relaxed);
             h.tail.0.store(0, Ordering::Relaxed);
             h.offers.0.reset();
@@ -658,8 +678,30 @@ impl Chan {
             unsafe { (&mut *d.name.get())[..n].copy_from_slice(&name.as_bytes()[..n]) };
             d.name_len.store(n as u32, Ordering::Release);
         }
+        let _ = d.at.compare_exchange(
+            0,
+            sys::monotonic_ns().max(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.hdr.state.0.flags.fetch_or(PEER_DIED, Ordering::AcqRel);
         self.wake_everyone();
+    }
+
+    /// On a channel whose peer died, while messages given back may still come
+    /// ([`more_may_come_back`](Self::more_may_come_back)) and the death was marked less than
+    /// [`HELD_SLOT_GRACE`] ago: when that grace ends. Readers that drained the channel wait
+    /// for those messages until then, not for ever: a slot's holder may have died with it.
+    #[cold]
+    pub(crate) fn give_back_grace(&self) -> Option<Instant> {
+        let at = self.hdr.dead.0.at.load(Ordering::Acquire);
+        if at == 0 || !self.more_may_come_back() {
+            return None;
+        }
+        let left = (HELD_SLOT_GRACE.as_nanos() as u64)
+            .checked_sub(sys::monotonic_ns().saturating_sub(at))
+            .filter(|&ns| ns > 0)?;
+        Some(Instant::now() + Duration::from_nanos(left))
     }
 
     /// The error for an operation on a channel whose peer died.
@@ -1107,8 +1149,36 @@ impl Chan {
     /// Whether messages given back may still come: slots are taken and not emptied, or a
     /// message whose slot was emptied is being written back.
     #[cold]
-    fn more_may_come_back(&self) -> bool {
+    pub(crate) fn more_may_come_back(&self) -> bool {
         self.hdr.state.0.giving_back.load(Ordering::SeqCst) != 0 || self.holds_taken_slots()
+    }
+
+    /// Whether messages given back may still come to `reader`: [`more_may_come_back`]
+    /// (Self::more_may_come_back), leaving out the slots it holds itself.
+    #[cold]
+    #[inline(never)]
+    fn may_come_back(&self, reader: Reader) -> bool {
+        match reader {
+            Reader::Plain => self.more_may_come_back(),
+            Reader::Host { held } => {
+                self.hdr.state.0.giving_back.load(Ordering::SeqCst) != 0
+                    || self.taken_slots() > held
+            }
+            Reader::Pump => false,
+        }
+    }
+
+    /// How many slots [`holds_taken_slots`](Self::holds_taken_slots) finds.
+    #[cold]
+    fn taken_slots(&self) -> usize {
+        let one_lap = self.hdr.one_lap;
+        if self.is_rendezvous() {
+            return 0;
+        }
+        self.slots
+            .iter()
+            .filter(|s| s.stamp.load(Ordering::Acquire) & (one_lap - 1) == 1)
+            .count()
     }
 
     /// A reader claimed the slot at `head` and found its message withdrawn: it takes nothing.
@@ -1220,6 +1290,9 @@ impl Chan {
     pub(crate) fn ack(&self, t: Taken) {
         self.ack_slot(t);
         self.hdr.tx.0.notify_all();
+        // Readers of a channel whose writers retired wait while slots are taken (their
+        // messages may come back): this one will not.
+        self.hdr.rx.0.notify_all();
     }
 
     /// Empties the taken slot `t` whose message goes back into the channel next (a socket
@@ -1413,7 +1486,7 @@ impl Chan {
         claim: impl Fn(Offer) -> Claim,
     ) -> Result<Incoming, ChannelError> {
         let mut buf = [0u8; INLINE];
-        self.read_at(deadline, claim_writers, claim, true, &mut buf)
+        self.read_at(deadline, claim_writers, claim, Reader::Plain, &mut buf)
             .map(|(m, _)| m.into_incoming(&buf))
     }
 
@@ -1425,7 +1498,7 @@ impl Chan {
         deadline: Option<Instant>,
         claim: impl Fn(Offer) -> Claim,
     ) -> Result<Took, ChannelError> {
-        self.read_at(deadline, true, claim, true, buf)
+        self.read_at(deadline, true, claim, Reader::Plain, buf)
             .map(|(m, _)| m)
     }
 
@@ -1435,10 +1508,12 @@ impl Chan {
     pub(crate) fn read_deferred(
         &self,
         deadline: Option<Instant>,
+        reader: Reader,
         claim: impl Fn(Offer) -> Claim,
     ) -> Result<(Incoming, Taken), ChannelError> {
+        debug_assert!(!matches!(reader, Reader::Plain));
         let mut buf = [0u8; INLINE];
-        self.read_at(deadline, true, claim, false, &mut buf)
+        self.read_at(deadline, true, claim, reader, &mut buf)
             .map(|(m, t)| (m.into_incoming(&buf), t))
     }
 
@@ -1448,9 +1523,10 @@ impl Chan {
         deadline: Option<Instant>,
         claim_writers: bool,
         claim: impl Fn(Offer) -> Claim,
-        ack: bool,
+        reader: Reader,
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
+        let ack = matches!(reader, Reader::Plain);
         let t0 = trace::begin();
         // Fast path: not poisoned, and a message is there now.
         if self.flags() & POISONED == 0 {
@@ -1464,7 +1540,7 @@ impl Chan {
                 return Ok(m);
             }
         }
-        let m = self.read_wait(deadline, claim_writers, claim, ack, buf)?;
+        let m = self.read_wait(deadline, claim_writers, claim, reader, buf)?;
         if t0 != 0 {
             trace::took(self.name(), self.message_id(m.1), t0);
         }
@@ -1478,13 +1554,13 @@ impl Chan {
         deadline: Option<Instant>,
         claim_writers: bool,
         claim: impl Fn(Offer) -> Claim,
-        ack: bool,
+        reader: Reader,
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
+        let ack = matches!(reader, Reader::Plain);
         let rx = &self.hdr.rx.0;
         let claims = claim_writers && self.is_rendezvous();
         let mut stuck: Option<(u64, Instant)> = None;
-        let mut held_since: Option<Instant> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
             // short steps so that such a slot is found and skipped.
@@ -1513,10 +1589,7 @@ impl Chan {
                     if f & PEER_DIED != 0 {
                         if !self.looks_nonempty() {
                             // Drained, unless messages given back may still come.
-                            if self.more_may_come_back()
-                                && held_since.get_or_insert_with(Instant::now).elapsed()
-                                    < HELD_SLOT_GRACE
-                            {
+                            if self.give_back_grace().is_some() {
                                 return None;
                             }
                             return Some(Err(self.peer_died()));
@@ -1550,7 +1623,16 @@ impl Chan {
                     }
                     if f & WRITERS_RETIRED != 0 {
                         // The flag was read before the ring was found empty, and writers publish
-                        // before they retire, so nothing can arrive any more.
+                        // before they retire, so nothing new can arrive. But a message taken
+                        // and not emptied may come back: a socket host keeps what a remote
+                        // reader asked for ahead taken until its `Ack`, and gives it back if
+                        // that reader dies, is cut off or retires without it. A reader that
+                        // took `Retired` now would leave it in the channel for nobody. So it
+                        // waits while slots other than its own are taken: until each is
+                        // emptied (`ack` wakes it) or its message is written back.
+                        if self.may_come_back(reader) {
+                            return None;
+                        }
                         return Some(Err(ChannelError::Retired));
                     }
                     None
@@ -1665,6 +1747,63 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_of_a_retired_channel_waits_only_for_slots_held_by_others() {
+        // Two socket hosts each hold a message taken for their remote readers (not emptied
+        // until an `Ack`); then the writers retire and the ring is drained. A plain reader
+        // waits for both messages (either may come back), a host for the other host's only,
+        // a pump (its proxy's only reader) for none.
+        let chan = Chan::create(arena(), "held-by-others", "u8", 1, 4, false).unwrap();
+        chan.join_side(true);
+        let buf = [7u8; INLINE];
+        for _ in 0..2 {
+            chan.write(&Outgoing::Inline { buf: &buf, len: 1 }, None)
+                .map_err(|e| e.error)
+                .unwrap();
+        }
+        let claim = |_| Claim::Busy;
+        let (_, first) = chan
+            .read_deferred(None, Reader::Host { held: 0 }, claim)
+            .unwrap();
+        let (_, second) = chan
+            .read_deferred(None, Reader::Host { held: 0 }, claim)
+            .unwrap();
+        chan.retire_side(true);
+        let soon = || Some(Instant::now() + Duration::from_millis(50));
+        assert!(matches!(
+            chan.read(soon(), false, claim),
+            Err(ChannelError::Timeout)
+        ));
+        assert!(matches!(
+            chan.read_deferred(soon(), Reader::Host { held: 1 }, claim),
+            Err(ChannelError::Timeout)
+        ));
+        assert!(matches!(
+            chan.read_deferred(soon(), Reader::Host { held: 2 }, claim),
+            Err(ChannelError::Retired)
+        ));
+        assert!(matches!(
+            chan.read_deferred(soon(), Reader::Pump, claim),
+            Err(ChannelError::Retired)
+        ));
+        // One is acknowledged: a host holding the other sees the end; a plain reader still
+        // waits, until the second is acknowledged too.
+        chan.ack(first);
+        assert!(matches!(
+            chan.read_deferred(soon(), Reader::Host { held: 1 }, claim),
+            Err(ChannelError::Retired)
+        ));
+        assert!(matches!(
+            chan.read(soon(), false, claim),
+            Err(ChannelError::Timeout)
+        ));
+        chan.ack(second);
+        assert!(matches!(
+            chan.read(None, false, claim),
+            Err(ChannelError::Retired)
+        ));
+    }
+
+    #[test]
     fn a_ring_whose_slots_were_never_written_fills_and_drains_lap_after_lap() {
         let chan = Chan::create(arena(), "laps", "u8", 1, 3, false).unwrap();
         assert!(chan
@@ -1732,7 +1871,7 @@ mod tests {
             .is_some()
         {}
         let (_, taken) = chan
-            .read_deferred(None, |_| Claim::Busy)
+            .read_deferred(None, Reader::Pump, |_| Claim::Busy)
             .expect("a message is there");
         let wait = Duration::from_millis(300);
         let (wall, cpu) = (Instant::now(), thread_cpu());
@@ -1774,7 +1913,7 @@ mod tests {
         let msg = Outgoing::Inline { buf: &buf, len: 1 };
         assert!(chan.try_push(&msg).is_some());
         let (_, taken) = chan
-            .read_deferred(None, |_| Claim::Busy)
+            .read_deferred(None, Reader::Pump, |_| Claim::Busy)
             .expect("a message is there");
         chan.mark_peer_died(12345, "remote_reader");
         let giving_back = chan.empty_for_give_back(taken);
@@ -1813,7 +1952,7 @@ mod tests {
             .try_push(&Outgoing::Inline { buf: &buf, len: 1 })
             .is_some());
         let (_, taken) = chan
-            .read_deferred(None, |_| Claim::Busy)
+            .read_deferred(None, Reader::Pump, |_| Claim::Busy)
             .expect("a message is there");
         let wait = Duration::from_millis(100);
         let wall = Instant::now();
