@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pycsp::net::{ENV_KEY, ENV_KEY_FILE};
 use pycsp::prelude::*;
+use pycsp::{ProcessSet, Spawned};
 
 mod common;
 
@@ -485,35 +486,63 @@ fn take_one_then_die(
     std::process::abort();
 }
 
-#[test]
-fn a_reader_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
-    let c = Channel::<u64>::named_buffered(&tcp("held"), 16).unwrap();
+/// Sixteen messages in the buffered channel `name` (over TCP), and a reader placed by
+/// `start` (given the channel's reading end, `took` and `gate`) that took the first and holds
+/// the next one it asked for ahead; then every writer retires. The channel's reader here, the
+/// first message, the gate's writer and the placed process.
+fn held_by_a_remote_reader<S: ProcessSet>(
+    name: &str,
+    start: impl FnOnce(ChannelIn<u64>, ChannelOut<u64>, ChannelIn<()>) -> S,
+) -> (ChannelIn<u64>, u64, ChannelOut<()>, Spawned<S>) {
+    let c = Channel::<u64>::named_buffered(&tcp(name), 16).unwrap();
     let took = Channel::<u64>::named(&tcp("took")).unwrap();
     let gate = Channel::<()>::named(&tcp("gate")).unwrap();
     let (w, r) = (c.writer(), c.reader());
     for i in 0..16 {
         w.write(i).unwrap();
     }
-    let h = Spawn(
-        take_one_then_die(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
+    let h = Spawn(start(c.reader(), took.writer(), gate.reader())).unwrap();
     let first = took.reader().read().unwrap();
     // Every writer retires: what is left is the 14 messages here and the one it holds.
     drop((w, c));
+    (r, first, gate.writer(), h)
+}
+
+/// Reads `r` on another thread, by `read` or in `select!`, until it fails (or nothing comes
+/// for [`PROMPT`]): the messages as they come, and then how it ended.
+fn read_until_the_end(
+    r: ChannelIn<u64>,
+    in_select: bool,
+) -> (mpsc::Receiver<u64>, std::thread::JoinHandle<ChannelError>) {
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || loop {
-        match r.read_timeout(PROMPT) {
+        let got = if in_select {
+            select! {
+                recv(r) -> v => v,
+                default(PROMPT) => Err(ChannelError::Timeout),
+            }
+        } else {
+            r.read_timeout(PROMPT)
+        };
+        match got {
             Ok(v) => tx.send(v).unwrap(),
             Err(e) => return e,
         }
     });
+    (rx, reader)
+}
+
+/// The placed reader holding a message dies after the reader here read the other 14: the
+/// message comes back, and the reader here must get it before it learns that the channel
+/// ended.
+fn a_reader_gets_what_a_dying_remote_reader_held(name: &str, in_select: bool) {
+    let (r, first, gate, h) = held_by_a_remote_reader(name, |jobs, took, gate| {
+        take_one_then_die(jobs, took, gate).on(Placement::launcher("{cmd}"))
+    });
+    let (rx, reader) = read_until_the_end(r, in_select);
     let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
-    // Now it dies: the message it held comes back, and the reader here must get it before
-    // it learns that the channel retired. (The gate's write may fail: it may die before its
-    // side acknowledged taking that message.)
-    let _ = gate.writer().write(());
+    // (The gate's write may fail: it may die before its side acknowledged taking it.)
+    let _ = gate.write(());
     assert!(h.join().is_err(), "it died");
     let end = reader.join().unwrap();
     here.extend(rx.try_iter());
@@ -523,32 +552,25 @@ fn a_reader_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_giv
 }
 
 #[test]
+fn a_reader_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
+    a_reader_gets_what_a_dying_remote_reader_held("held", false);
+}
+
+#[test]
+fn a_select_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
+    a_reader_gets_what_a_dying_remote_reader_held("held-sel", true);
+}
+
+#[test]
 fn a_reader_sees_the_end_once_a_remote_reader_took_the_messages_it_held() {
-    let c = Channel::<u64>::named_buffered(&tcp("held-taken"), 16).unwrap();
-    let took = Channel::<u64>::named(&tcp("took")).unwrap();
-    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
-    let (w, r) = (c.writer(), c.reader());
-    for i in 0..16 {
-        w.write(i).unwrap();
-    }
-    let h = Spawn(
-        take_one_then_wait(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
-    let first = took.reader().read().unwrap();
-    drop((w, c));
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => tx.send(v).unwrap(),
-            Err(e) => return e,
-        }
+    let (r, first, gate, h) = held_by_a_remote_reader("held-taken", |jobs, took, gate| {
+        take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
     });
+    let (rx, reader) = read_until_the_end(r, false);
     let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
     // It reads the message it held: the reader here learns that the channel retired (woken
     // by that read's acknowledgement, well before its own deadline).
-    gate.writer().write(()).unwrap();
+    gate.write(()).unwrap();
     let second = h.join().unwrap().unwrap();
     let end = reader.join().unwrap();
     assert!(matches!(end, ChannelError::Retired), "{end}");
@@ -556,44 +578,6 @@ fn a_reader_sees_the_end_once_a_remote_reader_took_the_messages_it_held() {
     here.extend([first, second]);
     here.sort();
     assert_eq!(here, (0..16).collect::<Vec<_>>());
-}
-
-#[test]
-fn a_select_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_give_back() {
-    // As `a_reader_does_not_see_the_end_...`, with the local reader's reads in `select!`.
-    let c = Channel::<u64>::named_buffered(&tcp("held-sel"), 16).unwrap();
-    let took = Channel::<u64>::named(&tcp("took")).unwrap();
-    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
-    let (w, r) = (c.writer(), c.reader());
-    for i in 0..16 {
-        w.write(i).unwrap();
-    }
-    let h = Spawn(
-        take_one_then_die(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
-    let first = took.reader().read().unwrap();
-    drop((w, c));
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || loop {
-        let got = select! {
-            recv(r) -> v => v,
-            default(PROMPT) => Err(ChannelError::Timeout),
-        };
-        match got {
-            Ok(v) => tx.send(v).unwrap(),
-            Err(e) => return e,
-        }
-    });
-    let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
-    let _ = gate.writer().write(());
-    assert!(h.join().is_err(), "it died");
-    let end = reader.join().unwrap();
-    here.extend(rx.try_iter());
-    here.push(first);
-    here.sort();
-    assert_eq!(here, (0..16).collect::<Vec<_>>(), "then {end}");
 }
 
 /// Writes what it reads to `seen` until the channel ends; that end.
