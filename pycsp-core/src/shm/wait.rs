@@ -199,12 +199,17 @@ impl Event {
         self.sleepers.load(Ordering::SeqCst) > 0
     }
 
-    /// Wakes one sleeper, if any announced itself. Call after publishing the change with a
-    /// `SeqCst` read-modify-write (the CAS on `head`, `tail`, a flag or a selection word): that
-    /// orders the publication before this `SeqCst` load without a separate fence, as in
-    /// crossbeam's `SyncWaker`. Sleepers re-check those same words after announcing.
+    /// Wakes one sleeper, if any announced itself. Call after publishing the change.
+    /// Sleepers announce themselves (`sleepers`, SeqCst) and then re-check what they wait
+    /// for; the notifier publishes its change and then looks at `sleepers`: a store-load pair
+    /// on each side, which needs a full fence between the notifier's store and its load.
+    /// Some changes are plain `Release` stores (a slot's stamp when a reader empties it or a
+    /// writer fills it), which x86 may still hold in its store buffer when the load runs:
+    /// without the fence, the notifier could see no sleeper while the sleeper saw no change,
+    /// and the sleeper waited for its next census slice (40 ms) or, unpublished, for ever.
     #[inline]
     pub(crate) fn notify_one(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, 1);
@@ -216,6 +221,7 @@ impl Event {
     /// somebody had announced sleep (and was woken).
     #[inline]
     pub(crate) fn notify_all(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.seq.fetch_add(1, Ordering::Release);
             sys::futex_wake(&self.seq, i32::MAX);
