@@ -23,6 +23,32 @@ fn tcp(name: &str) -> String {
     format!("tcp://127.0.0.1:{}/{name}", common::free_port())
 }
 
+/// A channel hosted here at a fresh TCP port (`capacity` 0: rendezvous). `free_port` checks
+/// a port by binding it and lets it go: another socket may take it before the host binds it
+/// (seen once in CI), so a port found taken by then is skipped for the next.
+fn hosted_tcp<T: serde::Serialize + serde::de::DeserializeOwned>(
+    name: &str,
+    capacity: usize,
+) -> Channel<T> {
+    let mut tries = 0;
+    loop {
+        let at = tcp(name);
+        let c = if capacity == 0 {
+            Channel::<T>::named(&at)
+        } else {
+            Channel::<T>::named_buffered(&at, capacity)
+        };
+        match c {
+            Err(ChannelError::Connection { reason, .. })
+                if reason.contains("Address already in use") && tries < 8 =>
+            {
+                tries += 1;
+            }
+            c => return c.unwrap(),
+        }
+    }
+}
+
 fn local(name: &str) -> String {
     format!(
         "local://{}/{name}",
@@ -494,9 +520,9 @@ fn held_by_a_remote_reader<S: ProcessSet>(
     name: &str,
     start: impl FnOnce(ChannelIn<u64>, ChannelOut<u64>, ChannelIn<()>) -> S,
 ) -> (ChannelIn<u64>, u64, ChannelOut<()>, Spawned<S>) {
-    let c = Channel::<u64>::named_buffered(&tcp(name), 16).unwrap();
-    let took = Channel::<u64>::named(&tcp("took")).unwrap();
-    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
+    let c = hosted_tcp::<u64>(name, 16);
+    let took = hosted_tcp::<u64>("took", 0);
+    let gate = hosted_tcp::<()>("gate", 0);
     let (w, r) = (c.writer(), c.reader());
     for i in 0..16 {
         w.write(i).unwrap();
@@ -599,10 +625,10 @@ fn forward_until_the_end(jobs: ChannelIn<u64>, seen: ChannelOut<u64>) -> Channel
 fn a_remote_reader_does_not_see_the_end_while_another_holds_messages_it_may_give_back() {
     // As `a_reader_does_not_see_the_end_...`, with the other reader remote too: its host
     // waits as the local reader does.
-    let c = Channel::<u64>::named_buffered(&tcp("held-remote"), 16).unwrap();
-    let took = Channel::<u64>::named(&tcp("took")).unwrap();
-    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
-    let seen = Channel::<u64>::named(&tcp("seen")).unwrap();
+    let c = hosted_tcp::<u64>("held-remote", 16);
+    let took = hosted_tcp::<u64>("took", 0);
+    let gate = hosted_tcp::<()>("gate", 0);
+    let seen = hosted_tcp::<u64>("seen", 0);
     let w = c.writer();
     for i in 0..16 {
         w.write(i).unwrap();
