@@ -321,8 +321,16 @@ fn with_a_spare_and_the_server_killed() {
         let spare = pycsp::__private::fork_server_spare_pid().expect("no spare");
         let server = pycsp::__private::fork_server_pid().expect("no fork server");
         kill_unreaped(server);
-        // The spare this process holds takes the next start; the server is given up then.
+        // The spare this process holds takes the next start. The server is given up once a
+        // start finds it dead: at once, or, when a spare asked for before the kill was still
+        // owed (two are kept), at the start that needs that one.
         assert_eq!(Parallel(own_pid()).unwrap(), spare);
+        for _ in 0..2 {
+            if pycsp::__private::fork_server_pid().is_none() {
+                break;
+            }
+            Parallel(own_pid()).unwrap();
+        }
         assert_eq!(pycsp::__private::fork_server_pid(), None);
         assert!(
             !unreaped_child(server),
