@@ -356,17 +356,6 @@ fn socket_busy_networks() -> Result<String, Error> {
     Ok(format!("{runs} runs"))
 }
 
-#[process]
-fn take_one_then_wait_for(
-    jobs: ChannelIn<u64>,
-    took: ChannelOut<u64>,
-    done: ChannelIn<()>,
-) -> Result<u64, ChannelError> {
-    took.write(jobs.read()?)?;
-    done.read()?; // the mistake: the root reads on only after this process read its jobs
-    jobs.read()
-}
-
 /// Reads the jobs once `took` says the placed reader took one, then says it is done.
 #[process]
 fn read_the_rest(
@@ -400,7 +389,8 @@ fn socket_reader_waits_for_a_remote_reader_that_waits_for_it() -> Result<String,
     }
     let procs = (
         read_the_rest(jobs.reader(), took.reader(), done.writer()),
-        take_one_then_wait_for(jobs.reader(), took.writer(), done.reader()).on(here()),
+        // The mistake: the root reads on only after the placed process read its jobs.
+        common::take_one_then_wait(jobs.reader(), took.writer(), done.reader()).on(here()),
     );
     drop((w, jobs, took, done));
     Parallel(procs).map(|r| format!("{r:?}"))
@@ -613,7 +603,7 @@ fn main() {
             &[
                 "`read_the_rest` (pid",
                 "waits to read `tcp://127.0.0.1:",
-                "/jobs`; no live process holds a writer end, but messages asked for ahead may still come back from `take_one_then_wait_for` (pid",
+                "/jobs`; no live process holds a writer end, but messages asked for ahead may still come back from `take_one_then_wait` (pid",
                 "/done`",
             ],
         ),

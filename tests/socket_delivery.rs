@@ -233,35 +233,14 @@ fn a_remote_reader_that_dies_holding_messages_asked_ahead_loses_none() {
     }
 }
 
-#[process]
-fn take_one_then_wait(
-    jobs: ChannelIn<u64>,
-    took: ChannelOut<u64>,
-    gate: ChannelIn<()>,
-) -> Result<u64, ChannelError> {
-    took.write(jobs.read()?)?;
-    gate.read()?;
-    jobs.read()
-}
-
 #[test]
 fn a_remote_reader_that_works_on_each_message_asks_for_one_ahead() {
-    let c = Channel::<u64>::named_buffered(&tcp("jobs"), 16).unwrap();
-    let took = Channel::<u64>::named(&tcp("took")).unwrap();
-    let gate = Channel::<()>::named(&tcp("gate")).unwrap();
-    let (w, r) = (c.writer(), c.reader());
-    for i in 0..16 {
-        w.write(i).unwrap();
-    }
-    let h = Spawn(
-        take_one_then_wait(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
-    let first = took.reader().read().unwrap();
+    let (r, first, gate, h) = held_by_a_remote_reader("jobs", |jobs, took, gate| {
+        common::take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
+    });
     // It works on its first job: it holds at most one more, the rest are for other readers.
     let mut here: Vec<u64> = (0..14).map(|_| r.read_timeout(PROMPT).unwrap()).collect();
-    gate.writer().write(()).unwrap();
+    gate.write(()).unwrap();
     let second = h.join().unwrap().unwrap();
     here.extend([first, second]);
     here.sort();
@@ -506,7 +485,7 @@ fn take_one_then_die(
     took: ChannelOut<u64>,
     gate: ChannelIn<()>,
 ) -> Result<(), ChannelError> {
-    took.write(jobs.read()?)?;
+    common::take_one_holding_the_next(&jobs, &took)?;
     gate.read()?;
     // Dies holding the message it asked for ahead (its host gives it back).
     std::process::abort();
@@ -590,7 +569,7 @@ fn a_select_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_giv
 #[test]
 fn a_reader_sees_the_end_once_a_remote_reader_took_the_messages_it_held() {
     let (r, first, gate, h) = held_by_a_remote_reader("held-taken", |jobs, took, gate| {
-        take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
+        common::take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
     });
     let (rx, reader) = read_until_the_end(r, false);
     let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();

@@ -47,3 +47,41 @@ pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Reads a job from `jobs`, a reading end of a buffered channel hosted in another process,
+/// and says which on `took` once the end holds the next message it asked for ahead (its
+/// host keeps that message taken until this end acknowledges it or gives it back).
+///
+/// The end asks for the next message on its own connection thread after the user took one:
+/// without this wait, a reader of the host's process told on `took` can drain the channel
+/// before that request arrives, and nothing is held.
+pub fn take_one_holding_the_next(
+    jobs: &pycsp::ChannelIn<u64>,
+    took: &pycsp::ChannelOut<u64>,
+) -> Result<(), pycsp::ChannelError> {
+    let job = jobs.read()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The proxy's length is this process's side of the connection: the messages that came
+    // ahead of the user's reads. Nothing wakes a waiter for it, so it is looked at each
+    // millisecond, within a deadline.
+    while jobs.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(pycsp::ChannelError::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    took.write(job)
+}
+
+/// Takes a job holding the next ([`take_one_holding_the_next`]) and waits for `gate` before
+/// it reads that next one, which it returns.
+#[pycsp::process]
+pub fn take_one_then_wait(
+    jobs: pycsp::ChannelIn<u64>,
+    took: pycsp::ChannelOut<u64>,
+    gate: pycsp::ChannelIn<()>,
+) -> Result<u64, pycsp::ChannelError> {
+    take_one_holding_the_next(&jobs, &took)?;
+    gate.read()?;
+    jobs.read()
+}
