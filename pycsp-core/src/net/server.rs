@@ -1003,20 +1003,20 @@ impl Conn<'_> {
         }
         let chan = self.chan;
         runtime::hold(&chan, Role::Writer);
-        let mut rest: Vec<(Vec<u8>, Option<Taken>)> = Vec::new();
+        let mut rest: Vec<(Vec<u8>, Taken)> = Vec::new();
         for (bytes, taken) in messages {
             if chan.is_rendezvous() {
-                rest.push((bytes, Some(taken)));
+                rest.push((bytes, taken));
                 continue;
             }
             if !rest.is_empty() {
-                rest.push((bytes, Some(taken)));
+                rest.push((bytes, taken));
             } else if let Err(ChannelError::Timeout) =
                 write_encoded_back(&chan, &bytes, Some(Instant::now()))
             {
                 // Full: it waits for room with its slot still taken, so that readers do not
                 // take the channel for drained meanwhile.
-                rest.push((bytes, Some(taken)));
+                rest.push((bytes, taken));
             } else {
                 chan.ack(taken);
             }
@@ -1029,33 +1029,7 @@ impl Conn<'_> {
             .name("pycsp-put-back".into())
             .spawn(move || {
                 let _internal = crate::shm::census::internal_thread(true);
-                for (bytes, taken) in rest {
-                    let Some(taken) = taken else { continue };
-                    if chan.is_rendezvous() {
-                        if write_encoded_back(&chan, &bytes, None).is_ok() {
-                            chan.ack(taken);
-                        }
-                        continue;
-                    }
-                    loop {
-                        let step = Some(Instant::now() + PUT_BACK_STEP);
-                        match write_encoded_back(&chan, &bytes, step) {
-                            Err(ChannelError::Timeout) if !chan.looks_nonempty() => {
-                                // Nothing to read frees a slot: the ring is full of slots
-                                // taken and not emptied, ours among them. Empty ours first
-                                // (readers wait for the copy meanwhile).
-                                let _giving_back = chan.empty_for_give_back(taken);
-                                let _ = write_encoded_back(&chan, &bytes, None);
-                                break;
-                            }
-                            Err(ChannelError::Timeout) => {}
-                            _ => {
-                                chan.ack(taken);
-                                break;
-                            }
-                        }
-                    }
-                }
+                give_back_waiting(chan, rest);
                 runtime::release(chan, Role::Writer);
             });
         if spawned.is_err() {
@@ -1163,4 +1137,106 @@ enum Outcome {
     Got(Vec<u8>, Taken),
     Failed(ChannelError),
     Interrupted,
+}
+
+/// Gives back, in order, messages a remote reader held (each with its slot, still taken),
+/// waiting for room as a writer does: the end of [`Conn::put_back`] for a full channel, on a
+/// thread of its own.
+fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
+    let mut held = held.into_iter();
+    while let Some((bytes, taken)) = held.next() {
+        if chan.is_rendezvous() {
+            if write_encoded_back(&chan, &bytes, None).is_ok() {
+                chan.ack(taken);
+            }
+            continue;
+        }
+        loop {
+            let step = Some(Instant::now() + PUT_BACK_STEP);
+            match write_encoded_back(&chan, &bytes, step) {
+                Err(ChannelError::Timeout) if !chan.looks_nonempty() => {
+                    // Nothing to read frees a slot: the ring is full of slots taken and not
+                    // emptied, ours among them. Empty all of ours (readers wait for the
+                    // copies meanwhile), then write the copies as room comes: a writer of
+                    // the channel may take a slot emptied here, and a copy must not wait for
+                    // a slot this give-back still holds.
+                    let mut copies = vec![(bytes, chan.empty_for_give_back(taken))];
+                    copies.extend(held.by_ref().map(|(b, t)| (b, chan.empty_for_give_back(t))));
+                    for (bytes, giving_back) in copies {
+                        let _ = write_encoded_back(&chan, &bytes, None);
+                        drop(giving_back);
+                    }
+                    return;
+                }
+                Err(ChannelError::Timeout) => {}
+                _ => {
+                    chan.ack(taken);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::waiter::Claim;
+
+    #[test]
+    fn messages_given_back_reach_a_reader_when_a_writer_takes_a_slot_emptied_for_them() {
+        // A remote reader held both messages of a full buffered channel and left; a writer
+        // of the channel retries its write. The messages go back through a ring full of
+        // their own taken slots: a slot emptied for the first may go to the writer, and the
+        // copies must then not wait for a slot the give-back itself still holds (once they
+        // did, and every reader and writer of the channel waited for ever).
+        let encoded = |v: u64| rmp_serde::to_vec(&v).unwrap();
+        for round in 0..30 {
+            let chan = Chan::create(
+                Arena::get().unwrap(),
+                &format!("give-back-stolen-{round}"),
+                "u64",
+                0,
+                2,
+                false,
+            )
+            .unwrap();
+            runtime::hold(&chan, Role::Writer);
+            runtime::hold(&chan, Role::Reader);
+            for v in [1, 2] {
+                write_encoded(&chan, &encoded(v), None).unwrap();
+            }
+            let held: Vec<(Vec<u8>, Taken)> = (0..2)
+                .map(|held| {
+                    let (m, t) = chan
+                        .read_deferred(None, Reader::Host { held }, |_| Claim::Busy)
+                        .unwrap();
+                    (take_encoded(m).unwrap(), t)
+                })
+                .collect();
+            // The writer retries with short deadlines, so it is often spinning on the ring
+            // when a slot is emptied.
+            let writer = std::thread::spawn(move || loop {
+                let soon = Some(Instant::now() + Duration::from_millis(1));
+                match write_encoded(&chan, &encoded(3), soon) {
+                    Err(ChannelError::Timeout) => continue,
+                    r => break r,
+                }
+            });
+            std::thread::spawn(move || give_back_waiting(chan, held));
+            let mut got: Vec<u64> = (0..3)
+                .map(|i| {
+                    let m = chan
+                        .read(Some(Instant::now() + Duration::from_secs(5)), true, |_| {
+                            Claim::Busy
+                        })
+                        .unwrap_or_else(|e| panic!("round {round}, message {i}: {e}"));
+                    rmp_serde::from_slice(&take_encoded(m).unwrap()).unwrap()
+                })
+                .collect();
+            writer.join().unwrap().unwrap();
+            got.sort();
+            assert_eq!(got, [1, 2, 3], "round {round}");
+        }
+    }
 }
