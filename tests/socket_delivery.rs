@@ -268,7 +268,7 @@ fn write_mixed(out: ChannelOut<Vec<u8>>, n: u32) -> Result<(), ChannelError> {
 
 #[test]
 fn small_and_large_messages_keep_their_order_when_batched() {
-    let c = Channel::<Vec<u8>>::named_buffered(&tcp("mixed"), 16).unwrap();
+    let c = hosted_tcp::<Vec<u8>>("mixed", 16);
     let r = c.reader();
     let n = 400;
     let h = Spawn(write_mixed(c.writer(), n).on(Placement::launcher("{cmd}"))).unwrap();
@@ -302,8 +302,8 @@ fn write_then_flush(
 #[test]
 fn flush_waits_until_the_host_confirmed_every_message_and_times_out_while_it_cannot() {
     let capacity = 4;
-    let c = Channel::<u64>::named_buffered(&tcp("flushed"), capacity).unwrap();
-    let told = Channel::<String>::named_buffered(&tcp("told"), 1).unwrap();
+    let c = hosted_tcp::<u64>("flushed", capacity);
+    let told = hosted_tcp::<String>("told", 1);
     let (r, said) = (c.reader(), told.reader());
     // Twice the capacity: the host's buffer holds 4, the writer's window the other 4.
     let n = 2 * capacity as u64;
@@ -322,7 +322,7 @@ fn flush_returns_at_once_on_a_shared_memory_or_rendezvous_end() {
     let c = Channel::<u64>::buffered(4).unwrap();
     c.writer().write(1).unwrap();
     assert_eq!(c.writer().flush(Duration::ZERO), Ok(()));
-    let c = Channel::<u64>::named(&tcp("rv")).unwrap();
+    let c = hosted_tcp::<u64>("rv", 0);
     assert_eq!(c.writer().flush(Duration::ZERO), Ok(()));
 }
 
@@ -338,7 +338,7 @@ fn write_too_large(out: ChannelOut<Vec<u8>>) -> Result<String, ChannelError> {
 
 #[test]
 fn an_over_size_message_to_a_buffered_remote_channel_is_refused_before_anything_is_sent() {
-    let hosted = Channel::<Vec<u8>>::named_buffered(&tcp("big"), 4).unwrap();
+    let hosted = hosted_tcp::<Vec<u8>>("big", 4);
     let r = hosted.reader();
     // A remote end: the process is placed by a launcher, as on another host.
     let said = Spawn(write_too_large(hosted.writer()).on(Placement::launcher("{cmd}")))
