@@ -664,13 +664,10 @@ fn read_one_then_leave(
     Ok(())
 }
 
-/// A known defect, kept as a failing test for its fix: a remote reader's pump of a rendezvous
-/// channel keeps a `Read` outstanding whether or not its user reads, so the host takes a
-/// message for it as soon as one is written; while its user does not read, that message's
-/// writer waits (and with one writer the whole channel stops), although another reader here
-/// waits for it. Fails on main: the reader here gets nothing within 10 s.
+/// A remote reader of a rendezvous channel whose user reads no more holds no message: the
+/// writer's messages reach the reader that reads (once the remote pump kept a `Read`
+/// outstanding whether or not its user read, and with one writer the channel stopped).
 #[test]
-#[ignore = "known defect: a remote rendezvous reader takes a message its user does not read"]
 fn a_remote_reader_that_reads_no_more_does_not_stop_a_rendezvous_channel() {
     let c = hosted_tcp::<u64>("rv-idle", 0);
     let took = hosted_tcp::<u64>("took", 0);

@@ -325,6 +325,20 @@ pub(crate) fn take_encoded(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
     }
 }
 
+/// The encoded bytes of a message, its block (if it has one) left as it is: for a socket host
+/// that may give the message back to its writer (see `Chan::can_return`).
+pub(crate) fn copy_encoded(msg: &Incoming) -> Result<Vec<u8>, ChannelError> {
+    match *msg {
+        Incoming::Inline { ref buf, len } => Ok(buf[..len].to_vec()),
+        Incoming::Block { offset, len } => {
+            let arena = Arena::get().map_err(shared_memory)?;
+            // SAFETY: as in `decode`: the block stays ours (its slot taken) while we copy it.
+            let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
+            Ok(bytes.to_vec())
+        }
+    }
+}
+
 /// The error for a message of `chan` that does not decode as a `T`.
 #[cold]
 fn decode_error<T>(chan: &Chan, e: rmp_serde::decode::Error) -> ChannelError {

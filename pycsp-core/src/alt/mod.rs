@@ -845,6 +845,8 @@ fn try_guard<'a, R>(
                 chan.events().1.notify_all();
                 return Step::Done(take_input(guards, i, msg));
             }
+            // A remote reading end's pump asks for a message only while its user looks.
+            chan.reader_came();
             if f & PEER_DIED != 0 {
                 // Everything published was read; a slot the dead writer never published is
                 // not waited for here (plain reads skip it after a grace period). Messages

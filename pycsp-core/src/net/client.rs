@@ -47,6 +47,13 @@ use crate::sys;
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
 
+/// How long the pump of a rendezvous reading end holds a message the host took for it while
+/// its user does not take it: then the message goes back to the host's channel (its writer
+/// still waits), for another reader, and the pump asks again only once its user reads. A
+/// user that reads in a loop comes back well within it; one that works on a message, or
+/// waits on other guards, does not keep the next one from other readers for longer.
+const HOLD_FOR_USER: Duration = Duration::from_millis(2);
+
 /// The largest window of a buffered remote writing end (its proxy's capacity), whatever the
 /// channel's capacity: a channel of a larger capacity has its messages beyond this many wait in
 /// the writer until the host confirms earlier ones.
@@ -332,6 +339,10 @@ pub(crate) fn open_end(
     let proxy = Chan::create(arena, &addr.full, type_name, fp, capacity, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
     })?;
+    if !writer && proxy.is_rendezvous() {
+        // Before the user has the end: its pump asks the host only while it reads.
+        proxy.watch_readers();
+    }
     // The creator's hold is the pump's (let go when it ends); the user's end holds it too.
     runtime::took(&proxy);
     runtime::hold(&proxy, Role::end(writer));
@@ -911,12 +922,33 @@ impl Pump {
     /// the connection to the host (which waits for the `Ack`). Published before the write,
     /// unless the user already sleeps waiting for it (then the write is taken at once): a
     /// rendezvous write that timed out and is written again may spin until a reader comes.
+    /// A message its user does not take within [`HOLD_FOR_USER`] is withdrawn (`Timeout`:
+    /// not taken), to be given back to the host.
     fn hand_to_user(&self, body: &[u8]) -> Result<(), ChannelError> {
+        let until = Some(Instant::now() + HOLD_FOR_USER);
         if self.host == 0 || self.proxy.reader_asleep() {
-            return write_encoded(&self.proxy, body, None);
+            return write_encoded(&self.proxy, body, until);
         }
         let _waiting = self.park_handing();
-        write_encoded(&self.proxy, body, None)
+        write_encoded(&self.proxy, body, until)
+    }
+
+    /// Waits until the user of a reading end reads (a read or an input guard came to the
+    /// proxy since the look `seen`, or a reader waits there now): `false` if it retired or
+    /// poisoned instead. Nothing wakes it meanwhile but the user: the host waits for its
+    /// `Read`, and other readers take what its writers write.
+    fn await_user_reading(&self, seen: &mut u32) -> bool {
+        let reading = |seen: u32| self.proxy.reader_looks() != seen || self.proxy.readers_wait();
+        loop {
+            if self.user_left() {
+                return false;
+            }
+            if reading(*seen) {
+                *seen = self.proxy.reader_looks();
+                return true;
+            }
+            self.proxy.wait_reader_since(*seen, Instant::now() + TICK);
+        }
     }
 
     /// Publishes for the census that this pump of a reading end waits for its user to take
@@ -933,9 +965,13 @@ impl Pump {
     fn pump_reads(&mut self) -> bool {
         // Whether the next `Read` already went out, in one write with the last `Ack`.
         let mut asked = false;
+        // The user's reads counted when it was last seen reading.
+        let mut seen = 0;
         loop {
             if !asked {
-                if self.user_left() {
+                // A `Read` makes the host take a message for this end, which its writer
+                // then waits for: asked only while the user reads.
+                if !self.await_user_reading(&mut seen) {
                     return self.user_gone();
                 }
                 if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Read)) {
@@ -982,6 +1018,17 @@ impl Pump {
                             self.proxy.retire_side(true);
                             return false;
                         }
+                    }
+                    Err(ChannelError::Timeout) if !self.user_left() => {
+                        // The user does not read now (it works, or chose another guard):
+                        // give the message back for other readers, and ask again once it
+                        // reads.
+                        if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Nack)) {
+                            self.fail(self.lost(&e));
+                            self.proxy.retire_side(true);
+                            return false;
+                        }
+                        asked = false;
                     }
                     Err(_) => {
                         // The user left without taking it: give it back.

@@ -30,11 +30,11 @@ use crate::frame::{
     append_frame, read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
     ONE_WRITE,
 };
-use crate::message::{take_encoded, write_encoded, write_encoded_back};
+use crate::message::{copy_encoded, take_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
-use crate::shm::ring::{Chan, Outgoing, Reader, Taken};
+use crate::shm::ring::{Chan, Incoming, Outgoing, Reader, Taken};
 use crate::shm::wait::deadline_after;
 use crate::shm::waiter;
 use crate::sys;
@@ -740,7 +740,7 @@ impl Conn<'_> {
                 }
                 (Kind::Ack, false) => match held.pop_front() {
                     Some((_, taken)) => {
-                        self.chan.ack(taken);
+                        self.chan.ack_kept(taken);
                         continue;
                     }
                     None => return End::Broken(self.protocol("an Ack without a message".into())),
@@ -934,10 +934,10 @@ impl Conn<'_> {
                     waiter::claim(arena, w)
                 }) {
                 Ok((m, taken)) => {
-                    return match take_encoded(m) {
+                    return match take_held(&self.chan, m, &taken) {
                         Ok(b) => Outcome::Got(b, taken),
                         Err(e) => {
-                            self.chan.ack(taken);
+                            self.chan.ack_kept(taken);
                             Outcome::Failed(e)
                         }
                     }
@@ -982,59 +982,9 @@ impl Conn<'_> {
         }
     }
 
-    /// Puts the messages the peer did not take back into the channel, in the order they were
-    /// taken, holding a writing end meanwhile (so that the channel's writers do not all
-    /// retire in between).
-    ///
-    /// On a rendezvous channel each goes back from another thread (it waits for a reader),
-    /// and only then is the slot it was `taken` from emptied: its writer returns once another
-    /// reader took it; if no reader can take it any more (every reader retired, poison), that
-    /// writer's write fails as the channel says.
-    ///
-    /// On a buffered channel each goes back now where there is room, then its slot is
-    /// emptied, so that a peer's death marked next finds them in the channel (readers read
-    /// the buffer before they learn of it); what finds the ring full waits for room in
-    /// another thread with its slot still taken (readers that find a dead peer's channel
-    /// empty wait while slots are taken), unless nothing readable is left to free room: then
-    /// its own slot is emptied first.
+    /// Puts the messages the peer did not take back into the channel (see [`give_back`]).
     fn put_back(&self, messages: Vec<(Vec<u8>, Taken)>) {
-        if messages.is_empty() {
-            return;
-        }
-        let chan = self.chan;
-        runtime::hold(&chan, Role::Writer);
-        let mut rest: Vec<(Vec<u8>, Taken)> = Vec::new();
-        for (bytes, taken) in messages {
-            if chan.is_rendezvous() {
-                rest.push((bytes, taken));
-                continue;
-            }
-            if !rest.is_empty() {
-                rest.push((bytes, taken));
-            } else if let Err(ChannelError::Timeout) =
-                write_encoded_back(&chan, &bytes, Some(Instant::now()))
-            {
-                // Full: it waits for room with its slot still taken, so that readers do not
-                // take the channel for drained meanwhile.
-                rest.push((bytes, taken));
-            } else {
-                chan.ack(taken);
-            }
-        }
-        if rest.is_empty() {
-            runtime::release(chan, Role::Writer);
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("pycsp-put-back".into())
-            .spawn(move || {
-                let _internal = crate::shm::census::internal_thread(true);
-                give_back_waiting(chan, rest);
-                runtime::release(chan, Role::Writer);
-            });
-        if spawned.is_err() {
-            runtime::release(chan, Role::Writer);
-        }
+        give_back(self.chan, messages);
     }
 
     /// Answers the reader's outstanding `Read`s (`credits`): waits for a message (returning
@@ -1093,10 +1043,10 @@ impl Conn<'_> {
                 Reader::Host { held: held.len() },
                 |w| waiter::claim(arena, w),
             ) {
-                match take_encoded(m) {
+                match take_held(&self.chan, m, &taken) {
                     Ok(b) => next = Some((b, taken)),
                     Err(e) => {
-                        self.chan.ack(taken);
+                        self.chan.ack_kept(taken);
                         *credits = 0;
                         replies.extend_from_slice(&ErrorBody::from_error(&e).frame().encode());
                     }
@@ -1137,6 +1087,75 @@ enum Outcome {
     Got(Vec<u8>, Taken),
     Failed(ChannelError),
     Interrupted,
+}
+
+/// Puts the messages the peer did not take back into the channel, in the order they were
+/// taken, holding a writing end meanwhile (so that the channel's writers do not all
+/// retire in between).
+///
+/// On a rendezvous channel a message taken from a slot goes back to its writer, which is
+/// still waiting in its write and writes it again ([`Chan::return_to_writer`]): it returns
+/// once another reader took it; if no reader can take it any more (every reader retired,
+/// poison), its write fails as the channel says. One taken from a selecting writer's offer
+/// is written again from another thread (it waits for a reader), and only then is the
+/// offer released.
+///
+/// On a buffered channel each goes back now where there is room, then its slot is
+/// emptied, so that a peer's death marked next finds them in the channel (readers read
+/// the buffer before they learn of it); what finds the ring full waits for room in
+/// another thread with its slot still taken (readers that find a dead peer's channel
+/// empty wait while slots are taken), unless nothing readable is left to free room: then
+/// its own slot is emptied first.
+fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
+    if messages.is_empty() {
+        return;
+    }
+    runtime::hold(&chan, Role::Writer);
+    let mut rest: Vec<(Vec<u8>, Taken)> = Vec::new();
+    for (bytes, taken) in messages {
+        if chan.is_rendezvous() {
+            if let Err(taken) = chan.return_to_writer(taken) {
+                rest.push((bytes, taken));
+            }
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.push((bytes, taken));
+        } else if let Err(ChannelError::Timeout) =
+            write_encoded_back(&chan, &bytes, Some(Instant::now()))
+        {
+            // Full: it waits for room with its slot still taken, so that readers do not
+            // take the channel for drained meanwhile.
+            rest.push((bytes, taken));
+        } else {
+            chan.ack(taken);
+        }
+    }
+    if rest.is_empty() {
+        runtime::release(chan, Role::Writer);
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("pycsp-put-back".into())
+        .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(true);
+            give_back_waiting(chan, rest);
+            runtime::release(chan, Role::Writer);
+        });
+    if spawned.is_err() {
+        runtime::release(chan, Role::Writer);
+    }
+}
+
+/// The bytes of a message this host took for its remote reader, as it holds them until the
+/// reader's `Ack` (then [`Chan::ack_kept`]): a message it may give back to its writer keeps
+/// its block (see [`Chan::can_return`]).
+fn take_held(chan: &Chan, m: Incoming, taken: &Taken) -> Result<Vec<u8>, ChannelError> {
+    if chan.can_return(taken) {
+        copy_encoded(&m)
+    } else {
+        take_encoded(m)
+    }
 }
 
 /// Gives back, in order, messages a remote reader held (each with its slot, still taken),
@@ -1238,5 +1257,58 @@ mod tests {
             got.sort();
             assert_eq!(got, [1, 2, 3], "round {round}");
         }
+    }
+
+    #[test]
+    fn a_rendezvous_message_given_back_after_the_ring_wrapped_reaches_a_reader() {
+        // A remote reader held a rendezvous message (its slot taken, its writer waiting)
+        // while 15 more messages passed through the 16-slot ring; the next write waits for
+        // the held slot. Given back then, the message must still reach a reader, and that
+        // next write too (a copy written into the ring once waited for the held slot itself,
+        // and every reader and writer of the channel waited for ever). The held message is
+        // longer than a slot holds: its block must survive the give-back.
+        let arena = Arena::get().unwrap();
+        let chan = Chan::create(arena, "give-back-wrapped", "bytes", 0, 0, false).unwrap();
+        runtime::hold(&chan, Role::Writer);
+        runtime::hold(&chan, Role::Reader);
+        let long = rmp_serde::to_vec(&vec![7u8; 300]).unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(10));
+        let first = {
+            let long = long.clone();
+            std::thread::spawn(move || write_encoded(&chan, &long, soon()))
+        };
+        let (m, taken) = chan
+            .read_deferred(None, Reader::Host { held: 0 }, |_| Claim::Busy)
+            .unwrap();
+        let held = vec![(take_held(&chan, m, &taken).unwrap(), taken)];
+        assert_eq!(held[0].0, long);
+        let others = std::thread::spawn(move || {
+            for v in 0..16u64 {
+                write_encoded(&chan, &rmp_serde::to_vec(&v).unwrap(), soon())?;
+            }
+            Ok::<(), ChannelError>(())
+        });
+        let read = |what: &str| {
+            let m = chan
+                .read(Some(Instant::now() + Duration::from_secs(5)), true, |_| {
+                    Claim::Busy
+                })
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            take_encoded(m).unwrap()
+        };
+        for v in 0..15u64 {
+            assert_eq!(
+                read("a message passing the held one"),
+                rmp_serde::to_vec(&v).unwrap()
+            );
+        }
+        give_back(chan, held);
+        let mut got = vec![read("after the give-back"), read("after the give-back")];
+        got.sort();
+        let mut want = vec![long, rmp_serde::to_vec(&15u64).unwrap()];
+        want.sort();
+        assert_eq!(got, want);
+        first.join().unwrap().unwrap();
+        others.join().unwrap().unwrap();
     }
 }

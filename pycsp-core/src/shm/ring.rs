@@ -33,6 +33,10 @@ pub(crate) const POISONED: u32 = 1;
 pub(crate) const WRITERS_RETIRED: u32 = 2;
 pub(crate) const READERS_RETIRED: u32 = 4;
 pub(crate) const PEER_DIED: u32 = 8;
+/// A socket pump hands this (rendezvous) proxy's messages to its user only while the user
+/// reads: reads and input guards that come to it count in `looks` (see
+/// [`Chan::watch_readers`]).
+const READERS_WATCHED: u32 = 16;
 /// How long a reader of a channel whose peer died waits for a claimed slot to be published
 /// before it takes the slot for one the dead writer never finished.
 const DEAD_SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -55,6 +59,16 @@ const KIND_BLOCK: u32 = 1;
 const CANCELLED: u32 = 1 << 8;
 const SKIPPED: u32 = 1 << 9;
 const GONE: u32 = 1 << 10;
+/// Bit of a rendezvous slot's `kind`: a socket host gives the message it took back to its
+/// writer (see [`Chan::return_to_writer`]); with `GONE`, whichever of host and writer comes
+/// second empties the slot.
+const RETURNED: u32 = 1 << 11;
+/// The bits of a slot's `kind` that say where its message is (`KIND_INLINE`, `KIND_BLOCK`).
+const KIND_MASK: u32 = 0xff;
+/// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
+/// message back to its writer: neither empty nor full for any lap, so no reader or other
+/// writer touches it until its writer empties it and writes the message again.
+const RETURNED_STAMP: u64 = 1;
 
 #[repr(C, align(128))]
 struct Padded<T>(T);
@@ -68,6 +82,9 @@ struct State {
     /// [`Chan::empty_for_give_back`]): readers that find a dead peer's channel drained wait
     /// for them as for slots still taken.
     giving_back: AtomicU32,
+    /// Reads and input guards that came to a channel whose readers are watched (see
+    /// [`Chan::watch_readers`]), counted with wrap-around.
+    looks: AtomicU32,
     /// `generation << 32 | holders`: every `Channel` handle and every end in every process
     /// (also one travelling in a message or to a child), a socket host and a proxy's pump
     /// hold the channel once; the last to let go frees it, and the generation changes, so a
@@ -383,6 +400,7 @@ impl Chan {
             st.writers.store(0, Ordering::Relaxed);
             st.readers.store(0, Ordering::Relaxed);
             st.giving_back.store(0, Ordering::Relaxed);
+            st.looks.store(0, Ordering::Relaxed);
             h.dead.0.pid.store(0, Ordering::Relaxed);
             h.dead.0.name_len.store(0, Ordering::Relaxed);
             h.dead.0.at.store(0, Ordering::Relaxed);
@@ -585,6 +603,64 @@ impl Chan {
 
     pub(crate) fn shared_memory_bytes(&self) -> usize {
         header_len() as usize + std::mem::size_of_val(self.slots)
+    }
+
+    /// Makes this (rendezvous) channel count the reads and input guards that come to it,
+    /// and wake its writers when one comes: the proxy of a remote reading end, whose pump
+    /// asks its host for a message only while its user reads (see [`reader_looks`]
+    /// (Self::reader_looks)). Set before the user has the end; the channels of other
+    /// readers pay nothing for it (the flags are read anyway).
+    pub(crate) fn watch_readers(&self) {
+        self.hdr
+            .state
+            .0
+            .flags
+            .fetch_or(READERS_WATCHED, Ordering::SeqCst);
+    }
+
+    /// How many reads and input guards came to this watched channel (wrapping): one that
+    /// changed since a pump last looked, or a reader asleep or offering now
+    /// ([`readers_wait`](Self::readers_wait)), says the user reads.
+    pub(crate) fn reader_looks(&self) -> u32 {
+        self.hdr.state.0.looks.load(Ordering::SeqCst)
+    }
+
+    /// Whether a reader sleeps in a read of this channel or a selecting reader offers on it.
+    pub(crate) fn readers_wait(&self) -> bool {
+        self.reader_asleep() || self.has_offers(true)
+    }
+
+    /// Waits until a read or an input guard came to this watched channel since the look
+    /// `seen` ([`reader_looks`](Self::reader_looks)), a reader waits on it, its readers
+    /// retired or it was poisoned, or `deadline` (for its pump: never the fast path).
+    pub(crate) fn wait_reader_since(&self, seen: u32, deadline: Instant) {
+        let done = || {
+            self.reader_looks() != seen
+                || self.readers_wait()
+                || self.flags() & (READERS_RETIRED | POISONED) != 0
+        };
+        wait::wait_any(
+            &[&self.hdr.tx.0],
+            Some(deadline),
+            || done().then_some(()),
+            || false,
+        );
+    }
+
+    /// A read that found no message at once, or an input guard that looks: counted, and
+    /// the pump that watches (asleep among the writers) woken, if this channel is watched.
+    #[inline]
+    pub(crate) fn reader_came(&self) {
+        if self.flags() & READERS_WATCHED != 0 {
+            self.count_look();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_look(&self) {
+        self.hdr.state.0.looks.fetch_add(1, Ordering::SeqCst);
+        self.hdr.tx.0.notify_all();
     }
 
     /// Whether a reader sleeps waiting for a message (a socket pump about to hand one to its
@@ -1234,7 +1310,13 @@ impl Chan {
         // the mark and skipped it (and leaves the slot to us). It decides at once.
         let mut spins = 0u32;
         loop {
-            if slot.stamp.load(Ordering::Acquire) != stamp {
+            let now = slot.stamp.load(Ordering::Acquire);
+            if now == stamp + RETURNED_STAMP {
+                // A socket host that took it gave it back: not delivered.
+                self.empty_returned(index, pos);
+                return Err(withdrawn());
+            }
+            if now != stamp {
                 return Ok(pos);
             }
             // The slot is still ours (its stamp cannot come back), so its `kind` is ours.
@@ -1251,6 +1333,15 @@ impl Chan {
             let f = self.flags();
             let failed = f & PEER_DIED != 0 || !matches!(why, ChannelError::Timeout);
             if f & POISONED != 0 || (failed && spins > 1 << 16) {
+                if slot.kind.fetch_or(GONE, Ordering::SeqCst) & RETURNED != 0 {
+                    // A socket host is giving it back (it stores the stamp next): it was
+                    // not delivered, and the slot is ours to empty.
+                    while slot.stamp.load(Ordering::Acquire) == stamp {
+                        std::thread::yield_now();
+                    }
+                    self.empty_returned(index, pos);
+                    return Err(withdrawn());
+                }
                 let error = if f & POISONED != 0 {
                     ChannelError::Poisoned
                 } else if f & PEER_DIED != 0 {
@@ -1378,52 +1469,131 @@ impl Chan {
             placed: false,
         };
         let tx = &self.hdr.tx.0;
-        // Fast path: nothing refuses the write and a slot is free now.
-        let (index, stamp) = match self.write_refused(back) {
-            None => match self.try_push(msg) {
-                Some(placed) => placed,
-                None => self.write_wait(msg, deadline, back).map_err(not_placed)?,
-            },
-            Some(e) => return Err(not_placed(e)),
-        };
-        self.hdr.rx.0.notify_one();
-        // The slot's position: its lap (the stamp less one) plus its index.
-        let pos = stamp - 1 + index as u64;
-        if self.hdr.capacity != 0 {
-            return Ok(pos);
+        loop {
+            // Fast path: nothing refuses the write and a slot is free now.
+            let (index, stamp) = match self.write_refused(back) {
+                None => match self.try_push(msg) {
+                    Some(placed) => placed,
+                    None => self.write_wait(msg, deadline, back).map_err(not_placed)?,
+                },
+                Some(e) => return Err(not_placed(e)),
+            };
+            self.hdr.rx.0.notify_one();
+            // The slot's position: its lap (the stamp less one) plus its index.
+            let pos = stamp - 1 + index as u64;
+            if self.hdr.capacity != 0 {
+                return Ok(pos);
+            }
+            // Rendezvous: wait until a reader has emptied our slot (`false`), or a socket
+            // host that took the message gave it back to us (`true`).
+            let slot = &self.slots[index];
+            let taken = tx.wait_until_parked(
+                deadline,
+                Waiting {
+                    kind: Kind::Write,
+                    on: &[(self.key(), true, &|| self.name(), tx)],
+                    hand_over: true,
+                },
+                || {
+                    let now = slot.stamp.load(Ordering::Acquire);
+                    if now != stamp {
+                        return Some(Ok(now == stamp + RETURNED_STAMP));
+                    }
+                    self.write_refused(back).map(Err)
+                },
+                // Busy while a reader has claimed our slot (moved `head` past it) and not yet
+                // emptied it; not when `head` waits behind us (at a withdrawn message that no
+                // reader has skipped yet).
+                || {
+                    let head = self.hdr.head.0.load(Ordering::SeqCst);
+                    head != pos && self.distance(pos, head) <= self.hdr.ring_len
+                },
+                || Err(ChannelError::Deadlock),
+            );
+            match taken {
+                Some(Ok(false)) => return Ok(pos),
+                // Given back, not taken: write it again, as if no reader had come yet.
+                Some(Ok(true)) => self.empty_returned(index, pos),
+                // The channel failed (poison, a dead peer, every reader retired) with the
+                // message not taken: withdraw it, so that an error always means "not
+                // delivered".
+                Some(Err(error)) => return self.withdraw(index, pos, stamp, error),
+                // The deadline passed with the message not taken.
+                None => return self.withdraw(index, pos, stamp, ChannelError::Timeout),
+            }
         }
-        // Rendezvous: wait until a reader has emptied our slot.
+    }
+
+    /// Empties the slot at `pos` whose message a socket host gave back to this writer (its
+    /// stamp says so): the writer writes it again, or gives up on it.
+    #[cold]
+    #[inline(never)]
+    fn empty_returned(&self, index: usize, pos: u64) {
+        let (_, lap) = self.positions(pos);
+        self.slots[index]
+            .stamp
+            .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
+        self.hdr.tx.0.notify_all();
+    }
+
+    /// Whether a message taken from `t` by [`read_deferred`](Self::read_deferred) can go back
+    /// to its writer ([`return_to_writer`](Self::return_to_writer)) instead of being written
+    /// again: one taken from a slot of a rendezvous channel, whose writer waits for it. The
+    /// slot keeps naming the message's block meanwhile: a socket host copies such a message
+    /// out without freeing its block, and frees it with [`ack_kept`](Self::ack_kept).
+    pub(crate) fn can_return(&self, t: &Taken) -> bool {
+        self.is_rendezvous() && matches!(t, Taken::Slot { .. })
+    }
+
+    /// [`ack`](Self::ack) for a message copied out of its slot with its block kept (see
+    /// [`can_return`](Self::can_return)): frees that block first.
+    pub(crate) fn ack_kept(&self, t: Taken) {
+        if let Taken::Slot { index, .. } = t {
+            if self.can_return(&t) {
+                self.free_slot_block(index);
+            }
+        }
+        self.ack(t);
+    }
+
+    /// Frees the block a taken slot names, if it names one (its contents are the taker's
+    /// until the slot is emptied).
+    fn free_slot_block(&self, index: usize) {
         let slot = &self.slots[index];
-        let taken = tx.wait_until_parked(
-            deadline,
-            Waiting {
-                kind: Kind::Write,
-                on: &[(self.key(), true, &|| self.name(), tx)],
-                hand_over: true,
-            },
-            || {
-                if slot.stamp.load(Ordering::Acquire) != stamp {
-                    return Some(Ok(()));
-                }
-                self.write_refused(back).map(Err)
-            },
-            // Busy while a reader has claimed our slot (moved `head` past it) and not yet
-            // emptied it; not when `head` waits behind us (at a withdrawn message that no
-            // reader has skipped yet).
-            || {
-                let head = self.hdr.head.0.load(Ordering::SeqCst);
-                head != pos && self.distance(pos, head) <= self.hdr.ring_len
-            },
-            || Err(ChannelError::Deadlock),
-        );
-        match taken {
-            Some(Ok(())) => Ok(pos),
-            // The channel failed (poison, a dead peer, every reader retired) with the message
-            // not taken: withdraw it, so that an error always means "not delivered".
-            Some(Err(error)) => self.withdraw(index, pos, stamp, error),
-            // The deadline passed with the message not taken.
-            None => self.withdraw(index, pos, stamp, ChannelError::Timeout),
+        if slot.kind.load(Ordering::Acquire) & KIND_MASK != KIND_BLOCK {
+            return;
         }
+        // SAFETY: the slot is taken and not emptied, so its payload is as its writer left it:
+        // (offset, len) of the message's block, which nobody else frees.
+        let offset = unsafe { u64::from_le_bytes((&*slot.payload.get())[..8].try_into().unwrap()) };
+        if let Ok(arena) = Arena::get() {
+            arena.free_block(offset);
+        }
+    }
+
+    /// Gives a message taken from a rendezvous slot (see [`can_return`](Self::can_return))
+    /// back to its writer, which writes it again (or, past its deadline, withdraws it: not
+    /// delivered): nothing of it needs another slot, so a ring that wrapped round to this
+    /// slot meanwhile does not keep it out. `Err` gives back a `t` that cannot be returned.
+    /// A writer that already left (its channel failed: it reported the message as perhaps
+    /// delivered) is not waited for: the message is dropped and its slot emptied.
+    pub(crate) fn return_to_writer(&self, t: Taken) -> Result<(), Taken> {
+        let Taken::Slot { index, head } = t else {
+            return Err(t);
+        };
+        if !self.can_return(&t) {
+            return Err(t);
+        }
+        let slot = &self.slots[index];
+        if slot.kind.fetch_or(RETURNED, Ordering::SeqCst) & GONE != 0 {
+            self.ack_kept(t);
+            return Ok(());
+        }
+        let (_, lap) = self.positions(head);
+        slot.stamp
+            .store(lap + 1 + RETURNED_STAMP, Ordering::Release);
+        self.hdr.tx.0.notify_all();
+        Ok(())
     }
 
     /// Waits until the message is placed in the ring (the slow path of [`write`](Self::write)):
@@ -1560,6 +1730,7 @@ impl Chan {
         let ack = matches!(reader, Reader::Plain);
         let rx = &self.hdr.rx.0;
         let claims = claim_writers && self.is_rendezvous();
+        self.reader_came();
         let mut stuck: Option<(u64, Instant)> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
