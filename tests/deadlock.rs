@@ -376,10 +376,49 @@ fn read_the_rest(
 }
 
 /// A placed reader takes one job of a buffered channel and waits for a reader of the root's
-/// network to finish reading the jobs before it reads on, while its host holds a message it
-/// asked for ahead (it may come back, so the other reader does not see the channel's end):
-/// each waits for the other.
+/// network to finish reading the jobs before it reads on, while it keeps a message it asked
+/// for ahead (`PYCSP_REMOTE_HOLD_MS=never`; it may come back, so the other reader does not
+/// see the channel's end): each waits for the other.
 fn socket_reader_waits_for_a_remote_reader_that_waits_for_it() -> Result<String, Error> {
+    remote_reader_waits_for_the_rest(Placement::launcher(&format!(
+        "env {}=never {{cmd}}",
+        pycsp::net::ENV_HOLD_MS
+    )))
+}
+
+/// Takes one job, says so on `took`, and waits for `done` before it reads on: what that
+/// read gave.
+#[process]
+fn take_one_then_wait_for(
+    jobs: ChannelIn<u64>,
+    took: ChannelOut<u64>,
+    done: ChannelIn<()>,
+) -> Result<String, ChannelError> {
+    took.write(jobs.read()?)?;
+    done.read()?;
+    Ok(format!("then {:?}", jobs.read()))
+}
+
+/// The same program, with the placed reader giving back what it asked for ahead while its
+/// user does not read (the default): the other reader reads that too, and sees the end.
+fn socket_reader_gets_what_a_remote_reader_that_waits_asked_for() -> Result<String, Error> {
+    let jobs = Channel::<u64>::named_buffered(&tcp("jobs"), 16)?;
+    let took = Channel::<u64>::named(&tcp("took"))?;
+    let done = Channel::<()>::named(&tcp("done"))?;
+    let w = jobs.writer();
+    for i in 0..16 {
+        w.write(i)?;
+    }
+    let procs = (
+        read_the_rest(jobs.reader(), took.reader(), done.writer()),
+        take_one_then_wait_for(jobs.reader(), took.writer(), done.reader()).on(here()),
+    );
+    drop((w, jobs, took, done));
+    let (rest, placed) = Parallel(procs)?;
+    Ok(format!("{}; {}", rest?, placed?))
+}
+
+fn remote_reader_waits_for_the_rest(placed: Placement) -> Result<String, Error> {
     let jobs = Channel::<u64>::named_buffered(&tcp("jobs"), 16)?;
     let took = Channel::<u64>::named(&tcp("took"))?;
     let done = Channel::<()>::named(&tcp("done"))?;
@@ -390,7 +429,7 @@ fn socket_reader_waits_for_a_remote_reader_that_waits_for_it() -> Result<String,
     let procs = (
         read_the_rest(jobs.reader(), took.reader(), done.writer()),
         // The mistake: the root reads on only after the placed process read its jobs.
-        common::take_one_then_wait(jobs.reader(), took.writer(), done.reader()).on(here()),
+        common::take_one_then_wait(jobs.reader(), took.writer(), done.reader()).on(placed),
     );
     drop((w, jobs, took, done));
     Parallel(procs).map(|r| format!("{r:?}"))
@@ -421,6 +460,10 @@ const CASES: &[Case] = &[
     (
         "socket_reader_waits_for_a_remote_reader_that_waits_for_it",
         socket_reader_waits_for_a_remote_reader_that_waits_for_it,
+    ),
+    (
+        "socket_reader_gets_what_a_remote_reader_that_waits_asked_for",
+        socket_reader_gets_what_a_remote_reader_that_waits_asked_for,
     ),
 ];
 
@@ -630,6 +673,13 @@ fn main() {
         }
         let (out, took) = run_case(name, &[]);
         check(name, out.starts_with("ok\n"), &out, took);
+    }
+    let name = "socket_reader_gets_what_a_remote_reader_that_waits_asked_for";
+    if wanted(name) {
+        let (out, took) = run_case(name, &[]);
+        let ok = out.starts_with("ok\n")
+            && out.contains("read 15, then the channel was retired: every end on the other side has retired; then Err(Retired)");
+        check(name, ok, &out, took);
     }
     // PYCSP_PICTURE: the deadlock error names the picture written, which shows the wait.
     if wanted("picture") {

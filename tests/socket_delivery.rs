@@ -19,6 +19,14 @@ mod common;
 /// How long a test waits for something that should happen at once.
 const PROMPT: Duration = Duration::from_secs(10);
 
+/// A placement here whose remote reading ends keep what they asked for ahead while their
+/// user does not read (`PYCSP_REMOTE_HOLD_MS=never`): for what happens to messages a remote
+/// reader holds when it leaves, dies, or takes them at last. (By default it gives them back
+/// after `HOLD_FOR_USER`.)
+fn holding() -> Placement {
+    Placement::launcher(&format!("env {}=never {{cmd}}", pycsp::net::ENV_HOLD_MS))
+}
+
 fn tcp(name: &str) -> String {
     format!("tcp://127.0.0.1:{}/{name}", common::free_port())
 }
@@ -233,10 +241,12 @@ fn a_remote_reader_that_dies_holding_messages_asked_ahead_loses_none() {
     }
 }
 
+/// A remote reader that keeps what it asks for ahead (see [`holding`]) asks for one message
+/// ahead while its user works on each: the rest are for other readers.
 #[test]
 fn a_remote_reader_that_works_on_each_message_asks_for_one_ahead() {
     let (r, first, gate, h) = held_by_a_remote_reader("jobs", |jobs, took, gate| {
-        common::take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
+        common::take_one_then_wait(jobs, took, gate).on(holding())
     });
     // It works on its first job: it holds at most one more, the rest are for other readers.
     let mut here: Vec<u64> = (0..14).map(|_| r.read_timeout(PROMPT).unwrap()).collect();
@@ -542,7 +552,7 @@ fn read_until_the_end(
 /// ended.
 fn a_reader_gets_what_a_dying_remote_reader_held(name: &str, in_select: bool) {
     let (r, first, gate, h) = held_by_a_remote_reader(name, |jobs, took, gate| {
-        take_one_then_die(jobs, took, gate).on(Placement::launcher("{cmd}"))
+        take_one_then_die(jobs, took, gate).on(holding())
     });
     let (rx, reader) = read_until_the_end(r, in_select);
     let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
@@ -569,7 +579,7 @@ fn a_select_does_not_see_the_end_while_a_remote_reader_holds_messages_it_may_giv
 #[test]
 fn a_reader_sees_the_end_once_a_remote_reader_took_the_messages_it_held() {
     let (r, first, gate, h) = held_by_a_remote_reader("held-taken", |jobs, took, gate| {
-        common::take_one_then_wait(jobs, took, gate).on(Placement::launcher("{cmd}"))
+        common::take_one_then_wait(jobs, took, gate).on(holding())
     });
     let (rx, reader) = read_until_the_end(r, false);
     let mut here: Vec<u64> = (0..14).map(|_| rx.recv_timeout(PROMPT).unwrap()).collect();
@@ -612,11 +622,8 @@ fn a_remote_reader_does_not_see_the_end_while_another_holds_messages_it_may_give
     for i in 0..16 {
         w.write(i).unwrap();
     }
-    let dies = Spawn(
-        take_one_then_die(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
+    let dies =
+        Spawn(take_one_then_die(c.reader(), took.writer(), gate.reader()).on(holding())).unwrap();
     let first = took.reader().read().unwrap();
     drop(w);
     let other =
@@ -699,6 +706,109 @@ fn a_remote_reader_that_reads_no_more_does_not_stop_a_rendezvous_channel() {
         }
     };
     assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
+    h.join().unwrap().unwrap();
+    writer.join().unwrap();
+    here.push(first);
+    here.sort();
+    assert_eq!(here, (0..n).collect::<Vec<_>>());
+}
+
+/// Polls `jobs` with a skip guard until it took `k` messages (or 20 s passed), sends what it
+/// took on `took`, and leaves its end once `gate` opens, polling no more.
+#[process]
+fn poll_then_leave(
+    jobs: ChannelIn<u64>,
+    k: usize,
+    took: ChannelOut<Vec<u64>>,
+    gate: ChannelIn<()>,
+) -> Result<(), ChannelError> {
+    let mut got = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < k && std::time::Instant::now() < until {
+        let polled = Alternation::new()
+            .input(&jobs, Some)
+            .skip(|| None)
+            .pri_select()?;
+        match polled.value {
+            Some(v) => got.push(v),
+            // The user's own pace between polls.
+            None => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    took.write(got)?;
+    gate.read()?;
+    Ok(())
+}
+
+/// A remote reader of a rendezvous channel that polls it (an alternation with a skip guard)
+/// gets messages, and once it polls no more it holds none: the rest reach the reader here.
+#[test]
+fn a_remote_reader_that_polls_a_rendezvous_channel_gets_messages_and_then_holds_none() {
+    let c = hosted_tcp::<u64>("rv-poll", 0);
+    let took = hosted_tcp::<Vec<u64>>("took", 0);
+    let gate = hosted_tcp::<()>("gate", 0);
+    let (w, r) = (c.writer(), c.reader());
+    let n = 30u64;
+    let writer = std::thread::spawn(move || {
+        for i in 0..n {
+            w.write(i).unwrap();
+        }
+    });
+    let h = Spawn(
+        poll_then_leave(c.reader(), 5, took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let polled = took.reader().read().unwrap();
+    assert_eq!(polled.len(), 5, "the poller took {polled:?}");
+    drop(c);
+    let mut here = Vec::new();
+    let end = loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => here.push(v),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
+    gate.writer().write(()).unwrap();
+    h.join().unwrap().unwrap();
+    writer.join().unwrap();
+    here.extend(polled);
+    here.sort();
+    assert_eq!(here, (0..n).collect::<Vec<_>>());
+}
+
+/// A remote reader of a buffered channel whose user reads no more holds none of the messages
+/// it asked for ahead for long: they go back to the channel, and the reader here reads them
+/// all (once they stayed in that reader's process until it left, and this reader waited).
+#[test]
+fn a_remote_reader_that_reads_no_more_gives_back_what_it_asked_for_ahead() {
+    let c = hosted_tcp::<u64>("buf-idle", 16);
+    let took = hosted_tcp::<u64>("took", 0);
+    let gate = hosted_tcp::<()>("gate", 0);
+    let (w, r) = (c.writer(), c.reader());
+    let n = 200u64;
+    let writer = std::thread::spawn(move || {
+        for i in 0..n {
+            w.write(i).unwrap();
+        }
+    });
+    let h = Spawn(
+        read_one_then_leave(c.reader(), took.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    let first = took.reader().read().unwrap();
+    drop(c);
+    let mut here = Vec::new();
+    let end = loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => here.push(v),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
+    gate.writer().write(()).unwrap();
     h.join().unwrap().unwrap();
     writer.join().unwrap();
     here.push(first);

@@ -9,10 +9,12 @@
 //!   host's `Done`, so
 //!   the user's `write` returns exactly when the host's channel accepted the message. An
 //!   `Error` answer or a lost connection fails the user's write with that error.
-//! - Reading end of a rendezvous channel: the pump sends `Read`, puts the `Message` into the
-//!   (rendezvous) proxy, waiting until the user takes it, then sends `Ack`; if the user
-//!   retires or poisons instead, it sends `Nack` and the host puts the message back. The pump
-//!   holds at most one message at a time.
+//! - Reading end of a rendezvous channel: the pump sends `Read` once its user reads (the
+//!   proxy counts the reads and input guards that come to it, see `Chan::watch_readers`),
+//!   puts the `Message` into the (rendezvous) proxy, waiting until the user takes it, then
+//!   sends `Ack` with the next `Read`. If the user does not take it within [`HOLD_FOR_USER`],
+//!   retires or poisons, the pump sends `Nack`: the host gives the message back to its writer
+//!   (see `Chan::return_to_writer`). The pump holds at most one message at a time.
 //! - Reading end of a buffered channel: the proxy is buffered, and the pump asks for messages
 //!   ahead: as many as cover twice the round trip at the rate the user takes them (one while
 //!   the user works on each longer than a round trip), at most the channel's capacity and
@@ -47,12 +49,37 @@ use crate::sys;
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
 
-/// How long the pump of a rendezvous reading end holds a message the host took for it while
-/// its user does not take it: then the message goes back to the host's channel (its writer
-/// still waits), for another reader, and the pump asks again only once its user reads. A
-/// user that reads in a loop comes back well within it; one that works on a message, or
-/// waits on other guards, does not keep the next one from other readers for longer.
-const HOLD_FOR_USER: Duration = Duration::from_millis(2);
+/// How long the pump of a reading end holds messages the host sent it while its user takes
+/// none of them, by default: then they go back to the host's channel (a rendezvous message's
+/// writer still waits), for other readers, and the pump asks again only once its user reads.
+/// A user that reads in a loop comes back well within it; one that works on a message, or
+/// waits on other guards, does not keep the next ones from other readers for longer.
+pub const HOLD_FOR_USER: Duration = Duration::from_millis(2);
+
+/// The environment variable that sets [`HOLD_FOR_USER`] for the remote reading ends of a
+/// process: milliseconds, or `never` (nothing goes back while the user does not read: the
+/// single reader of a stream that pauses keeps what it asked for ahead; other readers wait
+/// for it).
+pub const ENV_HOLD_MS: &str = "PYCSP_REMOTE_HOLD_MS";
+
+/// [`HOLD_FOR_USER`], or what [`ENV_HOLD_MS`] says (read once); `None`: never.
+fn hold_for_user() -> Option<Duration> {
+    static HOLD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *HOLD.get_or_init(|| match std::env::var(ENV_HOLD_MS) {
+        Ok(v) if v.trim() == "never" => None,
+        Ok(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_or(HOLD_FOR_USER, Duration::from_millis),
+        ),
+        Err(_) => Some(HOLD_FOR_USER),
+    })
+}
+
+/// When a hold that starts now ends (`None`: never).
+fn hold_until() -> Option<Instant> {
+    hold_for_user().and_then(|d| Instant::now().checked_add(d))
+}
 
 /// The largest window of a buffered remote writing end (its proxy's capacity), whatever the
 /// channel's capacity: a channel of a larger capacity has its messages beyond this many wait in
@@ -339,7 +366,7 @@ pub(crate) fn open_end(
     let proxy = Chan::create(arena, &addr.full, type_name, fp, capacity, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())
     })?;
-    if !writer && proxy.is_rendezvous() {
+    if !writer {
         // Before the user has the end: its pump asks the host only while it reads.
         proxy.watch_readers();
     }
@@ -925,7 +952,7 @@ impl Pump {
     /// A message its user does not take within [`HOLD_FOR_USER`] is withdrawn (`Timeout`:
     /// not taken), to be given back to the host.
     fn hand_to_user(&self, body: &[u8]) -> Result<(), ChannelError> {
-        let until = Some(Instant::now() + HOLD_FOR_USER);
+        let until = hold_until();
         if self.host == 0 || self.proxy.reader_asleep() {
             return write_encoded(&self.proxy, body, until);
         }
@@ -937,8 +964,14 @@ impl Pump {
     /// proxy since the look `seen`, or a reader waits there now): `false` if it retired or
     /// poisoned instead. Nothing wakes it meanwhile but the user: the host waits for its
     /// `Read`, and other readers take what its writers write.
+    ///
+    /// A wait that lasts is published for the census as an idle connection whose pump sleeps
+    /// on the proxy's writers' futex word (a reader that comes changes it): the process is
+    /// blocked when its user is.
     fn await_user_reading(&self, seen: &mut u32) -> bool {
         let reading = |seen: u32| self.proxy.reader_looks() != seen || self.proxy.readers_wait();
+        let mut idle = None;
+        let mut step = stream::PUBLISH_AFTER;
         loop {
             if self.user_left() {
                 return false;
@@ -947,7 +980,18 @@ impl Pump {
                 *seen = self.proxy.reader_looks();
                 return true;
             }
-            self.proxy.wait_reader_since(*seen, Instant::now() + TICK);
+            if self.proxy.wait_reader_since(*seen, Instant::now() + step) {
+                continue;
+            }
+            if idle.is_none() {
+                step = TICK;
+                idle = stream::idle(
+                    self.host,
+                    false,
+                    &self.proxy,
+                    Some(self.proxy.side_word(true)),
+                );
+            }
         }
     }
 
@@ -1159,6 +1203,8 @@ impl Pump {
         // The user's takes counted so far; whether the connection was idle with takes not
         // acknowledged.
         let (mut counted, mut flush) = (0u64, false);
+        // The user's reads counted when it was last seen reading (see `await_user_reading`).
+        let mut seen = 0;
         let stop = loop {
             if self.user_left() {
                 break ReadStop::UserLeft;
@@ -1204,7 +1250,26 @@ impl Pump {
                 } else {
                     (window / 2).saturating_sub(taken - acked).max(1)
                 };
-                self.await_take(untaken.saturating_sub(need) + 1);
+                let fewer = untaken.saturating_sub(need) + 1;
+                if untaken == 0 {
+                    self.await_take(fewer);
+                    continue;
+                }
+                if self.await_take_within(fewer) {
+                    continue;
+                }
+                // The user took none for a while (it works, or waits on something else):
+                // what waits for it goes back to the host's channel, for other readers, and
+                // the end asks again once its user reads.
+                match self.revoke(&mut got, &mut acked) {
+                    Ok(()) => {}
+                    Err(stop) => break stop,
+                }
+                asked = got;
+                counted = counted.min(got);
+                if !self.await_user_reading(&mut seen) {
+                    break ReadStop::UserLeft;
+                }
                 continue;
             }
             // Wait for the host's answers, watching for the user leaving.
@@ -1233,6 +1298,58 @@ impl Pump {
     /// Waits until fewer than `fewer` messages are in the proxy (the user took some), or the
     /// user left; a wait that lasts is published for the census as this end's write of the
     /// proxy, on the connection to the host ([`park_handing`](Self::park_handing)).
+    /// [`await_take`](Self::await_take) for at most [`HOLD_FOR_USER`]: whether the user took
+    /// enough (or left) by then.
+    fn await_take_within(&self, fewer: u64) -> bool {
+        let fewer = usize::try_from(fewer).unwrap_or(usize::MAX);
+        let now = Instant::now();
+        let until = hold_until();
+        let step = |now: Instant, by: Duration| until.map_or(now + by, |u| u.min(now + by));
+        if self
+            .proxy
+            .wait_fewer_than(fewer, step(now, stream::PUBLISH_AFTER))
+        {
+            return true;
+        }
+        let _waiting = self.park_handing();
+        loop {
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                return false;
+            }
+            if self.proxy.wait_fewer_than(fewer, step(now, TICK)) {
+                return true;
+            }
+        }
+    }
+
+    /// Takes back the messages in a buffered reading end's proxy that its user has not taken
+    /// (everything asked for has arrived: nothing is on its way), acknowledges those it took,
+    /// and gives back the rest (`Nack`): the host puts them back into its channel, in order.
+    /// `got` and `acked` then count only what the user took.
+    fn revoke(&mut self, got: &mut u64, acked: &mut u64) -> Result<(), ReadStop> {
+        // The user may take one meanwhile: each message goes to one of the two.
+        let mut back = 0u64;
+        while let Some(m) = self.proxy.try_pop() {
+            back += 1;
+            // The host holds the message until it is acknowledged: this copy goes.
+            let _ = take_encoded(m);
+        }
+        let taken = *got - back;
+        let mut out = Vec::new();
+        for _ in *acked..taken {
+            append_frame(&mut out, Kind::Ack, &[]);
+        }
+        if back > 0 {
+            append_frame(&mut out, Kind::Nack, &[]);
+        }
+        *got = taken;
+        *acked = taken;
+        self.s
+            .write_all(&out)
+            .map_err(|e| ReadStop::Lost(crate::frame::io_error(e)))
+    }
+
     fn await_take(&self, fewer: u64) {
         let fewer = usize::try_from(fewer).unwrap_or(usize::MAX);
         if self

@@ -72,6 +72,7 @@ pub(crate) mod server;
 pub(crate) mod stream;
 
 pub use crate::frame;
+pub use client::{ENV_HOLD_MS, HOLD_FOR_USER};
 pub use key::{key_env, ENV_KEY, ENV_KEY_FILE};
 pub use proto::READ_WINDOW;
 pub use server::next_connection_error;

@@ -1170,6 +1170,7 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
             }
             continue;
         }
+        let mut parked = None;
         loop {
             let step = Some(Instant::now() + PUT_BACK_STEP);
             match write_encoded_back(&chan, &bytes, step) {
@@ -1187,7 +1188,9 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
                     }
                     return;
                 }
-                Err(ChannelError::Timeout) => {}
+                // Room comes when a reader reads: published as a write of the channel, so
+                // that a network whose processes are all blocked meanwhile is a deadlock.
+                Err(ChannelError::Timeout) => publish_put_back(&chan, &mut parked),
                 _ => {
                     chan.ack(taken);
                     break;
@@ -1195,6 +1198,25 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
             }
         }
     }
+}
+
+/// Publishes for the census that this put-back thread waits to write `chan` (for room), as
+/// it is now: anew when the futex word its side sleeps on moved.
+fn publish_put_back(chan: &Chan, parked: &mut Option<census::Parked>) {
+    if parked.as_ref().is_some_and(census::Parked::unchanged) {
+        return;
+    }
+    *parked = None;
+    *parked = census::park_socket(
+        census::Kind::Write,
+        &[census::Item {
+            key: chan.key(),
+            write: true,
+            name: chan.name(),
+            word: Some(chan.side_word(true)),
+        }],
+        None,
+    );
 }
 
 #[cfg(test)]

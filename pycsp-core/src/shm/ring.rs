@@ -632,8 +632,9 @@ impl Chan {
 
     /// Waits until a read or an input guard came to this watched channel since the look
     /// `seen` ([`reader_looks`](Self::reader_looks)), a reader waits on it, its readers
-    /// retired or it was poisoned, or `deadline` (for its pump: never the fast path).
-    pub(crate) fn wait_reader_since(&self, seen: u32, deadline: Instant) {
+    /// retired or it was poisoned, or `deadline` (for its pump: never the fast path); whether
+    /// one of those but the deadline happened.
+    pub(crate) fn wait_reader_since(&self, seen: u32, deadline: Instant) -> bool {
         let done = || {
             self.reader_looks() != seen
                 || self.readers_wait()
@@ -644,7 +645,8 @@ impl Chan {
             Some(deadline),
             || done().then_some(()),
             || false,
-        );
+        )
+        .is_some()
     }
 
     /// A read that found no message at once, or an input guard that looks: counted, and
