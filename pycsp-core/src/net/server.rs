@@ -1110,6 +1110,10 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
     if messages.is_empty() {
         return;
     }
+    let taken: Vec<Taken> = messages.iter().map(|(_, t)| *t).collect();
+    if chan.give_back_in_place(&taken) {
+        return;
+    }
     runtime::hold(&chan, Role::Writer);
     let mut rest: Vec<(Vec<u8>, Taken)> = Vec::new();
     for (bytes, taken) in messages {
@@ -1128,7 +1132,7 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
             // take the channel for drained meanwhile.
             rest.push((bytes, taken));
         } else {
-            chan.ack(taken);
+            chan.ack_kept(taken);
         }
     }
     if rest.is_empty() {
@@ -1148,10 +1152,10 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
 }
 
 /// The bytes of a message this host took for its remote reader, as it holds them until the
-/// reader's `Ack` (then [`Chan::ack_kept`]): a message it may give back to its writer keeps
-/// its block (see [`Chan::can_return`]).
+/// reader's `Ack` (then [`Chan::ack_kept`]): a message taken from a slot keeps its block
+/// (see [`Chan::keeps_block`]).
 fn take_held(chan: &Chan, m: Incoming, taken: &Taken) -> Result<Vec<u8>, ChannelError> {
-    if chan.can_return(taken) {
+    if chan.keeps_block(taken) {
         copy_encoded(&m)
     } else {
         take_encoded(m)
@@ -1166,7 +1170,7 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
     while let Some((bytes, taken)) = held.next() {
         if chan.is_rendezvous() {
             if write_encoded_back(&chan, &bytes, None).is_ok() {
-                chan.ack(taken);
+                chan.ack_kept(taken);
             }
             continue;
         }
@@ -1180,8 +1184,12 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
                     // copies meanwhile), then write the copies as room comes: a writer of
                     // the channel may take a slot emptied here, and a copy must not wait for
                     // a slot this give-back still holds.
-                    let mut copies = vec![(bytes, chan.empty_for_give_back(taken))];
-                    copies.extend(held.by_ref().map(|(b, t)| (b, chan.empty_for_give_back(t))));
+                    let empty = |t: Taken| {
+                        chan.free_kept(&t);
+                        chan.empty_for_give_back(t)
+                    };
+                    let mut copies = vec![(bytes, empty(taken))];
+                    copies.extend(held.by_ref().map(|(b, t)| (b, empty(t))));
                     for (bytes, giving_back) in copies {
                         let _ = write_encoded_back(&chan, &bytes, None);
                         drop(giving_back);
@@ -1192,7 +1200,7 @@ fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
                 // that a network whose processes are all blocked meanwhile is a deadlock.
                 Err(ChannelError::Timeout) => publish_put_back(&chan, &mut parked),
                 _ => {
-                    chan.ack(taken);
+                    chan.ack_kept(taken);
                     break;
                 }
             }
@@ -1332,5 +1340,39 @@ mod tests {
         assert_eq!(got, want);
         first.join().unwrap().unwrap();
         others.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn messages_a_single_remote_reader_gives_back_are_read_again_in_order() {
+        // The one reader of a stream (remote) held the first two messages and gave them back
+        // (its user took none for a while): the next reads get them first, in order, then the
+        // rest (copies written behind the later messages once came out of order). One is
+        // longer than a slot holds: its block must survive.
+        let arena = Arena::get().unwrap();
+        let chan = Chan::create(arena, "give-back-in-order", "bytes", 0, 4, false).unwrap();
+        runtime::hold(&chan, Role::Writer);
+        runtime::hold(&chan, Role::Reader);
+        let message = |i: u8| rmp_serde::to_vec(&vec![i; if i == 0 { 300 } else { 3 }]).unwrap();
+        for i in 0..4 {
+            write_encoded(&chan, &message(i), None).unwrap();
+        }
+        let held: Vec<(Vec<u8>, Taken)> = (0..2)
+            .map(|held| {
+                let (m, t) = chan
+                    .read_deferred(None, Reader::Host { held }, |_| Claim::Busy)
+                    .unwrap();
+                (take_held(&chan, m, &t).unwrap(), t)
+            })
+            .collect();
+        assert_eq!(held[0].0, message(0));
+        give_back(chan, held);
+        for i in 0..4 {
+            let m = chan
+                .read(Some(Instant::now() + Duration::from_secs(5)), true, |_| {
+                    Claim::Busy
+                })
+                .unwrap_or_else(|e| panic!("message {i}: {e}"));
+            assert_eq!(take_encoded(m).unwrap(), message(i), "message {i}");
+        }
     }
 }

@@ -1538,24 +1538,78 @@ impl Chan {
         self.hdr.tx.0.notify_all();
     }
 
-    /// Whether a message taken from `t` by [`read_deferred`](Self::read_deferred) can go back
-    /// to its writer ([`return_to_writer`](Self::return_to_writer)) instead of being written
-    /// again: one taken from a slot of a rendezvous channel, whose writer waits for it. The
-    /// slot keeps naming the message's block meanwhile: a socket host copies such a message
-    /// out without freeing its block, and frees it with [`ack_kept`](Self::ack_kept).
-    pub(crate) fn can_return(&self, t: &Taken) -> bool {
-        self.is_rendezvous() && matches!(t, Taken::Slot { .. })
+    /// Whether a message taken from `t` by [`read_deferred`](Self::read_deferred) keeps its
+    /// block until [`ack_kept`](Self::ack_kept): one taken from a slot, which may go back
+    /// where it is ([`return_to_writer`](Self::return_to_writer),
+    /// [`give_back_in_place`](Self::give_back_in_place)). A socket host copies such a
+    /// message out without freeing its block; the slot keeps naming it meanwhile.
+    pub(crate) fn keeps_block(&self, t: &Taken) -> bool {
+        matches!(t, Taken::Slot { .. })
     }
 
-    /// [`ack`](Self::ack) for a message copied out of its slot with its block kept (see
-    /// [`can_return`](Self::can_return)): frees that block first.
+    /// [`ack`](Self::ack) for a message copied out with its block kept (see
+    /// [`keeps_block`](Self::keeps_block)): frees that block first.
     pub(crate) fn ack_kept(&self, t: Taken) {
-        if let Taken::Slot { index, .. } = t {
-            if self.can_return(&t) {
-                self.free_slot_block(index);
-            }
-        }
+        self.free_kept(&t);
         self.ack(t);
+    }
+
+    /// Frees the block of a message taken with its block kept (see
+    /// [`keeps_block`](Self::keeps_block)), before its slot is emptied for a copy of it.
+    pub(crate) fn free_kept(&self, t: &Taken) {
+        if let Taken::Slot { index, .. } = *t {
+            self.free_slot_block(index);
+        }
+    }
+
+    /// Gives messages a socket host took from this buffered channel's slots for a remote
+    /// reader (`taken`, in the order taken, their blocks kept) back where they were, as if
+    /// nobody had read them: when they are the last positions read (no other reader read
+    /// after them, as with a single reader), `head` moves back to the first, and the next
+    /// reads take them again, in order. `false` (nothing changed) otherwise: then they go back
+    /// as copies, behind what was written since.
+    pub(crate) fn give_back_in_place(&self, taken: &[Taken]) -> bool {
+        if self.is_rendezvous() {
+            return false;
+        }
+        let mut positions = Vec::with_capacity(taken.len());
+        for t in taken {
+            let Taken::Slot { head, .. } = *t else {
+                return false;
+            };
+            positions.push(head);
+        }
+        let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else {
+            return false;
+        };
+        if positions.windows(2).any(|w| self.next_pos(w[0]) != w[1]) {
+            return false;
+        }
+        // A reader that moves `head` on meanwhile makes this fail: it took a later message.
+        // Positions carry their lap, so `head` never has this value again later.
+        if self
+            .hdr
+            .head
+            .0
+            .compare_exchange(
+                self.next_pos(last),
+                first,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        self.hdr.rx.0.notify_all();
+        true
+    }
+
+    /// Whether a message taken from `t` can go back to its writer ([`return_to_writer`]
+    /// (Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
+    /// waits for it.
+    pub(crate) fn can_return(&self, t: &Taken) -> bool {
+        self.is_rendezvous() && matches!(t, Taken::Slot { .. })
     }
 
     /// Frees the block a taken slot names, if it names one (its contents are the taker's
