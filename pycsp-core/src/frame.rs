@@ -48,6 +48,10 @@ kinds! {
     Write = 0x20,
     /// Server to client: the last request succeeded.
     Done = 0x21,
+    /// Client to server: one message to write only if a reader takes it within
+    /// `OFFER_HOLD` (a remote select's output guard on a rendezvous channel): `Done`, or
+    /// `Error` (`timeout`: not taken).
+    WriteOffer = 0x22,
     /// Client to server: read one message.
     Read = 0x30,
     /// Server to client: the message read (its MessagePack encoding).

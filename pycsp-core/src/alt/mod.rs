@@ -627,7 +627,11 @@ fn run_guards<'a, R>(
             chan.withdraw_offer(reads, word);
         }
         if let Outcome::Selected(i) = outcome {
-            return complete_selected(arena, me, guards, i, round_t);
+            if let Some(r) = complete_selected(arena, me, guards, i, round_t) {
+                return r;
+            }
+            // The claimer gave our message back (a remote end's pump found no reader for it
+            // in time): nothing was sent; the select goes on.
         }
         if deadlocked {
             return Err(ChannelError::Deadlock);
@@ -672,16 +676,21 @@ fn stage(
     Ok((offset, len))
 }
 
-/// Completes guard `i`, which a counterpart selected while we waited.
+/// Completes guard `i`, which a counterpart selected while we waited; `None` if that
+/// counterpart gave an output guard's message back, not taken (the guard stays, its message
+/// staged, for the next round).
 fn complete_selected<R>(
     arena: &'static Arena,
     me: &Waiter,
     guards: &mut [Option<Guard<'_, R>>],
     i: usize,
     round_t: u64,
-) -> Result<Chosen<R>, ChannelError> {
-    match guards[i].take() {
-        Some(Guard::Input { chan, take, .. }) => {
+) -> Option<Result<Chosen<R>, ChannelError>> {
+    match &guards[i] {
+        Some(Guard::Input { .. }) => {
+            let Some(Guard::Input { chan, take, .. }) = guards[i].take() else {
+                unreachable!()
+            };
             // A writer won us: it delivers its message to our record at once.
             let rx = chan.events().0;
             let mut mail = rx.wait_until(
@@ -707,26 +716,22 @@ fn complete_selected<R>(
                 }
                 _ => Err(chan.peer_died()),
             };
-            take(&chan, msg).map(|value| Chosen { index: i, value })
+            Some(take(&chan, msg).map(|value| Chosen { index: i, value }))
         }
-        Some(Guard::Output {
-            chan,
-            staged,
-            then,
-            held,
-            carried,
-            ..
-        }) => {
+        Some(Guard::Output { chan, staged, .. }) => {
             // A reader won us and took the staged block (with the ends it carries): wait
-            // until it has the message.
-            sent(held, carried);
+            // until it has the message, or gives it back.
+            let chan = *chan;
             debug_assert!(staged.is_some());
             let _ = arena;
             let done = chan.events().1.wait_until(
                 None,
                 || {
                     if me.taken(i) {
-                        return Some(Ok(()));
+                        return Some(Ok(true));
+                    }
+                    if me.given_back(i) {
+                        return Some(Ok(false));
                     }
                     let f = chan.state_flags();
                     if f & POISONED != 0 {
@@ -739,10 +744,26 @@ fn complete_selected<R>(
                 },
                 || false,
             );
+            let done = match done.expect("no deadline") {
+                Ok(false) => return None,
+                Ok(true) => Ok(()),
+                Err(e) => Err(e),
+            };
+            let Some(Guard::Output {
+                then,
+                held,
+                carried,
+                ..
+            }) = guards[i].take()
+            else {
+                unreachable!()
+            };
+            // The block is the reader's now (the guard is gone: `run` does not free it).
+            sent(held, carried);
             if round_t != 0 {
                 trace::sent(me.message_id(i), round_t);
             }
-            then(done.expect("no deadline")).map(|value| Chosen { index: i, value })
+            Some(then(done).map(|value| Chosen { index: i, value }))
         }
         _ => unreachable!("only channel guards are offered"),
     }

@@ -38,11 +38,11 @@ use crate::frame::{
     append_frame, read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind,
     MAX_FRAME, MAX_MESSAGE,
 };
-use crate::message::{take_encoded, write_encoded};
+use crate::message::{copy_encoded, take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
-use crate::shm::ring::{Chan, Incoming, Reader, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{Chan, Incoming, Reader, Taken, POISONED, READERS_RETIRED, WRITERS_RETIRED};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -543,6 +543,14 @@ impl Pump {
         };
         loop {
             match self.next_message(None, arena) {
+                Ok((msg, taken)) if matches!(taken, Taken::Offer { .. }) => {
+                    // A select's output guard: offered to the host's channel for a moment
+                    // at a time, so that the select is committed only once a reader took it.
+                    match self.offer_to_host(&msg, taken, arena) {
+                        Ok(()) => {}
+                        Err(stop) => return stop,
+                    }
+                }
                 Ok((msg, taken)) => {
                     let bytes = match take_encoded(msg) {
                         // `message` refuses these in the user's write; never sent whole.
@@ -596,6 +604,80 @@ impl Pump {
                 // The process is dying: dropping the connection tells the host so.
                 Err(ChannelError::PeerDied { .. }) => return false,
                 Err(_) => return self.leave(),
+            }
+        }
+    }
+
+    /// Offers a message a select staged on a rendezvous writing end (`taken` from its offer,
+    /// its block not freed) to the host with `WriteOffer`: if a reader took it within the
+    /// host's hold, the select's rendezvous completes; if not, the message goes back to the
+    /// select, which goes on as if nobody had claimed it (its other guards, its timeout) and
+    /// offers again. `Err` ends the pump (with what it returns).
+    fn offer_to_host(
+        &mut self,
+        msg: &Incoming,
+        taken: Taken,
+        arena: &'static Arena,
+    ) -> Result<(), bool> {
+        let Incoming::Block { offset, .. } = *msg else {
+            unreachable!("a select stages its message in a block")
+        };
+        let bytes = match copy_encoded(msg) {
+            Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
+                channel: self.info.address.full.clone(),
+                len: b.len() as u64,
+                max: MAX_MESSAGE as u64,
+            }),
+            r => r,
+        };
+        let answer = match bytes {
+            Ok(b) => self.request(&Frame::new(Kind::WriteOffer, b)),
+            Err(e) => {
+                let _ = self.proxy.give_back_offer(taken);
+                self.fail(e);
+                self.proxy.retire_side(false);
+                return Err(false);
+            }
+        };
+        match answer {
+            Ok(f) if f.kind == Kind::Done => {
+                // Taken: the block was ours since the claim.
+                arena.free_block(offset);
+                self.proxy.ack(taken);
+                Ok(())
+            }
+            Ok(f) if f.kind == Kind::Error => {
+                let e = ErrorBody::decode(&f.body).into_error(&self.info.address.full);
+                let _ = self.proxy.give_back_offer(taken);
+                match e {
+                    ChannelError::Timeout => Ok(()),
+                    ChannelError::Poisoned => {
+                        self.proxy.poison();
+                        let _ = self.request(&Frame::empty(Kind::Retire));
+                        Err(false)
+                    }
+                    e => {
+                        self.fail(e);
+                        self.proxy.retire_side(false);
+                        let _ = self.request(&Frame::empty(Kind::Retire));
+                        Err(false)
+                    }
+                }
+            }
+            Ok(f) => {
+                let _ = self.proxy.give_back_offer(taken);
+                self.fail(ChannelError::Protocol {
+                    address: self.info.address.full.clone(),
+                    reason: format!("expected Done, got {:?}", f.kind),
+                });
+                self.proxy.retire_side(false);
+                Err(false)
+            }
+            Err(e) => {
+                let _ = self.proxy.give_back_offer(taken);
+                self.fail(self.lost(&e));
+                self.proxy.retire_side(false);
+                Err(false)
             }
         }
     }

@@ -104,6 +104,7 @@ impl ErrorBody {
             ChannelError::TooLarge { .. } => "too_large",
             ChannelError::Protocol { .. } => "protocol",
             ChannelError::Auth { .. } => "auth",
+            ChannelError::Timeout => "timeout",
             _ => "other",
         };
         ErrorBody {
@@ -121,6 +122,7 @@ impl ErrorBody {
         match self.code.as_str() {
             "poisoned" => ChannelError::Poisoned,
             "retired" => ChannelError::Retired,
+            "timeout" => ChannelError::Timeout,
             "not_found" => ChannelError::NotFound(address.to_string()),
             "auth" => ChannelError::Auth {
                 address: address.to_string(),

@@ -45,6 +45,11 @@ pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How long a host tries a `WriteOffer` (a remote select's output guard on a rendezvous
+/// channel): taken by a reader by then, or withdrawn and answered `Error(timeout)`; the
+/// remote select then goes on (its other guards, its timeout), and offers again.
+pub(crate) const OFFER_HOLD: Duration = Duration::from_millis(2);
+
 /// How often a message given back to a full buffered channel looks whether anything readable
 /// is left to make room for it (see `Conn::put_back`).
 const PUT_BACK_STEP: Duration = Duration::from_millis(10);
@@ -727,6 +732,16 @@ impl Conn<'_> {
                         Some(r) => r,
                         None => return End::Lost("hung up during a write".into()),
                     }
+                }
+                (Kind::WriteOffer, true) => {
+                    if let Err(reason) = (self.validate)(self.chan, &frame.body) {
+                        return self.not_a_message(reason);
+                    }
+                    // One attempt: taken by a reader within the hold, or withdrawn.
+                    let r =
+                        write_encoded(&self.chan, &frame.body, Some(Instant::now() + OFFER_HOLD));
+                    inbox.recycle(frame.body);
+                    r
                 }
                 (Kind::Read, false) => {
                     if credits + held.len() >= self.read_window() {

@@ -1605,6 +1605,20 @@ impl Chan {
         true
     }
 
+    /// Gives a message taken from a selecting writer's offer back to that writer, not taken
+    /// (its block, which the taker did not free, is the writer's again, and its select goes
+    /// on); `Err` gives back a `t` taken from a slot.
+    pub(crate) fn give_back_offer(&self, t: Taken) -> Result<(), Taken> {
+        let Taken::Offer { word, .. } = t else {
+            return Err(t);
+        };
+        if let Ok(arena) = Arena::get() {
+            waiter::give_back_offer(arena, word);
+        }
+        self.hdr.tx.0.notify_all();
+        Ok(())
+    }
+
     /// Whether a message taken from `t` can go back to its writer ([`return_to_writer`]
     /// (Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
     /// waits for it.

@@ -369,6 +369,15 @@ impl Waiter {
             .is_none_or(|o| o.load(Ordering::SeqCst) == 0)
     }
 
+    /// Whether the claimer of output guard `guard` gave its message back, not taken (see
+    /// [`give_back_offer`]): the block is ours again; the next [`stage`](Self::stage) clears
+    /// it.
+    pub(crate) fn given_back(&self, guard: usize) -> bool {
+        self.rec
+            .table(OUT_LEN, guard)
+            .is_some_and(|l| l.load(Ordering::SeqCst) & GIVEN_BACK != 0)
+    }
+
     /// The message a writer delivered to us, if it has (then the block is ours).
     pub(crate) fn mail(&self) -> Option<(u64, u64)> {
         let h = self.rec.hdr;
@@ -467,6 +476,20 @@ pub(crate) fn release(arena: &'static Arena, word: u64) {
     let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
     if let Some(off) = record(arena, word).table(OUT_OFF, guard) {
         off.store(0, Ordering::SeqCst);
+    }
+}
+
+/// The bit of a guard's `out_len` that says its claimer gave the message back (see
+/// [`give_back_offer`]).
+const GIVEN_BACK: u64 = 1 << 63;
+
+/// Tells the writer that made offer `word` that its message was not taken after all: its
+/// block is its own again, and its select goes on as if nobody had claimed it (a socket pump
+/// that found no remote reader for it in time).
+pub(crate) fn give_back_offer(arena: &'static Arena, word: u64) {
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
+    if let Some(len) = record(arena, word).table(OUT_LEN, guard) {
+        len.fetch_or(GIVEN_BACK, Ordering::SeqCst);
     }
 }
 
