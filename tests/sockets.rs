@@ -612,3 +612,54 @@ fn a_remote_select_with_an_output_guard_takes_whichever_side_comes() {
     drop(c);
     assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
 }
+
+/// Polls `jobs` once (a read with a zero timeout: the end asks its host for a message), says
+/// whether it got one, and waits for `gate` before it leaves, reading no more.
+#[process]
+fn poll_once_then_wait(
+    jobs: ChannelIn<u64>,
+    polled: ChannelOut<bool>,
+    gate: ChannelIn<()>,
+) -> Result<(), ChannelError> {
+    let got = jobs.read_timeout(Duration::ZERO).is_ok();
+    polled.write(got)?;
+    gate.read()?;
+    Ok(())
+}
+
+/// A select here offers on a rendezvous channel whose only reader is remote; that reader
+/// polls once, so its host takes the select's message for it, and does not take it: the
+/// message goes back to the select, whose timeout then fires (once a copy of the message went
+/// back into the channel, the select stayed committed to its output guard, and waited for a
+/// reader for ever).
+#[test]
+fn a_select_here_whose_message_a_remote_reader_did_not_take_lets_the_timeout_fire() {
+    let at = |n: &str| format!("tcp://127.0.0.1:{}/{n}", common::free_port());
+    let c = Channel::<u64>::named(&at("polled")).unwrap();
+    let polled = Channel::<bool>::named(&at("said")).unwrap();
+    let gate = Channel::<()>::named(&at("gate")).unwrap();
+    let w = c.writer();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let select = std::thread::spawn(move || {
+        let start = Instant::now();
+        let fired = Alternation::new()
+            .output(&w, 5, || "output")
+            .timeout(Duration::from_secs(2), || "timeout")
+            .pri_select()
+            .map(|c| c.value);
+        tx.send((fired, start.elapsed())).unwrap();
+    });
+    let h = Spawn(
+        poll_once_then_wait(c.reader(), polled.writer(), gate.reader())
+            .on(Placement::launcher("{cmd}")),
+    )
+    .unwrap();
+    assert_eq!(polled.reader().read_timeout(PROMPT), Ok(false));
+    let (fired, took) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the select never ended");
+    assert_eq!(fired, Ok("timeout"), "after {took:?}");
+    gate.writer().write(()).unwrap();
+    h.join().unwrap().unwrap();
+    select.join().unwrap();
+}

@@ -30,7 +30,7 @@ use crate::frame::{
     append_frame, read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
     ONE_WRITE,
 };
-use crate::message::{copy_encoded, take_encoded, write_encoded, write_encoded_back};
+use crate::message::{copy_encoded, write_encoded, write_encoded_back};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
@@ -949,7 +949,7 @@ impl Conn<'_> {
                     waiter::claim(arena, w)
                 }) {
                 Ok((m, taken)) => {
-                    return match take_held(&self.chan, m, &taken) {
+                    return match take_held(m) {
                         Ok(b) => Outcome::Got(b, taken),
                         Err(e) => {
                             self.chan.ack_kept(taken);
@@ -1058,7 +1058,7 @@ impl Conn<'_> {
                 Reader::Host { held: held.len() },
                 |w| waiter::claim(arena, w),
             ) {
-                match take_held(&self.chan, m, &taken) {
+                match take_held(m) {
                     Ok(b) => next = Some((b, taken)),
                     Err(e) => {
                         self.chan.ack_kept(taken);
@@ -1112,8 +1112,8 @@ enum Outcome {
 /// still waiting in its write and writes it again ([`Chan::return_to_writer`]): it returns
 /// once another reader took it; if no reader can take it any more (every reader retired,
 /// poison), its write fails as the channel says. One taken from a selecting writer's offer
-/// is written again from another thread (it waits for a reader), and only then is the
-/// offer released.
+/// goes back to that select ([`Chan::give_back_offer`]), which goes on as if nobody had
+/// claimed it (its timeout and other guards can fire).
 ///
 /// On a buffered channel each goes back now where there is room, then its slot is
 /// emptied, so that a peer's death marked next finds them in the channel (readers read
@@ -1133,8 +1133,9 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
     let mut rest: Vec<(Vec<u8>, Taken)> = Vec::new();
     for (bytes, taken) in messages {
         if chan.is_rendezvous() {
+            // Back to its writer, still waiting (in a write, or in a select committed to it).
             if let Err(taken) = chan.return_to_writer(taken) {
-                rest.push((bytes, taken));
+                let _ = chan.give_back_offer(taken);
             }
             continue;
         }
@@ -1167,14 +1168,10 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
 }
 
 /// The bytes of a message this host took for its remote reader, as it holds them until the
-/// reader's `Ack` (then [`Chan::ack_kept`]): a message taken from a slot keeps its block
-/// (see [`Chan::keeps_block`]).
-fn take_held(chan: &Chan, m: Incoming, taken: &Taken) -> Result<Vec<u8>, ChannelError> {
-    if chan.keeps_block(taken) {
-        copy_encoded(&m)
-    } else {
-        take_encoded(m)
-    }
+/// reader's `Ack` (then [`Chan::ack_kept`]): copied, its block kept where it is, so that the
+/// message can go back there.
+fn take_held(m: Incoming) -> Result<Vec<u8>, ChannelError> {
+    copy_encoded(&m)
 }
 
 /// Gives back, in order, messages a remote reader held (each with its slot, still taken),
@@ -1183,12 +1180,6 @@ fn take_held(chan: &Chan, m: Incoming, taken: &Taken) -> Result<Vec<u8>, Channel
 fn give_back_waiting(chan: Chan, held: Vec<(Vec<u8>, Taken)>) {
     let mut held = held.into_iter();
     while let Some((bytes, taken)) = held.next() {
-        if chan.is_rendezvous() {
-            if write_encoded_back(&chan, &bytes, None).is_ok() {
-                chan.ack_kept(taken);
-            }
-            continue;
-        }
         let mut parked = None;
         loop {
             let step = Some(Instant::now() + PUT_BACK_STEP);
@@ -1245,6 +1236,7 @@ fn publish_put_back(chan: &Chan, parked: &mut Option<census::Parked>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::take_encoded;
     use crate::shm::waiter::Claim;
 
     #[test]
@@ -1325,7 +1317,7 @@ mod tests {
         let (m, taken) = chan
             .read_deferred(None, Reader::Host { held: 0 }, |_| Claim::Busy)
             .unwrap();
-        let held = vec![(take_held(&chan, m, &taken).unwrap(), taken)];
+        let held = vec![(take_held(m).unwrap(), taken)];
         assert_eq!(held[0].0, long);
         let others = std::thread::spawn(move || {
             for v in 0..16u64 {
@@ -1376,7 +1368,7 @@ mod tests {
                 let (m, t) = chan
                     .read_deferred(None, Reader::Host { held }, |_| Claim::Busy)
                     .unwrap();
-                (take_held(&chan, m, &t).unwrap(), t)
+                (take_held(m).unwrap(), t)
             })
             .collect();
         assert_eq!(held[0].0, message(0));

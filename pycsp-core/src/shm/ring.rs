@@ -1538,27 +1538,29 @@ impl Chan {
         self.hdr.tx.0.notify_all();
     }
 
-    /// Whether a message taken from `t` by [`read_deferred`](Self::read_deferred) keeps its
-    /// block until [`ack_kept`](Self::ack_kept): one taken from a slot, which may go back
-    /// where it is ([`return_to_writer`](Self::return_to_writer),
-    /// [`give_back_in_place`](Self::give_back_in_place)). A socket host copies such a
-    /// message out without freeing its block; the slot keeps naming it meanwhile.
-    pub(crate) fn keeps_block(&self, t: &Taken) -> bool {
-        matches!(t, Taken::Slot { .. })
-    }
-
-    /// [`ack`](Self::ack) for a message copied out with its block kept (see
-    /// [`keeps_block`](Self::keeps_block)): frees that block first.
+    /// [`ack`](Self::ack) for a message a socket host took with [`read_deferred`]
+    /// (Self::read_deferred) and copied out without freeing its block: the slot, or the
+    /// selecting writer's record, names the block until then, so that the message can go
+    /// back where it was ([`return_to_writer`](Self::return_to_writer),
+    /// [`give_back_in_place`](Self::give_back_in_place), [`give_back_offer`]
+    /// (Self::give_back_offer)). Frees that block first.
     pub(crate) fn ack_kept(&self, t: Taken) {
         self.free_kept(&t);
         self.ack(t);
     }
 
-    /// Frees the block of a message taken with its block kept (see
-    /// [`keeps_block`](Self::keeps_block)), before its slot is emptied for a copy of it.
+    /// Frees the block of a message taken with its block kept (see [`ack_kept`]
+    /// (Self::ack_kept)), before its slot is emptied for a copy of it.
     pub(crate) fn free_kept(&self, t: &Taken) {
-        if let Taken::Slot { index, .. } = *t {
-            self.free_slot_block(index);
+        match *t {
+            Taken::Slot { index, .. } => self.free_slot_block(index),
+            Taken::Offer { word, .. } => {
+                if let Ok(arena) = Arena::get() {
+                    if let Some(offset) = waiter::staged_block(arena, word) {
+                        arena.free_block(offset);
+                    }
+                }
+            }
         }
     }
 

@@ -479,6 +479,16 @@ pub(crate) fn release(arena: &'static Arena, word: u64) {
     }
 }
 
+/// The block of the message staged for the guard that offer `word` names, which its claimer
+/// holds until it releases or gives it back (`None` once released).
+pub(crate) fn staged_block(arena: &'static Arena, word: u64) -> Option<u64> {
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
+    let off = record(arena, word)
+        .table(OUT_OFF, guard)?
+        .load(Ordering::SeqCst);
+    (off != 0).then_some(off)
+}
+
 /// The bit of a guard's `out_len` that says its claimer gave the message back (see
 /// [`give_back_offer`]).
 const GIVEN_BACK: u64 = 1 << 63;
