@@ -663,3 +663,58 @@ fn a_select_here_whose_message_a_remote_reader_did_not_take_lets_the_timeout_fir
     h.join().unwrap().unwrap();
     select.join().unwrap();
 }
+
+/// Writes `v` on `out` within `ms`: whether it was taken (false: it timed out), and how long
+/// the write took.
+#[process]
+fn write_within(out: ChannelOut<u64>, v: u64, ms: u64) -> Result<(bool, u64), ChannelError> {
+    let start = Instant::now();
+    let taken = match out.write_timeout(v, Duration::from_millis(ms)) {
+        Ok(()) => true,
+        Err(WriteTimeoutError::Timeout(_)) => false,
+        Err(e) => return Err(e.error()),
+    };
+    Ok((taken, start.elapsed().as_millis() as u64))
+}
+
+/// A remote rendezvous write with a timeout that no reader takes times out, not delivered (the
+/// end's pump took the message from the writer at once, and the writer could not withdraw it
+/// while the host waited for a reader for ever).
+#[test]
+fn a_remote_rendezvous_write_that_nobody_takes_times_out() {
+    let c =
+        Channel::<u64>::named(&format!("tcp://127.0.0.1:{}/untaken", common::free_port())).unwrap();
+    let r = c.reader();
+    let h = Spawn(write_within(c.writer(), 7, 200).on(Placement::launcher("{cmd}"))).unwrap();
+    let (taken, took_ms) = h.join().unwrap().unwrap();
+    assert!(!taken, "taken though nobody read");
+    assert!(
+        took_ms < 5_000,
+        "a timeout of 200 ms fired after {took_ms} ms"
+    );
+    drop(c);
+    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
+}
+
+/// Tries to write `v` on `out` without waiting: whether it went.
+#[process]
+fn try_write_once(out: ChannelOut<u64>, v: u64) -> Result<bool, ChannelError> {
+    match out.try_write(v) {
+        Ok(()) => Ok(true),
+        Err(TryWriteError::Full(_)) => Ok(false),
+        Err(e) => Err(e.error()),
+    }
+}
+
+/// `try_write` on a remote rendezvous end with no reader at the host fails (`Full`), nothing
+/// delivered, instead of waiting for a reader.
+#[test]
+fn a_remote_rendezvous_try_write_with_no_reader_fails_at_once() {
+    let c =
+        Channel::<u64>::named(&format!("tcp://127.0.0.1:{}/tried", common::free_port())).unwrap();
+    let r = c.reader();
+    let h = Spawn(try_write_once(c.writer(), 7).on(Placement::launcher("{cmd}"))).unwrap();
+    assert!(!h.join().unwrap().unwrap(), "it went with no reader");
+    drop(c);
+    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
+}

@@ -543,9 +543,13 @@ impl Pump {
         };
         loop {
             match self.next_message(None, arena) {
-                Ok((msg, taken)) if matches!(taken, Taken::Offer { .. }) => {
-                    // A select's output guard: offered to the host's channel for a moment
-                    // at a time, so that the select is committed only once a reader took it.
+                Ok((msg, taken))
+                    if matches!(taken, Taken::Offer { .. })
+                        || self.proxy.writer_is_timed(&taken) =>
+                {
+                    // A select's output guard, or a write with a deadline: offered to the
+                    // host's channel for a moment at a time, so that the select is committed
+                    // only once a reader took it, and the writer can give up meanwhile.
                     match self.offer_to_host(&msg, taken, arena) {
                         Ok(()) => {}
                         Err(stop) => return stop,
@@ -608,19 +612,28 @@ impl Pump {
         }
     }
 
-    /// Offers a message a select staged on a rendezvous writing end (`taken` from its offer,
-    /// its block not freed) to the host with `WriteOffer`: if a reader took it within the
-    /// host's hold, the select's rendezvous completes; if not, the message goes back to the
-    /// select, which goes on as if nobody had claimed it (its other guards, its timeout) and
-    /// offers again. `Err` ends the pump (with what it returns).
+    /// Offers a message a select staged on a rendezvous writing end (`taken` from its offer),
+    /// or one written with a deadline (`taken` from its slot), its block not freed, to the
+    /// host with `WriteOffer`: if a reader took it within the host's hold, the writer's
+    /// rendezvous completes; if not, the message goes back to the writer: a select goes on
+    /// as if nobody had claimed it (its other guards, its timeout), a write writes it again
+    /// unless its deadline passed; either offers it again. `Err` ends the pump (with what it
+    /// returns).
     fn offer_to_host(
         &mut self,
         msg: &Incoming,
         taken: Taken,
         arena: &'static Arena,
     ) -> Result<(), bool> {
-        let Incoming::Block { offset, .. } = *msg else {
-            unreachable!("a select stages its message in a block")
+        let block = match *msg {
+            Incoming::Block { offset, .. } => Some(offset),
+            Incoming::Inline { .. } => None,
+        };
+        let proxy = self.proxy;
+        let give_back = move || {
+            if let Err(t) = proxy.return_to_writer(taken) {
+                let _ = proxy.give_back_offer(t);
+            }
         };
         let bytes = match copy_encoded(msg) {
             Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
@@ -633,7 +646,7 @@ impl Pump {
         let answer = match bytes {
             Ok(b) => self.request(&Frame::new(Kind::WriteOffer, b)),
             Err(e) => {
-                let _ = self.proxy.give_back_offer(taken);
+                give_back();
                 self.fail(e);
                 self.proxy.retire_side(false);
                 return Err(false);
@@ -642,13 +655,15 @@ impl Pump {
         match answer {
             Ok(f) if f.kind == Kind::Done => {
                 // Taken: the block was ours since the claim.
-                arena.free_block(offset);
+                if let Some(offset) = block {
+                    arena.free_block(offset);
+                }
                 self.proxy.ack(taken);
                 Ok(())
             }
             Ok(f) if f.kind == Kind::Error => {
                 let e = ErrorBody::decode(&f.body).into_error(&self.info.address.full);
-                let _ = self.proxy.give_back_offer(taken);
+                give_back();
                 match e {
                     ChannelError::Timeout => Ok(()),
                     ChannelError::Poisoned => {
@@ -665,7 +680,7 @@ impl Pump {
                 }
             }
             Ok(f) => {
-                let _ = self.proxy.give_back_offer(taken);
+                give_back();
                 self.fail(ChannelError::Protocol {
                     address: self.info.address.full.clone(),
                     reason: format!("expected Done, got {:?}", f.kind),
@@ -674,7 +689,7 @@ impl Pump {
                 Err(false)
             }
             Err(e) => {
-                let _ = self.proxy.give_back_offer(taken);
+                give_back();
                 self.fail(self.lost(&e));
                 self.proxy.retire_side(false);
                 Err(false)

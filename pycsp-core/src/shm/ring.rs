@@ -65,6 +65,10 @@ const GONE: u32 = 1 << 10;
 const RETURNED: u32 = 1 << 11;
 /// The bits of a slot's `kind` that say where its message is (`KIND_INLINE`, `KIND_BLOCK`).
 const KIND_MASK: u32 = 0xff;
+/// Bit of a slot's `kind`: its writer writes with a deadline (a socket pump offers such a
+/// message to its host a moment at a time, and gives it back to the writer if no reader
+/// took it, so that the writer's deadline can pass: see `Chan::writer_is_timed`).
+const TIMED: u32 = 1 << 12;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
 /// writer touches it until its writer empties it and writes the message again.
@@ -588,7 +592,7 @@ impl Chan {
             let (index, lap) = self.positions(pos);
             let slot = &self.slots[index];
             if slot.stamp.load(Ordering::Acquire) == lap.wrapping_add(1)
-                && slot.kind.load(Ordering::Acquire) == KIND_BLOCK
+                && slot.kind.load(Ordering::Acquire) & KIND_MASK == KIND_BLOCK
             {
                 // SAFETY: a full slot's payload holds (offset, len) of its block; nobody
                 // else uses the ring.
@@ -1046,8 +1050,14 @@ impl Chan {
     }
 
     /// Tries to put a message in the ring; returns its slot index and (full) stamp on success.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
+        self.try_push_as(msg, 0)
+    }
+
+    /// [`try_push`](Self::try_push) with `bits` (0 or [`TIMED`]) in the slot's `kind`.
+    #[inline(always)]
+    fn try_push_as(&self, msg: &Outgoing<'_>, bits: u32) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
         let mut spins = 0u32;
@@ -1069,12 +1079,12 @@ impl Chan {
                         unsafe {
                             match msg {
                                 Outgoing::Inline { buf, len } => {
-                                    slot.kind.store(KIND_INLINE, Ordering::Relaxed);
+                                    slot.kind.store(KIND_INLINE | bits, Ordering::Relaxed);
                                     *slot.len.get() = *len as u32;
                                     copy_payload(&mut *slot.payload.get(), buf, *len);
                                 }
                                 Outgoing::Block { offset, len } => {
-                                    slot.kind.store(KIND_BLOCK, Ordering::Relaxed);
+                                    slot.kind.store(KIND_BLOCK | bits, Ordering::Relaxed);
                                     *slot.len.get() = 16;
                                     let p = &mut *slot.payload.get();
                                     p[..8].copy_from_slice(&offset.to_le_bytes());
@@ -1160,7 +1170,7 @@ impl Chan {
                         let msg = unsafe {
                             let len = (*slot.len.get() as usize).min(INLINE);
                             let p = &*slot.payload.get();
-                            if kind == KIND_BLOCK {
+                            if kind & KIND_MASK == KIND_BLOCK {
                                 Took::Block {
                                     offset: u64::from_le_bytes(p[..8].try_into().unwrap()),
                                     len: u64::from_le_bytes(p[8..16].try_into().unwrap()),
@@ -1471,10 +1481,11 @@ impl Chan {
             placed: false,
         };
         let tx = &self.hdr.tx.0;
+        let timed = if deadline.is_some() { TIMED } else { 0 };
         loop {
             // Fast path: nothing refuses the write and a slot is free now.
             let (index, stamp) = match self.write_refused(back) {
-                None => match self.try_push(msg) {
+                None => match self.try_push_as(msg, timed) {
                     Some(placed) => placed,
                     None => self.write_wait(msg, deadline, back).map_err(not_placed)?,
                 },
@@ -1514,8 +1525,14 @@ impl Chan {
             );
             match taken {
                 Some(Ok(false)) => return Ok(pos),
-                // Given back, not taken: write it again, as if no reader had come yet.
-                Some(Ok(true)) => self.empty_returned(index, pos),
+                // Given back, not taken: write it again, as if no reader had come yet (unless
+                // the deadline passed meanwhile).
+                Some(Ok(true)) => {
+                    self.empty_returned(index, pos);
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(not_placed(ChannelError::Timeout));
+                    }
+                }
                 // The channel failed (poison, a dead peer, every reader retired) with the
                 // message not taken: withdraw it, so that an error always means "not
                 // delivered".
@@ -1607,6 +1624,17 @@ impl Chan {
         true
     }
 
+    /// Whether the writer of a message taken from slot `t` writes with a deadline (see
+    /// [`TIMED`]): then it must be able to give up on it while no reader takes it.
+    pub(crate) fn writer_is_timed(&self, t: &Taken) -> bool {
+        match *t {
+            Taken::Slot { index, .. } => {
+                self.slots[index].kind.load(Ordering::Acquire) & TIMED != 0
+            }
+            Taken::Offer { .. } => false,
+        }
+    }
+
     /// Gives a message taken from a selecting writer's offer back to that writer, not taken
     /// (its block, which the taker did not free, is the writer's again, and its select goes
     /// on); `Err` gives back a `t` taken from a slot.
@@ -1678,6 +1706,7 @@ impl Chan {
         back: bool,
     ) -> Result<(usize, u64), ChannelError> {
         let tx = &self.hdr.tx.0;
+        let timed = if deadline.is_some() { TIMED } else { 0 };
         // When the ring is full, let the readers free a batch of slots before trying again,
         // instead of polling the very slot a reader is emptying (which slows that reader).
         // Only for the first checks: a reader that takes one message and then waits for us
@@ -1704,7 +1733,7 @@ impl Chan {
                         return None;
                     }
                 }
-                let r = self.try_push(msg);
+                let r = self.try_push_as(msg, timed);
                 if r.is_none() {
                     full_at = Some(self.hdr.head.0.load(Ordering::Relaxed));
                 }
