@@ -671,16 +671,14 @@ fn read_one_then_leave(
     Ok(())
 }
 
-/// A remote reader of a rendezvous channel whose user reads no more holds no message: the
-/// writer's messages reach the reader that reads (once the remote pump kept a `Read`
-/// outstanding whether or not its user read, and with one writer the channel stopped).
-#[test]
-fn a_remote_reader_that_reads_no_more_does_not_stop_a_rendezvous_channel() {
-    let c = hosted_tcp::<u64>("rv-idle", 0);
+/// A remote reader that takes one message of a channel of `capacity` (0: rendezvous) and then
+/// reads no more, without leaving: the `n` messages written here reach the reader here, which
+/// then sees the channel's end; the remote reader leaves after that.
+fn a_remote_reader_that_reads_no_more_holds_nothing(name: &str, capacity: usize, n: u64) {
+    let c = hosted_tcp::<u64>(name, capacity);
     let took = hosted_tcp::<u64>("took", 0);
     let gate = hosted_tcp::<()>("gate", 0);
     let (w, r) = (c.writer(), c.reader());
-    let n = 40u64;
     let writer = std::thread::spawn(move || {
         for i in 0..n {
             w.write(i).unwrap();
@@ -694,23 +692,27 @@ fn a_remote_reader_that_reads_no_more_does_not_stop_a_rendezvous_channel() {
     let first = took.reader().read().unwrap();
     drop(c);
     let mut here = Vec::new();
-    let mut opened = false;
     let end = loop {
         match r.read_timeout(PROMPT) {
             Ok(v) => here.push(v),
             Err(e) => break e,
         }
-        if here.len() == 20 && !opened {
-            gate.writer().write(()).unwrap();
-            opened = true;
-        }
     };
     assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
+    gate.writer().write(()).unwrap();
     h.join().unwrap().unwrap();
     writer.join().unwrap();
     here.push(first);
     here.sort();
     assert_eq!(here, (0..n).collect::<Vec<_>>());
+}
+
+/// A remote reader of a rendezvous channel whose user reads no more holds no message: the
+/// writer's messages reach the reader that reads (once the remote pump kept a `Read`
+/// outstanding whether or not its user read, and with one writer the channel stopped).
+#[test]
+fn a_remote_reader_that_reads_no_more_does_not_stop_a_rendezvous_channel() {
+    a_remote_reader_that_reads_no_more_holds_nothing("rv-idle", 0, 40);
 }
 
 /// Polls `jobs` with a skip guard until it took `k` messages (or 20 s passed), sends what it
@@ -783,35 +785,5 @@ fn a_remote_reader_that_polls_a_rendezvous_channel_gets_messages_and_then_holds_
 /// all (once they stayed in that reader's process until it left, and this reader waited).
 #[test]
 fn a_remote_reader_that_reads_no_more_gives_back_what_it_asked_for_ahead() {
-    let c = hosted_tcp::<u64>("buf-idle", 16);
-    let took = hosted_tcp::<u64>("took", 0);
-    let gate = hosted_tcp::<()>("gate", 0);
-    let (w, r) = (c.writer(), c.reader());
-    let n = 200u64;
-    let writer = std::thread::spawn(move || {
-        for i in 0..n {
-            w.write(i).unwrap();
-        }
-    });
-    let h = Spawn(
-        read_one_then_leave(c.reader(), took.writer(), gate.reader())
-            .on(Placement::launcher("{cmd}")),
-    )
-    .unwrap();
-    let first = took.reader().read().unwrap();
-    drop(c);
-    let mut here = Vec::new();
-    let end = loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => here.push(v),
-            Err(e) => break e,
-        }
-    };
-    assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
-    gate.writer().write(()).unwrap();
-    h.join().unwrap().unwrap();
-    writer.join().unwrap();
-    here.push(first);
-    here.sort();
-    assert_eq!(here, (0..n).collect::<Vec<_>>());
+    a_remote_reader_that_reads_no_more_holds_nothing("buf-idle", 16, 200);
 }

@@ -162,6 +162,22 @@ fn sent(held: Box<dyn Held + '_>, carried: Carried) {
     drop(held);
 }
 
+/// Takes output guard `i`, whose message a reader took, and spends the ends its message
+/// carries: its closure, to run with the outcome.
+fn sent_output<'a, R>(guards: &mut [Option<Guard<'a, R>>], i: usize) -> OutputFn<'a, R> {
+    let Some(Guard::Output {
+        then,
+        held,
+        carried,
+        ..
+    }) = guards[i].take()
+    else {
+        unreachable!("only output guards are sent")
+    };
+    sent(held, carried);
+    then
+}
+
 /// The guard that fired and the value its closure made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chosen<R> {
@@ -749,17 +765,8 @@ fn complete_selected<R>(
                 Ok(true) => Ok(()),
                 Err(e) => Err(e),
             };
-            let Some(Guard::Output {
-                then,
-                held,
-                carried,
-                ..
-            }) = guards[i].take()
-            else {
-                unreachable!()
-            };
             // The block is the reader's now (the guard is gone: `run` does not free it).
-            sent(held, carried);
+            let then = sent_output(guards, i);
             if round_t != 0 {
                 trace::sent(me.message_id(i), round_t);
             }
@@ -946,16 +953,7 @@ fn try_guard<'a, R>(
                         trace::wrote(chan.name(), waiter::message_id(h.word, h.round), t0);
                     }
                     chan.events().0.notify_all();
-                    let Some(Guard::Output {
-                        then,
-                        held,
-                        carried,
-                        ..
-                    }) = guards[i].take()
-                    else {
-                        unreachable!()
-                    };
-                    sent(held, carried);
+                    let then = sent_output(guards, i);
                     return Step::Done(then(Ok(())).map(|value| Chosen { index: i, value }));
                 }
                 return Step::NotReady;

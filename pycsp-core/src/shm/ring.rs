@@ -639,11 +639,15 @@ impl Chan {
     /// retired or it was poisoned, or `deadline` (for its pump: never the fast path); whether
     /// one of those but the deadline happened.
     pub(crate) fn wait_reader_since(&self, seen: u32, deadline: Instant) -> bool {
-        let done = || {
-            self.reader_looks() != seen
-                || self.readers_wait()
-                || self.flags() & (READERS_RETIRED | POISONED) != 0
-        };
+        self.wait_as_writer(deadline, || {
+            self.reader_looks() != seen || self.readers_wait()
+        })
+    }
+
+    /// Waits on the writers' event until `done`, its readers retired or it was poisoned, or
+    /// `deadline`: whether one of those but the deadline happened (for a socket pump).
+    fn wait_as_writer(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        let done = || done() || self.flags() & (READERS_RETIRED | POISONED) != 0;
         wait::wait_any(
             &[&self.hdr.tx.0],
             Some(deadline),
@@ -1947,14 +1951,7 @@ impl Chan {
     /// one), its readers retired, it was poisoned, or `deadline`; returns whether one of those
     /// happened (for a socket pump that put messages in for its user: never the fast path).
     pub(crate) fn wait_fewer_than(&self, n: usize, deadline: Instant) -> bool {
-        let done = || self.len() < n || self.flags() & (READERS_RETIRED | POISONED) != 0;
-        wait::wait_any(
-            &[&self.hdr.tx.0],
-            Some(deadline),
-            || done().then_some(()),
-            || false,
-        )
-        .is_some()
+        self.wait_as_writer(deadline, || self.len() < n)
     }
 
     /// How many messages a buffered channel's ring holds now, those being written or read
