@@ -220,13 +220,7 @@ fn a_remote_reader_that_dies_holding_messages_asked_ahead_loses_none() {
         let written = writer.join().unwrap() as u64;
         // Every message written after those it read is read here (those it read may come
         // again: it may not have acknowledged the last ones), then the dead peer's error.
-        let mut here = Vec::new();
-        let end = loop {
-            match r.read_timeout(PROMPT) {
-                Ok(v) => here.push(v),
-                Err(e) => break e,
-            }
-        };
+        let (mut here, end) = read_to_the_end(&r);
         assert!(matches!(end, ChannelError::PeerDied { .. }), "{at}: {end}");
         here.sort();
         here.dedup();
@@ -523,6 +517,17 @@ fn held_by_a_remote_reader<S: ProcessSet>(
     (r, first, gate.writer(), h)
 }
 
+/// Reads `r` until it fails (or nothing comes for [`PROMPT`]): the messages, then how it ended.
+fn read_to_the_end(r: &ChannelIn<u64>) -> (Vec<u64>, ChannelError) {
+    let mut got = Vec::new();
+    loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => got.push(v),
+            Err(e) => return (got, e),
+        }
+    }
+}
+
 /// Reads `r` on another thread, by `read` or in `select!`, until it fails (or nothing comes
 /// for [`PROMPT`]): the messages as they come, and then how it ended.
 fn read_until_the_end(
@@ -636,12 +641,8 @@ fn a_remote_reader_does_not_see_the_end_while_another_holds_messages_it_may_give
         .collect();
     let _ = gate.writer().write(());
     assert!(dies.join().is_err(), "it died");
-    let end = loop {
-        match seen.read_timeout(PROMPT) {
-            Ok(v) => here.push(v),
-            Err(e) => break e,
-        }
-    };
+    let (rest, end) = read_to_the_end(&seen);
+    here.extend(rest);
     assert!(matches!(end, ChannelError::Retired), "{end}");
     // Then the end: the channel retired, and a process holding an end of it died (as
     // either, depending on whether the death was marked when it looked).
@@ -691,13 +692,7 @@ fn a_remote_reader_that_reads_no_more_holds_nothing(name: &str, capacity: usize,
     .unwrap();
     let first = took.reader().read().unwrap();
     drop(c);
-    let mut here = Vec::new();
-    let end = loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => here.push(v),
-            Err(e) => break e,
-        }
-    };
+    let (mut here, end) = read_to_the_end(&r);
     assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
     gate.writer().write(()).unwrap();
     h.join().unwrap().unwrap();
@@ -764,13 +759,7 @@ fn a_remote_reader_that_polls_a_rendezvous_channel_gets_messages_and_then_holds_
     let polled = took.reader().read().unwrap();
     assert_eq!(polled.len(), 5, "the poller took {polled:?}");
     drop(c);
-    let mut here = Vec::new();
-    let end = loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => here.push(v),
-            Err(e) => break e,
-        }
-    };
+    let (mut here, end) = read_to_the_end(&r);
     assert!(matches!(end, ChannelError::Retired), "{end} after {here:?}");
     gate.writer().write(()).unwrap();
     h.join().unwrap().unwrap();

@@ -543,61 +543,9 @@ impl Pump {
         };
         loop {
             match self.next_message(None, arena) {
-                Ok((msg, taken))
-                    if matches!(taken, Taken::Offer { .. })
-                        || self.proxy.writer_is_timed(&taken) =>
-                {
-                    // A select's output guard, or a write with a deadline: offered to the
-                    // host's channel for a moment at a time, so that the select is committed
-                    // only once a reader took it, and the writer can give up meanwhile.
-                    match self.offer_to_host(&msg, taken, arena) {
-                        Ok(()) => {}
-                        Err(stop) => return stop,
-                    }
-                }
                 Ok((msg, taken)) => {
-                    let bytes = match take_encoded(msg) {
-                        // `message` refuses these in the user's write; never sent whole.
-                        Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
-                            channel: self.info.address.full.clone(),
-                            len: b.len() as u64,
-                            max: MAX_MESSAGE as u64,
-                        }),
-                        r => r,
-                    };
-                    let bytes = match bytes {
-                        Ok(b) => b,
-                        Err(e) => {
-                            self.fail(e);
-                            self.proxy.retire_side(false);
-                            return false;
-                        }
-                    };
-                    match self.request(&Frame::new(Kind::Write, bytes)) {
-                        Ok(f) if f.kind == Kind::Done => self.proxy.ack(taken),
-                        Ok(f) => {
-                            let e = if f.kind == Kind::Error {
-                                ErrorBody::decode(&f.body).into_error(&self.info.address.full)
-                            } else {
-                                ChannelError::Protocol {
-                                    address: self.info.address.full.clone(),
-                                    reason: format!("expected Done, got {:?}", f.kind),
-                                }
-                            };
-                            if e == ChannelError::Poisoned {
-                                self.proxy.poison();
-                            } else {
-                                self.fail(e);
-                                self.proxy.retire_side(false);
-                            }
-                            let _ = self.request(&Frame::empty(Kind::Retire));
-                            return false;
-                        }
-                        Err(e) => {
-                            self.fail(self.lost(&e));
-                            self.proxy.retire_side(false);
-                            return false;
-                        }
+                    if let Err(stop) = self.send_write(msg, taken, arena) {
+                        return stop;
                     }
                 }
                 Err(ChannelError::Poisoned) => {
@@ -612,30 +560,41 @@ impl Pump {
         }
     }
 
-    /// Offers a message a select staged on a rendezvous writing end (`taken` from its offer),
-    /// or one written with a deadline (`taken` from its slot), its block not freed, to the
-    /// host with `WriteOffer`: if a reader took it within the host's hold, the writer's
-    /// rendezvous completes; if not, the message goes back to the writer: a select goes on
-    /// as if nobody had claimed it (its other guards, its timeout), a write writes it again
-    /// unless its deadline passed; either offers it again. `Err` ends the pump (with what it
-    /// returns).
-    fn offer_to_host(
+    /// Sends the host a message the user wrote into the proxy (`taken` from it) and completes
+    /// the user's write with the answer; `Err` ends the pump (with what it returns).
+    ///
+    /// A select's output guard, or a write with a deadline, is *offered* (`WriteOffer`, its
+    /// block kept): if a reader took it within the host's hold, the writer's rendezvous
+    /// completes; if not, the message goes back to the writer (a select goes on as if nobody
+    /// had claimed it: its other guards, its timeout; a write writes it again unless its
+    /// deadline passed), which offers it again. So the writer can give up meanwhile. Any other
+    /// write is a `Write`, which the host completes when a reader took it.
+    fn send_write(
         &mut self,
-        msg: &Incoming,
+        msg: Incoming,
         taken: Taken,
         arena: &'static Arena,
     ) -> Result<(), bool> {
-        let block = match *msg {
-            Incoming::Block { offset, .. } => Some(offset),
-            Incoming::Inline { .. } => None,
+        let offered = matches!(taken, Taken::Offer { .. }) || self.proxy.writer_is_timed(&taken);
+        let block = match msg {
+            Incoming::Block { offset, .. } if offered => Some(offset),
+            _ => None,
         };
         let proxy = self.proxy;
         let give_back = move || {
-            if let Err(t) = proxy.return_to_writer(taken) {
-                let _ = proxy.give_back_offer(t);
+            if offered {
+                if let Err(t) = proxy.return_to_writer(taken) {
+                    let _ = proxy.give_back_offer(t);
+                }
             }
         };
-        let bytes = match copy_encoded(msg) {
+        let bytes = if offered {
+            copy_encoded(&msg)
+        } else {
+            take_encoded(msg)
+        };
+        let bytes = match bytes {
+            // `message` refuses these in the user's write; never sent whole.
             Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
                 channel: self.info.address.full.clone(),
                 len: b.len() as u64,
@@ -643,8 +602,8 @@ impl Pump {
             }),
             r => r,
         };
-        let answer = match bytes {
-            Ok(b) => self.request(&Frame::new(Kind::WriteOffer, b)),
+        let bytes = match bytes {
+            Ok(b) => b,
             Err(e) => {
                 give_back();
                 self.fail(e);
@@ -652,40 +611,41 @@ impl Pump {
                 return Err(false);
             }
         };
-        match answer {
+        let kind = if offered {
+            Kind::WriteOffer
+        } else {
+            Kind::Write
+        };
+        match self.request(&Frame::new(kind, bytes)) {
             Ok(f) if f.kind == Kind::Done => {
-                // Taken: the block was ours since the claim.
+                // Taken: an offered message's block was ours since the claim.
                 if let Some(offset) = block {
                     arena.free_block(offset);
                 }
                 self.proxy.ack(taken);
                 Ok(())
             }
-            Ok(f) if f.kind == Kind::Error => {
-                let e = ErrorBody::decode(&f.body).into_error(&self.info.address.full);
-                give_back();
-                match e {
-                    ChannelError::Timeout => Ok(()),
-                    ChannelError::Poisoned => {
-                        self.proxy.poison();
-                        let _ = self.request(&Frame::empty(Kind::Retire));
-                        Err(false)
-                    }
-                    e => {
-                        self.fail(e);
-                        self.proxy.retire_side(false);
-                        let _ = self.request(&Frame::empty(Kind::Retire));
-                        Err(false)
-                    }
-                }
-            }
             Ok(f) => {
+                let e = if f.kind == Kind::Error {
+                    ErrorBody::decode(&f.body).into_error(&self.info.address.full)
+                } else {
+                    ChannelError::Protocol {
+                        address: self.info.address.full.clone(),
+                        reason: format!("expected Done, got {:?}", f.kind),
+                    }
+                };
                 give_back();
-                self.fail(ChannelError::Protocol {
-                    address: self.info.address.full.clone(),
-                    reason: format!("expected Done, got {:?}", f.kind),
-                });
-                self.proxy.retire_side(false);
+                if offered && e == ChannelError::Timeout {
+                    // Not taken in time: the writer has it back.
+                    return Ok(());
+                }
+                if e == ChannelError::Poisoned {
+                    self.proxy.poison();
+                } else {
+                    self.fail(e);
+                    self.proxy.retire_side(false);
+                }
+                let _ = self.request(&Frame::empty(Kind::Retire));
                 Err(false)
             }
             Err(e) => {
