@@ -1162,12 +1162,15 @@ impl Pump {
 }
 
 /// How far ahead a reading end of a buffered channel asks: enough messages to cover twice the
-/// round trip to the host at the rate the user takes them, within `1..=max`.
+/// round trip to the host at the rate the user can take them, within `1..=max`.
 ///
-/// A user that takes messages faster than they cross the connection (a stream) gets a window
-/// that doubles with every round trip up to the proxy's capacity; one that takes a message
-/// and works on it longer than a round trip (a worker of a farm) asks for one ahead, as a
-/// local reader has none: it does not hold jobs that another worker could start.
+/// That rate is the user's own: the time between its takes less the time its reads waited
+/// for messages (the proxy counts it, `Chan::readers_waited`). A user that takes messages
+/// faster than they cross the connection (a stream) waits for most of each round trip and
+/// gets the proxy's capacity (the time between takes alone would say the window's own pace
+/// and keep a small window small); one that takes a message and works on it longer than a
+/// round trip (a worker of a farm) asks for one ahead, as a local reader has none: it does
+/// not hold jobs that another worker could start.
 struct ReadAhead {
     /// The shortest time seen from asking (with nothing asked before) to the answer.
     round_trip: Option<Duration>,
@@ -1188,15 +1191,18 @@ impl ReadAhead {
         }
     }
 
-    /// The user took `n` more messages since the last count.
-    fn took(&mut self, n: u64, now: Instant) {
+    /// The user took `n` more messages since the last count, and its reads waited `waited`
+    /// for messages meanwhile: the rest of the time since is what it spent on them (a user
+    /// that waits for messages the window did not cover is not a slow user).
+    fn took(&mut self, n: u64, now: Instant, waited: Duration) {
         if n == 0 {
             return;
         }
         let Some(counted) = self.counted.replace(now) else {
             return;
         };
-        let sample = (now - counted) / u32::try_from(n).unwrap_or(u32::MAX);
+        let working = (now - counted).saturating_sub(waited);
+        let sample = working / u32::try_from(n).unwrap_or(u32::MAX);
         self.between = Some(match self.between {
             None => sample,
             Some(b) => (b * 3 + sample) / 4,
@@ -1262,13 +1268,20 @@ impl Pump {
         let (mut counted, mut flush) = (0u64, false);
         // The user's reads counted when it was last seen reading (see `await_user_reading`).
         let mut seen = 0;
+        // What the user's reads had waited when its takes were last counted.
+        let mut waited = self.proxy.readers_waited();
         let stop = loop {
             if self.user_left() {
                 break ReadStop::UserLeft;
             }
             let taken = got - (self.proxy.len() as u64).min(got - acked);
             let now = Instant::now();
-            ahead.took(taken - counted, now);
+            let waited_now = self.proxy.readers_waited();
+            if taken != counted {
+                let w = Duration::from_nanos(waited_now.wrapping_sub(waited));
+                ahead.took(taken - counted, now, w);
+                waited = waited_now;
+            }
             counted = taken;
             let window = ahead.window();
             // Acknowledge what the user took and ask for as many again: in batches of half
@@ -1635,6 +1648,42 @@ fn put_in_proxy(proxy: &Chan, body: &[u8]) -> Result<(), ReadStop> {
 mod tests {
     use super::*;
     use crate::shm::waiter::Claim;
+
+    /// `cycles` rounds of a user that takes `n` messages every `every`, its reads waiting
+    /// `waited` of it, over a connection whose round trip is `rtt`: the window then.
+    fn window_after(rtt: Duration, n: u64, every: Duration, waited: Duration) -> u64 {
+        let mut ahead = ReadAhead::new(64);
+        ahead.answered(rtt);
+        let start = Instant::now();
+        for i in 0..20 {
+            ahead.took(n, start + every * i, waited);
+        }
+        ahead.window()
+    }
+
+    #[test]
+    fn a_reader_that_waits_for_messages_it_did_not_ask_for_gets_the_whole_window() {
+        // A stream whose window is 4: the user takes the 4 in 0.5 us and waits 19.5 us for
+        // the next 4 (a round trip of 5 us at best, 20 us with the wake-ups). It once took
+        // the 20 us as the user's time on 4 messages and asked for 2.
+        let us = Duration::from_micros;
+        let w = window_after(us(5), 4, us(20), Duration::from_nanos(19_500));
+        assert_eq!(w, 64);
+    }
+
+    #[test]
+    fn a_reader_that_works_on_each_message_longer_than_a_round_trip_asks_for_one() {
+        let w = window_after(
+            Duration::from_micros(20),
+            1,
+            Duration::from_millis(10),
+            Duration::ZERO,
+        );
+        assert_eq!(w, 1);
+        // Working half a round trip on each: four cover twice the round trip.
+        let us = Duration::from_micros;
+        assert_eq!(window_after(us(20), 1, us(10), Duration::ZERO), 4);
+    }
 
     #[test]
     fn a_message_for_the_proxy_waits_for_the_users_read_of_its_slot_to_end() {

@@ -89,6 +89,10 @@ struct State {
     /// Reads and input guards that came to a channel whose readers are watched (see
     /// [`Chan::watch_readers`]), counted with wrap-around.
     looks: AtomicU32,
+    /// Nanoseconds that reads of a channel whose readers are watched spent waiting for a
+    /// message (wrapping): what a remote reading end's pump subtracts from the time between
+    /// its user's takes to learn how long the user works on each (see `ReadAhead`).
+    waited: AtomicU64,
     /// `generation << 32 | holders`: every `Channel` handle and every end in every process
     /// (also one travelling in a message or to a child), a socket host and a proxy's pump
     /// hold the channel once; the last to let go frees it, and the generation changes, so a
@@ -405,6 +409,7 @@ impl Chan {
             st.readers.store(0, Ordering::Relaxed);
             st.giving_back.store(0, Ordering::Relaxed);
             st.looks.store(0, Ordering::Relaxed);
+            st.waited.store(0, Ordering::Relaxed);
             h.dead.0.pid.store(0, Ordering::Relaxed);
             h.dead.0.name_len.store(0, Ordering::Relaxed);
             h.dead.0.at.store(0, Ordering::Relaxed);
@@ -671,6 +676,12 @@ impl Chan {
     fn count_look(&self) {
         self.hdr.state.0.looks.fetch_add(1, Ordering::SeqCst);
         self.hdr.tx.0.notify_all();
+    }
+
+    /// How many nanoseconds reads of this watched channel spent waiting for a message
+    /// (wrapping; reads that found one at once add nothing, input guards are not counted).
+    pub(crate) fn readers_waited(&self) -> u64 {
+        self.hdr.state.0.waited.load(Ordering::Relaxed)
     }
 
     /// Whether a reader sleeps waiting for a message (a socket pump about to hand one to its
@@ -1836,6 +1847,7 @@ impl Chan {
         let rx = &self.hdr.rx.0;
         let claims = claim_writers && self.is_rendezvous();
         self.reader_came();
+        let since = (self.flags() & READERS_WATCHED != 0).then(sys::monotonic_ns);
         let mut stuck: Option<(u64, Instant)> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
@@ -1923,6 +1935,10 @@ impl Chan {
                 None => break None,
             }
         };
+        if let Some(t) = since {
+            let waited = sys::monotonic_ns().saturating_sub(t);
+            self.hdr.state.0.waited.fetch_add(waited, Ordering::Relaxed);
+        }
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         if ack {
             if let Taken::Offer { word, .. } = msg.1 {
