@@ -618,6 +618,15 @@ fn run_guards<'a, R>(
                 on: &on,
                 hand_over: false,
             };
+            // A remote reading end's pump counts this wait as its user's (see `readers_waited`).
+            let since: Vec<(Chan, Option<u64>)> = guards
+                .iter()
+                .filter_map(|g| match g {
+                    Some(Guard::Input { chan, .. }) => Some((*chan, chan.reader_wait_starts())),
+                    _ => None,
+                })
+                .filter(|(_, t)| t.is_some())
+                .collect();
             let woke = wait_parked(
                 &events,
                 wake_at,
@@ -637,6 +646,9 @@ fn run_guards<'a, R>(
                 || false,
             );
             deadlocked = woke == Some(false);
+            for (chan, t) in since {
+                chan.reader_wait_ends(t);
+            }
         }
         let outcome = me.finish();
         for (chan, reads, word) in posted {

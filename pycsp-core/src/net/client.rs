@@ -1164,13 +1164,13 @@ impl Pump {
 /// How far ahead a reading end of a buffered channel asks: enough messages to cover twice the
 /// round trip to the host at the rate the user can take them, within `1..=max`.
 ///
-/// That rate is the user's own: the time between its takes less the time its reads waited
-/// for messages (the proxy counts it, `Chan::readers_waited`). A user that takes messages
-/// faster than they cross the connection (a stream) waits for most of each round trip and
-/// gets the proxy's capacity (the time between takes alone would say the window's own pace
-/// and keep a small window small); one that takes a message and works on it longer than a
-/// round trip (a worker of a farm) asks for one ahead, as a local reader has none: it does
-/// not hold jobs that another worker could start.
+/// That rate is the user's own: the time between its takes less the time it waited for
+/// messages, in reads and selects (the proxy counts it, `Chan::readers_waited`). A user that
+/// takes messages faster than they cross the connection (a stream) waits for most of each
+/// round trip and gets the proxy's capacity (the time between takes alone would say the
+/// window's own pace and keep a small window small); one that takes a message and works on it
+/// longer than a round trip (a worker of a farm) asks for one ahead, as a local reader has
+/// none: it does not hold jobs that another worker could start.
 struct ReadAhead {
     /// The shortest time seen from asking (with nothing asked before) to the answer.
     round_trip: Option<Duration>,
@@ -1683,6 +1683,30 @@ mod tests {
         // Working half a round trip on each: four cover twice the round trip.
         let us = Duration::from_micros;
         assert_eq!(window_after(us(20), 1, us(10), Duration::ZERO), 4);
+    }
+
+    #[test]
+    fn a_user_waiting_for_a_message_in_a_read_or_a_select_counts_as_waiting() {
+        // What a pump subtracts from the time between its user's takes: a user that reads
+        // through a select waits as one that reads (it once counted as working all along,
+        // and a select's stream got the window of a slow user).
+        let c = crate::Channel::<u64>::buffered(4).unwrap();
+        let r = c.reader();
+        r.chan().watch_readers();
+        let ms = Duration::from_millis;
+        let before = r.chan().readers_waited();
+        assert_eq!(r.read_timeout(ms(30)), Err(ChannelError::Timeout));
+        let read = r.chan().readers_waited() - before;
+        let chosen = crate::Alternation::new()
+            .input(&r, |_| false)
+            .timeout(ms(30), || true)
+            .pri_select()
+            .unwrap();
+        assert!(chosen.value, "the timeout fired");
+        let selected = r.chan().readers_waited() - before - read;
+        // Each waited its 30 ms, less the moment before its wait began.
+        assert!(read >= 20_000_000, "a read waited {read} ns");
+        assert!(selected >= 20_000_000, "a select waited {selected} ns");
     }
 
     #[test]

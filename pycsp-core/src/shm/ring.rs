@@ -678,10 +678,25 @@ impl Chan {
         self.hdr.tx.0.notify_all();
     }
 
-    /// How many nanoseconds reads of this watched channel spent waiting for a message
-    /// (wrapping; reads that found one at once add nothing, input guards are not counted).
+    /// How many nanoseconds reads and input guards of this watched channel spent waiting for
+    /// a message (wrapping; reads that found one at once add nothing).
     pub(crate) fn readers_waited(&self) -> u64 {
         self.hdr.state.0.waited.load(Ordering::Relaxed)
+    }
+
+    /// When a read or a select with an input guard on this channel starts to wait: now
+    /// (`CLOCK_MONOTONIC` ns), if the channel's readers are watched (never the fast path).
+    pub(crate) fn reader_wait_starts(&self) -> Option<u64> {
+        (self.flags() & READERS_WATCHED != 0).then(sys::monotonic_ns)
+    }
+
+    /// A wait that [`reader_wait_starts`](Self::reader_wait_starts) timed ended: it counts in
+    /// [`readers_waited`](Self::readers_waited).
+    pub(crate) fn reader_wait_ends(&self, since: Option<u64>) {
+        if let Some(t) = since {
+            let waited = sys::monotonic_ns().saturating_sub(t);
+            self.hdr.state.0.waited.fetch_add(waited, Ordering::Relaxed);
+        }
     }
 
     /// Whether a reader sleeps waiting for a message (a socket pump about to hand one to its
@@ -1847,7 +1862,7 @@ impl Chan {
         let rx = &self.hdr.rx.0;
         let claims = claim_writers && self.is_rendezvous();
         self.reader_came();
-        let since = (self.flags() & READERS_WATCHED != 0).then(sys::monotonic_ns);
+        let since = self.reader_wait_starts();
         let mut stuck: Option<(u64, Instant)> = None;
         let got = loop {
             // A channel whose peer died may hold a slot that will never be published: wait in
@@ -1935,10 +1950,7 @@ impl Chan {
                 None => break None,
             }
         };
-        if let Some(t) = since {
-            let waited = sys::monotonic_ns().saturating_sub(t);
-            self.hdr.state.0.waited.fetch_add(waited, Ordering::Relaxed);
-        }
+        self.reader_wait_ends(since);
         let msg = got.unwrap_or(Err(ChannelError::Timeout))?;
         if ack {
             if let Taken::Offer { word, .. } = msg.1 {
