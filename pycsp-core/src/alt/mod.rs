@@ -1069,3 +1069,32 @@ fn complete<R>(guards: &mut [Option<Guard<'_, R>>], i: usize) -> Result<Chosen<R
         _ => unreachable!("only buffered output guards are completed here"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_waiting_for_a_message_in_a_read_or_a_select_counts_as_waiting() {
+        // What a remote reading end's pump subtracts from the time between its user's takes:
+        // a user that reads through a select waits as one that reads (it once counted as
+        // working all along, and a select's stream got the window of a slow user).
+        let c = crate::channel::Channel::<u64>::buffered(4).unwrap();
+        let r = c.reader();
+        r.chan().watch_readers();
+        let ms = Duration::from_millis;
+        let before = r.chan().readers_waited();
+        assert_eq!(r.read_timeout(ms(30)), Err(ChannelError::Timeout));
+        let read = r.chan().readers_waited() - before;
+        let chosen = Alternation::new()
+            .input(&r, |_| false)
+            .timeout(ms(30), || true)
+            .pri_select()
+            .unwrap();
+        assert!(chosen.value, "the timeout fired");
+        let selected = r.chan().readers_waited() - before - read;
+        // Each waited its 30 ms, less the moment before its wait began.
+        assert!(read >= 20_000_000, "a read waited {read} ns");
+        assert!(selected >= 20_000_000, "a select waited {selected} ns");
+    }
+}
