@@ -305,3 +305,100 @@ fn processes_and_threads_that_select_and_end_keep_shared_memory_flat() {
         "shared memory grew from {before:?} to {after:?}"
     );
 }
+
+/// The length of the message of a select that ends before its process is killed.
+const EARLIER: usize = 300 << 10;
+
+/// Offers a message of `len` bytes on `out` (nobody reads it) and on `nothing` (nobody reads
+/// it either) in one select, after saying it is about to. Before, a select whose third guard
+/// offers a message nobody takes ends by its timeout (its block is freed then, and must not
+/// be freed again when this process dies).
+#[process]
+fn offers_and_hangs(
+    out: ChannelOut<Vec<u8>>,
+    nothing: ChannelOut<Vec<u8>>,
+    ready: ChannelOut<u8>,
+    len: usize,
+) -> Result<(), ChannelError> {
+    let chosen = Alternation::new()
+        .output(&out, vec![3u8; 1], || false)
+        .output(&out, vec![3u8; 2], || false)
+        .output(&nothing, vec![3u8; EARLIER], || false)
+        .timeout(std::time::Duration::from_millis(5), || true)
+        .pri_select()?;
+    assert!(chosen.value, "nobody reads");
+    let (a, b) = (vec![1u8; len], vec![2u8; len]);
+    ready.write(1)?;
+    Alternation::new()
+        .output(&out, a, || ())
+        .output(&nothing, b, || ())
+        .pri_select()?;
+    Ok(())
+}
+
+#[test]
+fn a_process_killed_in_a_select_gives_back_the_messages_it_offered() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let len = 1 << 20;
+    let round = || {
+        let (c, d, ready) = (
+            Channel::<Vec<u8>>::new().unwrap(),
+            Channel::<Vec<u8>>::new().unwrap(),
+            Channel::<u8>::new().unwrap(),
+        );
+        let (_r, _s) = (c.reader(), d.reader()); // never read: the select waits
+        let killed = Spawn(offers_and_hangs(
+            c.writer(),
+            d.writer(),
+            ready.writer(),
+            len,
+        ))
+        .unwrap();
+        ready.reader().read().unwrap();
+        // Killed once it sleeps in its select: its two messages are staged in shared memory.
+        let network = pycsp::Network::attach(std::process::id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !network
+            .snapshot()
+            .processes
+            .iter()
+            .any(|p| p.name.contains("offers_and_hangs") && p.blocked)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "it never slept in its select"
+            );
+            std::thread::yield_now();
+        }
+        killed.kill();
+        assert!(killed.join().is_err());
+    };
+    for _ in 0..3 {
+        round();
+    }
+    let before = usage();
+    for _ in 0..20 {
+        round();
+    }
+    let after = usage();
+    // Two blocks of 1 MiB a round, 40 MiB if they were kept.
+    assert!(
+        after.allocated <= before.allocated + (4 << 20),
+        "shared memory grew from {before:?} to {after:?}"
+    );
+    // No block was freed twice (it would be handed out twice): blocks of the earlier
+    // select's size are each their own.
+    let mut blocks: Vec<SharedBlock> = (0..30)
+        .map(|_| SharedBlock::new(EARLIER).unwrap())
+        .collect();
+    for (i, b) in blocks.iter_mut().enumerate() {
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        assert_eq!(
+            b[..8],
+            (i as u64).to_le_bytes(),
+            "block {i} is another's too"
+        );
+    }
+}

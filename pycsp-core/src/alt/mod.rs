@@ -445,12 +445,13 @@ impl<'a, R> Alternation<'a, R> {
         let mut guards: Vec<Option<Guard<'a, R>>> = self.guards.into_iter().map(Some).collect();
         let mut waited = false;
         let chosen = run_guards(arena, &mut guards, &order, &mut waited);
-        for g in guards.iter_mut().flatten() {
+        for (i, g) in guards.iter_mut().enumerate() {
+            let Some(g) = g else { continue };
             match g {
                 // An unchosen output guard's staged message was never taken: free its block.
                 Guard::Output { staged, .. } => {
                     if let Some((offset, _)) = staged.take() {
-                        arena.free_block(offset);
+                        free_staged(arena, i, offset);
                     }
                 }
                 // A wake-up meant for a message we did not take (a plain writer's, in the
@@ -682,6 +683,13 @@ fn fire_timeout<R>(
     }
 }
 
+/// Frees output guard `i`'s staged block, which no reader took: named no more by the
+/// thread's waiter record first (see `waiter::unstage`).
+fn free_staged(arena: &'static Arena, i: usize, offset: u64) {
+    waiter::unstage(i);
+    arena.free_block(offset);
+}
+
 /// The block holding an output guard's message, staged for a reader to take (allocated and
 /// filled once per select).
 fn stage(
@@ -775,7 +783,13 @@ fn complete_selected<R>(
             let done = match done.expect("no deadline") {
                 Ok(false) => return None,
                 Ok(true) => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => {
+                    // Its claimer has the block and did not say it is done with it: the
+                    // record no longer names it (a leak if the claimer died, never a block
+                    // freed twice).
+                    waiter::unstage(i);
+                    Err(e)
+                }
             };
             // The block is the reader's now (the guard is gone: `run` does not free it).
             let then = sent_output(guards, i);
@@ -958,6 +972,7 @@ fn try_guard<'a, R>(
                 if let Some(h) = chan.claim_offer(true, claim) {
                     // A selecting reader is committed to us: hand it the message.
                     *staged = None;
+                    waiter::unstage(i);
                     // Before the reader can have the message.
                     let t0 = trace::begin();
                     waiter::deliver(arena, h.word, offset, len);
@@ -1020,7 +1035,7 @@ fn ended<R>(
         Some(Guard::Input { chan, take, .. }) => take(&chan, Err(error)),
         Some(Guard::Output { staged, then, .. }) => {
             if let Some((offset, _)) = staged {
-                arena.free_block(offset);
+                free_staged(arena, i, offset);
             }
             then(Err(error))
         }

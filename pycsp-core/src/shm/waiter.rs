@@ -89,6 +89,8 @@ const MIN_GUARDS: usize = 128;
 #[repr(C, align(128))]
 struct RecHeader {
     sel: AtomicU64,
+    /// The process whose thread uses the record; 0 once that process died and its parent
+    /// settled it (see `free_held`).
     pid: AtomicU32,
     /// Guards the tables hold (fixed when the record is allocated).
     cap: AtomicU32,
@@ -219,7 +221,10 @@ fn give_back(rec: Rec, owner: u64, dead: bool) {
         let state = cur as u32;
         if dead && state >= SELECTED && state != IDLE {
             // A claimer selected the dead process's round and may still deliver to it or
-            // release its guard: the record is never used again (it stays idle).
+            // release its guard: the record is never used again (it stays idle). What it
+            // holds but that guard's message (which the claimer owns, unless it gave it
+            // back) is nobody's.
+            free_held(rec, Some((state - SELECTED) as usize));
             return;
         }
         match rec.hdr.sel.compare_exchange(
@@ -232,8 +237,41 @@ fn give_back(rec: Rec, owner: u64, dead: bool) {
             Err(c) => cur = c,
         }
     }
+    if dead {
+        // Idle, nobody can claim its messages any more: they are nobody's.
+        free_held(rec, None);
+    }
     if rec.cap == MIN_GUARDS {
         rec.arena.free_waiter(rec.offset, &rec.hdr.free_next);
+    }
+}
+
+/// Frees the blocks a dead process's record still names: the messages its select staged
+/// (but that of guard `selected`, which a claimer owns, unless it gave it back) and a message
+/// delivered to it. A claimer that gives back or delivers after this frees its block itself
+/// (see [`give_back_offer`], [`deliver`]): each block is taken from the record by one swap,
+/// so one of the two frees it. (The record names only blocks its thread holds: a select
+/// clears a guard's entry before it frees or hands on the block, see [`Waiter::unstage`].)
+fn free_held(rec: Rec, selected: Option<usize>) {
+    // Before it looks at what the record names (a claimer looks at this after it wrote).
+    rec.hdr.pid.store(0, Ordering::SeqCst);
+    for g in 0..rec.cap {
+        let given_back = rec
+            .table(OUT_LEN, g)
+            .is_some_and(|l| l.load(Ordering::SeqCst) & GIVEN_BACK != 0);
+        if selected == Some(g) && !given_back {
+            continue;
+        }
+        if let Some(o) = rec.table(OUT_OFF, g) {
+            let off = o.swap(0, Ordering::SeqCst);
+            if off != 0 {
+                rec.arena.free_block(off);
+            }
+        }
+    }
+    let mail = rec.hdr.mail_off.swap(0, Ordering::SeqCst);
+    if mail != 0 {
+        rec.arena.free_block(mail);
     }
 }
 
@@ -248,6 +286,17 @@ pub(crate) fn reclaim(arena: &'static Arena, owner: u64) {
             give_back(rec, owner, true);
         }
         offset = next;
+    }
+}
+
+/// Guard `guard`'s staged message is no longer this thread's select's (it frees the block, or
+/// hands it to a selecting reader): its record, if it has one, no longer names it, so that
+/// nobody frees it again if this process dies (see [`free_held`]). Only between rounds.
+pub(crate) fn unstage(guard: usize) {
+    if let Some(w) = WAITER.with(Cell::get) {
+        if let Some(o) = w.rec.table(OUT_OFF, guard) {
+            o.store(0, Ordering::SeqCst);
+        }
     }
 }
 
@@ -308,7 +357,7 @@ impl Waiter {
             hdr.mail_off.store(0, Ordering::SeqCst);
             (hdr.sel.load(Ordering::SeqCst) >> 32) as u32
         };
-        hdr.pid.store(std::process::id(), Ordering::Relaxed);
+        hdr.pid.store(std::process::id(), Ordering::SeqCst);
         hdr.owner.store(census::mine(), Ordering::SeqCst);
         if new {
             arena.list_waiter(offset, &hdr.all_next);
@@ -498,8 +547,19 @@ const GIVEN_BACK: u64 = 1 << 63;
 /// that found no remote reader for it in time).
 pub(crate) fn give_back_offer(arena: &'static Arena, word: u64) {
     let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
-    if let Some(len) = record(arena, word).table(OUT_LEN, guard) {
+    let rec = record(arena, word);
+    if let Some(len) = rec.table(OUT_LEN, guard) {
         len.fetch_or(GIVEN_BACK, Ordering::SeqCst);
+    }
+    // Its process died and was settled meanwhile (see `free_held`): nobody takes the block
+    // back but us.
+    if rec.hdr.pid.load(Ordering::SeqCst) == 0 {
+        if let Some(o) = rec.table(OUT_OFF, guard) {
+            let off = o.swap(0, Ordering::SeqCst);
+            if off != 0 {
+                arena.free_block(off);
+            }
+        }
     }
 }
 
@@ -509,6 +569,13 @@ pub(crate) fn deliver(arena: &'static Arena, word: u64, offset: u64, len: u64) {
     let rec = record(arena, word);
     rec.hdr.mail_len.store(len, Ordering::SeqCst);
     rec.hdr.mail_off.store(offset, Ordering::SeqCst);
+    // Its process died and was settled meanwhile (see `free_held`): nobody reads it.
+    if rec.hdr.pid.load(Ordering::SeqCst) == 0 {
+        let off = rec.hdr.mail_off.swap(0, Ordering::SeqCst);
+        if off != 0 {
+            arena.free_block(off);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -547,5 +614,113 @@ mod tests {
             );
             assert!(matches!(next.finish(), Outcome::Aborted));
         }
+    }
+
+    /// A block of a size class no other test uses (20 MiB: its pages are never touched), so
+    /// that whether it is free shows in what the next allocation of that size returns; the
+    /// tests that use it take turns.
+    const LEN: u64 = 20 << 20;
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Whether block `b` is free: the next allocation of its size class takes it (it is put
+    /// back after), and only once (a block freed twice would be handed out twice).
+    fn is_free(arena: &'static Arena, b: u64) -> bool {
+        let first = arena.alloc_block(LEN).unwrap();
+        let second = arena.alloc_block(LEN).unwrap();
+        assert_ne!(first, second, "block {first} was freed twice");
+        arena.free_block(second);
+        arena.free_block(first);
+        first == b
+    }
+
+    /// This thread (standing for a process that then dies) waits in a select whose output
+    /// guard 0 offers block `b` on channel `key`; a claimer selects it. Returns the word.
+    fn selected_offering(arena: &'static Arena, b: u64) -> u64 {
+        let key = 0x3000 | 2;
+        let w = Waiter::current(arena, 1).unwrap();
+        w.set_key(0, key);
+        w.stage(0, b, LEN);
+        w.begin();
+        let word = w.offer(0).unwrap();
+        match claim(arena, Offer { word, key }) {
+            Claim::Won(h) => assert_eq!(h.offset, b),
+            _ => panic!("the claim did not win"),
+        }
+        word
+    }
+
+    /// The process whose thread this is dies, and its parent settles it.
+    fn dies_and_is_settled(arena: &'static Arena, root: u64) {
+        let w = WAITER.with(Cell::get).unwrap();
+        w.rec.hdr.owner.store(root, Ordering::SeqCst);
+        WAITER.with(|c| c.set(None));
+        reclaim(arena, root);
+    }
+
+    #[test]
+    fn a_message_given_back_to_a_select_whose_process_died_is_freed_once() {
+        let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let arena = Arena::get().unwrap();
+        // Given back after the settling: the claimer frees it.
+        let b = arena.alloc_block(LEN).unwrap();
+        let word = selected_offering(arena, b);
+        dies_and_is_settled(arena, 0x4343_0000);
+        assert!(!is_free(arena, b), "the claimer's block was freed under it");
+        give_back_offer(arena, word);
+        assert!(
+            is_free(arena, b),
+            "the block given back to a dead select leaked"
+        );
+    }
+
+    #[test]
+    fn a_message_given_back_before_its_dead_select_was_settled_is_freed_once() {
+        let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let arena = Arena::get().unwrap();
+        let b = arena.alloc_block(LEN + 1).unwrap();
+        let word = selected_offering(arena, b);
+        give_back_offer(arena, word);
+        dies_and_is_settled(arena, 0x4444_0000);
+        // (`is_free` for a block of LEN + 1: the same size class.)
+        assert!(
+            is_free(arena, b),
+            "the block given back to a dead select leaked"
+        );
+    }
+
+    #[test]
+    fn a_block_a_select_freed_is_not_freed_again_when_its_process_dies() {
+        let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let arena = Arena::get().unwrap();
+        let b = arena.alloc_block(LEN + 2).unwrap();
+        let w = Waiter::current(arena, 1).unwrap();
+        w.set_key(0, 0x3000 | 2);
+        w.stage(0, b, LEN);
+        w.begin();
+        assert!(matches!(w.finish(), Outcome::Aborted));
+        // The select ends without a taker: it frees its staged block.
+        unstage(0);
+        arena.free_block(b);
+        dies_and_is_settled(arena, 0x4545_0000);
+        assert!(is_free(arena, b));
+    }
+
+    #[test]
+    fn a_message_delivered_to_a_select_whose_process_died_is_freed_once() {
+        let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let arena = Arena::get().unwrap();
+        let b = arena.alloc_block(LEN + 3).unwrap();
+        let key = 0x3000 | 1;
+        let w = Waiter::current(arena, 1).unwrap();
+        w.set_key(0, key);
+        w.begin();
+        let word = w.offer(0).unwrap();
+        assert!(matches!(claim(arena, Offer { word, key }), Claim::Won(_)));
+        dies_and_is_settled(arena, 0x4646_0000);
+        deliver(arena, word, b, LEN);
+        assert!(
+            is_free(arena, b),
+            "the message delivered to a dead select leaked"
+        );
     }
 }
