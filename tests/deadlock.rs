@@ -435,6 +435,34 @@ fn remote_reader_waits_for_the_rest(placed: Placement) -> Result<String, Error> 
     Parallel(procs).map(|r| format!("{r:?}"))
 }
 
+/// Offers a number on `out` in a select (no other guard, no timeout), then says so.
+#[process]
+fn offer_then_say(out: ChannelOut<u64>, said: ChannelOut<u64>) -> Result<(), ChannelError> {
+    Alternation::new().output(&out, 7, || ()).pri_select()?;
+    said.write(1)
+}
+
+/// Reads `said`, then `offers`.
+#[process]
+fn hear_then_take(said: ChannelIn<u64>, offers: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    said.read()?;
+    offers.read()
+}
+
+/// A placed process offers a message in a select on a rendezvous socket channel whose only
+/// reader, in the root's network, first waits for that process to say it offered: each waits
+/// for the other.
+fn socket_select_offers_to_nobody() -> Result<String, Error> {
+    let offers = Channel::<u64>::named(&tcp("offers"))?;
+    let said = Channel::<u64>::named(&tcp("said"))?;
+    let procs = (
+        offer_then_say(offers.writer(), said.writer()).on(here()),
+        hear_then_take(said.reader(), offers.reader()),
+    );
+    drop((offers, said));
+    Parallel(procs).map(|r| format!("{r:?}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // The driver.
 
@@ -464,6 +492,10 @@ const CASES: &[Case] = &[
     (
         "socket_reader_gets_what_a_remote_reader_that_waits_asked_for",
         socket_reader_gets_what_a_remote_reader_that_waits_asked_for,
+    ),
+    (
+        "socket_select_offers_to_nobody",
+        socket_select_offers_to_nobody,
     ),
 ];
 
@@ -648,6 +680,16 @@ fn main() {
                 "waits to read `tcp://127.0.0.1:",
                 "/jobs`; no live process holds a writer end, but messages asked for ahead may still come back from `take_one_then_wait` (pid",
                 "/done`",
+            ],
+        ),
+        (
+            "socket_select_offers_to_nobody",
+            &[
+                "`offer_then_say` (pid",
+                "/offers`",
+                "`hear_then_take` (pid",
+                "waits to read `tcp://127.0.0.1:",
+                "/said`",
             ],
         ),
     ];

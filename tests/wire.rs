@@ -37,6 +37,8 @@ const OPEN: u8 = 0x10;
 const OPENED: u8 = 0x11;
 const WRITE: u8 = 0x20;
 const DONE: u8 = 0x21;
+const OFFER: u8 = 0x23;
+const WITHDRAW: u8 = 0x24;
 const READ: u8 = 0x30;
 const MESSAGE: u8 = 0x31;
 const ACK: u8 = 0x32;
@@ -468,6 +470,36 @@ fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
     assert_eq!(r.recv().unwrap().0, ERROR);
     assert!(r.closed_by_host());
     assert_eq!(host_reader.read_timeout(PROMPT), Ok(11));
+}
+
+#[test]
+fn an_offer_waits_for_a_reader_until_the_client_withdraws_it() {
+    let port = common::free_port();
+    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/offers")).unwrap();
+    let host_reader = ch.reader();
+    let mut w = Raw::open_u64(port, "offers", true);
+    // Nobody reads: no answer, however long; withdrawn, it was not delivered.
+    w.send(OFFER, &rmp_serde::to_vec(&5u64).unwrap());
+    w.0.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(w.0.read(&mut b).is_err(), "an answer while nobody read");
+    w.0.set_read_timeout(Some(PROMPT)).unwrap();
+    w.send(WITHDRAW, &[]);
+    let (kind, body) = w.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "timeout"));
+    assert_eq!(
+        host_reader.read_timeout(Duration::from_millis(100)),
+        Err(ChannelError::Timeout)
+    );
+    // Offered again, a reader takes it: `Done`; a `Withdraw` sent too late changes nothing.
+    w.send(OFFER, &rmp_serde::to_vec(&6u64).unwrap());
+    assert_eq!(host_reader.read_timeout(PROMPT), Ok(6));
+    assert_eq!(w.recv().unwrap().0, DONE);
+    w.send(WITHDRAW, &[]);
+    w.send(OFFER, &rmp_serde::to_vec(&7u64).unwrap());
+    assert_eq!(host_reader.read_timeout(PROMPT), Ok(7));
+    assert_eq!(w.recv().unwrap().0, DONE, "an offer after a late Withdraw");
 }
 
 /// Reads the next frame, a `Message` of a u64.

@@ -52,6 +52,13 @@ kinds! {
     /// `OFFER_HOLD` (a remote select's output guard on a rendezvous channel): `Done`, or
     /// `Error` (`timeout`: not taken).
     WriteOffer = 0x22,
+    /// Client to server: one message to write for a select that may change its mind (a
+    /// remote select's output guard on a rendezvous channel): the host waits for a reader
+    /// until one takes it (`Done`) or the client sends `Withdraw` (`Error` `timeout`: not
+    /// taken).
+    Offer = 0x23,
+    /// Client to server, while its `Offer` waits: take it back (ignored once answered).
+    Withdraw = 0x24,
     /// Client to server: read one message.
     Read = 0x30,
     /// Server to client: the message read (its MessagePack encoding).

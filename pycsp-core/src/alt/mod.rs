@@ -594,31 +594,6 @@ fn run_guards<'a, R>(
             );
         } else {
             let id = me.id();
-            // What the census sees: each channel guard's side, in the guards' order (this is
-            // the wait phase already: the names are looked up now).
-            let sides: Vec<(u64, bool, &'static str, &Event)> = guards
-                .iter()
-                .filter_map(|g| match g {
-                    Some(Guard::Input { chan, .. }) => {
-                        Some((chan.key(), false, chan.name(), chan.events().0))
-                    }
-                    Some(Guard::Output { chan, .. }) => {
-                        Some((chan.key(), true, chan.name(), chan.events().1))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let names: Vec<_> = sides.iter().map(|s| move || s.2).collect();
-            let on: Vec<(u64, bool, &dyn Fn() -> &'static str, &Event)> = sides
-                .iter()
-                .zip(&names)
-                .map(|(s, n)| (s.0, s.1, n as &dyn Fn() -> &'static str, s.3))
-                .collect();
-            let waiting = Waiting {
-                kind: Kind::Select,
-                on: &on,
-                hand_over: false,
-            };
             // A remote reading end's pump counts this wait as its user's (see `readers_waited`).
             let since: Vec<(Chan, Option<u64>)> = guards
                 .iter()
@@ -628,24 +603,27 @@ fn run_guards<'a, R>(
                 })
                 .filter(|(_, t)| t.is_some())
                 .collect();
-            let woke = wait_parked(
-                &events,
-                wake_at,
-                Some(waiting),
-                || {
-                    (me.is_selected()
-                        || guards
-                            .iter()
-                            .zip(&unposted)
-                            .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted))
-                        // The last channel guard retired: the select ends (see the try phase).
-                        || (channel_guards > 0
-                            && guards.iter().all(|g| looks_retired(g.as_ref()))))
-                    .then_some(true)
-                },
-                || false,
-                || false,
-            );
+            let woke = waiting_on(guards, |waiting| {
+                wait_parked(
+                    &events,
+                    wake_at,
+                    Some(waiting),
+                    || {
+                        (me.is_selected()
+                            || guards
+                                .iter()
+                                .zip(&unposted)
+                                .any(|(g, &unposted)| looks_ready(g.as_ref(), id, unposted))
+                            // The last channel guard retired: the select ends (see the try
+                            // phase).
+                            || (channel_guards > 0
+                                && guards.iter().all(|g| looks_retired(g.as_ref()))))
+                        .then_some(true)
+                    },
+                    || false,
+                    || false,
+                )
+            });
             deadlocked = woke == Some(false);
             for (chan, t) in since {
                 chan.reader_wait_ends(t);
@@ -656,7 +634,7 @@ fn run_guards<'a, R>(
             chan.withdraw_offer(reads, word);
         }
         if let Outcome::Selected(i) = outcome {
-            if let Some(r) = complete_selected(arena, me, guards, i, round_t) {
+            if let Some(r) = complete_selected(me, guards, i, round_t, (&events, wake_at)) {
                 return r;
             }
             // The claimer gave our message back (a remote end's pump found no reader for it
@@ -666,6 +644,35 @@ fn run_guards<'a, R>(
             return Err(ChannelError::Deadlock);
         }
     }
+}
+
+/// Runs `wait` with what the census sees of a select that waits on `guards`: each channel
+/// guard's side, in the guards' order (the names are looked up now: only a select that
+/// waits pays for it).
+fn waiting_on<R, T>(guards: &[Option<Guard<'_, R>>], wait: impl FnOnce(Waiting<'_>) -> T) -> T {
+    let sides: Vec<(u64, bool, &'static str, &Event)> = guards
+        .iter()
+        .filter_map(|g| match g {
+            Some(Guard::Input { chan, .. }) => {
+                Some((chan.key(), false, chan.name(), chan.events().0))
+            }
+            Some(Guard::Output { chan, .. }) => {
+                Some((chan.key(), true, chan.name(), chan.events().1))
+            }
+            _ => None,
+        })
+        .collect();
+    let names: Vec<_> = sides.iter().map(|s| move || s.2).collect();
+    let on: Vec<(u64, bool, &dyn Fn() -> &'static str, &Event)> = sides
+        .iter()
+        .zip(&names)
+        .map(|(s, n)| (s.0, s.1, n as &dyn Fn() -> &'static str, s.3))
+        .collect();
+    wait(Waiting {
+        kind: Kind::Select,
+        on: &on,
+        hand_over: false,
+    })
 }
 
 /// The timeout guard fires.
@@ -712,15 +719,26 @@ fn stage(
     Ok((offset, len))
 }
 
-/// Completes guard `i`, which a counterpart selected while we waited; `None` if that
-/// counterpart gave an output guard's message back, not taken (the guard stays, its message
-/// staged, for the next round).
+/// How the claimer of an output guard's message let go of it.
+enum Hold {
+    /// A reader took it.
+    Taken,
+    /// The claimer gave it back, not taken.
+    GivenBack,
+    /// The channel failed meanwhile.
+    Failed(ChannelError),
+}
+
+/// Completes guard `i`, which a counterpart selected while we waited (`waited`: the events the
+/// round waited on, and when its timeout or first timer is due); `None` if that counterpart
+/// gave an output guard's message back, not taken (the guard stays, its message staged, for
+/// the next round).
 fn complete_selected<R>(
-    arena: &'static Arena,
     me: &Waiter,
     guards: &mut [Option<Guard<'_, R>>],
     i: usize,
     round_t: u64,
+    waited: (&[&Event], Option<Instant>),
 ) -> Option<Result<Chosen<R>, ChannelError>> {
     match &guards[i] {
         Some(Guard::Input { .. }) => {
@@ -759,31 +777,12 @@ fn complete_selected<R>(
             // until it has the message, or gives it back.
             let chan = *chan;
             debug_assert!(staged.is_some());
-            let _ = arena;
-            let done = chan.events().1.wait_until(
-                None,
-                || {
-                    if me.taken(i) {
-                        return Some(Ok(true));
-                    }
-                    if me.given_back(i) {
-                        return Some(Ok(false));
-                    }
-                    let f = chan.state_flags();
-                    if f & POISONED != 0 {
-                        Some(Err(ChannelError::Poisoned))
-                    } else if f & PEER_DIED != 0 {
-                        Some(Err(chan.peer_died()))
-                    } else {
-                        None
-                    }
-                },
-                || false,
-            );
-            let done = match done.expect("no deadline") {
-                Ok(false) => return None,
-                Ok(true) => Ok(()),
-                Err(e) => {
+            let (hold, deadlocked) = await_claimer(me, guards, i, chan, waited);
+            let done = match hold {
+                Hold::GivenBack if deadlocked => return Some(Err(ChannelError::Deadlock)),
+                Hold::GivenBack => return None,
+                Hold::Taken => Ok(()),
+                Hold::Failed(e) => {
                     // Its claimer has the block and did not say it is done with it: the
                     // record no longer names it (a leak if the claimer died, never a block
                     // freed twice).
@@ -799,6 +798,86 @@ fn complete_selected<R>(
             Some(then(done).map(|value| Chosen { index: i, value }))
         }
         _ => unreachable!("only channel guards are offered"),
+    }
+}
+
+/// Waits until the claimer of output guard `i`'s message (on `chan`) let go of it. A claimer
+/// that keeps it only until asked (a socket pump offering it to a remote host, see
+/// `Chan::offer_withdrawable`) is asked for it back once the select has something else to do:
+/// its timeout or first timer is due, another guard looks ready, or the census declared the
+/// network deadlocked (the second value: then the select fails, unless a reader took the
+/// message meanwhile). Meanwhile the select is seen by the census as waiting on its guards.
+fn await_claimer<R>(
+    me: &Waiter,
+    guards: &[Option<Guard<'_, R>>],
+    i: usize,
+    chan: Chan,
+    (events, wake_at): (&[&Event], Option<Instant>),
+) -> (Hold, bool) {
+    let held = || {
+        if me.taken(i) {
+            return Some(Hold::Taken);
+        }
+        if me.given_back(i) {
+            return Some(Hold::GivenBack);
+        }
+        let f = chan.state_flags();
+        if f & POISONED != 0 {
+            Some(Hold::Failed(ChannelError::Poisoned))
+        } else if f & PEER_DIED != 0 {
+            Some(Hold::Failed(chan.peer_died()))
+        } else {
+            None
+        }
+    };
+    let id = me.id();
+    let others_ready = || {
+        guards
+            .iter()
+            .enumerate()
+            .any(|(j, g)| j != i && looks_ready(g.as_ref(), id, false))
+    };
+    let mut deadlocked = false;
+    loop {
+        if me.withdrawable(i) {
+            // `Some(None)`: something else to do; `None`: the timeout or a timer is due.
+            let r = waiting_on(guards, |waiting| {
+                wait_parked(
+                    events,
+                    wake_at,
+                    Some(waiting),
+                    || match held() {
+                        Some(h) => Some(Some(h)),
+                        None => others_ready().then_some(None),
+                    },
+                    || false,
+                    || {
+                        deadlocked = true;
+                        None
+                    },
+                )
+            });
+            if let Some(Some(h)) = r {
+                return (h, deadlocked);
+            }
+            me.ask_back(i);
+            // It answers within a round trip to its host: it gives the message back, or a
+            // reader took it meanwhile.
+            let h = chan.events().1.wait_until(None, held, || false);
+            return (h.expect("no deadline"), deadlocked);
+        }
+        // Until it let go, or says it keeps the message only until asked.
+        let h = chan.events().1.wait_until(
+            None,
+            || match held() {
+                Some(h) => Some(Some(h)),
+                None => me.withdrawable(i).then_some(None),
+            },
+            || false,
+        );
+        if let Some(Some(h)) = h {
+            return (h, deadlocked);
+        }
     }
 }
 

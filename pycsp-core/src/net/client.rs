@@ -49,6 +49,10 @@ use crate::sys;
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
 
+/// How often a pump whose select's message waits at the host (`Offer`) looks whether the
+/// select asks for it back.
+const OFFER_LOOK: Duration = Duration::from_millis(1);
+
 /// How long the pump of a reading end holds messages the host sent it while its user takes
 /// none of them, by default: then they go back to the host's channel (a rendezvous message's
 /// writer still waits), for other readers, and the pump asks again only once its user reads.
@@ -490,6 +494,27 @@ impl Pump {
         read_frame(&mut self.s, MAX_FRAME)
     }
 
+    /// Sends a select's message (`Offer`, the select's `taken`) and waits for the host's
+    /// answer; meanwhile the select may ask for its message back (its timeout, another
+    /// guard): then the pump sends `Withdraw`, once. Every [`OFFER_LOOK`] it looks whether the
+    /// select asked; a wait that lasts is published for the census as idle.
+    fn offer(&mut self, frame: &Frame, taken: &Taken) -> Result<Frame, FrameError> {
+        write_frame(&mut self.s, frame)?;
+        self.proxy.offer_withdrawable(taken);
+        let (since, mut idle, mut withdrawn) = (Instant::now(), None, false);
+        while !sys::wait_readable(self.s.as_raw_fd(), OFFER_LOOK) {
+            if !withdrawn && self.proxy.offer_asked_back(taken) {
+                write_frame(&mut self.s, &Frame::empty(Kind::Withdraw))?;
+                withdrawn = true;
+            }
+            if idle.is_none() && since.elapsed() >= stream::PUBLISH_AFTER {
+                idle = stream::idle(self.host, self.info.writer, &self.proxy, None);
+            }
+        }
+        drop(idle);
+        read_frame(&mut self.s, MAX_FRAME)
+    }
+
     /// Takes the next message the user wrote into the proxy (`deadline` as
     /// `read_deferred`'s); a wait that lasts is published for the census as idle (every
     /// request answered).
@@ -563,12 +588,13 @@ impl Pump {
     /// Sends the host a message the user wrote into the proxy (`taken` from it) and completes
     /// the user's write with the answer; `Err` ends the pump (with what it returns).
     ///
-    /// A select's output guard, or a write with a deadline, is *offered* (`WriteOffer`, its
-    /// block kept): if a reader took it within the host's hold, the writer's rendezvous
-    /// completes; if not, the message goes back to the writer (a select goes on as if nobody
-    /// had claimed it: its other guards, its timeout; a write writes it again unless its
-    /// deadline passed), which offers it again. So the writer can give up meanwhile. Any other
-    /// write is a `Write`, which the host completes when a reader took it.
+    /// A select's output guard is *offered* (`Offer`, its block kept, see [`offer`]
+    /// (Self::offer)): the host keeps it for a reader until the select asks for it back,
+    /// and then it goes back to the select, which goes on (its other guards, its timeout).
+    /// A write with a deadline is offered for a moment at a time (`WriteOffer`): if a reader
+    /// took it within the host's hold, the writer's rendezvous completes; if not, it goes back
+    /// to the writer, which writes it again unless its deadline passed. Any other write is a
+    /// `Write`, which the host completes when a reader took it.
     fn send_write(
         &mut self,
         msg: Incoming,
@@ -611,12 +637,12 @@ impl Pump {
                 return Err(false);
             }
         };
-        let kind = if offered {
-            Kind::WriteOffer
-        } else {
-            Kind::Write
+        let answer = match taken {
+            Taken::Offer { .. } => self.offer(&Frame::new(Kind::Offer, bytes), &taken),
+            _ if offered => self.request(&Frame::new(Kind::WriteOffer, bytes)),
+            _ => self.request(&Frame::new(Kind::Write, bytes)),
         };
-        match self.request(&Frame::new(kind, bytes)) {
+        match answer {
             Ok(f) if f.kind == Kind::Done => {
                 // Taken: an offered message's block was ours since the claim.
                 if let Some(offset) = block {

@@ -45,10 +45,15 @@ pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
 
-/// How long a host tries a `WriteOffer` (a remote select's output guard on a rendezvous
+/// How long a host tries a `WriteOffer` (a remote write with a deadline on a rendezvous
 /// channel): taken by a reader by then, or withdrawn and answered `Error(timeout)`; the
-/// remote select then goes on (its other guards, its timeout), and offers again.
+/// remote writer then writes again, unless its deadline passed.
 pub(crate) const OFFER_HOLD: Duration = Duration::from_millis(2);
+
+/// How long each attempt of a host to write an `Offer` lasts (a remote select's output guard
+/// on a rendezvous channel, kept until a reader takes it or the select withdraws it): between
+/// two, it looks for the peer's `Withdraw`.
+pub(crate) const OFFER_STEP: Duration = Duration::from_millis(1);
 
 /// How often a message given back to a full buffered channel looks whether anything readable
 /// is left to make room for it (see `Conn::put_back`).
@@ -743,6 +748,19 @@ impl Conn<'_> {
                     inbox.recycle(frame.body);
                     r
                 }
+                (Kind::Offer, true) => {
+                    if let Err(reason) = (self.validate)(self.chan, &frame.body) {
+                        return self.not_a_message(reason);
+                    }
+                    let r = self.offer(s, &mut inbox, &frame.body);
+                    inbox.recycle(frame.body);
+                    match r {
+                        Ok(r) => r,
+                        Err(end) => return end,
+                    }
+                }
+                // Sent as the host answered its `Offer`: nothing to take back any more.
+                (Kind::Withdraw, true) => continue,
                 (Kind::Read, false) => {
                     if credits + held.len() >= self.read_window() {
                         return End::Broken(self.protocol(format!(
@@ -876,6 +894,47 @@ impl Conn<'_> {
                 End::Lost(e.to_string())
             }
             _ => End::Broken(self.protocol(e.to_string())),
+        }
+    }
+
+    /// Writes `body` for the peer's select for as long as the select wants it (an `Offer`):
+    /// tries in steps of [`OFFER_STEP`], between which it looks for the peer's `Withdraw`,
+    /// and publishes its wait for the census as the peer's write of the channel. `Ok(Ok)`:
+    /// a reader took it; `Ok(Err(Timeout))`: withdrawn, nothing delivered; `Err`: the
+    /// connection ends.
+    fn offer(
+        &self,
+        s: &mut Stream,
+        inbox: &mut FrameReader,
+        body: &[u8],
+    ) -> Result<Result<(), ChannelError>, End> {
+        let mut parked: Option<census::Parked> = None;
+        loop {
+            match write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)) {
+                Err(ChannelError::Timeout) => {}
+                r => {
+                    self.since.set(None);
+                    return Ok(r);
+                }
+            }
+            if inbox.buffered() || sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
+                // The peer's select wants it back, or the peer hung up.
+                return match inbox.next(s, MAX_FRAME) {
+                    Ok(f) if f.kind == Kind::Withdraw => {
+                        self.since.set(None);
+                        Ok(Err(ChannelError::Timeout))
+                    }
+                    Ok(f) => Err(End::Broken(
+                        self.protocol(format!("a {:?} frame while an Offer waits", f.kind)),
+                    )),
+                    Err(e) => Err(self.frame_error(e)),
+                };
+            }
+            if parked.as_ref().is_some_and(census::Parked::deadlocked) {
+                // The remote select is part of a deadlock: its offer fails with it.
+                return Ok(Err(ChannelError::Deadlock));
+            }
+            self.publish(&mut parked, true);
         }
     }
 

@@ -1679,6 +1679,32 @@ impl Chan {
         Ok(())
     }
 
+    /// A socket pump that took a selecting writer's message (`t`) keeps it only until the
+    /// select asks for it back ([`offer_asked_back`](Self::offer_asked_back)): the select,
+    /// woken, watches its timeout and its other guards meanwhile. `false` for a message not
+    /// taken from a select.
+    pub(crate) fn offer_withdrawable(&self, t: &Taken) -> bool {
+        let Taken::Offer { word, .. } = *t else {
+            return false;
+        };
+        if let Ok(arena) = Arena::get() {
+            waiter::offer_withdrawable(arena, word);
+        }
+        self.hdr.tx.0.notify_all();
+        true
+    }
+
+    /// Whether the select whose message `t` names asks for it back (see
+    /// [`offer_withdrawable`](Self::offer_withdrawable)).
+    pub(crate) fn offer_asked_back(&self, t: &Taken) -> bool {
+        match *t {
+            Taken::Offer { word, .. } => {
+                Arena::get().is_ok_and(|arena| waiter::asked_back(arena, word))
+            }
+            Taken::Slot { .. } => false,
+        }
+    }
+
     /// Whether a message taken from `t` can go back to its writer ([`return_to_writer`]
     /// (Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
     /// waits for it.

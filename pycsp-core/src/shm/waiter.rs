@@ -427,6 +427,22 @@ impl Waiter {
             .is_some_and(|l| l.load(Ordering::SeqCst) & GIVEN_BACK != 0)
     }
 
+    /// Whether the claimer of output guard `guard` keeps its message only until we ask for it
+    /// back (see [`WITHDRAWABLE`]).
+    pub(crate) fn withdrawable(&self, guard: usize) -> bool {
+        self.rec
+            .table(OUT_LEN, guard)
+            .is_some_and(|l| l.load(Ordering::SeqCst) & WITHDRAWABLE != 0)
+    }
+
+    /// Asks the claimer of output guard `guard` for its message back (it answers by giving it
+    /// back, or by taking it: a reader took it meanwhile).
+    pub(crate) fn ask_back(&self, guard: usize) {
+        if let Some(l) = self.rec.table(OUT_LEN, guard) {
+            l.fetch_or(ASKED_BACK, Ordering::SeqCst);
+        }
+    }
+
     /// The message a writer delivered to us, if it has (then the block is ours).
     pub(crate) fn mail(&self) -> Option<(u64, u64)> {
         let h = self.rec.hdr;
@@ -495,7 +511,10 @@ pub(crate) fn claim(arena: &'static Arena, offer: Offer) -> Claim {
         return Claim::Stale;
     }
     let (offset, len) = match (rec.table(OUT_OFF, guard), rec.table(OUT_LEN, guard)) {
-        (Some(o), Some(l)) => (o.load(Ordering::SeqCst), l.load(Ordering::SeqCst)),
+        (Some(o), Some(l)) => (
+            o.load(Ordering::SeqCst),
+            l.load(Ordering::SeqCst) & LEN_MASK,
+        ),
         _ => (0, 0),
     };
     let selected = (cur & !0xffff_ffff) | (u64::from(SELECTED) + guard as u64);
@@ -542,6 +561,19 @@ pub(crate) fn staged_block(arena: &'static Arena, word: u64) -> Option<u64> {
 /// [`give_back_offer`]).
 const GIVEN_BACK: u64 = 1 << 63;
 
+/// The bit of a guard's `out_len` that says its claimer keeps the message only until the
+/// select asks for it back (a socket pump that offers it to a remote host, see
+/// [`offer_withdrawable`]): the select, while it waits for the claimer, still watches its
+/// timeout and its other guards.
+const WITHDRAWABLE: u64 = 1 << 62;
+
+/// The bit of a guard's `out_len` by which the select asks a [`WITHDRAWABLE`] claimer for
+/// its message back (see [`Waiter::ask_back`]).
+const ASKED_BACK: u64 = 1 << 61;
+
+/// A guard's `out_len` without its bits: the message's length.
+const LEN_MASK: u64 = ASKED_BACK - 1;
+
 /// Tells the writer that made offer `word` that its message was not taken after all: its
 /// block is its own again, and its select goes on as if nobody had claimed it (a socket pump
 /// that found no remote reader for it in time).
@@ -561,6 +593,23 @@ pub(crate) fn give_back_offer(arena: &'static Arena, word: u64) {
             }
         }
     }
+}
+
+/// The claimer of offer `word` keeps its message only until the select asks for it back
+/// (see [`WITHDRAWABLE`]); the caller wakes the select.
+pub(crate) fn offer_withdrawable(arena: &'static Arena, word: u64) {
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
+    if let Some(len) = record(arena, word).table(OUT_LEN, guard) {
+        len.fetch_or(WITHDRAWABLE, Ordering::SeqCst);
+    }
+}
+
+/// Whether the select that made offer `word` asks its claimer for the message back.
+pub(crate) fn asked_back(arena: &'static Arena, word: u64) -> bool {
+    let guard = (word & ((1 << GUARD_BITS) - 1)) as usize;
+    record(arena, word)
+        .table(OUT_LEN, guard)
+        .is_some_and(|l| l.load(Ordering::SeqCst) & ASKED_BACK != 0)
 }
 
 /// Hands the message in block `offset` (`len` bytes) to the reader that made offer `word`
