@@ -588,8 +588,8 @@ impl Pump {
     /// Sends the host a message the user wrote into the proxy (`taken` from it) and completes
     /// the user's write with the answer; `Err` ends the pump (with what it returns).
     ///
-    /// A select's output guard is *offered* (`Offer`, its block kept, see [`offer`]
-    /// (Self::offer)): the host keeps it for a reader until the select asks for it back,
+    /// A select's output guard is *offered* (`Offer`, its block kept, see
+    /// [`offer`](Self::offer)): the host keeps it for a reader until the select asks for it back,
     /// and then it goes back to the select, which goes on (its other guards, its timeout).
     /// A write with a deadline is offered for a moment at a time (`WriteOffer`): if a reader
     /// took it within the host's hold, the writer's rendezvous completes; if not, it goes back

@@ -251,7 +251,7 @@ fn give_back(rec: Rec, owner: u64, dead: bool) {
 /// delivered to it. A claimer that gives back or delivers after this frees its block itself
 /// (see [`give_back_offer`], [`deliver`]): each block is taken from the record by one swap,
 /// so one of the two frees it. (The record names only blocks its thread holds: a select
-/// clears a guard's entry before it frees or hands on the block, see [`Waiter::unstage`].)
+/// clears a guard's entry before it frees or hands on the block, see [`unstage`].)
 fn free_held(rec: Rec, selected: Option<usize>) {
     // Before it looks at what the record names (a claimer looks at this after it wrote).
     rec.hdr.pid.store(0, Ordering::SeqCst);
