@@ -48,10 +48,6 @@ kinds! {
     Write = 0x20,
     /// Server to client: the last request succeeded.
     Done = 0x21,
-    /// Client to server: one message to write only if a reader takes it within
-    /// `OFFER_HOLD` (a remote select's output guard on a rendezvous channel): `Done`, or
-    /// `Error` (`timeout`: not taken).
-    WriteOffer = 0x22,
     /// Client to server: one message to write for a select that may change its mind (a
     /// remote select's output guard on a rendezvous channel): the host waits for a reader
     /// until one takes it (`Done`) or the client sends `Withdraw` (`Error` `timeout`: not

@@ -49,8 +49,8 @@ use crate::sys;
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
 
-/// How often a pump whose select's message waits at the host (`Offer`) looks whether the
-/// select asks for it back.
+/// How often a pump whose message waits at the host (`Offer`) looks whether its writer (a
+/// select, or a write with a deadline) asks for it back.
 const OFFER_LOOK: Duration = Duration::from_millis(1);
 
 /// How long the pump of a reading end holds messages the host sent it while its user takes
@@ -494,10 +494,11 @@ impl Pump {
         read_frame(&mut self.s, MAX_FRAME)
     }
 
-    /// Sends a select's message (`Offer`, the select's `taken`) and waits for the host's
-    /// answer; meanwhile the select may ask for its message back (its timeout, another
-    /// guard): then the pump sends `Withdraw`, once. Every [`OFFER_LOOK`] it looks whether the
-    /// select asked; a wait that lasts is published for the census as idle.
+    /// Sends a message its writer may want back (`Offer`, `taken` from a select or a write
+    /// with a deadline) and waits for the host's answer; meanwhile the writer may ask for it
+    /// back (a select's timeout or other guard, a write's deadline): then the pump sends
+    /// `Withdraw`, once. Every [`OFFER_LOOK`] it looks whether the writer asked; a wait that
+    /// lasts is published for the census as idle.
     fn offer(&mut self, frame: &Frame, taken: &Taken) -> Result<Frame, FrameError> {
         write_frame(&mut self.s, frame)?;
         self.proxy.offer_withdrawable(taken);
@@ -588,13 +589,11 @@ impl Pump {
     /// Sends the host a message the user wrote into the proxy (`taken` from it) and completes
     /// the user's write with the answer; `Err` ends the pump (with what it returns).
     ///
-    /// A select's output guard is *offered* (`Offer`, its block kept, see
-    /// [`offer`](Self::offer)): the host keeps it for a reader until the select asks for it back,
-    /// and then it goes back to the select, which goes on (its other guards, its timeout).
-    /// A write with a deadline is offered for a moment at a time (`WriteOffer`): if a reader
-    /// took it within the host's hold, the writer's rendezvous completes; if not, it goes back
-    /// to the writer, which writes it again unless its deadline passed. Any other write is a
-    /// `Write`, which the host completes when a reader took it.
+    /// A select's output guard, or a write with a deadline, is *offered* (`Offer`, its block
+    /// kept, see [`offer`](Self::offer)): the host keeps it for a reader until the writer
+    /// asks for it back (a select: its timeout, its other guards; a write: its deadline), and
+    /// then it goes back to the writer, which goes on. Any other write is a `Write`, which
+    /// the host completes when a reader took it.
     fn send_write(
         &mut self,
         msg: Incoming,
@@ -637,10 +636,10 @@ impl Pump {
                 return Err(false);
             }
         };
-        let answer = match taken {
-            Taken::Offer { .. } => self.offer(&Frame::new(Kind::Offer, bytes), &taken),
-            _ if offered => self.request(&Frame::new(Kind::WriteOffer, bytes)),
-            _ => self.request(&Frame::new(Kind::Write, bytes)),
+        let answer = if offered {
+            self.offer(&Frame::new(Kind::Offer, bytes), &taken)
+        } else {
+            self.request(&Frame::new(Kind::Write, bytes))
         };
         match answer {
             Ok(f) if f.kind == Kind::Done => {

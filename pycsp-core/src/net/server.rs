@@ -45,11 +45,6 @@ pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
 
-/// How long a host tries a `WriteOffer` (a remote write with a deadline on a rendezvous
-/// channel): taken by a reader by then, or withdrawn and answered `Error(timeout)`; the
-/// remote writer then writes again, unless its deadline passed.
-pub(crate) const OFFER_HOLD: Duration = Duration::from_millis(2);
-
 /// How long each attempt of a host to write an `Offer` lasts (a remote select's output guard
 /// on a rendezvous channel, kept until a reader takes it or the select withdraws it): between
 /// two, it looks for the peer's `Withdraw`.
@@ -737,16 +732,6 @@ impl Conn<'_> {
                         Some(r) => r,
                         None => return End::Lost("hung up during a write".into()),
                     }
-                }
-                (Kind::WriteOffer, true) => {
-                    if let Err(reason) = (self.validate)(self.chan, &frame.body) {
-                        return self.not_a_message(reason);
-                    }
-                    // One attempt: taken by a reader within the hold, or withdrawn.
-                    let r =
-                        write_encoded(&self.chan, &frame.body, Some(Instant::now() + OFFER_HOLD));
-                    inbox.recycle(frame.body);
-                    r
                 }
                 (Kind::Offer, true) => {
                     if let Err(reason) = (self.validate)(self.chan, &frame.body) {

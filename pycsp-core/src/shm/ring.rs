@@ -1694,14 +1694,18 @@ impl Chan {
         true
     }
 
-    /// Whether the select whose message `t` names asks for it back (see
-    /// [`offer_withdrawable`](Self::offer_withdrawable)).
+    /// Whether the writer of the message a socket pump took (`t`) asks for it back: a select
+    /// (see [`offer_withdrawable`](Self::offer_withdrawable)), or a writer whose deadline
+    /// passed (it marked its slot withdrawn, see `withdraw`, and waits for the pump to give
+    /// the message back or to say a reader took it).
     pub(crate) fn offer_asked_back(&self, t: &Taken) -> bool {
         match *t {
             Taken::Offer { word, .. } => {
                 Arena::get().is_ok_and(|arena| waiter::asked_back(arena, word))
             }
-            Taken::Slot { .. } => false,
+            Taken::Slot { index, .. } => {
+                self.slots[index].kind.load(Ordering::SeqCst) & CANCELLED != 0
+            }
         }
     }
 
