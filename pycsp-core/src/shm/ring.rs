@@ -66,8 +66,8 @@ const RETURNED: u32 = 1 << 11;
 /// The bits of a slot's `kind` that say where its message is (`KIND_INLINE`, `KIND_BLOCK`).
 const KIND_MASK: u32 = 0xff;
 /// Bit of a slot's `kind`: its writer writes with a deadline (a socket pump offers such a
-/// message to its host a moment at a time, and gives it back to the writer if no reader
-/// took it, so that the writer's deadline can pass: see `Chan::writer_is_timed`).
+/// message to its host, and takes it back when the writer marks the slot withdrawn at its
+/// deadline: see `Chan::writer_is_timed`, `Chan::offer_asked_back`).
 const TIMED: u32 = 1 << 12;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
