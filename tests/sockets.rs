@@ -613,6 +613,31 @@ fn a_remote_select_with_an_output_guard_takes_whichever_side_comes() {
     assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
 }
 
+/// A remote select whose output guard nobody takes gets a message that comes on its remote
+/// input guard, even when that end holds messages for its user only 1 ms
+/// (`PYCSP_REMOTE_HOLD_MS=1`), shorter than the select takes to have its offered message
+/// back (`Withdraw`): what the input end gives back comes again when the select looks.
+#[test]
+fn a_remote_select_gets_its_input_while_its_offer_comes_back() {
+    for round in 0..5 {
+        let at = |n: &str| format!("tcp://127.0.0.1:{}/{n}{round}", common::free_port());
+        let (c, d) = (
+            Channel::<u64>::named(&at("offered")).unwrap(),
+            Channel::<u64>::named(&at("other")).unwrap(),
+        );
+        let r = c.reader();
+        let placed = Placement::launcher(&format!("env {}=1 {{cmd}}", pycsp::net::ENV_HOLD_MS));
+        let h = Spawn(offer_or_take(c.writer(), d.reader(), 8).on(placed)).unwrap();
+        d.writer().write(42).unwrap();
+        let got = h
+            .join_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("round {round}: the select did not end in 20 s"));
+        assert_eq!(got.unwrap(), Ok(42), "round {round}");
+        drop(c);
+        assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
+    }
+}
+
 /// Polls `jobs` once (a read with a zero timeout: the end asks its host for a message), says
 /// whether it got one, and waits for `gate` before it leaves, reading no more.
 #[process]
