@@ -89,7 +89,7 @@ impl Role {
 }
 
 /// Holds `chan` once more as `role` (the caller holds it already, or just created it and
-/// gives that hold to `role`, see [`adopt_created`]).
+/// gives that hold to `role`, see [`took`]).
 pub(crate) fn hold(chan: &Chan, role: Role) {
     match role {
         Role::Handle => chan.hold(),

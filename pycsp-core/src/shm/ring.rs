@@ -616,8 +616,8 @@ impl Chan {
 
     /// Makes this (rendezvous) channel count the reads and input guards that come to it,
     /// and wake its writers when one comes: the proxy of a remote reading end, whose pump
-    /// asks its host for a message only while its user reads (see [`reader_looks`]
-    /// (Self::reader_looks)). Set before the user has the end; the channels of other
+    /// asks its host for a message only while its user reads (see
+    /// [`reader_looks`](Self::reader_looks)). Set before the user has the end; the channels of other
     /// readers pay nothing for it (the flags are read anyway).
     pub(crate) fn watch_readers(&self) {
         self.hdr
@@ -1085,7 +1085,7 @@ impl Chan {
         self.try_push_as(msg, 0)
     }
 
-    /// [`try_push`](Self::try_push) with `bits` (0 or [`TIMED`]) in the slot's `kind`.
+    /// `try_push` (tests use it) with `bits` (0 or [`TIMED`]) in the slot's `kind`.
     #[inline(always)]
     fn try_push_as(&self, msg: &Outgoing<'_>, bits: u32) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
@@ -1271,8 +1271,9 @@ impl Chan {
         self.hdr.state.0.giving_back.load(Ordering::SeqCst) != 0 || self.holds_taken_slots()
     }
 
-    /// Whether messages given back may still come to `reader`: [`more_may_come_back`]
-    /// (Self::more_may_come_back), leaving out the slots it holds itself.
+    /// Whether messages given back may still come to `reader`:
+    /// [`more_may_come_back`](Self::more_may_come_back), leaving out the slots it holds
+    /// itself.
     #[cold]
     #[inline(never)]
     fn may_come_back(&self, reader: Reader) -> bool {
@@ -1585,19 +1586,19 @@ impl Chan {
         self.hdr.tx.0.notify_all();
     }
 
-    /// [`ack`](Self::ack) for a message a socket host took with [`read_deferred`]
-    /// (Self::read_deferred) and copied out without freeing its block: the slot, or the
+    /// [`ack`](Self::ack) for a message a socket host took with
+    /// [`read_deferred`](Self::read_deferred) and copied out without freeing its block: the slot, or the
     /// selecting writer's record, names the block until then, so that the message can go
     /// back where it was ([`return_to_writer`](Self::return_to_writer),
-    /// [`give_back_in_place`](Self::give_back_in_place), [`give_back_offer`]
-    /// (Self::give_back_offer)). Frees that block first.
+    /// [`give_back_in_place`](Self::give_back_in_place),
+    /// [`give_back_offer`](Self::give_back_offer)). Frees that block first.
     pub(crate) fn ack_kept(&self, t: Taken) {
         self.free_kept(&t);
         self.ack(t);
     }
 
-    /// Frees the block of a message taken with its block kept (see [`ack_kept`]
-    /// (Self::ack_kept)), before its slot is emptied for a copy of it.
+    /// Frees the block of a message taken with its block kept (see
+    /// [`ack_kept`](Self::ack_kept)), before its slot is emptied for a copy of it.
     pub(crate) fn free_kept(&self, t: &Taken) {
         match *t {
             Taken::Slot { index, .. } => self.free_slot_block(index),
@@ -1709,8 +1710,8 @@ impl Chan {
         }
     }
 
-    /// Whether a message taken from `t` can go back to its writer ([`return_to_writer`]
-    /// (Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
+    /// Whether a message taken from `t` can go back to its writer
+    /// ([`return_to_writer`](Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
     /// waits for it.
     pub(crate) fn can_return(&self, t: &Taken) -> bool {
         self.is_rendezvous() && matches!(t, Taken::Slot { .. })
@@ -1821,7 +1822,7 @@ impl Chan {
             .map(|(m, _)| m.into_incoming(&buf))
     }
 
-    /// Like [`read`](Self::read), with the inline bytes of the message copied to `buf`.
+    /// Like `read` (tests use it), with the inline bytes of the message copied to `buf`.
     #[inline(always)]
     pub(crate) fn read_into(
         &self,
@@ -1833,7 +1834,7 @@ impl Chan {
             .map(|(m, _)| m)
     }
 
-    /// Like [`read`](Self::read), but the message's slot stays full, and its writer waiting,
+    /// Like `read` (tests use it), but the message's slot stays full, and its writer waiting,
     /// until [`ack`](Self::ack): a socket pump completes a local rendezvous only when the
     /// remote host confirmed the message.
     pub(crate) fn read_deferred(
