@@ -89,9 +89,10 @@ struct State {
     /// Reads and input guards that came to a channel whose readers are watched (see
     /// [`Chan::watch_readers`]), counted with wrap-around.
     looks: AtomicU32,
-    /// Nanoseconds that reads of a channel whose readers are watched spent waiting for a
-    /// message (wrapping): what a remote reading end's pump subtracts from the time between
-    /// its user's takes to learn how long the user works on each (see `ReadAhead`).
+    /// Nanoseconds that reads and input guards of a channel whose readers are watched spent
+    /// waiting for a message (wrapping): what a remote reading end's pump subtracts from the
+    /// time between its user's takes to learn how long the user works on each (see
+    /// `ReadAhead`).
     waited: AtomicU64,
     /// `generation << 32 | holders`: every `Channel` handle and every end in every process
     /// (also one travelling in a message or to a child), a socket host and a proxy's pump
@@ -617,8 +618,8 @@ impl Chan {
     /// Makes this (rendezvous) channel count the reads and input guards that come to it,
     /// and wake its writers when one comes: the proxy of a remote reading end, whose pump
     /// asks its host for a message only while its user reads (see
-    /// [`reader_looks`](Self::reader_looks)). Set before the user has the end; the channels of other
-    /// readers pay nothing for it (the flags are read anyway).
+    /// [`reader_looks`](Self::reader_looks)). Set before the user has the end; the channels
+    /// of other readers pay nothing for it (the flags are read anyway).
     pub(crate) fn watch_readers(&self) {
         self.hdr
             .state
@@ -1587,9 +1588,9 @@ impl Chan {
     }
 
     /// [`ack`](Self::ack) for a message a socket host took with
-    /// [`read_deferred`](Self::read_deferred) and copied out without freeing its block: the slot, or the
-    /// selecting writer's record, names the block until then, so that the message can go
-    /// back where it was ([`return_to_writer`](Self::return_to_writer),
+    /// [`read_deferred`](Self::read_deferred) and copied out without freeing its block: the
+    /// slot, or the selecting writer's record, names the block until then, so that the
+    /// message can go back where it was ([`return_to_writer`](Self::return_to_writer),
     /// [`give_back_in_place`](Self::give_back_in_place),
     /// [`give_back_offer`](Self::give_back_offer)). Frees that block first.
     pub(crate) fn ack_kept(&self, t: Taken) {
@@ -1682,17 +1683,16 @@ impl Chan {
 
     /// A socket pump that took a selecting writer's message (`t`) keeps it only until the
     /// select asks for it back ([`offer_asked_back`](Self::offer_asked_back)): the select,
-    /// woken, watches its timeout and its other guards meanwhile. `false` for a message not
-    /// taken from a select.
-    pub(crate) fn offer_withdrawable(&self, t: &Taken) -> bool {
+    /// woken, watches its timeout and its other guards meanwhile. Nothing for a message taken
+    /// from a slot (its writer withdraws it at its deadline, see `withdraw`).
+    pub(crate) fn offer_withdrawable(&self, t: &Taken) {
         let Taken::Offer { word, .. } = *t else {
-            return false;
+            return;
         };
         if let Ok(arena) = Arena::get() {
             waiter::offer_withdrawable(arena, word);
         }
         self.hdr.tx.0.notify_all();
-        true
     }
 
     /// Whether the writer of the message a socket pump took (`t`) asks for it back: a select
@@ -1711,8 +1711,8 @@ impl Chan {
     }
 
     /// Whether a message taken from `t` can go back to its writer
-    /// ([`return_to_writer`](Self::return_to_writer)): one taken from a slot of a rendezvous channel, whose writer
-    /// waits for it.
+    /// ([`return_to_writer`](Self::return_to_writer)): one taken from a slot of a rendezvous
+    /// channel, whose writer waits for it.
     pub(crate) fn can_return(&self, t: &Taken) -> bool {
         self.is_rendezvous() && matches!(t, Taken::Slot { .. })
     }

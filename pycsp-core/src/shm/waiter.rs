@@ -256,10 +256,11 @@ fn free_held(rec: Rec, selected: Option<usize>) {
     // Before it looks at what the record names (a claimer looks at this after it wrote).
     rec.hdr.pid.store(0, Ordering::SeqCst);
     for g in 0..rec.cap {
-        let given_back = rec
-            .table(OUT_LEN, g)
-            .is_some_and(|l| l.load(Ordering::SeqCst) & GIVEN_BACK != 0);
-        if selected == Some(g) && !given_back {
+        let given_back = || {
+            rec.table(OUT_LEN, g)
+                .is_some_and(|l| l.load(Ordering::SeqCst) & GIVEN_BACK != 0)
+        };
+        if selected == Some(g) && !given_back() {
             continue;
         }
         if let Some(o) = rec.table(OUT_OFF, g) {
