@@ -28,17 +28,53 @@ pub fn timing() -> std::sync::MutexGuard<'static, ()> {
 /// ephemeral range (32768-60999 here): a port that `bind(0)` handed out and then freed can be
 /// taken again at once by any connecting or listening socket of a test running beside this
 /// one (a placed process's call-back listener binds port 0), so such ports race.
+///
+/// The ports are drawn in turn from one counter that every test process of this machine shares
+/// (a file in the temporary directory, read and advanced under `flock`): two test binaries, a
+/// process an earlier test left running, or two runs of the suite side by side do not draw the
+/// same port before 12 000 other draws, so a port checked free here is not also handed to
+/// another test that binds it before this one does (a pid-seeded pick did, once in CI:
+/// "Address already in use" between this check and the test's own bind).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let path = std::env::temp_dir().join("pycsp-test-ports");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the descriptor
+    // when `f` is dropped.
+    let locked = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        locked,
+        0,
+        "flock {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut text = String::new();
+    f.read_to_string(&mut text).expect("the port counter reads");
+    let mut n: u32 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| std::process::id().wrapping_mul(2_654_435_761) % COUNT);
+    let port = loop {
+        let port = (FIRST + n % COUNT) as u16;
+        n = (n + 1) % COUNT;
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return port;
+            break port;
         }
-    }
+    };
+    f.rewind().expect("the port counter rewinds");
+    f.set_len(0).expect("the port counter truncates");
+    write!(f, "{n}").expect("the port counter writes");
+    port
 }
 
 /// A channel name no other test of this binary uses (tests run as threads of one network).
