@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -123,7 +124,45 @@ pub(crate) fn write_encoded_back(
     bytes: &[u8],
     deadline: Option<Instant>,
 ) -> Result<(), ChannelError> {
-    write_as(chan, &Encoded(bytes), deadline, true).map_err(|e| e.error)
+    write_as(chan, &Encoded(bytes), deadline, How::Back).map_err(|e| e.error)
+}
+
+/// Writes an encoded message as [`write_encoded`] does, withdrawn as soon as `stop` is set
+/// (see [`Chan::write_until`]).
+pub(crate) fn write_encoded_until(
+    chan: &Chan,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+    stop: &AtomicBool,
+) -> Result<(), ChannelError> {
+    write_as(chan, &Encoded(bytes), deadline, How::Until(stop)).map_err(|e| e.error)
+}
+
+/// Which of the ring's writes a message takes.
+#[derive(Clone, Copy)]
+enum How<'a> {
+    /// A writer's message ([`Chan::write`]).
+    Plain,
+    /// A message a reader gave back ([`Chan::write_back`]).
+    Back,
+    /// A message withdrawn when the flag is set ([`Chan::write_until`]).
+    Until(&'a AtomicBool),
+}
+
+impl How<'_> {
+    #[inline(always)]
+    fn write(
+        self,
+        chan: &Chan,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(), WriteError> {
+        match self {
+            How::Plain => chan.write(msg, deadline),
+            How::Back => chan.write_back(msg, deadline),
+            How::Until(stop) => chan.write_until(msg, deadline, stop),
+        }
+    }
 }
 
 /// Encodes `value` into a buffer of its own (for a message that is written later).
@@ -134,16 +173,16 @@ pub(crate) fn encode<T: Serialize>(chan: &Chan, value: &T) -> Result<Vec<u8>, Ch
 /// The one write path: inline in the slot if the encoding fits, else through a block.
 #[inline]
 fn write<E: Encoding>(chan: &Chan, msg: &E, deadline: Option<Instant>) -> Result<(), WriteError> {
-    write_as(chan, msg, deadline, false)
+    write_as(chan, msg, deadline, How::Plain)
 }
 
-/// The one write path; `back` for a message given back by a reader.
+/// The one write path, into the ring's write `how`.
 #[inline(always)]
 fn write_as<E: Encoding>(
     chan: &Chan,
     msg: &E,
     deadline: Option<Instant>,
-    back: bool,
+    how: How<'_>,
 ) -> Result<(), WriteError> {
     let mut inline = Inline {
         buf: [0; INLINE],
@@ -154,13 +193,9 @@ fn write_as<E: Encoding>(
             buf: &inline.buf,
             len: inline.len,
         };
-        return if back {
-            chan.write_back(&slot, deadline)
-        } else {
-            chan.write(&slot, deadline)
-        };
+        return how.write(chan, &slot, deadline);
     }
-    write_block(chan, msg, deadline, back)
+    write_block(chan, msg, deadline, how)
 }
 
 /// The error of a write whose message never reached the ring.
@@ -178,7 +213,7 @@ fn write_block<E: Encoding>(
     chan: &Chan,
     msg: &E,
     deadline: Option<Instant>,
-    back: bool,
+    how: How<'_>,
 ) -> Result<(), WriteError> {
     let mut counter = Counter(0);
     msg.write_to(&mut counter)
@@ -206,12 +241,7 @@ fn write_block<E: Encoding>(
         return Err(not_placed(encode_error(chan, reason)));
     }
     let block = Outgoing::Block { offset, len };
-    if back {
-        chan.write_back(&block, deadline)
-    } else {
-        chan.write(&block, deadline)
-    }
-    .inspect_err(|e| {
+    how.write(chan, &block, deadline).inspect_err(|e| {
         if !e.placed {
             // Never placed in the ring: the block is still ours.
             arena.free_block(offset);

@@ -251,6 +251,31 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     r > 0 && p.revents != 0
 }
 
+/// Waits, with no deadline, until one of `fds` has bytes to read or hung up: the index of the
+/// first that has (`None` if `poll` fails). The caller makes sure one of them becomes
+/// readable: one is a socket whose peer speaks next, or a pair whose other end the caller
+/// closes when it no longer needs the wait.
+pub(crate) fn wait_any_readable(fds: &[RawFd]) -> Option<usize> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `polls` holds `polls.len()` valid pollfds.
+        let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        if r > 0 {
+            return polls.iter().position(|p| p.revents != 0);
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
 /// A descriptor that refers to a process (`pidfd_open`): it becomes readable when the process
 /// exits, and keeps referring to that process even after it was reaped.
 pub(crate) struct Pidfd(OwnedFd);

@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::frame::{
     append_frame, read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
     ONE_WRITE,
 };
-use crate::message::{copy_encoded, write_encoded, write_encoded_back};
+use crate::message::{copy_encoded, write_encoded, write_encoded_back, write_encoded_until};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
@@ -45,9 +46,10 @@ pub(crate) type Validate = fn(Chan, &[u8]) -> Result<(), String>;
 /// How often a connection blocked on its channel checks whether its peer hung up.
 const TICK: Duration = Duration::from_millis(100);
 
-/// How long each attempt of a host to write an `Offer` lasts (a remote select's output guard
-/// on a rendezvous channel, kept until a reader takes it or the select withdraws it): between
-/// two, it looks for the peer's `Withdraw`.
+/// How long a host's first attempt to write an `Offer` lasts (a remote select's output guard
+/// on a rendezvous channel, kept until a reader takes it or the select withdraws it) before a
+/// thread starts to watch the connection for the peer's `Withdraw` (see `Conn::offer`); and
+/// each attempt, between two of which it looks itself, when no thread can be started.
 pub(crate) const OFFER_STEP: Duration = Duration::from_millis(1);
 
 /// How often a message given back to a full buffered channel looks whether anything readable
@@ -882,26 +884,64 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes `body` for the peer's select for as long as the select wants it (an `Offer`):
-    /// tries in steps of [`OFFER_STEP`], between which it looks for the peer's `Withdraw`,
-    /// and publishes its wait for the census as the peer's write of the channel. `Ok(Ok)`:
-    /// a reader took it; `Ok(Err(Timeout))`: withdrawn, nothing delivered; `Err`: the
+    /// Writes `body` for the peer's select for as long as the select wants it (an `Offer`),
+    /// publishing its wait for the census as the peer's write of the channel. `Ok(Ok)`: a
+    /// reader took it; `Ok(Err(Timeout))`: withdrawn, nothing delivered; `Err`: the
     /// connection ends.
+    ///
+    /// A reader that is there, or comes within [`OFFER_STEP`], takes it at once. Then the
+    /// message stays placed while a thread of its own watches the connection: when the peer
+    /// sends (its `Withdraw`, or it hangs up), that thread stops the write, which withdraws
+    /// the message unless a reader is taking it. The write is placed anew each [`TICK`], to
+    /// look for a deadlock. (Writing in steps of [`OFFER_STEP`], looking at the socket
+    /// between two, as it does when no thread can be started, costs a few % of a CPU for as
+    /// long as the select waits.)
     fn offer(
         &self,
         s: &mut Stream,
         inbox: &mut FrameReader,
         body: &[u8],
     ) -> Result<Result<(), ChannelError>, End> {
+        match write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)) {
+            Err(ChannelError::Timeout) => {}
+            r => {
+                self.since.set(None);
+                return Ok(r);
+            }
+        }
+        let Ok((done, done_seen)) = std::os::unix::net::UnixStream::pair() else {
+            return self.keep_offering(s, inbox, body, None);
+        };
+        let stop = AtomicBool::new(false);
+        let (fd, chan, stop) = (s.as_raw_fd(), self.chan, &stop);
+        std::thread::scope(|scope| {
+            let watcher = std::thread::Builder::new()
+                .name("pycsp-offer".into())
+                .spawn_scoped(scope, move || {
+                    let _internal = census::internal_thread(false);
+                    if sys::wait_any_readable(&[fd, done_seen.as_raw_fd()]) == Some(0) {
+                        stop.store(true, Ordering::SeqCst);
+                        chan.wake_writers();
+                    }
+                });
+            let r = self.keep_offering(s, inbox, body, watcher.is_ok().then_some(stop));
+            // Ends the watcher's wait, if the peer did not.
+            drop(done);
+            r
+        })
+    }
+
+    /// [`offer`](Self::offer) after its first step: with `stop` set by a watcher of the
+    /// connection, in steps of [`TICK`]; without, in steps of [`OFFER_STEP`].
+    fn keep_offering(
+        &self,
+        s: &mut Stream,
+        inbox: &mut FrameReader,
+        body: &[u8],
+        stop: Option<&AtomicBool>,
+    ) -> Result<Result<(), ChannelError>, End> {
         let mut parked: Option<census::Parked> = None;
         loop {
-            match write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)) {
-                Err(ChannelError::Timeout) => {}
-                r => {
-                    self.since.set(None);
-                    return Ok(r);
-                }
-            }
             if inbox.buffered() || sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
                 // The peer's select wants it back, or the peer hung up.
                 return match inbox.next(s, MAX_FRAME) {
@@ -920,6 +960,19 @@ impl Conn<'_> {
                 return Ok(Err(ChannelError::Deadlock));
             }
             self.publish(&mut parked, true);
+            let r = match stop {
+                Some(stop) => {
+                    write_encoded_until(&self.chan, body, Some(Instant::now() + TICK), stop)
+                }
+                None => write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)),
+            };
+            match r {
+                Err(ChannelError::Timeout) => {}
+                r => {
+                    self.since.set(None);
+                    return Ok(r);
+                }
+            }
         }
     }
 

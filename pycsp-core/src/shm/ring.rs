@@ -11,7 +11,7 @@
 //! its slots, fresh zero pages of the arena, are touched only when messages reach them.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::arena::{Arena, ArenaError, MAX_NAME};
@@ -1500,6 +1500,31 @@ impl Chan {
         Ok(())
     }
 
+    /// Writes a message as [`write`](Self::write) does, which is also withdrawn (`Timeout`,
+    /// not placed) as soon as `stop` is set, by `deadline` at the latest: another thread sets
+    /// it, then calls [`wake_writers`](Self::wake_writers). A socket host offers a remote
+    /// select's message so, placed once, while a thread of its own watches the connection for
+    /// the select's `Withdraw`.
+    pub(crate) fn write_until(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+        stop: &AtomicBool,
+    ) -> Result<(), WriteError> {
+        let t0 = trace::begin();
+        let pos = self.write_stoppable(msg, deadline, false, Some(stop))?;
+        if t0 != 0 {
+            trace::wrote(self.name(), trace::slot_message(self.key(), pos), t0);
+        }
+        Ok(())
+    }
+
+    /// Wakes this channel's waiting writers, to look again at what they wait for (a `stop`
+    /// of [`write_until`](Self::write_until) that was set).
+    pub(crate) fn wake_writers(&self) {
+        self.hdr.tx.0.notify_all();
+    }
+
     /// The write; returns the position of the slot the message went through.
     #[inline(always)]
     fn write_as(
@@ -1508,18 +1533,39 @@ impl Chan {
         deadline: Option<Instant>,
         back: bool,
     ) -> Result<u64, WriteError> {
+        self.write_stoppable(msg, deadline, back, None)
+    }
+
+    /// [`write_as`](Self::write_as), given up when `stop` is set (see
+    /// [`write_until`](Self::write_until)).
+    #[inline(always)]
+    fn write_stoppable(
+        &self,
+        msg: &Outgoing<'_>,
+        deadline: Option<Instant>,
+        back: bool,
+        stop: Option<&AtomicBool>,
+    ) -> Result<u64, WriteError> {
+        let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
         let not_placed = |error| WriteError {
             error,
             placed: false,
         };
         let tx = &self.hdr.tx.0;
-        let timed = if deadline.is_some() { TIMED } else { 0 };
+        // A message its writer may withdraw before its deadline is timed too.
+        let timed = if deadline.is_some() || stop.is_some() {
+            TIMED
+        } else {
+            0
+        };
         loop {
             // Fast path: nothing refuses the write and a slot is free now.
             let (index, stamp) = match self.write_refused(back) {
                 None => match self.try_push_as(msg, timed) {
                     Some(placed) => placed,
-                    None => self.write_wait(msg, deadline, back).map_err(not_placed)?,
+                    None => self
+                        .write_wait(msg, deadline, back, stop)
+                        .map_err(not_placed)?,
                 },
                 Some(e) => return Err(not_placed(e)),
             };
@@ -1544,6 +1590,9 @@ impl Chan {
                     if now != stamp {
                         return Some(Ok(now == stamp + RETURNED_STAMP));
                     }
+                    if stopped() {
+                        return Some(Err(ChannelError::Timeout));
+                    }
                     self.write_refused(back).map(Err)
                 },
                 // Busy while a reader has claimed our slot (moved `head` past it) and not yet
@@ -1561,7 +1610,7 @@ impl Chan {
                 // the deadline passed meanwhile).
                 Some(Ok(true)) => {
                     self.empty_returned(index, pos);
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(not_placed(ChannelError::Timeout));
                     }
                 }
@@ -1765,9 +1814,14 @@ impl Chan {
         msg: &Outgoing<'_>,
         deadline: Option<Instant>,
         back: bool,
+        stop: Option<&AtomicBool>,
     ) -> Result<(usize, u64), ChannelError> {
         let tx = &self.hdr.tx.0;
-        let timed = if deadline.is_some() { TIMED } else { 0 };
+        let timed = if deadline.is_some() || stop.is_some() {
+            TIMED
+        } else {
+            0
+        };
         // When the ring is full, let the readers free a batch of slots before trying again,
         // instead of polling the very slot a reader is emptying (which slows that reader).
         // Only for the first checks: a reader that takes one message and then waits for us
@@ -1786,6 +1840,9 @@ impl Chan {
                 // The state check comes first: a waiter must never sleep through it.
                 if let Some(e) = self.write_refused(back) {
                     return Some(Err(e));
+                }
+                if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    return Some(Err(ChannelError::Timeout));
                 }
                 checks += 1;
                 if let Some(h) = full_at {
