@@ -5,8 +5,6 @@ use pycsp::prelude::*;
 
 mod common;
 
-/// A TCP port free at the moment of asking.
-
 #[process]
 fn produce(out: ChannelOut<u64>, from: u64, n: u64) -> Result<u32, ChannelError> {
     for i in from..from + n {
@@ -49,6 +47,40 @@ fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
     let (n, sum) = consumed.unwrap();
     assert_eq!(n, 2000);
     assert_eq!(sum, 10 * (1..=2000u64).sum::<u64>());
+}
+
+/// A channel on port 0 listens on a port the system picks, says which in its name, and its
+/// ends reach a placed process under that name (once it named port 0, which no end can
+/// connect to); a second channel under that port shares the listener, and a second address
+/// with port 0 listens anew.
+#[test]
+fn a_channel_on_port_0_listens_on_a_port_the_system_picks_and_is_named_after_it() {
+    let port_of = |name: &str| -> u16 {
+        let at = name.strip_prefix("tcp://127.0.0.1:").expect(name);
+        at.split_once('/').expect(name).0.parse().expect(name)
+    };
+    let a = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
+    let port = port_of(a.name());
+    assert_ne!(port, 0);
+    assert_eq!(a.name(), format!("tcp://127.0.0.1:{port}/a"));
+    let b = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
+    let other = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
+    assert_ne!(port_of(other.name()), port, "port 0 listens anew");
+    // The name it reports is taken once, as any name.
+    assert!(matches!(
+        Channel::<u64>::named(a.name()),
+        Err(ChannelError::NameInUse(_))
+    ));
+    let here = Placement::launcher("{cmd}");
+    let (pid, relayed, consumed) = Parallel((
+        produce(a.writer(), 1, 100).on(here.clone()),
+        relay(a.reader(), b.writer()).on(here),
+        consume(b.reader()),
+    ))
+    .unwrap();
+    assert_ne!(pid.unwrap(), std::process::id());
+    relayed.unwrap();
+    assert_eq!(consumed.unwrap(), (100, 10 * (1..=100u64).sum::<u64>()));
 }
 
 #[process]

@@ -119,7 +119,8 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// Creates a rendezvous channel under `name`, by which any process of the network can
     /// [`open`](Self::open) it; a socket address (`tcp://HOST:PORT/NAME`,
     /// `local://SOCKET/NAME`) also hosts it there for other programs and hosts
-    /// (see [`crate::net`]).
+    /// (see [`crate::net`]). With port 0 (`tcp://127.0.0.1:0/jobs`) it listens on a port the
+    /// system picks, and [`name`](Self::name) says which (`tcp://127.0.0.1:41234/jobs`).
     ///
     /// Fails with [`ChannelError::NameInUse`] while the network has a live channel of this
     /// name.
@@ -146,6 +147,21 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 _t: PhantomData,
             });
         };
+        let too_long = |name: &str| ChannelError::NameTooLong {
+            name: name.to_string(),
+            len: name.len(),
+            max: MAX_NAME,
+        };
+        if name.len() > MAX_NAME {
+            return Err(too_long(name));
+        }
+        // A TCP address with port 0 listens on a port the system picks: the channel's name
+        // is the address with that port.
+        let addr = match net::parse_address(name).transpose()? {
+            Some(a) => Some(net::server::pick_port(a)?),
+            None => None,
+        };
+        let name = addr.as_ref().map_or(name, |a| a.full.as_str());
         if name.len() > MAX_NAME {
             return Err(ChannelError::NameTooLong {
                 name: name.to_string(),
@@ -153,7 +169,6 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 max: MAX_NAME,
             });
         }
-        let addr = net::parse_address(name).transpose()?;
         if arena
             .lookup(name)
             .is_some_and(|key| Chan::is_alive(arena, key))

@@ -4,7 +4,8 @@
 //! and is reachable over a socket:
 //!
 //! - `tcp://HOST:PORT/NAME`: the host listens on `HOST:PORT` (one listener serves every
-//!   channel of that address); processes on other machines connect to it;
+//!   channel of that address); processes on other machines connect to it. Port 0 listens on
+//!   a port the system picks, which the channel's name then says;
 //! - `local://SOCKET/NAME`: the host listens on the local socket `SOCKET` (the `interprocess`
 //!   crate; an abstract-namespace Unix socket on Linux); programs on the same machine that
 //!   were not started by the same `Parallel` connect to it.

@@ -89,12 +89,7 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
     let host = match hosts.iter().find(|h| h.endpoint == addr.endpoint) {
         Some(h) => h.clone(),
         None => {
-            let h = Arc::new(Host {
-                endpoint: addr.endpoint.clone(),
-                channels: Mutex::new(HashMap::new()),
-                pending: Mutex::new(HashMap::new()),
-                startups: Mutex::new(Startups::default()),
-            });
+            let h = new_host(&addr.endpoint);
             listen(&h, &addr.full)?;
             hosts.push(h.clone());
             h
@@ -108,6 +103,50 @@ pub(crate) fn host(addr: &Address, chan: Chan, validate: Validate) -> Result<(),
     runtime::hold(&chan, Role::Handle);
     chans.insert(addr.channel.clone(), Hosted { chan, validate });
     Ok(())
+}
+
+/// For a TCP address whose port is 0 (`tcp://HOST:0/NAME`, as `bind` takes port 0): listens
+/// on a port the system picks and returns the address with that port, under which the channel
+/// is then created and hosted ([`host`] finds the listener). Any other address comes back as
+/// it is. Each such address listens anew: a second channel joins the first one's listener
+/// under the port it got.
+pub(crate) fn pick_port(addr: Address) -> Result<Address, ChannelError> {
+    let Endpoint::Tcp(at) = &addr.endpoint else {
+        return Ok(addr);
+    };
+    let Some((host_name, port)) = at.rsplit_once(':') else {
+        return Ok(addr);
+    };
+    if port.parse::<u16>() != Ok(0) {
+        return Ok(addr);
+    }
+    key::key().map_err(|reason| ChannelError::Auth {
+        address: addr.full.clone(),
+        reason,
+    })?;
+    let fail = |e: std::io::Error| conn_error(&addr.full, format!("cannot listen on {at}: {e}"));
+    let l = TcpListener::bind(at.as_str()).map_err(fail)?;
+    let port = l.local_addr().map_err(fail)?.port();
+    let at = format!("{host_name}:{port}");
+    let picked = Address {
+        full: format!("tcp://{at}/{}", addr.channel),
+        endpoint: Endpoint::Tcp(at),
+        channel: addr.channel,
+    };
+    let mut hosts = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    let h = new_host(&picked.endpoint);
+    serve_tcp(&h, l, &picked.full)?;
+    hosts.push(h);
+    Ok(picked)
+}
+
+fn new_host(endpoint: &Endpoint) -> Arc<Host> {
+    Arc::new(Host {
+        endpoint: endpoint.clone(),
+        channels: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
+        startups: Mutex::new(Startups::default()),
+    })
 }
 
 /// Records that an end of the hosted channel at `addr` goes to another process, which will
@@ -130,18 +169,7 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
     match &host.endpoint {
         Endpoint::Tcp(a) => {
             let l = TcpListener::bind(a.as_str()).map_err(fail)?;
-            std::thread::Builder::new()
-                .name("pycsp-listen".into())
-                .spawn(move || {
-                    let _internal = crate::shm::census::internal_thread(true);
-                    key::listening();
-                    accept_loop(&h, || {
-                        let (s, _) = l.accept()?;
-                        tune_tcp(&s)?;
-                        Ok(Stream::Tcp(s))
-                    })
-                })
-                .map_err(fail)?;
+            serve_tcp(host, l, full)?;
         }
         Endpoint::Local(n) => {
             use interprocess::local_socket::{prelude::*, GenericNamespaced, ListenerOptions};
@@ -160,6 +188,24 @@ fn listen(host: &Arc<Host>, full: &str) -> Result<(), ChannelError> {
                 .map_err(fail)?;
         }
     }
+    Ok(())
+}
+
+/// Accepts connections for `host` on `l`, on a thread of its own.
+fn serve_tcp(host: &Arc<Host>, l: TcpListener, full: &str) -> Result<(), ChannelError> {
+    let h = host.clone();
+    std::thread::Builder::new()
+        .name("pycsp-listen".into())
+        .spawn(move || {
+            let _internal = crate::shm::census::internal_thread(true);
+            key::listening();
+            accept_loop(&h, || {
+                let (s, _) = l.accept()?;
+                tune_tcp(&s)?;
+                Ok(Stream::Tcp(s))
+            })
+        })
+        .map_err(|e| conn_error(full, format!("cannot listen on {}: {e}", host.endpoint)))?;
     Ok(())
 }
 
