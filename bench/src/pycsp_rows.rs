@@ -298,16 +298,11 @@ pub enum Socket {
     Local,
 }
 
-/// A fresh address of `name` on a new endpoint of `socket`.
+/// A fresh address of `name` on a new endpoint of `socket` (TCP: port 0, a port the system
+/// picks when the channel is created, named after it).
 fn socket_address(socket: Socket, name: &str) -> String {
     match socket {
-        Socket::Tcp => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free TCP port")
-                .port();
-            format!("tcp://127.0.0.1:{port}/{name}")
-        }
+        Socket::Tcp => format!("tcp://127.0.0.1:0/{name}"),
         Socket::Local => format!(
             "local://{}/{name}",
             fresh(&format!("pycsp-bench-{}", std::process::id()))
