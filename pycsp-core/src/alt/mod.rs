@@ -861,6 +861,8 @@ fn await_claimer<R>(
                 return (h, deadlocked);
             }
             me.ask_back(i);
+            // Its claimer, a socket pump, sleeps on this event while the host keeps the offer.
+            chan.events().1.notify_all();
             // It answers within a round trip to its host: it gives the message back, or a
             // reader took it meanwhile.
             let h = chan.events().1.wait_until(None, held, || false);

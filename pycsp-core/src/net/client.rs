@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -497,23 +498,82 @@ impl Pump {
     /// Sends a message its writer may want back (`Offer`, `taken` from a select or a write
     /// with a deadline) and waits for the host's answer; meanwhile the writer may ask for it
     /// back (a select's timeout or other guard, a write's deadline): then the pump sends
-    /// `Withdraw`, once. Every [`OFFER_LOOK`] it looks whether the writer asked; a wait that
-    /// lasts is published for the census as idle.
+    /// `Withdraw`, once.
+    ///
+    /// An answer within [`OFFER_LOOK`] is read at once. Then the pump sleeps on the proxy's
+    /// writer event, which the writer rings when it asks back, while a thread of its own
+    /// watches the connection and rings it when the host answers (or hangs up); the wait is
+    /// published for the census as idle. Without such a thread, it looks every
+    /// [`OFFER_LOOK`].
     fn offer(&mut self, frame: &Frame, taken: &Taken) -> Result<Frame, FrameError> {
         write_frame(&mut self.s, frame)?;
         self.proxy.offer_withdrawable(taken);
-        let (since, mut idle, mut withdrawn) = (Instant::now(), None, false);
-        while !sys::wait_readable(self.s.as_raw_fd(), OFFER_LOOK) {
+        if !sys::wait_readable(self.s.as_raw_fd(), OFFER_LOOK) {
+            let idle = stream::idle(self.host, self.info.writer, &self.proxy, None);
+            let answered = AtomicBool::new(false);
+            let (fd, proxy, flag) = (self.s.as_raw_fd(), self.proxy, &answered);
+            let (done, done_seen) = match std::os::unix::net::UnixStream::pair() {
+                Ok((a, b)) => (Some(a), Some(b)),
+                Err(_) => (None, None),
+            };
+            std::thread::scope(|scope| {
+                let watcher = done_seen.and_then(|done_seen| {
+                    std::thread::Builder::new()
+                        .name("pycsp-offer".into())
+                        .spawn_scoped(scope, move || {
+                            let _internal = census::internal_thread(false);
+                            if sys::wait_any_readable(&[fd, done_seen.as_raw_fd()]) == Some(0) {
+                                flag.store(true, Ordering::SeqCst);
+                                proxy.events().1.notify_all();
+                            }
+                        })
+                        .ok()
+                });
+                let r = self.await_answer(taken, watcher.is_some().then_some(flag));
+                // Ends the watcher's wait, if the host did not.
+                drop(done);
+                r
+            })?;
+            drop(idle);
+        }
+        read_frame(&mut self.s, MAX_FRAME)
+    }
+
+    /// Waits until the host's answer to an `Offer` can be read, sending `Withdraw` once
+    /// when the writer asks for the message back: sleeping on the proxy's writer event until
+    /// `answered` is set (by a thread that watches the connection), or, without it, looking
+    /// every [`OFFER_LOOK`].
+    fn await_answer(
+        &mut self,
+        taken: &Taken,
+        answered: Option<&AtomicBool>,
+    ) -> Result<(), FrameError> {
+        let fd = self.s.as_raw_fd();
+        let mut withdrawn = false;
+        loop {
             if !withdrawn && self.proxy.offer_asked_back(taken) {
                 write_frame(&mut self.s, &Frame::empty(Kind::Withdraw))?;
                 withdrawn = true;
             }
-            if idle.is_none() && since.elapsed() >= stream::PUBLISH_AFTER {
-                idle = stream::idle(self.host, self.info.writer, &self.proxy, None);
+            match answered {
+                Some(flag) => {
+                    let ready = || {
+                        (flag.load(Ordering::SeqCst)
+                            || (!withdrawn && self.proxy.offer_asked_back(taken)))
+                        .then_some(())
+                    };
+                    self.proxy.events().1.wait_until(None, ready, || false);
+                    if flag.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if sys::wait_readable(fd, OFFER_LOOK) {
+                        return Ok(());
+                    }
+                }
             }
         }
-        drop(idle);
-        read_frame(&mut self.s, MAX_FRAME)
     }
 
     /// Takes the next message the user wrote into the proxy (`deadline` as
@@ -639,6 +699,7 @@ impl Pump {
         let answer = if offered {
             self.offer(&Frame::new(Kind::Offer, bytes), &taken)
         } else {
+            self.proxy.held_at_host(&taken);
             self.request(&Frame::new(Kind::Write, bytes))
         };
         match answer {

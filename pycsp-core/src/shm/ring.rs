@@ -69,6 +69,10 @@ const KIND_MASK: u32 = 0xff;
 /// message to its host, and takes it back when the writer marks the slot withdrawn at its
 /// deadline: see `Chan::writer_is_timed`, `Chan::offer_asked_back`).
 const TIMED: u32 = 1 << 12;
+/// Bit of a rendezvous slot's `kind`: the socket pump that took its message keeps it at its
+/// host while a reader there may come (see [`Chan::held_at_host`]): its writer sleeps
+/// meanwhile, instead of looking often for the reader's decision.
+const HELD: u32 = 1 << 13;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
 /// writer touches it until its writer empties it and writes the message again.
@@ -1351,7 +1355,10 @@ impl Chan {
             return Err(withdrawn());
         }
         // A reader claimed the slot: it either takes the message (and empties the slot) or saw
-        // the mark and skipped it (and leaves the slot to us). It decides at once.
+        // the mark and skipped it (and leaves the slot to us). It decides at once, except a
+        // socket pump that offers the message to its host: it sleeps on this event meanwhile
+        // and now asks for it back.
+        self.hdr.tx.0.notify_all();
         let mut spins = 0u32;
         loop {
             let now = slot.stamp.load(Ordering::Acquire);
@@ -1597,10 +1604,12 @@ impl Chan {
                 },
                 // Busy while a reader has claimed our slot (moved `head` past it) and not yet
                 // emptied it; not when `head` waits behind us (at a withdrawn message that no
-                // reader has skipped yet).
+                // reader has skipped yet), nor while a socket pump keeps it at its host.
                 || {
                     let head = self.hdr.head.0.load(Ordering::SeqCst);
-                    head != pos && self.distance(pos, head) <= self.hdr.ring_len
+                    head != pos
+                        && self.distance(pos, head) <= self.hdr.ring_len
+                        && slot.kind.load(Ordering::SeqCst) & HELD == 0
                 },
                 || Err(ChannelError::Deadlock),
             );
@@ -1732,16 +1741,31 @@ impl Chan {
 
     /// A socket pump that took a selecting writer's message (`t`) keeps it only until the
     /// select asks for it back ([`offer_asked_back`](Self::offer_asked_back)): the select,
-    /// woken, watches its timeout and its other guards meanwhile. Nothing for a message taken
-    /// from a slot (its writer withdraws it at its deadline, see `withdraw`).
+    /// woken, watches its timeout and its other guards meanwhile. A writer with a deadline
+    /// whose slot it took (`HELD`) sleeps until that deadline, at which it withdraws the
+    /// message (see `withdraw`), instead of waiting for the reader's decision.
     pub(crate) fn offer_withdrawable(&self, t: &Taken) {
-        let Taken::Offer { word, .. } = *t else {
-            return;
-        };
-        if let Ok(arena) = Arena::get() {
-            waiter::offer_withdrawable(arena, word);
+        match *t {
+            Taken::Offer { word, .. } => {
+                if let Ok(arena) = Arena::get() {
+                    waiter::offer_withdrawable(arena, word);
+                }
+                self.hdr.tx.0.notify_all();
+            }
+            Taken::Slot { .. } => self.held_at_host(t),
         }
-        self.hdr.tx.0.notify_all();
+    }
+
+    /// A socket pump that took the message of a rendezvous slot (`t`) keeps it while its host
+    /// waits for a reader, a round trip or much longer (`HELD`): its writer sleeps meanwhile
+    /// (woken by the pump's [`ack`](Self::ack) or give-back, or by its own deadline) instead
+    /// of looking every millisecond for the decision, as it does while a local reader copies
+    /// a message out. Nothing for a selecting writer's message.
+    pub(crate) fn held_at_host(&self, t: &Taken) {
+        if let Taken::Slot { index, .. } = *t {
+            self.slots[index].kind.fetch_or(HELD, Ordering::SeqCst);
+            self.hdr.tx.0.notify_all();
+        }
     }
 
     /// Whether the writer of the message a socket pump took (`t`) asks for it back: a select
