@@ -240,8 +240,16 @@ struct CensusHeader {
     /// The last report: block offset and length.
     report: AtomicU64,
     report_len: AtomicU64,
+    /// When a scan last started (`crate::sys::monotonic_ns`): an epoch already scanned is scanned
+    /// again by one thread of the network per [`RESCAN_EVERY`] (per [`SLICE`] in a network
+    /// joined to others through sockets), not by each parked thread.
+    scanned_at: AtomicU64,
     slots: [AtomicU64; SLOTS],
 }
+
+/// How often an epoch already scanned is scanned again (the threads of a process may have
+/// changed, which moves no epoch).
+const RESCAN_EVERY: Duration = Duration::from_millis(640);
 
 /// The census block of `arena` if it has one (never allocates: `arena` may be another
 /// network's, mapped read-only).
@@ -501,7 +509,6 @@ pub(crate) struct Parked {
     since: u64,
     /// The epoch at the end of the last slice.
     seen: u64,
-    slices: u32,
     /// Counted in the record's `parked` (a user thread's wait; not a socket thread's).
     user: bool,
 }
@@ -624,7 +631,6 @@ fn publish(kind: Kind, items: &[Item<'_>], since: Option<u64>, user: bool) -> Op
         record,
         since: since.unwrap_or_else(|| census.deadlocks.load(Ordering::SeqCst)),
         seen,
-        slices: 0,
         user,
     })
 }
@@ -672,18 +678,34 @@ impl Parked {
             return Tick::Deadlocked;
         }
         let e = c.epoch.load(Ordering::SeqCst);
-        self.slices = self.slices.wrapping_add(1);
         if e != self.seen {
             self.seen = e;
             return Tick::Wait;
         }
         // The epoch stood still for a slice: scan, unless somebody scanned it already (a
-        // process whose threads changed moves no epoch: rescan now and then).
-        // A network joined to others through sockets rescans every slice: they move without
-        // its epoch moving.
+        // process whose threads changed moves no epoch: one thread of the network rescans
+        // every `RESCAN_EVERY`). A network joined to others through sockets rescans every
+        // slice: they move without its epoch moving. Once each parked thread rescanned on
+        // its own, and an idle network of n processes made n scans of n processes per period
+        // (80 idle readers: 16 % of a CPU).
         let prev = c.scanned.load(Ordering::SeqCst);
-        if prev == e && self.slices % 16 != 0 && !FEDERATED.load(Ordering::Relaxed) {
-            return Tick::Wait;
+        let now = crate::sys::monotonic_ns();
+        let last = c.scanned_at.load(Ordering::SeqCst);
+        if prev == e {
+            let every = if FEDERATED.load(Ordering::Relaxed) {
+                SLICE
+            } else {
+                RESCAN_EVERY
+            };
+            if now.saturating_sub(last) < every.as_nanos() as u64
+                || c.scanned_at
+                    .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_err()
+            {
+                return Tick::Wait;
+            }
+        } else {
+            c.scanned_at.store(now, Ordering::SeqCst);
         }
         if c.scanned
             .compare_exchange(prev, e, Ordering::SeqCst, Ordering::Relaxed)

@@ -1,9 +1,11 @@
-//! An idle network is idle: a remote select that offers a message nobody reads, or a remote
-//! write with a deadline, costs the process that hosts the channel, and its own, next to no
-//! CPU while it waits (the host once wrote the offer in steps of 1 ms, each spinning before it
-//! slept: a few % of a CPU per waiting select; the remote end looked every ms whether the
-//! select gave up). Alone in its test binary, so that the process's CPU time is this test's;
-//! its two tests run one after the other.
+//! An idle network is idle: processes that wait cost next to no CPU, however many they are
+//! and whether they wait on shared memory or on sockets. Alone in its test binary, so that
+//! the process's CPU time is these tests'; they run one after the other.
+//!
+//! A remote select that offers a message nobody reads, or a remote write with a deadline,
+//! costs the process that hosts the channel, and its own, next to no CPU while it waits (the
+//! host once wrote the offer in steps of 1 ms, each spinning before it slept: a few % of a
+//! CPU per waiting select; the remote end looked every ms whether the select gave up).
 
 use std::time::{Duration, Instant};
 
@@ -164,4 +166,36 @@ fn a_remote_select_offering_to_nobody_costs_no_cpu_while_it_waits() {
 #[test]
 fn a_remote_timed_write_that_nobody_takes_costs_no_cpu_while_it_waits() {
     costs_no_cpu(false, "a remote write with a deadline");
+}
+
+/// Reads one message from `inp`: the CPU this process used while it waited.
+#[process]
+fn wait_for_one(inp: ChannelIn<u64>) -> Result<Duration, ChannelError> {
+    let cpu = process_cpu();
+    inp.read()?;
+    Ok(process_cpu() - cpu)
+}
+
+/// Sixty processes that wait 2 s for a message, in a network that is not deadlocked (this
+/// thread, which holds every writer, sleeps), cost little CPU altogether: each sleeps in the
+/// kernel and wakes each 40 ms slice to look at the census, and the census is scanned again
+/// once per period by one of them (once each parked thread rescanned on its own: n scans of
+/// n processes per period).
+#[test]
+fn sixty_processes_waiting_for_a_message_cost_little_cpu_altogether() {
+    let _alone = common::timing();
+    let n = 60;
+    let chans: Vec<Channel<u64>> = (0..n).map(|_| Channel::new().unwrap()).collect();
+    let h = Spawn(replicate(n, |i| wait_for_one(chans[i].reader()))).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for c in &chans {
+        c.writer().write(1).unwrap();
+    }
+    let waits: Vec<Duration> = h.join().unwrap().into_iter().map(|w| w.unwrap()).collect();
+    let total: Duration = waits.iter().sum();
+    eprintln!("{n} processes waiting 2 s: {total:?} of CPU altogether");
+    assert!(
+        total < Duration::from_secs(2) / 10,
+        "{n} waiting processes used {total:?} of CPU in 2 s altogether"
+    );
 }
