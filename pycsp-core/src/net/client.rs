@@ -510,30 +510,14 @@ impl Pump {
         self.proxy.offer_withdrawable(taken);
         if !sys::wait_readable(self.s.as_raw_fd(), OFFER_LOOK) {
             let idle = stream::idle(self.host, self.info.writer, &self.proxy, None);
-            let answered = AtomicBool::new(false);
-            let (fd, proxy, flag) = (self.s.as_raw_fd(), self.proxy, &answered);
-            let (done, done_seen) = match std::os::unix::net::UnixStream::pair() {
-                Ok((a, b)) => (Some(a), Some(b)),
-                Err(_) => (None, None),
-            };
-            std::thread::scope(|scope| {
-                let watcher = done_seen.and_then(|done_seen| {
-                    std::thread::Builder::new()
-                        .name("pycsp-offer".into())
-                        .spawn_scoped(scope, move || {
-                            let _internal = census::internal_thread(false);
-                            if sys::wait_any_readable(&[fd, done_seen.as_raw_fd()]) == Some(0) {
-                                flag.store(true, Ordering::SeqCst);
-                                proxy.events().1.notify_all();
-                            }
-                        })
-                        .ok()
-                });
-                let r = self.await_answer(taken, watcher.is_some().then_some(flag));
-                // Ends the watcher's wait, if the host did not.
-                drop(done);
-                r
-            })?;
+            let (fd, proxy) = (self.s.as_raw_fd(), self.proxy);
+            stream::with_socket_watch(
+                fd,
+                || {
+                    proxy.events().1.notify_all();
+                },
+                |answered| self.await_answer(taken, answered),
+            )?;
             drop(idle);
         }
         read_frame(&mut self.s, MAX_FRAME)

@@ -16,14 +16,14 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::key;
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{
-    handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
+    self, handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
     Stream, ENV_MAX_STARTUPS,
 };
 use crate::error::ChannelError;
@@ -955,26 +955,12 @@ impl Conn<'_> {
                 return Ok(r);
             }
         }
-        let Ok((done, done_seen)) = std::os::unix::net::UnixStream::pair() else {
-            return self.keep_offering(s, inbox, body, None);
-        };
-        let stop = AtomicBool::new(false);
-        let (fd, chan, stop) = (s.as_raw_fd(), self.chan, &stop);
-        std::thread::scope(|scope| {
-            let watcher = std::thread::Builder::new()
-                .name("pycsp-offer".into())
-                .spawn_scoped(scope, move || {
-                    let _internal = census::internal_thread(false);
-                    if sys::wait_any_readable(&[fd, done_seen.as_raw_fd()]) == Some(0) {
-                        stop.store(true, Ordering::SeqCst);
-                        chan.wake_writers();
-                    }
-                });
-            let r = self.keep_offering(s, inbox, body, watcher.is_ok().then_some(stop));
-            // Ends the watcher's wait, if the peer did not.
-            drop(done);
-            r
-        })
+        let chan = self.chan;
+        stream::with_socket_watch(
+            s.as_raw_fd(),
+            || chan.wake_writers(),
+            |stop| self.keep_offering(s, inbox, body, stop),
+        )
     }
 
     /// [`offer`](Self::offer) after its first step: with `stop` set by a watcher of the

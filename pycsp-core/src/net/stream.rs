@@ -4,6 +4,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -284,6 +285,39 @@ pub(crate) fn reset_bytes() {
 /// How long a socket thread waits before it publishes its wait for the deadlock census
 /// (`shm/census.rs`): a wait that ends sooner costs nothing.
 pub(crate) const PUBLISH_AFTER: Duration = Duration::from_millis(5);
+
+/// Runs `body` while a thread of its own waits until socket `fd` has bytes to read or hung
+/// up, and then sets the flag `body` is given and calls `wake`: so `body` can sleep on an
+/// event of shared memory, which `wake` rings, instead of polling the socket between two
+/// looks at it (a socket host offering a remote select's message, a pump whose offer waits
+/// at its host). `body` gets `None` if no thread could be started; the thread's wait ends
+/// when `body` returns, if the socket did not end it.
+pub(crate) fn with_socket_watch<R>(
+    fd: RawFd,
+    wake: impl Fn() + Send,
+    body: impl FnOnce(Option<&AtomicBool>) -> R,
+) -> R {
+    let Ok((done, done_seen)) = UnixStream::pair() else {
+        return body(None);
+    };
+    let readable = AtomicBool::new(false);
+    let flag = &readable;
+    std::thread::scope(|scope| {
+        let watcher = std::thread::Builder::new()
+            .name("pycsp-watch".into())
+            .spawn_scoped(scope, move || {
+                let _internal = crate::shm::census::internal_thread(false);
+                if crate::sys::wait_any_readable(&[fd, done_seen.as_raw_fd()]) == Some(0) {
+                    flag.store(true, Ordering::SeqCst);
+                    wake();
+                }
+            });
+        let r = body(watcher.is_ok().then_some(flag));
+        // Ends the watcher's wait, if the socket did not.
+        drop(done);
+        r
+    })
+}
 
 /// This socket thread waits on its connection to `peer`, of a `writer` (or reading) end, (0 if unknown: then nothing is
 /// published, and its process is never judged blocked) for channel `chan` (its key and name;
