@@ -12,18 +12,7 @@ use std::time::{Duration, Instant};
 use pycsp::prelude::*;
 
 mod common;
-
-/// CPU time (user + system) of this whole process.
-fn process_cpu() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
+use common::process_cpu_time as process_cpu;
 
 /// Offers `v` on `out` in a select with a timeout of `ms`: whether the output guard fired,
 /// and the CPU this process used meanwhile.

@@ -5,10 +5,19 @@ use std::time::Duration;
 
 /// CPU time (user + system) this thread has used.
 pub fn cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+/// CPU time (user + system) of this whole process, all its threads.
+pub fn process_cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+fn rusage_cpu(who: i32) -> Duration {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage fills the struct it is given.
     let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        libc::getrusage(who, ru.as_mut_ptr());
         ru.assume_init()
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
