@@ -670,6 +670,59 @@ fn a_remote_select_gets_its_input_while_its_offer_comes_back() {
     }
 }
 
+/// Offers `v` on `out` in a select and, from another thread, poisons the channel through a
+/// clone of `out` (the same connection) once the select sleeps with its message offered to
+/// the host (the thread watches this process's network for a writer asleep on the channel);
+/// says on `said` when the select returned, and returns what it returned.
+#[process]
+fn offer_then_poison(
+    out: ChannelOut<u64>,
+    said: ChannelOut<u8>,
+    v: u64,
+) -> Result<(), ChannelError> {
+    let poisoner = out.clone();
+    let network = pycsp::Network::attach(std::process::id()).unwrap();
+    let name = out.name().to_string();
+    let (network, name) = (&network, &name);
+    let r = std::thread::scope(|s| {
+        s.spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !network
+                .snapshot()
+                .channels
+                .iter()
+                .any(|c| c.name == *name && c.blocked_writers > 0)
+            {
+                assert!(Instant::now() < deadline, "the select never slept");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            poisoner.poison();
+        });
+        Alternation::new()
+            .output(&out, v, || ())
+            .pri_select()
+            .map(|c| c.value)
+    });
+    said.write(1)?;
+    r
+}
+
+/// A remote select whose message waits at the host for a reader, and whose channel its own
+/// process poisons meanwhile, fails with `Poisoned` only once its message came back: no
+/// reader gets it afterwards (once the select failed at once while its pump kept offering
+/// the message, which a reader then took: delivered, though the writer was told it was not).
+#[test]
+fn a_remote_select_poisoned_while_its_offer_waits_at_the_host_delivers_nothing() {
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/poisoned").unwrap();
+    let said = Channel::<u8>::named("tcp://127.0.0.1:0/said").unwrap();
+    let r = c.reader();
+    let h = Spawn(offer_then_poison(c.writer(), said.writer(), 7).on(Placement::launcher("{cmd}")))
+        .unwrap();
+    said.reader().read().unwrap();
+    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Poisoned));
+    assert_eq!(h.join().unwrap(), Err(ChannelError::Poisoned));
+}
+
 /// Polls `jobs` once (a read with a zero timeout: the end asks its host for a message), says
 /// whether it got one, and waits for `gate` before it leaves, reading no more.
 #[process]

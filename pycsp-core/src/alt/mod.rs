@@ -782,13 +782,8 @@ fn complete_selected<R>(
                 Hold::GivenBack if deadlocked => return Some(Err(ChannelError::Deadlock)),
                 Hold::GivenBack => return None,
                 Hold::Taken => Ok(()),
-                Hold::Failed(e) => {
-                    // Its claimer has the block and did not say it is done with it: the
-                    // record no longer names it (a leak if the claimer died, never a block
-                    // freed twice).
-                    waiter::unstage(i);
-                    Err(e)
-                }
+                // Left to its claimer (see `after_failure`).
+                Hold::Failed(e) => Err(e),
             };
             // The block is the reader's now (the guard is gone: `run` does not free it).
             let then = sent_output(guards, i);
@@ -815,21 +810,80 @@ fn await_claimer<R>(
     (events, wake_at): (&[&Event], Option<Instant>),
 ) -> (Hold, bool) {
     let held = || {
-        if me.taken(i) {
-            return Some(Hold::Taken);
-        }
-        if me.given_back(i) {
-            return Some(Hold::GivenBack);
-        }
-        let f = chan.state_flags();
-        if f & POISONED != 0 {
-            Some(Hold::Failed(ChannelError::Poisoned))
-        } else if f & PEER_DIED != 0 {
-            Some(Hold::Failed(chan.peer_died()))
-        } else {
-            None
-        }
+        let_go(me, i).or_else(|| {
+            let f = chan.state_flags();
+            if f & POISONED != 0 {
+                Some(Hold::Failed(ChannelError::Poisoned))
+            } else if f & PEER_DIED != 0 {
+                Some(Hold::Failed(chan.peer_died()))
+            } else {
+                None
+            }
+        })
     };
+    let (hold, deadlocked) = claimer_lets_go(me, guards, i, chan, (events, wake_at), held);
+    match hold {
+        Hold::Failed(e) => (after_failure(me, i, chan, e), deadlocked),
+        hold => (hold, deadlocked),
+    }
+}
+
+/// Whether the claimer of output guard `i`'s message took it or gave it back.
+fn let_go(me: &Waiter, i: usize) -> Option<Hold> {
+    if me.taken(i) {
+        Some(Hold::Taken)
+    } else if me.given_back(i) {
+        Some(Hold::GivenBack)
+    } else {
+        None
+    }
+}
+
+/// How long a select whose channel failed (poison, a dead process) waits for the claimer of
+/// its output guard's message, in another process, to take it or give it back, before it
+/// leaves it (then the block is not freed: the claimer may have died with the channel).
+const CLAIMER_GRACE: Duration = Duration::from_millis(100);
+
+/// The channel failed (`e`) while a claimer holds output guard `i`'s message: waits until the
+/// claimer lets go of it, so that the block is freed once, by whoever has it (once the select
+/// failed at once and forgot the block, which a claimer that gave it back then leaked). A
+/// claimer that keeps the message only until asked (a socket pump of this process offering it
+/// to its host) is asked, and answers within a round trip; a reader elsewhere decides at
+/// once, or within [`CLAIMER_GRACE`], after which the select leaves the block to it. Given
+/// back, the guard's next round reports the failure and frees its staged block.
+fn after_failure(me: &Waiter, i: usize, chan: Chan, e: ChannelError) -> Hold {
+    let deadline = if me.withdrawable(i) {
+        me.ask_back(i);
+        chan.events().1.notify_all();
+        None
+    } else {
+        Some(Instant::now() + CLAIMER_GRACE)
+    };
+    match chan
+        .events()
+        .1
+        .wait_until(deadline, || let_go(me, i), || false)
+    {
+        Some(hold) => hold,
+        None => {
+            // Its claimer has the block and did not say it is done with it: the record no
+            // longer names it (a leak if the claimer died, never a block freed twice).
+            waiter::unstage(i);
+            Hold::Failed(e)
+        }
+    }
+}
+
+/// [`await_claimer`]'s wait, with `held` saying whether the claimer let go or the channel
+/// failed.
+fn claimer_lets_go<R>(
+    me: &Waiter,
+    guards: &[Option<Guard<'_, R>>],
+    i: usize,
+    chan: Chan,
+    (events, wake_at): (&[&Event], Option<Instant>),
+    held: impl Fn() -> Option<Hold>,
+) -> (Hold, bool) {
     let id = me.id();
     let others_ready = || {
         guards
