@@ -723,6 +723,54 @@ fn a_remote_select_poisoned_while_its_offer_waits_at_the_host_delivers_nothing()
     assert_eq!(h.join().unwrap(), Err(ChannelError::Poisoned));
 }
 
+/// Writes `v` on `out` and, from another thread, poisons the channel through a clone of
+/// `out` once the write sleeps with its message at the host (the thread watches this
+/// process's network for a writer asleep on the channel); returns what the write returned.
+#[process]
+fn write_then_poison(out: ChannelOut<u64>, v: u64) -> Result<(), ChannelError> {
+    let network = pycsp::Network::attach(std::process::id()).unwrap();
+    let name = out.name().to_string();
+    let (poisoner, network, name) = (out.clone(), &network, &name);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !network
+                .snapshot()
+                .channels
+                .iter()
+                .any(|c| c.name == *name && c.blocked_writers > 0)
+            {
+                assert!(Instant::now() < deadline, "the write never slept");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            poisoner.poison();
+        });
+        out.write(v)
+    })
+}
+
+/// A remote write whose message waits at the host for a reader, and whose channel its own
+/// process poisons meanwhile, fails with `Poisoned`; the message is withdrawn at the host (no
+/// reader gets it) and the process ends at once. Once the pump kept the message at the host
+/// until a reader took it (`Ok(7)` here) and the process took 10 s to end.
+#[test]
+fn a_remote_write_poisoned_while_it_waits_at_the_host_delivers_nothing_and_ends() {
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/poisoned-write").unwrap();
+    let r = c.reader();
+    let h = Spawn(write_then_poison(c.writer(), 7).on(Placement::launcher("{cmd}"))).unwrap();
+    let started = Instant::now();
+    let ended = h
+        .join_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the process did not end in 60 s"));
+    assert_eq!(ended.unwrap(), Err(ChannelError::Poisoned));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the process took {took:?} to end after its write failed"
+    );
+    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Poisoned));
+}
+
 /// Polls `jobs` once (a read with a zero timeout: the end asks its host for a message), says
 /// whether it got one, and waits for `gate` before it leaves, reading no more.
 #[process]

@@ -633,35 +633,31 @@ impl Pump {
     /// Sends the host a message the user wrote into the proxy (`taken` from it) and completes
     /// the user's write with the answer; `Err` ends the pump (with what it returns).
     ///
-    /// A select's output guard, or a write with a deadline, is *offered* (`Offer`, its block
-    /// kept, see [`offer`](Self::offer)): the host keeps it for a reader until the writer
-    /// asks for it back (a select: its timeout, its other guards; a write: its deadline), and
-    /// then it goes back to the writer, which goes on. Any other write is a `Write`, which
-    /// the host completes when a reader took it.
+    /// Every message is *offered* (`Offer`, its block kept, see [`offer`](Self::offer)): the
+    /// host keeps it for a reader until the writer asks for it back (a select: its timeout,
+    /// its other guards; a write with a deadline: its deadline; any write: its channel
+    /// failing here, by poison or a death), and then it goes back to the writer, which goes
+    /// on or has left. Once a write with no deadline was a `Write`, which the host kept until a
+    /// reader took it: a writer poisoned here meanwhile reported its error while a reader
+    /// there could still take the message, and its process took 10 s to end (its pump waited
+    /// for the host's answer).
     fn send_write(
         &mut self,
         msg: Incoming,
         taken: Taken,
         arena: &'static Arena,
     ) -> Result<(), bool> {
-        let offered = matches!(taken, Taken::Offer { .. }) || self.proxy.writer_is_timed(&taken);
         let block = match msg {
-            Incoming::Block { offset, .. } if offered => Some(offset),
-            _ => None,
+            Incoming::Block { offset, .. } => Some(offset),
+            Incoming::Inline { .. } => None,
         };
         let proxy = self.proxy;
         let give_back = move || {
-            if offered {
-                if let Err(t) = proxy.return_to_writer(taken) {
-                    let _ = proxy.give_back_offer(t);
-                }
+            if let Err(t) = proxy.return_to_writer(taken) {
+                let _ = proxy.give_back_offer(t);
             }
         };
-        let bytes = if offered {
-            copy_encoded(&msg)
-        } else {
-            take_encoded(msg)
-        };
+        let bytes = copy_encoded(&msg);
         let bytes = match bytes {
             // `message` refuses these in the user's write; never sent whole.
             Ok(b) if b.len() > MAX_MESSAGE => Err(ChannelError::TooLarge {
@@ -680,12 +676,7 @@ impl Pump {
                 return Err(false);
             }
         };
-        let answer = if offered {
-            self.offer(&Frame::new(Kind::Offer, bytes), &taken)
-        } else {
-            self.proxy.held_at_host(&taken);
-            self.request(&Frame::new(Kind::Write, bytes))
-        };
+        let answer = self.offer(&Frame::new(Kind::Offer, bytes), &taken);
         match answer {
             Ok(f) if f.kind == Kind::Done => {
                 // Taken: an offered message's block was ours since the claim.
@@ -705,7 +696,7 @@ impl Pump {
                     }
                 };
                 give_back();
-                if offered && e == ChannelError::Timeout {
+                if e == ChannelError::Timeout {
                     // Not taken in time: the writer has it back.
                     return Ok(());
                 }

@@ -65,13 +65,10 @@ const GONE: u32 = 1 << 10;
 const RETURNED: u32 = 1 << 11;
 /// The bits of a slot's `kind` that say where its message is (`KIND_INLINE`, `KIND_BLOCK`).
 const KIND_MASK: u32 = 0xff;
-/// Bit of a slot's `kind`: its writer writes with a deadline (a socket pump offers such a
-/// message to its host, and takes it back when the writer marks the slot withdrawn at its
-/// deadline: see `Chan::writer_is_timed`, `Chan::offer_asked_back`).
-const TIMED: u32 = 1 << 12;
-/// Bit of a rendezvous slot's `kind`: the socket pump that took its message keeps it at its
-/// host while a reader there may come (see [`Chan::held_at_host`]): its writer sleeps
-/// meanwhile, instead of looking often for the reader's decision.
+/// Bit of a rendezvous slot's `kind`: the socket pump that took its message offers it to its
+/// host until a reader there takes it or the writer withdraws it (see
+/// [`Chan::offer_withdrawable`]): its writer sleeps meanwhile, instead of looking often for
+/// the reader's decision.
 const HELD: u32 = 1 << 13;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
@@ -1085,14 +1082,8 @@ impl Chan {
     }
 
     /// Tries to put a message in the ring; returns its slot index and (full) stamp on success.
-    #[cfg(test)]
-    pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
-        self.try_push_as(msg, 0)
-    }
-
-    /// `try_push` (tests use it) with `bits` (0 or [`TIMED`]) in the slot's `kind`.
     #[inline(always)]
-    fn try_push_as(&self, msg: &Outgoing<'_>, bits: u32) -> Option<(usize, u64)> {
+    pub(crate) fn try_push(&self, msg: &Outgoing<'_>) -> Option<(usize, u64)> {
         let tail_a = &self.hdr.tail.0;
         let mut tail = tail_a.load(Ordering::Relaxed);
         let mut spins = 0u32;
@@ -1114,12 +1105,12 @@ impl Chan {
                         unsafe {
                             match msg {
                                 Outgoing::Inline { buf, len } => {
-                                    slot.kind.store(KIND_INLINE | bits, Ordering::Relaxed);
+                                    slot.kind.store(KIND_INLINE, Ordering::Relaxed);
                                     *slot.len.get() = *len as u32;
                                     copy_payload(&mut *slot.payload.get(), buf, *len);
                                 }
                                 Outgoing::Block { offset, len } => {
-                                    slot.kind.store(KIND_BLOCK | bits, Ordering::Relaxed);
+                                    slot.kind.store(KIND_BLOCK, Ordering::Relaxed);
                                     *slot.len.get() = 16;
                                     let p = &mut *slot.payload.get();
                                     p[..8].copy_from_slice(&offset.to_le_bytes());
@@ -1559,16 +1550,10 @@ impl Chan {
             placed: false,
         };
         let tx = &self.hdr.tx.0;
-        // A message its writer may withdraw before its deadline is timed too.
-        let timed = if deadline.is_some() || stop.is_some() {
-            TIMED
-        } else {
-            0
-        };
         loop {
             // Fast path: nothing refuses the write and a slot is free now.
             let (index, stamp) = match self.write_refused(back) {
-                None => match self.try_push_as(msg, timed) {
+                None => match self.try_push(msg) {
                     Some(placed) => placed,
                     None => self
                         .write_wait(msg, deadline, back, stop)
@@ -1714,17 +1699,6 @@ impl Chan {
         true
     }
 
-    /// Whether the writer of a message taken from slot `t` writes with a deadline (see
-    /// [`TIMED`]): then it must be able to give up on it while no reader takes it.
-    pub(crate) fn writer_is_timed(&self, t: &Taken) -> bool {
-        match *t {
-            Taken::Slot { index, .. } => {
-                self.slots[index].kind.load(Ordering::Acquire) & TIMED != 0
-            }
-            Taken::Offer { .. } => false,
-        }
-    }
-
     /// Gives a message taken from a selecting writer's offer back to that writer, not taken
     /// (its block, which the taker did not free, is the writer's again, and its select goes
     /// on); `Err` gives back a `t` taken from a slot.
@@ -1739,39 +1713,31 @@ impl Chan {
         Ok(())
     }
 
-    /// A socket pump that took a selecting writer's message (`t`) keeps it only until the
-    /// select asks for it back ([`offer_asked_back`](Self::offer_asked_back)): the select,
-    /// woken, watches its timeout and its other guards meanwhile. A writer with a deadline
-    /// whose slot it took (`HELD`) sleeps until that deadline, at which it withdraws the
-    /// message (see `withdraw`), instead of waiting for the reader's decision.
+    /// A socket pump that took a writer's message (`t`) offers it to its host and keeps it only
+    /// until the writer asks for it back ([`offer_asked_back`](Self::offer_asked_back)). A
+    /// select, woken, watches its timeout and its other guards meanwhile. A writer whose slot
+    /// it took (`HELD`) sleeps, woken by the pump's [`ack`](Self::ack) or give-back, or by its
+    /// own deadline or its channel failing, at which it withdraws the message (see
+    /// `withdraw`), instead of looking every millisecond for the decision, as it does while a
+    /// local reader copies a message out.
     pub(crate) fn offer_withdrawable(&self, t: &Taken) {
         match *t {
             Taken::Offer { word, .. } => {
                 if let Ok(arena) = Arena::get() {
                     waiter::offer_withdrawable(arena, word);
                 }
-                self.hdr.tx.0.notify_all();
             }
-            Taken::Slot { .. } => self.held_at_host(t),
+            Taken::Slot { index, .. } => {
+                self.slots[index].kind.fetch_or(HELD, Ordering::SeqCst);
+            }
         }
-    }
-
-    /// A socket pump that took the message of a rendezvous slot (`t`) keeps it while its host
-    /// waits for a reader, a round trip or much longer (`HELD`): its writer sleeps meanwhile
-    /// (woken by the pump's [`ack`](Self::ack) or give-back, or by its own deadline) instead
-    /// of looking every millisecond for the decision, as it does while a local reader copies
-    /// a message out. Nothing for a selecting writer's message.
-    pub(crate) fn held_at_host(&self, t: &Taken) {
-        if let Taken::Slot { index, .. } = *t {
-            self.slots[index].kind.fetch_or(HELD, Ordering::SeqCst);
-            self.hdr.tx.0.notify_all();
-        }
+        self.hdr.tx.0.notify_all();
     }
 
     /// Whether the writer of the message a socket pump took (`t`) asks for it back: a select
     /// (see [`offer_withdrawable`](Self::offer_withdrawable)), or a writer whose deadline
-    /// passed (it marked its slot withdrawn, see `withdraw`, and waits for the pump to give
-    /// the message back or to say a reader took it).
+    /// passed or whose channel failed (it marked its slot withdrawn, see `withdraw`; at its
+    /// deadline it waits for the pump to give the message back or to say a reader took it).
     pub(crate) fn offer_asked_back(&self, t: &Taken) -> bool {
         match *t {
             Taken::Offer { word, .. } => {
@@ -1841,11 +1807,6 @@ impl Chan {
         stop: Option<&AtomicBool>,
     ) -> Result<(usize, u64), ChannelError> {
         let tx = &self.hdr.tx.0;
-        let timed = if deadline.is_some() || stop.is_some() {
-            TIMED
-        } else {
-            0
-        };
         // When the ring is full, let the readers free a batch of slots before trying again,
         // instead of polling the very slot a reader is emptying (which slows that reader).
         // Only for the first checks: a reader that takes one message and then waits for us
@@ -1875,7 +1836,7 @@ impl Chan {
                         return None;
                     }
                 }
-                let r = self.try_push_as(msg, timed);
+                let r = self.try_push(msg);
                 if r.is_none() {
                     full_at = Some(self.hdr.head.0.load(Ordering::Relaxed));
                 }
