@@ -731,6 +731,60 @@ fn long_messages_that_trickle_in_or_share_a_write_with_short_ones_arrive_whole_i
     }
 }
 
+/// A long `Offer` (read straight into shared memory at the host) on a rendezvous channel:
+/// withdrawn (nothing delivered) when nobody reads, and one that trickles in taken whole by
+/// a reader that comes later.
+#[test]
+fn long_offers_reach_a_reader_whole_or_are_withdrawn_whole() {
+    let ch = Channel::<Vec<u8>>::named("tcp://127.0.0.1:0/long-offers").unwrap();
+    let port: u16 = ch.name()["tcp://127.0.0.1:".len()..]
+        .split_once('/')
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
+    let reader = ch.reader();
+    let mut w = Raw::open_bytes(port, "long-offers", true);
+    let offer_frame = |bytes: &[u8]| {
+        let mut f = write_frame_of(bytes);
+        f[4] = OFFER;
+        f
+    };
+    // Nobody reads: withdrawn, not delivered.
+    w.0.write_all(&offer_frame(&long_message(1, 1 << 20)))
+        .unwrap();
+    w.0.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(w.0.read(&mut b).is_err(), "an answer while nobody read");
+    w.0.set_read_timeout(Some(PROMPT)).unwrap();
+    w.send(WITHDRAW, &[]);
+    let (kind, body) = w.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "timeout"));
+    assert_eq!(
+        reader.read_timeout(Duration::from_millis(100)),
+        Err(ChannelError::Timeout)
+    );
+    // Trickled in, then taken whole by a reader that comes later.
+    let second = long_message(2, 3 << 20);
+    let frame = offer_frame(&second);
+    let mut at = 0;
+    for piece in [1, 4, 1, 70_000, 3, 65_536, 1 << 20, usize::MAX] {
+        let end = at + piece.min(frame.len() - at);
+        w.0.write_all(&frame[at..end]).unwrap();
+        at = end;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reader.read_timeout(PROMPT).as_ref(), Ok(&second));
+    assert_eq!(w.recv().unwrap().0, DONE);
+    // A short offer after the long ones (each waits for its answer: nothing but a
+    // `Withdraw` may follow an `Offer` before it).
+    let third = vec![1, 2, 3];
+    w.0.write_all(&offer_frame(&third)).unwrap();
+    assert_eq!(reader.read_timeout(PROMPT).as_ref(), Ok(&third));
+    assert_eq!(w.recv().unwrap().0, DONE);
+}
+
 #[test]
 fn a_long_message_that_is_not_the_channels_type_is_refused_and_never_reaches_a_reader() {
     let port = common::free_port();

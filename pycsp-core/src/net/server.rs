@@ -744,8 +744,10 @@ impl Conn<'_> {
                             }
                         }
                         match inbox.long_head(MAX_FRAME) {
-                            Some((Kind::Write, len)) if self.writer && len <= STRAIGHT_MAX => {
-                                match self.write_long(s, &mut inbox, len, &mut replies) {
+                            Some((kind @ (Kind::Write | Kind::Offer), len))
+                                if self.writer && len <= STRAIGHT_MAX =>
+                            {
+                                match self.write_long(s, &mut inbox, kind, len, &mut replies) {
                                     Long::Answer(r) => {
                                         answer(&mut replies, r);
                                         continue;
@@ -859,6 +861,7 @@ impl Conn<'_> {
         &self,
         s: &mut Stream,
         inbox: &mut FrameReader,
+        kind: Kind,
         len: usize,
         replies: &mut Vec<u8>,
     ) -> Long {
@@ -887,19 +890,36 @@ impl Conn<'_> {
             offset,
             len: len as u64,
         };
-        // Once placed, the block is the channel's (its reader frees it).
+        // Once placed, the block is the channel's (its reader frees it); a write withdrawn
+        // leaves it ours, to place again or to free.
         let mut placed = false;
-        let r = self.put(s, replies, |deadline| {
-            let r = self.chan.write(&msg, deadline);
+        let mut attempt = |deadline: Option<Instant>, stop: Option<&AtomicBool>| {
+            let r = match stop {
+                Some(stop) => self.chan.write_until(&msg, deadline, stop),
+                None => self.chan.write(&msg, deadline),
+            };
             placed = r.as_ref().map_or_else(|e| e.placed, |()| true);
             r.map_err(|e| e.error)
-        });
+        };
+        let r = if kind == Kind::Offer {
+            // It may wait long: the answers gathered go out first.
+            let sent = s.write_all(replies);
+            replies.clear();
+            if sent.is_err() {
+                arena.free_block(offset);
+                return Long::End(End::Lost("hung up before its answer".into()));
+            }
+            self.offer_with(s, inbox, &mut attempt).map(Some)
+        } else {
+            Ok(self.put(s, replies, |deadline| attempt(deadline, None)))
+        };
         if !placed {
             arena.free_block(offset);
         }
         match r {
-            Some(r) => Long::Answer(r),
-            None => Long::End(End::Lost("hung up during a write".into())),
+            Ok(Some(r)) => Long::Answer(r),
+            Ok(None) => Long::End(End::Lost("hung up during a write".into())),
+            Err(end) => Long::End(end),
         }
     }
 
@@ -934,6 +954,19 @@ impl Conn<'_> {
     /// publishing its wait for the census as the peer's write of the channel. `Ok(Ok)`: a
     /// reader took it; `Ok(Err(Timeout))`: withdrawn, nothing delivered; `Err`: the
     /// connection ends.
+    fn offer(
+        &self,
+        s: &mut Stream,
+        inbox: &mut FrameReader,
+        body: &[u8],
+    ) -> Result<Result<(), ChannelError>, End> {
+        self.offer_with(s, inbox, &mut |deadline, stop| match stop {
+            Some(stop) => write_encoded_until(&self.chan, body, deadline, stop),
+            None => write_encoded(&self.chan, body, deadline),
+        })
+    }
+
+    /// An `Offer`, each attempt of which is `attempt` (see [`OfferAttempt`]).
     ///
     /// A reader that is there, or comes within [`OFFER_STEP`], takes it at once. Then the
     /// message stays placed while a thread of its own watches the connection: when the peer
@@ -942,13 +975,13 @@ impl Conn<'_> {
     /// look for a deadlock. (Writing in steps of [`OFFER_STEP`], looking at the socket
     /// between two, as it does when no thread can be started, costs a few % of a CPU for as
     /// long as the select waits.)
-    fn offer(
+    fn offer_with(
         &self,
         s: &mut Stream,
         inbox: &mut FrameReader,
-        body: &[u8],
+        attempt: &mut OfferAttempt<'_>,
     ) -> Result<Result<(), ChannelError>, End> {
-        match write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)) {
+        match attempt(Some(Instant::now() + OFFER_STEP), None) {
             Err(ChannelError::Timeout) => {}
             r => {
                 self.since.set(None);
@@ -959,17 +992,17 @@ impl Conn<'_> {
         stream::with_socket_watch(
             s.as_raw_fd(),
             || chan.wake_writers(),
-            |stop| self.keep_offering(s, inbox, body, stop),
+            |stop| self.keep_offering(s, inbox, attempt, stop),
         )
     }
 
-    /// [`offer`](Self::offer) after its first step: with `stop` set by a watcher of the
-    /// connection, in steps of [`TICK`]; without, in steps of [`OFFER_STEP`].
+    /// [`offer_with`](Self::offer_with) after its first step: with `stop` set by a watcher of
+    /// the connection, in steps of [`TICK`]; without, in steps of [`OFFER_STEP`].
     fn keep_offering(
         &self,
         s: &mut Stream,
         inbox: &mut FrameReader,
-        body: &[u8],
+        attempt: &mut OfferAttempt<'_>,
         stop: Option<&AtomicBool>,
     ) -> Result<Result<(), ChannelError>, End> {
         let mut parked: Option<census::Parked> = None;
@@ -992,13 +1025,8 @@ impl Conn<'_> {
                 return Ok(Err(ChannelError::Deadlock));
             }
             self.publish(&mut parked, true);
-            let r = match stop {
-                Some(stop) => {
-                    write_encoded_until(&self.chan, body, Some(Instant::now() + TICK), stop)
-                }
-                None => write_encoded(&self.chan, body, Some(Instant::now() + OFFER_STEP)),
-            };
-            match r {
+            let step = if stop.is_some() { TICK } else { OFFER_STEP };
+            match attempt(Some(Instant::now() + step), stop) {
                 Err(ChannelError::Timeout) => {}
                 r => {
                     self.since.set(None);
@@ -1211,7 +1239,12 @@ fn answer(replies: &mut Vec<u8>, r: Result<(), ChannelError>) {
     }
 }
 
-/// How a long `Write` read straight into shared memory went.
+/// One attempt of an `Offer` (see `Conn::offer_with`): a write into the channel by the
+/// deadline, withdrawn as soon as the flag (if any) is set.
+type OfferAttempt<'a> =
+    dyn FnMut(Option<Instant>, Option<&AtomicBool>) -> Result<(), ChannelError> + 'a;
+
+/// How a long `Write` or `Offer` read straight into shared memory went.
 enum Long {
     /// The answer to send.
     Answer(Result<(), ChannelError>),
