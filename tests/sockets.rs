@@ -670,21 +670,14 @@ fn a_remote_select_gets_its_input_while_its_offer_comes_back() {
     }
 }
 
-/// Offers `v` on `out` in a select and, from another thread, poisons the channel through a
-/// clone of `out` (the same connection) once the select sleeps with its message offered to
-/// the host (the thread watches this process's network for a writer asleep on the channel);
-/// says on `said` when the select returned, and returns what it returned.
-#[process]
-fn offer_then_poison(
-    out: ChannelOut<u64>,
-    said: ChannelOut<u8>,
-    v: u64,
-) -> Result<(), ChannelError> {
-    let poisoner = out.clone();
+/// Runs `op` (an operation on `out` that waits with its message at the host) while another
+/// thread poisons the channel through a clone of `out` (the same connection) once a writer
+/// sleeps on it (the thread watches this process's network for that); what `op` returned.
+fn poison_once_it_sleeps<R>(out: &ChannelOut<u64>, op: impl FnOnce() -> R) -> R {
     let network = pycsp::Network::attach(std::process::id()).unwrap();
     let name = out.name().to_string();
-    let (network, name) = (&network, &name);
-    let r = std::thread::scope(|s| {
+    let (poisoner, network, name) = (out.clone(), &network, &name);
+    std::thread::scope(|s| {
         s.spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(20);
             while !network
@@ -693,11 +686,25 @@ fn offer_then_poison(
                 .iter()
                 .any(|c| c.name == *name && c.blocked_writers > 0)
             {
-                assert!(Instant::now() < deadline, "the select never slept");
+                assert!(Instant::now() < deadline, "the writer never slept");
                 std::thread::sleep(Duration::from_millis(1));
             }
             poisoner.poison();
         });
+        op()
+    })
+}
+
+/// Offers `v` on `out` in a select, poisoned at this end once it sleeps with its message
+/// offered to the host ([`poison_once_it_sleeps`]); says on `said` when the select returned,
+/// and returns what it returned.
+#[process]
+fn offer_then_poison(
+    out: ChannelOut<u64>,
+    said: ChannelOut<u8>,
+    v: u64,
+) -> Result<(), ChannelError> {
+    let r = poison_once_it_sleeps(&out, || {
         Alternation::new()
             .output(&out, v, || ())
             .pri_select()
@@ -723,30 +730,11 @@ fn a_remote_select_poisoned_while_its_offer_waits_at_the_host_delivers_nothing()
     assert_eq!(h.join().unwrap(), Err(ChannelError::Poisoned));
 }
 
-/// Writes `v` on `out` and, from another thread, poisons the channel through a clone of
-/// `out` once the write sleeps with its message at the host (the thread watches this
-/// process's network for a writer asleep on the channel); returns what the write returned.
+/// Writes `v` on `out`, poisoned at this end once the write sleeps with its message at the
+/// host ([`poison_once_it_sleeps`]); returns what the write returned.
 #[process]
 fn write_then_poison(out: ChannelOut<u64>, v: u64) -> Result<(), ChannelError> {
-    let network = pycsp::Network::attach(std::process::id()).unwrap();
-    let name = out.name().to_string();
-    let (poisoner, network, name) = (out.clone(), &network, &name);
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !network
-                .snapshot()
-                .channels
-                .iter()
-                .any(|c| c.name == *name && c.blocked_writers > 0)
-            {
-                assert!(Instant::now() < deadline, "the write never slept");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            poisoner.poison();
-        });
-        out.write(v)
-    })
+    poison_once_it_sleeps(&out, || out.write(v))
 }
 
 /// A remote write whose message waits at the host for a reader, and whose channel its own

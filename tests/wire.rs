@@ -480,14 +480,7 @@ fn an_offer_waits_for_a_reader_until_the_client_withdraws_it() {
     let mut w = Raw::open_u64(port, "offers", true);
     // Nobody reads: no answer, however long; withdrawn, it was not delivered.
     w.send(OFFER, &rmp_serde::to_vec(&5u64).unwrap());
-    w.0.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    assert!(w.0.read(&mut b).is_err(), "an answer while nobody read");
-    w.0.set_read_timeout(Some(PROMPT)).unwrap();
-    w.send(WITHDRAW, &[]);
-    let (kind, body) = w.recv().unwrap();
-    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "timeout"));
+    unanswered_then_withdrawn(&mut w);
     assert_eq!(
         host_reader.read_timeout(Duration::from_millis(100)),
         Err(ChannelError::Timeout)
@@ -500,6 +493,19 @@ fn an_offer_waits_for_a_reader_until_the_client_withdraws_it() {
     w.send(OFFER, &rmp_serde::to_vec(&7u64).unwrap());
     assert_eq!(host_reader.read_timeout(PROMPT), Ok(7));
     assert_eq!(w.recv().unwrap().0, DONE, "an offer after a late Withdraw");
+}
+
+/// After an `Offer` nobody reads: no answer comes (in 300 ms), and a `Withdraw` gets
+/// `Error(timeout)`.
+fn unanswered_then_withdrawn(w: &mut Raw) {
+    w.0.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(w.0.read(&mut b).is_err(), "an answer while nobody read");
+    w.0.set_read_timeout(Some(PROMPT)).unwrap();
+    w.send(WITHDRAW, &[]);
+    let (kind, body) = w.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "timeout"));
 }
 
 /// Reads the next frame, a `Message` of a u64.
@@ -753,14 +759,7 @@ fn long_offers_reach_a_reader_whole_or_are_withdrawn_whole() {
     // Nobody reads: withdrawn, not delivered.
     w.0.write_all(&offer_frame(&long_message(1, 1 << 20)))
         .unwrap();
-    w.0.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    assert!(w.0.read(&mut b).is_err(), "an answer while nobody read");
-    w.0.set_read_timeout(Some(PROMPT)).unwrap();
-    w.send(WITHDRAW, &[]);
-    let (kind, body) = w.recv().unwrap();
-    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "timeout"));
+    unanswered_then_withdrawn(&mut w);
     assert_eq!(
         reader.read_timeout(Duration::from_millis(100)),
         Err(ChannelError::Timeout)
