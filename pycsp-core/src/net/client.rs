@@ -771,12 +771,15 @@ impl Pump {
             out.clear();
             let mut gathered = 0usize;
             let mut stop = None;
+            // Once there is something to send, the next messages are only looked for: a
+            // deadline already passed (one clock reading per batch).
+            let mut now = None;
             loop {
                 // Wait for a message only when nothing waits for a confirmation.
                 let deadline = if window == 0 && out.is_empty() {
                     None
                 } else {
-                    Some(Instant::now())
+                    Some(*now.get_or_insert_with(Instant::now))
                 };
                 if window >= limit {
                     break;
@@ -801,8 +804,8 @@ impl Pump {
                         taken += 1;
                         gathered += 1;
                         window += 1;
-                        self.flow(|f| f.outstanding += 1);
                         if let Err(e) = self.append(&mut out, msg, arena) {
+                            self.flow(|f| f.outstanding += gathered as u64);
                             match e {
                                 Stop::Lost(e) => self.lost_window(&e),
                                 Stop::Failed(e) => {
@@ -822,6 +825,11 @@ impl Pump {
                         break;
                     }
                 }
+            }
+            if gathered > 0 {
+                // Counted once per batch (a lock and a wake-up of the flushes), before
+                // anything can report the window.
+                self.flow(|f| f.outstanding += gathered as u64);
             }
             if !out.is_empty() {
                 if let Err(e) = self.s.write_all(&out).map_err(crate::frame::io_error) {
