@@ -44,6 +44,7 @@ use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
 use crate::shm::ring::{Chan, Incoming, Reader, Taken, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::wait;
 use crate::shm::waiter;
 use crate::sys;
 
@@ -771,15 +772,14 @@ impl Pump {
             out.clear();
             let mut gathered = 0usize;
             let mut stop = None;
-            // Once there is something to send, the next messages are only looked for: a
-            // deadline already passed (one clock reading per batch).
-            let mut now = None;
+            // Once there is something to send, the next messages are only looked for (a
+            // deadline already passed).
             loop {
                 // Wait for a message only when nothing waits for a confirmation.
                 let deadline = if window == 0 && out.is_empty() {
                     None
                 } else {
-                    Some(*now.get_or_insert_with(Instant::now))
+                    Some(wait::passed())
                 };
                 if window >= limit {
                     break;
@@ -1703,6 +1703,10 @@ fn message_len(m: &Incoming) -> usize {
 /// it does at once unless the thread was preempted. `Err(UserLeft)` only if the user's side
 /// left (then the message goes back with the rest).
 fn put_in_proxy(proxy: &Chan, body: &[u8]) -> Result<(), ReadStop> {
+    // Tried first without reading the clock: there is room at once, but for that read.
+    if write_encoded(proxy, body, Some(wait::passed())).is_ok() {
+        return Ok(());
+    }
     loop {
         match write_encoded(proxy, body, Some(Instant::now() + TICK)) {
             Ok(()) => return Ok(()),

@@ -36,7 +36,7 @@ use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
 use crate::shm::ring::{Chan, Incoming, Outgoing, Reader, Taken};
-use crate::shm::wait::deadline_after;
+use crate::shm::wait::{self, deadline_after};
 use crate::shm::waiter;
 use crate::sys;
 
@@ -1060,7 +1060,7 @@ impl Conn<'_> {
         mut attempt: impl FnMut(Option<Instant>) -> Result<(), ChannelError>,
     ) -> Option<Result<(), ChannelError>> {
         if !self.chan.is_rendezvous() {
-            match attempt(Some(Instant::now())) {
+            match attempt(Some(wait::passed())) {
                 Err(ChannelError::Timeout) => {}
                 r => return Some(r),
             }
@@ -1211,7 +1211,7 @@ impl Conn<'_> {
             // Those there now, without waiting.
             let Ok(arena) = Arena::get() else { break };
             if let Ok((m, taken)) = self.chan.read_deferred(
-                Some(Instant::now()),
+                Some(wait::passed()),
                 Reader::Host { held: held.len() },
                 |w| waiter::claim(arena, w),
             ) {

@@ -329,6 +329,14 @@ impl Waiting<'_> {
     }
 }
 
+/// A deadline that has passed, read from the clock once per process: an operation given it
+/// is a try (one look), without a clock reading of its own (the clock is read only if the
+/// look fails). For hot loops that try many operations in a row.
+pub(crate) fn passed() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// The deadline `timeout` from now, or `None` (no deadline) when `timeout` is too large for
 /// the clock, as crossbeam-channel takes `Duration::MAX`: every operation that takes a
 /// duration turns it into a deadline here, so none panics on the overflow.
