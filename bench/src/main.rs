@@ -618,13 +618,14 @@ fn main() {
         },
     ];
     for (label, rt_ratio, brt_ratio, thr_ratio, rthr_ratio) in socket_pairs {
-        let (rt_what, brt_what, thr_what, ipc_what, rthr_what) = match label {
+        let (rt_what, brt_what, thr_what, ipc_what, rthr_what, ripc_what) = match label {
             "local socket" => (
                 "local socket RTT / raw Unix socket (paired)",
                 "local buffered(16) RTT / raw Unix (paired)",
                 "local socket remote writer / raw Unix (paired)",
                 "local socket remote writer / ipc-channel",
                 "local socket remote reader / raw Unix (paired)",
+                "local socket remote reader / ipc-channel",
             ),
             _ => (
                 "TCP RTT / raw Unix socket RTT (paired)",
@@ -632,9 +633,12 @@ fn main() {
                 "TCP remote writer / raw Unix one way (paired)",
                 "TCP remote writer / ipc-channel one way",
                 "TCP remote reader / raw Unix one way (paired)",
+                "TCP remote reader / ipc-channel one way",
             ),
         };
         let vs_ipc = get(&format!("{label}: buffered u64 one way, remote writer")) / ipc_one_way;
+        let reader_vs_ipc =
+            get(&format!("{label}: buffered u64 one way, remote reader")) / ipc_one_way;
         targets.extend([
             // Both pairs cross the socket twice per round trip on their critical path, as
             // the raw socket does (a remote reader's next Read travels with its Ack; the
@@ -670,6 +674,12 @@ fn main() {
                 value: rthr_ratio,
                 goal: ">= 1",
                 met: rthr_ratio >= 1.0,
+            },
+            Target {
+                what: ripc_what,
+                value: reader_vs_ipc,
+                goal: ">= 3",
+                met: reader_vs_ipc >= 3.0,
             },
         ]);
     }
