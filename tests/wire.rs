@@ -138,6 +138,11 @@ impl Raw {
 
     /// Authenticates with this process's key and opens an end of `channel`, carrying u64.
     fn open_u64(port: u16, channel: &str, writer: bool) -> Raw {
+        Raw::open_u64_said(port, channel, writer).0
+    }
+
+    /// [`open_u64`](Self::open_u64), and the body of the host's `Opened`.
+    fn open_u64_said(port: u16, channel: &str, writer: bool) -> (Raw, Vec<u8>) {
         let mut r = Raw::connect(port);
         assert_eq!(r.handshake(&key()).0, PROOF);
         let open = Open {
@@ -152,7 +157,7 @@ impl Raw {
         r.send(OPEN, &rmp_serde::to_vec_named(&open).unwrap());
         let (kind, body) = r.recv().expect("an answer to Open");
         assert_eq!(kind, OPENED, "{}", error_text(&body));
-        r
+        (r, body)
     }
 
     /// Authenticates and opens an end of `channel` carrying `Vec<u8>` (fingerprint 0: the
@@ -556,6 +561,46 @@ fn a_message_given_back_to_a_full_channel_is_read_again() {
     // Given back while its slot is the whole channel.
     r.send(NACK, &[]);
     assert_eq!(host_reader.read_timeout(PROMPT), Ok(9));
+}
+
+/// The `Opened` body's fields that say how much a reader may ask for.
+#[derive(serde::Deserialize)]
+struct Opened {
+    capacity: u64,
+    read_window: Option<u64>,
+}
+
+#[test]
+fn opened_says_the_read_window_and_a_reader_may_ask_that_far_ahead() {
+    let port = common::free_port();
+    let window = pycsp::net::READ_WINDOW;
+    let mut keep = Vec::new();
+    let mut readers = Vec::new();
+    for (name, capacity, said) in [("rv", 0, 1), ("four", 4, 4), ("wide", 1000, window)] {
+        let at = format!("tcp://127.0.0.1:{port}/{name}");
+        keep.push(Channel::<u64>::named_buffered(&at, capacity).unwrap());
+        let (r, body) = Raw::open_u64_said(port, name, false);
+        readers.push(r);
+        let o: Opened = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(
+            (o.capacity, o.read_window),
+            (capacity as u64, Some(said as u64))
+        );
+    }
+    // As many reads ahead as it says, in one write, are answered in order...
+    let w = keep[2].writer();
+    for v in 0..=window as u64 {
+        w.write(v).unwrap();
+    }
+    let mut r = readers.pop().unwrap();
+    r.0.write_all(&[1, 0, 0, 0, READ].repeat(window)).unwrap();
+    for v in 0..window as u64 {
+        assert_eq!(message_u64(&mut r), v);
+    }
+    // ... and one more is a protocol error, though the channel has a message for it.
+    r.send(READ, &[]);
+    let (kind, body) = r.recv().unwrap();
+    assert_eq!((kind, error_fields(&body).0.as_str()), (ERROR, "protocol"));
 }
 
 #[test]

@@ -17,8 +17,8 @@
 //!   (see `Chan::return_to_writer`). The pump holds at most one message at a time.
 //! - Reading end of a buffered channel: the proxy is buffered, and the pump asks for messages
 //!   ahead: as many as cover twice the round trip at the rate the user takes them (one while
-//!   the user works on each longer than a round trip), at most the channel's capacity and
-//!   [`READ_WINDOW`]; it acknowledges each message the user took, in order, and gives back
+//!   the user works on each longer than a round trip), at most the window the host allows
+//!   (the channel's capacity, at most [`READ_WINDOW`]); it acknowledges each message the user took, in order, and gives back
 //!   (`Nack`) those the user did not take when it leaves (see [`Pump::pump_reads_ahead`]).
 //!
 //! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
@@ -363,11 +363,18 @@ pub(crate) fn open_end(
     // messages not yet confirmed by the host (the window) are this part of the channel's
     // buffer. Every other proxy is a rendezvous: an operation completes when the host's does.
     // A reading end of a buffered channel has a buffered proxy too: the messages it asked
-    // for ahead (at most READ_WINDOW, see `Pump::pump_reads_ahead`) wait there for the user.
+    // for ahead (at most the window the host allows and READ_WINDOW, see
+    // `Pump::pump_reads_ahead`) wait there for the user.
     let capacity = if writer {
         usize::try_from(opened.capacity.min(MAX_WINDOW)).unwrap_or(0)
     } else {
-        usize::try_from(opened.capacity.min(READ_WINDOW as u64)).unwrap_or(0)
+        usize::try_from(
+            opened
+                .capacity
+                .min(opened.read_window())
+                .min(READ_WINDOW as u64),
+        )
+        .unwrap_or(0)
     };
     let proxy = Chan::create(arena, &addr.full, type_name, fp, capacity, false).map_err(|_| {
         ChannelError::SharedMemory("no room for a socket end's proxy channel".into())

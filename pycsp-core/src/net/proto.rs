@@ -8,7 +8,8 @@
 //! client                                   server (the channel's host)
 //! Open {channel, type_name, fingerprint,
 //!       writer, token, process, pid}  ->
-//!                                     <-   Opened {capacity}  |  Error {code, message}
+//!                                     <-   Opened {capacity, pid, read_window}
+//!                                          |  Error {code, message}
 //! writer:  Write <message>            ->
 //!                                     <-   Done  |  Error
 //! reader:  Read                       ->
@@ -25,11 +26,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How many messages of a buffered channel a remote reader may ask for ahead: its `Read`s not
-/// answered plus the messages sent to it and not acknowledged (`Ack`, in order) stay within
-/// the channel's capacity and this, and within one on a rendezvous channel. The host refuses
-/// a `Read` beyond it as a protocol error.
-pub const READ_WINDOW: usize = 64;
+/// How many messages of a buffered channel a remote reader may ask for ahead, at most, at a
+/// pycsp host: its `Read`s not answered plus the messages sent to it and not acknowledged
+/// (`Ack`, in order) stay within the window the host says in `Opened`
+/// ([`OpenedBody::read_window`]): the channel's capacity, at most this; one on a rendezvous
+/// channel. The host refuses a `Read` beyond it as a protocol error.
+pub const READ_WINDOW: usize = 256;
+
+/// The window of a host that does not say it in `Opened` (pycsp before the field came): the
+/// channel's capacity, at most this.
+pub const OLD_READ_WINDOW: u64 = 64;
 
 use crate::error::ChannelError;
 use crate::frame::{Frame, Kind};
@@ -69,6 +75,21 @@ pub struct OpenedBody {
     /// follows the connection to the host's network.
     #[serde(default)]
     pub pid: u32,
+    /// How many messages a reader may ask for ahead (see [`READ_WINDOW`]): its `Read`s not
+    /// answered plus the messages sent to it and not acknowledged. Optional: a host that does
+    /// not say it allows the channel's capacity, at most [`OLD_READ_WINDOW`], and one on a
+    /// rendezvous channel.
+    #[serde(default)]
+    pub read_window: Option<u64>,
+}
+
+impl OpenedBody {
+    /// The read window this answer allows (see [`read_window`](Self::read_window)).
+    pub fn read_window(&self) -> u64 {
+        self.read_window
+            .unwrap_or_else(|| self.capacity.min(OLD_READ_WINDOW))
+            .max(1)
+    }
 }
 
 /// `Error`.
@@ -151,4 +172,24 @@ impl ErrorBody {
 /// MessagePack with field names (maps), for the structured bodies.
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("protocol bodies always encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_that_does_not_say_its_read_window_allows_the_old_one() {
+        #[derive(Serialize)]
+        struct OldOpened {
+            capacity: u64,
+            pid: u32,
+        }
+        let said = |capacity| -> OpenedBody {
+            rmp_serde::from_slice(&encode(&OldOpened { capacity, pid: 1 })).unwrap()
+        };
+        assert_eq!(said(0).read_window(), 1);
+        assert_eq!(said(10).read_window(), 10);
+        assert_eq!(said(1000).read_window(), OLD_READ_WINDOW);
+    }
 }

@@ -549,6 +549,7 @@ fn serve(mut startup: Startup) {
         let opened = OpenedBody {
             capacity: chan.capacity() as u64,
             pid: std::process::id(),
+            read_window: Some(read_window(&chan) as u64),
         };
         let _ = write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened)));
         return;
@@ -575,6 +576,7 @@ fn serve(mut startup: Startup) {
     let opened = OpenedBody {
         capacity: chan.capacity() as u64,
         pid: std::process::id(),
+        read_window: Some(read_window(&chan) as u64),
     };
     if write_frame(&mut s, &Frame::new(Kind::Opened, encode(&opened))).is_err()
         || s.set_deadline(None).is_err()
@@ -701,7 +703,7 @@ impl Conn<'_> {
     /// one on a rendezvous channel (a writer returns when the remote user took its message),
     /// up to [`READ_WINDOW`] of a buffered channel's capacity.
     fn read_window(&self) -> usize {
-        self.chan.capacity().clamp(1, READ_WINDOW)
+        read_window(&self.chan)
     }
 
     fn serve_frames_holding(&self, s: &mut Stream, held: &mut VecDeque<(Vec<u8>, Taken)>) -> End {
@@ -1229,6 +1231,12 @@ impl Conn<'_> {
         replies.clear();
         Ok(())
     }
+}
+
+/// How many messages a remote reader of `chan` may ask for ahead (said in `Opened`): one on a
+/// rendezvous channel, the capacity of a buffered one, at most [`READ_WINDOW`].
+fn read_window(chan: &Chan) -> usize {
+    chan.capacity().clamp(1, READ_WINDOW)
 }
 
 /// Adds the answer to a `Write` to the answers waiting to go out.
