@@ -190,3 +190,44 @@ fn sixty_processes_waiting_for_a_message_cost_little_cpu_altogether() {
         "{n} waiting processes used {total:?} of CPU in 2 s altogether"
     );
 }
+
+/// Echoes `n` messages from `inp` to `out`: how many read system calls this process made
+/// meanwhile (see `common::read_syscalls`: a look for deadlocks reads `/proc/<pid>/stat` of
+/// every process of the network; the messages come over sockets, not counted).
+#[process]
+fn echo_counting_reads(
+    inp: ChannelIn<u64>,
+    out: ChannelOut<u64>,
+    n: u64,
+) -> Result<u64, ChannelError> {
+    let before = common::read_syscalls();
+    for _ in 0..n {
+        out.write(inp.read()?)?;
+    }
+    Ok(common::read_syscalls() - before)
+}
+
+/// A network looks for a deadlock only once it stood still for a slice (40 ms). A thread
+/// woken by a change that did not make its operation ready looked at once (a remote
+/// rendezvous writer is woken so when its pump marks its slot held): every few messages of a
+/// busy exchange, 8 reads of `/proc` and a scan of the network.
+#[test]
+fn a_busy_remote_exchange_does_not_look_for_deadlocks() {
+    let _t = common::timing();
+    const N: u64 = 20_000;
+    let a = Channel::<u64>::named("tcp://127.0.0.1:0/ping").unwrap();
+    let b = Channel::<u64>::named("tcp://127.0.0.1:0/pong").unwrap();
+    let (w, r) = (a.writer(), b.reader());
+    let echo = echo_counting_reads(a.reader(), b.writer(), N);
+    let h = Spawn(echo.on(Placement::launcher("{cmd}"))).unwrap();
+    for i in 0..N {
+        w.write(i).unwrap();
+        assert_eq!(r.read(), Ok(i));
+    }
+    let reads = h.join().unwrap().unwrap();
+    assert!(
+        reads < 100,
+        "{reads} read system calls in {N} round trips: the echo looked for deadlocks while \
+         messages flowed"
+    );
+}

@@ -13,6 +13,17 @@ pub fn process_cpu_time() -> Duration {
     rusage_cpu(libc::RUSAGE_SELF)
 }
 
+/// How many read system calls this process made so far (`syscr` of `/proc/self/io`): reads
+/// of files, `/proc` and pipes; receives from sockets (`recvfrom`) are not among them.
+#[allow(dead_code)]
+pub fn read_syscalls() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("syscr in /proc/self/io")
+}
+
 fn rusage_cpu(who: i32) -> Duration {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage fills the struct it is given.

@@ -511,6 +511,9 @@ pub(crate) struct Parked {
     since: u64,
     /// The epoch at the end of the last slice.
     seen: u64,
+    /// When `seen` was first seen (monotonic ns): a scan waits until the epoch stood still
+    /// for a whole slice since.
+    seen_at: u64,
     /// Counted in the record's `parked` (a user thread's wait; not a socket thread's).
     user: bool,
 }
@@ -633,6 +636,7 @@ fn publish(kind: Kind, items: &[Item<'_>], since: Option<u64>, user: bool) -> Op
         record,
         since: since.unwrap_or_else(|| census.deadlocks.load(Ordering::SeqCst)),
         seen,
+        seen_at: crate::sys::monotonic_ns(),
         user,
     })
 }
@@ -680,8 +684,18 @@ impl Parked {
             return Tick::Deadlocked;
         }
         let e = c.epoch.load(Ordering::SeqCst);
+        let now = crate::sys::monotonic_ns();
         if e != self.seen {
             self.seen = e;
+            self.seen_at = now;
+            return Tick::Wait;
+        }
+        if now.saturating_sub(self.seen_at) < SLICE.as_nanos() as u64 {
+            // Woken before the slice ended (by a change that did not make the operation
+            // ready, such as a socket pump marking a writer's slot held): the epoch has not
+            // stood still for a slice yet. A scan reads /proc for every process of the
+            // network; once every such wake-up scanned (a remote rendezvous writer: once per
+            // message).
             return Tick::Wait;
         }
         // The epoch stood still for a slice: scan, unless somebody scanned it already (a
@@ -694,7 +708,6 @@ impl Parked {
         // own, and an idle network of n processes made n scans of n processes per period (80
         // idle readers: 16 % of a CPU).
         let prev = c.scanned.load(Ordering::SeqCst);
-        let now = crate::sys::monotonic_ns();
         let last = c.scanned_at.load(Ordering::SeqCst);
         if prev == e {
             let every = if FEDERATED.load(Ordering::Relaxed) {
