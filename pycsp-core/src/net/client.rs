@@ -18,8 +18,9 @@
 //! - Reading end of a buffered channel: the proxy is buffered, and the pump asks for messages
 //!   ahead: as many as cover twice the round trip at the rate the user takes them (one while
 //!   the user works on each longer than a round trip), at most the window the host allows
-//!   (the channel's capacity, at most [`READ_WINDOW`]); it acknowledges each message the user took, in order, and gives back
-//!   (`Nack`) those the user did not take when it leaves (see [`Pump::pump_reads_ahead`]).
+//!   (the channel's capacity, at most [`READ_WINDOW`]); it acknowledges each message the user
+//!   took, in order, and gives back (`Nack`) those the user did not take when it leaves (see
+//!   [`Pump::pump_reads_ahead`]).
 //!
 //! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
 //! works unchanged.
@@ -283,8 +284,9 @@ pub(crate) fn await_retired(chan: &Chan, writer: bool) {
 }
 
 /// Connects, authenticates and sends `Open`; every step has the deadline
-/// [`handshake_timeout`](super::handshake_timeout), so a host that accepts and says nothing (stopped, overloaded, another
-/// service on the port) fails the open with [`ChannelError::Connection`] instead of hanging.
+/// [`handshake_timeout`](super::handshake_timeout), so a host that accepts and says nothing
+/// (stopped, overloaded, another service on the port) fails the open with
+/// [`ChannelError::Connection`] instead of hanging.
 fn connect(addr: &Address, body: &OpenBody) -> Result<(Stream, OpenedBody), ChannelError> {
     let conn = |reason: String| ChannelError::Connection {
         address: addr.full.clone(),

@@ -319,10 +319,11 @@ pub(crate) fn with_socket_watch<R>(
     })
 }
 
-/// This socket thread waits on its connection to `peer`, of a `writer` (or reading) end, (0 if unknown: then nothing is
-/// published, and its process is never judged blocked) for channel `chan` (its key and name;
-/// `word`: the proxy's futex word the thread sleeps on meanwhile, if any), having sent and
-/// received what [`bytes`] says: published for the census while the guard lives.
+/// This socket thread waits on its connection to `peer` (0 if unknown: then nothing is
+/// published, and its process is never judged blocked), of a `writer` (or reading) end, for
+/// channel `chan` (its key and name; `word`: the proxy's futex word the thread sleeps on
+/// meanwhile, if any), having sent and received what [`bytes`] says: published for the census
+/// while the guard lives.
 pub(crate) fn idle(
     peer: u32,
     writer: bool,

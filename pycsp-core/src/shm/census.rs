@@ -24,9 +24,10 @@
 //! asks the same of their processes, and that every connection be idle; a peer that is not a
 //! pycsp process of this host (another host's) keeps the network alive. The first to find it
 //! writes a report into every network of the deadlock (who waits on what, who holds the
-//! other ends, from the ledgers) and bumps their deadlock counts; every operation that was parked before sees the count move within a slice and
-//! fails with `ChannelError::Deadlock` (`PYCSP_DEADLOCK=fail`, the default), or the report is
-//! printed once and the network keeps waiting (`report`), or nothing is scanned (`off`).
+//! other ends, from the ledgers) and bumps their deadlock counts; every operation that was
+//! parked before sees the count move within a slice and fails with `ChannelError::Deadlock`
+//! (`PYCSP_DEADLOCK=fail`, the default), or the report is printed once and the network keeps
+//! waiting (`report`), or nothing is scanned (`off`).
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;

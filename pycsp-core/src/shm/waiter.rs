@@ -27,8 +27,9 @@
 //! - a selecting **writer** stages each rendezvous output guard's message in an arena block
 //!   and names it in `out[guard]` before the round begins; the claimer reads `out[guard]`
 //!   after it saw the round waiting and *before* its CAS, so a winning claimer holds the block
-//!   of that very round (the next round's blocks are staged only after this one ended). It then owns the block, and clears `out[guard]` once it has the message
-//!   ([`release`]): the writer's rendezvous is complete.
+//!   of that very round (the next round's blocks are staged only after this one ended). It
+//!   then owns the block, and clears `out[guard]` once it has the message ([`release`]): the
+//!   writer's rendezvous is complete.
 //! - a selecting **reader** claimed by a writer receives the message in its `mail`
 //!   ([`deliver`]), a block the writer filled after winning the CAS.
 
