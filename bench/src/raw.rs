@@ -118,19 +118,47 @@ pub fn tcp_stream(size: usize, total: usize) -> f64 {
     rate
 }
 
+/// One step of a spinning wait: a `pause`, and every [`spins_per_yield`] of them a yield of
+/// the CPU, so that the peer gets it when the two share one (a bench on one CPU, such as a
+/// container limited to it: each hand-over cost a time slice, and the rows never ended).
+/// With a core each, a hand-over comes within a few hundred `pause`s and nothing yields.
+fn spin(spins: &mut u32) {
+    *spins += 1;
+    if *spins % spins_per_yield() == 0 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// How many `pause`s a spinning wait makes before it yields: tens of microseconds' worth, or
+/// none when this process may run on one CPU only (its peer then needs that CPU to answer).
+fn spins_per_yield() -> u32 {
+    static EVERY: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(
+        || match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            1 => 1,
+            _ => 2048,
+        },
+    )
+}
+
 /// Round-trip time in ns of a ping-pong on one shared word; `sleep` uses futex wait/wake.
 pub fn ping_pong(iters: u32, sleep: bool) -> f64 {
     let shared = Shared::new();
     let w = shared.word();
-    let wait_for = |w: &AtomicU32, want: u32| loop {
-        let v = w.load(Ordering::Acquire);
-        if v == want {
-            return;
-        }
-        if sleep {
-            futex(w, libc::FUTEX_WAIT, v);
-        } else {
-            std::hint::spin_loop();
+    let wait_for = |w: &AtomicU32, want: u32| {
+        let mut spins = 0u32;
+        loop {
+            let v = w.load(Ordering::Acquire);
+            if v == want {
+                return;
+            }
+            if sleep {
+                futex(w, libc::FUTEX_WAIT, v);
+            } else {
+                spin(&mut spins);
+            }
         }
     };
     let pid = fork_child(|| {
@@ -174,8 +202,9 @@ pub fn handover(size: usize, total: usize) -> f64 {
     };
     let buf = move |i: usize| (data + i * size) as *mut u8;
     let wait_for = |w: &AtomicU32, want: u32| {
+        let mut spins = 0u32;
         while w.load(Ordering::Acquire) != want {
-            std::hint::spin_loop();
+            spin(&mut spins);
         }
     };
     let pid = fork_child(|| {
