@@ -40,7 +40,7 @@ use crate::error::{ChannelError, TryReadError, TryWriteError, WriteTimeoutError}
 use crate::message::{self, Context};
 use crate::net;
 use crate::shm::census;
-use crate::shm::wait::deadline_after;
+use crate::shm::wait::{self, deadline_after};
 
 /// How long [`ChannelOut::try_write`] on a rendezvous channel gives a reader that sleeps in a
 /// read to wake up and take the message: a futex wake-up takes 15-40 µs on an idle machine,
@@ -83,7 +83,13 @@ impl<T: Serialize> ChannelOut<T> {
         } else {
             SPIN_GRACE
         };
-        match self.send_back(value, Instant::now().checked_add(grace)) {
+        // A buffered channel's try is one look: a deadline already passed, no clock reading.
+        let deadline = if grace.is_zero() {
+            Some(wait::passed())
+        } else {
+            Instant::now().checked_add(grace)
+        };
+        match self.send_back(value, deadline) {
             Sent::Written => Ok(()),
             Sent::Back(v, ChannelError::Timeout) => Err(TryWriteError::Full(v)),
             Sent::Back(v, e) => Err(TryWriteError::Failed(v, e)),
@@ -192,7 +198,7 @@ impl<T: DeserializeOwned> ChannelIn<T> {
     /// [`TryReadError::Failed`] as [`read`](Self::read) does (`Retired` once every writer
     /// retired and the buffer is drained, `Poisoned`, `PeerDied`, ...).
     pub fn try_read(&self) -> Result<T, TryReadError> {
-        match self.recv(Some(Instant::now())) {
+        match self.recv(Some(wait::passed())) {
             Ok(v) => Ok(v),
             Err(ChannelError::Timeout) => Err(TryReadError::Empty),
             Err(e) => Err(TryReadError::Failed(e)),
