@@ -728,6 +728,19 @@ fn a_peer_that_sends_a_shared_memory_offset_is_refused_and_nothing_is_touched() 
 
 // ---- Long messages: a host reads their bodies straight into shared memory ----
 
+/// Sends `frame` in pieces of every size (1 byte to 1 MiB, the last one the rest), each
+/// after a pause that lets it reach the host on its own.
+fn trickle(w: &mut Raw, frame: &[u8]) {
+    let mut at = 0;
+    for piece in [1, 4, 1, 70_000, 3, 65_536, 1 << 20, usize::MAX] {
+        let end = at + piece.min(frame.len() - at);
+        w.0.write_all(&frame[at..end]).unwrap();
+        at = end;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(at, frame.len());
+}
+
 /// A `Write` frame of `bytes` (a `Vec<u8>`, MessagePack), as the wire format lays it out.
 fn write_frame_of(bytes: &[u8]) -> Vec<u8> {
     let body = rmp_serde::to_vec(bytes).unwrap();
@@ -761,15 +774,7 @@ fn long_messages_that_trickle_in_or_share_a_write_with_short_ones_arrive_whole_i
         long_message(8, 5 << 20),
     ];
     // The first in pieces of every size, the pauses letting each reach the host on its own.
-    let first = write_frame_of(&sent[0]);
-    let mut at = 0;
-    for piece in [1, 4, 1, 70_000, 3, 65_536, 1 << 20, usize::MAX] {
-        let end = at + piece.min(first.len() - at);
-        w.0.write_all(&first[at..end]).unwrap();
-        at = end;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(at, first.len());
+    trickle(&mut w, &write_frame_of(&sent[0]));
     // The others back to back in one write: short frames right behind long ones.
     let rest: Vec<u8> = sent[1..].iter().flat_map(|m| write_frame_of(m)).collect();
     w.0.write_all(&rest).unwrap();
@@ -811,14 +816,7 @@ fn long_offers_reach_a_reader_whole_or_are_withdrawn_whole() {
     );
     // Trickled in, then taken whole by a reader that comes later.
     let second = long_message(2, 3 << 20);
-    let frame = offer_frame(&second);
-    let mut at = 0;
-    for piece in [1, 4, 1, 70_000, 3, 65_536, 1 << 20, usize::MAX] {
-        let end = at + piece.min(frame.len() - at);
-        w.0.write_all(&frame[at..end]).unwrap();
-        at = end;
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    trickle(&mut w, &offer_frame(&second));
     assert_eq!(reader.read_timeout(PROMPT).as_ref(), Ok(&second));
     assert_eq!(w.recv().unwrap().0, DONE);
     // A short offer after the long ones (each waits for its answer: nothing but a
