@@ -672,6 +672,7 @@ fn waiting_on<R, T>(guards: &[Option<Guard<'_, R>>], wait: impl FnOnce(Waiting<'
         kind: Kind::Select,
         on: &on,
         hand_over: false,
+        far: None,
     })
 }
 

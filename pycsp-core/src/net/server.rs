@@ -707,6 +707,10 @@ impl Conn<'_> {
     }
 
     fn serve_frames_holding(&self, s: &mut Stream, held: &mut VecDeque<(Vec<u8>, Taken)>) -> End {
+        let acks = Acks {
+            chan: &self.chan,
+            made: std::cell::Cell::new(false),
+        };
         let mut next: Option<Frame> = None;
         let mut inbox = FrameReader::default();
         let mut replies: Vec<u8> = Vec::new();
@@ -730,12 +734,14 @@ impl Conn<'_> {
                         // Every frame that came is handled (a read interrupted by the peer's
                         // next frame comes back here, and that frame is read first, below):
                         // answer the reads.
+                        acks.end();
                         match self.answer_reads(s, &inbox, &mut credits, held, &mut replies) {
                             Ok(()) => continue,
                             Err(end) => return end,
                         }
                     }
                     Ok(None) => {
+                        acks.end();
                         if send(s, &mut replies).is_err() {
                             return End::Lost("hung up before its answer".into());
                         }
@@ -770,6 +776,9 @@ impl Conn<'_> {
                     Err(e) => return self.frame_error(e),
                 },
             };
+            if frame.kind != Kind::Ack {
+                acks.end();
+            }
             if frame.kind != Kind::Write && send(s, &mut replies).is_err() {
                 return End::Lost("hung up before its answer".into());
             }
@@ -810,7 +819,7 @@ impl Conn<'_> {
                 }
                 (Kind::Ack, false) => match held.pop_front() {
                     Some((_, taken)) => {
-                        self.chan.ack_kept(taken);
+                        acks.made(taken);
                         continue;
                     }
                     None => return End::Broken(self.protocol("an Ack without a message".into())),
@@ -1230,6 +1239,35 @@ impl Conn<'_> {
         s.write_all(replies).map_err(lost)?;
         replies.clear();
         Ok(())
+    }
+}
+
+/// The acknowledgements of a run of `Ack` frames (a remote reader confirms its messages in
+/// batches): each empties its slot at once; whom they concern (a writer waiting for room) is
+/// woken once, when the run ends or the connection does.
+struct Acks<'c> {
+    chan: &'c Chan,
+    made: std::cell::Cell<bool>,
+}
+
+impl Acks<'_> {
+    fn made(&self, taken: Taken) {
+        self.chan.ack_kept_quietly(taken);
+        self.made.set(true);
+    }
+
+    /// Ends the run: wakes whom it concerns (before the connection waits, or handles another
+    /// kind of frame).
+    fn end(&self) {
+        if self.made.replace(false) {
+            self.chan.acked();
+        }
+    }
+}
+
+impl Drop for Acks<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

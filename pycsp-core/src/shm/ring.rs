@@ -65,10 +65,14 @@ const GONE: u32 = 1 << 10;
 const RETURNED: u32 = 1 << 11;
 /// The bits of a slot's `kind` that say where its message is (`KIND_INLINE`, `KIND_BLOCK`).
 const KIND_MASK: u32 = 0xff;
-/// Bit of a rendezvous slot's `kind`: the socket pump that took its message offers it to its
-/// host until a reader there takes it or the writer withdraws it (see
-/// [`Chan::offer_withdrawable`]): its writer sleeps meanwhile, instead of looking often for
-/// the reader's decision.
+/// Bit of a slot's `kind`: its message is held far away, and the slot is emptied a network
+/// round trip later, not within microseconds: the socket pump that took a rendezvous
+/// message offers it to its host until a reader there takes it or the writer withdraws it
+/// (see [`Chan::offer_withdrawable`]), or a socket host took the message for its remote
+/// reader and holds it until that reader's `Ack` (see [`Reader::Host`]). The slot's writer
+/// (rendezvous), or the next writer of a full ring, sleeps meanwhile, woken by the `ack`,
+/// instead of yielding and looking often for the slot, as it does while a local reader copies
+/// a message out. A writer's next message in the slot clears it.
 const HELD: u32 = 1 << 13;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
@@ -246,7 +250,8 @@ pub(crate) enum Reader {
     /// Empties the slot it takes at once (a user's read); waits while any slot is taken.
     Plain,
     /// Keeps the slot taken until [`Chan::ack`] (a socket host reading for its remote end,
-    /// which holds `held` slots taken now); waits while slots beyond those are taken.
+    /// which holds `held` slots taken now), marked `HELD`; waits while slots beyond those are
+    /// taken.
     Host { held: usize },
     /// Keeps the slot taken until [`Chan::ack`]; the only reader of its ring (a socket
     /// pump reading its proxy), so no slot taken keeps it waiting.
@@ -1576,6 +1581,7 @@ impl Chan {
                     kind: Kind::Write,
                     on: &[(self.key(), true, &|| self.name(), tx)],
                     hand_over: true,
+                    far: None,
                 },
                 || {
                     let now = slot.stamp.load(Ordering::Acquire);
@@ -1589,7 +1595,8 @@ impl Chan {
                 },
                 // Busy while a reader has claimed our slot (moved `head` past it) and not yet
                 // emptied it; not when `head` waits behind us (at a withdrawn message that no
-                // reader has skipped yet), nor while a socket pump keeps it at its host.
+                // reader has skipped yet), nor while the slot is `HELD` (a socket pump keeps
+                // the message at its host, or a socket host for its remote reader).
                 || {
                     let head = self.hdr.head.0.load(Ordering::SeqCst);
                     head != pos
@@ -1641,6 +1648,22 @@ impl Chan {
         self.ack(t);
     }
 
+    /// [`ack_kept`](Self::ack_kept) without the wake-ups: for a run of acknowledgements (a
+    /// socket host's remote reader confirms its messages in batches), which
+    /// [`acked`](Self::acked) ends. Each acknowledgement woke the writer that sleeps for room,
+    /// with a system call for each until it ran: one wakes it, once.
+    pub(crate) fn ack_kept_quietly(&self, t: Taken) {
+        self.free_kept(&t);
+        self.ack_slot(t);
+    }
+
+    /// Wakes those that the acknowledgements made by
+    /// [`ack_kept_quietly`](Self::ack_kept_quietly) concern, as [`ack`](Self::ack) does.
+    pub(crate) fn acked(&self) {
+        self.hdr.tx.0.notify_all();
+        self.hdr.rx.0.notify_all();
+    }
+
     /// Frees the block of a message taken with its block kept (see
     /// [`ack_kept`](Self::ack_kept)), before its slot is emptied for a copy of it.
     pub(crate) fn free_kept(&self, t: &Taken) {
@@ -1678,6 +1701,12 @@ impl Chan {
         };
         if positions.windows(2).any(|w| self.next_pos(w[0]) != w[1]) {
             return false;
+        }
+        // Not held any more once back (the next reader may be a local one).
+        for t in taken {
+            if let Taken::Slot { index, .. } = *t {
+                self.slots[index].kind.fetch_and(!HELD, Ordering::SeqCst);
+            }
         }
         // A reader that moves `head` on meanwhile makes this fail: it took a later message.
         // Positions carry their lap, so `head` never has this value again later.
@@ -1732,6 +1761,22 @@ impl Chan {
             }
         }
         self.hdr.tx.0.notify_all();
+    }
+
+    /// Marks the slot a socket host took for its remote reader (`t`) `HELD`: it stays taken
+    /// until that reader's `Ack` comes over the network.
+    fn mark_held(&self, t: &Taken) {
+        if let Taken::Slot { index, .. } = *t {
+            self.slots[index].kind.fetch_or(HELD, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the slot the next write goes to is still full from the lap before and `HELD`
+    /// (its reader, a socket host, waits for its remote reader's `Ack`).
+    fn next_slot_held(&self) -> bool {
+        let (index, lap) = self.positions(self.hdr.tail.0.load(Ordering::SeqCst));
+        let slot = &self.slots[index];
+        slot.stamp.load(Ordering::Acquire) != lap && slot.kind.load(Ordering::SeqCst) & HELD != 0
     }
 
     /// Whether the writer of the message a socket pump took (`t`) asks for it back: a select
@@ -1810,7 +1855,8 @@ impl Chan {
         // When the ring is full, let the readers free a batch of slots before trying again,
         // instead of polling the very slot a reader is emptying (which slows that reader).
         // Only for the first checks: a reader that takes one message and then waits for us
-        // must still get our next write.
+        // must still get our next write. Not when a socket host holds the slot: its reader's
+        // `Ack`s free slots in batches, without moving `head`.
         let batch = (self.hdr.ring_len / 8).clamp(1, 64);
         let mut full_at: Option<u64> = None;
         let mut checks = 0u32;
@@ -1820,6 +1866,7 @@ impl Chan {
                 kind: Kind::Write,
                 on: &[(self.key(), true, &|| self.name(), tx)],
                 hand_over: false,
+                far: Some(&|| self.next_slot_held()),
             },
             || {
                 // The state check comes first: a waiter must never sleep through it.
@@ -1837,12 +1884,13 @@ impl Chan {
                     }
                 }
                 let r = self.try_push(msg);
-                if r.is_none() {
+                if r.is_none() && !self.next_slot_held() {
                     full_at = Some(self.hdr.head.0.load(Ordering::Relaxed));
                 }
                 r.map(Ok)
             },
-            || self.looks_writable_by_position(),
+            // Busy while a reader empties the next slot; not while a socket host holds it.
+            || self.looks_writable_by_position() && !self.next_slot_held(),
             || Err(ChannelError::Deadlock),
         );
         pushed.unwrap_or(Err(ChannelError::Timeout))
@@ -1901,12 +1949,16 @@ impl Chan {
         buf: &mut [u8; INLINE],
     ) -> Result<(Took, Taken), ChannelError> {
         let ack = matches!(reader, Reader::Plain);
+        let host = matches!(reader, Reader::Host { .. });
         let t0 = trace::begin();
         // Fast path: not poisoned, and a message is there now.
         if self.flags() & POISONED == 0 {
             if let Some(m) = self.try_pop_at(ack, buf) {
                 if ack {
                     self.taken();
+                }
+                if host {
+                    self.mark_held(&m.1);
                 }
                 if t0 != 0 {
                     trace::took(self.name(), self.message_id(m.1), t0);
@@ -1953,6 +2005,7 @@ impl Chan {
                     kind: Kind::Read,
                     on: &[(self.key(), false, &|| self.name(), rx)],
                     hand_over: false,
+                    far: None,
                 },
                 || {
                     let f = self.flags();
@@ -2269,6 +2322,49 @@ mod tests {
                 Some(Instant::now())
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_writer_waiting_for_room_a_socket_host_holds_for_its_remote_reader_sleeps_at_once() {
+        // A full ring whose messages a socket host took for its remote reader: room comes
+        // with that reader's `Ack`s, a network round trip away. The writer neither spins nor
+        // yields for it (it did for 30 us, then 200 us more, at each wait), and the
+        // acknowledgements of a run wake it.
+        let chan = Chan::create(arena(), "host-held", "u8", 1, 4, false).unwrap();
+        let buf = [7u8; INLINE];
+        let msg = Outgoing::Inline { buf: &buf, len: 1 };
+        while chan.try_push(&msg).is_some() {}
+        let held: Vec<Taken> = (0..4)
+            .map(|held| {
+                chan.read_deferred(None, Reader::Host { held }, |_| Claim::Busy)
+                    .expect("a message is there")
+                    .1
+            })
+            .collect();
+        let cpu = thread_cpu();
+        for _ in 0..40 {
+            let r = chan.write(&msg, Some(Instant::now() + Duration::from_millis(3)));
+            assert!(matches!(
+                r,
+                Err(WriteError {
+                    error: ChannelError::Timeout,
+                    placed: false
+                })
+            ));
+        }
+        let cpu = thread_cpu() - cpu;
+        assert!(
+            cpu < Duration::from_millis(2),
+            "40 waits for room a socket host holds used {cpu:?} of CPU"
+        );
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| chan.write(&msg, None).map(|_| ()));
+            for t in held {
+                chan.ack_kept_quietly(t);
+            }
+            chan.acked();
+            assert!(writer.join().unwrap().is_ok());
+        });
     }
 
     #[test]

@@ -311,6 +311,11 @@ pub(crate) struct Waiting<'a> {
     /// the taker goes on with its own work, so a yield may lose the CPU to it (see
     /// [`may_yield`]).
     pub(crate) hand_over: bool,
+    /// Whether what the wait needs is a network round trip away now (a socket host holds the
+    /// slot the writer waits for, see `ring.rs`'s `HELD`): then the waiter sleeps at once,
+    /// woken by the change, instead of spinning and yielding for [`SPIN_FOR`] first, which
+    /// cannot pay off and takes CPU time from the threads that carry the round trip.
+    pub(crate) far: Option<&'a dyn Fn() -> bool>,
 }
 
 impl Waiting<'_> {
@@ -388,6 +393,12 @@ pub(crate) fn wait_parked<T>(
     let fine = FINE_CHECKS.with(|c| c.get());
     let mut adapted = false;
     let hand_over = waiting.as_ref().is_some_and(|w| w.hand_over);
+    let far = || {
+        waiting
+            .as_ref()
+            .and_then(|w| w.far)
+            .is_some_and(|far| far())
+    };
     // Whether this wait may yield (asked once, when it first would).
     let mut yields: Option<bool> = None;
     // The published wait, kept over slices that end with nothing changed.
@@ -398,8 +409,9 @@ pub(crate) fn wait_parked<T>(
     let mut busy_since: Option<Instant> = None;
     loop {
         // Spin, then yield, for about SPIN_FOR (or until the deadline).
-        // (Not after a slice that ended with nothing changed: then it sleeps again at once.)
-        if !resleep {
+        // (Not after a slice that ended with nothing changed: then it sleeps again at once;
+        // nor while what it waits for is far away.)
+        if !resleep && !far() {
             loop {
                 let mut lost_cpu = false;
                 if round < fine {
@@ -408,6 +420,10 @@ pub(crate) fn wait_parked<T>(
                     if !adapted {
                         adapted = true;
                         adapt(fine, false);
+                    }
+                    if far() {
+                        // What it waits for went far away meanwhile: yielding cannot help.
+                        break;
                     }
                     if !*yields.get_or_insert_with(|| !hand_over || may_yield()) {
                         // Yielding has lately cost this thread whole time slices: sleep.
