@@ -358,15 +358,24 @@ pub(crate) fn take_encoded(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
 /// The encoded bytes of a message, its block (if it has one) left as it is: for a socket host
 /// that may give the message back to its writer (see `Chan::can_return`).
 pub(crate) fn copy_encoded(msg: &Incoming) -> Result<Vec<u8>, ChannelError> {
+    let mut out = Vec::new();
+    copy_encoded_into(msg, &mut out)?;
+    Ok(out)
+}
+
+/// [`copy_encoded`] into `out` (cleared first), whose buffer is reused.
+pub(crate) fn copy_encoded_into(msg: &Incoming, out: &mut Vec<u8>) -> Result<(), ChannelError> {
+    out.clear();
     match *msg {
-        Incoming::Inline { ref buf, len } => Ok(buf[..len].to_vec()),
+        Incoming::Inline { ref buf, len } => out.extend_from_slice(&buf[..len]),
         Incoming::Block { offset, len } => {
             let arena = Arena::get().map_err(shared_memory)?;
             // SAFETY: as in `decode`: the block stays ours (its slot taken) while we copy it.
             let bytes = unsafe { std::slice::from_raw_parts(arena.ptr(offset, len), len as usize) };
-            Ok(bytes.to_vec())
+            out.extend_from_slice(bytes);
         }
     }
+    Ok(())
 }
 
 /// The error for a message of `chan` that does not decode as a `T`.

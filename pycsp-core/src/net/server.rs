@@ -31,7 +31,7 @@ use crate::frame::{
     append_frame, read_frame, write_frame, Frame, FrameError, FrameReader, Kind, MAX_FRAME,
     ONE_WRITE,
 };
-use crate::message::{copy_encoded, write_encoded, write_encoded_back, write_encoded_until};
+use crate::message::{copy_encoded_into, write_encoded, write_encoded_back, write_encoded_until};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
@@ -712,6 +712,7 @@ impl Conn<'_> {
             made: std::cell::Cell::new(false),
         };
         let mut next: Option<Frame> = None;
+        let mut spare = Spare::default();
         let mut inbox = FrameReader::default();
         let mut replies: Vec<u8> = Vec::new();
         // A reader's `Read`s not answered yet.
@@ -735,7 +736,14 @@ impl Conn<'_> {
                         // next frame comes back here, and that frame is read first, below):
                         // answer the reads.
                         acks.end();
-                        match self.answer_reads(s, &inbox, &mut credits, held, &mut replies) {
+                        match self.answer_reads(
+                            s,
+                            &inbox,
+                            &mut credits,
+                            held,
+                            &mut spare,
+                            &mut replies,
+                        ) {
                             Ok(()) => continue,
                             Err(end) => return end,
                         }
@@ -818,8 +826,9 @@ impl Conn<'_> {
                     continue;
                 }
                 (Kind::Ack, false) => match held.pop_front() {
-                    Some((_, taken)) => {
+                    Some((bytes, taken)) => {
                         acks.made(taken);
+                        spare.keep(bytes);
                         continue;
                     }
                     None => return End::Broken(self.protocol("an Ack without a message".into())),
@@ -1105,7 +1114,7 @@ impl Conn<'_> {
     }
 
     /// Reads a message for the peer, which holds `held` messages not acknowledged.
-    fn read(&self, s: &Stream, inbox: &FrameReader, held: usize) -> Outcome {
+    fn read(&self, s: &Stream, inbox: &FrameReader, held: usize, spare: &mut Spare) -> Outcome {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
@@ -1117,7 +1126,7 @@ impl Conn<'_> {
                     waiter::claim(arena, w)
                 }) {
                 Ok((m, taken)) => {
-                    return match take_held(m) {
+                    return match take_held_into(m, spare.take()) {
                         Ok(b) => Outcome::Got(b, taken),
                         Err(e) => {
                             self.chan.ack_kept(taken);
@@ -1181,6 +1190,7 @@ impl Conn<'_> {
         inbox: &FrameReader,
         credits: &mut usize,
         held: &mut VecDeque<(Vec<u8>, Taken)>,
+        spare: &mut Spare,
         replies: &mut Vec<u8>,
     ) -> Result<(), End> {
         fn lost<E>(_: E) -> End {
@@ -1191,7 +1201,7 @@ impl Conn<'_> {
                 .map_err(|_| End::Lost("hung up before its answer".into()))?;
             replies.clear();
         }
-        let (bytes, taken) = match self.read(s, inbox, held.len()) {
+        let (bytes, taken) = match self.read(s, inbox, held.len(), spare) {
             Outcome::Got(bytes, taken) => (bytes, taken),
             Outcome::Failed(e) => {
                 *credits = 0;
@@ -1226,7 +1236,7 @@ impl Conn<'_> {
                 Reader::Host { held: held.len() },
                 |w| waiter::claim(arena, w),
             ) {
-                match take_held(m) {
+                match take_held_into(m, spare.take()) {
                     Ok(b) => next = Some((b, taken)),
                     Err(e) => {
                         self.chan.ack_kept(taken);
@@ -1376,10 +1386,31 @@ fn give_back(chan: Chan, messages: Vec<(Vec<u8>, Taken)>) {
 }
 
 /// The bytes of a message this host took for its remote reader, as it holds them until the
-/// reader's `Ack` (then [`Chan::ack_kept`]): copied, its block kept where it is, so that the
-/// message can go back there.
-fn take_held(m: Incoming) -> Result<Vec<u8>, ChannelError> {
-    copy_encoded(&m)
+/// reader's `Ack` (then [`Chan::ack_kept`]): copied into `buf` (whose allocation is reused,
+/// see [`Spare`]), its block kept where it is, so that the message can go back there.
+fn take_held_into(m: Incoming, mut buf: Vec<u8>) -> Result<Vec<u8>, ChannelError> {
+    copy_encoded_into(&m, &mut buf)?;
+    Ok(buf)
+}
+
+/// The buffers of messages a remote reader acknowledged, for the copies of the next ones
+/// ([`take_held_into`]): a stream of small messages otherwise costs an allocation and a free
+/// per message. At most [`READ_WINDOW`] buffers of at most [`Spare::LARGEST`] bytes.
+#[derive(Default)]
+struct Spare(Vec<Vec<u8>>);
+
+impl Spare {
+    const LARGEST: usize = 4096;
+
+    fn take(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    fn keep(&mut self, buf: Vec<u8>) {
+        if self.0.len() < READ_WINDOW && buf.capacity() <= Self::LARGEST {
+            self.0.push(buf);
+        }
+    }
 }
 
 /// Gives back, in order, messages a remote reader held (each with its slot, still taken),
@@ -1525,7 +1556,7 @@ mod tests {
         let (m, taken) = chan
             .read_deferred(None, Reader::Host { held: 0 }, |_| Claim::Busy)
             .unwrap();
-        let held = vec![(take_held(m).unwrap(), taken)];
+        let held = vec![(take_held_into(m, Vec::new()).unwrap(), taken)];
         assert_eq!(held[0].0, long);
         let others = std::thread::spawn(move || {
             for v in 0..16u64 {
@@ -1576,7 +1607,7 @@ mod tests {
                 let (m, t) = chan
                     .read_deferred(None, Reader::Host { held }, |_| Claim::Busy)
                     .unwrap();
-                (take_held(m).unwrap(), t)
+                (take_held_into(m, Vec::new()).unwrap(), t)
             })
             .collect();
         assert_eq!(held[0].0, message(0));
