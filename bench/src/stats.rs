@@ -15,7 +15,8 @@ pub struct Row {
 }
 
 /// Rows whose name contains this text are measured; the others are skipped (`--only TEXT`,
-/// for working on one figure). The raw spinning ping-pong is always measured: the ratios need it.
+/// for working on one figure; `A|B` for rows that contain `A` or `B`). The raw spinning
+/// ping-pong is always measured: the ratios need it.
 pub static ONLY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Runs `trial` `n` times and summarises the values it returns (no trials when `--only`
@@ -34,13 +35,13 @@ pub fn measure(
 }
 
 /// Whether `--only` lets the row `name` be measured: rows whose name contains its text, or
-/// is exactly its text when it is given as `=text`.
+/// is exactly its text when it is given as `=text`; with `|`, any of the texts it separates.
 pub fn wanted(name: &str) -> bool {
-    ONLY.get().is_none_or(|o| {
-        let hit = match o.strip_prefix('=') {
+    ONLY.get().is_none_or(|only| {
+        let hit = only.split('|').any(|o| match o.strip_prefix('=') {
             Some(exact) => name == exact,
-            None => name.contains(o.as_str()),
-        };
+            None => name.contains(o),
+        });
         hit || name.contains("spinning")
     })
 }
