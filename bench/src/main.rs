@@ -408,9 +408,12 @@ fn main() {
         t,
         || peers::ipc_channel_bytes(1 << 20, 256 << 20),
     ));
-    let want_connection = stats::ONLY
-        .get()
-        .is_none_or(|o| "Python multiprocessing.connection".contains(o.as_str()));
+    let want_connection = [
+        "Python multiprocessing.connection over TCP (RTT)",
+        "Python multiprocessing.connection over TCP one way",
+    ]
+    .iter()
+    .any(|n| stats::wanted(n));
     match want_connection
         .then(|| peers::python_connection(t.min(5), 2_000 * k))
         .flatten()
@@ -447,9 +450,14 @@ fn main() {
         }
         None => {}
     }
-    let want_python = stats::ONLY
-        .get()
-        .is_none_or(|o| "Python multiprocessing".contains(o.as_str()));
+    let want_python = [
+        "Python multiprocessing.Pipe (RTT)",
+        "Python multiprocessing.Pipe one way",
+        "Python multiprocessing.Queue (RTT)",
+        "Python multiprocessing.Queue one way",
+    ]
+    .iter()
+    .any(|n| stats::wanted(n));
     let py = if want_python {
         peers::python(t.min(5), 2_000 * k)
     } else {
@@ -483,13 +491,16 @@ fn main() {
                 });
             }
         }
-    } else {
+    } else if want_python {
         eprintln!("  (python3 not available: Python rows skipped)");
     }
 
-    let want_pool = stats::ONLY
-        .get()
-        .is_none_or(|o| "Python Pool.map".contains(o.as_str()) || o.contains("Pool.map"));
+    let want_pool = [
+        "Python Pool.map, 100,000 tiny, default chunks",
+        "Python Pool.map, 100,000 tiny, chunksize=1",
+    ]
+    .iter()
+    .any(|n| stats::wanted(n));
     match want_pool
         .then(|| peers::python_pool(t.min(5), 100_000, cores))
         .flatten()
