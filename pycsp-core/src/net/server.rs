@@ -1395,12 +1395,14 @@ fn take_held_into(m: Incoming, mut buf: Vec<u8>) -> Result<Vec<u8>, ChannelError
 
 /// The buffers of messages a remote reader acknowledged, for the copies of the next ones
 /// ([`take_held_into`]): a stream of small messages otherwise costs an allocation and a free
-/// per message. At most [`READ_WINDOW`] buffers of at most [`Spare::LARGEST`] bytes.
+/// per message. At most [`READ_WINDOW`] buffers of at most [`Spare::LARGEST`] bytes (64 KiB
+/// a connection keeps while it lives; a larger message's allocation costs little beside its
+/// copies).
 #[derive(Default)]
 struct Spare(Vec<Vec<u8>>);
 
 impl Spare {
-    const LARGEST: usize = 4096;
+    const LARGEST: usize = 256;
 
     fn take(&mut self) -> Vec<u8> {
         self.0.pop().unwrap_or_default()
