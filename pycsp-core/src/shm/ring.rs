@@ -74,6 +74,11 @@ const KIND_MASK: u32 = 0xff;
 /// instead of yielding and looking often for the slot, as it does while a local reader copies
 /// a message out. A writer's next message in the slot clears it.
 const HELD: u32 = 1 << 13;
+/// How long a writer that withdraws a message a socket host holds (`HELD`) sleeps at most
+/// before it looks again (the host's decision wakes it), and how many of the looks that give
+/// an undecided reader a moment each such sleep counts for (see `withdraw`).
+const HELD_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
+const HELD_RECHECK_LOOKS: u32 = 1 << 10;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
 /// writer touches it until its writer empties it and writes the message again.
@@ -1401,6 +1406,24 @@ impl Chan {
                     placed: true,
                 });
             }
+            if slot.kind.load(Ordering::Acquire) & HELD != 0 {
+                // A socket host holds it for its remote reader: the decision comes with that
+                // reader's answer (`Ack`, or the message given back), a round trip or more
+                // away, and wakes this event. Asleep meanwhile (it yielded in a loop, a CPU's
+                // worth, for as long as the remote reader took); each wait counts as many
+                // looks as make the moment above last about as long.
+                self.hdr
+                    .tx
+                    .0
+                    .sleep_until(Instant::now() + HELD_RECHECK, || {
+                        (slot.stamp.load(Ordering::Acquire) != stamp
+                            || slot.kind.load(Ordering::Acquire) & SKIPPED != 0
+                            || self.flags() & (POISONED | PEER_DIED) != 0)
+                            .then_some(())
+                    });
+                spins += HELD_RECHECK_LOOKS;
+                continue;
+            }
             spins += 1;
             if spins < 64 {
                 std::hint::spin_loop();
@@ -2365,6 +2388,62 @@ mod tests {
             chan.acked();
             assert!(writer.join().unwrap().is_ok());
         });
+    }
+
+    #[test]
+    fn a_writer_whose_deadline_passed_while_a_socket_host_holds_its_message_waits_asleep() {
+        // A socket host took the rendezvous message for its remote reader; the writer's
+        // deadline passes before that reader answers. The message may have been taken: the
+        // writer waits for the host's decision, asleep (it yielded in a loop), and learns it.
+        let chan = Chan::create(arena(), "host-held-rendezvous", "u8", 1, 0, false).unwrap();
+        let buf = [7u8; INLINE];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                // SAFETY: pthread_self has no preconditions.
+                tx.send(unsafe { libc::pthread_self() }).unwrap();
+                let msg = Outgoing::Inline { buf: &buf, len: 1 };
+                chan.write(&msg, Some(Instant::now() + Duration::from_millis(20)))
+                    .map(|_| ())
+            });
+            let thread = rx.recv().unwrap();
+            let (_, taken) = chan
+                .read_deferred(None, Reader::Host { held: 0 }, |_| Claim::Busy)
+                .expect("the writer's message");
+            let Taken::Slot { index, .. } = taken else {
+                panic!("not from a slot")
+            };
+            // The writer's deadline passed: it asks for the message back.
+            while chan.slots[index].kind.load(Ordering::SeqCst) & CANCELLED == 0 {
+                std::thread::yield_now();
+            }
+            let before = other_thread_cpu(thread);
+            // The remote reader answers after a while.
+            std::thread::sleep(Duration::from_millis(300));
+            let cpu = other_thread_cpu(thread) - before;
+            chan.ack(taken);
+            assert!(writer.join().unwrap().is_ok(), "taken: delivered");
+            assert!(
+                cpu < Duration::from_millis(30),
+                "the writer used {cpu:?} of CPU in 300 ms waiting for the host's decision"
+            );
+        });
+    }
+
+    /// The CPU time thread `thread` (of this process, running) used so far.
+    fn other_thread_cpu(thread: libc::pthread_t) -> Duration {
+        let mut clock: libc::clockid_t = 0;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `thread` is a running thread of this process (joined only after this);
+        // both calls write into the locals they are given.
+        unsafe {
+            assert_eq!(libc::pthread_getcpuclockid(thread, &mut clock), 0);
+            assert_eq!(libc::clock_gettime(clock, &mut ts), 0);
+        }
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 
     #[test]

@@ -337,6 +337,32 @@ impl Event {
         wait_any(&[self], deadline, ready, busy)
     }
 
+    /// Waits as [`wait_until`](Self::wait_until) does, until `deadline` at the latest, but
+    /// sleeps at once, without spinning or yielding first: for a change that is a network
+    /// round trip or more away. (A short wait that spins first spins for most of its time on a
+    /// loaded machine, where its yields come back only after other processes' time slices.)
+    pub(crate) fn sleep_until<T>(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let events = [self];
+        loop {
+            if let Some(v) = ready() {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let sleep = Announced::new(&events);
+            if let Some(v) = ready() {
+                return Some(v);
+            }
+            sys::futex_waitv(&sleep.words, Some(deadline - now));
+        }
+    }
+
     /// [`wait_until`](Self::wait_until) for a blocking operation that the census may see
     /// (see [`wait_parked`]): with no deadline, the wait is published while it sleeps, and a
     /// deadlock of the network ends it with `deadlocked()`.
