@@ -137,8 +137,7 @@ const UNWATCHED_RECHECK: Duration = Duration::from_millis(10);
 #[repr(C, align(64))]
 pub(crate) struct Event {
     seq: AtomicU32,
-    /// Threads that announced sleep on this event (watchers included), below [`WOKEN`];
-    /// with [`WOKEN`] set when a wake is on its way to each of them.
+    /// Threads that announced sleep on this event (watchers included).
     sleepers: AtomicU32,
     /// Taken `watch` slots.
     watchers: AtomicU32,
@@ -147,13 +146,6 @@ pub(crate) struct Event {
 }
 
 const _: () = assert!(std::mem::size_of::<Event>() == 128);
-
-/// Bit of an event's `sleepers`: a notifier woke every thread announced now (all of them, or
-/// the only one), and none announced itself since; a thread that announces itself clears it.
-/// Until then a notifier has nobody to wake: it makes no system call. (A woken thread takes
-/// microseconds to run and leave `sleepers`; a stream of changes, such as messages written
-/// into a ring whose reader sleeps, otherwise made a `futex_wake` for each change meanwhile.)
-const WOKEN: u32 = 1 << 31;
 
 /// Rings the bell with id `id`: bumps its word and wakes whoever sleeps on it.
 #[cold]
@@ -204,7 +196,7 @@ impl Event {
 
     /// Whether a thread announced that it sleeps on this event.
     pub(crate) fn has_sleepers(&self) -> bool {
-        self.sleepers() > 0
+        self.sleepers.load(Ordering::SeqCst) > 0
     }
 
     /// Wakes one sleeper, if any announced itself. Call after publishing the change.
@@ -215,72 +207,28 @@ impl Event {
     /// writer fills it), which x86 may still hold in its store buffer when the load runs:
     /// without the fence, the notifier could see no sleeper while the sleeper saw no change,
     /// and the sleeper waited for its next census slice (40 ms) or, unpublished, for ever.
-    ///
-    /// A thread woken by an earlier notify that has not run yet is not woken again (see
-    /// [`WOKEN`]); with several sleepers, each notify wakes one more.
     #[inline]
     pub(crate) fn notify_one(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            self.wake(1);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            sys::futex_wake(&self.seq, 1);
+            self.ring_watchers();
         }
     }
 
     /// Wakes every sleeper. Call as [`notify_one`](Self::notify_one). Returns whether
-    /// somebody had announced sleep (and was woken, now or by an earlier notify).
+    /// somebody had announced sleep (and was woken).
     #[inline]
     pub(crate) fn notify_all(&self) -> bool {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            return self.wake(i32::MAX);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            sys::futex_wake(&self.seq, i32::MAX);
+            self.ring_watchers();
+            return true;
         }
         false
-    }
-
-    /// The slow path of the notifies: wakes `n` sleepers (`i32::MAX`: all), unless a wake is
-    /// already on its way to every one announced ([`WOKEN`]). Marks it so when this wakes
-    /// them all. Returns whether somebody had announced sleep.
-    ///
-    /// Why the mark is enough: a notifier sets it (from a value without it, so the announced
-    /// threads are the ones it counted), then bumps `seq` and wakes. Each thread counted
-    /// announced itself before, and reads `seq` after announcing: it read the old value and
-    /// sleeps on it (then the bump makes its `futex_wait` return at once, or the wake that
-    /// follows the bump wakes it, the only sleeper or one of all), or it read the new value,
-    /// and then also sees the change this notify is for (the bump is a `Release` after it).
-    /// A thread that announces itself later clears the mark, so the next notify wakes again;
-    /// one that announced itself after the change sees it in the re-check it makes before
-    /// sleeping.
-    #[cold]
-    #[inline(never)]
-    fn wake(&self, n: i32) -> bool {
-        let mut s = self.sleepers.load(Ordering::SeqCst);
-        loop {
-            let count = s & !WOKEN;
-            if count == 0 {
-                return false;
-            }
-            if count > 1 && n == 1 {
-                // Several sleepers: each notify wakes one more (which ones an earlier wake
-                // reached is not known), as before the mark.
-                break;
-            }
-            if s & WOKEN != 0 {
-                return true;
-            }
-            match self.sleepers.compare_exchange_weak(
-                s,
-                s | WOKEN,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(now) => s = now,
-            }
-        }
-        self.seq.fetch_add(1, Ordering::Release);
-        sys::futex_wake(&self.seq, n);
-        self.ring_watchers();
-        true
     }
 
     /// Rings the bells of the threads watching this event. A watcher announces itself in
@@ -321,7 +269,7 @@ impl Event {
     /// How many waiters announced that they sleep on this event now (a hint: they leave as
     /// soon as they are woken).
     pub(crate) fn sleepers(&self) -> u32 {
-        self.sleepers.load(Ordering::SeqCst) & !WOKEN
+        self.sleepers.load(Ordering::SeqCst)
     }
 
     /// Waits until `ready` returns `Some`, or until `deadline` passes (then `None`).
@@ -630,12 +578,7 @@ struct Announced<'e> {
 impl<'e> Announced<'e> {
     fn new(events: &'e [&'e Event]) -> Self {
         for e in events {
-            // One more, for whom no wake is on its way yet.
-            let _ = e
-                .sleepers
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                    Some((s & !WOKEN) + 1)
-                });
+            e.sleepers.fetch_add(1, Ordering::SeqCst);
         }
         let mut a = Announced {
             events,
@@ -683,13 +626,7 @@ impl Drop for Announced<'_> {
             self.events[i].unwatch(k, self.bell);
         }
         for e in self.events {
-            // One fewer; the last one out clears `WOKEN`, so that notifiers find zero.
-            let _ = e
-                .sleepers
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                    let count = (s & !WOKEN).saturating_sub(1);
-                    Some(if count == 0 { 0 } else { (s & WOKEN) | count })
-                });
+            e.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -731,53 +668,6 @@ mod tests {
             assert!(r.is_some());
         }
         assert_eq!(window(), MAX_FINE_CHECKS);
-    }
-
-    #[test]
-    fn a_sleeper_already_woken_is_not_woken_again_until_it_announces_itself_again() {
-        // SAFETY: an all-zero Event is a valid one (atomics), as in a fresh channel header.
-        let e: Event = unsafe { std::mem::zeroed() };
-        let seq = || e.seq.load(Ordering::SeqCst);
-        // Each wake bumps `seq` (and makes a system call); a notify that wakes nobody does not.
-        e.notify_one();
-        assert_eq!(seq(), 0, "nobody to wake");
-        let events = [&e];
-        let one = Announced::new(&events);
-        e.notify_one();
-        assert_eq!(seq(), 1);
-        // A stream of changes while the woken thread has not run yet: no more wakes.
-        for _ in 0..10 {
-            e.notify_one();
-            assert!(e.notify_all());
-        }
-        assert_eq!(seq(), 1);
-        assert_eq!(e.sleepers(), 1);
-        // It leaves and announces itself again (it found nothing and sleeps once more).
-        drop(one);
-        let one = Announced::new(&events);
-        e.notify_all();
-        assert_eq!(seq(), 2);
-        // With two sleepers, each notify_one wakes one more: which ones a wake reached is not
-        // known.
-        let two = Announced::new(&events);
-        e.notify_one();
-        e.notify_one();
-        assert_eq!(seq(), 4);
-        // A wake for all covers both, until one announces itself again.
-        e.notify_all();
-        e.notify_all();
-        assert_eq!(seq(), 5);
-        drop(two);
-        e.notify_one();
-        assert_eq!(seq(), 5, "the one left was woken");
-        drop(one);
-        assert_eq!(
-            e.sleepers.load(Ordering::SeqCst),
-            0,
-            "the last one out clears the mark"
-        );
-        e.notify_all();
-        assert_eq!(seq(), 5);
     }
 
     #[test]
@@ -849,6 +739,7 @@ mod tests {
         // It withdrew from every event.
         assert!(events
             .iter()
-            .all(|e| e.watchers.load(Ordering::SeqCst) == 0 && e.sleepers() == 0));
+            .all(|e| e.watchers.load(Ordering::SeqCst) == 0
+                && e.sleepers.load(Ordering::SeqCst) == 0));
     }
 }
