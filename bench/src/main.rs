@@ -408,63 +408,29 @@ fn main() {
         t,
         || peers::ipc_channel_bytes(1 << 20, 256 << 20),
     ));
-    let want_connection = [
-        "Python multiprocessing.connection over TCP (RTT)",
-        "Python multiprocessing.connection over TCP one way",
-    ]
-    .iter()
-    .any(|n| stats::wanted(n));
-    match want_connection
-        .then(|| peers::python_connection(t.min(5), 2_000 * k))
-        .flatten()
-    {
-        Some(py) => {
-            for (key, name, unit) in [
-                (
-                    "conn_rtt_ns",
-                    "Python multiprocessing.connection over TCP (RTT)",
-                    "ns",
-                ),
-                (
-                    "conn_msgs_per_s",
-                    "Python multiprocessing.connection over TCP one way",
-                    "msg/s",
-                ),
-            ] {
-                if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
-                    let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-                    rows.push(Row {
-                        group: "peers",
-                        name: name.into(),
-                        unit,
-                        median: f(0),
-                        min: f(1),
-                        max: f(2),
-                        trials: t.min(5),
-                    });
-                }
-            }
-        }
-        None if want_connection => {
-            eprintln!("  (python3 not available: Python connection rows skipped)")
-        }
-        None => {}
-    }
-    let want_python = [
-        "Python multiprocessing.Pipe (RTT)",
-        "Python multiprocessing.Pipe one way",
-        "Python multiprocessing.Queue (RTT)",
-        "Python multiprocessing.Queue one way",
-    ]
-    .iter()
-    .any(|n| stats::wanted(n));
-    let py = if want_python {
-        peers::python(t.min(5), 2_000 * k)
-    } else {
-        None
-    };
-    if let Some(py) = py {
-        for (key, name, unit) in [
+    let trials = t.min(5);
+    python_rows(
+        &mut rows,
+        "connection",
+        &[
+            (
+                "conn_rtt_ns",
+                "Python multiprocessing.connection over TCP (RTT)",
+                "ns",
+            ),
+            (
+                "conn_msgs_per_s",
+                "Python multiprocessing.connection over TCP one way",
+                "msg/s",
+            ),
+        ],
+        trials,
+        || peers::python_connection(trials, 2_000 * k),
+    );
+    python_rows(
+        &mut rows,
+        "Pipe and Queue",
+        &[
             ("pipe_rtt_ns", "Python multiprocessing.Pipe (RTT)", "ns"),
             (
                 "pipe_msgs_per_s",
@@ -477,56 +443,28 @@ fn main() {
                 "Python multiprocessing.Queue one way",
                 "msg/s",
             ),
-        ] {
-            if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
-                let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-                rows.push(Row {
-                    group: "peers",
-                    name: name.into(),
-                    unit,
-                    median: f(0),
-                    min: f(1),
-                    max: f(2),
-                    trials: t.min(5),
-                });
-            }
-        }
-    } else if want_python {
-        eprintln!("  (python3 not available: Python rows skipped)");
-    }
-
-    let want_pool = [
-        "Python Pool.map, 100,000 tiny, default chunks",
-        "Python Pool.map, 100,000 tiny, chunksize=1",
-    ]
-    .iter()
-    .any(|n| stats::wanted(n));
-    match want_pool
-        .then(|| peers::python_pool(t.min(5), 100_000, cores))
-        .flatten()
-    {
-        Some(py) => {
-            for (key, name) in [
-                ("chunked", "Python Pool.map, 100,000 tiny, default chunks"),
-                ("chunksize1", "Python Pool.map, 100,000 tiny, chunksize=1"),
-            ] {
-                if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
-                    let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-                    rows.push(Row {
-                        group: "peers",
-                        name: name.into(),
-                        unit: "items/s",
-                        median: f(0),
-                        min: f(1),
-                        max: f(2),
-                        trials: t.min(5),
-                    });
-                }
-            }
-        }
-        None if want_pool => eprintln!("  (python3 not available: Python Pool rows skipped)"),
-        None => {}
-    }
+        ],
+        trials,
+        || peers::python(trials, 2_000 * k),
+    );
+    python_rows(
+        &mut rows,
+        "Pool",
+        &[
+            (
+                "chunked",
+                "Python Pool.map, 100,000 tiny, default chunks",
+                "items/s",
+            ),
+            (
+                "chunksize1",
+                "Python Pool.map, 100,000 tiny, chunksize=1",
+                "items/s",
+            ),
+        ],
+        trials,
+        || peers::python_pool(trials, 100_000, cores),
+    );
 
     let get = |name: &str| {
         rows.iter()
@@ -733,6 +671,38 @@ fn main() {
 }
 
 /// The printed table: every row, then the targets with their verdicts.
+/// The rows one Python script measures together (`(key in its JSON, row name, unit)`): run
+/// when `--only` lets one of them be measured, each row from its `[median, min, max]`.
+fn python_rows(
+    rows: &mut Vec<Row>,
+    what: &str,
+    group: &[(&str, &'static str, &'static str)],
+    trials: usize,
+    run: impl FnOnce() -> Option<serde_json::Map<String, serde_json::Value>>,
+) {
+    if !group.iter().any(|(_, name, _)| stats::wanted(name)) {
+        return;
+    }
+    let Some(py) = run() else {
+        eprintln!("  (python3 not available: Python {what} rows skipped)");
+        return;
+    };
+    for &(key, name, unit) in group {
+        if let Some(v) = py.get(key).and_then(|v| v.as_array()) {
+            let f = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+            rows.push(Row {
+                group: "peers",
+                name: name.into(),
+                unit,
+                median: f(0),
+                min: f(1),
+                max: f(2),
+                trials,
+            });
+        }
+    }
+}
+
 fn table(rows: &[Row], targets: &[Target]) -> String {
     use std::fmt::Write;
     let mut t = String::new();

@@ -707,9 +707,9 @@ impl Conn<'_> {
     }
 
     fn serve_frames_holding(&self, s: &mut Stream, held: &mut VecDeque<(Vec<u8>, Taken)>) -> End {
-        let acks = Acks {
+        let mut acks = Acks {
             chan: &self.chan,
-            made: std::cell::Cell::new(false),
+            made: false,
         };
         let mut next: Option<Frame> = None;
         let mut spare = Spare::default();
@@ -1257,19 +1257,19 @@ impl Conn<'_> {
 /// woken once, when the run ends or the connection does.
 struct Acks<'c> {
     chan: &'c Chan,
-    made: std::cell::Cell<bool>,
+    made: bool,
 }
 
 impl Acks<'_> {
-    fn made(&self, taken: Taken) {
+    fn made(&mut self, taken: Taken) {
         self.chan.ack_kept_quietly(taken);
-        self.made.set(true);
+        self.made = true;
     }
 
     /// Ends the run: wakes whom it concerns (before the connection waits, or handles another
     /// kind of frame).
-    fn end(&self) {
-        if self.made.replace(false) {
+    fn end(&mut self) {
+        if std::mem::take(&mut self.made) {
             self.chan.acked();
         }
     }
