@@ -157,6 +157,13 @@ fn main() {
         t,
         || pycsp_rows::any_to_any(250_000 * k),
     ));
+    rows.push(measure(
+        "pycsp",
+        "1 writer x 3 readers, buffered(1), 4 processes",
+        "msg/s",
+        t,
+        || pycsp_rows::oversubscribed(50_000 * k),
+    ));
     rows.push(measure("pycsp", "commstime", "us/comm", t, || {
         pycsp_rows::commstime(20_000 * k)
     }));
