@@ -44,7 +44,7 @@ fn main() {
     );
 
     eprintln!("pairs whose ratio is a target, in alternating trials:");
-    let (rv_row, spin_row, rv_over_spin) = stats::measure_pair(
+    let (rv_row, spin_row, pair_row, rv_over_spin, rv_over_pair) = stats::measure_three(
         ("pycsp", "rendezvous channel pair (RTT)", "ns", || {
             pycsp_rows::round_trip(0, 50_000 * k)
         }),
@@ -53,6 +53,12 @@ fn main() {
             "raw shared-memory ping-pong, spinning (RTT)",
             "ns",
             || raw::ping_pong(200_000 * k as u32, false),
+        ),
+        (
+            "limit",
+            "raw rendezvous pair, two spinning flags (RTT)",
+            "ns",
+            || raw::rendezvous_pair(200_000 * k as u32),
         ),
         t,
     );
@@ -98,6 +104,7 @@ fn main() {
 
     eprintln!("the limit:");
     rows.push(spin_row);
+    rows.push(pair_row);
     rows.push(measure(
         "limit",
         "raw shared-memory ping-pong, futex (RTT)",
@@ -499,6 +506,12 @@ fn main() {
             value: rv_over_spin,
             goal: "<= 2",
             met: rv_over_spin <= 2.0,
+        },
+        Target {
+            what: "rendezvous RTT / raw rendezvous pair (paired)",
+            value: rv_over_pair,
+            goal: "info",
+            met: true,
         },
         Target {
             what: "commstime, us per communication",

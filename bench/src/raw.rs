@@ -183,6 +183,43 @@ pub fn ping_pong(iters: u32, sleep: bool) -> f64 {
     ns
 }
 
+/// Round-trip time in ns of the least a rendezvous channel pair can do between two spinning
+/// processes: two flags on cache lines of their own (the ping's and the pong's channel), each
+/// set odd by its writer (a message) and even by its reader (taken). A round trip is the
+/// ping-pong's two hand-overs twice: the writer of the ping learns that it was taken (one
+/// line), then finds the pong (another); the echo's writer the same. A rendezvous pair's round
+/// trip cannot be faster than this, whatever the channel does.
+pub fn rendezvous_pair(iters: u32) -> f64 {
+    let shared = Shared::new();
+    // SAFETY: the page is 4096 bytes; the two words are 256 bytes apart (on lines, and
+    // adjacent-line pairs, of their own), aligned, zeroed and live until `drop`.
+    let (a, b) = unsafe { (&*shared.0.cast::<AtomicU32>(), &*shared.0.add(64)) };
+    let wait_for = |w: &AtomicU32, want: u32| {
+        let mut spins = 0u32;
+        while w.load(Ordering::Acquire) != want {
+            spin(&mut spins);
+        }
+    };
+    let pid = fork_child(|| {
+        for i in 0..iters {
+            wait_for(a, 2 * i + 1);
+            a.store(2 * i + 2, Ordering::Release);
+            b.store(2 * i + 1, Ordering::Release);
+            wait_for(b, 2 * i + 2);
+        }
+    });
+    let start = Instant::now();
+    for i in 0..iters {
+        a.store(2 * i + 1, Ordering::Release);
+        wait_for(a, 2 * i + 2);
+        wait_for(b, 2 * i + 1);
+        b.store(2 * i + 2, Ordering::Release);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(iters);
+    reap(pid);
+    ns
+}
+
 /// The limit for messages of `size` bytes between two processes, in GB/s: the writer copies
 /// each message into one of 8 shared buffers and the reader copies it out (the two copies a
 /// message passes through in a buffered(8) channel), each buffer handed over by a spinning

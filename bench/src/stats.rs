@@ -92,6 +92,45 @@ pub fn measure_pair(
     (summary(ga, na, ua, va), summary(gb, nb, ub, vb), ratio)
 }
 
+/// [`measure_pair`] for three rows in alternating trials (a, b, c, a, b, c, ...): returns the
+/// three rows and the medians of the per-trial ratios a / b and a / c.
+pub fn measure_three(
+    a: Side<'_, impl FnMut() -> f64>,
+    b: Side<'_, impl FnMut() -> f64>,
+    c: Side<'_, impl FnMut() -> f64>,
+    n: usize,
+) -> (Row, Row, Row, f64, f64) {
+    let (ga, na, ua, mut fa) = a;
+    let (gb, nb, ub, mut fb) = b;
+    let (gc, nc, uc, mut fc) = c;
+    let trials = if wanted(na) || wanted(nb) || wanted(nc) {
+        n
+    } else {
+        0
+    };
+    let (mut va, mut vb, mut vc) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ab, mut ac) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let (x, y, z) = (fa(), fb(), fc());
+        va.push(x);
+        vb.push(y);
+        vc.push(z);
+        ab.push(x / y);
+        ac.push(x / z);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    (
+        summary(ga, na, ua, va),
+        summary(gb, nb, ub, vb),
+        summary(gc, nc, uc, vc),
+        median(ab),
+        median(ac),
+    )
+}
+
 /// A number with three significant digits.
 pub fn fmt(x: f64) -> String {
     if x >= 100.0 {
