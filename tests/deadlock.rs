@@ -463,6 +463,39 @@ fn socket_select_offers_to_nobody() -> Result<String, Error> {
     Parallel(procs).map(|r| format!("{r:?}"))
 }
 
+/// Writes `n` numbers and one more, then waits for `done`.
+#[process]
+fn write_then_hear(out: ChannelOut<u64>, done: ChannelIn<()>, n: u64) -> Result<(), ChannelError> {
+    for i in 0..=n {
+        out.write(i)?;
+    }
+    done.read()
+}
+
+/// Reads `n` numbers, then says so on `done`.
+#[process]
+fn take_then_say(inp: ChannelIn<u64>, done: ChannelOut<()>, n: u64) -> Result<(), ChannelError> {
+    for _ in 0..n {
+        inp.read()?;
+    }
+    done.write(())
+}
+
+/// A placed writer sends numbers through a rendezvous socket channel (its user on the
+/// connection itself, see `net/direct.rs`: the bytes it moves are counted for the census
+/// too), then one too many, while the root's reader, done reading, waits to say so: each
+/// waits to write to the other.
+fn socket_writer_after_exchanges() -> Result<String, Error> {
+    let numbers = Channel::<u64>::named(&tcp("numbers"))?;
+    let done = Channel::<()>::named(&tcp("done"))?;
+    let procs = (
+        write_then_hear(numbers.writer(), done.reader(), 10).on(here()),
+        take_then_say(numbers.reader(), done.writer(), 10),
+    );
+    drop((numbers, done));
+    Parallel(procs).map(|r| format!("{r:?}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // The driver.
 
@@ -496,6 +529,10 @@ const CASES: &[Case] = &[
     (
         "socket_select_offers_to_nobody",
         socket_select_offers_to_nobody,
+    ),
+    (
+        "socket_writer_after_exchanges",
+        socket_writer_after_exchanges,
     ),
 ];
 
@@ -679,6 +716,16 @@ fn main() {
                 "`read_the_rest` (pid",
                 "waits to read `tcp://127.0.0.1:",
                 "/jobs`; no live process holds a writer end, but messages asked for ahead may still come back from `take_one_then_wait` (pid",
+                "/done`",
+            ],
+        ),
+        (
+            "socket_writer_after_exchanges",
+            &[
+                "`write_then_hear` (pid",
+                "waits to write `tcp://127.0.0.1:",
+                "/numbers`",
+                "`take_then_say` (pid",
                 "/done`",
             ],
         ),

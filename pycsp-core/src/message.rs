@@ -117,6 +117,15 @@ pub(crate) fn write_encoded(
     write(chan, &Encoded(bytes), deadline).map_err(|e| e.error)
 }
 
+/// [`write_encoded`], whose error says whether the message had been placed.
+pub(crate) fn write_encoded_placed(
+    chan: &Chan,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), WriteError> {
+    write(chan, &Encoded(bytes), deadline)
+}
+
 /// Writes again an encoded message that a reader gave back (see [`Chan::write_back`]), by
 /// `deadline` as [`write_encoded`]'s.
 pub(crate) fn write_encoded_back(
@@ -338,6 +347,15 @@ pub(crate) fn decode<T: DeserializeOwned>(chan: &Chan, msg: Incoming) -> Result<
             r
         }
     }
+}
+
+/// Decodes a message's encoding that came from `chan`'s host (a remote end's own read, see
+/// `net/direct.rs`).
+pub(crate) fn decode_bytes<T: DeserializeOwned>(
+    chan: &Chan,
+    bytes: &[u8],
+) -> Result<T, ChannelError> {
+    rmp_serde::from_slice(bytes).map_err(|e| decode_error::<T>(chan, e))
 }
 
 /// The encoded bytes of a message taken out of a ring (and frees its block, if it had one).

@@ -251,6 +251,29 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     r > 0 && p.revents != 0
 }
 
+/// Copies up to `buf.len()` bytes that socket `fd` has to read into `buf` without taking them
+/// and without waiting: how many (`Some(0)`: the end of the stream, or an error, which the
+/// next read reports), or `None` when nothing is there yet.
+pub(crate) fn peek(fd: RawFd, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writing; MSG_PEEK leaves the bytes in
+    // the socket, MSG_DONTWAIT makes the call return at once.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match usize::try_from(n) {
+        Ok(n) => Some(n),
+        Err(_) => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => None,
+            _ => Some(0),
+        },
+    }
+}
+
 /// Waits, with no deadline, until one of `fds` has bytes to read or hung up: the index of the
 /// first that has (`None` if `poll` fails). The caller makes sure one of them becomes
 /// readable: one is a socket whose peer speaks next, or a pair whose other end the caller

@@ -33,6 +33,9 @@ pub(crate) struct End {
     /// The channel's name, copied when it is first asked for or when the end leaves (the
     /// channel may be gone by the time a spent end is printed).
     name: OnceCell<Box<str>>,
+    /// The remote end behind a proxy of a rendezvous channel (looked up once), whose user
+    /// may read or write on the connection itself (see `net/direct.rs`).
+    remote: OnceCell<Option<std::sync::Arc<net::client::Proxy>>>,
 }
 
 impl End {
@@ -43,7 +46,23 @@ impl End {
             state: Cell::new(EndState::Live),
             socket: chan.name().contains("://"),
             name: OnceCell::new(),
+            remote: OnceCell::new(),
         }
+    }
+
+    /// The remote end of a socket channel's rendezvous proxy (see `net/direct.rs`); `None`
+    /// for every other end.
+    pub(crate) fn remote_rendezvous(&self) -> Option<&net::client::Proxy> {
+        if !self.socket {
+            return None;
+        }
+        self.remote
+            .get_or_init(|| {
+                (self.state.get() == EndState::Live && self.chan.is_rendezvous())
+                    .then(|| net::client::proxy_of(&self.chan))
+                    .flatten()
+            })
+            .as_deref()
     }
 
     /// The channel's name.
@@ -303,6 +322,7 @@ impl End {
                 state: Cell::new(EndState::Transferred),
                 socket: true,
                 name: OnceCell::new(),
+                remote: OnceCell::new(),
             });
         }
         let arena = Arena::get().map_err(D::Error::custom)?;

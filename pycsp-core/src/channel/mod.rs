@@ -30,7 +30,7 @@ use crate::runtime::{self, Role};
 pub use crate::shm::arena::Usage;
 use crate::shm::arena::{Arena, ArenaError, MAX_NAME};
 use crate::shm::census;
-use crate::shm::ring::Chan;
+use crate::shm::ring::{Chan, WriteError};
 use crate::shm::wait::deadline_after;
 use end::End;
 pub(crate) use end::{begin_returning, encoding_kept, finish_returning, Carried};
@@ -376,8 +376,17 @@ impl<T: Serialize> ChannelOut<T> {
         let chan = &self.end.chan;
         let write = || {
             if self.end.socket {
-                message::in_context(Context::Socket, || {
-                    message::write_value(chan, value, deadline)
+                message::in_context(Context::Socket, || match self.end.remote_rendezvous() {
+                    // A remote rendezvous end whose pump leaves the connection to its user:
+                    // the user's thread sends the message itself (see `net/direct.rs`).
+                    Some(remote) if remote.direct_open() => {
+                        let bytes = message::encode(chan, value).map_err(|error| WriteError {
+                            error,
+                            placed: false,
+                        })?;
+                        net::client::write_direct(chan, remote, &bytes, deadline)
+                    }
+                    _ => message::write_value(chan, value, deadline),
                 })
             } else {
                 message::write_value(chan, value, deadline)
@@ -475,7 +484,16 @@ impl<T: DeserializeOwned> ChannelIn<T> {
     fn recv(&self, deadline: Option<Instant>) -> Result<T, ChannelError> {
         let chan = &self.end.chan;
         let r = if self.end.socket {
-            message::in_context(Context::Socket, || message::read_value(chan, deadline))
+            message::in_context(Context::Socket, || {
+                // A remote rendezvous end whose pump leaves the connection to its user: the
+                // user's thread takes the message itself (see `net/direct.rs`).
+                if let Some(remote) = self.end.remote_rendezvous() {
+                    if let Some(bytes) = net::client::read_direct(chan, remote, deadline) {
+                        return message::decode_bytes(chan, &bytes);
+                    }
+                }
+                message::read_value(chan, deadline)
+            })
         } else {
             message::read_value(chan, deadline)
         };

@@ -24,6 +24,11 @@
 //!
 //! Because the user's side is an ordinary shared-memory channel, alternation over remote ends
 //! works unchanged.
+//!
+//! A rendezvous end's plain reads and writes skip the proxy while the pump waits for its user
+//! with nothing in flight: the user's own thread sends and receives those frames on the
+//! connection (see `direct.rs`), and hands the exchange back to the pump when it would wait
+//! long, when anything but its answer comes, or when the channel fails.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -32,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::direct::{Direct, Wrote, DIRECT_MAX};
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{self, step_failed, Address, Stream, LOSS_TIMEOUT};
@@ -113,6 +119,9 @@ pub(crate) struct Proxy {
     flow_cv: Condvar,
     /// Flush markers written into the proxy, in order (held while one is written).
     markers: Mutex<u64>,
+    /// Whether the user's thread may use the connection itself (a rendezvous end's plain
+    /// reads and writes, see `direct.rs`).
+    direct: Direct,
 }
 
 /// The window of a buffered writing end: messages the pump took from the proxy and sent, not
@@ -132,6 +141,11 @@ struct Flow {
 }
 
 impl Proxy {
+    /// Whether the pump leaves the connection to its user now (a hint, see `direct.rs`).
+    pub(crate) fn direct_open(&self) -> bool {
+        self.direct.looks_open()
+    }
+
     /// Waits until the pump stopped, or until `deadline`: `Some(whether it handed the end
     /// over)`, or `None` if it was still running at the deadline.
     fn wait_finished(&self, deadline: std::time::Instant) -> Option<bool> {
@@ -399,6 +413,13 @@ pub(crate) fn open_end(
         flow: Mutex::new(Flow::default()),
         flow_cv: Condvar::new(),
         markers: Mutex::new(0),
+        // A rendezvous end's user exchanges its messages on the connection itself while the
+        // pump waits for it (a buffered end's pump batches them, which the user cannot).
+        direct: Direct::new(if capacity == 0 {
+            s.try_clone().ok()
+        } else {
+            None
+        }),
     });
     PROXIES
         .lock()
@@ -425,6 +446,7 @@ pub(crate) fn open_end(
             } else {
                 p.pump_reads()
             };
+            p.info.direct.close();
             p.s.shutdown();
             *p.info.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
             p.info.finished_cv.notify_all();
@@ -457,6 +479,68 @@ pub(crate) fn remote_error(chan: &Chan, e: ChannelError) -> ChannelError {
         }
     }
     e
+}
+
+/// A plain read of the remote rendezvous reading end `chan` (`info`, its end), made on the
+/// connection by the user's own thread if the pump leaves it to the user now (see
+/// `direct.rs`): the message's encoding, or `None` (then the read goes through the proxy).
+pub(crate) fn read_direct(chan: &Chan, info: &Proxy, deadline: Option<Instant>) -> Option<Vec<u8>> {
+    if !info.direct.looks_open() {
+        return None;
+    }
+    info.direct.read(
+        deadline,
+        || chan.state_flags() & (POISONED | READERS_RETIRED) != 0,
+        || {
+            chan.events().1.notify_all();
+        },
+    )
+}
+
+/// A plain write of the encoded message `bytes` on the remote rendezvous writing end `chan`
+/// (`info`, its end), made on the connection by the user's own thread if the pump leaves it
+/// to the user now (see `direct.rs`), else through the proxy, as a write of `chan` is. The
+/// error of a failed write is the one the pump would have reported.
+pub(crate) fn write_direct(
+    chan: &Chan,
+    info: &Proxy,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), crate::shm::ring::WriteError> {
+    let not_placed = |error| crate::shm::ring::WriteError {
+        error,
+        placed: false,
+    };
+    if bytes.len() > DIRECT_MAX {
+        return crate::message::write_encoded_placed(chan, bytes, deadline);
+    }
+    let failed = || chan.state_flags() & (POISONED | READERS_RETIRED) != 0;
+    match info
+        .direct
+        .write(bytes, deadline, failed, &info.address.full)
+    {
+        None | Some(Wrote::NotTaken) => crate::message::write_encoded_placed(chan, bytes, deadline),
+        Some(Wrote::Done) => Ok(()),
+        Some(Wrote::Failed(e)) => {
+            // As the pump does with such an answer (it retires from the host next).
+            if e == ChannelError::Poisoned {
+                chan.poison();
+            } else {
+                *info.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                chan.retire_side(false);
+            }
+            Err(not_placed(e))
+        }
+        Some(Wrote::Lost(f)) => {
+            let e = ChannelError::Connection {
+                address: info.address.full.clone(),
+                reason: format!("connection to the host lost: {f}"),
+            };
+            *info.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            chan.retire_side(false);
+            Err(not_placed(e))
+        }
+    }
 }
 
 /// Moves a remote end to another process: the pump hands its count to the host under a new
@@ -588,13 +672,32 @@ impl Pump {
             claim,
         ) {
             Err(ChannelError::Timeout) => {
-                let _idle = stream::idle(
-                    self.host,
-                    self.info.writer,
-                    &self.proxy,
-                    Some(self.proxy.side_word(false)),
-                );
-                self.proxy.read_deferred(None, Reader::Pump, claim)
+                let publish = || {
+                    stream::idle(
+                        self.host,
+                        self.info.writer,
+                        &self.proxy,
+                        Some(self.proxy.side_word(false)),
+                    )
+                };
+                self.info.direct.absorb();
+                let mut idle = publish();
+                loop {
+                    match self
+                        .proxy
+                        .read_deferred(Some(Instant::now() + TICK), Reader::Pump, claim)
+                    {
+                        // The user's own exchanges meanwhile moved bytes on the connection
+                        // (see `direct.rs`): published again with them.
+                        Err(ChannelError::Timeout) => {
+                            if self.info.direct.absorb() {
+                                drop(idle.take());
+                                idle = publish();
+                            }
+                        }
+                        r => return r,
+                    }
+                }
             }
             r => r,
         }
@@ -622,7 +725,11 @@ impl Pump {
             return false;
         };
         loop {
-            match self.next_message(None, arena) {
+            // The user may send its own messages meanwhile (see `direct.rs`).
+            let _ = self.info.direct.open();
+            let next = self.next_message(None, arena);
+            self.info.direct.take_back();
+            match next {
                 Ok((msg, taken)) => {
                     if let Err(stop) = self.send_write(msg, taken, arena) {
                         return stop;
@@ -1140,10 +1247,72 @@ impl Pump {
         stream::park_for_peer(census::Kind::Write, &self.proxy, true, self.host, None)
     }
 
+    /// Leaves the connection to the user's own reads (see `direct.rs`) until the pump must go
+    /// on: a user thread gave it back, the user reads through the proxy (a select, a read
+    /// that gave up its own wait, a read that came before the connection was open: the
+    /// reads counted since `looks`, taken before the last message was handed over) or left, or a `Message` waits that no user came for during
+    /// a whole hold (see [`HOLD_FOR_USER`]; then the pump holds it in the proxy as before, and
+    /// gives it back if nobody takes it). `false`: the user left.
+    ///
+    /// The pump sleeps meanwhile, on the proxy's writer event (which a reader that comes
+    /// through the proxy, the user leaving and a user thread giving the connection back
+    /// ring), looking every hold, or every [`TICK`]. A wait that lasts is published for the
+    /// census as the pump's wait for the answer is, with the bytes user threads moved.
+    fn await_user_direct(&mut self, looks: u32) -> bool {
+        let d = &self.info.direct;
+        if !d.open() {
+            return true; // no direct reads on this end
+        }
+        let hold = hold_for_user();
+        let step = hold.map_or(TICK, |h| h.min(TICK));
+        let since = Instant::now();
+        let fd = self.s.as_raw_fd();
+        let mut idle = None;
+        // The exchanges users had finished when a `Message` was first seen waiting.
+        let mut waiting: Option<u64> = None;
+        let proxy = self.proxy;
+        loop {
+            let come = proxy.events().1.sleep_until(Instant::now() + step, || {
+                (d.handed_back()
+                    || self.user_left()
+                    || proxy.reader_looks() != looks
+                    || proxy.readers_wait())
+                .then_some(())
+            });
+            if come.is_some() {
+                d.take_back();
+                return !self.user_left();
+            }
+            if d.in_use() {
+                waiting = None;
+                continue;
+            }
+            let moved = d.absorb();
+            if since.elapsed() >= stream::PUBLISH_AFTER && (idle.is_none() || moved) {
+                drop(idle.take());
+                idle = stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
+            }
+            if hold.is_some() && sys::wait_readable(fd, Duration::ZERO) {
+                let n = d.exchanges();
+                if waiting == Some(n) {
+                    // Nobody came for it during a whole hold: the pump takes it (and holds it
+                    // in the proxy, then gives it back, as for a user that does not read).
+                    d.take_back();
+                    return !self.user_left();
+                }
+                waiting = Some(n);
+            } else {
+                waiting = None;
+            }
+        }
+    }
+
     /// The pump of a reading end; returns whether it handed the end over.
     fn pump_reads(&mut self) -> bool {
         // Whether the next `Read` already went out, in one write with the last `Ack`.
         let mut asked = false;
+        // The user's reads counted before the last message was handed to it.
+        let mut looks = 0;
         // The user's reads counted when it was last seen reading.
         let mut seen = 0;
         loop {
@@ -1158,6 +1327,11 @@ impl Pump {
                     self.proxy.retire_side(true);
                     return false;
                 }
+            }
+            // The `Read` went with the `Ack` of a message the user just took: its next read
+            // may take the answer itself (see `direct.rs`).
+            if asked && !self.await_user_direct(looks) {
+                return self.user_gone();
             }
             // Wait for the answer, watching for the user leaving meanwhile; a wait that lasts
             // is published for the census.
@@ -1181,6 +1355,9 @@ impl Pump {
                     return false;
                 }
             };
+            // The user's reads counted before this message is handed over: a read for the
+            // next one comes after (see `await_user_direct`).
+            looks = self.proxy.reader_looks();
             match f.kind {
                 Kind::Message => match self.hand_to_user(&f.body) {
                     Ok(()) => {
@@ -1677,6 +1854,7 @@ pub(crate) fn failed_end(
         flow: Mutex::new(Flow::default()),
         flow_cv: Condvar::new(),
         markers: Mutex::new(0),
+        direct: Direct::new(None),
     });
     PROXIES
         .lock()

@@ -67,6 +67,7 @@
 //! keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
 
 pub(crate) mod client;
+pub(crate) mod direct;
 pub(crate) mod key;
 pub mod proto;
 pub(crate) mod server;

@@ -217,6 +217,14 @@ impl Stream {
         }
     }
 
+    /// Another handle on the same connection.
+    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
@@ -280,6 +288,20 @@ pub(crate) fn bytes() -> (u64, u64) {
 /// Counts this thread's bytes from now on (a connection's serving starts).
 pub(crate) fn reset_bytes() {
     BYTES.with(|b| b.set((0, 0)));
+}
+
+/// Sets this thread's counts back to `bytes` (a user thread that used a pump's connection
+/// for one exchange: those bytes are the connection's, see `net/direct.rs`).
+pub(crate) fn set_bytes(bytes: (u64, u64)) {
+    BYTES.with(|b| b.set(bytes));
+}
+
+/// Adds bytes that another thread sent and received on this thread's connection.
+pub(crate) fn add_bytes(sent: u64, got: u64) {
+    BYTES.with(|b| {
+        let (o, i) = b.get();
+        b.set((o.wrapping_add(sent), i.wrapping_add(got)));
+    });
 }
 
 /// How long a socket thread waits before it publishes its wait for the deadlock census

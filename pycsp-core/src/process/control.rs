@@ -45,8 +45,7 @@ impl Ctrl {
     pub(crate) fn try_clone(&self) -> std::io::Result<Ctrl> {
         Ok(match self {
             Ctrl::Pair(s) => Ctrl::Pair(s.try_clone()?),
-            Ctrl::Net(Stream::Tcp(s)) => Ctrl::Net(Stream::Tcp(s.try_clone()?)),
-            Ctrl::Net(Stream::Unix(s)) => Ctrl::Net(Stream::Unix(s.try_clone()?)),
+            Ctrl::Net(s) => Ctrl::Net(s.try_clone()?),
         })
     }
 

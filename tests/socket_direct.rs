@@ -1,0 +1,221 @@
+//! A remote rendezvous end's user exchanges its messages on the end's connection itself while
+//! the end's pump waits (`net/direct.rs`): every message still arrives once and in order, a
+//! user that waits longer than its own wait, or not at all, hands the exchange back to the
+//! pump without losing anything, and failures reach the user as before. Processes placed by
+//! the trivial launcher `{cmd}` are their own process networks, so their ends of channels
+//! hosted here are remote ends.
+
+use std::time::Duration;
+
+use pycsp::prelude::*;
+
+mod common;
+
+/// How long a test waits for something that should happen at once.
+const PROMPT: Duration = Duration::from_secs(10);
+
+/// Longer than a user's own wait on its connection (5 ms), so that the pump takes over.
+const LATE: Duration = Duration::from_millis(30);
+
+fn here() -> Placement {
+    Placement::launcher("{cmd}")
+}
+
+fn local(name: &str) -> String {
+    format!(
+        "local://{}/{name}",
+        common::unique(&format!("pycsp-direct-{}", std::process::id()))
+    )
+}
+
+fn tcp(name: &str) -> String {
+    format!("tcp://127.0.0.1:{}/{name}", common::free_port())
+}
+
+#[process]
+fn echo(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<u64, ChannelError> {
+    let mut n = 0;
+    loop {
+        match inp.read() {
+            Ok(v) => out.write(v)?,
+            Err(ChannelError::Retired) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+    }
+}
+
+fn echo_over(a: &str, b: &str) {
+    let (a, b) = (
+        Channel::<u64>::named(a).unwrap(),
+        Channel::<u64>::named(b).unwrap(),
+    );
+    let p = Spawn(echo(a.reader(), b.writer()).on(here())).unwrap();
+    let (w, r) = (a.writer(), b.reader());
+    drop((a, b));
+    for i in 0..2000u64 {
+        w.write(i * 7).unwrap();
+        assert_eq!(r.read_timeout(PROMPT).unwrap(), i * 7);
+    }
+    drop(w);
+    assert_eq!(p.join().unwrap().unwrap(), 2000);
+}
+
+#[test]
+fn a_remote_echo_over_rendezvous_channels_returns_every_message_once_in_order_local() {
+    echo_over(&local("a"), &local("b"));
+}
+
+#[test]
+fn a_remote_echo_over_rendezvous_channels_returns_every_message_once_in_order_tcp() {
+    echo_over(&tcp("a"), &tcp("b"));
+}
+
+#[process]
+fn read_n(inp: ChannelIn<u64>, n: usize) -> Result<Vec<u64>, ChannelError> {
+    (0..n).map(|_| inp.read()).collect()
+}
+
+/// Every other message comes later than the user's own wait: it goes through the pump.
+#[test]
+fn a_remote_reader_whose_message_comes_late_gets_it_through_its_pump() {
+    let c = Channel::<u64>::named(&local("late")).unwrap();
+    let p = Spawn(read_n(c.reader(), 8).on(here())).unwrap();
+    let w = c.writer();
+    drop(c);
+    for i in 0..8 {
+        if i % 2 == 1 {
+            std::thread::sleep(LATE);
+        }
+        w.write(i).unwrap();
+    }
+    assert_eq!(p.join().unwrap().unwrap(), (0..8).collect::<Vec<_>>());
+}
+
+#[process]
+fn produce(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    (0..n).try_for_each(|i| out.write(i))
+}
+
+/// Every other message is read later than the writer's own wait: the writer asks it back
+/// and writes it through the pump, which offers it again; each arrives once.
+#[test]
+fn a_remote_writer_whose_reader_comes_late_delivers_each_message_once() {
+    let c = Channel::<u64>::named(&local("slow-reader")).unwrap();
+    let p = Spawn(produce(c.writer(), 8).on(here())).unwrap();
+    let r = c.reader();
+    drop(c);
+    let mut got = Vec::new();
+    for i in 0..8 {
+        if i % 2 == 1 {
+            std::thread::sleep(LATE);
+        }
+        got.push(r.read_timeout(PROMPT).unwrap());
+    }
+    p.join().unwrap().unwrap();
+    assert_eq!(got, (0..8).collect::<Vec<_>>());
+    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
+}
+
+/// Reads five messages (the first through its pump, the others on its connection), says
+/// so, then reads no more until `gate`: what it read then.
+#[process]
+fn take_five_then_wait(
+    inp: ChannelIn<u64>,
+    took: ChannelOut<u64>,
+    gate: ChannelIn<()>,
+) -> Result<u64, ChannelError> {
+    let sum = (0..5).map(|_| inp.read()).sum::<Result<u64, _>>()?;
+    took.write(sum)?;
+    gate.read()?;
+    inp.read()
+}
+
+/// The remote reader asked for the next message (with its last `Ack`) and then stopped
+/// reading: the message the host sends it is not left on the connection, it goes back to
+/// the host's channel for its other readers (after the hold), as a message a remote reader
+/// does not take always did.
+#[test]
+fn a_message_a_remote_reader_does_not_come_for_goes_back_to_the_other_readers() {
+    let c = Channel::<u64>::named(&local("jobs")).unwrap();
+    let took = Channel::<u64>::named(&local("took")).unwrap();
+    let gate = Channel::<()>::named(&local("gate")).unwrap();
+    let p =
+        Spawn(take_five_then_wait(c.reader(), took.writer(), gate.reader()).on(here())).unwrap();
+    let (w, r, took_r, gate_w) = (c.writer(), c.reader(), took.reader(), gate.writer());
+    drop((c, took, gate));
+    for i in 0..5 {
+        w.write(i).unwrap();
+    }
+    assert_eq!(took_r.read_timeout(PROMPT).unwrap(), 10);
+    // The write waits until a reader takes the message: in a thread of its own, so that
+    // a message left with the remote reader fails the test instead of hanging it.
+    let other = std::thread::spawn(move || r.read_timeout(PROMPT));
+    let writer = std::thread::spawn(move || w.write(5).map(|()| w));
+    assert_eq!(
+        other.join().unwrap(),
+        Ok(5),
+        "the other reader got the message"
+    );
+    let w = writer.join().unwrap().unwrap();
+    gate_w.write(()).unwrap();
+    w.write(6).unwrap();
+    assert_eq!(p.join().unwrap().unwrap(), 6);
+}
+
+#[process]
+fn read_until_error(inp: ChannelIn<u64>) -> Result<(Vec<u64>, ChannelError), ChannelError> {
+    let mut got = Vec::new();
+    loop {
+        match inp.read() {
+            Ok(v) => got.push(v),
+            Err(e) => return Ok((got, e)),
+        }
+    }
+}
+
+/// The host poisons the channel while the remote reader waits for its next message, on its
+/// connection or through its pump: the read fails with `Poisoned`.
+#[test]
+fn poison_reaches_a_remote_reader_waiting_for_its_next_message() {
+    for wait in [Duration::ZERO, Duration::from_millis(2), LATE] {
+        let c = Channel::<u64>::named(&local("poisoned")).unwrap();
+        let p = Spawn(read_until_error(c.reader()).on(here())).unwrap();
+        let w = c.writer();
+        drop(c);
+        w.write(1).unwrap();
+        w.write(2).unwrap();
+        std::thread::sleep(wait);
+        w.poison();
+        let (got, e) = p.join().unwrap().unwrap();
+        assert_eq!(got, vec![1, 2]);
+        assert_eq!(e, ChannelError::Poisoned, "after waiting {wait:?}");
+    }
+}
+
+#[process]
+fn write_with_deadline(out: ChannelOut<u64>) -> Result<bool, ChannelError> {
+    out.write(1)?;
+    // Nobody reads this one in time: not delivered.
+    let late = out.write_timeout(2, Duration::from_millis(20));
+    out.write(3)?;
+    Ok(matches!(late, Err(WriteTimeoutError::Timeout(2))))
+}
+
+/// A remote write whose deadline passes before a reader comes is withdrawn: `Timeout`, and
+/// no reader ever gets that message.
+#[test]
+fn a_remote_write_whose_deadline_passes_is_withdrawn_and_never_delivered() {
+    let c = Channel::<u64>::named(&local("deadline")).unwrap();
+    let p = Spawn(write_with_deadline(c.writer()).on(here())).unwrap();
+    let r = c.reader();
+    drop(c);
+    assert_eq!(r.read_timeout(PROMPT).unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        r.read_timeout(PROMPT).unwrap(),
+        3,
+        "the withdrawn message never came"
+    );
+    assert!(p.join().unwrap().unwrap(), "the late write said Timeout");
+}
