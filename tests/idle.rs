@@ -149,6 +149,61 @@ fn a_remote_read_waiting_for_a_writer_costs_no_cpu_while_it_waits() {
     );
 }
 
+/// Reads `n` messages from `inp` (its thread on the connection itself, see
+/// `net/direct.rs`), then waits for `gate`, then reads one more: the CPU this process used
+/// while it waited for the gate (its reading end's pump watching for a message nobody reads)
+/// and while it waited for that last message.
+#[process]
+fn read_then_wait(
+    inp: ChannelIn<u64>,
+    gate: ChannelIn<()>,
+    n: u64,
+) -> Result<(Duration, Duration), ChannelError> {
+    for _ in 0..n {
+        inp.read()?;
+    }
+    let cpu = process_cpu();
+    gate.read()?;
+    let gated = process_cpu() - cpu;
+    let cpu = process_cpu();
+    inp.read()?;
+    Ok((gated, process_cpu() - cpu))
+}
+
+#[test]
+fn a_remote_reader_that_read_on_its_connection_costs_no_cpu_while_it_waits() {
+    let _alone = common::timing();
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/direct").unwrap();
+    let gate = Channel::<()>::named("tcp://127.0.0.1:0/gate").unwrap();
+    let (w, g) = (c.writer(), gate.writer());
+    let h = Spawn(read_then_wait(c.reader(), gate.reader(), 20).on(Placement::launcher("{cmd}")))
+        .unwrap();
+    for i in 0..20 {
+        w.write(i).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    g.write(()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    w.write(20).unwrap();
+    let (gated, read) = h.join().unwrap().unwrap();
+    eprintln!(
+        "a remote reader that read on its connection used {gated:?} of CPU in 2 s of waiting \
+         elsewhere, {read:?} in 2 s of waiting for its next message"
+    );
+    // As for a write (above). The pump looked every 2 ms whether a message waited for a
+    // user that did not come, while that user read on the connection; it waits on the
+    // connection itself once a look found the user idle.
+    for (cpu, what) in [
+        (gated, "waiting elsewhere"),
+        (read, "waiting for a message"),
+    ] {
+        assert!(
+            cpu < Duration::from_secs(2) / 80,
+            "a remote reader used {cpu:?} of CPU in 2 s of {what}"
+        );
+    }
+}
+
 #[test]
 fn a_remote_select_offering_to_nobody_costs_no_cpu_while_it_waits() {
     costs_no_cpu(true, "a remote select's offer");

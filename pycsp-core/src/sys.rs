@@ -238,14 +238,16 @@ pub(crate) fn socket_hung_up(fd: RawFd) -> bool {
 }
 
 /// Waits up to `timeout` until socket `fd` has bytes to read or hung up; returns whether it
-/// has.
+/// has. `poll` counts whole milliseconds: a timeout that is not one is rounded up (rounded
+/// down, a wait of less than 1 ms returned at once, and a loop waiting until a deadline spun
+/// through its last millisecond).
 pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN | libc::POLLRDHUP,
         revents: 0,
     };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd.
     let r = unsafe { libc::poll(&mut p, 1, ms) };
     r > 0 && p.revents != 0

@@ -1250,60 +1250,94 @@ impl Pump {
     /// Leaves the connection to the user's own reads (see `direct.rs`) until the pump must go
     /// on: a user thread gave it back, the user reads through the proxy (a select, a read
     /// that gave up its own wait, a read that came before the connection was open: the
-    /// reads counted since `looks`, taken before the last message was handed over) or left, or a `Message` waits that no user came for during
-    /// a whole hold (see [`HOLD_FOR_USER`]; then the pump holds it in the proxy as before, and
-    /// gives it back if nobody takes it). `false`: the user left.
+    /// reads counted since `looks`, taken before the last message was handed over) or left,
+    /// or a `Message` waits that no user came for during a whole hold (see
+    /// [`HOLD_FOR_USER`]; then the pump gives it back at once, as it does a message its user
+    /// did not take from the proxy within the hold).
     ///
-    /// The pump sleeps meanwhile, on the proxy's writer event (which a reader that comes
-    /// through the proxy, the user leaving and a user thread giving the connection back
-    /// ring), looking every hold, or every [`TICK`]. A wait that lasts is published for the
-    /// census as the pump's wait for the answer is, with the bytes user threads moved.
-    fn await_user_direct(&mut self, looks: u32) -> bool {
+    /// While its user reads, the pump sleeps on the proxy's writer event (which a read that
+    /// comes through the proxy, the user leaving and a user thread giving the connection back
+    /// ring), looking every hold (or [`TICK`]) whether a message waits; once a look finds the
+    /// user idle (no exchange since the last, nothing waiting), it waits on the connection
+    /// instead, as it does for its own `Read`, woken by the next frame only. A wait that
+    /// lasts is published for the census as the pump's wait for the answer is, with the
+    /// bytes user threads moved.
+    fn await_user_direct(&mut self, looks: u32) -> Direct2Pump {
         let d = &self.info.direct;
         if !d.open() {
-            return true; // no direct reads on this end
+            return Direct2Pump::GoOn; // no direct reads on this end
         }
         let hold = hold_for_user();
         let step = hold.map_or(TICK, |h| h.min(TICK));
         let since = Instant::now();
         let fd = self.s.as_raw_fd();
-        let mut idle = None;
-        // The exchanges users had finished when a `Message` was first seen waiting.
-        let mut waiting: Option<u64> = None;
         let proxy = self.proxy;
+        let mut idle = None;
+        let must_go_on = || {
+            d.handed_back()
+                || self.user_left()
+                || proxy.reader_looks() != looks
+                || proxy.readers_wait()
+        };
+        // The exchanges users had finished at the last look.
+        let mut last = d.exchanges();
+        // A `Message` waiting: the exchanges finished when it was first seen, and when.
+        let mut pending: Option<(u64, Instant)> = None;
+        // Whether the pump waits on the connection itself (its user is idle).
+        let mut on_socket = false;
         loop {
-            let come = proxy.events().1.sleep_until(Instant::now() + step, || {
-                (d.handed_back()
-                    || self.user_left()
-                    || proxy.reader_looks() != looks
-                    || proxy.readers_wait())
-                .then_some(())
-            });
-            if come.is_some() {
-                d.take_back();
-                return !self.user_left();
+            if on_socket {
+                sys::wait_readable(fd, TICK);
+            } else {
+                let wake = pending.map_or(step, |(_, t)| {
+                    hold.map_or(step, |h| (t + h).saturating_duration_since(Instant::now()))
+                });
+                proxy
+                    .events()
+                    .1
+                    .sleep_until(Instant::now() + wake, || must_go_on().then_some(()));
             }
-            if d.in_use() {
-                waiting = None;
-                continue;
+            if must_go_on() {
+                d.take_back();
+                return if self.user_left() {
+                    Direct2Pump::UserLeft
+                } else {
+                    Direct2Pump::GoOn
+                };
             }
             let moved = d.absorb();
             if since.elapsed() >= stream::PUBLISH_AFTER && (idle.is_none() || moved) {
                 drop(idle.take());
                 idle = stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
             }
-            if hold.is_some() && sys::wait_readable(fd, Duration::ZERO) {
-                let n = d.exchanges();
-                if waiting == Some(n) {
-                    // Nobody came for it during a whole hold: the pump takes it (and holds it
-                    // in the proxy, then gives it back, as for a user that does not read).
-                    d.take_back();
-                    return !self.user_left();
-                }
-                waiting = Some(n);
-            } else {
-                waiting = None;
+            let n = d.exchanges();
+            if d.in_use() {
+                // A user thread reads: back to looking every hold.
+                (on_socket, pending, last) = (false, None, n);
+                continue;
             }
+            let waits = sys::wait_readable(fd, Duration::ZERO);
+            match (waits, hold) {
+                // With no hold, a message waits for the user (the pump looks every TICK).
+                (true, None) => on_socket = false,
+                (true, Some(h)) => match pending {
+                    Some((first, t)) if first == n && t.elapsed() >= h => {
+                        // Nobody came for it during a whole hold.
+                        if d.try_take_back().is_some() {
+                            return Direct2Pump::GiveBack;
+                        }
+                    }
+                    Some((first, _)) if first == n => on_socket = false,
+                    _ => (pending, on_socket) = (Some((n, Instant::now())), false),
+                },
+                (false, _) => {
+                    // Nothing waits; a user that finished no exchange since the last look is
+                    // idle: the next frame wakes the pump.
+                    pending = None;
+                    on_socket = n == last;
+                }
+            }
+            last = n;
         }
     }
 
@@ -1330,8 +1364,13 @@ impl Pump {
             }
             // The `Read` went with the `Ack` of a message the user just took: its next read
             // may take the answer itself (see `direct.rs`).
-            if asked && !self.await_user_direct(looks) {
-                return self.user_gone();
+            let mut give_back = false;
+            if asked {
+                match self.await_user_direct(looks) {
+                    Direct2Pump::GoOn => {}
+                    Direct2Pump::UserLeft => return self.user_gone(),
+                    Direct2Pump::GiveBack => give_back = true,
+                }
             }
             // Wait for the answer, watching for the user leaving meanwhile; a wait that lasts
             // is published for the census.
@@ -1359,6 +1398,17 @@ impl Pump {
             // next one comes after (see `await_user_direct`).
             looks = self.proxy.reader_looks();
             match f.kind {
+                Kind::Message if give_back => {
+                    // Its user did not come for it within the hold: back to its writer for
+                    // the other readers; asked again once the user reads.
+                    if let Err(e) = write_frame(&mut self.s, &Frame::empty(Kind::Nack)) {
+                        self.fail(self.lost(&e));
+                        self.proxy.retire_side(true);
+                        return false;
+                    }
+                    asked = false;
+                    seen = self.proxy.reader_looks();
+                }
                 Kind::Message => match self.hand_to_user(&f.body) {
                     Ok(()) => {
                         // The next Read goes with the Ack, in one system call, so that the
@@ -1478,6 +1528,17 @@ impl ReadAhead {
             _ => 1,
         }
     }
+}
+
+/// What a reading end's pump does after leaving the connection to its user (see
+/// `Pump::await_user_direct`).
+enum Direct2Pump {
+    /// Wait for the answer to its `Read` as before.
+    GoOn,
+    /// The user left.
+    UserLeft,
+    /// A `Message` waited a whole hold and no user came for it: give it back.
+    GiveBack,
 }
 
 /// How a buffered reading end's pump's wait for the host ended.
