@@ -54,6 +54,7 @@ use crate::shm::ring::{Chan, Incoming, Reader, Taken, POISONED, READERS_RETIRED,
 use crate::shm::wait;
 use crate::shm::waiter;
 use crate::sys;
+use crate::trace;
 
 /// How often a pump waiting for the host checks whether its user retired or poisoned.
 const TICK: Duration = Duration::from_millis(50);
@@ -488,13 +489,19 @@ pub(crate) fn read_direct(chan: &Chan, info: &Proxy, deadline: Option<Instant>) 
     if !info.direct.looks_open() {
         return None;
     }
-    info.direct.read(
+    let t0 = trace::begin();
+    let body = info.direct.read(
         deadline,
         || chan.state_flags() & (POISONED | READERS_RETIRED) != 0,
         || {
             chan.events().1.notify_all();
         },
-    )
+    );
+    if t0 != 0 && body.is_some() {
+        // No message of this process's shared memory moved: a read with no arrow.
+        trace::span(&format!("read {}", chan.name()), t0);
+    }
+    body
 }
 
 /// A plain write of the encoded message `bytes` on the remote rendezvous writing end `chan`
@@ -515,12 +522,19 @@ pub(crate) fn write_direct(
         return crate::message::write_encoded_placed(chan, bytes, deadline);
     }
     let failed = || chan.state_flags() & (POISONED | READERS_RETIRED) != 0;
+    let t0 = trace::begin();
     match info
         .direct
         .write(bytes, deadline, failed, &info.address.full)
     {
         None | Some(Wrote::NotTaken) => crate::message::write_encoded_placed(chan, bytes, deadline),
-        Some(Wrote::Done) => Ok(()),
+        Some(Wrote::Done) => {
+            if t0 != 0 {
+                // As for a read on the connection (`read_direct`): no arrow.
+                trace::span(&format!("write {}", chan.name()), t0);
+            }
+            Ok(())
+        }
         Some(Wrote::Failed(e)) => {
             // As the pump does with such an answer (it retires from the host next).
             if e == ChannelError::Poisoned {
