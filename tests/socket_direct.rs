@@ -219,3 +219,140 @@ fn a_remote_write_whose_deadline_passes_is_withdrawn_and_never_delivered() {
     );
     assert!(p.join().unwrap().unwrap(), "the late write said Timeout");
 }
+
+/// Reads with two threads of its own on clones of one remote end until the channel retires:
+/// the values each read (one thread may read on the connection while the other reads
+/// through the pump).
+#[process]
+fn read_with_two_threads(inp: ChannelIn<u64>) -> Result<(Vec<u64>, Vec<u64>), ChannelError> {
+    let other = inp.clone();
+    let read_all = |r: ChannelIn<u64>| {
+        let mut got = Vec::new();
+        loop {
+            match r.read() {
+                Ok(v) => got.push(v),
+                Err(ChannelError::Retired) => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let t = std::thread::spawn(move || read_all(other));
+    let mine = read_all(inp)?;
+    Ok((mine, t.join().unwrap()?))
+}
+
+#[test]
+fn two_threads_reading_one_remote_end_get_every_message_once() {
+    let c = Channel::<u64>::named(&local("two-readers")).unwrap();
+    let p = Spawn(read_with_two_threads(c.reader()).on(here())).unwrap();
+    let w = c.writer();
+    drop(c);
+    for i in 0..2000 {
+        w.write(i).unwrap();
+    }
+    drop(w);
+    let (a, b) = p.join().unwrap().unwrap();
+    let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..2000).collect::<Vec<_>>(),
+        "{} + {} values",
+        a.len(),
+        b.len()
+    );
+    for v in [&a, &b] {
+        assert!(
+            v.windows(2).all(|w| w[0] < w[1]),
+            "each thread's values in order"
+        );
+    }
+}
+
+/// Writes `n` values from each of two threads of its own on clones of one remote end.
+#[process]
+fn write_with_two_threads(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    let other = out.clone();
+    let t = std::thread::spawn(move || (n..2 * n).try_for_each(|i| other.write(i)));
+    (0..n).try_for_each(|i| out.write(i))?;
+    t.join().unwrap()
+}
+
+#[test]
+fn two_threads_writing_one_remote_end_deliver_every_message_once() {
+    let c = Channel::<u64>::named(&local("two-writers")).unwrap();
+    let p = Spawn(write_with_two_threads(c.writer(), 1000).on(here())).unwrap();
+    let r = c.reader();
+    drop(c);
+    let mut got = Vec::new();
+    loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => got.push(v),
+            Err(ChannelError::Retired) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    p.join().unwrap().unwrap();
+    let (low, high): (Vec<u64>, Vec<u64>) = got.iter().partition(|&&v| v < 1000);
+    assert_eq!(
+        low,
+        (0..1000).collect::<Vec<_>>(),
+        "one writer's values, in order"
+    );
+    assert_eq!(
+        high,
+        (1000..2000).collect::<Vec<_>>(),
+        "the other's, in order"
+    );
+}
+
+/// Says its pid, reads `n` messages, then reads on until it is killed.
+#[process]
+fn read_until_killed(
+    inp: ChannelIn<u64>,
+    pid: ChannelOut<u32>,
+    n: u64,
+) -> Result<(), ChannelError> {
+    pid.write(std::process::id())?;
+    for _ in 0..n {
+        inp.read()?;
+    }
+    loop {
+        inp.read()?;
+    }
+}
+
+/// A remote reader killed while it waits for its next message (on its connection, or
+/// through its pump) takes nothing with it: the next message goes to a reader here, or (the
+/// death reached the channel first: a peer of it died) the writer learns it was not
+/// delivered, and the reader here is told of the death instead of getting it. Never a write
+/// that says `Ok` with nobody having the message.
+#[test]
+fn a_remote_reader_killed_while_it_waits_takes_no_message_with_it() {
+    for wait in [Duration::from_millis(1), LATE] {
+        let c = Channel::<u64>::named(&local("killed")).unwrap();
+        let pid = Channel::<u32>::named(&local("pid")).unwrap();
+        let p = Spawn(read_until_killed(c.reader(), pid.writer(), 10).on(here())).unwrap();
+        let (w, r) = (c.writer(), c.reader());
+        let pid = pid.reader().read_timeout(PROMPT).unwrap();
+        drop(c);
+        for i in 0..10 {
+            w.write(i).unwrap();
+        }
+        std::thread::sleep(wait);
+        // SAFETY: kill has no memory preconditions; the pid is the placed process's.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+        let writer = std::thread::spawn(move || w.write(10));
+        let got = r.read_timeout(PROMPT);
+        let wrote = writer.join().unwrap();
+        match (&got, &wrote) {
+            (Ok(10), Ok(())) => {}
+            (
+                Err(ChannelError::PeerDied { pid: a, .. }),
+                Err(ChannelError::PeerDied { pid: b, .. }),
+            ) if *a == pid && *b == pid => {}
+            _ => panic!("killed after {wait:?}: the reader got {got:?}, the writer {wrote:?}"),
+        }
+        assert!(p.join().is_err(), "the placed process was killed");
+    }
+}
