@@ -356,3 +356,88 @@ fn a_remote_reader_killed_while_it_waits_takes_no_message_with_it() {
         assert!(p.join().is_err(), "the placed process was killed");
     }
 }
+
+/// Reads `first` messages itself (on the connection), then hands its end on to a child of
+/// its own (a local child, or one it places in turn), which reads `then` more: what each
+/// read.
+#[process]
+fn read_then_hand_on(
+    inp: ChannelIn<u64>,
+    first: usize,
+    then: usize,
+    place_again: bool,
+) -> Result<(Vec<u64>, Vec<u64>), String> {
+    let mine: Vec<u64> = (0..first)
+        .map(|_| inp.read())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let child = read_n(inp, then);
+    let child = if place_again { child.on(here()) } else { child };
+    let theirs = Parallel(child)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((mine, theirs))
+}
+
+/// Writes `first` values itself (on the connection), then hands its end on to a child of its
+/// own, which writes `then` more.
+#[process]
+fn write_then_hand_on(
+    out: ChannelOut<u64>,
+    first: u64,
+    then: u64,
+    place_again: bool,
+) -> Result<(), String> {
+    (0..first)
+        .try_for_each(|i| out.write(i))
+        .map_err(|e| e.to_string())?;
+    let child = produce_from(out, first, then);
+    let child = if place_again { child.on(here()) } else { child };
+    Parallel(child)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+#[process]
+fn produce_from(out: ChannelOut<u64>, from: u64, n: u64) -> Result<(), ChannelError> {
+    (from..from + n).try_for_each(|i| out.write(i))
+}
+
+/// A remote rendezvous end whose user read or wrote on the connection itself moves on to
+/// another process with nothing lost or doubled: every message once, in order.
+#[test]
+fn a_remote_end_that_exchanged_on_its_connection_hands_on_with_every_message_once() {
+    for place_again in [false, true] {
+        let c = Channel::<u64>::named(&local("handed-reader")).unwrap();
+        let p = Spawn(read_then_hand_on(c.reader(), 20, 20, place_again).on(here())).unwrap();
+        let w = c.writer();
+        drop(c);
+        for i in 0..40 {
+            w.write(i).unwrap();
+        }
+        let (mine, theirs) = p.join().unwrap().unwrap();
+        assert_eq!(
+            mine,
+            (0..20).collect::<Vec<_>>(),
+            "placed again: {place_again}"
+        );
+        assert_eq!(
+            theirs,
+            (20..40).collect::<Vec<_>>(),
+            "placed again: {place_again}"
+        );
+
+        let c = Channel::<u64>::named(&local("handed-writer")).unwrap();
+        let p = Spawn(write_then_hand_on(c.writer(), 20, 20, place_again).on(here())).unwrap();
+        let r = c.reader();
+        drop(c);
+        let got: Vec<u64> = (0..40).map(|_| r.read_timeout(PROMPT).unwrap()).collect();
+        assert_eq!(
+            got,
+            (0..40).collect::<Vec<_>>(),
+            "placed again: {place_again}"
+        );
+        p.join().unwrap().unwrap();
+        assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
+    }
+}
