@@ -718,16 +718,28 @@ fn offer_then_poison(
 /// process poisons meanwhile, fails with `Poisoned` only once its message came back: no
 /// reader gets it afterwards (once the select failed at once while its pump kept offering
 /// the message, which a reader then took: delivered, though the writer was told it was not).
+///
+/// Thirty rounds: the poison once came, 1 time in 30, between the remote end's pump taking the
+/// message and its marking it as one it gives back when asked; the select then left it
+/// without asking, and the reader here got it.
 #[test]
 fn a_remote_select_poisoned_while_its_offer_waits_at_the_host_delivers_nothing() {
-    let c = Channel::<u64>::named("tcp://127.0.0.1:0/poisoned").unwrap();
-    let said = Channel::<u8>::named("tcp://127.0.0.1:0/said").unwrap();
-    let r = c.reader();
-    let h = Spawn(offer_then_poison(c.writer(), said.writer(), 7).on(Placement::launcher("{cmd}")))
-        .unwrap();
-    said.reader().read().unwrap();
-    assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Poisoned));
-    assert_eq!(h.join().unwrap(), Err(ChannelError::Poisoned));
+    for round in 0..30 {
+        let c = Channel::<u64>::named("tcp://127.0.0.1:0/poisoned").unwrap();
+        let said = Channel::<u8>::named("tcp://127.0.0.1:0/said").unwrap();
+        let r = c.reader();
+        let h =
+            Spawn(offer_then_poison(c.writer(), said.writer(), 7).on(Placement::launcher("{cmd}")))
+                .unwrap();
+        said.reader().read().unwrap();
+        let read = r.read_timeout(PROMPT);
+        let selected = h.join().unwrap();
+        assert_eq!(
+            (read, selected),
+            (Err(ChannelError::Poisoned), Err(ChannelError::Poisoned)),
+            "round {round}: (what the reader here read, what the select returned)"
+        );
+    }
 }
 
 /// Writes `v` on `out`, poisoned at this end once the write sleeps with its message at the

@@ -852,25 +852,39 @@ const CLAIMER_GRACE: Duration = Duration::from_millis(100);
 /// to its host) is asked, and answers within a round trip; a reader elsewhere decides at
 /// once, or within [`CLAIMER_GRACE`], after which the select leaves the block to it. Given
 /// back, the guard's next round reports the failure and frees its staged block.
+///
+/// A socket pump marks its claim withdrawable only once it sent the message to its host: a
+/// failure in between found the claim not (yet) withdrawable, left the message after the
+/// grace without asking for it, and the select reported the failure while its message was
+/// still offered at the host, where a reader then took it (delivered, though the select said
+/// it failed: `tests/sockets.rs`, 1 run in 30). So the wait also ends when the claim becomes
+/// withdrawable (the pump's mark wakes this event), and the message is asked back then.
 fn after_failure(me: &Waiter, i: usize, chan: Chan, e: ChannelError) -> Hold {
-    let deadline = if me.withdrawable(i) {
-        me.ask_back(i);
-        chan.events().1.notify_all();
-        None
-    } else {
-        Some(Instant::now() + CLAIMER_GRACE)
-    };
-    match chan
-        .events()
-        .1
-        .wait_until(deadline, || let_go(me, i), || false)
-    {
-        Some(hold) => hold,
-        None => {
-            // Its claimer has the block and did not say it is done with it: the record no
-            // longer names it (a leak if the claimer died, never a block freed twice).
-            waiter::unstage(i);
-            Hold::Failed(e)
+    let grace = Instant::now() + CLAIMER_GRACE;
+    let mut asked = false;
+    loop {
+        if !asked && me.withdrawable(i) {
+            me.ask_back(i);
+            chan.events().1.notify_all();
+            asked = true;
+        }
+        let deadline = (!asked).then_some(grace);
+        let ready = || {
+            let_go(me, i)
+                .map(Some)
+                .or_else(|| (!asked && me.withdrawable(i)).then_some(None))
+        };
+        match chan.events().1.wait_until(deadline, ready, || false) {
+            Some(Some(hold)) => return hold,
+            // Withdrawable now: asked above.
+            Some(None) => {}
+            None => {
+                // Its claimer has the block and did not say it is done with it: the record
+                // no longer names it (a leak if the claimer died, never a block freed
+                // twice).
+                waiter::unstage(i);
+                return Hold::Failed(e);
+            }
         }
     }
 }
