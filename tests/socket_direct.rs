@@ -441,3 +441,52 @@ fn a_remote_end_that_exchanged_on_its_connection_hands_on_with_every_message_onc
         assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
     }
 }
+
+/// Writes `rounds` times a single value after a pause (the end's user sends it on the
+/// connection itself) and then a burst of `burst` (through the pump, which batches them),
+/// flushing once each round: the flushes' outcomes.
+#[process]
+fn write_in_bursts(
+    out: ChannelOut<u64>,
+    rounds: u64,
+    burst: u64,
+) -> Result<Vec<bool>, ChannelError> {
+    let mut next = 0;
+    let mut flushed = Vec::new();
+    for _ in 0..rounds {
+        std::thread::sleep(Duration::from_millis(3));
+        out.write(next)?;
+        next += 1;
+        flushed.push(out.flush(PROMPT).is_ok());
+        for _ in 0..burst {
+            out.write(next)?;
+            next += 1;
+        }
+    }
+    Ok(flushed)
+}
+
+/// A remote writer of a buffered channel sends the first message after a pause on the
+/// connection itself and the rest through its pump: they arrive once and in order, and
+/// `flush` still waits for the host's confirmation of every one.
+#[test]
+fn a_remote_buffered_writer_that_pauses_delivers_every_message_once_in_order() {
+    let c = Channel::<u64>::named_buffered(&local("bursts"), 8).unwrap();
+    let p = Spawn(write_in_bursts(c.writer(), 20, 30).on(here())).unwrap();
+    let r = c.reader();
+    drop(c);
+    let mut got = Vec::new();
+    loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => got.push(v),
+            Err(ChannelError::Retired) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got, (0..20 * 31).collect::<Vec<_>>());
+    assert_eq!(
+        p.join().unwrap().unwrap(),
+        vec![true; 20],
+        "every flush confirmed"
+    );
+}

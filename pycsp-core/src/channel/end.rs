@@ -33,8 +33,8 @@ pub(crate) struct End {
     /// The channel's name, copied when it is first asked for or when the end leaves (the
     /// channel may be gone by the time a spent end is printed).
     name: OnceCell<Box<str>>,
-    /// The remote end behind a proxy of a rendezvous channel (looked up once), whose user
-    /// may read or write on the connection itself (see `net/direct.rs`).
+    /// The remote end behind a proxy (looked up once), whose user may read or write on the
+    /// connection itself (see `net/direct.rs`).
     remote: OnceCell<Option<std::sync::Arc<net::client::Proxy>>>,
 }
 
@@ -50,15 +50,15 @@ impl End {
         }
     }
 
-    /// The remote end of a socket channel's rendezvous proxy (see `net/direct.rs`); `None`
-    /// for every other end.
-    pub(crate) fn remote_rendezvous(&self) -> Option<&net::client::Proxy> {
+    /// The remote end behind a socket channel's proxy (see `net/direct.rs`); `None` for
+    /// every other end.
+    pub(crate) fn remote(&self) -> Option<&net::client::Proxy> {
         if !self.socket {
             return None;
         }
         self.remote
             .get_or_init(|| {
-                (self.state.get() == EndState::Live && self.chan.is_rendezvous())
+                (self.state.get() == EndState::Live)
                     .then(|| net::client::proxy_of(&self.chan))
                     .flatten()
             })

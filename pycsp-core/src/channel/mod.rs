@@ -376,9 +376,9 @@ impl<T: Serialize> ChannelOut<T> {
         let chan = &self.end.chan;
         let write = || {
             if self.end.socket {
-                message::in_context(Context::Socket, || match self.end.remote_rendezvous() {
-                    // A remote rendezvous end whose pump leaves the connection to its user:
-                    // the user's thread sends the message itself (see `net/direct.rs`).
+                message::in_context(Context::Socket, || match self.end.remote() {
+                    // A remote end whose pump leaves the connection to its user: the user's
+                    // thread sends the message itself (see `net/direct.rs`).
                     Some(remote) if remote.direct_open() => {
                         let bytes = message::encode(chan, value).map_err(|error| WriteError {
                             error,
@@ -487,7 +487,7 @@ impl<T: DeserializeOwned> ChannelIn<T> {
             message::in_context(Context::Socket, || {
                 // A remote rendezvous end whose pump leaves the connection to its user: the
                 // user's thread takes the message itself (see `net/direct.rs`).
-                if let Some(remote) = self.end.remote_rendezvous() {
+                if let Some(remote) = self.end.remote().filter(|_| chan.is_rendezvous()) {
                     if let Some(bytes) = net::client::read_direct(chan, remote, deadline) {
                         return message::decode_bytes(chan, &bytes);
                     }

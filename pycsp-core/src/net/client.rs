@@ -28,7 +28,8 @@
 //! A rendezvous end's plain reads and writes skip the proxy while the pump waits for its user
 //! with nothing in flight: the user's own thread sends and receives those frames on the
 //! connection (see `direct.rs`), and hands the exchange back to the pump when it would wait
-//! long, when anything but its answer comes, or when the channel fails.
+//! long, when anything but its answer comes, or when the channel fails. A buffered writing
+//! end's user sends the first message after a pause so; the pump batches the rest.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -50,7 +51,9 @@ use crate::message::{copy_encoded, take_encoded, write_encoded};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
-use crate::shm::ring::{Chan, Incoming, Reader, Taken, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{
+    Chan, Incoming, Reader, Taken, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED,
+};
 use crate::shm::wait;
 use crate::shm::waiter;
 use crate::sys;
@@ -415,8 +418,9 @@ pub(crate) fn open_end(
         flow_cv: Condvar::new(),
         markers: Mutex::new(0),
         // A rendezvous end's user exchanges its messages on the connection itself while the
-        // pump waits for it (a buffered end's pump batches them, which the user cannot).
-        direct: Direct::new(if capacity == 0 {
+        // pump waits for it; a buffered writing end's user sends the first message after a
+        // pause so (the pump batches the rest); a buffered reading end's pump asks ahead.
+        direct: Direct::new(if capacity == 0 || writer {
             s.try_clone().ok()
         } else {
             None
@@ -521,6 +525,9 @@ pub(crate) fn write_direct(
     if bytes.len() > DIRECT_MAX {
         return crate::message::write_encoded_placed(chan, bytes, deadline);
     }
+    if !chan.is_rendezvous() {
+        return write_direct_buffered(chan, info, bytes, deadline);
+    }
     let failed = || chan.state_flags() & (POISONED | READERS_RETIRED) != 0;
     let t0 = trace::begin();
     match info
@@ -555,6 +562,42 @@ pub(crate) fn write_direct(
             Err(not_placed(e))
         }
     }
+}
+
+/// [`write_direct`] on a buffered writing end: sent by the user's thread when nothing it wrote
+/// is on its way, else into the proxy, where the pump batches it; `Ok` means what a buffered
+/// write's `Ok` always means (the message is in the channel's buffer, part of which is here:
+/// counted as not confirmed until the host confirms it).
+fn write_direct_buffered(
+    chan: &Chan,
+    info: &Proxy,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), crate::shm::ring::WriteError> {
+    if chan.state_flags() & (POISONED | READERS_RETIRED) != 0 {
+        return crate::message::write_encoded_placed(chan, bytes, deadline);
+    }
+    let t0 = trace::begin();
+    let Some(b) = info.direct.write_buffered(bytes, || !chan.looks_nonempty()) else {
+        return crate::message::write_encoded_placed(chan, bytes, deadline);
+    };
+    if b.sent || b.confirmed > 0 {
+        let mut flow = info.flow.lock().unwrap_or_else(|p| p.into_inner());
+        flow.outstanding = flow.outstanding + u64::from(b.sent) - b.confirmed;
+        flow.confirmed += b.confirmed;
+    }
+    if b.back {
+        // The pump sleeps on the proxy's readers' event: it goes on.
+        chan.events().0.notify_all();
+    }
+    if b.sent {
+        if t0 != 0 {
+            // As for a rendezvous write on the connection: no arrow.
+            trace::span(&format!("write {}", chan.name()), t0);
+        }
+        return Ok(());
+    }
+    crate::message::write_encoded_placed(chan, bytes, deadline)
 }
 
 /// Moves a remote end to another process: the pump hands its count to the host under a new
@@ -875,6 +918,50 @@ impl Pump {
         self.flow(|f| f.lost = true);
     }
 
+    /// A buffered writing end's pump with nothing on its way leaves the connection to its
+    /// user (see `direct.rs`: the first message after a pause goes out from the user's
+    /// thread) until a message waits in the proxy, the user leaves or poisons, a user thread
+    /// gives the connection back, or the user's own messages are confirmed while it writes no
+    /// more (the pump reads the confirmations). Sleeps on the proxy's readers' event
+    /// meanwhile, published for the census as it was while it waited for a message. `false`
+    /// if the connection is never the user's.
+    fn await_direct_writes(&mut self) -> bool {
+        let d = &self.info.direct;
+        if !d.open() {
+            return false;
+        }
+        let proxy = self.proxy;
+        let fd = self.s.as_raw_fd();
+        let since = Instant::now();
+        let mut idle = None;
+        loop {
+            let step = if idle.is_none() {
+                stream::PUBLISH_AFTER.saturating_sub(since.elapsed())
+            } else {
+                TICK
+            };
+            let come = proxy.events().0.sleep_until(Instant::now() + step, || {
+                (proxy.looks_nonempty()
+                    || proxy.state_flags() & (POISONED | WRITERS_RETIRED | PEER_DIED) != 0
+                    || d.handed_back())
+                .then_some(())
+            });
+            if come.is_some()
+                || (!d.in_use() && d.unconfirmed() > 0 && sys::wait_readable(fd, Duration::ZERO))
+            {
+                break;
+            }
+            let moved = d.absorb();
+            if since.elapsed() >= stream::PUBLISH_AFTER && (idle.is_none() || moved) {
+                drop(idle.take());
+                idle = stream::idle(self.host, true, &proxy, Some(proxy.side_word(false)));
+            }
+        }
+        drop(idle);
+        d.take_back();
+        true
+    }
+
     /// The pump of a writing end of a buffered channel; returns whether it handed the end
     /// over.
     ///
@@ -913,6 +1000,16 @@ impl Pump {
                 };
                 if window >= limit {
                     break;
+                }
+                if deadline.is_none() && !inbox.buffered() && self.await_direct_writes() {
+                    // The user's own writes meanwhile are the pump's from now on: counted as
+                    // taken and sent, their confirmations read with the others.
+                    let (sent, unconfirmed) = self.info.direct.take_counts();
+                    taken += sent;
+                    window += unconfirmed;
+                    if window > 0 {
+                        continue;
+                    }
                 }
                 match self.next_message(deadline, arena) {
                     Ok((msg, t)) => {

@@ -24,6 +24,13 @@
 //!   channel fails here, it sends `Withdraw`; a message the host gives back (`Error`
 //!   `timeout`) is then written into the proxy as before, where the pump offers it again
 //!   and the wait is published for the deadlock census.
+//! - Buffered writing end: while its pump waits for a message with nothing on its way (every
+//!   message sent was confirmed, nothing buffered from the connection), the user's write
+//!   sends a `Write` itself when none of its own is unconfirmed (it reads the `Done`s that
+//!   came first) and the proxy is empty, and returns; the pump, woken by the next message in
+//!   the proxy (or a flush marker), counts those writes as its own and reads their
+//!   confirmations. Only the pump takes a message out of the proxy, and only as `BUSY`, so a
+//!   user's own write never overtakes one of its earlier writes that waits in the proxy.
 //!
 //! A user thread in such an exchange is not parked (it runs, for the census); its exchange
 //! ends within [`DIRECT_FOR`] but for a `Withdraw`'s answer, which the host gives at once.
@@ -74,6 +81,10 @@ pub(crate) struct Direct {
     got: AtomicU64,
     /// Exchanges user threads finished (wrapping): whether the user came meanwhile.
     exchanges: AtomicU64,
+    /// A buffered writing end's messages users sent themselves and the pump has not counted
+    /// yet, and those of them the host has not confirmed yet.
+    sent_here: AtomicU64,
+    unconfirmed: AtomicU64,
     /// The pump waits for a user thread to give the connection back.
     pump_waits: AtomicBool,
     lock: Mutex<()>,
@@ -93,6 +104,18 @@ pub(crate) enum Wrote {
     Lost(FrameError),
 }
 
+/// What a user's own write of a buffered writing end came to (see
+/// [`Direct::write_buffered`]).
+pub(crate) struct Buffered {
+    /// Whether the message was sent (else it goes through the proxy, as before).
+    pub(crate) sent: bool,
+    /// Earlier messages of the user's own that the host confirmed meanwhile.
+    pub(crate) confirmed: u64,
+    /// Whether the pump must go on (a frame other than `Done` came, or the connection
+    /// failed): wake it.
+    pub(crate) back: bool,
+}
+
 impl Direct {
     /// The connection of an end whose user may use `stream` (another handle on it), or none.
     pub(crate) fn new(stream: Option<Stream>) -> Direct {
@@ -102,6 +125,8 @@ impl Direct {
             sent: AtomicU64::new(0),
             got: AtomicU64::new(0),
             exchanges: AtomicU64::new(0),
+            sent_here: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
             pump_waits: AtomicBool::new(false),
             lock: Mutex::new(()),
             cv: Condvar::new(),
@@ -194,6 +219,21 @@ impl Direct {
         );
         stream::add_bytes(s, g);
         s != 0 || g != 0
+    }
+
+    /// A buffered writing end's messages users sent themselves since the pump last counted
+    /// (it counts them as its own from now on), and those of them not confirmed yet (the
+    /// pump reads their confirmations from now on).
+    pub(crate) fn take_counts(&self) -> (u64, u64) {
+        (
+            self.sent_here.swap(0, Ordering::SeqCst),
+            self.unconfirmed.swap(0, Ordering::SeqCst),
+        )
+    }
+
+    /// Messages users sent themselves whose confirmations nobody read yet.
+    pub(crate) fn unconfirmed(&self) -> u64 {
+        self.unconfirmed.load(Ordering::SeqCst)
     }
 
     /// The pump ended: no user thread uses the connection from now on (it waits for one
@@ -320,6 +360,63 @@ impl Direct {
             }
             k => Wrote::Lost(FrameError::Unexpected(format!("expected Done, got {k:?}"))),
         })
+    }
+}
+
+impl Direct {
+    /// A write of a buffered writing end of the encoded message `bytes` (at most
+    /// [`DIRECT_MAX`]): sent as a `Write` on the connection when nothing the user wrote is on
+    /// its way (the confirmations of its earlier messages that came are read first) and the
+    /// proxy holds nothing (`proxy_empty`) the pump has not sent; `None` if the pump has the
+    /// connection. A stream sends its first message so, and the rest through the proxy,
+    /// where the pump sends many in one system call.
+    pub(crate) fn write_buffered(
+        &self,
+        bytes: &[u8],
+        proxy_empty: impl Fn() -> bool,
+    ) -> Option<Buffered> {
+        let mut x = self.begin()?;
+        x.back = false;
+        let mut b = Buffered {
+            sent: false,
+            confirmed: 0,
+            back: false,
+        };
+        if !proxy_empty() {
+            return Some(b);
+        }
+        while self.unconfirmed.load(Ordering::SeqCst) > 0 {
+            match next_frame(&mut x, Instant::now(), Some(Kind::Done), &|| false) {
+                Next::Frame(_) => {
+                    self.unconfirmed.fetch_sub(1, Ordering::SeqCst);
+                    b.confirmed += 1;
+                }
+                Next::Waiting => break,
+                // An `Error` (a refused write) or the end of the stream: the pump's.
+                Next::Other => {
+                    (x.back, b.back) = (true, true);
+                    return Some(b);
+                }
+                Next::Lost(_) => {
+                    x.stream().shutdown();
+                    (x.back, b.back) = (true, true);
+                    return Some(b);
+                }
+            }
+        }
+        if self.unconfirmed.load(Ordering::SeqCst) > 0 {
+            return Some(b);
+        }
+        if write_frame(x.stream(), &Frame::new(Kind::Write, bytes.to_vec())).is_err() {
+            // Part of it may have gone: the pump finds the connection ended.
+            x.stream().shutdown();
+            (x.back, b.back) = (true, true);
+            return Some(b);
+        }
+        self.unconfirmed.fetch_add(1, Ordering::SeqCst);
+        self.sent_here.fetch_add(1, Ordering::SeqCst);
+        b.sent = true;
+        Some(b)
     }
 }
 
