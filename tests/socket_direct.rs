@@ -32,6 +32,18 @@ fn tcp(name: &str) -> String {
     format!("tcp://127.0.0.1:{}/{name}", common::free_port())
 }
 
+/// Reads `r` until every writer retired (each read within [`PROMPT`]): the values.
+fn read_until_retired(r: &ChannelIn<u64>) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        match r.read_timeout(PROMPT) {
+            Ok(v) => got.push(v),
+            Err(ChannelError::Retired) => return got,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[process]
 fn echo(inp: ChannelIn<u64>, out: ChannelOut<u64>) -> Result<u64, ChannelError> {
     let mut n = 0;
@@ -284,14 +296,7 @@ fn two_threads_writing_one_remote_end_deliver_every_message_once() {
     let p = Spawn(write_with_two_threads(c.writer(), 1000).on(here())).unwrap();
     let r = c.reader();
     drop(c);
-    let mut got = Vec::new();
-    loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => got.push(v),
-            Err(ChannelError::Retired) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let got = read_until_retired(&r);
     p.join().unwrap().unwrap();
     let (low, high): (Vec<u64>, Vec<u64>) = got.iter().partition(|&&v| v < 1000);
     assert_eq!(
@@ -475,14 +480,7 @@ fn a_remote_buffered_writer_that_pauses_delivers_every_message_once_in_order() {
     let p = Spawn(write_in_bursts(c.writer(), 20, 30).on(here())).unwrap();
     let r = c.reader();
     drop(c);
-    let mut got = Vec::new();
-    loop {
-        match r.read_timeout(PROMPT) {
-            Ok(v) => got.push(v),
-            Err(ChannelError::Retired) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let got = read_until_retired(&r);
     assert_eq!(got, (0..20 * 31).collect::<Vec<_>>());
     assert_eq!(
         p.join().unwrap().unwrap(),

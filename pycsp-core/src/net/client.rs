@@ -47,12 +47,13 @@ use crate::frame::{
     append_frame, read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind,
     MAX_FRAME, MAX_MESSAGE,
 };
-use crate::message::{copy_encoded, take_encoded, write_encoded};
+use crate::message::{copy_encoded, take_encoded, write_encoded, write_encoded_placed};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
 use crate::shm::ring::{
-    Chan, Incoming, Reader, Taken, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED,
+    Chan, Incoming, Reader, Taken, WriteError, PEER_DIED, POISONED, READERS_RETIRED,
+    WRITERS_RETIRED,
 };
 use crate::shm::wait;
 use crate::shm::waiter;
@@ -124,7 +125,7 @@ pub(crate) struct Proxy {
     /// Flush markers written into the proxy, in order (held while one is written).
     markers: Mutex<u64>,
     /// Whether the user's thread may use the connection itself (a rendezvous end's plain
-    /// reads and writes, see `direct.rs`).
+    /// reads and writes, a buffered writer's first message after a pause: see `direct.rs`).
     direct: Direct,
 }
 
@@ -517,13 +518,13 @@ pub(crate) fn write_direct(
     info: &Proxy,
     bytes: &[u8],
     deadline: Option<Instant>,
-) -> Result<(), crate::shm::ring::WriteError> {
-    let not_placed = |error| crate::shm::ring::WriteError {
+) -> Result<(), WriteError> {
+    let not_placed = |error| WriteError {
         error,
         placed: false,
     };
     if bytes.len() > DIRECT_MAX {
-        return crate::message::write_encoded_placed(chan, bytes, deadline);
+        return write_encoded_placed(chan, bytes, deadline);
     }
     if !chan.is_rendezvous() {
         return write_direct_buffered(chan, info, bytes, deadline);
@@ -534,7 +535,7 @@ pub(crate) fn write_direct(
         .direct
         .write(bytes, deadline, failed, &info.address.full)
     {
-        None | Some(Wrote::NotTaken) => crate::message::write_encoded_placed(chan, bytes, deadline),
+        None | Some(Wrote::NotTaken) => write_encoded_placed(chan, bytes, deadline),
         Some(Wrote::Done) => {
             if t0 != 0 {
                 // As for a read on the connection (`read_direct`): no arrow.
@@ -573,13 +574,13 @@ fn write_direct_buffered(
     info: &Proxy,
     bytes: &[u8],
     deadline: Option<Instant>,
-) -> Result<(), crate::shm::ring::WriteError> {
+) -> Result<(), WriteError> {
     if chan.state_flags() & (POISONED | READERS_RETIRED) != 0 {
-        return crate::message::write_encoded_placed(chan, bytes, deadline);
+        return write_encoded_placed(chan, bytes, deadline);
     }
     let t0 = trace::begin();
     let Some(b) = info.direct.write_buffered(bytes, || !chan.looks_nonempty()) else {
-        return crate::message::write_encoded_placed(chan, bytes, deadline);
+        return write_encoded_placed(chan, bytes, deadline);
     };
     if b.sent || b.confirmed > 0 {
         let mut flow = info.flow.lock().unwrap_or_else(|p| p.into_inner());
@@ -597,7 +598,7 @@ fn write_direct_buffered(
         }
         return Ok(());
     }
-    crate::message::write_encoded_placed(chan, bytes, deadline)
+    write_encoded_placed(chan, bytes, deadline)
 }
 
 /// Moves a remote end to another process: the pump hands its count to the host under a new
