@@ -359,6 +359,7 @@ pub(crate) fn decode_bytes<T: DeserializeOwned>(
 }
 
 /// The encoded bytes of a message taken out of a ring (and frees its block, if it had one).
+#[cfg(test)]
 pub(crate) fn take_encoded(msg: Incoming) -> Result<Vec<u8>, ChannelError> {
     match msg {
         Incoming::Inline { buf, len } => Ok(buf[..len].to_vec()),

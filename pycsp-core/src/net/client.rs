@@ -47,7 +47,7 @@ use crate::frame::{
     append_frame, read_frame, write_frame, write_frames, Frame, FrameError, FrameReader, Kind,
     MAX_FRAME, MAX_MESSAGE,
 };
-use crate::message::{copy_encoded, take_encoded, write_encoded, write_encoded_placed};
+use crate::message::{copy_encoded, write_encoded, write_encoded_placed};
 use crate::runtime::{self, Role};
 use crate::shm::arena::Arena;
 use crate::shm::census;
@@ -1826,12 +1826,18 @@ impl Pump {
     /// and gives back the rest (`Nack`): the host puts them back into its channel, in order.
     /// `got` and `acked` then count only what the user took.
     fn revoke(&mut self, got: &mut u64, acked: &mut u64) -> Result<(), ReadStop> {
-        // The user may take one meanwhile: each message goes to one of the two.
+        // Newest first, as long as the user did not take them: the user may take one
+        // meanwhile, from the oldest end, so those it took are the first ones, as the host's
+        // acknowledgements count them. (Popped from the oldest end, as the user reads, the
+        // pump could take back an older message while the user took a newer one: the user
+        // read out of order, the host took the older one for acknowledged and gave the newer
+        // one back, and a single reader's stream lost one message and read another twice.)
+        // The host holds each message until it is acknowledged: these copies go.
         let mut back = 0u64;
-        while let Some(m) = self.proxy.try_pop() {
+        let mut pos = self.proxy.newest_position();
+        while back < *got - *acked && self.proxy.retract(pos) {
             back += 1;
-            // The host holds the message until it is acknowledged: this copy goes.
-            let _ = take_encoded(m);
+            pos = self.proxy.prev_pos(pos);
         }
         let taken = *got - back;
         let mut out = Vec::new();

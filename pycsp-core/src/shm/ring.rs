@@ -1319,6 +1319,70 @@ impl Chan {
         }
     }
 
+    /// The position of the newest slot written (the one before `tail`).
+    pub(crate) fn newest_position(&self) -> u64 {
+        self.prev_pos(self.hdr.tail.0.load(Ordering::SeqCst))
+    }
+
+    /// The position before `pos`.
+    pub(crate) fn prev_pos(&self, pos: u64) -> u64 {
+        let (index, lap) = self.positions(pos);
+        if index > 0 {
+            pos - 1
+        } else {
+            lap.wrapping_sub(self.hdr.one_lap) + self.hdr.ring_len - 1
+        }
+    }
+
+    /// Takes back the message of this buffered channel at `pos`, written by the caller (its
+    /// only writer: a socket pump's proxy), unless a reader took it: `true` if it is taken
+    /// back (a reader that claims the slot skips it; its block is freed here). Called newest
+    /// first, position by position, until it says `false`, it takes back the last messages
+    /// written and leaves exactly the first ones to the readers, whatever they read
+    /// meanwhile: popping from the head, as a reader does, could take back an older message
+    /// while a reader took a newer one (see `net/client.rs`, `Pump::revoke`).
+    pub(crate) fn retract(&self, pos: u64) -> bool {
+        let (index, lap) = self.positions(pos);
+        let slot = &self.slots[index];
+        if slot.stamp.load(Ordering::Acquire) != lap + 1 {
+            return false; // taken and emptied (or never written)
+        }
+        // Dekker with a reader's claim, as in `withdraw`: we mark, then look at `head`; a
+        // reader moves `head`, then looks at the mark.
+        slot.kind.fetch_or(CANCELLED, Ordering::SeqCst);
+        let head = self.hdr.head.0.load(Ordering::SeqCst);
+        let release = || {
+            slot.stamp
+                .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
+            self.hdr.tx.0.notify_all();
+        };
+        if self.distance(head, pos) < self.hdr.ring_len {
+            // No reader claimed it: every reader that does skips it.
+            self.free_slot_block(index);
+            if slot.kind.fetch_or(GONE, Ordering::AcqRel) & SKIPPED != 0 {
+                release();
+            }
+            return true;
+        }
+        // A reader claimed it: it took it, or saw the mark and skipped it, leaving the slot to
+        // us. A reader of this process decides at once; bounded for one that never does.
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            if slot.stamp.load(Ordering::Acquire) != lap + 1 {
+                return false;
+            }
+            if slot.kind.load(Ordering::Acquire) & SKIPPED != 0 {
+                self.free_slot_block(index);
+                release();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// A rendezvous write placed at `pos` (full stamp `stamp`) reached its deadline, or its
     /// channel failed, with its message not taken: withdraw it, unless a reader is already
     /// taking it. Exactly one of the two happens: `Ok` (taken) or `why` (withdrawn; nobody
