@@ -122,6 +122,45 @@ fn a_remote_reader_streams_and_every_message_arrives_once_in_order() {
     }
 }
 
+/// Reads until the channel retires, pausing about as long as the hold (1.6-2.6 ms) every
+/// 25 messages: its pump takes back what it asked for ahead, and the user often reads again
+/// at that very moment. Every value must be the next one.
+#[process]
+fn read_in_order_pausing(input: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    let mut next = 0u64;
+    loop {
+        match input.read() {
+            Ok(v) => {
+                assert_eq!(v, next, "out of order");
+                next += 1;
+                if next % 25 == 0 {
+                    std::thread::sleep(Duration::from_micros(1600 + (next * 37) % 1000));
+                }
+            }
+            Err(ChannelError::Retired) => return Ok(next),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A remote reader that pauses for about the hold, again and again, gets every message once
+/// and in order: its pump takes back the last messages, never one older than one its user
+/// took meanwhile (it took them back from the oldest end, and a user that read at that
+/// moment lost one message and read another twice).
+#[test]
+fn a_remote_reader_that_pauses_for_the_hold_again_and_again_reads_every_message_once_in_order() {
+    let c = Channel::<u64>::named_buffered(&local("pausing"), 64).unwrap();
+    let w = c.writer();
+    let n = 3_000;
+    let h = Spawn(read_in_order_pausing(c.reader()).on(Placement::launcher("{cmd}"))).unwrap();
+    drop(c);
+    for i in 0..n {
+        w.write(i).unwrap();
+    }
+    drop(w);
+    assert_eq!(h.join().unwrap().unwrap(), n);
+}
+
 #[process]
 fn read_some(input: ChannelIn<u64>, n: usize) -> Result<Vec<u64>, ChannelError> {
     (0..n).map(|_| input.read()).collect()
