@@ -73,6 +73,9 @@ const BACK: u32 = 3;
 /// Who may use a remote end's connection (see the module's documentation).
 pub(crate) struct Direct {
     state: AtomicU32,
+    /// Whether the end's user may ever use the connection (it has a handle on it); after the
+    /// pump ends, `close` keeps the state `BUSY` for good.
+    enabled: bool,
     /// The user's handle on the connection (a clone of the pump's), used only as `USER`;
     /// `None` for an end whose user never uses it (a buffered end), and once the pump ended.
     stream: Mutex<Option<Stream>>,
@@ -121,6 +124,7 @@ impl Direct {
     pub(crate) fn new(stream: Option<Stream>) -> Direct {
         Direct {
             state: AtomicU32::new(BUSY),
+            enabled: stream.is_some(),
             stream: Mutex::new(stream),
             sent: AtomicU64::new(0),
             got: AtomicU64::new(0),
@@ -133,20 +137,13 @@ impl Direct {
         }
     }
 
-    fn has_stream(&self) -> bool {
-        self.stream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
     // ---- the pump's side
 
     /// The pump waits for its user with nothing of its own in flight: a user thread may use
     /// the connection until [`take_back`](Self::take_back). Whether it may (`false`: this
     /// end's user never uses the connection).
     pub(crate) fn open(&self) -> bool {
-        if !self.has_stream() {
+        if !self.enabled {
             return false;
         }
         self.state.store(OPEN, Ordering::SeqCst);

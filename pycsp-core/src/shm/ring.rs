@@ -1351,16 +1351,12 @@ impl Chan {
         // reader moves `head`, then looks at the mark.
         slot.kind.fetch_or(CANCELLED, Ordering::SeqCst);
         let head = self.hdr.head.0.load(Ordering::SeqCst);
-        let release = || {
-            slot.stamp
-                .store(lap.wrapping_add(self.hdr.one_lap), Ordering::Release);
-            self.hdr.tx.0.notify_all();
-        };
         if self.distance(head, pos) < self.hdr.ring_len {
-            // No reader claimed it: every reader that does skips it.
+            // No reader claimed it: every reader that does skips it (the second of the two
+            // empties the slot).
             self.free_slot_block(index);
             if slot.kind.fetch_or(GONE, Ordering::AcqRel) & SKIPPED != 0 {
-                release();
+                self.empty_returned(index, pos);
             }
             return true;
         }
@@ -1373,7 +1369,7 @@ impl Chan {
             }
             if slot.kind.load(Ordering::Acquire) & SKIPPED != 0 {
                 self.free_slot_block(index);
-                release();
+                self.empty_returned(index, pos);
                 return true;
             }
             if Instant::now() >= deadline {
@@ -1712,8 +1708,9 @@ impl Chan {
         }
     }
 
-    /// Empties the slot at `pos` whose message a socket host gave back to this writer (its
-    /// stamp says so): the writer writes it again, or gives up on it.
+    /// Empties the slot at `pos` whose message is this writer's again and wakes the writers:
+    /// a socket host gave it back (its stamp says so; the writer writes it again, or gives up
+    /// on it), or the writer took it back ([`retract`](Self::retract)).
     #[cold]
     #[inline(never)]
     fn empty_returned(&self, index: usize, pos: u64) {
