@@ -287,6 +287,15 @@ fn note(key: u64, role: Role, delta: i32) {
     }
 }
 
+/// A thread of this process is about to publish a wait in the census (a listener, before the
+/// channel it serves is written down): the process has its record there, made now if need be.
+/// A wait published without one is lost, and a deadlock through it never found.
+pub(crate) fn listed() {
+    if let Ok(arena) = Arena::get() {
+        ensure_own_ledger(arena);
+    }
+}
+
 /// This process is about to start a child: it has a ledger (and with it a record in the
 /// network's census, so that deadlock detection sees it), made now if need be.
 fn ensure_own_ledger(arena: &'static Arena) {

@@ -173,6 +173,8 @@ static LISTENING: std::sync::Mutex<Vec<crate::shm::census::Parked>> =
 pub(crate) fn listening() {
     let mut l = LISTENING.lock().unwrap_or_else(|p| p.into_inner());
     if private() {
+        // A listener of a port picked by the system starts before its channel is created.
+        crate::runtime::listed();
         if let Some(p) = crate::shm::census::park_remote(0, false, 1, "", None, (0, 0)) {
             l.push(p);
         }
