@@ -286,14 +286,14 @@ fn srun_places_a_pipeline_and_a_farm_of_four_workers() {
     let Some(cluster) = Cluster::new(0) else {
         return;
     };
-    let port = common::free_port();
+    let a = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
+    let port = common::port_of(a.name());
     let addr = |name: &str| format!("tcp://127.0.0.1:{port}/{name}");
     // The pipeline, each stage a job of its own (srun outside an allocation makes one).
     let srun = Placement::launcher(&format!(
         "{} --nodes=1 --ntasks=1 --quiet {{cmd}}",
         cluster.srun()
     ));
-    let a = Channel::<u64>::named(&addr("a")).unwrap();
     let b = Channel::<u64>::named_buffered(&addr("b"), 16).unwrap();
     let (s, q, t) = Parallel((
         source(a.writer(), 200).on(srun.clone()),
@@ -432,9 +432,9 @@ fn cancelling_the_job_of_a_placed_process_is_reported_naming_it() {
     let Some(cluster) = Cluster::new(2) else {
         return;
     };
-    let port = common::free_port();
+    let ids = Channel::<String>::named("tcp://127.0.0.1:0/ids").unwrap();
+    let port = common::port_of(ids.name());
     let addr = |name: &str| format!("tcp://127.0.0.1:{port}/{name}");
-    let ids = Channel::<String>::named(&addr("ids")).unwrap();
     let jobs = Channel::<u64>::named(&addr("jobs")).unwrap();
     let out = Channel::<u64>::named(&addr("out")).unwrap();
     let (i, w, r) = (ids.reader(), jobs.writer(), out.reader());

@@ -284,8 +284,8 @@ fn a_pipeline_runs_on_two_hosts_placed_by_ssh() {
     let Some(hosts) = SshHosts::new(0) else {
         return;
     };
-    let port = common::free_port();
-    let a = Channel::<u64>::named(&hosts.channel(port, "a")).unwrap();
+    let a = Channel::<u64>::named(&hosts.channel(0, "a")).unwrap();
+    let port = common::port_of(a.name());
     let b = Channel::<u64>::named_buffered(&hosts.channel(port, "b"), 16).unwrap();
     let (s, q, t) = Parallel((
         source(a.writer(), 300).on(hosts.place(0)),
@@ -319,8 +319,8 @@ fn a_farm_of_four_workers_runs_on_two_hosts_placed_by_ssh() {
     let Some(hosts) = SshHosts::new(1) else {
         return;
     };
-    let port = common::free_port();
-    let jobs = Channel::<u64>::named(&hosts.channel(port, "jobs")).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.channel(0, "jobs")).unwrap();
+    let port = common::port_of(jobs.name());
     let results = Channel::<(u64, u64)>::named_buffered(&hosts.channel(port, "res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let farm = Spawn(replicate(4, |i| {
@@ -416,8 +416,8 @@ fn killing_the_sshd_session_of_a_placed_process_is_reported_naming_it() {
     let Some(hosts) = SshHosts::new(3) else {
         return;
     };
-    let port = common::free_port();
-    let pids = Channel::<u32>::named(&hosts.channel(port, "pids")).unwrap();
+    let pids = Channel::<u32>::named(&hosts.channel(0, "pids")).unwrap();
+    let port = common::port_of(pids.name());
     let jobs = Channel::<u64>::named(&hosts.channel(port, "jobs")).unwrap();
     let out = Channel::<u64>::named(&hosts.channel(port, "out")).unwrap();
     let (p, w, r) = (pids.reader(), jobs.writer(), out.reader());

@@ -333,8 +333,8 @@ enum Fake {
 }
 
 fn fake_host(behaviour: Fake) -> u16 {
-    let port = common::free_port();
-    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for mut s in l.incoming().flatten() {
@@ -426,8 +426,8 @@ fn opening_at_a_stopped_host_fails_within_the_deadline() {
 fn an_end_whose_host_goes_silent_after_open_fails_within_the_deadline() {
     // The host answers the probe of `Channel::open`, then, for the end's own connection,
     // authenticates and reads `Open` but never answers it.
-    let port = common::free_port();
-    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut incoming = l.incoming().flatten();
         let mut probe = Raw::serve_until_open(incoming.next().unwrap());
@@ -624,11 +624,7 @@ fn an_over_size_message_is_refused_at_the_writer_before_anything_is_sent() {
     );
     assert_eq!(r.2, Ok(()));
     // A hosted channel too: its messages may go to remote readers.
-    let ch = Channel::<Vec<u8>>::named_buffered(
-        &format!("tcp://127.0.0.1:{}/big", common::free_port()),
-        1,
-    )
-    .unwrap();
+    let ch = Channel::<Vec<u8>>::named_buffered("tcp://127.0.0.1:0/big", 1).unwrap();
     let e = ch.writer().write(vec![0u8; max - 4]);
     assert!(matches!(e, Err(ChannelError::TooLarge { .. })), "{e:?}");
 }
@@ -638,9 +634,9 @@ fn an_over_size_message_is_refused_at_the_writer_before_anything_is_sent() {
 
 #[test]
 fn a_client_cut_off_in_the_middle_of_a_frame_is_retired_and_the_others_are_served() {
-    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/shared", 100).unwrap();
+    let port = common::port_of(ch.name());
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::named_buffered(&format!("{at}/shared"), 100).unwrap();
     let reader = ch.reader();
     let (mut a, mut b) = (
         Raw::open_u64(port, "shared", true),
@@ -680,9 +676,9 @@ fn a_client_cut_off_in_the_middle_of_a_frame_is_retired_and_the_others_are_serve
 
 #[test]
 fn a_client_reader_that_dies_holding_a_message_gives_it_back_and_the_channel_lives() {
-    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/held", 4).unwrap();
+    let port = common::port_of(ch.name());
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::named_buffered(&format!("{at}/held"), 4).unwrap();
     // The host holds a reader too: the channel's readers do not all retire with the client.
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(11).unwrap();
@@ -788,14 +784,12 @@ fn the_launchers_command_line_and_environment_hold_no_secret() {
 #[test]
 fn a_key_file_that_others_may_read_or_write_is_refused_with_a_chmod_600_hint() {
     use std::os::unix::fs::PermissionsExt;
-    let port = common::free_port();
-    let at = format!("tcp://127.0.0.1:{port}/requests");
-    let _ch = Channel::<u64>::named(&at).unwrap();
+    let ch = Channel::<u64>::named("tcp://127.0.0.1:0/requests").unwrap();
     let file = std::env::temp_dir().join(format!("pycsp-key-mode-{}", std::process::id()));
     std::fs::write(&file, key()).unwrap();
     for mode in [0o644, 0o640, 0o620, 0o602, 0o600] {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = program("open", &at)
+        let out = program("open", ch.name())
             .env(ENV_KEY_FILE, &file)
             .output()
             .unwrap();

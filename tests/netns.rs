@@ -149,8 +149,8 @@ fn total(inp: ChannelIn<u64>) -> Result<(u64, u64, u64), ChannelError> {
 #[test]
 fn a_pipeline_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(0) else { return };
-    let port = common::free_port();
-    let a = Channel::<u64>::named(&hosts.address(port, "a")).unwrap();
+    let a = Channel::<u64>::named(&hosts.address(0, "a")).unwrap();
+    let port = common::port_of(a.name());
     let b = Channel::<u64>::named_buffered(&hosts.address(port, "b"), 16).unwrap();
     let (s, q, totals) = Parallel((
         source(a.writer(), 500).on(hosts.place(0)),
@@ -183,8 +183,8 @@ fn worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64, u64)>) -> u64 {
 #[test]
 fn a_worker_farm_spans_three_namespaces() {
     let Some(hosts) = Hosts::new(1) else { return };
-    let port = common::free_port();
-    let jobs = Channel::<u64>::named(&hosts.address(port, "jobs")).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.address(0, "jobs")).unwrap();
+    let port = common::port_of(jobs.name());
     let results =
         Channel::<(u64, u64, u64)>::named_buffered(&hosts.address(port, "res"), 8).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
@@ -233,8 +233,8 @@ fn slow_worker(jobs: ChannelIn<u64>, results: ChannelOut<u64>) -> u64 {
 #[test]
 fn a_link_that_goes_down_is_reported_as_a_lost_process_within_the_bound() {
     let Some(hosts) = Hosts::new(2) else { return };
-    let port = common::free_port();
-    let jobs = Channel::<u64>::named(&hosts.address(port, "jobs")).unwrap();
+    let jobs = Channel::<u64>::named(&hosts.address(0, "jobs")).unwrap();
+    let port = common::port_of(jobs.name());
     let results = Channel::<u64>::named(&hosts.address(port, "res")).unwrap();
     let (w, r) = (jobs.writer(), results.reader());
     let one = Spawn(slow_worker(jobs.reader(), results.writer()).on(hosts.place(0))).unwrap();

@@ -281,9 +281,8 @@ fn a_store_in_one_process_is_seen_by_another_holding_a_clone() {
 
 #[test]
 fn a_socket_channel_refuses_shared_arrays_and_atomics_and_hands_them_back() {
-    let port = common::free_port();
-    let arrays = format!("tcp://127.0.0.1:{port}/arrays");
-    let ch = Channel::<SharedArray<u8>>::named_buffered(&arrays, 1).unwrap();
+    let ch = Channel::<SharedArray<u8>>::named_buffered("tcp://127.0.0.1:0/arrays", 1).unwrap();
+    let port = common::port_of(ch.name());
     match ch
         .writer()
         .try_write(SharedArray::from_slice(&[9]).unwrap())

@@ -28,33 +28,15 @@ fn holding() -> Placement {
 }
 
 fn tcp(name: &str) -> String {
-    format!("tcp://127.0.0.1:{}/{name}", common::free_port())
+    format!("tcp://127.0.0.1:0/{name}")
 }
 
-/// A channel hosted here at a fresh TCP port (`capacity` 0: rendezvous). `free_port` checks
-/// a port by binding it and lets it go: another socket may take it before the host binds it
-/// (seen once in CI), so a port found taken by then is skipped for the next.
+/// A channel hosted here at a fresh TCP port (`capacity` 0: rendezvous).
 fn hosted_tcp<T: serde::Serialize + serde::de::DeserializeOwned>(
     name: &str,
     capacity: usize,
 ) -> Channel<T> {
-    let mut tries = 0;
-    loop {
-        let at = tcp(name);
-        let c = if capacity == 0 {
-            Channel::<T>::named(&at)
-        } else {
-            Channel::<T>::named_buffered(&at, capacity)
-        };
-        match c {
-            Err(ChannelError::Connection { reason, .. })
-                if reason.contains("Address already in use") && tries < 8 =>
-            {
-                tries += 1;
-            }
-            c => return c.unwrap(),
-        }
-    }
+    Channel::<T>::named_buffered(&tcp(name), capacity).unwrap()
 }
 
 fn local(name: &str) -> String {
@@ -224,9 +206,11 @@ fn leave_while_waiting(at: String) -> Result<u64, ChannelError> {
 #[test]
 fn a_remote_reader_that_leaves_while_its_read_waits_at_the_host_retires_at_once() {
     for capacity in [0, 4] {
-        let at = tcp(&format!("waiting-{capacity}"));
-        let c = Channel::<u64>::named_buffered(&at, capacity).unwrap();
+        let c =
+            Channel::<u64>::named_buffered(&tcp(&format!("waiting-{capacity}")), capacity).unwrap();
         let _held = c.writer();
+        // The child opens the channel by its name, which says the port it listens on.
+        let at = c.name().to_string();
         let ms = Parallel(leave_while_waiting(at).on(Placement::launcher("{cmd}")))
             .unwrap()
             .unwrap();
@@ -444,7 +428,9 @@ fn separate_host() {
 
 #[test]
 fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_confirmed() {
-    for at in [tcp("doomed"), local("doomed")] {
+    // The host is a separate program, which binds the port it is given: one free now.
+    let elsewhere = format!("tcp://127.0.0.1:{}/doomed", common::free_port());
+    for at in [elsewhere, local("doomed")] {
         let (var, key) = pycsp::net::key_env().unwrap();
         let mut host = program(&at)
             .env(var, key)

@@ -29,7 +29,7 @@ fn local(name: &str) -> String {
 }
 
 fn tcp(name: &str) -> String {
-    format!("tcp://127.0.0.1:{}/{name}", common::free_port())
+    format!("tcp://127.0.0.1:0/{name}")
 }
 
 /// Reads `r` until every writer retired (each read within [`PROMPT`]): the values.

@@ -14,8 +14,8 @@ fn send_end(ends: ChannelOut<ChannelOut<u64>>, end: ChannelOut<u64>) -> Result<(
 
 #[test]
 fn an_end_sent_through_a_socket_channel_by_a_remote_writer_reaches_its_reader() {
-    let port = common::free_port();
-    let ends = Channel::<ChannelOut<u64>>::named(&format!("tcp://127.0.0.1:{port}/ends")).unwrap();
+    let ends = Channel::<ChannelOut<u64>>::named("tcp://127.0.0.1:0/ends").unwrap();
+    let port = common::port_of(ends.name());
     let data = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/data"), 4).unwrap();
     let (er, dr) = (ends.reader(), data.reader());
     let h = Spawn(send_end(ends.writer(), data.writer()).on(Placement::launcher("{cmd}"))).unwrap();
@@ -36,9 +36,7 @@ fn send_block(out: ChannelOut<SharedBlock>) -> Result<(), ChannelError> {
 
 #[test]
 fn a_shared_block_is_refused_at_a_remote_writer_before_anything_is_sent() {
-    let port = common::free_port();
-    let addr = format!("tcp://127.0.0.1:{port}/blocks");
-    let blocks = Channel::<SharedBlock>::named_buffered(&addr, 4).unwrap();
+    let blocks = Channel::<SharedBlock>::named_buffered("tcp://127.0.0.1:0/blocks", 4).unwrap();
     let r = blocks.reader();
     let sent = Parallel(send_block(blocks.writer()).on(Placement::launcher("{cmd}"))).unwrap();
     match sent {
@@ -52,16 +50,15 @@ fn a_shared_block_is_refused_at_a_remote_writer_before_anything_is_sent() {
         "nothing was delivered"
     );
     assert_eq!(
-        pycsp::net::next_connection_error(&addr, std::time::Duration::ZERO),
+        pycsp::net::next_connection_error(blocks.name(), std::time::Duration::ZERO),
         None
     );
 }
 
 #[test]
 fn a_shared_block_or_a_local_end_is_refused_by_a_socket_channel_in_its_host_too() {
-    let port = common::free_port();
-    let blocks =
-        Channel::<SharedBlock>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 1).unwrap();
+    let blocks = Channel::<SharedBlock>::named_buffered("tcp://127.0.0.1:0/b", 1).unwrap();
+    let port = common::port_of(blocks.name());
     let err = blocks.writer().write(SharedBlock::new(64).unwrap());
     assert!(matches!(err, Err(ChannelError::Encode { .. })), "{err:?}");
     let ends =

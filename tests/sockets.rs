@@ -32,8 +32,8 @@ fn consume(inp: ChannelIn<u64>) -> Result<(u64, u64), ChannelError> {
 
 #[test]
 fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
-    let port = common::free_port();
-    let a = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/a")).unwrap();
+    let a = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
+    let port = common::port_of(a.name());
     let b = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
     let here = Placement::launcher("{cmd}");
     let (pid, relayed, consumed) = Parallel((
@@ -55,17 +55,13 @@ fn a_placed_pipeline_over_tcp_delivers_every_message_once() {
 /// with port 0 listens anew.
 #[test]
 fn a_channel_on_port_0_listens_on_a_port_the_system_picks_and_is_named_after_it() {
-    let port_of = |name: &str| -> u16 {
-        let at = name.strip_prefix("tcp://127.0.0.1:").expect(name);
-        at.split_once('/').expect(name).0.parse().expect(name)
-    };
     let a = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
-    let port = port_of(a.name());
+    let port = common::port_of(a.name());
     assert_ne!(port, 0);
     assert_eq!(a.name(), format!("tcp://127.0.0.1:{port}/a"));
     let b = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/b"), 8).unwrap();
     let other = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
-    assert_ne!(port_of(other.name()), port, "port 0 listens anew");
+    assert_ne!(common::port_of(other.name()), port, "port 0 listens anew");
     // The name it reports is taken once, as any name.
     assert!(matches!(
         Channel::<u64>::named(a.name()),
@@ -97,8 +93,8 @@ fn farm_worker(jobs: ChannelIn<u64>, results: ChannelOut<(u64, u64)>) -> u64 {
 
 #[test]
 fn placed_workers_share_one_any_to_any_tcp_channel() {
-    let port = common::free_port();
-    let jobs = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
+    let jobs = Channel::<u64>::named("tcp://127.0.0.1:0/jobs").unwrap();
+    let port = common::port_of(jobs.name());
     let results =
         Channel::<(u64, u64)>::named_buffered(&format!("tcp://127.0.0.1:{port}/res"), 4).unwrap();
     let here = Placement::launcher("{cmd}");
@@ -375,9 +371,9 @@ fn alt_merge(
 
 #[test]
 fn alternation_over_socket_ends_selects_inputs_and_outputs_exactly_once() {
-    let port = common::free_port();
+    let a = Channel::<u64>::named("tcp://127.0.0.1:0/a").unwrap();
+    let port = common::port_of(a.name());
     let at = |n: &str| format!("tcp://127.0.0.1:{port}/{n}");
-    let a = Channel::<u64>::named(&at("a")).unwrap();
     let b = Channel::<u64>::named_buffered(&at("b"), 3).unwrap();
     let out = Channel::<u64>::named(&at("out")).unwrap();
     let merger =
@@ -422,8 +418,8 @@ fn read_until_error(inp: ChannelIn<u64>, done: ChannelOut<u64>) -> Result<u64, C
 
 #[test]
 fn poison_crosses_socket_channels_in_both_directions() {
-    let port = common::free_port();
-    let jobs = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/jobs")).unwrap();
+    let jobs = Channel::<u64>::named("tcp://127.0.0.1:0/jobs").unwrap();
+    let port = common::port_of(jobs.name());
     let done = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/done")).unwrap();
     let (w, d) = (jobs.writer(), done.reader());
     let p = Spawn(read_until_error(jobs.reader(), done.writer()).on(Placement::launcher("{cmd}")))
@@ -447,8 +443,7 @@ fn take_three(inp: ChannelIn<u64>) -> Result<Vec<u64>, ChannelError> {
 
 #[test]
 fn a_remote_reader_that_retires_makes_host_writes_fail_with_retired_and_loses_nothing() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/few")).unwrap();
+    let ch = Channel::<u64>::named("tcp://127.0.0.1:0/few").unwrap();
     let w = ch.writer();
     let p = Spawn(take_three(ch.reader()).on(Placement::launcher("{cmd}"))).unwrap();
     for v in 0..3 {
@@ -468,8 +463,8 @@ fn write_one_then_wait(out: ChannelOut<u64>, gate: ChannelIn<u64>) -> Result<(),
 
 #[test]
 fn a_placed_process_killed_by_sigkill_wakes_its_peers_at_once_and_is_named() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/victim")).unwrap();
+    let ch = Channel::<u64>::named("tcp://127.0.0.1:0/victim").unwrap();
+    let port = common::port_of(ch.name());
     let gate = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/gate")).unwrap();
     let (r, _gate_writer) = (ch.reader(), gate.writer());
     let p = Spawn(write_one_then_wait(ch.writer(), gate.reader()).on(Placement::launcher("{cmd}")))
@@ -513,8 +508,7 @@ fn hand_on(out: ChannelOut<u64>, from: u64, n: u64, place_again: bool) -> Result
 
 #[test]
 fn a_remote_end_handed_on_by_a_placed_process_reaches_the_host_from_its_children() {
-    let port = common::free_port();
-    let c = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/handed"), 4).unwrap();
+    let c = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/handed", 4).unwrap();
     let here = Placement::launcher("{cmd}");
     let (local_child, placed_child, consumed) = Parallel((
         hand_on(c.writer(), 0, 300, false).on(here.clone()),
@@ -542,8 +536,8 @@ fn a_placed_stage_that_returns_poisoned_poisons_its_input_before_retiring_it() {
     // The placed stage gets Poisoned from its output and returns it with `?` (it calls no
     // poison() itself): the writer of its input, here, must see Poisoned, not Retired.
     for round in 0..5 {
-        let port = common::free_port();
-        let a = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/in")).unwrap();
+        let a = Channel::<u64>::named("tcp://127.0.0.1:0/in").unwrap();
+        let port = common::port_of(a.name());
         let b = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/out")).unwrap();
         let (w, r) = (a.writer(), b.reader());
         let stage =
@@ -592,8 +586,7 @@ fn offer_or_time_out(out: ChannelOut<u64>, v: u64, ms: u64) -> Result<(bool, u64
 /// the select to that guard, and the host waited for a reader for ever).
 #[test]
 fn an_output_guard_on_a_remote_rendezvous_end_nobody_reads_lets_the_timeout_fire() {
-    let port = common::free_port();
-    let c = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/unread")).unwrap();
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/unread").unwrap();
     let r = c.reader();
     let h = Spawn(offer_or_time_out(c.writer(), 7, 200).on(Placement::launcher("{cmd}"))).unwrap();
     let (sent, took_ms) = h.join().unwrap().unwrap();
@@ -621,7 +614,7 @@ fn offer_or_take(out: ChannelOut<u64>, other: ChannelIn<u64>, v: u64) -> Result<
 #[test]
 fn a_remote_select_with_an_output_guard_takes_whichever_side_comes() {
     let channels = |name: &str| {
-        let at = |n: &str| format!("tcp://127.0.0.1:{}/{name}-{n}", common::free_port());
+        let at = |n: &str| format!("tcp://127.0.0.1:0/{name}-{n}");
         (
             Channel::<u64>::named(&at("offered")).unwrap(),
             Channel::<u64>::named(&at("other")).unwrap(),
@@ -652,7 +645,7 @@ fn a_remote_select_with_an_output_guard_takes_whichever_side_comes() {
 #[test]
 fn a_remote_select_gets_its_input_while_its_offer_comes_back() {
     for round in 0..5 {
-        let at = |n: &str| format!("tcp://127.0.0.1:{}/{n}{round}", common::free_port());
+        let at = |n: &str| format!("tcp://127.0.0.1:0/{n}{round}");
         let (c, d) = (
             Channel::<u64>::named(&at("offered")).unwrap(),
             Channel::<u64>::named(&at("other")).unwrap(),
@@ -792,7 +785,7 @@ fn poll_once_then_wait(
 /// reader for ever).
 #[test]
 fn a_select_here_whose_message_a_remote_reader_did_not_take_lets_the_timeout_fire() {
-    let at = |n: &str| format!("tcp://127.0.0.1:{}/{n}", common::free_port());
+    let at = |n: &str| format!("tcp://127.0.0.1:0/{n}");
     let c = Channel::<u64>::named(&at("polled")).unwrap();
     let polled = Channel::<bool>::named(&at("said")).unwrap();
     let gate = Channel::<()>::named(&at("gate")).unwrap();
@@ -840,8 +833,7 @@ fn write_within(out: ChannelOut<u64>, v: u64, ms: u64) -> Result<(bool, u64), Ch
 /// while the host waited for a reader for ever).
 #[test]
 fn a_remote_rendezvous_write_that_nobody_takes_times_out() {
-    let c =
-        Channel::<u64>::named(&format!("tcp://127.0.0.1:{}/untaken", common::free_port())).unwrap();
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/untaken").unwrap();
     let r = c.reader();
     let h = Spawn(write_within(c.writer(), 7, 200).on(Placement::launcher("{cmd}"))).unwrap();
     let (taken, took_ms) = h.join().unwrap().unwrap();
@@ -868,8 +860,7 @@ fn try_write_once(out: ChannelOut<u64>, v: u64) -> Result<bool, ChannelError> {
 /// delivered, instead of waiting for a reader.
 #[test]
 fn a_remote_rendezvous_try_write_with_no_reader_fails_at_once() {
-    let c =
-        Channel::<u64>::named(&format!("tcp://127.0.0.1:{}/tried", common::free_port())).unwrap();
+    let c = Channel::<u64>::named("tcp://127.0.0.1:0/tried").unwrap();
     let r = c.reader();
     let h = Spawn(try_write_once(c.writer(), 7).on(Placement::launcher("{cmd}"))).unwrap();
     assert!(!h.join().unwrap().unwrap(), "it went with no reader");

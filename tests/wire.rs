@@ -204,8 +204,8 @@ fn error_text(body: &[u8]) -> String {
 
 #[test]
 fn a_client_written_from_the_wire_format_alone_writes_and_reads() {
-    let port = common::free_port();
-    let inbox = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/inbox")).unwrap();
+    let inbox = Channel::<u64>::named("tcp://127.0.0.1:0/inbox").unwrap();
+    let port = common::port_of(inbox.name());
     let outbox =
         Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/outbox"), 4).unwrap();
     let (from_client, to_client) = (inbox.reader(), outbox.writer());
@@ -287,8 +287,8 @@ fn relay(to: u16) -> (u16, Captured) {
 
 #[test]
 fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
-    let port = common::free_port();
-    let ch = Channel::<String>::named(&format!("tcp://127.0.0.1:{port}/secret-test")).unwrap();
+    let ch = Channel::<String>::named("tcp://127.0.0.1:0/secret-test").unwrap();
+    let port = common::port_of(ch.name());
     let (relay_port, captured) = relay(port);
     // This process attaches through the relay, as a process outside the network would.
     let remote =
@@ -331,8 +331,8 @@ fn the_key_never_crosses_the_wire_only_nonces_and_macs_do() {
 
 #[test]
 fn a_wrong_key_is_refused_with_an_auth_error_on_both_sides_and_the_host_serves_on() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/guarded"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/guarded", 4).unwrap();
+    let port = common::port_of(ch.name());
     let mut bad = Raw::connect(port);
     let (kind, body) = bad.handshake(b"not the key");
     assert_eq!(kind, ERROR);
@@ -368,9 +368,9 @@ enum Bad {
 
 #[test]
 fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
-    let port = common::free_port();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/robust", 1000).unwrap();
+    let port = common::port_of(ch.name());
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<u64>::named_buffered(&format!("{at}/robust"), 1000).unwrap();
     let reader = ch.reader();
     let mut good = Raw::open_u64(port, "robust", true);
     let mut acked = Vec::new();
@@ -458,9 +458,8 @@ fn bad_frames_close_only_their_connection_and_lose_no_acknowledged_message() {
 
 #[test]
 fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
-    let port = common::free_port();
-    let ch =
-        Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/given-back"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/given-back", 4).unwrap();
+    let port = common::port_of(ch.name());
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(11).unwrap();
     let mut r = Raw::open_u64(port, "given-back", false);
@@ -479,8 +478,8 @@ fn a_reader_that_breaks_the_protocol_after_taking_a_message_gives_it_back() {
 
 #[test]
 fn an_offer_waits_for_a_reader_until_the_client_withdraws_it() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named(&format!("tcp://127.0.0.1:{port}/offers")).unwrap();
+    let ch = Channel::<u64>::named("tcp://127.0.0.1:0/offers").unwrap();
+    let port = common::port_of(ch.name());
     let host_reader = ch.reader();
     let mut w = Raw::open_u64(port, "offers", true);
     // Nobody reads: no answer, however long; withdrawn, it was not delivered.
@@ -522,8 +521,8 @@ fn message_u64(r: &mut Raw) -> u64 {
 
 #[test]
 fn a_reader_asks_for_messages_ahead_within_the_window_and_acknowledges_them_in_order() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/ahead"), 4).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/ahead", 4).unwrap();
+    let port = common::port_of(ch.name());
     let (w, host_reader) = (ch.writer(), ch.reader());
     for v in 0..4 {
         w.write(v).unwrap();
@@ -551,8 +550,8 @@ fn a_reader_asks_for_messages_ahead_within_the_window_and_acknowledges_them_in_o
 
 #[test]
 fn a_message_given_back_to_a_full_channel_is_read_again() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/full"), 1).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/full", 1).unwrap();
+    let port = common::port_of(ch.name());
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(9).unwrap();
     let mut r = Raw::open_u64(port, "full", false);
@@ -572,13 +571,15 @@ struct Opened {
 
 #[test]
 fn opened_says_the_read_window_and_a_reader_may_ask_that_far_ahead() {
-    let port = common::free_port();
     let window = pycsp::net::READ_WINDOW;
     let mut keep = Vec::new();
     let mut readers = Vec::new();
+    // The first channel listens on a port the system picks; the others join it there.
+    let mut port = 0;
     for (name, capacity, said) in [("rv", 0, 1), ("four", 4, 4), ("wide", 1000, window)] {
         let at = format!("tcp://127.0.0.1:{port}/{name}");
         keep.push(Channel::<u64>::named_buffered(&at, capacity).unwrap());
+        port = common::port_of(keep[0].name());
         let (r, body) = Raw::open_u64_said(port, name, false);
         readers.push(r);
         let o: Opened = rmp_serde::from_slice(&body).unwrap();
@@ -605,9 +606,8 @@ fn opened_says_the_read_window_and_a_reader_may_ask_that_far_ahead() {
 
 #[test]
 fn a_read_beyond_the_window_is_a_protocol_error_and_what_the_reader_held_goes_back() {
-    let port = common::free_port();
-    let at = format!("tcp://127.0.0.1:{port}/window");
-    let ch = Channel::<u64>::named_buffered(&at, 2).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/window", 2).unwrap();
+    let port = common::port_of(ch.name());
     let (w, host_reader) = (ch.writer(), ch.reader());
     w.write(7).unwrap();
     w.write(8).unwrap();
@@ -626,8 +626,8 @@ fn a_read_beyond_the_window_is_a_protocol_error_and_what_the_reader_held_goes_ba
 
 #[test]
 fn a_reader_that_hangs_up_holding_messages_gives_every_one_back() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/held"), 8).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/held", 8).unwrap();
+    let port = common::port_of(ch.name());
     let (w, host_reader) = (ch.writer(), ch.reader());
     for v in 0..5 {
         w.write(v).unwrap();
@@ -644,8 +644,8 @@ fn a_reader_that_hangs_up_holding_messages_gives_every_one_back() {
 
 #[test]
 fn a_client_cut_off_inside_a_frame_is_retired_after_every_acknowledged_message() {
-    let port = common::free_port();
-    let ch = Channel::<u64>::named_buffered(&format!("tcp://127.0.0.1:{port}/cut"), 100).unwrap();
+    let ch = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/cut", 100).unwrap();
+    let port = common::port_of(ch.name());
     let reader = ch.reader();
     let mut good = Raw::open_u64(port, "cut", true);
     for v in 0..10 {
@@ -680,9 +680,8 @@ fn a_client_cut_off_inside_a_frame_is_retired_after_every_acknowledged_message()
 fn a_peer_that_sends_a_shared_memory_offset_is_refused_and_nothing_is_touched() {
     // A SharedBlock travels in shared memory as (offset, len): a peer that sends such a pair
     // over a socket must not make the host use it as an address (free or read a block there).
-    let port = common::free_port();
-    let addr = format!("tcp://127.0.0.1:{port}/blocks");
-    let blocks = Channel::<SharedBlock>::named_buffered(&addr, 4).unwrap();
+    let blocks = Channel::<SharedBlock>::named_buffered("tcp://127.0.0.1:0/blocks", 4).unwrap();
+    let port = common::port_of(blocks.name());
     let r = blocks.reader();
     let w = blocks.writer();
     // A live block in this network, in a shared-memory channel, not yet read.
@@ -758,9 +757,8 @@ fn long_message(i: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn long_messages_that_trickle_in_or_share_a_write_with_short_ones_arrive_whole_in_order() {
-    let port = common::free_port();
-    let ch =
-        Channel::<Vec<u8>>::named_buffered(&format!("tcp://127.0.0.1:{port}/long"), 8).unwrap();
+    let ch = Channel::<Vec<u8>>::named_buffered("tcp://127.0.0.1:0/long", 8).unwrap();
+    let port = common::port_of(ch.name());
     let reader = ch.reader();
     let mut w = Raw::open_bytes(port, "long", true);
     let sent = [
@@ -829,9 +827,9 @@ fn long_offers_reach_a_reader_whole_or_are_withdrawn_whole() {
 
 #[test]
 fn a_long_message_that_is_not_the_channels_type_is_refused_and_never_reaches_a_reader() {
-    let port = common::free_port();
+    let ch = Channel::<Vec<u8>>::named_buffered("tcp://127.0.0.1:0/long-bad", 8).unwrap();
+    let port = common::port_of(ch.name());
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<Vec<u8>>::named_buffered(&format!("{at}/long-bad"), 8).unwrap();
     let reader = ch.reader();
     // A good writer first: the channel keeps a writer when the bad one's end retires.
     let mut good = Raw::open_bytes(port, "long-bad", true);
@@ -859,9 +857,9 @@ fn a_long_message_that_is_not_the_channels_type_is_refused_and_never_reaches_a_r
 
 #[test]
 fn a_client_cut_off_inside_a_long_message_is_retired_after_every_acknowledged_message() {
-    let port = common::free_port();
+    let ch = Channel::<Vec<u8>>::named_buffered("tcp://127.0.0.1:0/long-cut", 8).unwrap();
+    let port = common::port_of(ch.name());
     let at = format!("tcp://127.0.0.1:{port}");
-    let ch = Channel::<Vec<u8>>::named_buffered(&format!("{at}/long-cut"), 8).unwrap();
     let reader = ch.reader();
     let mut good = Raw::open_bytes(port, "long-cut", true);
     let kept = long_message(6, 500_000);

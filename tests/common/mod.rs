@@ -44,10 +44,15 @@ pub fn timing() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A TCP port that is free now on every address of this host, chosen outside the kernel's
-/// ephemeral range (32768-60999 here): a port that `bind(0)` handed out and then freed can be
-/// taken again at once by any connecting or listening socket of a test running beside this
-/// one (a placed process's call-back listener binds port 0), so such ports race.
+/// A TCP port that is free now on every address of this host, for another process to bind (a
+/// host program a test starts, a daemon's configuration). A channel the test's own process
+/// hosts binds port 0 instead and learns its port with [`port_of`]: a port checked free here
+/// can still be taken by another socket before it is bound.
+///
+/// It is chosen outside the kernel's ephemeral range (32768-60999 here): a port that `bind(0)`
+/// handed out and then freed can be taken again at once by any connecting or listening socket
+/// of a test running beside this one (a placed process's call-back listener binds port 0), so
+/// such ports race.
 ///
 /// The ports are drawn in turn from one counter that every test process of this machine shares
 /// (a file in the temporary directory, read and advanced under `flock`): two test binaries, a
@@ -95,6 +100,18 @@ pub fn free_port() -> u16 {
     f.set_len(0).expect("the port counter truncates");
     write!(f, "{n}").expect("the port counter writes");
     port
+}
+
+/// The port of a socket channel's name, `tcp://HOST:PORT/CHANNEL`. A test's own channels
+/// bind port 0 (`tcp://127.0.0.1:0/a`) and learn the port the system picked from the first
+/// one's name, for the others to join it and for clients to connect to: no other socket can
+/// take the port between a check that it is free and the bind, as with [`free_port`].
+pub fn port_of(name: &str) -> u16 {
+    name.strip_prefix("tcp://")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(at, _)| at.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("not a tcp://HOST:PORT/CHANNEL name: {name}"))
 }
 
 /// A channel name no other test of this binary uses (tests run as threads of one network).
