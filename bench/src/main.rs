@@ -86,6 +86,18 @@ fn main() {
         ),
         t,
     );
+    let (ct_row, raw_ct_row, ct_over_raw) = stats::measure_pair(
+        ("pycsp", "commstime", "us/comm", || {
+            pycsp_rows::commstime(20_000 * k)
+        }),
+        (
+            "limit",
+            "raw commstime, four processes on flags, yielding",
+            "us/comm",
+            || raw::commstime(100_000 * k as u32),
+        ),
+        t,
+    );
     let (sj_row, fork_row, sj_over_fork) = stats::measure_pair(
         (
             "pycsp",
@@ -117,6 +129,7 @@ fn main() {
             raw::memcpy(size, 256 << 20)
         }));
     }
+    rows.push(raw_ct_row);
     rows.push(limit_row);
     rows.push(fork_row);
     rows.push(measure(
@@ -171,9 +184,7 @@ fn main() {
         t,
         || pycsp_rows::oversubscribed(50_000 * k),
     ));
-    rows.push(measure("pycsp", "commstime", "us/comm", t, || {
-        pycsp_rows::commstime(20_000 * k)
-    }));
+    rows.push(ct_row);
     for (label, capacity) in [("buffered(16)", 16), ("rendezvous", 0)] {
         for workers in [1, cores] {
             rows.push(measure(
@@ -281,25 +292,36 @@ fn main() {
     // paired.
     let mut socket_pairs: Vec<(&'static str, f64, f64, f64, f64)> = Vec::new();
     let mut mib_tcp_over_raw = f64::NAN;
+    let mut tcp_over_raw_tcp = f64::NAN;
     for (socket, label) in [
         (pycsp_rows::Socket::Local, "local socket"),
         (pycsp_rows::Socket::Tcp, "TCP loopback"),
     ] {
-        let (rt, uds_rt, rt_ratio) = stats::measure_pair(
-            (
-                "sockets",
-                &format!("{label}: rendezvous channel pair (RTT)"),
-                "ns",
-                || pycsp_rows::socket_round_trip(socket, 0, 2_000 * k),
-            ),
-            (
-                "peers",
-                &format!("Unix domain socket (RTT), paired with {label}"),
-                "ns",
-                || peers::uds_rtt(20_000 * k),
-            ),
-            t,
-        );
+        let rt_name = format!("{label}: rendezvous channel pair (RTT)");
+        let uds_name = format!("Unix domain socket (RTT), paired with {label}");
+        let mut rt_f = || pycsp_rows::socket_round_trip(socket, 0, 2_000 * k);
+        let mut uds_f = || peers::uds_rtt(20_000 * k);
+        let (rt, uds_rt, rt_ratio) = if let pycsp_rows::Socket::Tcp = socket {
+            // A third row in the same alternation: a raw TCP loopback round trip, the floor
+            // under pycsp's own TCP round trip (the target pairs it with the Unix socket's).
+            let (rt, uds_rt, raw_rt, rt_ratio, over_raw) = stats::measure_three(
+                ("sockets", &rt_name, "ns", &mut rt_f),
+                ("peers", &uds_name, "ns", &mut uds_f),
+                ("limit", "raw TCP loopback, 8 bytes (RTT)", "ns", || {
+                    raw::tcp_rtt(20_000 * k)
+                }),
+                t,
+            );
+            rows.push(raw_rt);
+            tcp_over_raw_tcp = over_raw;
+            (rt, uds_rt, rt_ratio)
+        } else {
+            stats::measure_pair(
+                ("sockets", &rt_name, "ns", &mut rt_f),
+                ("peers", &uds_name, "ns", &mut uds_f),
+                t,
+            )
+        };
         let (brt, buds_rt, brt_ratio) = stats::measure_pair(
             (
                 "sockets",
@@ -520,6 +542,12 @@ fn main() {
             met: get("commstime") <= 1.0,
         },
         Target {
+            what: "commstime / raw commstime (paired)",
+            value: ct_over_raw,
+            goal: "info",
+            met: true,
+        },
+        Target {
             what: "buffered u64 / crossbeam threads (paired)",
             value: thr_over_cb,
             goal: ">= 0.5",
@@ -651,6 +679,21 @@ fn main() {
                 met: reader_vs_ipc >= 3.0,
             },
         ]);
+    }
+    // Beside the TCP round-trip target: its floor, a raw TCP round trip in the same trials.
+    if let Some(at) = targets
+        .iter()
+        .position(|t| t.what == "TCP RTT / raw Unix socket RTT (paired)")
+    {
+        targets.insert(
+            at + 1,
+            Target {
+                what: "TCP RTT / raw TCP loopback RTT (paired)",
+                value: tcp_over_raw_tcp,
+                goal: "info",
+                met: true,
+            },
+        );
     }
     targets.push(Target {
         what: "TCP 1 MiB / raw TCP 1 MiB writes (paired)",

@@ -118,6 +118,39 @@ pub fn tcp_stream(size: usize, total: usize) -> f64 {
     rate
 }
 
+/// Round trip in ns of 8-byte messages over a raw TCP loopback connection (`TCP_NODELAY` on
+/// both sides, as pycsp's own) to another process that echoes them: the floor under a round
+/// trip over TCP, which pays the TCP stack where a Unix socket does not.
+pub fn tcp_rtt(iters: u64) -> f64 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let pid = fork_child(|| {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = s.set_nodelay(true);
+        let mut buf = [0u8; 8];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut s, _) = l.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 8];
+    let start = Instant::now();
+    for i in 0..iters {
+        s.write_all(&i.to_le_bytes()).unwrap();
+        s.read_exact(&mut buf).unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    drop(s);
+    reap(pid);
+    ns
+}
+
 /// One step of a spinning wait: a `pause`, and every [`spins_per_yield`] of them a yield of
 /// the CPU, so that the peer gets it when the two share one (a bench on one CPU, such as a
 /// container limited to it: each hand-over cost a time slice, and the rows never ended).
@@ -218,6 +251,102 @@ pub fn rendezvous_pair(iters: u32) -> f64 {
     let ns = start.elapsed().as_nanos() as f64 / f64::from(iters);
     reap(pid);
     ns
+}
+
+/// One-to-one rendezvous slot of [`commstime`]: a sequence word set odd by its writer (a
+/// message, whose value is in `value`) and even by its reader (taken); each end counts its own
+/// exchanges.
+struct Slot<'a> {
+    seq: &'a AtomicU32,
+    value: &'a AtomicU32,
+}
+
+impl Slot<'_> {
+    /// Waits until the slot holds `want`, yielding the CPU at each look: with more processes
+    /// than cores the peer that sets the word often waits for this CPU (spinning first costs
+    /// more here: 1.5 us per communication with 16 `pause`s per yield, 5 us with 256, 35 us
+    /// with the 2048 of the other limit rows, against 1.3-1.5 us; measured on 2 vCPUs). A
+    /// yield with nothing else to run returns at once.
+    fn wait_for(&self, want: u32) {
+        while self.seq.load(Ordering::Acquire) != want {
+            std::thread::yield_now();
+        }
+    }
+
+    /// The `k`-th write (from 0): offers `v` and returns once the reader took it.
+    fn put(&self, k: u32, v: u32) {
+        self.value.store(v, Ordering::Relaxed);
+        self.seq.store(2 * k + 1, Ordering::Release);
+        self.wait_for(2 * k + 2);
+    }
+
+    /// The `k`-th read (from 0).
+    fn get(&self, k: u32) -> u32 {
+        self.wait_for(2 * k + 1);
+        let v = self.value.load(Ordering::Relaxed);
+        self.seq.store(2 * k + 2, Ordering::Release);
+        v
+    }
+}
+
+/// Microseconds per communication of the least commstime can do: its four processes
+/// (prefix, delta, successor, consumer; this process is the consumer) joined by four
+/// rendezvous slots of two words each, on cache lines of their own, each wait a loop of looks
+/// and yields ([`Slot::wait_for`]). Four processes on fewer cores hand the CPU over in most
+/// communications; no channel whose processes wait for each other does much better than this
+/// on the same machine.
+pub fn commstime(n: u32) -> f64 {
+    let shared = Shared::new();
+    let slot = |i: usize| {
+        // SAFETY: the page is 4096 bytes; slot `i` < 4 takes two words 256 bytes from the
+        // next slot's (lines, and adjacent-line pairs, of their own), aligned, zeroed and live
+        // until `shared` drops, after every child was reaped.
+        unsafe {
+            let seq = shared.0.add(64 * i);
+            Slot {
+                seq: &*seq,
+                value: &*seq.add(1),
+            }
+        }
+    };
+    let (a, b, c, d) = (slot(0), slot(1), slot(2), slot(3));
+    // Counts, for `n` timed communications of the consumer and one before: prefix writes `a`
+    // n + 1 times, delta writes `c` n + 1 times and `b` n times, successor writes `d` n times.
+    let prefix = fork_child(|| {
+        a.put(0, 0);
+        for k in 0..n {
+            let x = d.get(k);
+            a.put(k + 1, x);
+        }
+    });
+    let delta = fork_child(|| {
+        for k in 0..=n {
+            let x = a.get(k);
+            c.put(k, x);
+            if k < n {
+                b.put(k, x);
+            }
+        }
+    });
+    let successor = fork_child(|| {
+        for k in 0..n {
+            let x = b.get(k);
+            d.put(k, x + 1);
+        }
+    });
+    c.get(0);
+    let start = Instant::now();
+    let mut last = 0;
+    for k in 1..=n {
+        last = c.get(k);
+    }
+    // Four communications per value the consumer reads: a, b, c and d.
+    let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(n) / 4.0;
+    assert_eq!(last, n, "the successor counted every value once");
+    for pid in [prefix, delta, successor] {
+        reap(pid);
+    }
+    us
 }
 
 /// The limit for messages of `size` bytes between two processes, in GB/s: the writer copies
