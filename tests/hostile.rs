@@ -803,3 +803,72 @@ fn a_key_file_that_others_may_read_or_write_is_refused_with_a_chmod_600_hint() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// How long a remote write or select whose deadline passed waits for a stopped host to
+/// answer its `Withdraw`, at most, and some slack for a loaded machine.
+const UNANSWERED: Duration = Duration::from_secs(5 + 3);
+
+/// Opens two writing ends of the host's `requests` (two connections), each checked with one
+/// request answered on `replies`, then stops the host: the ends and the host's pid.
+fn ends_at_a_stopped_host(
+    at: &str,
+    host: &Child,
+) -> (ChannelOut<u64>, ChannelOut<u64>, ChannelIn<u64>) {
+    let requests = Channel::<u64>::open(&format!("{at}/requests")).unwrap();
+    let replies = Channel::<u64>::open(&format!("{at}/replies")).unwrap();
+    let r = replies.reader();
+    let ends = (requests.writer(), requests.writer());
+    for (w, v) in [(&ends.0, 3), (&ends.1, 4)] {
+        w.write(v).unwrap();
+        assert_eq!(r.read(), Ok(v * v));
+    }
+    // SAFETY: stopping the host program the test started (continued by the test).
+    unsafe { libc::kill(host.id() as libc::pid_t, libc::SIGSTOP) };
+    (ends.0, ends.1, r)
+}
+
+#[test]
+fn a_remote_write_or_select_with_a_deadline_at_a_stopped_host_ends() {
+    let at = format!("tcp://127.0.0.1:{}", common::free_port());
+    let host = start_host(&at, None, &[]);
+    let pid = host.id() as libc::pid_t;
+    let (w1, w2, r) = ends_at_a_stopped_host(&at, &host);
+    let (wrote, selected) = within(
+        WATCHDOG,
+        "a write and a select at a stopped host",
+        move || {
+            // A read needs no answer: it times out at its deadline.
+            let t = Instant::now();
+            let read = r.read_timeout(Duration::from_millis(300));
+            assert_eq!(read, Err(ChannelError::Timeout));
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            let t = Instant::now();
+            let wrote = w1.write_timeout(5, Duration::from_millis(300));
+            let wrote = (format!("{wrote:?}"), wrote.is_ok(), t.elapsed());
+            let t = Instant::now();
+            let selected = Alternation::new()
+                .output(&w2, 6, || true)
+                .timeout(Duration::from_millis(300), || false)
+                .pri_select()
+                .map(|c| c.value);
+            (wrote, (selected, t.elapsed()))
+        },
+    );
+    // SAFETY: continuing the host stopped above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    stop(host);
+    eprintln!("at a stopped host: write_timeout {wrote:?}, select {selected:?}");
+    // Whether a reader took the message cannot be known without the host: never `Ok`.
+    assert!(
+        !wrote.1 && wrote.0.starts_with("Err(Uncertain(Connection"),
+        "{wrote:?}"
+    );
+    assert!(wrote.2 < UNANSWERED, "{wrote:?}");
+    // Neither the output (its message may not have been taken) nor the timeout (it may have
+    // been): the connection's error.
+    assert!(
+        matches!(selected.0, Err(ChannelError::Connection { .. })),
+        "{selected:?}"
+    );
+    assert!(selected.1 < UNANSWERED, "{selected:?}");
+}

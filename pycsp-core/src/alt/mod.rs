@@ -783,8 +783,9 @@ fn complete_selected<R>(
                 Hold::GivenBack if deadlocked => return Some(Err(ChannelError::Deadlock)),
                 Hold::GivenBack => return None,
                 Hold::Taken => Ok(()),
-                // Left to its claimer (see `after_failure`).
-                Hold::Failed(e) => Err(e),
+                // Left to its claimer (see `after_failure`); a socket end's pump that gave up
+                // on its host says why.
+                Hold::Failed(e) => Err(crate::net::client::remote_error(&chan, e)),
             };
             // The block is the reader's now (the guard is gone: `run` does not free it).
             let then = sent_output(guards, i);
@@ -859,6 +860,11 @@ const CLAIMER_GRACE: Duration = Duration::from_millis(100);
 /// still offered at the host, where a reader then took it (delivered, though the select said
 /// it failed: `tests/sockets.rs`, 1 run in 30). So the wait also ends when the claim becomes
 /// withdrawable (the pump's mark wakes this event), and the message is asked back then.
+///
+/// A pump whose host did not answer (or whose connection was lost) with the message there
+/// does not know whether a reader took it: it neither gives it back nor says it was taken,
+/// and marks the channel's peer dead; the select then leaves the message after the grace and
+/// fails, never reporting another guard while its message may have been delivered.
 fn after_failure(me: &Waiter, i: usize, chan: Chan, e: ChannelError) -> Hold {
     let grace = Instant::now() + CLAIMER_GRACE;
     let mut asked = false;
@@ -868,7 +874,9 @@ fn after_failure(me: &Waiter, i: usize, chan: Chan, e: ChannelError) -> Hold {
             chan.events().1.notify_all();
             asked = true;
         }
-        let deadline = (!asked).then_some(grace);
+        // Asked, a pump answers within a round trip, unless it gave up on its host (stopped,
+        // or gone, with the message: it marks the channel's peer dead): then it never will.
+        let deadline = (!asked || chan.state_flags() & PEER_DIED != 0).then_some(grace);
         let ready = || {
             let_go(me, i)
                 .map(Some)

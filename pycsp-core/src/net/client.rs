@@ -553,14 +553,18 @@ pub(crate) fn write_direct(
             }
             Err(not_placed(e))
         }
-        Some(Wrote::Lost(f)) => {
+        Some(Wrote::Lost { error, offered }) => {
             let e = ChannelError::Connection {
                 address: info.address.full.clone(),
-                reason: format!("connection to the host lost: {f}"),
+                reason: format!("connection to the host lost: {error}"),
             };
             *info.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
             chan.retire_side(false);
-            Err(not_placed(e))
+            // Once the host had the whole `Offer`, a reader there may have taken it.
+            Err(WriteError {
+                error: e,
+                placed: offered,
+            })
         }
     }
 }
@@ -657,8 +661,16 @@ impl Pump {
     /// watches the connection and rings it when the host answers (or hangs up); the wait is
     /// published for the census as idle. Without such a thread, it looks every
     /// [`OFFER_LOOK`].
-    fn offer(&mut self, frame: &Frame, taken: &Taken) -> Result<Frame, FrameError> {
-        write_frame(&mut self.s, frame)?;
+    ///
+    /// `Err` with whether the whole `Offer` went: from then on the host has the message, and
+    /// a connection lost before its answer leaves it unknown whether a reader took it.
+    fn offer(&mut self, frame: &Frame, taken: &Taken) -> Result<Frame, (FrameError, bool)> {
+        write_frame(&mut self.s, frame).map_err(|e| (e, false))?;
+        self.answer_to_offer(taken).map_err(|e| (e, true))
+    }
+
+    /// [`offer`](Self::offer) once the `Offer` went: the host's answer.
+    fn answer_to_offer(&mut self, taken: &Taken) -> Result<Frame, FrameError> {
         self.proxy.offer_withdrawable(taken);
         if !sys::wait_readable(self.s.as_raw_fd(), OFFER_LOOK) {
             let idle = stream::idle(self.host, self.info.writer, &self.proxy, None);
@@ -678,27 +690,36 @@ impl Pump {
     /// Waits until the host's answer to an `Offer` can be read, sending `Withdraw` once
     /// when the writer asks for the message back: sleeping on the proxy's writer event until
     /// `answered` is set (by a thread that watches the connection), or, without it, looking
-    /// every [`OFFER_LOOK`].
+    /// every [`OFFER_LOOK`]. A live host answers a `Withdraw` at once; one that gives no
+    /// answer for [`LOSS_TIMEOUT`] after it (stopped, or hung) counts as lost, as a
+    /// connection that leaves data unacknowledged that long does.
     fn await_answer(
         &mut self,
         taken: &Taken,
         answered: Option<&AtomicBool>,
     ) -> Result<(), FrameError> {
         let fd = self.s.as_raw_fd();
-        let mut withdrawn = false;
+        // When the `Withdraw` went, the time by which its answer must come.
+        let mut answer_by: Option<Instant> = None;
+        let unanswered = || {
+            FrameError::Io(format!(
+                "the host did not answer for {LOSS_TIMEOUT:?} after the writer asked its \
+                 message back"
+            ))
+        };
         loop {
-            if !withdrawn && self.proxy.offer_asked_back(taken) {
+            if answer_by.is_none() && self.proxy.offer_asked_back(taken) {
                 write_frame(&mut self.s, &Frame::empty(Kind::Withdraw))?;
-                withdrawn = true;
+                answer_by = Some(Instant::now() + LOSS_TIMEOUT);
             }
             match answered {
                 Some(flag) => {
                     let ready = || {
                         (flag.load(Ordering::SeqCst)
-                            || (!withdrawn && self.proxy.offer_asked_back(taken)))
+                            || (answer_by.is_none() && self.proxy.offer_asked_back(taken)))
                         .then_some(())
                     };
-                    self.proxy.events().1.wait_until(None, ready, || false);
+                    self.proxy.events().1.wait_until(answer_by, ready, || false);
                     if flag.load(Ordering::SeqCst) {
                         return Ok(());
                     }
@@ -708,6 +729,9 @@ impl Pump {
                         return Ok(());
                     }
                 }
+            }
+            if answer_by.is_some_and(|t| Instant::now() >= t) {
+                return Err(unanswered());
             }
         }
     }
@@ -884,9 +908,22 @@ impl Pump {
                 let _ = self.request(&Frame::empty(Kind::Retire));
                 Err(false)
             }
-            Err(e) => {
+            Err((e, false)) => {
                 give_back();
                 self.fail(self.lost(&e));
+                self.proxy.retire_side(false);
+                Err(false)
+            }
+            Err((e, true)) => {
+                // The host had the message: whether a reader took it is not known, so it
+                // does not go back to its writer, which fails as when the reader that claimed
+                // its message died (its write is `Uncertain`; a select fails once its grace
+                // ends). The block was ours since the claim.
+                if let Some(offset) = block {
+                    arena.free_block(offset);
+                }
+                self.fail(self.lost(&e));
+                self.proxy.mark_peer_died(self.host, "the host");
                 self.proxy.retire_side(false);
                 Err(false)
             }

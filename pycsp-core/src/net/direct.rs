@@ -33,7 +33,8 @@
 //!   user's own write never overtakes one of its earlier writes that waits in the proxy.
 //!
 //! A user thread in such an exchange is not parked (it runs, for the census); its exchange
-//! ends within [`DIRECT_FOR`] but for a `Withdraw`'s answer, which the host gives at once.
+//! ends within [`DIRECT_FOR`] but for a `Withdraw`'s answer, which a live host gives at once
+//! (a write whose deadline passed waits for it at most [`LOSS_TIMEOUT`]).
 //! The bytes it moves are the connection's: the pump counts them ([`Direct::absorb`]) before
 //! it publishes its own wait, whose byte counts the census compares with the host's.
 
@@ -44,7 +45,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::proto::ErrorBody;
-use super::stream::{self, Stream};
+use super::stream::{self, Stream, LOSS_TIMEOUT};
 use crate::error::ChannelError;
 use crate::frame::{write_frame, write_frames, Frame, FrameError, Kind, MAX_FRAME};
 use crate::sys;
@@ -103,8 +104,10 @@ pub(crate) enum Wrote {
     NotTaken,
     /// The host answered with this error (the message was not taken).
     Failed(ChannelError),
-    /// The connection failed (or the host broke the protocol).
-    Lost(FrameError),
+    /// The connection failed (or the host broke the protocol, or did not answer for
+    /// [`LOSS_TIMEOUT`] after the user asked its message back); `offered`: after the whole
+    /// `Offer` was sent, so a reader may have taken the message.
+    Lost { error: FrameError, offered: bool },
 }
 
 /// What a user's own write of a buffered writing end came to (see
@@ -323,22 +326,53 @@ impl Direct {
     ) -> Option<Wrote> {
         let mut x = self.begin()?;
         if let Err(e) = write_frame(x.stream(), &Frame::new(Kind::Offer, bytes.to_vec())) {
-            return Some(Wrote::Lost(e));
+            // Not all of it went: the host never reads a whole `Offer`.
+            return Some(Wrote::Lost {
+                error: e,
+                offered: false,
+            });
         }
+        // From here on the host has the message: a connection lost before its answer leaves
+        // it unknown whether a reader took it.
+        let lost = |error| {
+            Some(Wrote::Lost {
+                error,
+                offered: true,
+            })
+        };
         let now = Instant::now();
         let until = deadline.map_or(now + DIRECT_FOR, |d| d.min(now + DIRECT_FOR));
         let mut next = next_frame(&mut x, until, None, &failed);
         if matches!(next, Next::Waiting) {
-            // Asked back; the host answers at once (`Done` if a reader took it first).
+            // Asked back; a live host answers at once (`Done` if a reader took it first). A
+            // write with a deadline, or whose channel failed here, waits for that answer at
+            // most `LOSS_TIMEOUT` past its deadline (or now), as long as a connection may leave
+            // data unacknowledged: a host that gives none by then (stopped, or hung) counts as
+            // lost. A write with no deadline waits for its reader as long as it takes.
+            let now = Instant::now();
+            let answer_by = match deadline {
+                _ if failed() => now + LOSS_TIMEOUT,
+                Some(d) => d.max(now) + LOSS_TIMEOUT,
+                None => now + FOREVER,
+            };
             if let Err(e) = write_frame(x.stream(), &Frame::empty(Kind::Withdraw)) {
-                return Some(Wrote::Lost(e));
+                return lost(e);
             }
-            next = next_frame(&mut x, Instant::now() + FOREVER, None, &|| false);
+            next = next_frame(&mut x, answer_by, None, &|| false);
+            if matches!(next, Next::Waiting) {
+                // The pump finds the connection ended, and the host (when it runs again)
+                // that its writer left.
+                x.stream().shutdown();
+                return lost(FrameError::Io(format!(
+                    "the host did not answer for {LOSS_TIMEOUT:?} after the write asked its \
+                     message back"
+                )));
+            }
         }
         let f = match next {
             Next::Frame(f) => f,
-            Next::Lost(e) => return Some(Wrote::Lost(e)),
-            Next::Other | Next::Waiting => return Some(Wrote::Lost(FrameError::Closed)),
+            Next::Lost(e) => return lost(e),
+            Next::Other | Next::Waiting => return lost(FrameError::Closed),
         };
         Some(match f.kind {
             Kind::Done => {
@@ -355,7 +389,10 @@ impl Direct {
                     Wrote::Failed(e)
                 }
             }
-            k => Wrote::Lost(FrameError::Unexpected(format!("expected Done, got {k:?}"))),
+            k => Wrote::Lost {
+                error: FrameError::Unexpected(format!("expected Done, got {k:?}")),
+                offered: true,
+            },
         })
     }
 }

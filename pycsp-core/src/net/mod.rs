@@ -64,7 +64,11 @@
 //! acknowledged message). A process whose host dies gets
 //! [`ChannelError::Connection`](crate::ChannelError::Connection) within milliseconds. A host
 //! that vanishes or a link that goes down is noticed within [`LOSS_TIMEOUT`] plus the
-//! keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s.
+//! keep-alive probes (idle 1 s, 3 probes 1 s apart): under 10 s. A host that still holds
+//! the connection but does not answer (stopped, hung) is noticed by a remote writer that
+//! asks its message back (a deadline, a select's other guard): without an answer within
+//! [`LOSS_TIMEOUT`] the connection counts as lost, and the write is
+//! [`Uncertain`](crate::WriteTimeoutError::Uncertain): the host had the message.
 
 pub(crate) mod client;
 pub(crate) mod direct;
