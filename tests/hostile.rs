@@ -872,3 +872,70 @@ fn a_remote_write_or_select_with_a_deadline_at_a_stopped_host_ends() {
     );
     assert!(selected.1 < UNANSWERED, "{selected:?}");
 }
+
+/// Says its pid on `pid`, then reads `c` until it fails.
+#[process]
+fn read_on(c: ChannelIn<u64>, pid: ChannelOut<u32>) -> Result<(), ChannelError> {
+    pid.write(std::process::id())?;
+    loop {
+        c.read()?;
+    }
+}
+
+/// A placed reader of this process's rendezvous channel `c` (which it read `n` messages
+/// from, so that it asked for the next one), stopped: its pid, and the writing end.
+type Reading = pycsp::Spawned<Process<Result<(), ChannelError>>>;
+
+fn stopped_remote_reader(name: &str) -> (u32, ChannelOut<u64>, Reading) {
+    let c = Channel::<u64>::named(&format!("tcp://127.0.0.1:0/{name}")).unwrap();
+    let port = common::port_of(c.name());
+    let pids = Channel::<u32>::named(&format!("tcp://127.0.0.1:{port}/{name}-pid")).unwrap();
+    let (w, said) = (c.writer(), pids.reader());
+    let h = Spawn(read_on(c.reader(), pids.writer()).on(Placement::launcher("{cmd}"))).unwrap();
+    let pid = said.read().unwrap();
+    // Each `Ok` is the reader's acknowledgement, which travels with its next `Read`.
+    for v in 0..3 {
+        w.write(v).unwrap();
+    }
+    // SAFETY: stopping the child the test started (continued by the test).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    (pid, w, h)
+}
+
+#[test]
+fn a_write_with_a_deadline_whose_remote_reader_is_stopped_with_it_ends() {
+    let (pid, w, h) = stopped_remote_reader("held");
+    let (wrote, took) = within(WATCHDOG, "a write to a stopped remote reader", move || {
+        let t = Instant::now();
+        let wrote = w.write_timeout(9, Duration::from_millis(300));
+        (format!("{wrote:?}"), t.elapsed())
+    });
+    // SAFETY: continuing the child stopped above; it ends once its channel fails.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    let _ = h.join();
+    eprintln!("write_timeout to a stopped remote reader: {wrote} after {took:?}");
+    // The host sent it to the reader, which may have taken it: never `Timeout`, never `Ok`.
+    assert!(wrote.starts_with("Err(Uncertain("), "{wrote}");
+    assert!(took < UNANSWERED, "{took:?}");
+}
+
+#[test]
+fn a_select_whose_output_went_to_a_remote_reader_that_is_stopped_ends() {
+    let (pid, w, h) = stopped_remote_reader("held-alt");
+    let (selected, took) = within(WATCHDOG, "a select to a stopped remote reader", move || {
+        let t = Instant::now();
+        let selected = Alternation::new()
+            .output(&w, 9, || true)
+            .timeout(Duration::from_millis(300), || false)
+            .pri_select()
+            .map(|c| c.value);
+        (selected, t.elapsed())
+    });
+    // SAFETY: continuing the child stopped above; it ends once its channel fails.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    let _ = h.join();
+    eprintln!("select to a stopped remote reader: {selected:?} after {took:?}");
+    // The reader may have taken the message: neither the output nor the timeout.
+    assert!(selected.is_err(), "{selected:?}");
+    assert!(took < UNANSWERED, "{took:?}");
+}

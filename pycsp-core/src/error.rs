@@ -576,7 +576,8 @@ pub enum TryWriteError<T> {
     Failed(T, ChannelError),
     /// The message was placed and a reader may have taken it when the channel failed (poison
     /// during a rendezvous, a reader that claimed it and died, a socket host that had it and
-    /// was lost or did not answer): the one case where it is
+    /// was lost or did not answer, a remote reader that had it and did not answer): the one
+    /// case where it is
     /// not known whether it was delivered (see the book's delivery contract). The value went
     /// with the message, so it cannot come back.
     Uncertain(ChannelError),

@@ -91,7 +91,9 @@ use crate::error::ChannelError;
 use crate::message::{decode, encode, in_context, write_encoded};
 use crate::shm::arena::Arena;
 use crate::shm::census::{self, Kind};
-use crate::shm::ring::{Chan, Incoming, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED};
+use crate::shm::ring::{
+    Chan, Incoming, HELD_ANSWER_WAIT, PEER_DIED, POISONED, READERS_RETIRED, WRITERS_RETIRED,
+};
 use crate::shm::wait::{wait_parked, Event, Waiting};
 use crate::shm::waiter::{self, Outcome, Waiter};
 use crate::trace;
@@ -915,6 +917,7 @@ fn claimer_lets_go<R>(
             .any(|(j, g)| j != i && looks_ready(g.as_ref(), id, false))
     };
     let mut deadlocked = false;
+    let give_up = wake_at.map(|t| t.max(Instant::now()) + HELD_ANSWER_WAIT);
     loop {
         if me.withdrawable(i) {
             // `Some(None)`: something else to do; `None`: the timeout or a timer is due.
@@ -945,17 +948,23 @@ fn claimer_lets_go<R>(
             let h = chan.events().1.wait_until(None, held, || false);
             return (h.expect("no deadline"), deadlocked);
         }
-        // Until it let go, or says it keeps the message only until asked.
+        // Until it let go, or says it keeps the message only until asked. A claimer decides
+        // at once, but a socket host that sent the message to its remote reader decides only
+        // with that reader's answer: a select that has a timeout or timer waits for it at
+        // most `HELD_ANSWER_WAIT` past that (a reader stopped, or hung, with its connection
+        // up), then fails with `Timeout`: the message may have been taken.
         let h = chan.events().1.wait_until(
-            None,
+            give_up,
             || match held() {
                 Some(h) => Some(Some(h)),
                 None => me.withdrawable(i).then_some(None),
             },
             || false,
         );
-        if let Some(Some(h)) = h {
-            return (h, deadlocked);
+        match h {
+            Some(Some(h)) => return (h, deadlocked),
+            Some(None) => {}
+            None => return (Hold::Failed(ChannelError::Timeout), deadlocked),
         }
     }
 }

@@ -82,6 +82,9 @@ fn env_number<T>(var: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T 
 /// vanished or a link that went down is noticed within about this long.
 pub const LOSS_TIMEOUT: Duration = Duration::from_secs(5);
 
+// A writer waits for a silent remote reader as long as a remote writer waits for a silent host.
+const _: () = assert!(LOSS_TIMEOUT.as_nanos() == crate::shm::ring::HELD_ANSWER_WAIT.as_nanos());
+
 /// Where a socket channel lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Endpoint {

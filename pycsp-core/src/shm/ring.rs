@@ -74,10 +74,20 @@ const KIND_MASK: u32 = 0xff;
 /// instead of yielding and looking often for the slot, as it does while a local reader copies
 /// a message out. A writer's next message in the slot clears it.
 const HELD: u32 = 1 << 13;
+/// Bit of a `HELD` slot's `kind`: the one holding it is a socket host waiting for its remote
+/// reader's answer (not a pump offering it to its host, which bounds its own wait): a writer
+/// whose deadline passed leaves it after [`HELD_ANSWER_WAIT`] (see `withdraw`).
+const FAR_READER: u32 = 1 << 12;
 /// How long a writer that withdraws a message a socket host holds (`HELD`) sleeps at most
 /// before it looks again (the host's decision wakes it), and how many of the looks that give
 /// an undecided reader a moment each such sleep counts for (see `withdraw`).
 const HELD_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a writer whose deadline passed (or a select that asks its message back) waits for
+/// the remote reader a socket host holds its message for (`HELD`) to answer, at most: as long
+/// as a connection may leave data unacknowledged (`net::LOSS_TIMEOUT`, which is checked to be
+/// the same). Past it the writer leaves, its write uncertain (the reader may have taken it);
+/// the host's later decision empties the slot.
+pub(crate) const HELD_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const HELD_RECHECK_LOOKS: u32 = 1 << 10;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
 /// message back to its writer: neither empty nor full for any lap, so no reader or other
@@ -1393,6 +1403,7 @@ impl Chan {
         why: ChannelError,
     ) -> Result<u64, WriteError> {
         let slot = &self.slots[index];
+        let since = Instant::now();
         let withdrawn = || WriteError {
             error: why.clone(),
             placed: false,
@@ -1444,7 +1455,12 @@ impl Chan {
             // then have been taken: the one case where an error does not say "not delivered".
             let f = self.flags();
             let failed = f & PEER_DIED != 0 || !matches!(why, ChannelError::Timeout);
-            if f & POISONED != 0 || (failed && spins > 1 << 16) {
+            // A socket host's remote reader that holds it and does not answer (stopped, or
+            // hung, with its connection up) is not waited for longer than a connection may
+            // leave data unacknowledged: the write is uncertain, as when it died.
+            let silent = slot.kind.load(Ordering::Acquire) & FAR_READER != 0
+                && since.elapsed() >= HELD_ANSWER_WAIT;
+            if f & POISONED != 0 || (failed && spins > 1 << 16) || silent {
                 if slot.kind.fetch_or(GONE, Ordering::SeqCst) & RETURNED != 0 {
                     // A socket host is giving it back (it stores the stamp next): it was
                     // not delivered, and the slot is ours to empty.
@@ -1789,7 +1805,9 @@ impl Chan {
         // Not held any more once back (the next reader may be a local one).
         for t in taken {
             if let Taken::Slot { index, .. } = *t {
-                self.slots[index].kind.fetch_and(!HELD, Ordering::SeqCst);
+                self.slots[index]
+                    .kind
+                    .fetch_and(!(HELD | FAR_READER), Ordering::SeqCst);
             }
         }
         // A reader that moves `head` on meanwhile makes this fail: it took a later message.
@@ -1851,7 +1869,9 @@ impl Chan {
     /// until that reader's `Ack` comes over the network.
     fn mark_held(&self, t: &Taken) {
         if let Taken::Slot { index, .. } = *t {
-            self.slots[index].kind.fetch_or(HELD, Ordering::SeqCst);
+            self.slots[index]
+                .kind
+                .fetch_or(HELD | FAR_READER, Ordering::SeqCst);
         }
     }
 
