@@ -939,3 +939,30 @@ fn a_select_whose_output_went_to_a_remote_reader_that_is_stopped_ends() {
     assert!(selected.is_err(), "{selected:?}");
     assert!(took < UNANSWERED, "{took:?}");
 }
+
+#[test]
+fn a_large_remote_write_with_a_deadline_to_a_stopped_host_on_a_local_socket_ends() {
+    let at = format!("local://pycsp-test-{}-stopped-large", std::process::id());
+    let host = start_host(&at, None, &[]);
+    let pid = host.id() as libc::pid_t;
+    let bytes = Channel::<Vec<u8>>::open(&format!("{at}/bytes")).unwrap();
+    let w = bytes.writer();
+    w.write(vec![1; 16]).unwrap();
+    // SAFETY: stopping the host program the test started (continued below).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (wrote, took) = within(WATCHDOG, "a large write to a stopped host", move || {
+        let t = Instant::now();
+        // Far more than a local socket buffers: the write blocks in the kernel.
+        let wrote = w.write_timeout(vec![7; 8 << 20], Duration::from_millis(300));
+        (
+            format!("{:?}", wrote.map_err(|e| e.error().to_string())),
+            t.elapsed(),
+        )
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    stop(host);
+    eprintln!("a large write_timeout to a stopped host: {wrote} after {took:?}");
+    assert!(wrote.starts_with("Err("), "{wrote}");
+    assert!(took < UNANSWERED, "{took:?}");
+}
