@@ -402,3 +402,44 @@ fn a_process_gets_its_arguments_whole_whether_they_go_with_the_start_or_after_it
         }
     });
 }
+
+/// Run by the test below in a copy of this binary (the spares it stops are that copy's).
+#[test]
+#[ignore = "run by a_start_whose_process_does_not_take_its_arguments_fails_naming_it"]
+fn with_every_spare_stopped() {
+    watchdog::within(Duration::from_secs(60), &[] as &[&str], || {
+        use pycsp::__private::fork_server_spare_pids;
+        Parallel(own_pid()).unwrap();
+        let spares = fork_server_spare_pids();
+        assert!(!spares.is_empty(), "no spare after a start");
+        for &pid in &spares {
+            // SAFETY: stopping a spare of this process's fork server (killed below).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        }
+        // More than a socket holds: the start sends them after its request, to a process
+        // that does not read them.
+        let t = std::time::Instant::now();
+        let started = Spawn(sums(vec![7; 1 << 20]));
+        let took = t.elapsed();
+        for &pid in &spares {
+            // SAFETY: as above; the start reaped the one it killed, the runtime reaps others.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        eprintln!(
+            "a start whose process is stopped: {:?} after {took:?}",
+            started.as_ref().err()
+        );
+        let e = started.expect_err("the start went on with a process that took nothing");
+        let text = e.to_string();
+        assert!(
+            text.contains("sums") && text.contains("arguments"),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(5 + 3), "{took:?}");
+    });
+}
+
+#[test]
+fn a_start_whose_process_does_not_take_its_arguments_fails_naming_it() {
+    run_ignored("with_every_spare_stopped", &[]);
+}

@@ -253,6 +253,20 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     r > 0 && p.revents != 0
 }
 
+/// Waits until socket `fd` takes more bytes (or failed: the next write says how), at most
+/// `timeout` (rounded up to whole milliseconds, as [`wait_readable`]): whether it does.
+pub(crate) fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0 && p.revents != 0
+}
+
 /// Copies up to `buf.len()` bytes that socket `fd` has to read into `buf` without taking them
 /// and without waiting: how many (`Some(0)`: the end of the stream, or an error, which the
 /// next read reports), or `None` when nothing is there yet.

@@ -220,6 +220,14 @@ impl Stream {
         }
     }
 
+    /// Makes reads and writes return at once (`WouldBlock`) instead of waiting, or wait again.
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// Another handle on the same connection.
     pub(crate) fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {

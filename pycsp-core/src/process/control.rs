@@ -6,13 +6,16 @@
 //! [`Kind::Report`] frame (a [`Report`]). A connection that ends without a report means the
 //! child died; a child whose parent's connection ends exits at once.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Frame, FrameError, Kind};
 use crate::net::Stream;
+use crate::sys;
 
 /// The process a child runs: its registered name.
 pub(crate) const ENV_CHILD: &str = "PYCSP_CHILD";
@@ -47,6 +50,20 @@ impl Ctrl {
             Ctrl::Pair(s) => Ctrl::Pair(s.try_clone()?),
             Ctrl::Net(s) => Ctrl::Net(s.try_clone()?),
         })
+    }
+
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Ctrl::Pair(s) => s.set_nonblocking(on),
+            Ctrl::Net(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Ctrl::Pair(s) => s.as_raw_fd(),
+            Ctrl::Net(s) => s.as_raw_fd(),
+        }
     }
 
     /// Ends the connection both ways (the other side reads its end).
@@ -87,6 +104,70 @@ impl Write for Ctrl {
 /// Sends a control frame of `kind`.
 pub(crate) fn send(ctrl: &mut Ctrl, kind: Kind, body: Vec<u8>) -> Result<(), FrameError> {
     frame::write_frame(ctrl, &Frame::new(kind, body))
+}
+
+/// Why a started process did not get its arguments.
+pub(crate) enum ArgsNotSent {
+    /// It took nothing of them for `limit` (stopped, or hung before it reads them).
+    NotTaken(std::time::Duration),
+    /// The connection failed (the process died): how it ended says more.
+    Failed,
+}
+
+/// Why a start failed whose process (`pid`) took none of its arguments for `limit`.
+pub(crate) fn not_taken(pid: u32, limit: std::time::Duration) -> String {
+    format!(
+        "the process (pid {pid}) took none of its arguments for {limit:?}: stopped, or hung \
+         before it read them; it was killed (PYCSP_HANDSHAKE_TIMEOUT sets the deadline)"
+    )
+}
+
+/// Sends a started process its arguments ([`Kind::Args`]), waiting at most `limit` each time
+/// it takes nothing of them: more than a socket holds go in parts, as the process reads them.
+pub(crate) fn send_args(
+    ctrl: &mut Ctrl,
+    args: Vec<u8>,
+    limit: std::time::Duration,
+) -> Result<(), ArgsNotSent> {
+    // A frame's length counts its kind byte; the control frame's limit is what it can say.
+    let Ok(len) = u32::try_from(args.len() + 1) else {
+        return Err(ArgsNotSent::Failed);
+    };
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = Kind::Args as u8;
+    if ctrl.set_nonblocking(true).is_err() {
+        return Err(ArgsNotSent::Failed);
+    }
+    let fd = ctrl.as_raw_fd();
+    let mut bufs = [IoSlice::new(&head), IoSlice::new(&args)];
+    let mut bufs = &mut bufs[..];
+    IoSlice::advance_slices(&mut bufs, 0);
+    // When the process last took some.
+    let mut took = Instant::now();
+    let sent = loop {
+        if bufs.is_empty() {
+            break Ok(());
+        }
+        match ctrl.write_vectored(bufs) {
+            Ok(0) => break Err(ArgsNotSent::Failed),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut bufs, n);
+                took = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let left = limit.saturating_sub(took.elapsed());
+                if left.is_zero() {
+                    break Err(ArgsNotSent::NotTaken(limit));
+                }
+                sys::wait_writable(fd, left);
+            }
+            Err(_) => break Err(ArgsNotSent::Failed),
+        }
+    };
+    let _ = ctrl.set_nonblocking(false);
+    sent
 }
 
 /// Receives the control frame of `kind` and returns its body; any other frame is an error.

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use super::control::{self, Ctrl, ENV_CHILD, ENV_CTRL_FD};
+use super::control::{self, not_taken, ArgsNotSent, Ctrl, ENV_CHILD, ENV_CTRL_FD};
 use super::forkserver::{self, Child, Started};
 use super::launch::{spawn_error, ErasedArgs, Launch};
 use super::running::Running;
@@ -76,7 +76,16 @@ pub(crate) fn start(name: &'static str, args: Box<dyn ErasedArgs>) -> Result<Run
     // If the child died at once, writing fails; `wait` then reports how it died.
     let mut ctrl = Ctrl::Pair(parent_end);
     if !args_sent {
-        let _ = control::send(&mut ctrl, Kind::Args, args);
+        let limit = crate::net::handshake_timeout();
+        if let Err(ArgsNotSent::NotTaken(limit)) = control::send_args(&mut ctrl, args, limit) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(l) = ledger {
+                l.discard();
+            }
+            return Err(fail(not_taken(child.id(), limit)));
+        }
     }
     if matches!(child, Child::Forked { .. }) {
         forkserver::ask_ahead();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::control::{self, Ctrl, ENV_CHILD, ENV_CONTROL, ENV_TICKET};
+use super::control::{self, not_taken, ArgsNotSent, Ctrl, ENV_CHILD, ENV_CONTROL, ENV_TICKET};
 use super::launch::{spawn_error, ErasedArgs, Launch, Placement};
 use super::running::Running;
 use super::table::display_name;
@@ -90,7 +90,17 @@ pub(crate) fn start(
         Err(why) => return Err(kill(&mut child, format!("{why} (launcher {line:?})"))),
     };
     let mut ctrl = Ctrl::Net(s);
-    let _ = control::send(&mut ctrl, Kind::Args, args);
+    // A process that dies at once fails the send; its launcher's end then says how.
+    let limit = crate::net::handshake_timeout();
+    if let Err(ArgsNotSent::NotTaken(limit)) = control::send_args(&mut ctrl, args, limit) {
+        // The launcher's process; the placed process ends when its connection does.
+        ctrl.shutdown();
+        let pid = child.id();
+        return Err(kill(
+            &mut child,
+            format!("{} (launcher {line:?})", not_taken(pid, limit)),
+        ));
+    }
     watch_launcher(name, &child, &ctrl);
     Ok(Running {
         name,
