@@ -914,8 +914,13 @@ fn a_write_with_a_deadline_whose_remote_reader_is_stopped_with_it_ends() {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     let _ = h.join();
     eprintln!("write_timeout to a stopped remote reader: {wrote} after {took:?}");
-    // The host sent it to the reader, which may have taken it: never `Timeout`, never `Ok`.
-    assert!(wrote.starts_with("Err(Uncertain("), "{wrote}");
+    // The host sent it to the reader, which may have taken it: never `Timeout`, never `Ok`;
+    // the error names that reader.
+    assert!(wrote.starts_with("Err(Uncertain(Connection"), "{wrote}");
+    assert!(
+        wrote.contains("read_on") && wrote.contains(&format!("pid {pid}")),
+        "{wrote}"
+    );
     assert!(took < UNANSWERED, "{took:?}");
 }
 
@@ -935,8 +940,14 @@ fn a_select_whose_output_went_to_a_remote_reader_that_is_stopped_ends() {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     let _ = h.join();
     eprintln!("select to a stopped remote reader: {selected:?} after {took:?}");
-    // The reader may have taken the message: neither the output nor the timeout.
-    assert!(selected.is_err(), "{selected:?}");
+    // The reader may have taken the message: neither the output nor the timeout; the error
+    // names that reader.
+    match &selected {
+        Err(ChannelError::Connection { reason, .. }) => {
+            assert!(reason.contains("read_on"), "{reason}")
+        }
+        other => panic!("expected the silent reader's error, got {other:?}"),
+    }
     assert!(took < UNANSWERED, "{took:?}");
 }
 

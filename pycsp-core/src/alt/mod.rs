@@ -787,6 +787,9 @@ fn complete_selected<R>(
                 Hold::Taken => Ok(()),
                 // Left to its claimer (see `after_failure`); a socket end's pump that gave up
                 // on its host says why.
+                Hold::Failed(ChannelError::Timeout) => {
+                    Err(crate::net::server::silent_reader(&chan))
+                }
                 Hold::Failed(e) => Err(crate::net::client::remote_error(&chan, e)),
             };
             // The block is the reader's now (the guard is gone: `run` does not free it).
@@ -952,7 +955,7 @@ fn claimer_lets_go<R>(
         // at once, but a socket host that sent the message to its remote reader decides only
         // with that reader's answer: a select that has a timeout or timer waits for it at
         // most `HELD_ANSWER_WAIT` past that (a reader stopped, or hung, with its connection
-        // up), then fails with `Timeout`: the message may have been taken.
+        // up), then fails (`net::server::silent_reader` names it): it may have taken it.
         let h = chan.events().1.wait_until(
             give_up,
             || match held() {

@@ -158,7 +158,12 @@ impl<T: Serialize> ChannelOut<T> {
                 census::count_message(true);
                 Sent::Written
             }
-            Err(e) if e.placed => Sent::Uncertain(net::client::remote_error(chan, e.error)),
+            Err(e) if e.placed => Sent::Uncertain(match e.error {
+                // Placed at its deadline only when the remote reader that had the message did
+                // not answer (see `Chan::withdraw`): named.
+                ChannelError::Timeout => net::server::silent_reader(chan),
+                error => net::client::remote_error(chan, error),
+            }),
             Err(e) => Sent::Back(value, net::client::remote_error(chan, e.error)),
         }
     }

@@ -72,6 +72,56 @@ struct Host {
 
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
 
+/// The remote readers this process's channels serve now: (channel key, pid, who) of each
+/// reading connection, so that a writer that gave up waiting for one's answer can name it.
+static FAR_READERS: Mutex<Vec<(u64, u32, String)>> = Mutex::new(Vec::new());
+
+/// A reading connection's entry in [`FAR_READERS`], removed when it drops.
+struct FarReader(u64, u32);
+
+impl FarReader {
+    fn new(chan: &Chan, pid: u32, who: &str) -> FarReader {
+        let mut r = FAR_READERS.lock().unwrap_or_else(|p| p.into_inner());
+        r.push((chan.key(), pid, who.to_string()));
+        FarReader(chan.key(), pid)
+    }
+}
+
+impl Drop for FarReader {
+    fn drop(&mut self) {
+        let mut r = FAR_READERS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = r.iter().position(|e| (e.0, e.1) == (self.0, self.1)) {
+            r.swap_remove(i);
+        }
+    }
+}
+
+/// The error of a write (or select) on `chan` that reached its deadline while the reader that
+/// had its message, a remote one of this host, did not answer for `HELD_ANSWER_WAIT`: the
+/// message may have been taken. Names the channel's remote readers (one held it).
+pub(crate) fn silent_reader(chan: &Chan) -> ChannelError {
+    let named: Vec<String> = FAR_READERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|e| e.0 == chan.key())
+        .map(|(_, pid, who)| format!("{who} (pid {pid})"))
+        .collect();
+    let reader = match named.len() {
+        0 => "the reader that took it".to_string(),
+        1 => format!("the remote reader {}", named[0]),
+        _ => format!("one of the remote readers {}", named.join(", ")),
+    };
+    ChannelError::Connection {
+        address: chan.name().to_string(),
+        reason: format!(
+            "{reader} had the message and did not answer for {:?} after the deadline: \
+             whether it took it is not known",
+            crate::shm::ring::HELD_ANSWER_WAIT
+        ),
+    }
+}
+
 fn conn_error(addr: &str, reason: String) -> ChannelError {
     ChannelError::Connection {
         address: addr.to_string(),
@@ -599,6 +649,7 @@ fn serve(mut startup: Startup) {
         handed: open.token.is_some(),
         since: std::cell::Cell::new(None),
     };
+    let _listed = (!writer).then(|| FarReader::new(&conn.chan, conn.pid, &conn.who));
     conn.run(s);
 }
 

@@ -85,8 +85,9 @@ const HELD_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
 /// How long a writer whose deadline passed (or a select that asks its message back) waits for
 /// the remote reader a socket host holds its message for (`HELD`) to answer, at most: as long
 /// as a connection may leave data unacknowledged (`net::LOSS_TIMEOUT`, which is checked to be
-/// the same). Past it the writer leaves, its write uncertain (the reader may have taken it);
-/// the host's later decision empties the slot.
+/// the same). Past it the writer leaves, its write uncertain (the reader may have taken it):
+/// placed, with `Timeout`, the only such case (`net::server::silent_reader` names the
+/// reader); the host's later decision empties the slot.
 pub(crate) const HELD_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const HELD_RECHECK_LOOKS: u32 = 1 << 10;
 /// What a rendezvous slot's stamp is, past its full stamp, once a socket host gave its
