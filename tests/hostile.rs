@@ -82,7 +82,8 @@ fn result_line(out: &std::process::Output) -> String {
 }
 
 /// As `host`: hosts `AT/requests` and `AT/replies` (answering each request with its square)
-/// and `AT/bytes` (reading and dropping every message), says READY, and waits to be killed.
+/// and `AT/bytes` (reading and dropping every message), says `READY` and the address it
+/// listens on (`AT` with the port the system picked, for port 0), and waits to be killed.
 /// As `open`: opens `AT` and says how that went.
 #[test]
 #[ignore = "a separate program, started by the tests below"]
@@ -96,6 +97,12 @@ fn separate_program() {
     match role.as_str() {
         "host" => {
             let requests = Channel::<u64>::named(&format!("{at}/requests")).unwrap();
+            // On port 0 the first channel says the port the system picked: the others join it.
+            let at = requests
+                .name()
+                .strip_suffix("/requests")
+                .unwrap()
+                .to_string();
             let replies = Channel::<u64>::named(&format!("{at}/replies")).unwrap();
             let bytes = Channel::<Vec<u8>>::named(&format!("{at}/bytes")).unwrap();
             let (r, w) = (requests.reader(), replies.writer());
@@ -110,7 +117,7 @@ fn separate_program() {
             });
             let b = bytes.reader();
             std::thread::spawn(move || while b.read().is_ok() {});
-            println!("READY");
+            println!("READY {at}");
             loop {
                 std::thread::park();
             }
@@ -120,9 +127,10 @@ fn separate_program() {
     }
 }
 
-/// A host program at `at`, given this program's key, once it said READY. `nofile` limits its
-/// open descriptors (`ulimit -n`).
-fn start_host(at: &str, nofile: Option<u64>, env: &[(&str, &str)]) -> Child {
+/// A host program at `at` (port 0: one the system picks), given this program's key, once it
+/// said READY, and the address it listens on. `nofile` limits its open descriptors (`ulimit
+/// -n`).
+fn start_host(at: &str, nofile: Option<u64>, env: &[(&str, &str)]) -> (Child, String) {
     let (var, key) = pycsp::net::key_env().unwrap();
     let mut c = program("host", at);
     c.env(var, key).stdout(Stdio::piped());
@@ -147,11 +155,10 @@ fn start_host(at: &str, nofile: Option<u64>, env: &[(&str, &str)]) -> Child {
     }
     let mut host = c.spawn().unwrap();
     let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.unwrap() == "READY"),
-        "the host did not start"
-    );
-    host
+    let listening = lines
+        .find_map(|l| l.unwrap().strip_prefix("READY ").map(str::to_string))
+        .expect("the host did not start");
+    (host, listening)
 }
 
 /// Kills and reaps a host program.
@@ -404,8 +411,7 @@ fn the_handshake_deadline_is_set_by_pycsp_handshake_timeout() {
 
 #[test]
 fn opening_at_a_stopped_host_fails_within_the_deadline() {
-    let at = format!("tcp://127.0.0.1:{}", common::free_port());
-    let host = start_host(&at, None, &[]);
+    let (host, at) = start_host("tcp://127.0.0.1:0", None, &[]);
     // SAFETY: stopping the host program we started.
     unsafe { libc::kill(host.id() as libc::pid_t, libc::SIGSTOP) };
     let t = Instant::now();
@@ -526,9 +532,8 @@ fn a_placed_process_is_started_although_strangers_connect_first_to_its_call_back
 
 #[test]
 fn a_host_flooded_by_1000_silent_connections_serves_a_client_with_bounded_threads_and_fds() {
-    let port = common::free_port();
-    let at = format!("tcp://127.0.0.1:{port}");
-    let host = start_host(&at, None, &[]);
+    let (host, at) = start_host("tcp://127.0.0.1:0", None, &[]);
+    let port = common::port_of(&format!("{at}/requests"));
     let pid = host.id();
     let silent = silent_connections(port, 1000);
     // The accept queue is served in order: once the client is served, the host has taken
@@ -557,10 +562,9 @@ fn a_host_at_its_descriptor_limit_serves_a_client_and_stays_idle() {
     // `ulimit -n 256` and 400 idle connections: with the default cap on unauthenticated
     // connections, and with a cap above the limit so that accept meets EMFILE.
     for cap in [None, Some("1000")] {
-        let port = common::free_port();
-        let at = format!("tcp://127.0.0.1:{port}");
         let env: Vec<(&str, &str)> = cap.map(|c| ("PYCSP_MAX_STARTUPS", c)).into_iter().collect();
-        let host = start_host(&at, Some(256), &env);
+        let (host, at) = start_host("tcp://127.0.0.1:0", Some(256), &env);
+        let port = common::port_of(&format!("{at}/requests"));
         let pid = host.id();
         let idle = silent_connections(port, 400);
         let a = at.clone();
@@ -600,8 +604,7 @@ fn a_host_at_its_descriptor_limit_serves_a_client_and_stays_idle() {
 fn an_over_size_message_is_refused_at_the_writer_before_anything_is_sent() {
     let max = pycsp::net::frame::MAX_MESSAGE;
     // A remote end (a proxy in this process).
-    let at = format!("tcp://127.0.0.1:{}", common::free_port());
-    let host = start_host(&at, None, &[]);
+    let (host, at) = start_host("tcp://127.0.0.1:0", None, &[]);
     let a = at.clone();
     let r = within(WATCHDOG, "an over-size remote write", move || {
         let w = Channel::<Vec<u8>>::open(&format!("{a}/bytes"))?.writer();
@@ -726,8 +729,7 @@ fn what_a_child_sees(at: String, key: Vec<u8>) -> (bool, bool, Result<u64, Strin
 
 #[test]
 fn started_processes_get_the_key_but_not_in_their_environment() {
-    let at = format!("tcp://127.0.0.1:{}", common::free_port());
-    let host = start_host(&at, None, &[]);
+    let (host, at) = start_host("tcp://127.0.0.1:0", None, &[]);
     let k = key();
     let (local, placed) = within(WATCHDOG, "two started processes", {
         let at = at.clone();
@@ -829,8 +831,7 @@ fn ends_at_a_stopped_host(
 
 #[test]
 fn a_remote_write_or_select_with_a_deadline_at_a_stopped_host_ends() {
-    let at = format!("tcp://127.0.0.1:{}", common::free_port());
-    let host = start_host(&at, None, &[]);
+    let (host, at) = start_host("tcp://127.0.0.1:0", None, &[]);
     let pid = host.id() as libc::pid_t;
     let (w1, w2, r) = ends_at_a_stopped_host(&at, &host);
     let (wrote, selected) = within(
@@ -954,7 +955,7 @@ fn a_select_whose_output_went_to_a_remote_reader_that_is_stopped_ends() {
 #[test]
 fn a_large_remote_write_with_a_deadline_to_a_stopped_host_on_a_local_socket_ends() {
     let at = format!("local://pycsp-test-{}-stopped-large", std::process::id());
-    let host = start_host(&at, None, &[]);
+    let (host, _) = start_host(&at, None, &[]);
     let pid = host.id() as libc::pid_t;
     let bytes = Channel::<Vec<u8>>::open(&format!("{at}/bytes")).unwrap();
     let w = bytes.writer();

@@ -407,8 +407,9 @@ fn program(at: &str) -> Command {
 /// The capacity of the channel the separate host hosts.
 const HOSTED: usize = 32;
 
-/// The separate program: hosts `AT` (buffered, [`HOSTED`]), prints `READY`, then `GOT v` for
-/// each message it reads, until it is killed.
+/// The separate program: hosts `AT` (buffered, [`HOSTED`]), prints `READY` and the channel's
+/// name (with the port the system picked, for port 0), then `GOT v` for each message it
+/// reads, until it is killed.
 #[test]
 #[ignore = "a separate program, started by the test below"]
 fn separate_host() {
@@ -417,7 +418,7 @@ fn separate_host() {
     };
     let hosted = Channel::<u64>::named_buffered(&at, HOSTED).unwrap();
     let r = hosted.reader();
-    println!("READY");
+    println!("READY {}", hosted.name());
     while let Ok(v) = r.read() {
         println!("GOT {v}");
     }
@@ -428,9 +429,8 @@ fn separate_host() {
 
 #[test]
 fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_confirmed() {
-    // The host is a separate program, which binds the port it is given: one free now.
-    let elsewhere = format!("tcp://127.0.0.1:{}/doomed", common::free_port());
-    for at in [elsewhere, local("doomed")] {
+    // The host is a separate program; on port 0 it says the port it listens on.
+    for at in [tcp("doomed"), local("doomed")] {
         let (var, key) = pycsp::net::key_env().unwrap();
         let mut host = program(&at)
             .env(var, key)
@@ -444,14 +444,14 @@ fn a_writer_whose_host_is_killed_mid_stream_learns_how_many_messages_were_not_co
         let lines = std::thread::spawn(move || {
             for l in std::io::BufReader::new(out).lines() {
                 let l = l.unwrap();
-                if l == "READY" {
-                    ready_tx.send(()).unwrap();
+                if let Some(name) = l.strip_prefix("READY ") {
+                    ready_tx.send(name.to_string()).unwrap();
                 } else if let Some(v) = l.strip_prefix("GOT ") {
                     let _ = got_tx.send(v.parse().unwrap());
                 }
             }
         });
-        ready.recv_timeout(PROMPT).expect("the host is ready");
+        let at = ready.recv_timeout(PROMPT).expect("the host is ready");
         let a = at.clone();
         let writer = std::thread::spawn(move || {
             let w = Channel::<u64>::open(&a).unwrap().writer();

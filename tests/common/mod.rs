@@ -44,10 +44,11 @@ pub fn timing() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A TCP port that is free now on every address of this host, for another process to bind (a
-/// host program a test starts, a daemon's configuration). A channel the test's own process
-/// hosts binds port 0 instead and learns its port with [`port_of`]: a port checked free here
-/// can still be taken by another socket before it is bound.
+/// A TCP port that is free now on every address of this host, for another process to bind
+/// that must be told its port in advance (a daemon's configuration file). A channel the
+/// test's own process hosts binds port 0 instead and learns its port with [`port_of`], and a
+/// host program a test starts is given port 0 and says which port it got: a port checked free
+/// here can still be taken by another socket before it is bound.
 ///
 /// It is chosen outside the kernel's ephemeral range (32768-60999 here): a port that `bind(0)`
 /// handed out and then freed can be taken again at once by any connecting or listening socket
