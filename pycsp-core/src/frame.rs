@@ -437,15 +437,21 @@ pub(crate) fn append_frame(out: &mut Vec<u8>, kind: Kind, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// The head of a frame of `kind` with a body of `body_len` bytes (its length, which counts
+/// the kind byte, then the kind), or `None` for a body longer than a frame length can say
+/// (`u32::MAX - 1` bytes).
+pub(crate) fn head(kind: Kind, body_len: usize) -> Option<[u8; 5]> {
+    let len = u32::try_from(body_len.checked_add(1)?).ok()?;
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = kind as u8;
+    Some(head)
+}
+
 /// Writes one frame. A body longer than a frame length can say (`u32::MAX - 1` bytes) is
 /// refused with [`FrameError::TooLarge`] before anything is written.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
-    let len = frame
-        .body
-        .len()
-        .checked_add(1)
-        .filter(|&l| l <= u32::MAX as usize);
-    let Some(len) = len else {
+    let Some(head) = head(frame.kind, frame.body.len()) else {
         return Err(FrameError::TooLarge {
             len: frame.body.len().saturating_add(1),
             max: u32::MAX as usize,
@@ -454,9 +460,6 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), FrameError> 
     if frame.body.len() <= ONE_WRITE {
         return w.write_all(&frame.encode()).map_err(io_error);
     }
-    let mut head = [0u8; 5];
-    head[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    head[4] = frame.kind as u8;
     write_all_two(w, &head, &frame.body).map_err(io_error)
 }
 

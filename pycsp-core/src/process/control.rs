@@ -129,13 +129,9 @@ pub(crate) fn send_args(
     args: Vec<u8>,
     limit: std::time::Duration,
 ) -> Result<(), ArgsNotSent> {
-    // A frame's length counts its kind byte; the control frame's limit is what it can say.
-    let Ok(len) = u32::try_from(args.len() + 1) else {
+    let Some(head) = frame::head(Kind::Args, args.len()) else {
         return Err(ArgsNotSent::Failed);
     };
-    let mut head = [0u8; 5];
-    head[..4].copy_from_slice(&len.to_le_bytes());
-    head[4] = Kind::Args as u8;
     if ctrl.set_nonblocking(true).is_err() {
         return Err(ArgsNotSent::Failed);
     }
