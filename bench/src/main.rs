@@ -293,6 +293,7 @@ fn main() {
     let mut socket_pairs: Vec<(&'static str, f64, f64, f64, f64)> = Vec::new();
     let mut mib_tcp_over_raw = f64::NAN;
     let mut tcp_over_raw_tcp = f64::NAN;
+    let mut local_over_raw_rendezvous = f64::NAN;
     for (socket, label) in [
         (pycsp_rows::Socket::Local, "local socket"),
         (pycsp_rows::Socket::Tcp, "TCP loopback"),
@@ -316,11 +317,23 @@ fn main() {
             tcp_over_raw_tcp = over_raw;
             (rt, uds_rt, rt_ratio)
         } else {
-            stats::measure_pair(
+            // A third row in the same alternation: the least a rendezvous pair does over a
+            // Unix socket per channel (each message confirmed, as pycsp's), the floor of
+            // pycsp's wire design under its local round trip.
+            let (rt, uds_rt, raw_rt, rt_ratio, over_raw) = stats::measure_three(
                 ("sockets", &rt_name, "ns", &mut rt_f),
                 ("peers", &uds_name, "ns", &mut uds_f),
+                (
+                    "limit",
+                    "raw rendezvous pair, a Unix socket per channel (RTT)",
+                    "ns",
+                    || raw::uds_rendezvous_rtt(20_000 * k),
+                ),
                 t,
-            )
+            );
+            rows.push(raw_rt);
+            local_over_raw_rendezvous = over_raw;
+            (rt, uds_rt, rt_ratio)
         };
         let (brt, buds_rt, brt_ratio) = stats::measure_pair(
             (
@@ -679,6 +692,22 @@ fn main() {
                 met: reader_vs_ipc >= 3.0,
             },
         ]);
+    }
+    // Beside the local round-trip target: the floor of the wire design, a raw rendezvous
+    // pair over a Unix socket per channel, in the same trials.
+    if let Some(at) = targets
+        .iter()
+        .position(|t| t.what == "local socket RTT / raw Unix socket (paired)")
+    {
+        targets.insert(
+            at + 1,
+            Target {
+                what: "local socket RTT / raw rendezvous pair over Unix sockets (paired)",
+                value: local_over_raw_rendezvous,
+                goal: "info",
+                met: true,
+            },
+        );
     }
     // Beside the TCP round-trip target: its floor, a raw TCP round trip in the same trials.
     if let Some(at) = targets

@@ -151,6 +151,46 @@ pub fn tcp_rtt(iters: u64) -> f64 {
     ns
 }
 
+/// Round trip in ns of the least a rendezvous channel pair over sockets can do with a
+/// connection per channel end, as pycsp's: two Unix socket pairs (the ping's channel and the
+/// pong's), one thread on each side. The echo reads the ping's 8-byte message, confirms it
+/// (one byte back: the writer of a rendezvous channel returns once its reader took the
+/// message), writes the pong on the other socket and waits for its confirmation; this
+/// process writes the ping, waits for its confirmation, reads the pong and confirms it. Still
+/// two crossings per round trip, as the echo of [`crate::peers::uds_rtt`], but four system
+/// calls on each side where that echo makes two.
+pub fn uds_rendezvous_rtt(iters: u64) -> f64 {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut ping, mut ping_far) = UnixStream::pair().unwrap();
+    let (mut pong, mut pong_far) = UnixStream::pair().unwrap();
+    let pid = fork_child(|| {
+        let mut buf = [0u8; 8];
+        let mut done = [0u8; 1];
+        for _ in 0..iters {
+            let ok = ping_far.read_exact(&mut buf).is_ok()
+                && ping_far.write_all(&[1]).is_ok()
+                && pong_far.write_all(&buf).is_ok()
+                && pong_far.read_exact(&mut done).is_ok();
+            if !ok {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 8];
+    let mut ack = [0u8; 1];
+    let start = Instant::now();
+    for i in 0..iters {
+        ping.write_all(&i.to_le_bytes()).unwrap();
+        ping.read_exact(&mut ack).unwrap();
+        pong.read_exact(&mut buf).unwrap();
+        pong.write_all(&[1]).unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    reap(pid);
+    ns
+}
+
 /// One step of a spinning wait: a `pause`, and every [`spins_per_yield`] of them a yield of
 /// the CPU, so that the peer gets it when the two share one (a bench on one CPU, such as a
 /// container limited to it: each hand-over cost a time slice, and the rows never ended).
