@@ -17,12 +17,15 @@ fn producer(out: ChannelOut<u64>) -> Result<(), ChannelError> {
     (0..).try_for_each(|i| out.write(i))
 }
 
-/// Reads slowly: the buffer stays full and the producer waits to write.
+/// Reads slowly: the buffer stays full and the producer waits to write. Slowly enough that
+/// the producer, woken by each read, is back asleep on the full buffer almost all the time
+/// also on a loaded machine (a read every 2 ms left it runnable, waiting for a CPU, for much
+/// of each period beside two busy processes, and the screen seldom caught it blocked).
 #[process]
 fn consumer(inp: ChannelIn<u64>) -> Result<(), ChannelError> {
     loop {
         inp.read()?;
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -34,6 +37,21 @@ fn until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T 
             return v;
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` until it gives a value, at most `limit`; `Err(what)` when the time is up (for a
+/// caller that says more about what it saw).
+fn until_or<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            return Err(what.to_string());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -113,8 +131,10 @@ fn pycsp_top_shows_processes_and_channels_in_a_terminal_and_quits_on_q() {
 
     // Rows: the producer waits to write `numbers`, the consumer runs; both have counted
     // messages; the channel is a full buffered(16) with a writer asleep on it.
-    let screen = until(Duration::from_secs(30), "pycsp-top's rows", || {
+    let mut last = String::new();
+    let screen = until_or(Duration::from_secs(30), "pycsp-top's rows", || {
         let screen = capture();
+        last.clone_from(&screen);
         let producer = rows_with(&screen, "producer");
         let consumer = rows_with(&screen, "consumer");
         let channel = rows_with(&screen, "numbers")
@@ -130,7 +150,8 @@ fn pycsp_top_shows_processes_and_channels_in_a_terminal_and_quits_on_q() {
             && channel.contains("16/16")
             && numbers(channel).get(3) >= Some(&1);
         ok.then_some(screen)
-    });
+    })
+    .unwrap_or_else(|what| panic!("timed out waiting for {what}; the last screen:\n{last}"));
     assert!(
         screen.contains("PROCESS") && screen.contains("BLOCKED W"),
         "{screen}"
