@@ -693,36 +693,30 @@ fn main() {
             },
         ]);
     }
-    // Beside the local round-trip target: the floor of the wire design, a raw rendezvous
-    // pair over a Unix socket per channel, in the same trials.
-    if let Some(at) = targets
-        .iter()
-        .position(|t| t.what == "local socket RTT / raw Unix socket (paired)")
-    {
-        targets.insert(
-            at + 1,
-            Target {
-                what: "local socket RTT / raw rendezvous pair over Unix sockets (paired)",
-                value: local_over_raw_rendezvous,
+    // Beside each round-trip target, its floor measured in the same trials (an info ratio):
+    // over a local socket, the wire design's (a raw rendezvous pair over a Unix socket per
+    // channel); over TCP, TCP's own (a raw TCP round trip).
+    for (beside, what, value) in [
+        (
+            "local socket RTT / raw Unix socket (paired)",
+            "local socket RTT / raw rendezvous pair over Unix sockets (paired)",
+            local_over_raw_rendezvous,
+        ),
+        (
+            "TCP RTT / raw Unix socket RTT (paired)",
+            "TCP RTT / raw TCP loopback RTT (paired)",
+            tcp_over_raw_tcp,
+        ),
+    ] {
+        if let Some(at) = targets.iter().position(|t| t.what == beside) {
+            let info = Target {
+                what,
+                value,
                 goal: "info",
                 met: true,
-            },
-        );
-    }
-    // Beside the TCP round-trip target: its floor, a raw TCP round trip in the same trials.
-    if let Some(at) = targets
-        .iter()
-        .position(|t| t.what == "TCP RTT / raw Unix socket RTT (paired)")
-    {
-        targets.insert(
-            at + 1,
-            Target {
-                what: "TCP RTT / raw TCP loopback RTT (paired)",
-                value: tcp_over_raw_tcp,
-                goal: "info",
-                met: true,
-            },
-        );
+            };
+            targets.insert(at + 1, info);
+        }
     }
     targets.push(Target {
         what: "TCP 1 MiB / raw TCP 1 MiB writes (paired)",
