@@ -579,11 +579,15 @@ fn run_case_within(
             break;
         }
         if start.elapsed() > limit {
+            // What the network looked like, for whoever reads the failure: its processes and
+            // channels, and each process's threads (a socket thread that is not parked, or a
+            // count that moves, keeps a deadlock from being declared).
+            let seen = hung_network(child.id());
             let _ = child.kill();
             let _ = child.wait();
             let err = err_reader.join().unwrap();
             return (
-                format!("hung: no end within {limit:?}"),
+                format!("hung: no end within {limit:?}\n{seen}\nits standard error:\n{err}"),
                 err,
                 start.elapsed(),
             );
@@ -599,6 +603,55 @@ fn run_case_within(
         .unwrap();
     let err = err_reader.join().unwrap();
     (out, err, start.elapsed())
+}
+
+/// The network of the root `pid` as it is now: a snapshot of its processes and channels, and
+/// the name, state and kernel wait of each thread of the root and of every process under it
+/// (placed processes are in networks of their own, under their launchers).
+fn hung_network(pid: u32) -> String {
+    let mut out = match pycsp::Network::attach(pid) {
+        Ok(n) => format!("{:#?}\n", n.snapshot()),
+        Err(e) => format!("(no network to look at: {e})\n"),
+    };
+    // `pid (comm) state ppid ...`: the name may hold spaces; the fields follow its last `)`.
+    let stat = |path: std::path::PathBuf| -> Option<(String, String, u32)> {
+        let s = std::fs::read_to_string(path).ok()?;
+        let (a, b) = (s.find('(')?, s.rfind(')')?);
+        let mut rest = s.get(b + 1..)?.split_whitespace();
+        let state = rest.next()?.to_string();
+        let ppid = rest.next()?.parse().ok()?;
+        Some((s.get(a + 1..b)?.to_string(), state, ppid))
+    };
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if stat(e.path().join("stat")).is_some_and(|(_, _, pp)| pp == parent) {
+                family.push(p);
+            }
+        }
+        i += 1;
+    }
+    for p in family {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some((name, state, _)) = stat(t.path().join("stat")) else {
+                continue;
+            };
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            out += &format!(
+                "  pid {p} thread {}: {name}, {state} in {wchan}\n",
+                t.file_name().to_string_lossy()
+            );
+        }
+    }
+    out
 }
 
 fn in_case(name: &str) {
