@@ -237,6 +237,19 @@ pub(crate) fn socket_hung_up(fd: RawFd) -> bool {
     r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
+/// Bytes that arrived on socket `fd` and were not read yet (`FIONREAD`, which is `SIOCINQ`
+/// for TCP and for Unix stream sockets); 0 if it cannot tell.
+pub(crate) fn unread_bytes(fd: RawFd) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points to `n`.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r == 0 {
+        n.max(0) as u64
+    } else {
+        0
+    }
+}
+
 /// Waits up to `timeout` until socket `fd` has bytes to read or hung up; returns whether it
 /// has. `poll` counts whole milliseconds: a timeout that is not one is rounded up (rounded
 /// down, a wait of less than 1 ms returned at once, and a loop waiting until a deadline spun

@@ -1393,7 +1393,17 @@ impl Pump {
         if self.host == 0 {
             return None;
         }
-        stream::park_for_peer(census::Kind::Write, &self.proxy, true, self.host, None)
+        // The host's frames that come meanwhile wait in the socket until the user took this
+        // message (nothing else ends the wait).
+        let unread = sys::unread_bytes(self.s.as_raw_fd());
+        stream::park_for_peer(
+            census::Kind::Write,
+            &self.proxy,
+            true,
+            self.host,
+            None,
+            unread,
+        )
     }
 
     /// Leaves the connection to the user's own reads (see `direct.rs`) until the pump must go

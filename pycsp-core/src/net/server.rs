@@ -1095,7 +1095,8 @@ impl Conn<'_> {
                 // The remote select is part of a deadlock: its offer fails with it.
                 return Ok(Err(ChannelError::Deadlock));
             }
-            self.publish(&mut parked, true);
+            // It watches the connection (above): what comes is in flight until read.
+            self.publish(&mut parked, true, 0);
             let step = if stop.is_some() { TICK } else { OFFER_STEP };
             match attempt(Some(Instant::now() + step), stop) {
                 Err(ChannelError::Timeout) => {}
@@ -1142,6 +1143,10 @@ impl Conn<'_> {
             r.ok()?;
         }
         let mut parked: Option<census::Parked> = None;
+        // The peer's frames that came after this one wait in the socket until the message is
+        // placed (only a hang-up is looked for meanwhile): published as received, and
+        // published anew when more come.
+        let mut unread = 0;
         loop {
             match attempt(Some(Instant::now() + TICK)) {
                 Err(ChannelError::Timeout) => {
@@ -1152,7 +1157,12 @@ impl Conn<'_> {
                         // The remote writer is part of a deadlock: its write fails with it.
                         return Some(Err(ChannelError::Deadlock));
                     }
-                    self.publish(&mut parked, true);
+                    let now = sys::unread_bytes(s.as_raw_fd());
+                    if now != unread {
+                        unread = now;
+                        parked = None;
+                    }
+                    self.publish(&mut parked, true, unread);
                 }
                 r => {
                     if r.is_ok() {
@@ -1195,7 +1205,9 @@ impl Conn<'_> {
                         // The remote reader is part of a deadlock: its read fails with it.
                         return Outcome::Failed(ChannelError::Deadlock);
                     }
-                    self.publish(&mut parked, false);
+                    // Anything that comes on the connection ends this wait (above): in
+                    // flight until this thread reads it.
+                    self.publish(&mut parked, false, 0);
                 }
                 Err(e) => return Outcome::Failed(e),
             }
@@ -1205,8 +1217,9 @@ impl Conn<'_> {
     /// This thread waits (in steps of [`TICK`]) to read (`write` false) or write the channel
     /// for the peer: published for the census as the peer's operation, with the futex word
     /// its side sleeps on as it is now (published anew when it moved: the next step sees
-    /// what moved it).
-    fn publish(&self, parked: &mut Option<census::Parked>, write: bool) {
+    /// what moved it), and `unread` bytes of the connection that it will not read before the
+    /// operation is done (see `stream::park_for_peer`).
+    fn publish(&self, parked: &mut Option<census::Parked>, write: bool, unread: u64) {
         if parked.as_ref().is_some_and(census::Parked::unchanged) {
             return;
         }
@@ -1219,7 +1232,7 @@ impl Conn<'_> {
         } else {
             census::Kind::Read
         };
-        *parked = super::stream::park_for_peer(kind, &self.chan, write, self.pid, since);
+        *parked = super::stream::park_for_peer(kind, &self.chan, write, self.pid, since, unread);
         if let Some(p) = parked {
             self.since.set(Some(p.since()));
         }

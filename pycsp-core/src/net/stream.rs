@@ -372,16 +372,23 @@ pub(crate) fn idle(
 /// This socket thread waits in a `kind` operation on the `write` (or read) side of `chan` for
 /// the peer `peer` of its connection, having sent and received what [`bytes`] says: published
 /// for the census while the guard lives (`since`: the deadlock count when the operation first
-/// waited, if it waited before).
+/// waited, if it waited before). `unread`: bytes that came on the connection and that this
+/// thread reads only once its operation is done (it does not watch the socket meanwhile, so
+/// they cannot end its wait): counted as received, so that the connection is idle for the
+/// census, as it is. (Counted as in flight, a buffered remote writer's last `Write`, which
+/// came after its host's connection thread blocked on the full channel, kept a deadlock of
+/// the two from ever being declared.)
 pub(crate) fn park_for_peer(
     kind: crate::shm::census::Kind,
     chan: &crate::shm::ring::Chan,
     write: bool,
     peer: u32,
     since: Option<u64>,
+    unread: u64,
 ) -> Option<crate::shm::census::Parked> {
     use crate::shm::census::Item;
     let (sent, got) = bytes();
+    let got = got.wrapping_add(unread);
     let item = |key| Item {
         key,
         write: false,
