@@ -872,3 +872,42 @@ fn a_remote_rendezvous_try_write_with_no_reader_fails_at_once() {
     drop(c);
     assert_eq!(r.read_timeout(PROMPT), Err(ChannelError::Retired));
 }
+
+/// Writes `n` messages, then poisons its channel.
+#[process]
+fn write_n_then_poison(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
+    for i in 0..n {
+        out.write(i)?;
+    }
+    out.poison();
+    Ok(())
+}
+
+/// A remote writer whose earlier messages wait for room in a full channel at its host, and
+/// which then poisons it: the poison reaches the host at once, as in shared memory (it waited
+/// behind them: the writer's pump waited for their confirmations on the socket, the host's
+/// connection thread for room to place the first, and a writer of the host waited for ever).
+#[test]
+fn a_remote_writers_poison_reaches_a_channel_whose_buffer_is_full() {
+    // As many messages as the remote end holds back (the host's window of unconfirmed
+    // writes and the proxy's buffer, the capacity each), so that its writes return.
+    for (capacity, n) in [(1, 2), (4, 8)] {
+        let c = Channel::<u64>::named_buffered("tcp://127.0.0.1:0/full-then-poisoned", capacity)
+            .unwrap();
+        let w = c.writer();
+        for i in 0..capacity as u64 {
+            w.write(100 + i).unwrap();
+        }
+        let h = Spawn(write_n_then_poison(c.writer(), n).on(Placement::launcher("{cmd}"))).unwrap();
+        let t = std::time::Instant::now();
+        let wrote = w.write_timeout(200, std::time::Duration::from_secs(20));
+        let took = t.elapsed();
+        assert_eq!(h.join().unwrap(), Ok(()));
+        eprintln!("capacity {capacity}: the host's write {wrote:?} after {took:?}");
+        assert_eq!(
+            wrote,
+            Err(WriteTimeoutError::Failed(200, ChannelError::Poisoned))
+        );
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    }
+}

@@ -300,6 +300,43 @@ impl FrameReader {
         self.at < self.end
     }
 
+    /// Whether a frame of `kind` comes among the next frames: those whose heads are buffered
+    /// here, then in `more` (the bytes that follow, peeked from the socket). Looks at frame
+    /// heads only; stops at a length of 0 or where the bytes end.
+    pub(crate) fn announces(&self, kind: Kind, more: &[u8]) -> bool {
+        let rest = &self.buf[self.at..self.end];
+        let byte = |i: usize| {
+            if i < rest.len() {
+                rest.get(i).copied()
+            } else {
+                more.get(i - rest.len()).copied()
+            }
+        };
+        let mut at = 0usize;
+        loop {
+            let (Some(a), Some(b), Some(c), Some(d), Some(k)) = (
+                byte(at),
+                byte(at + 1),
+                byte(at + 2),
+                byte(at + 3),
+                byte(at + 4),
+            ) else {
+                return false;
+            };
+            let len = u32::from_le_bytes([a, b, c, d]) as usize;
+            if len == 0 {
+                return false;
+            }
+            if k == kind as u8 {
+                return true;
+            }
+            at = match at.checked_add(4 + len) {
+                Some(next) => next,
+                None => return false,
+            };
+        }
+    }
+
     /// Whether a whole frame (or a malformed one) is buffered.
     pub(crate) fn has_frame(&self, max: usize) -> bool {
         !matches!(parse(&self.buf[self.at..self.end], max), Ok(None))

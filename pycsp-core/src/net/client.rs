@@ -1037,6 +1037,11 @@ impl Pump {
                     Some(wait::passed())
                 };
                 if window >= limit {
+                    if self.proxy.state_flags() & POISONED != 0 {
+                        // The user poisoned while the host holds back the window: poison is
+                        // immediate, whatever waits for room.
+                        stop = Some(ChannelError::Poisoned);
+                    }
                     break;
                 }
                 if deadline.is_none() && !inbox.buffered() && self.await_direct_writes() {
@@ -1142,7 +1147,7 @@ impl Pump {
                 continue;
             }
             // Confirmations: wait for one if nothing new was sent, else take what is there.
-            let r = self.confirmations(&mut inbox, &mut window, &mut markers, gathered == 0);
+            let r = self.confirmations(&mut inbox, &mut window, &mut markers, gathered == 0, true);
             match r {
                 Ok(()) => {}
                 Err(Stop::Lost(e)) => {
@@ -1213,19 +1218,32 @@ impl Pump {
 
     /// Reads the host's answers to the writes in `window` (waiting for one if `wait`, else
     /// only what has arrived) and confirms them: each `Done` empties the oldest slot of the
-    /// window, which lets a blocked writer go on.
+    /// window, which lets a blocked writer go on. A wait for them also ends, with nothing
+    /// read, once the user poisons the proxy (`poison_ends`: its `Poison` goes out at once,
+    /// not after confirmations that a full channel at the host holds back).
     fn confirmations(
         &mut self,
         inbox: &mut FrameReader,
         window: &mut u64,
         markers: &mut VecDeque<u64>,
         wait: bool,
+        poison_ends: bool,
     ) -> Result<(), Stop> {
         if !inbox.has_frame(MAX_FRAME) {
             if !wait && !sys::wait_readable(self.s.as_raw_fd(), Duration::ZERO) {
                 return Ok(());
             }
-            stream::await_readable(&self.s, self.host, self.info.writer, &self.proxy);
+            let proxy = self.proxy;
+            let poisoned = || poison_ends && proxy.state_flags() & POISONED != 0;
+            if !stream::await_readable_unless(
+                &self.s,
+                self.host,
+                self.info.writer,
+                &self.proxy,
+                &poisoned,
+            ) {
+                return Ok(());
+            }
             inbox.fill(&mut self.s).map_err(Stop::Lost)?;
         }
         let mut done = 0u64;
@@ -1282,7 +1300,7 @@ impl Pump {
     ) -> Result<(), Stop> {
         let _ = self.s.set_deadline(Some(LOSS_TIMEOUT));
         while *window > 0 {
-            self.confirmations(inbox, window, markers, true)?;
+            self.confirmations(inbox, window, markers, true, false)?;
         }
         for _ in 0..more {
             let f = inbox.next(&mut self.s, MAX_FRAME).map_err(Stop::Lost)?;

@@ -846,7 +846,7 @@ impl Conn<'_> {
                     if let Err(reason) = (self.validate)(self.chan, &frame.body) {
                         return self.not_a_message(reason);
                     }
-                    let r = self.write(s, &frame.body, &mut replies);
+                    let r = self.write(s, &inbox, &frame.body, &mut replies);
                     inbox.recycle(frame.body);
                     match r {
                         Some(r) => r,
@@ -982,7 +982,7 @@ impl Conn<'_> {
             }
             self.offer_with(s, inbox, &mut attempt).map(Some)
         } else {
-            Ok(self.put(s, replies, |deadline| attempt(deadline, None)))
+            Ok(self.put(s, inbox, replies, |deadline| attempt(deadline, None)))
         };
         if !placed {
             arena.free_block(offset);
@@ -1113,10 +1113,11 @@ impl Conn<'_> {
     fn write(
         &self,
         s: &mut Stream,
+        inbox: &FrameReader,
         body: &[u8],
         replies: &mut Vec<u8>,
     ) -> Option<Result<(), ChannelError>> {
-        self.put(s, replies, |deadline| {
+        self.put(s, inbox, replies, |deadline| {
             write_encoded(&self.chan, body, deadline)
         })
     }
@@ -1124,10 +1125,14 @@ impl Conn<'_> {
     /// Writes a message for the peer with `attempt` (a write into the channel with the
     /// deadline it is given), as often as it takes: `None` if the peer hung up before the
     /// message was placed. The answers gathered in `replies` go out first if the write has to
-    /// wait.
+    /// wait. A `Poison` the peer sent after it (buffered in `inbox`, or in the socket) poisons
+    /// the channel at once: the write then fails, and the frame is still read and answered in
+    /// its turn (poison is immediate, as in shared memory, not behind messages that wait for
+    /// room).
     fn put(
         &self,
         s: &mut Stream,
+        inbox: &FrameReader,
         replies: &mut Vec<u8>,
         mut attempt: impl FnMut(Option<Instant>) -> Result<(), ChannelError>,
     ) -> Option<Result<(), ChannelError>> {
@@ -1161,6 +1166,10 @@ impl Conn<'_> {
                     if now != unread {
                         unread = now;
                         parked = None;
+                    }
+                    if poison_comes(s, inbox, now) {
+                        self.chan.poison();
+                        continue;
                     }
                     self.publish(&mut parked, true, unread);
                 }
@@ -1344,6 +1353,25 @@ impl Drop for Acks<'_> {
         self.end();
     }
 }
+
+/// Whether the peer sent a `Poison` that this connection has not read yet: among the frames
+/// buffered in `inbox`, then in the `unread` bytes of the socket (the first [`POISON_LOOK`]
+/// of them, peeked).
+fn poison_comes(s: &Stream, inbox: &FrameReader, unread: u64) -> bool {
+    if inbox.announces(Kind::Poison, &[]) {
+        return true;
+    }
+    if unread == 0 {
+        return false;
+    }
+    let mut more = vec![0u8; (unread as usize).min(POISON_LOOK)];
+    let n = sys::peek(s.as_raw_fd(), &mut more).unwrap_or(0);
+    inbox.announces(Kind::Poison, &more[..n])
+}
+
+/// How many unread bytes of its socket a connection waiting to place a message looks through
+/// for a `Poison` (a `Poison` behind more than this many bytes of messages waits its turn).
+const POISON_LOOK: usize = 64 << 10;
 
 /// How many messages a remote reader of `chan` may ask for ahead (said in `Opened`): one on a
 /// rendezvous channel, the capacity of a buffered one, at most [`READ_WINDOW`].

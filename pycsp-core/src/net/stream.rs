@@ -415,8 +415,24 @@ pub(crate) fn park_for_peer(
 /// Waits until `s` is readable (a frame came, or the peer hung up); once the wait lasts, it
 /// is published as [`idle`].
 pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::shm::ring::Chan) {
+    await_readable_unless(s, peer, writer, chan, &|| false);
+}
+
+/// [`await_readable`], which also ends (`false`) once `stop` says so (looked at every
+/// [`SLICE`](crate::shm::census::SLICE) at most); `true` when `s` is readable or its
+/// deadline passed.
+pub(crate) fn await_readable_unless(
+    s: &Stream,
+    peer: u32,
+    writer: bool,
+    chan: &crate::shm::ring::Chan,
+    stop: &dyn Fn() -> bool,
+) -> bool {
     if crate::sys::wait_readable(s.as_raw_fd(), PUBLISH_AFTER) {
-        return;
+        return true;
+    }
+    if stop() {
+        return false;
     }
     // The read that follows keeps the stream's deadline, if it has one: this wait ends by
     // then too (the read then fails with it).
@@ -430,9 +446,13 @@ pub(crate) fn await_readable(s: &Stream, peer: u32, writer: bool, chan: &crate::
     let _idle = idle(peer, writer, chan, None);
     while !crate::sys::wait_readable(s.as_raw_fd(), crate::shm::census::SLICE) {
         if limit.is_some_and(|l| std::time::Instant::now() >= l) {
-            return;
+            return true;
+        }
+        if stop() {
+            return false;
         }
     }
+    true
 }
 
 impl Read for Stream {
