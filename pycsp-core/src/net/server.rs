@@ -1358,14 +1358,12 @@ impl Drop for Acks<'_> {
 /// buffered in `inbox`, then in the `unread` bytes of the socket (the first [`POISON_LOOK`]
 /// of them, peeked).
 fn poison_comes(s: &Stream, inbox: &FrameReader, unread: u64) -> bool {
-    if inbox.announces(Kind::Poison, &[]) {
-        return true;
-    }
-    if unread == 0 {
-        return false;
-    }
     let mut more = vec![0u8; (unread as usize).min(POISON_LOOK)];
-    let n = sys::peek(s.as_raw_fd(), &mut more).unwrap_or(0);
+    let n = if more.is_empty() {
+        0
+    } else {
+        sys::peek(s.as_raw_fd(), &mut more).unwrap_or(0)
+    };
     inbox.announces(Kind::Poison, &more[..n])
 }
 
