@@ -143,6 +143,72 @@ fn a_remote_reader_that_pauses_for_the_hold_again_and_again_reads_every_message_
     assert_eq!(h.join().unwrap().unwrap(), n);
 }
 
+/// Reads until the channel retires, pausing 300 us every `every` messages (0: never);
+/// returns what it read.
+#[process]
+fn read_share(input: ChannelIn<u64>, every: u64) -> Result<Vec<u64>, ChannelError> {
+    let mut got = Vec::new();
+    loop {
+        match input.read() {
+            Ok(v) => {
+                got.push(v);
+                if every > 0 && got.len() as u64 % every == 0 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+            Err(ChannelError::Retired) => return Ok(got),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A remote reader and a local one share a small buffered channel: every message is read
+/// once. The remote reader's pump asks for messages ahead; the host holds each place in its
+/// channel until the pump acknowledges the message, and the writer here, once it has gone
+/// round the ring, waits for that place. Once the pump looked at what its user took only
+/// before it waited for the host: a take during that wait went unacknowledged, the host had
+/// nothing more to send (the local reader took the rest), and the writer, the two readers and
+/// the pump waited for good, within the first few dozen messages (and the host's connection
+/// thread, waiting for a message, read the `Ack` only 100 ms later).
+#[test]
+fn a_remote_reader_and_a_local_one_share_a_small_buffered_channel_and_read_every_message_once() {
+    let n = 3_000u64;
+    for round in 0..4 {
+        for at in [
+            tcp(&format!("share{round}")),
+            local(&format!("share{round}")),
+        ] {
+            let c = Channel::<u64>::named_buffered(&at, 2).unwrap();
+            let remote = Spawn(read_share(c.reader(), 7).on(Placement::launcher("{cmd}"))).unwrap();
+            let here = Spawn(read_share(c.reader(), 0)).unwrap();
+            let w = c.writer();
+            drop(c);
+            let writer = std::thread::spawn(move || {
+                for i in 0..n {
+                    w.write(i).unwrap();
+                }
+            });
+            type Reader = pycsp::Process<Result<Vec<u64>, ChannelError>>;
+            let join = |h: Spawned<Reader>, who: &str| {
+                h.join_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| panic!("{at}, round {round}: the {who} reader hung"))
+                    .unwrap()
+                    .unwrap()
+            };
+            let (a, b) = (join(remote, "remote"), join(here, "local"));
+            writer.join().unwrap();
+            let (from_remote, from_here) = (a.len(), b.len());
+            let mut all: Vec<u64> = a.into_iter().chain(b).collect();
+            all.sort_unstable();
+            assert!(
+                all.iter().copied().eq(0..n),
+                "{at}, round {round}: not every message once ({from_remote} read there, \
+                 {from_here} here)"
+            );
+        }
+    }
+}
+
 #[process]
 fn read_some(input: ChannelIn<u64>, n: usize) -> Result<Vec<u64>, ChannelError> {
     (0..n).map(|_| input.read()).collect()

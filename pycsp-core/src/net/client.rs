@@ -67,6 +67,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// select, or a write with a deadline) asks for it back.
 const OFFER_LOOK: Duration = Duration::from_millis(1);
 
+/// How often a buffered reading end's pump waiting for its host looks whether its user took
+/// one of the messages waiting in the proxy, for the first [`stream::PUBLISH_AFTER`] of the
+/// wait (then it sleeps on the proxy while a thread of its own watches the connection).
+const TAKE_LOOK: Duration = Duration::from_millis(1);
+
 /// How long the pump of a reading end holds messages the host sent it while its user takes
 /// none of them, by default: then they go back to the host's channel (a rendezvous message's
 /// writer still waits), for other readers, and the pump asks again only once its user reads.
@@ -1724,7 +1729,8 @@ enum HostWait {
     Ready,
     /// The user retired, poisoned or moved the end.
     UserLeft,
-    /// Nothing came for a moment, and the pump has takes to acknowledge.
+    /// Nothing came for a moment, and the pump has takes to acknowledge (or its user took a
+    /// message meanwhile).
     Idle,
 }
 
@@ -1835,9 +1841,10 @@ impl Pump {
                 }
                 continue;
             }
-            // Wait for the host's answers, watching for the user leaving.
+            // Wait for the host's answers, watching for the user leaving, and for it taking
+            // one of those in the proxy.
             if !inbox.has_frame(MAX_FRAME) {
-                match self.await_host(&inbox, acked < taken) {
+                match self.await_host(&inbox, acked < taken, untaken) {
                     HostWait::Ready => {}
                     HostWait::UserLeft => break ReadStop::UserLeft,
                     HostWait::Idle => {
@@ -1932,29 +1939,87 @@ impl Pump {
     }
 
     /// Waits until a frame can be read from the host, or the user left; with `unacknowledged`
-    /// takes, only until the connection has been idle for a moment (then they go out).
-    /// A wait that lasts is published for the census as idle.
-    fn await_host(&self, inbox: &FrameReader, unacknowledged: bool) -> HostWait {
+    /// takes, only until the connection has been idle for a moment (then they go out); with
+    /// `untaken` messages in the proxy, only until the user takes one of them (its
+    /// acknowledgement is then owed, and goes out at once: the host holds the message's place
+    /// in its channel until it comes, and a writer there may wait for that place while the
+    /// host has nothing to send). A wait that lasts is published for the census as idle.
+    ///
+    /// (Once the user's takes were looked at only before this wait: a take during it was seen
+    /// only when the host sent something, and with a writer at the host waiting for the place
+    /// of the message taken, no reader there taking the rest, the host never did. A remote
+    /// reader and a local one sharing a `buffered(2)` channel hung within a few dozen
+    /// messages.)
+    fn await_host(&self, inbox: &FrameReader, unacknowledged: bool, untaken: u64) -> HostWait {
         if inbox.buffered() {
             // Part of a frame: the rest is on its way.
             return HostWait::Ready;
         }
-        let mut idle = None;
-        let mut step = stream::PUBLISH_AFTER;
-        while !sys::wait_readable(self.s.as_raw_fd(), step) {
+        let fd = self.s.as_raw_fd();
+        let took = || (self.proxy.len() as u64) < untaken;
+        let step = if untaken > 0 {
+            TAKE_LOOK
+        } else {
+            stream::PUBLISH_AFTER
+        };
+        let until = Instant::now() + stream::PUBLISH_AFTER;
+        loop {
+            if sys::wait_readable(fd, step) {
+                return HostWait::Ready;
+            }
             if self.user_left() {
                 return HostWait::UserLeft;
             }
-            if unacknowledged {
+            let lasted = Instant::now() >= until;
+            if took() || (unacknowledged && lasted) {
                 return HostWait::Idle;
             }
-            if step != TICK {
-                step = TICK;
-                idle = stream::idle(self.host, false, &self.proxy, None);
+            if lasted {
+                break;
             }
         }
-        drop(idle);
-        HostWait::Ready
+        if untaken == 0 {
+            let _idle = stream::idle(self.host, false, &self.proxy, None);
+            while !sys::wait_readable(fd, TICK) {
+                if self.user_left() {
+                    return HostWait::UserLeft;
+                }
+            }
+            return HostWait::Ready;
+        }
+        // Asleep on the proxy, for the user's take, while a thread of its own watches the
+        // connection.
+        let proxy = self.proxy;
+        let _idle = stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
+        stream::with_socket_watch(
+            fd,
+            || {
+                proxy.events().1.notify_all();
+            },
+            |readable| loop {
+                let came = match readable {
+                    Some(flag) => {
+                        let came = || flag.load(Ordering::SeqCst);
+                        proxy.wait_fewer_than_or(
+                            usize::try_from(untaken).unwrap_or(usize::MAX),
+                            Instant::now() + TICK,
+                            came,
+                        );
+                        came()
+                    }
+                    None => sys::wait_readable(fd, TAKE_LOOK),
+                };
+                if came {
+                    return HostWait::Ready;
+                }
+                if self.user_left() {
+                    return HostWait::UserLeft;
+                }
+                if took() {
+                    return HostWait::Idle;
+                }
+            },
+        )
     }
 
     /// Receives the frames the host sent (at least one): messages go into the proxy, in order.

@@ -24,7 +24,7 @@ use super::key;
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{
     self, handshake_timeout, local_to_unix, max_startups, step_failed, tune_tcp, Address, Endpoint,
-    Stream, ENV_MAX_STARTUPS,
+    Stream, ENV_MAX_STARTUPS, PUBLISH_AFTER,
 };
 use crate::error::ChannelError;
 use crate::frame::{
@@ -1184,43 +1184,89 @@ impl Conn<'_> {
     }
 
     /// Reads a message for the peer, which holds `held` messages not acknowledged.
+    ///
+    /// A frame that comes from the peer meanwhile ends the wait (`Interrupted`: the frame
+    /// loop reads it, and the read is made again). While the peer holds messages, that is
+    /// looked for at once: its `Ack`s free their places in the channel, which a writer here may
+    /// wait for while a reader here takes every other message (then nothing else ends this
+    /// wait): in steps of [`OFFER_STEP`] for [`PUBLISH_AFTER`], then asleep while a thread of
+    /// its own watches the connection. Otherwise it is looked for every [`TICK`]. (Once it
+    /// was looked for every `TICK` whatever the peer held: a writer waited 100 ms for a place
+    /// that the peer's `Ack` had freed.)
     fn read(&self, s: &Stream, inbox: &FrameReader, held: usize, spare: &mut Spare) -> Outcome {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
         };
+        let fd = s.as_raw_fd();
         let mut parked: Option<census::Parked> = None;
-        loop {
-            match self
-                .chan
-                .read_deferred(Some(Instant::now() + TICK), Reader::Host { held }, |w| {
-                    waiter::claim(arena, w)
-                }) {
-                Ok((m, taken)) => {
-                    return match take_held_into(m, spare.take()) {
-                        Ok(b) => Outcome::Got(b, taken),
-                        Err(e) => {
-                            self.chan.ack_kept(taken);
-                            Outcome::Failed(e)
-                        }
+        // One attempt, until `deadline` or `stop`: `None` if it should be made again
+        // (published for the census when `publish`).
+        let mut attempt = |deadline: Instant, stop: Option<&AtomicBool>, publish: bool| {
+            let reader = Reader::Host { held };
+            let claim = |w| waiter::claim(arena, w);
+            let r = match stop {
+                Some(stop) => self
+                    .chan
+                    .read_deferred_until(Some(deadline), reader, claim, stop),
+                None => self.chan.read_deferred(Some(deadline), reader, claim),
+            };
+            match r {
+                Ok((m, taken)) => Some(match take_held_into(m, spare.take()) {
+                    Ok(b) => Outcome::Got(b, taken),
+                    Err(e) => {
+                        self.chan.ack_kept(taken);
+                        Outcome::Failed(e)
                     }
-                }
+                }),
                 Err(ChannelError::Timeout) => {
-                    if inbox.buffered() || sys::wait_readable(s.as_raw_fd(), Duration::ZERO) {
-                        // The peer sent something while its read was pending (it retires,
-                        // poisons or hands over), or it hung up: the frame loop finds out.
-                        return Outcome::Interrupted;
+                    if inbox.buffered() || sys::wait_readable(fd, Duration::ZERO) {
+                        // The peer sent something while its read was pending (an `Ack`; it
+                        // retires, poisons or hands over), or it hung up: the frame loop
+                        // finds out.
+                        return Some(Outcome::Interrupted);
                     }
                     if parked.as_ref().is_some_and(census::Parked::deadlocked) {
                         // The remote reader is part of a deadlock: its read fails with it.
-                        return Outcome::Failed(ChannelError::Deadlock);
+                        return Some(Outcome::Failed(ChannelError::Deadlock));
                     }
-                    // Anything that comes on the connection ends this wait (above): in
-                    // flight until this thread reads it.
-                    self.publish(&mut parked, false, 0);
+                    if publish {
+                        // Anything that comes on the connection ends this wait (above): in
+                        // flight until this thread reads it.
+                        self.publish(&mut parked, false, 0);
+                    }
+                    None
                 }
-                Err(e) => return Outcome::Failed(e),
+                Err(e) => Some(Outcome::Failed(e)),
+            }
+        };
+        if held == 0 {
+            loop {
+                if let Some(o) = attempt(Instant::now() + TICK, None, true) {
+                    return o;
+                }
             }
         }
+        let until = Instant::now() + PUBLISH_AFTER;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            if let Some(o) = attempt((now + OFFER_STEP).min(until), None, false) {
+                return o;
+            }
+        }
+        let chan = self.chan;
+        stream::with_socket_watch(
+            fd,
+            || chan.wake_readers(),
+            |stop| loop {
+                let step = if stop.is_some() { TICK } else { OFFER_STEP };
+                if let Some(o) = attempt(Instant::now() + step, stop, true) {
+                    return o;
+                }
+            },
+        )
     }
 
     /// This thread waits (in steps of [`TICK`]) to read (`write` false) or write the channel

@@ -2013,8 +2013,15 @@ impl Chan {
         claim: impl Fn(Offer) -> Claim,
     ) -> Result<Incoming, ChannelError> {
         let mut buf = [0u8; INLINE];
-        self.read_at(deadline, claim_writers, claim, Reader::Plain, &mut buf)
-            .map(|(m, _)| m.into_incoming(&buf))
+        self.read_at(
+            deadline,
+            claim_writers,
+            claim,
+            Reader::Plain,
+            &mut buf,
+            None,
+        )
+        .map(|(m, _)| m.into_incoming(&buf))
     }
 
     /// Like `read` (tests use it), with the inline bytes of the message copied to `buf`.
@@ -2025,7 +2032,7 @@ impl Chan {
         deadline: Option<Instant>,
         claim: impl Fn(Offer) -> Claim,
     ) -> Result<Took, ChannelError> {
-        self.read_at(deadline, true, claim, Reader::Plain, buf)
+        self.read_at(deadline, true, claim, Reader::Plain, buf, None)
             .map(|(m, _)| m)
     }
 
@@ -2040,8 +2047,31 @@ impl Chan {
     ) -> Result<(Incoming, Taken), ChannelError> {
         debug_assert!(!matches!(reader, Reader::Plain));
         let mut buf = [0u8; INLINE];
-        self.read_at(deadline, true, claim, reader, &mut buf)
+        self.read_at(deadline, true, claim, reader, &mut buf, None)
             .map(|(m, t)| (m.into_incoming(&buf), t))
+    }
+
+    /// [`read_deferred`](Self::read_deferred), which also ends (`Timeout`, nothing taken) as
+    /// soon as `stop` is set: another thread sets it, then calls
+    /// [`wake_readers`](Self::wake_readers). A socket host reads so for its remote reader
+    /// while a thread of its own watches the connection for that reader's `Ack`s.
+    pub(crate) fn read_deferred_until(
+        &self,
+        deadline: Option<Instant>,
+        reader: Reader,
+        claim: impl Fn(Offer) -> Claim,
+        stop: &AtomicBool,
+    ) -> Result<(Incoming, Taken), ChannelError> {
+        debug_assert!(!matches!(reader, Reader::Plain));
+        let mut buf = [0u8; INLINE];
+        self.read_at(deadline, true, claim, reader, &mut buf, Some(stop))
+            .map(|(m, t)| (m.into_incoming(&buf), t))
+    }
+
+    /// Wakes this channel's waiting readers, to look again at what they wait for (a `stop`
+    /// of [`read_deferred_until`](Self::read_deferred_until) that was set).
+    pub(crate) fn wake_readers(&self) {
+        self.hdr.rx.0.notify_all();
     }
 
     #[inline(always)]
@@ -2052,6 +2082,7 @@ impl Chan {
         claim: impl Fn(Offer) -> Claim,
         reader: Reader,
         buf: &mut [u8; INLINE],
+        stop: Option<&AtomicBool>,
     ) -> Result<(Took, Taken), ChannelError> {
         let ack = matches!(reader, Reader::Plain);
         let host = matches!(reader, Reader::Host { .. });
@@ -2071,7 +2102,7 @@ impl Chan {
                 return Ok(m);
             }
         }
-        let m = self.read_wait(deadline, claim_writers, claim, reader, buf)?;
+        let m = self.read_wait(deadline, claim_writers, claim, reader, buf, stop)?;
         if host {
             self.mark_held(&m.1);
         }
@@ -2090,6 +2121,7 @@ impl Chan {
         claim: impl Fn(Offer) -> Claim,
         reader: Reader,
         buf: &mut [u8; INLINE],
+        stop: Option<&AtomicBool>,
     ) -> Result<(Took, Taken), ChannelError> {
         let ack = matches!(reader, Reader::Plain);
         let rx = &self.hdr.rx.0;
@@ -2122,6 +2154,9 @@ impl Chan {
                     }
                     if let Some(m) = self.try_pop_at(ack, buf) {
                         return Some(Ok(m));
+                    }
+                    if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                        return Some(Err(ChannelError::Timeout));
                     }
                     if f & PEER_DIED != 0 {
                         if !self.looks_nonempty() {
@@ -2213,7 +2248,18 @@ impl Chan {
     /// one), its readers retired, it was poisoned, or `deadline`; returns whether one of those
     /// happened (for a socket pump that put messages in for its user: never the fast path).
     pub(crate) fn wait_fewer_than(&self, n: usize, deadline: Instant) -> bool {
-        self.wait_as_writer(deadline, || self.len() < n)
+        self.wait_fewer_than_or(n, deadline, || false)
+    }
+
+    /// [`wait_fewer_than`](Self::wait_fewer_than), ending also when `also` holds (looked at
+    /// whenever the writers' event rings).
+    pub(crate) fn wait_fewer_than_or(
+        &self,
+        n: usize,
+        deadline: Instant,
+        also: impl Fn() -> bool,
+    ) -> bool {
+        self.wait_as_writer(deadline, || self.len() < n || also())
     }
 
     /// How many messages a buffered channel's ring holds now, those being written or read
