@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::direct::{Direct, Wrote, DIRECT_MAX};
+use super::direct::{Buffered, Direct, Wrote, DIRECT_MAX};
 use super::key::{self, HandshakeError};
 use super::proto::{encode, ErrorBody, OpenBody, OpenedBody, READ_WINDOW};
 use super::stream::{self, step_failed, Address, Stream, LOSS_TIMEOUT};
@@ -588,14 +588,19 @@ fn write_direct_buffered(
         return write_encoded_placed(chan, bytes, deadline);
     }
     let t0 = trace::begin();
-    let Some(b) = info.direct.write_buffered(bytes, || !chan.looks_nonempty()) else {
+    let count = |b: &Buffered| {
+        if b.sent || b.confirmed > 0 {
+            let mut flow = info.flow.lock().unwrap_or_else(|p| p.into_inner());
+            flow.outstanding = flow.outstanding + u64::from(b.sent) - b.confirmed;
+            flow.confirmed += b.confirmed;
+        }
+    };
+    let Some(b) = info
+        .direct
+        .write_buffered(bytes, || !chan.looks_nonempty(), count)
+    else {
         return write_encoded_placed(chan, bytes, deadline);
     };
-    if b.sent || b.confirmed > 0 {
-        let mut flow = info.flow.lock().unwrap_or_else(|p| p.into_inner());
-        flow.outstanding = flow.outstanding + u64::from(b.sent) - b.confirmed;
-        flow.confirmed += b.confirmed;
-    }
     if b.back {
         // The pump sleeps on the proxy's readers' event: it goes on.
         chan.events().0.notify_all();

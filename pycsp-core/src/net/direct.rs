@@ -404,12 +404,34 @@ impl Direct {
     /// proxy holds nothing (`proxy_empty`) the pump has not sent; `None` if the pump has the
     /// connection. A stream sends its first message so, and the rest through the proxy,
     /// where the pump sends many in one system call.
+    ///
+    /// `count` is given what the write came to while the user still has the connection: the
+    /// pump, once it takes the connection back, reads the confirmations of what was sent and
+    /// counts them off the end's messages not confirmed, which must count them by then. (Once
+    /// the user's thread counted after giving the connection back: the pump could count a
+    /// confirmation off first, and with several threads writing through one end its count of
+    /// messages not confirmed went below zero; the pump panicked, and the threads waited for
+    /// room for good.)
     pub(crate) fn write_buffered(
         &self,
         bytes: &[u8],
         proxy_empty: impl Fn() -> bool,
+        count: impl FnOnce(&Buffered),
     ) -> Option<Buffered> {
         let mut x = self.begin()?;
+        let b = self.exchange_buffered(&mut x, bytes, proxy_empty);
+        count(&b);
+        drop(x);
+        Some(b)
+    }
+
+    /// [`write_buffered`](Self::write_buffered)'s exchange, on the connection the user has.
+    fn exchange_buffered(
+        &self,
+        x: &mut Exchange<'_>,
+        bytes: &[u8],
+        proxy_empty: impl Fn() -> bool,
+    ) -> Buffered {
         x.back = false;
         let mut b = Buffered {
             sent: false,
@@ -417,10 +439,10 @@ impl Direct {
             back: false,
         };
         if !proxy_empty() {
-            return Some(b);
+            return b;
         }
         while self.unconfirmed.load(Ordering::SeqCst) > 0 {
-            match next_frame(&mut x, Instant::now(), Some(Kind::Done), &|| false) {
+            match next_frame(x, Instant::now(), Some(Kind::Done), &|| false) {
                 Next::Frame(_) => {
                     self.unconfirmed.fetch_sub(1, Ordering::SeqCst);
                     b.confirmed += 1;
@@ -429,28 +451,28 @@ impl Direct {
                 // An `Error` (a refused write) or the end of the stream: the pump's.
                 Next::Other => {
                     (x.back, b.back) = (true, true);
-                    return Some(b);
+                    return b;
                 }
                 Next::Lost(_) => {
                     x.stream().shutdown();
                     (x.back, b.back) = (true, true);
-                    return Some(b);
+                    return b;
                 }
             }
         }
         if self.unconfirmed.load(Ordering::SeqCst) > 0 {
-            return Some(b);
+            return b;
         }
         if write_frame(x.stream(), &Frame::new(Kind::Write, bytes.to_vec())).is_err() {
             // Part of it may have gone: the pump finds the connection ended.
             x.stream().shutdown();
             (x.back, b.back) = (true, true);
-            return Some(b);
+            return b;
         }
         self.unconfirmed.fetch_add(1, Ordering::SeqCst);
         self.sent_here.fetch_add(1, Ordering::SeqCst);
         b.sent = true;
-        Some(b)
+        b
     }
 }
 
