@@ -448,15 +448,21 @@ pub(crate) fn open_end(
                 info,
                 host,
             };
-            let handed = if p.info.writer && !p.proxy.is_rendezvous() {
-                p.pump_buffered()
-            } else if p.info.writer {
-                p.pump_writes()
-            } else if !p.proxy.is_rendezvous() {
-                p.pump_reads_ahead()
-            } else {
-                p.pump_reads()
-            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if p.info.writer && !p.proxy.is_rendezvous() {
+                    p.pump_buffered()
+                } else if p.info.writer {
+                    p.pump_writes()
+                } else if !p.proxy.is_rendezvous() {
+                    p.pump_reads_ahead()
+                } else {
+                    p.pump_reads()
+                }
+            }));
+            let handed = run.unwrap_or_else(|panic| {
+                p.failed_inside(&*panic);
+                false
+            });
             p.info.direct.close();
             p.s.shutdown();
             *p.info.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
@@ -645,6 +651,32 @@ struct Pump {
 impl Pump {
     fn fail(&self, e: ChannelError) {
         *self.info.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    /// The pump panicked (a defect of pycsp): its end fails with a `Connection` error saying
+    /// so, and its user's waits end (the proxy's side of the pump retires, a flush returns),
+    /// instead of waiting for a pump that is gone.
+    fn failed_inside(&self, panic: &(dyn std::any::Any + Send)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        self.fail(ChannelError::Connection {
+            address: self.info.address.full.clone(),
+            reason: format!("the end's pump failed (a defect of pycsp): {what}"),
+        });
+        // The pump's side of the proxy: its reader for a writing end, its writer for a
+        // reading end; retired once (it may have retired before it panicked).
+        let side = if self.info.writer {
+            READERS_RETIRED
+        } else {
+            WRITERS_RETIRED
+        };
+        if self.proxy.state_flags() & side == 0 {
+            self.proxy.retire_side(!self.info.writer);
+        }
+        self.flow(|f| f.lost = true);
     }
 
     fn lost(&self, e: &FrameError) -> ChannelError {
