@@ -1980,7 +1980,8 @@ impl Pump {
     /// `untaken` messages in the proxy, only until the user takes one of them (its
     /// acknowledgement is then owed, and goes out at once: the host holds the message's place
     /// in its channel until it comes, and a writer there may wait for that place while the
-    /// host has nothing to send). A wait that lasts is published for the census as idle.
+    /// host has nothing to send). A wait that lasts is published for the census as idle;
+    /// the user leaving (it retires or poisons) ends it at once.
     ///
     /// (Once the user's takes were looked at only before this wait: a take during it was seen
     /// only when the host sent something, and with a writer at the host waiting for the place
@@ -2015,17 +2016,8 @@ impl Pump {
                 break;
             }
         }
-        if untaken == 0 {
-            let _idle = stream::idle(self.host, false, &self.proxy, None);
-            while !sys::wait_readable(fd, TICK) {
-                if self.user_left() {
-                    return HostWait::UserLeft;
-                }
-            }
-            return HostWait::Ready;
-        }
-        // Asleep on the proxy, for the user's take, while a thread of its own watches the
-        // connection.
+        // Asleep on the proxy, for the user's take or its leaving (a poison goes to the host
+        // at once), while a thread of its own watches the connection.
         let proxy = self.proxy;
         let _idle = stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
         stream::with_socket_watch(

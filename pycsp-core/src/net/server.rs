@@ -1186,13 +1186,13 @@ impl Conn<'_> {
     /// Reads a message for the peer, which holds `held` messages not acknowledged.
     ///
     /// A frame that comes from the peer meanwhile ends the wait (`Interrupted`: the frame
-    /// loop reads it, and the read is made again). While the peer holds messages, that is
-    /// looked for at once: its `Ack`s free their places in the channel, which a writer here may
-    /// wait for while a reader here takes every other message (then nothing else ends this
-    /// wait): in steps of [`OFFER_STEP`] for [`PUBLISH_AFTER`], then asleep while a thread of
-    /// its own watches the connection. Otherwise it is looked for every [`TICK`]. (Once it
-    /// was looked for every `TICK` whatever the peer held: a writer waited 100 ms for a place
-    /// that the peer's `Ack` had freed.)
+    /// loop reads it, and the read is made again): after [`PUBLISH_AFTER`] at most, then at
+    /// once, asleep while a thread of its own watches the connection. While the peer holds
+    /// messages, it is looked for every [`OFFER_STEP`] from the start: its `Ack`s free their
+    /// places in the channel, which a writer here may wait for while a reader here takes every
+    /// other message (then nothing else ends this wait). (Once it was looked for only every
+    /// [`TICK`]: a writer waited 100 ms for a place that the peer's `Ack` had freed, and the
+    /// peer's poison reached the channel's other ends 100 ms late.)
     fn read(&self, s: &Stream, inbox: &FrameReader, held: usize, spare: &mut Spare) -> Outcome {
         let Ok(arena) = Arena::get() else {
             return Outcome::Failed(ChannelError::SharedMemory("no arena".into()));
@@ -1239,20 +1239,15 @@ impl Conn<'_> {
                 Err(e) => Some(Outcome::Failed(e)),
             }
         };
-        if held == 0 {
-            loop {
-                if let Some(o) = attempt(Instant::now() + TICK, None, true) {
-                    return o;
-                }
-            }
-        }
+        // While the peer holds messages, its `Ack`s are looked for every OFFER_STEP at first.
+        let first = if held > 0 { OFFER_STEP } else { PUBLISH_AFTER };
         let until = Instant::now() + PUBLISH_AFTER;
         loop {
             let now = Instant::now();
             if now >= until {
                 break;
             }
-            if let Some(o) = attempt((now + OFFER_STEP).min(until), None, false) {
+            if let Some(o) = attempt((now + first).min(until), None, false) {
                 return o;
             }
         }
