@@ -31,6 +31,27 @@ fn consumer(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
     }
 }
 
+/// [`consumer`], which reads with a deadline (30 ms) until one passes, then without.
+#[process]
+fn consumer_after_a_look(inp: ChannelIn<u64>) -> Result<u64, ChannelError> {
+    let mut sum = 0;
+    loop {
+        match inp.read_timeout(std::time::Duration::from_millis(30)) {
+            Ok(v) => sum += v,
+            Err(ChannelError::Timeout) => break,
+            Err(ChannelError::Retired) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match inp.read() {
+            Ok(v) => sum += v,
+            Err(ChannelError::Retired) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[process]
 fn producer(out: ChannelOut<u64>, n: u64) -> Result<(), ChannelError> {
     for i in 0..n {
@@ -287,6 +308,23 @@ fn tcp_parent_keeps_a_writer() -> Result<String, Error> {
     socket_parent_keeps_a_writer(&tcp("numbers"))
 }
 
+/// As [`tcp_parent_keeps_a_writer`], the channel buffered, the consumer reading with a
+/// deadline until one passes, then without: its end asks ahead, and its pump waits for the
+/// host (asleep on the proxy while a thread watches the connection) while the consumer's
+/// last read looks at the empty proxy again. (Once that look moved the proxy's word after
+/// the pump had published its wait with it: the census took the wait for one about to end,
+/// and never declared.)
+fn tcp_parent_keeps_a_writer_of_a_buffered_channel() -> Result<String, Error> {
+    let ch = Channel::<u64>::named_buffered(&tcp("numbers"), 4)?;
+    let kept = ch.writer(); // the mistake: never written to, never dropped
+    let r = Parallel((
+        producer(ch.writer(), 10),
+        consumer_after_a_look(ch.reader()).on(here()),
+    ));
+    drop(kept);
+    r.map(|(_, sum)| format!("{sum:?}"))
+}
+
 fn local_parent_keeps_a_writer() -> Result<String, Error> {
     socket_parent_keeps_a_writer(&local("numbers"))
 }
@@ -513,6 +551,10 @@ const CASES: &[Case] = &[
     ("sleeper_is_not_blocked", sleeper_is_not_blocked),
     ("busy_networks", busy_networks),
     ("tcp_parent_keeps_a_writer", tcp_parent_keeps_a_writer),
+    (
+        "tcp_parent_keeps_a_writer_of_a_buffered_channel",
+        tcp_parent_keeps_a_writer_of_a_buffered_channel,
+    ),
     ("local_parent_keeps_a_writer", local_parent_keeps_a_writer),
     ("socket_ring_without_token", socket_ring_without_token),
     ("socket_full_buffered_cycle", socket_full_buffered_cycle),
@@ -744,6 +786,15 @@ fn main() {
             "tcp_parent_keeps_a_writer",
             &[
                 "`consumer` (pid",
+                "waits to read `tcp://127.0.0.1:",
+                "`main` (pid",
+                "waits in Parallel for",
+            ],
+        ),
+        (
+            "tcp_parent_keeps_a_writer_of_a_buffered_channel",
+            &[
+                "`consumer_after_a_look` (pid",
                 "waits to read `tcp://127.0.0.1:",
                 "`main` (pid",
                 "waits in Parallel for",

@@ -2017,15 +2017,26 @@ impl Pump {
             }
         }
         // Asleep on the proxy, for the user's take or its leaving (a poison goes to the host
-        // at once), while a thread of its own watches the connection.
+        // at once), while a thread of its own watches the connection. Published with the
+        // proxy's word it sleeps on, anew when that word moved for something else (the user
+        // looked at the empty proxy): a word that moved after it was published is a wake-up
+        // in flight for the census, which would then never see this wait as settled.
         let proxy = self.proxy;
-        let _idle = stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
+        let publish = || stream::idle(self.host, false, &proxy, Some(proxy.side_word(true)));
+        let mut idle = publish();
         stream::with_socket_watch(
             fd,
             || {
                 proxy.events().1.notify_all();
             },
             |readable| loop {
+                if idle
+                    .as_ref()
+                    .is_some_and(|p| !crate::shm::census::Parked::unchanged(p))
+                {
+                    drop(idle.take());
+                    idle = publish();
+                }
                 let came = match readable {
                     Some(flag) => {
                         let came = || flag.load(Ordering::SeqCst);
