@@ -2,6 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The message of a panic's payload (`panic!` with a literal or with arguments), for the
+/// reports of a panicked process, pool worker or socket pump.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_string())
+}
+
 /// The error for shared memory that could not be had (the arena could not be created, mapped
 /// or inherited).
 pub(crate) fn shared_memory(e: std::io::Error) -> ChannelError {

@@ -657,14 +657,12 @@ impl Pump {
     /// so, and its user's waits end (the proxy's side of the pump retires, a flush returns),
     /// instead of waiting for a pump that is gone.
     fn failed_inside(&self, panic: &(dyn std::any::Any + Send)) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
         self.fail(ChannelError::Connection {
             address: self.info.address.full.clone(),
-            reason: format!("the end's pump failed (a defect of pycsp): {what}"),
+            reason: format!(
+                "the end's pump failed (a defect of pycsp): {}",
+                crate::error::panic_message(panic)
+            ),
         });
         // The pump's side of the proxy: its reader for a writing end, its writer for a
         // reading end; retired once (it may have retired before it panicked).

@@ -303,12 +303,7 @@ fn run_entry(name: &str, args: &[u8]) -> Report {
         }
         Err(payload) => {
             mark_own_ends_dead(display_name(entry.name));
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic with a non-string payload".to_string());
-            Report::Panicked(msg)
+            Report::Panicked(crate::error::panic_message(&*payload))
         }
     }
 }

@@ -171,11 +171,7 @@ fn work(jobs: &ChannelIn<Job>, answers: &ChannelOut<Answer>) -> WorkerEnd {
                 }
             }
             Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+                let message = crate::error::panic_message(&*payload);
                 return WorkerEnd::Panicked {
                     call: job.call,
                     item: job.start + at.get() as u64,
